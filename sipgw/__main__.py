@@ -1,0 +1,3 @@
+from sipgw.cli.main import main
+
+main()
