@@ -1,0 +1,232 @@
+"""Bytes → ``Request``/``Response``, with the checks a proxy needs before it routes.
+
+The rule (after h11): the result is a message or a ``ParseError`` carrying the status the
+peer should get — never anything else. Requests get a 400 (or 505/501) whose reason phrase
+names the bad part; a bad response gets ``status=None``: it is dropped, as no reply to a
+reply is possible.
+
+Lenient where RFC 3261 is (folding, LWS around ``:``, compact names, any case, leading
+zeros, RFC 2543 messages without Content-Length on UDP). Strict where two parsers on the
+path could disagree: duplicate singleton headers, header names with junk, Content-Length
+that does not match, numbers out of range.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sipgw.sip.errors import LimitError, ParseError
+from sipgw.sip.headers import SINGLETON_HEADERS, header_key
+from sipgw.sip.message import Field, Request, Response, parse_cseq
+
+_METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_NAME_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_VERSION_RE = re.compile(r"SIP/(\d{1,3})\.(\d{1,3})\Z", re.IGNORECASE)
+_STATUS_RE = re.compile(r"(SIP/\d{1,3}\.\d{1,3}) (\d{3}) (.*)\Z", re.IGNORECASE | re.DOTALL)
+_URI_BAD = re.compile(r"[\x00-\x20<>\x7f]")
+
+KNOWN_METHODS = frozenset(
+    {
+        "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
+        "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+    }
+)
+REQUIRED_REQUEST_HEADERS = ("via", "from", "to", "call-id", "cseq")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Bounds that keep one message from costing unbounded memory or CPU."""
+
+    max_message_size: int = 65535
+    max_headers: int = 256
+    max_body_size: int = 65535
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def parse_message(
+    data: bytes, *, datagram: bool = True, limits: Limits = DEFAULT_LIMITS
+) -> Request | Response:
+    """Parse one message. ``datagram`` selects RFC 3261 §18.3 framing rules.
+
+    On a datagram, octets past Content-Length are discarded, and a missing Content-Length
+    means "the rest of the datagram". On a stream the framer has already cut the message
+    at its Content-Length, so ``data`` holds exactly one message.
+    """
+    if len(data) > limits.max_message_size:
+        raise LimitError("Message too large", status=513)
+    # RFC 3261 §7.5: ignore CRLFs before the start line.
+    if data[:2] == b"\r\n":
+        data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        # No empty line: the whole datagram is the header section (RFC 4475 baddn).
+        head_bytes, body = data.rstrip(b"\r\n"), b""
+    else:
+        head_bytes, body = data[:end], data[end + 4 :]
+    head = head_bytes.decode("latin-1")
+    lines = head.split("\r\n")
+    start = lines[0]
+    is_response = start[:4].upper() == "SIP/"
+    try:
+        msg = _start_line(start, is_response)
+        msg.fields = _fields(lines, limits)
+        msg.body = _body(msg, body, datagram)
+        if is_response:
+            _check_response(msg)  # type: ignore[arg-type]
+        else:
+            _check_request(msg)  # type: ignore[arg-type]
+    except ParseError as e:
+        if is_response:
+            e.status = None
+        raise
+    return msg
+
+
+def _start_line(start: str, is_response: bool) -> Request | Response:
+    if is_response:
+        m = _STATUS_RE.match(start)
+        if m is None:
+            raise ParseError("Bad status line", status=None)
+        version = m.group(1)
+        if version.upper() != "SIP/2.0":
+            raise ParseError("Unsupported SIP version", status=None)
+        return Response(int(m.group(2)), m.group(3), version="SIP/2.0")
+    parts = start.split(" ")
+    # Exactly one SP between the three elements (RFC 3261 §7.1); RFC 4475 lwsstart, trws
+    # and lwsruri are all refused here rather than guessed at.
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise ParseError("Bad request line")
+    method, uri, version = parts
+    if _METHOD_RE.match(method) is None:
+        raise ParseError("Bad request method")
+    if _URI_BAD.search(uri) or ":" not in uri:
+        raise ParseError("Bad Request-URI")
+    m = _VERSION_RE.match(version)
+    if m is None:
+        raise ParseError("Bad SIP version")
+    if (m.group(1), m.group(2)) != ("2", "0"):
+        raise ParseError("Version Not Supported", status=505)
+    return Request(method, uri, version="SIP/2.0")
+
+
+def _fields(lines: list[str], limits: Limits) -> list[Field]:
+    fields: list[Field] = []
+    seen_singletons: set[str] = set()
+    last: Field | None = None
+    max_headers = limits.max_headers
+    for line in lines[1:]:
+        if not line:
+            continue
+        first = line[0]
+        if first == " " or first == "\t":
+            # Folded continuation (RFC 3261 §7.3.1): the value goes on after one SP.
+            if last is None:
+                raise ParseError("Bad header folding")
+            last.raw = f"{last.raw}\r\n{line}"
+            cont = line.strip(" \t")
+            last.value = f"{last.value} {cont}" if last.value else cont
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            raise ParseError("Bad header line")
+        name = line[:colon]
+        if name[-1] in " \t":
+            name = name.rstrip(" \t")
+        if _NAME_RE.match(name) is None:
+            raise ParseError(f"Bad header name {name[:32]!r}")
+        key = header_key(name)
+        if key in SINGLETON_HEADERS:
+            if key in seen_singletons:
+                raise ParseError(f"Duplicate {_pretty(key)} header")
+            seen_singletons.add(key)
+        last = Field(key, name, line[colon + 1 :].strip(" \t"), line)
+        fields.append(last)
+        if len(fields) > max_headers:
+            raise LimitError("Too many headers")
+    return fields
+
+
+def _pretty(key: str) -> str:
+    from sipgw.sip.headers import display_name
+
+    return display_name(key)
+
+
+def _body(msg: Request | Response, body: bytes, datagram: bool) -> bytes:
+    value = None
+    for f in msg.fields:
+        if f.key == "content-length":
+            value = f.value
+            break
+    if value is None:
+        if not datagram and body:
+            raise ParseError("Missing Content-Length header")
+        return body
+    if not value.isdigit() or len(value) > 9:
+        raise ParseError("Bad Content-Length header")
+    length = int(value)
+    if length > len(body):
+        raise ParseError("Content-Length larger than message")
+    # RFC 3261 §18.3: octets past Content-Length in a datagram are discarded.
+    return body[:length] if length < len(body) else body
+
+
+def _check_request(req: Request) -> None:
+    present = {f.key for f in req.fields}
+    for key in REQUIRED_REQUEST_HEADERS:
+        if key not in present:
+            raise ParseError(f"Missing {_pretty(key)} header")
+    number, method = parse_cseq(req.header("cseq") or "")
+    req._cache["cseq"] = (number, method)
+    if method != req.method:
+        # RFC 4475 §3.1.2.18: an unknown method is better answered 501 at a proxy.
+        status = 400 if req.method in KNOWN_METHODS else 501
+        raise ParseError("CSeq method does not match request method", status=status)
+    mf = req.header("max-forwards")
+    if mf is not None and (not mf.isdigit() or len(mf) > 6 or int(mf) > 255):
+        raise ParseError("Bad Max-Forwards header")
+    _check_vias(req)
+    _check_addresses(req)
+
+
+def _check_response(resp: Response) -> None:
+    if resp.status < 100 or resp.status > 699:
+        raise ParseError("Bad status code", status=None)
+    for key in ("via", "cseq", "call-id", "from", "to"):
+        if not resp.has(key):
+            raise ParseError(f"Missing {_pretty(key)} header", status=None)
+    resp._cache["cseq"] = parse_cseq(resp.header("cseq") or "")
+    _check_vias(resp)
+
+
+def _check_vias(msg: Request | Response) -> None:
+    from sipgw.sip.via import parse_via
+
+    first = True
+    for f in msg.fields:
+        if f.key != "via":
+            continue
+        try:
+            vias = parse_via(f.value)
+        except ParseError:
+            raise ParseError("Bad Via header") from None
+        if first:
+            msg._cache["via"] = vias[0]
+            first = False
+        if vias[0].protocol.upper() != "SIP/2.0":
+            raise ParseError("Version Not Supported", status=505)
+
+
+def _check_addresses(req: Request) -> None:
+    from sipgw.sip.address import parse_name_addr
+
+    for key, label in (("from", "From"), ("to", "To")):
+        try:
+            addr = parse_name_addr(req.header(key) or "")
+        except ParseError:
+            raise ParseError(f"Bad {label} header") from None
+        req._cache[key] = addr
