@@ -329,6 +329,30 @@ def _tag_of(value: str) -> str | None:
     return None
 
 
+def build_cancel(invite: Request) -> Request:
+    """The CANCEL for a request we sent (RFC 3261 §9.1).
+
+    Same Request-URI, Call-ID, From, To and CSeq number; one Via, equal to the top Via of
+    the request being cancelled (so it reaches the same server transaction); the same
+    Route headers.
+    """
+    fields: list[Field] = []
+    via_done = False
+    for f in invite.fields:
+        k = f.key
+        if k == "via":
+            if not via_done:
+                first = split_commas(f.value)[0]
+                fields.append(Field("via", "Via", first))
+                via_done = True
+        elif k in ("from", "to", "call-id", "route"):
+            fields.append(Field(k, f.name, f.value, f.raw))
+        elif k == "cseq":
+            fields.append(Field("cseq", "CSeq", f"{invite.cseq[0]} CANCEL"))
+    fields.append(Field("max-forwards", "Max-Forwards", "70"))
+    return Request("CANCEL", invite.uri, fields)
+
+
 def make_response(
     request: Request,
     status: int,

@@ -1,0 +1,62 @@
+"""``sipgw serve``: run the proxy in the foreground (systemd's Type=simple)."""
+
+from __future__ import annotations
+
+import click
+
+from sipgw.cli.app import EXIT_FAILED, EXIT_OK, EXIT_USAGE, App, pass_app
+from sipgw.cli.options import config_option
+from sipgw.proxy.config import ConfigError, config_path_from_env, load_config
+
+
+@click.command()
+@config_option
+@click.option("--check", is_flag=True, help="Validate the config file and exit.")
+@pass_app
+def serve(app: App, config_path: str | None, check: bool) -> None:
+    """Run the SIP proxy until SIGTERM; SIGHUP re-reads the config."""
+    path = config_path_from_env(config_path)
+    try:
+        loaded = load_config(path)
+    except ConfigError as e:
+        app.fail(str(e), EXIT_USAGE)
+    if check:
+        where = loaded.path or "embedded default config"
+        app.err.print(f"{where}: OK")
+        for key in loaded.not_in_effect:
+            app.err.print(f"{key}: not in effect yet")
+        raise SystemExit(EXIT_OK)
+    raise SystemExit(_run(loaded))
+
+
+def _run(loaded) -> int:
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+    from twisted.logger import Logger
+
+    from sipgw import __version__
+    from sipgw.proxy import log as sipgw_log
+    from sipgw.proxy.service import ProxyService
+
+    sipgw_log.start_logging(loaded.config.log.level)
+    log = Logger(namespace="sipgw.serve")
+    log.info("sipgw {v} starting ({cfg})", v=__version__,
+             cfg=loaded.path or "embedded default config")
+    svc = ProxyService(loaded, reactor)
+    status = {"code": EXIT_OK}
+
+    def start() -> None:
+        try:
+            svc.startService()
+        except CannotListenError as e:
+            log.critical("cannot listen on {iface}:{port}: {err}", iface=e.interface or "*",
+                         port=e.port, err=e.socketError)
+            status["code"] = EXIT_FAILED
+            reactor.stop()
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
+    svc.install_signal_handlers()
+    reactor.run()
+    log.info("sipgw stopped")
+    return status["code"]

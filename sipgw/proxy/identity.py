@@ -1,0 +1,134 @@
+"""Who we are on the wire: the addresses we write in Via and Record-Route, and recognise.
+
+RFC 3261 §16.6 step 8 (our Via brings the reply back), §16.3 step 4 (loop detection from
+our branch), §16.4 (a Route or Request-URI naming us is ours to consume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from sipgw.sip.message import Request
+
+BRANCH_PREFIX = "z9hG4bKsg"  # RFC 3261 magic cookie + our mark
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listener:
+    transport: str
+    host: str  # the address written in headers (advertised), never 0.0.0.0
+    port: int
+
+
+@dataclass(slots=True, kw_only=True)
+class Identity:
+    listeners: list[Listener]
+    aliases: set[str] = field(default_factory=set)  # extra host names meaning "us"
+    _hostports: set[tuple[str, int]] = field(default_factory=set)
+    _ports: set[int] = field(default_factory=set)
+    _hosts: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        self._hostports = {(lst.host.lower(), lst.port) for lst in self.listeners}
+        self._ports = {lst.port for lst in self.listeners}
+        self._hosts = {lst.host.lower() for lst in self.listeners}
+        for alias in self.aliases:
+            host, port = _split_alias(alias.lower())
+            if port is None:
+                self._hosts.add(host)
+            else:
+                self._hostports.add((host, port))
+
+    def listener(self, transport: str) -> Listener:
+        """The listener whose address we advertise for messages sent over ``transport``."""
+        for lst in self.listeners:
+            if lst.transport == transport:
+                return lst
+        # A transport we do not listen on (outbound TCP without a TCP listener): use the
+        # first address; the peer replies on the same connection anyway.
+        first = self.listeners[0]
+        return Listener(transport=transport, host=first.host, port=first.port)
+
+    def is_us(self, host: str, port: int | None, transport: str | None = None) -> bool:
+        """Does host[:port] name this proxy? A missing port means the default 5060.
+
+        A host alias (an address of ours) counts only with a port we listen on: a backend
+        on 127.0.0.1:5080 is not us just because we listen on 0.0.0.0:5060.
+        """
+        h = host.lower()
+        p = port if port is not None else (5061 if transport == "tls" else 5060)
+        if (h, p) in self._hostports:
+            return True
+        return h in self._hosts and p in self._ports
+
+    def is_our_host(self, host: str) -> bool:
+        return host.lower() in self._hosts
+
+    def via(self, transport: str, branch: str) -> str:
+        lst = self.listener(transport)
+        return f"SIP/2.0/{transport.upper()} {_hostport(lst.host, lst.port)};branch={branch}"
+
+    def record_route(self, transport: str) -> str:
+        lst = self.listener(transport)
+        tparam = "" if transport == "udp" else f";transport={transport}"
+        return f"<sip:{_hostport(lst.host, lst.port)}{tparam};lr>"
+
+    def record_route_pair(self, inbound: str, outbound: str) -> list[str]:
+        """One Record-Route, or two with ``r2=on`` when the transport changes.
+
+        The first value faces the next hop (downstream uses it first), the second faces
+        the previous hop (upstream's route set is the list reversed).
+        """
+        if inbound == outbound:
+            return [self.record_route(outbound)]
+        out_rr = self.record_route(outbound)[:-4] + ";lr;r2=on>"
+        in_rr = self.record_route(inbound)[:-4] + ";lr;r2=on>"
+        return [out_rr, in_rr]
+
+
+def _split_alias(alias: str) -> tuple[str, int | None]:
+    """"host", "host:port", "[v6]:port" or a bare IPv6 address."""
+    if alias.startswith("["):
+        host, _, rest = alias[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    if alias.count(":") == 1:
+        host, _, port = alias.partition(":")
+        return host, int(port) if port.isdigit() else None
+    return alias, None
+
+
+def _hostport(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def loop_hash(request: Request) -> str:
+    """RFC 3261 §16.6 step 8: the part of our branch that detects loops (§16.3 step 4).
+
+    It covers what a spiral changes (Request-URI, Route) and what identifies the request,
+    so the same request coming back unchanged to us is a loop, a spiral is not.
+    """
+    h = hashlib.blake2s(digest_size=6)
+    h.update(request.uri.encode("latin-1"))
+    for name in ("call-id", "from", "to", "cseq", "route", "proxy-require"):
+        for v in request.headers(name):
+            h.update(b"\x00")
+            h.update(v.encode("latin-1"))
+    return h.hexdigest()
+
+
+def make_branch(loop: str, txid: str) -> str:
+    return f"{BRANCH_PREFIX}{loop}.{txid}"
+
+
+def branch_loop_part(branch: str) -> str | None:
+    if not branch.startswith(BRANCH_PREFIX):
+        return None
+    rest = branch[len(BRANCH_PREFIX) :]
+    dot = rest.find(".")
+    return rest[:dot] if dot > 0 else None

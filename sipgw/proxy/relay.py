@@ -1,0 +1,389 @@
+"""Stateful relay (RFC 3261 §16.6–§16.10): carries out what the transaction machines ask.
+
+One ``ServerCtx`` per request received (the response context of §16), one ``ClientCtx`` per
+branch sent. The transaction machines decide; this module sends, arms the one timer each
+transaction needs, and applies the proxy rules on top: 100 Trying, no forwarding of 100,
+the best final response only once, every 2xx, timer C, CANCEL matching, 408/503 when a
+branch dies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
+
+from sipgw.proxy.identity import BRANCH_PREFIX, loop_hash, make_branch
+from sipgw.proxy.transport import Destination, Source, forbidden_target
+from sipgw.sip.effects import Deliver, Send, Terminated, Timeout, TransportError
+from sipgw.sip.message import Request, Response, build_cancel
+from sipgw.sip.transaction import (
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    client_key,
+    invite_key_for_cancel,
+    server_key,
+)
+
+if TYPE_CHECKING:
+    from sipgw.proxy.core import Proxy
+
+log = Logger(namespace="sipgw.relay")
+
+
+class ServerCtx:
+    """A request we received and must answer: its transaction and its branches."""
+
+    __slots__ = (
+        "key", "tx", "request", "dest", "timer", "branches", "final_sent", "cancelled",
+        "timer_c",
+    )
+
+    def __init__(self, key, tx, request: Request, dest: Destination) -> None:
+        self.key = key
+        self.tx = tx
+        self.request = request
+        self.dest = dest
+        self.timer = None
+        self.branches: list[ClientCtx] = []
+        self.final_sent = False
+        self.cancelled = False
+        self.timer_c = None
+
+
+class ClientCtx:
+    """One branch: a request we sent and its client transaction."""
+
+    __slots__ = (
+        "key", "tx", "request", "dest", "timer", "server", "provisional", "cancel_pending",
+        "is_cancel", "done",
+    )
+
+    def __init__(self, key, tx, request: Request, dest: Destination, server: ServerCtx | None):
+        self.key = key
+        self.tx = tx
+        self.request = request
+        self.dest = dest
+        self.timer = None
+        self.server = server
+        self.provisional = False
+        self.cancel_pending = False
+        self.is_cancel = False
+        self.done = False
+
+
+class Relay:
+    def __init__(self, proxy: "Proxy") -> None:
+        self.proxy = proxy
+        self.clock = proxy.clock
+        self.servers: dict[tuple, ServerCtx] = {}
+        self.clients: dict[tuple, ClientCtx] = {}
+        self._ids = itertools.count(1)
+
+    # -- server side ------------------------------------------------------------------
+
+    def find_server(self, request: Request) -> ServerCtx | None:
+        return self.servers.get(server_key(request))
+
+    def absorb(self, request: Request, source: Source) -> bool:
+        """A retransmission, or the ACK of a non-2xx we sent: let its transaction take it."""
+        ctx = self.servers.get(server_key(request))
+        if ctx is None:
+            return False
+        self._run_server(ctx, ctx.tx.on_request(request, self.clock.seconds()))
+        return True
+
+    def new_server(self, request: Request, source: Source) -> ServerCtx | None:
+        """Create the server transaction, or answer 503 when the table is full."""
+        p = self.proxy
+        if len(self.servers) + len(self.clients) >= p.max_transactions:
+            p.reply(request, source, 503, "Service Unavailable", [("Retry-After", "5")])
+            log.warn("transaction table full ({n}); refusing {m}", n=p.max_transactions,
+                     m=request.method)
+            return None
+        cls = InviteServerTransaction if request.method == "INVITE" else NonInviteServerTransaction
+        tx = cls(request, reliable=source.reliable, timers=p.timers)
+        key = server_key(request)
+        ctx = ServerCtx(key, tx, request, p.response_destination(request, source))
+        self.servers[key] = ctx
+        p.stats.inc("tm:UAS_transactions")
+        self._inuse()
+        return ctx
+
+    def respond(self, ctx: ServerCtx, status: int, reason: str, extra=None) -> None:
+        """Answer a request from sipgw itself, through its server transaction."""
+        resp = self.proxy.local_response(ctx.request, status, reason, extra)
+        if status >= 200:
+            ctx.final_sent = True
+            self._stop_timer_c(ctx)
+        self._run_server(ctx, ctx.tx.respond(resp, self.clock.seconds()))
+
+    def _run_server(self, ctx: ServerCtx, effects) -> None:
+        for e in effects:
+            t = type(e)
+            if t is Send:
+                self.proxy.send(e.message.to_bytes(), ctx.dest)
+            elif t is Terminated:
+                if self.servers.get(ctx.key) is ctx:
+                    del self.servers[ctx.key]
+                    self._inuse()
+                self._stop_timer_c(ctx)
+        self._arm(ctx, ctx.tx)
+
+    # -- forwarding (§16.6) -----------------------------------------------------------
+
+    def forward(
+        self,
+        ctx: ServerCtx,
+        request: Request,
+        target: Destination,
+        *,
+        inbound: str,
+        record_route: bool,
+    ) -> None:
+        """Send a copy of ``request`` on a new branch to ``target``."""
+        p = self.proxy
+        if forbidden_target(target.host):
+            self.respond(ctx, 400, "Bad Destination Address")
+            return
+        out = request.copy()
+        _decrement_max_forwards(out, p.max_forwards)
+        if record_route:
+            for rr in reversed(p.identity.record_route_pair(inbound, target.transport)):
+                out.prepend("record-route", rr)
+        branch = make_branch(loop_hash(request), f"{next(self._ids):x}")
+        out.prepend("via", p.identity.via(target.transport, branch))
+        self._start_branch(ctx, out, target, cancel=False)
+        p.stats.inc("core:fwd_requests")
+        if request.method == "INVITE" and p.timer_c:
+            self._restart_timer_c(ctx)
+
+    def _start_branch(
+        self, ctx: ServerCtx | None, out: Request, target: Destination, *, cancel: bool
+    ) -> ClientCtx:
+        p = self.proxy
+        cls = InviteClientTransaction if out.method == "INVITE" else NonInviteClientTransaction
+        tx = cls(out, reliable=target.reliable, timers=p.timers)
+        key = (out.top_via.branch, out.method)
+        branch = ClientCtx(key, tx, out, target, ctx)
+        branch.is_cancel = cancel
+        self.clients[key] = branch
+        if ctx is not None and not cancel:
+            ctx.branches.append(branch)
+        p.stats.inc("tm:UAC_transactions")
+        self._inuse()
+        self._run_client(branch, tx.start(self.clock.seconds()))
+        return branch
+
+    def forward_stateless(self, request: Request, target: Destination) -> None:
+        """§16.11: an ACK for a 2xx goes end to end, without a transaction."""
+        p = self.proxy
+        if forbidden_target(target.host):
+            return
+        out = request.copy()
+        _decrement_max_forwards(out, p.max_forwards)
+        # The same incoming branch must give the same outgoing branch (§16.11).
+        incoming = request.top_via.branch or request.header("via") or ""
+        txid = hashlib.blake2s(incoming.encode("latin-1"), digest_size=6).hexdigest()
+        out.prepend("via", p.identity.via(target.transport, make_branch(loop_hash(request), txid)))
+        p.send(out.to_bytes(), target)
+        p.stats.inc("core:fwd_requests")
+
+    # -- CANCEL (§16.10) ----------------------------------------------------------------
+
+    def cancel(self, request: Request, source: Source) -> None:
+        p = self.proxy
+        invite = self.servers.get(invite_key_for_cancel(request))
+        if invite is None or invite.request.method != "INVITE":
+            p.reply(request, source, 481, "Call/Transaction Does Not Exist")
+            return
+        ctx = self.new_server(request, source)
+        if ctx is None:
+            return
+        self.respond(ctx, 200, "OK")
+        if invite.final_sent or invite.cancelled:
+            return
+        invite.cancelled = True
+        for branch in invite.branches:
+            self._cancel_branch(branch)
+
+    def _cancel_branch(self, branch: ClientCtx) -> None:
+        if branch.done:
+            return
+        if not branch.provisional:
+            # §9.1: no CANCEL before a provisional response; send it when one arrives.
+            branch.cancel_pending = True
+            return
+        self._start_branch(None, build_cancel(branch.request), branch.dest, cancel=True)
+
+    # -- responses (§16.7) --------------------------------------------------------------
+
+    def on_response(self, response: Response, source: Source) -> None:
+        p = self.proxy
+        via = response.top_via
+        branch = via.branch or ""
+        if not branch.startswith(BRANCH_PREFIX) or not p.identity.is_us(via.host, via.port):
+            # §16.7 step 1 / §18.1.2: not ours; a proxy drops it.
+            p.stats.inc("core:drop_replies")
+            return
+        ctx = self.clients.get((branch, response.cseq[1]))
+        if ctx is None:
+            self._forward_response_stateless(response)
+            return
+        self._run_client(ctx, ctx.tx.on_response(response, self.clock.seconds()))
+
+    def _forward_response_stateless(self, response: Response) -> None:
+        """§16.11: late 2xx retransmissions and strays, routed by the next Via."""
+        p = self.proxy
+        up = response.copy()
+        up.pop_first("via")
+        if not up.has("via"):
+            p.stats.inc("core:drop_replies")
+            return
+        dest = p.via_destination(up)
+        if dest is None or forbidden_target(dest.host):
+            p.stats.inc("core:drop_replies")
+            return
+        p.send(up.to_bytes(), dest)
+        p.stats.inc("core:fwd_replies")
+
+    def _run_client(self, ctx: ClientCtx, effects) -> None:
+        for e in effects:
+            t = type(e)
+            if t is Send:
+                self.proxy.send(e.message.to_bytes(), ctx.dest)
+            elif t is Deliver:
+                self._branch_response(ctx, e.response)
+            elif t is Timeout:
+                self._branch_failed(ctx, 408, "Request Timeout")
+            elif t is TransportError:
+                self._branch_failed(ctx, 503, "Service Unavailable")
+            elif t is Terminated:
+                ctx.done = True
+                if self.clients.get(ctx.key) is ctx:
+                    del self.clients[ctx.key]
+                    self._inuse()
+        self._arm(ctx, ctx.tx)
+
+    def _branch_response(self, ctx: ClientCtx, response: Response) -> None:
+        server = ctx.server
+        status = response.status
+        if ctx.is_cancel or server is None:
+            return  # the 200 to our CANCEL ends here (§16.10)
+        if status < 200:
+            if not ctx.provisional:
+                ctx.provisional = True
+                if ctx.cancel_pending:
+                    self._cancel_branch(ctx)
+            if server.request.method == "INVITE" and status > 100:
+                self._restart_timer_c(server)  # §16.7 step 2
+            if status == 100:
+                return  # §16.7 step 3: never forwarded
+        else:
+            if status >= 300:
+                if server.final_sent:
+                    return  # one final response only (§16.7 step 6)
+            self._stop_timer_c(server)
+            server.final_sent = True
+        up = response.copy()
+        up.pop_first("via")  # §16.7 step 9: our Via is ours alone
+        self.proxy.stats.inc("core:fwd_replies")
+        self._run_server(server, server.tx.respond(up, self.clock.seconds()))
+
+    def _branch_failed(self, ctx: ClientCtx, status: int, reason: str) -> None:
+        server = ctx.server
+        self.proxy.stats.inc("tm:timeouts")
+        log.info(
+            "{m} to {h}:{p} failed ({why})",
+            m=ctx.request.method, h=ctx.dest.host, p=ctx.dest.port, why=reason,
+        )
+        if ctx.is_cancel or server is None or server.final_sent:
+            return
+        if server.cancelled:
+            status, reason = 487, "Request Terminated"
+        self.respond(server, status, reason)
+
+    # -- timer C (§16.6 step 11, §16.8) -------------------------------------------------
+
+    def _restart_timer_c(self, ctx: ServerCtx) -> None:
+        if ctx.timer_c is not None and ctx.timer_c.active():
+            ctx.timer_c.reset(self.proxy.timer_c)
+        else:
+            ctx.timer_c = self.clock.callLater(self.proxy.timer_c, self._timer_c_fired, ctx)
+
+    def _stop_timer_c(self, ctx: ServerCtx) -> None:
+        if ctx.timer_c is not None:
+            if ctx.timer_c.active():
+                ctx.timer_c.cancel()
+            ctx.timer_c = None
+
+    def _timer_c_fired(self, ctx: ServerCtx) -> None:
+        ctx.timer_c = None
+        if ctx.final_sent:
+            return
+        log.info("timer C fired for {cid}", cid=ctx.request.call_id)
+        self.proxy.stats.inc("tm:timeouts")
+        for branch in ctx.branches:
+            if branch.done:
+                continue
+            if branch.provisional:
+                self._cancel_branch(branch)  # its 487 then goes upstream
+            else:
+                branch.done = True
+        if not any(b.provisional and not b.done for b in ctx.branches):
+            self.respond(ctx, 408, "Request Timeout")
+
+    # -- timers -------------------------------------------------------------------------
+
+    def _arm(self, ctx, tx) -> None:
+        deadline = tx.next_deadline()
+        call = ctx.timer
+        if deadline is None:
+            if call is not None:
+                if call.active():
+                    call.cancel()
+                ctx.timer = None
+            return
+        now = self.clock.seconds()
+        delay = deadline - now if deadline > now else 0.0
+        if call is not None and call.active():
+            if call.getTime() != deadline:
+                call.reset(delay)
+        else:
+            fire = self._fire_server if isinstance(ctx, ServerCtx) else self._fire_client
+            ctx.timer = self.clock.callLater(delay, fire, ctx)
+
+    def _fire_server(self, ctx: ServerCtx) -> None:
+        ctx.timer = None
+        self._run_server(ctx, ctx.tx.on_timer(self.clock.seconds()))
+
+    def _fire_client(self, ctx: ClientCtx) -> None:
+        ctx.timer = None
+        effects = ctx.tx.on_timer(self.clock.seconds())
+        if any(type(e) is Send for e in effects):
+            self.proxy.stats.inc("tm:retransmissions")
+        self._run_client(ctx, effects)
+
+    def _inuse(self) -> None:
+        self.proxy.stats.set("tm:inuse_transactions", len(self.servers) + len(self.clients))
+
+    def transport_failed(self, host: str, port: int, transport: str) -> None:
+        """A connection could not be made: every branch waiting on it fails now."""
+        now = self.clock.seconds()
+        for ctx in list(self.clients.values()):
+            d = ctx.dest
+            if (d.host, d.port, d.transport) == (host, port, transport) and not ctx.done:
+                self._run_client(ctx, ctx.tx.on_transport_error(now))
+
+
+def _decrement_max_forwards(msg: Request, default: int) -> None:
+    """§16.6 step 3: decrement, or add one when the request had none."""
+    mf = msg.header("max-forwards")
+    if mf is None:
+        msg.prepend("max-forwards", str(default))
+    else:
+        msg.set("max-forwards", str(max(int(mf) - 1, 0)))

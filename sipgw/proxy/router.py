@@ -1,0 +1,236 @@
+"""The route script: what happens to a request, in the order Kamailio users know.
+
+REQINIT → (CANCEL, ACK, retransmissions) → WITHINDLG → RECORD-ROUTE → DISPATCH → RELAY.
+Later capabilities (NATDETECT, AUTH, REGISTRAR, the dispatcher) slot in as more steps of
+``on_request``; each step is a method that either answers the request or lets it through.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
+
+from sipgw.proxy.identity import branch_loop_part, loop_hash
+from sipgw.proxy.transport import Destination, Source
+from sipgw.sip.address import parse_name_addr
+from sipgw.sip.errors import ParseError
+from sipgw.sip.message import Request
+from sipgw.sip.uri import SipURI, parse_uri
+from sipgw.sip.via import parse_via
+
+if TYPE_CHECKING:
+    from sipgw.proxy.core import Proxy
+
+log = Logger(namespace="sipgw.router")
+
+# Requests that may create a dialog and so get our Record-Route (RFC 3261 §16.6 step 4).
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, PRACK, SUBSCRIBE, NOTIFY, PUBLISH, INFO, REFER, MESSAGE, UPDATE"
+
+
+class Router:
+    def __init__(self, proxy: "Proxy") -> None:
+        self.proxy = proxy
+        self.relay = proxy.relay
+        self.identity = proxy.identity
+
+    def on_request(self, req: Request, source: Source) -> None:
+        method = req.method
+        if method == "ACK":
+            self._ack(req, source)
+            return
+        # Retransmission of a request we are already handling (§17.2.3).
+        if self.relay.absorb(req, source):
+            return
+        ruri = self._reqinit(req, source)
+        if ruri is None:
+            return
+        if method == "CANCEL":
+            self.relay.cancel(req, source)
+            return
+        if req.to_tag is not None:
+            self._within_dialog(req, source)
+            return
+        self._initial(req, source, ruri)
+
+    # -- REQINIT ------------------------------------------------------------------------
+
+    def _reqinit(self, req: Request, source: Source) -> SipURI | None:
+        p = self.proxy
+        mf = req.header("max-forwards")
+        if mf is not None and int(mf) == 0:
+            p.reply(req, source, 483, "Too Many Hops")
+            return None
+        try:
+            ruri = parse_uri(req.uri)
+        except ParseError:
+            p.reply(req, source, 400, "Bad Request-URI")
+            return None
+        if not isinstance(ruri, SipURI):
+            p.reply(req, source, 416, "Unsupported URI Scheme")
+            return None
+        if ruri.headers:
+            # RFC 4475 §3.1.2.11: headers in a Request-URI must never become real headers,
+            # nor be forwarded; refusing is the safe choice.
+            p.reply(req, source, 400, "Bad Request-URI: headers not allowed")
+            return None
+        # We support no extension a client may require of proxies (§16.3 step 5).
+        required = [t for t in req.values("proxy-require") if t]
+        if required and req.method != "CANCEL":
+            p.reply(req, source, 420, "Bad Extension", [("Unsupported", ", ".join(required))])
+            return None
+        if self._looped(req):
+            p.reply(req, source, 482, "Loop Detected")
+            return None
+        if (
+            req.method == "OPTIONS"
+            and ruri.user is None
+            and not req.has("route")
+            and self.identity.is_us(ruri.host.strip("[]"), ruri.port)
+        ):
+            # A keepalive addressed to sipgw itself.
+            p.reply(req, source, 200, "OK", [("Allow", ALLOW), ("Accept", "application/sdp"),
+                                             ("Supported", "path, outbound")])
+            return None
+        return ruri
+
+    def _looped(self, req: Request) -> bool:
+        """§16.3 step 4: our own Via with the same loop hash means the request came back."""
+        vias = req.headers("via")
+        if not any("z9hG4bKsg" in v for v in vias):
+            return False
+        mine = loop_hash(req)
+        for value in vias:
+            for via in parse_via(value):
+                part = branch_loop_part(via.branch or "")
+                if part == mine and self.identity.is_us(via.host.strip("[]"), via.port):
+                    return True
+        return False
+
+    # -- ACK ----------------------------------------------------------------------------
+
+    def _ack(self, req: Request, source: Source) -> None:
+        # The ACK of a non-2xx belongs to our INVITE server transaction (hop by hop).
+        if self.relay.absorb(req, source):
+            return
+        # The ACK of a 2xx is a request of its own, routed end to end (§16.11).
+        target = self._loose_route(req)
+        if target is None:
+            self.proxy.stats.inc("core:drop_requests")
+            return
+        self.relay.forward_stateless(req, target)
+
+    # -- WITHINDLG ----------------------------------------------------------------------
+
+    def _within_dialog(self, req: Request, source: Source) -> None:
+        target = self._loose_route(req, require_ours=True)
+        if target is None:
+            self.proxy.reply(req, source, 404, "Not Here")
+            return
+        ctx = self.relay.new_server(req, source)
+        if ctx is None:
+            return
+        if req.method == "INVITE":
+            self.relay.respond(ctx, 100, "Trying")
+        self.relay.forward(ctx, req, target, inbound=source.transport, record_route=False)
+
+    def _loose_route(self, req: Request, *, require_ours: bool = False) -> Destination | None:
+        """RFC 3261 §16.4 and §16.6 step 6-7: consume our Route entries, find the next hop.
+
+        With ``require_ours``, a request that names no Route of ours is refused: we do not
+        relay in-dialog requests for dialogs we never record-routed.
+        """
+        ours = False
+        try:
+            ruri = parse_uri(req.uri)
+        except ParseError:
+            return None
+        routes = req.values("route")
+        if isinstance(ruri, SipURI) and routes and self.identity.is_us(
+            ruri.host.strip("[]"), ruri.port
+        ):
+            # The previous hop was a strict router: the real Request-URI is the last Route.
+            last = parse_name_addr(routes[-1]).uri
+            self._remove_last_route(req)
+            req.uri = str(last)
+            ours = True
+        while True:
+            first = req.values("route")[:1]
+            if not first:
+                break
+            uri = parse_name_addr(first[0]).uri
+            if isinstance(uri, SipURI) and self.identity.is_us(uri.host.strip("[]"), uri.port):
+                req.pop_first("route")
+                ours = True
+                continue
+            break
+        if require_ours and not ours:
+            return None
+        remaining = req.values("route")
+        if remaining:
+            next_hop = parse_name_addr(remaining[0]).uri
+            if isinstance(next_hop, SipURI) and next_hop.param("lr") is None:
+                # §16.6 step 6: a strict router next: it gets the route in the R-URI.
+                req.pop_first("route")
+                req.append("route", f"<{req.uri}>")
+                req.uri = str(next_hop)
+        else:
+            next_hop = parse_uri(req.uri)
+        if not isinstance(next_hop, SipURI):
+            return None
+        dest = uri_destination(next_hop)
+        if self.identity.is_us(dest.host, dest.port):
+            return None  # it would come straight back to us
+        return dest
+
+    @staticmethod
+    def _remove_last_route(req: Request) -> None:
+        values = req.values("route")
+        req.remove("route")
+        for v in values[:-1]:
+            req.append("route", v)
+
+    # -- initial requests: RECORD-ROUTE → DISPATCH → RELAY -------------------------------
+
+    def _initial(self, req: Request, source: Source, ruri: SipURI) -> None:
+        p = self.proxy
+        backend = p.backend.destination
+        from_backend = source.host == backend.host and source.port == backend.port
+        if from_backend:
+            # Towards a client, by Route or Request-URI (later: Path and alias lookup).
+            target = self._loose_route(req)
+            if target is None:
+                p.reply(req, source, 404, "Not Found")
+                return
+        else:
+            # A client's request goes to the backend, and nowhere else: a preloaded Route
+            # naming us is consumed, one naming anybody else would make us an open relay.
+            if req.has("route"):
+                self._loose_route(req)
+                if req.has("route"):
+                    p.reply(req, source, 403, "Not relaying")
+                    return
+            target = backend
+        ctx = self.relay.new_server(req, source)
+        if ctx is None:
+            return
+        if req.method == "INVITE":
+            self.relay.respond(ctx, 100, "Trying")  # §16.2: at once, we are stateful
+        self.relay.forward(
+            ctx,
+            req,
+            target,
+            inbound=source.transport,
+            record_route=p.record_route and req.method in DIALOG_CREATING,
+        )
+
+
+def uri_destination(uri: SipURI) -> Destination:
+    """RFC 3263 without DNS SRV: transport param, else UDP (TLS for sips); port default."""
+    transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
+    if transport == "sctp":
+        transport = "udp"
+    host = (uri.param("maddr") or uri.host).strip("[]")
+    port = uri.port or (5061 if transport == "tls" else 5060)
+    return Destination(transport=transport, host=host, port=port)

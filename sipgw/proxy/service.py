@@ -1,0 +1,254 @@
+"""The only wiring: config → listeners, proxy, signals. Everything else takes arguments.
+
+``ProxyService`` is a Twisted ``Service``: ``startService`` opens the listeners,
+``stopService`` closes them (SIGTERM). ``reload`` (SIGHUP) re-reads the config file and
+keeps the running one when the new one is bad.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import socket
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from sipgw.proxy import log as sipgw_log
+from sipgw.proxy.config import Config, ConfigError, LoadedConfig, load_config
+from sipgw.proxy.core import Backend, Proxy
+from sipgw.proxy.identity import Identity, Listener
+from sipgw.proxy.router import uri_destination
+from sipgw.proxy.stats import Stats
+from sipgw.proxy.transport import Destination, FlowTable, Source, is_ip
+from sipgw.proxy.transport.stream import StreamTransport
+from sipgw.proxy.transport.udp import UdpListener
+from sipgw.sip.parser import Limits
+from sipgw.sip.timers import TimerConfig
+from sipgw.sip.uri import SipURI, parse_uri
+
+log = Logger(namespace="sipgw.service")
+
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+class ProxyService(service.Service):
+    name = "sipgw"
+
+    def __init__(self, loaded: LoadedConfig, reactor) -> None:
+        self.loaded = loaded
+        self.reactor = reactor
+        self.stats = Stats()
+        self.flows = FlowTable()
+        self.udp: list[UdpListener] = []
+        self.ports: list = []
+        self.proxy: Proxy | None = None
+        self.stream: StreamTransport | None = None
+        self._resolved: dict[str, str] = {}
+
+    # -- start and stop -----------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        config = self.loaded.config
+        for key in self.loaded.not_in_effect:
+            log.warn("{key}: not in effect yet (set in {path})", key=key, path=self.loaded.path)
+        self.proxy = self._build_proxy(config)
+        self.stream = StreamTransport(
+            self.reactor,
+            self.reactor,
+            self.flows,
+            self.proxy.receive,
+            limits=self.proxy.limits,
+            idle_timeout=config.limits.tcp_idle_timeout,
+            on_send_failed=self._send_failed,
+        )
+        for addr in config.listen.udp:
+            lst = UdpListener(addr.host, addr.port, self.proxy.receive)
+            self.ports.append(self.reactor.listenUDP(addr.port, lst, interface=addr.host,
+                                                     maxPacketSize=65535))
+            self.udp.append(lst)
+        for addr in config.listen.tcp:
+            self.ports.append(self.stream.listen(addr.host, addr.port))
+            log.info("listening on tcp:{host}:{port}", host=addr.host, port=addr.port)
+        log.info("relaying to {uri}", uri=self.proxy.backend.uri)
+
+    def stopService(self):
+        super().stopService()
+        if self.stream is not None:
+            self.stream.close_all()
+        ports, self.ports = self.ports, []
+        self.udp = []
+        return defer.DeferredList(
+            [defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True
+        )
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+
+    # -- building the proxy from a config -----------------------------------------------
+
+    def _build_proxy(self, config: Config) -> Proxy:
+        backend = _backend(config)
+        identity = Identity(listeners=_listeners(config, backend.destination.host),
+                            aliases=_aliases(config))
+        proxy = Proxy(
+            clock=self.reactor,
+            identity=identity,
+            backend=backend,
+            send=self.send,
+            stats=self.stats,
+        )
+        _apply(proxy, config)
+        return proxy
+
+    def reload(self) -> None:
+        """SIGHUP: read the file again; a bad file changes nothing."""
+        path = self.loaded.path
+        if path is None:
+            log.info("reload: running on the embedded default config; nothing to read")
+            return
+        try:
+            new = load_config(path)
+            backend = _backend(new.config)
+        except (ConfigError, ValueError) as e:
+            log.error("reload refused, keeping the running config: {err}", err=e)
+            return
+        old = self.loaded.config
+        if new.config.listen != old.listen:
+            log.warn("reload: listen changes need a restart; listeners kept as they are")
+        self.loaded = new
+        assert self.proxy is not None
+        self.proxy.backend = backend
+        self.proxy.identity.aliases = _aliases(new.config)
+        self.proxy.identity.refresh()
+        _apply(self.proxy, new.config)
+        for key in new.not_in_effect:
+            log.warn("{key}: not in effect yet", key=key)
+        log.info("reloaded {path}", path=path)
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(self, data: bytes, dest: Destination) -> None:
+        host = dest.host
+        if not is_ip(host):
+            ip = self._resolved.get(host)
+            if ip is None:
+                self._resolve_then_send(data, dest)
+                return
+            host = ip
+        if dest.transport == "udp":
+            lst = self._udp_for(host)
+            if lst is None or not lst.send(data, host, dest.port):
+                self._send_failed(host, dest.port, "udp")
+        elif dest.transport == "tcp" and self.stream is not None:
+            self.stream.send(data, host, dest.port, dest.flow_id)
+        else:
+            log.warn("cannot send to {t}:{h}:{p}: transport not available",
+                     t=dest.transport, h=host, p=dest.port)
+            self._send_failed(host, dest.port, dest.transport)
+
+    def _udp_for(self, host: str) -> UdpListener | None:
+        v6 = ":" in host
+        for lst in self.udp:
+            if (":" in lst.host) == v6:
+                return lst
+        return self.udp[0] if self.udp else None
+
+    def _resolve_then_send(self, data: bytes, dest: Destination) -> None:
+        def ok(ip: str) -> None:
+            if len(self._resolved) > 1024:
+                self._resolved.clear()
+            self._resolved[dest.host] = ip
+            self.send(data, Destination(transport=dest.transport, host=ip, port=dest.port,
+                                        flow_id=dest.flow_id))
+
+        def failed(f) -> None:
+            log.warn("cannot resolve {h}: {err}", h=dest.host, err=f.getErrorMessage())
+            self._send_failed(dest.host, dest.port, dest.transport)
+
+        self.reactor.resolve(dest.host).addCallbacks(ok, failed)
+
+    def _send_failed(self, host: str, port: int, transport: str) -> None:
+        if self.proxy is not None:
+            self.proxy.relay.transport_failed(host, port, transport)
+
+    # for tests and tools: feed a message as if it came from a listener
+    def inject(self, data: bytes, source: Source) -> None:
+        assert self.proxy is not None
+        self.proxy.receive(data, source)
+
+
+def _apply(proxy: Proxy, config: Config) -> None:
+    """The settings that may change on reload."""
+    t = config.timers
+    proxy.timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4, timer_b=t.timer_b, timer_f=t.timer_f)
+    proxy.timer_c = t.timer_c
+    proxy.max_forwards = config.proxy.max_forwards
+    proxy.record_route = config.proxy.record_route
+    proxy.server_header = config.proxy.server_header
+    proxy.max_transactions = config.limits.max_transactions
+    proxy.limits = Limits(
+        max_message_size=config.limits.max_message_size,
+        max_headers=config.limits.max_headers,
+        max_body_size=config.limits.max_message_size,
+    )
+    sipgw_log.set_level(config.log.level)
+
+
+def _backend(config: Config) -> Backend:
+    uri_text = config.dispatcher.destinations[0]
+    uri = parse_uri(uri_text)
+    if not isinstance(uri, SipURI):
+        raise ValueError(f"dispatcher.destinations: not a SIP URI: {uri_text}")
+    dest = uri_destination(uri)
+    if not is_ip(dest.host):
+        # Resolved once at start (and on reload); per-message DNS is the dispatcher's job.
+        info = socket.getaddrinfo(dest.host, dest.port, type=socket.SOCK_DGRAM)
+        dest = Destination(transport=dest.transport, host=info[0][4][0], port=dest.port)
+    return Backend(uri=uri_text, destination=dest)
+
+
+def _primary_address(toward: str) -> str:
+    """The local address the kernel would use to reach ``toward`` (no packet is sent)."""
+    family = socket.AF_INET6 if ":" in toward else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((toward, 9))
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1" if family == socket.AF_INET else "::1"
+
+
+def _listeners(config: Config, backend_host: str) -> list[Listener]:
+    adv = config.listen.advertise
+    out: list[Listener] = []
+    for transport in ("udp", "tcp"):
+        for addr in getattr(config.listen, transport):
+            host = addr.host
+            port = addr.port
+            if adv is not None:
+                host, port = adv.host, adv.port or addr.port
+            elif host in WILDCARDS:
+                host = _primary_address(backend_host)
+            out.append(Listener(transport=transport, host=host, port=port))
+    if not out:
+        out.append(Listener(transport="udp", host=_primary_address(backend_host), port=5060))
+    return out
+
+
+def _aliases(config: Config) -> set[str]:
+    aliases = {a.lower() for a in config.proxy.aliases}
+    wildcard = any(
+        addr.host in WILDCARDS for addr in (*config.listen.udp, *config.listen.tcp)
+    )
+    if wildcard:
+        # Bound to every address: any of ours names us.
+        aliases |= {"127.0.0.1", "::1", "localhost", socket.gethostname().lower()}
+        try:
+            for info in socket.getaddrinfo(socket.gethostname(), None):
+                aliases.add(str(ipaddress.ip_address(info[4][0].split("%")[0])))
+        except OSError:
+            pass
+    return aliases

@@ -1,0 +1,116 @@
+"""Transports: where a message came from, where one goes, and the flows that carry them.
+
+Every listener hands the proxy ``(bytes, Source)``; the proxy hands back ``(bytes,
+Destination)``. UDP has no connections, so its "flow" is the listening socket plus the peer
+address. TCP (and later TLS and WebSocket) connections are flows with an id, kept in the
+``FlowTable`` so replies and in-dialog requests can go down the connection they belong to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+RELIABLE = frozenset({"tcp", "tls", "ws", "wss"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Source:
+    """Where a message came from."""
+
+    transport: str  # "udp", "tcp", "tls", "ws", "wss"
+    host: str
+    port: int
+    local_host: str
+    local_port: int
+    flow_id: int | None = None  # None for UDP
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport in RELIABLE
+
+    def as_destination(self) -> "Destination":
+        return Destination(
+            transport=self.transport, host=self.host, port=self.port, flow_id=self.flow_id
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Destination:
+    """Where a message goes. A flow id, when given and still open, wins over the address."""
+
+    transport: str
+    host: str
+    port: int
+    flow_id: int | None = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport in RELIABLE
+
+
+class Flow(Protocol):
+    """What the flow table needs from a connection."""
+
+    flow_id: int
+    transport_name: str
+
+    def send(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FlowTable:
+    """Open connections by id and by remote address (for reuse, RFC 3261 §18.1.1)."""
+
+    def __init__(self) -> None:
+        self._next = 1
+        self.by_id: dict[int, Flow] = {}
+        self.by_addr: dict[tuple[str, str, int], int] = {}
+
+    def new_id(self) -> int:
+        fid = self._next
+        self._next += 1
+        return fid
+
+    def add(self, flow: Flow, transport: str, host: str, port: int) -> None:
+        self.by_id[flow.flow_id] = flow
+        self.by_addr[(transport, host, port)] = flow.flow_id
+
+    def remove(self, flow: Flow, transport: str, host: str, port: int) -> None:
+        self.by_id.pop(flow.flow_id, None)
+        if self.by_addr.get((transport, host, port)) == flow.flow_id:
+            del self.by_addr[(transport, host, port)]
+
+    def get(self, flow_id: int | None) -> Flow | None:
+        return None if flow_id is None else self.by_id.get(flow_id)
+
+    def find(self, transport: str, host: str, port: int) -> Flow | None:
+        fid = self.by_addr.get((transport, host, port))
+        return None if fid is None else self.by_id.get(fid)
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def forbidden_target(host: str) -> bool:
+    """Addresses a proxy must never send to (RFC 4475 §3.3.10: broadcast Via)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if ip.is_multicast or ip.is_unspecified:
+        return True
+    return ip == ipaddress.IPv4Address("255.255.255.255")
+
+
+ReceiveCallback = Callable[[bytes, Source], None]
