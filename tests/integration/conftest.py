@@ -1,0 +1,32 @@
+"""Fixtures for integration tests with real peers on loopback."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.sipp import SippRunner
+
+
+@pytest.fixture(scope="session")
+def sipp_executable() -> str:
+    """The ``sipp`` binary; a missing one fails the test (``./scripts/setup`` installs it)."""
+    path = shutil.which("sipp")
+    if path is None:
+        pytest.fail("sipp is not installed (Debian package sip-tester): run ./scripts/setup")
+    return path
+
+
+@pytest.fixture
+def sipp(tmp_path: Path, sipp_executable: str) -> Iterator[SippRunner]:
+    """Starts SIPp processes for this test; every one is stopped when the test ends.
+
+    Their traces stay in the test's ``tmp_path`` (``sipp/``), which pytest keeps for the
+    last few runs.
+    """
+    runner = SippRunner(tmp_path / "sipp", executable=sipp_executable)
+    yield runner
+    runner.stop_all()
