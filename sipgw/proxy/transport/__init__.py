@@ -94,23 +94,38 @@ class FlowTable:
         return len(self.by_id)
 
 
-def is_ip(host: str) -> bool:
+_ADDRESS_KIND: dict[str, int] = {}  # host → 0 name, 1 IP, 2 IP we must never send to
+_KIND_CACHE_MAX = 4096
+
+
+def _kind(host: str) -> int:
+    # Every message asks this about its destination; ipaddress is slow, so remember.
+    kind = _ADDRESS_KIND.get(host)
+    if kind is not None:
+        return kind
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
-    return True
+        kind = 0
+    else:
+        bad = ip.is_multicast or ip.is_unspecified or ip == _BROADCAST
+        kind = 2 if bad else 1
+    if len(_ADDRESS_KIND) >= _KIND_CACHE_MAX:
+        _ADDRESS_KIND.clear()
+    _ADDRESS_KIND[host] = kind
+    return kind
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def is_ip(host: str) -> bool:
+    return _kind(host) != 0
 
 
 def forbidden_target(host: str) -> bool:
     """Addresses a proxy must never send to (RFC 4475 §3.3.10: broadcast Via)."""
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    if ip.is_multicast or ip.is_unspecified:
-        return True
-    return ip == ipaddress.IPv4Address("255.255.255.255")
+    return _kind(host) == 2
 
 
 ReceiveCallback = Callable[[bytes, Source], None]
