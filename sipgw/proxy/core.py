@@ -130,8 +130,10 @@ class Proxy:
         self, request: Request, status: int, reason: str, extra=None
     ) -> Response:
         # A deterministic To tag: retransmissions of the request get the same reply.
-        seed = f"{request.call_id}|{request.from_tag}|{request.header('via')}".encode("latin-1")
-        tag = hashlib.blake2s(seed, digest_size=8).hexdigest() if status > 100 else None
+        tag = None
+        if status > 100:
+            seed = f"{request.call_id}|{request.from_tag}|{request.header('via')}"
+            tag = hashlib.blake2s(seed.encode("latin-1"), digest_size=8).hexdigest()
         headers = list(extra or ())
         if self.server_header:
             headers.append(("Server", self.server_header))

@@ -162,18 +162,24 @@ class Relay:
                 out.prepend("record-route", rr)
         branch = make_branch(loop_hash(request), f"{next(self._ids):x}")
         out.prepend("via", p.identity.via(target.transport, branch))
-        self._start_branch(ctx, out, target, cancel=False)
+        self._start_branch(ctx, out, branch, target, cancel=False)
         p.stats.inc("core:fwd_requests")
         if request.method == "INVITE" and p.timer_c:
             self._restart_timer_c(ctx)
 
     def _start_branch(
-        self, ctx: ServerCtx | None, out: Request, target: Destination, *, cancel: bool
+        self,
+        ctx: ServerCtx | None,
+        out: Request,
+        branch_id: str,
+        target: Destination,
+        *,
+        cancel: bool,
     ) -> ClientCtx:
         p = self.proxy
         cls = InviteClientTransaction if out.method == "INVITE" else NonInviteClientTransaction
         tx = cls(out, reliable=target.reliable, timers=p.timers)
-        key = (out.top_via.branch, out.method)
+        key = (branch_id, out.method)
         branch = ClientCtx(key, tx, out, target, ctx)
         branch.is_cancel = cancel
         self.clients[key] = branch
@@ -223,7 +229,9 @@ class Relay:
             # §9.1: no CANCEL before a provisional response; send it when one arrives.
             branch.cancel_pending = True
             return
-        self._start_branch(None, build_cancel(branch.request), branch.dest, cancel=True)
+        # §9.1: same branch as the request it cancels, so it reaches the same transaction.
+        self._start_branch(None, build_cancel(branch.request), branch.key[0], branch.dest,
+                           cancel=True)
 
     # -- responses (§16.7) --------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from sipgw.proxy.transport import Destination, Source
 from sipgw.sip.address import parse_name_addr
 from sipgw.sip.errors import ParseError
 from sipgw.sip.message import Request
-from sipgw.sip.uri import SipURI, parse_uri
+from sipgw.sip.uri import SipURI
 from sipgw.sip.via import parse_via
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class Router:
             p.reply(req, source, 483, "Too Many Hops")
             return None
         try:
-            ruri = parse_uri(req.uri)
+            ruri = req.parsed_uri()
         except ParseError:
             p.reply(req, source, 400, "Bad Request-URI")
             return None
@@ -143,7 +143,7 @@ class Router:
         """
         ours = False
         try:
-            ruri = parse_uri(req.uri)
+            ruri = req.parsed_uri()
         except ParseError:
             return None
         routes = req.values("route")
@@ -176,7 +176,7 @@ class Router:
                 req.append("route", f"<{req.uri}>")
                 req.uri = str(next_hop)
         else:
-            next_hop = parse_uri(req.uri)
+            next_hop = req.parsed_uri()
         if not isinstance(next_hop, SipURI):
             return None
         dest = uri_destination(next_hop)
