@@ -245,6 +245,17 @@ class Request(Message):
     def start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"
 
+    def parsed_uri(self):
+        """The Request-URI parsed (``SipURI`` or ``AbsoluteURI``), cached until it changes."""
+        cached = self._cache.get("ruri")
+        if cached is not None and cached[0] is self.uri:  # type: ignore[index]
+            return cached[1]  # type: ignore[index]
+        from sipgw.sip.uri import parse_uri
+
+        parsed = parse_uri(self.uri)
+        self._cache["ruri"] = (self.uri, parsed)
+        return parsed
+
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri} call-id={self.call_id!r}>"
 
@@ -296,10 +307,16 @@ class Response(Message):
 
 
 def parse_cseq(value: str) -> tuple[int, str]:
-    parts = value.split()
-    if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
+    # §25.1: CSeq = 1*DIGIT LWS Method. Split on SP/HT only (str.split() also splits on
+    # NBSP and other latin-1 spaces), and only ASCII digits: "²".isdigit() is True but
+    # int("²") raises ValueError.
+    parts = [p for p in value.replace("\t", " ").split(" ") if p]
+    if len(parts) != 2:
         raise ParseError("Bad CSeq header")
-    number = int(parts[0])
+    digits = parts[0]
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 10:
+        raise ParseError("Bad CSeq header")
+    number = int(digits)
     # RFC 3261 §8.1.1.5: the sequence number MUST be expressible as a 32-bit unsigned integer.
     if number > 0xFFFFFFFF:
         raise ParseError("Bad CSeq header: number too large")
