@@ -18,7 +18,10 @@ from sipgw.sip.parser import DEFAULT_LIMITS, Limits
 
 PING = "ping"
 
-_CL_RE = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+# The value may be folded onto continuation lines (RFC 3261 §7.3.1), as the parser allows.
+_CL_RE = re.compile(
+    rb"\r\n(?:content-length|l)[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECASE
+)
 
 
 class StreamFramer:
@@ -83,7 +86,9 @@ class StreamFramer:
 
     @staticmethod
     def _content_length(head: bytes) -> int:
-        values = {m.group(1).strip() for m in _CL_RE.finditer(head)}
+        # Strip only LWS, as the parser does: "5\x0b" must not frame as 5 here and be
+        # refused there.
+        values = {m.group(1).strip(b" \t\r\n") for m in _CL_RE.finditer(head)}
         if not values:
             # RFC 3261 §18.3 makes it mandatory on streams; treat its absence as no body,
             # as most stacks do, and let the parser decide about the message.

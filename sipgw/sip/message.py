@@ -210,7 +210,9 @@ class Message:
         blen = len(body)
         for f in self.fields:
             if f.key == "content-length":
-                if not length_ok and f.value.strip() == str(blen):
+                # Compared as a number: a right "0040" is kept as written, not moved.
+                value = f.value.strip(" \t")
+                if not length_ok and value.isascii() and value.isdigit() and int(value) == blen:
                     lines.append(f.raw if f.raw is not None else f"{f.name}: {f.value}")
                     length_ok = True
                 continue

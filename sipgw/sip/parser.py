@@ -72,6 +72,9 @@ def parse_message(
     start = lines[0]
     is_response = start[:4].upper() == "SIP/"
     try:
+        crlfs = len(lines) - 1
+        if head.count("\n") != crlfs or head.count("\r") != crlfs:
+            raise ParseError(_bare_line_end(lines))
         msg = _start_line(start, is_response)
         msg.fields = _fields(lines, limits)
         msg.body = _body(msg, body, datagram)
@@ -84,6 +87,19 @@ def parse_message(
             e.status = None
         raise
     return msg
+
+
+def _bare_line_end(lines: list[str]) -> str:
+    """§7: every line ends in CRLF, and no header value may hold a CR or LF (not even in a
+    quoted-string, §25.1). Forwarding one would let a parser downstream that takes a bare
+    LF for a line end see a header we never saw."""
+    for i, line in enumerate(lines):
+        if "\r" in line or "\n" in line:
+            if i == 0:
+                return "Bare CR or LF in start line"
+            name = line.split(":", 1)[0].strip(" \t")
+            return f"Bare CR or LF in header line {name[:32]!r}"
+    return "Bare CR or LF in header section"
 
 
 def _start_line(start: str, is_response: bool) -> Request | Response:
@@ -128,7 +144,8 @@ def _fields(lines: list[str], limits: Limits) -> list[Field]:
                 raise ParseError("Bad header folding")
             last.raw = f"{last.raw}\r\n{line}"
             cont = line.strip(" \t")
-            last.value = f"{last.value} {cont}" if last.value else cont
+            if cont:  # a blank continuation is trailing LWS: "70 " must stay "70"
+                last.value = f"{last.value} {cont}" if last.value else cont
             continue
         colon = line.find(":")
         if colon <= 0:
@@ -166,7 +183,9 @@ def _body(msg: Request | Response, body: bytes, datagram: bool) -> bytes:
         if not datagram and body:
             raise ParseError("Missing Content-Length header")
         return body
-    if not value.isdigit() or len(value) > 9:
+    # isascii(): str.isdigit() also accepts "²", "³" and "¹" (latin-1 B2, B3, B9), which
+    # int() refuses with a ValueError: a crash instead of a 400.
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
         raise ParseError("Bad Content-Length header")
     length = int(value)
     if length > len(body):
@@ -187,7 +206,9 @@ def _check_request(req: Request) -> None:
         status = 400 if req.method in KNOWN_METHODS else 501
         raise ParseError("CSeq method does not match request method", status=status)
     mf = req.header("max-forwards")
-    if mf is not None and (not mf.isdigit() or len(mf) > 6 or int(mf) > 255):
+    if mf is not None and (
+        not (mf.isascii() and mf.isdigit()) or len(mf) > 6 or int(mf) > 255
+    ):
         raise ParseError("Bad Max-Forwards header")
     _check_vias(req)
     _check_addresses(req)
