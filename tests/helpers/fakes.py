@@ -1,0 +1,143 @@
+"""A proxy core on a fake clock and a recording link, fed the way the listeners feed it.
+
+``ProxyHarness`` builds the real ``Proxy`` (``sipgw.proxy.core``) with a
+``twisted.internet.task.Clock``, one UDP listener on 127.0.0.1:5060 and one backend on
+127.0.0.1:5080, and records every ``(bytes, Destination)`` the proxy sends instead of
+putting it on a socket. ``udp()`` hands it one datagram, ``tcp()`` a piece of a byte stream
+cut into messages by a ``StreamFramer``, as ``StreamConnection`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from sipgw.proxy.core import Backend, Proxy
+from sipgw.proxy.identity import Identity, Listener
+from sipgw.proxy.transport import Destination, Source
+from sipgw.sip.framing import PING, StreamFramer
+from sipgw.sip.message import Request, Response
+from sipgw.sip.parser import parse_message
+
+PROXY_HOST, PROXY_PORT = "127.0.0.1", 5060
+BACKEND = Destination(transport="udp", host="127.0.0.1", port=5080)
+CLIENT_HOST, CLIENT_PORT = "192.0.2.99", 5999
+
+UDP_SOURCE = Source(
+    transport="udp", host=CLIENT_HOST, port=CLIENT_PORT,
+    local_host=PROXY_HOST, local_port=PROXY_PORT,
+)
+TCP_SOURCE = Source(
+    transport="tcp", host=CLIENT_HOST, port=CLIENT_PORT,
+    local_host=PROXY_HOST, local_port=PROXY_PORT, flow_id=1,
+)
+BACKEND_SOURCE = Source(
+    transport="udp", host=BACKEND.host, port=BACKEND.port,
+    local_host=PROXY_HOST, local_port=PROXY_PORT,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sent:
+    """One message the proxy handed to its transports."""
+
+    data: bytes
+    dest: Destination
+
+    @property
+    def start_line(self) -> bytes:
+        return self.data.split(b"\r\n", 1)[0]
+
+    @property
+    def status(self) -> int | None:
+        """The status code if this is a response, else None."""
+        if not self.data.startswith(b"SIP/2.0 "):
+            return None
+        return int(self.start_line.split(b" ", 2)[1])
+
+    def parse(self) -> Request | Response:
+        return parse_message(self.data)
+
+
+@dataclass
+class ProxyHarness:
+    clock: Clock = field(default_factory=Clock)
+    sent: list[Sent] = field(default_factory=list)
+    proxy: Proxy = field(init=False)
+    framer: StreamFramer = field(default_factory=StreamFramer)
+    pings: int = 0
+
+    def __post_init__(self) -> None:
+        verifyObject(IReactorTime, self.clock)
+        self.proxy = Proxy(
+            clock=self.clock,
+            identity=Identity(
+                listeners=[Listener(transport="udp", host=PROXY_HOST, port=PROXY_PORT)]
+            ),
+            backend=Backend(uri=f"sip:{BACKEND.host}:{BACKEND.port}", destination=BACKEND),
+            send=self._record,
+        )
+
+    def _record(self, data: bytes, dest: Destination) -> None:
+        assert isinstance(data, bytes) and isinstance(dest, Destination)
+        self.sent.append(Sent(data=data, dest=dest))
+
+    # -- feeding ------------------------------------------------------------------------
+
+    def udp(self, data: bytes, source: Source = UDP_SOURCE) -> list[Sent]:
+        """One datagram in; returns what the proxy sent because of it."""
+        before = len(self.sent)
+        self.proxy.receive(data, source)
+        return self.sent[before:]
+
+    def tcp(self, data: bytes, source: Source = TCP_SOURCE) -> list[Sent]:
+        """Bytes of a stream in (may raise ``FramingError``); returns what was sent."""
+        before = len(self.sent)
+        for item in self.framer.feed(data):
+            if item is PING:
+                self.pings += 1
+            else:
+                self.proxy.receive(item, source)
+        return self.sent[before:]
+
+    def tcp_chunks(self, chunks: Iterable[bytes], source: Source = TCP_SOURCE) -> list[Sent]:
+        before = len(self.sent)
+        for chunk in chunks:
+            self.tcp(chunk, source)
+        return self.sent[before:]
+
+    # -- looking at what went out -------------------------------------------------------
+
+    def to_backend(self, sent: list[Sent] | None = None) -> list[Sent]:
+        return [s for s in (self.sent if sent is None else sent) if s.dest == BACKEND]
+
+    def responses(self, sent: list[Sent] | None = None) -> list[Sent]:
+        return [s for s in (self.sent if sent is None else sent) if s.status is not None]
+
+
+_counter = 0
+
+
+def valid_invite(tag: str | None = None) -> bytes:
+    """A fresh, plain INVITE from the client (new Call-ID and branch on every call)."""
+    global _counter
+    _counter += 1
+    n = tag or f"probe{_counter}"
+    body = b"v=0\r\no=- 1 1 IN IP4 192.0.2.99\r\ns=-\r\nc=IN IP4 192.0.2.99\r\nt=0 0\r\n"
+    head = (
+        f"INVITE sip:bob@example.com SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {CLIENT_HOST}:{CLIENT_PORT};branch=z9hG4bK{n};rport\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"From: <sip:alice@example.com>;tag={n}\r\n"
+        f"To: <sip:bob@example.com>\r\n"
+        f"Call-ID: {n}@192.0.2.99\r\n"
+        f"CSeq: 1 INVITE\r\n"
+        f"Contact: <sip:alice@{CLIENT_HOST}:{CLIENT_PORT}>\r\n"
+        f"Content-Type: application/sdp\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
