@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.sipgw_process import SipgwRunner
 from tests.integration.sipp import SippRunner
 
 
@@ -28,5 +29,18 @@ def sipp(tmp_path: Path, sipp_executable: str) -> Iterator[SippRunner]:
     last few runs.
     """
     runner = SippRunner(tmp_path / "sipp", executable=sipp_executable)
+    yield runner
+    runner.stop_all()
+
+
+@pytest.fixture
+def sipgw(tmp_path: Path) -> Iterator[SipgwRunner]:
+    """Starts sipgw processes for this test: ``sipgw(backend="127.0.0.1:PORT",
+    transport="udp", extra_toml="")`` returns a ready :class:`SipgwProcess`.
+
+    Every one is stopped when the test ends (SIGTERM, and it must exit 0). Config and log
+    stay in the test's ``tmp_path`` (``sipgw/``).
+    """
+    runner = SipgwRunner(tmp_path / "sipgw")
     yield runner
     runner.stop_all()
