@@ -82,6 +82,11 @@ def parse_message(
             _check_response(msg)  # type: ignore[arg-type]
         else:
             _check_request(msg)  # type: ignore[arg-type]
+        if end < 0:
+            # §7: the empty line MUST be present. Checked last, so that a message with
+            # worse faults is refused for those (RFC 4475 baddn: its display names), and
+            # a datagram cut inside its headers is never relayed as if complete.
+            raise ParseError("No empty line after the headers")
     except ParseError as e:
         if is_response:
             e.status = None
@@ -131,9 +136,10 @@ def _start_line(start: str, is_response: bool) -> Request | Response:
 
 def _fields(lines: list[str], limits: Limits) -> list[Field]:
     fields: list[Field] = []
+    append = fields.append
     seen_singletons: set[str] = set()
     last: Field | None = None
-    max_headers = limits.max_headers
+    names = _VALID_NAMES
     for line in lines[1:]:
         if not line:
             continue
@@ -151,20 +157,33 @@ def _fields(lines: list[str], limits: Limits) -> list[Field]:
         if colon <= 0:
             raise ParseError("Bad header line")
         name = line[:colon]
-        if name[-1] in " \t":
+        key = names.get(name)
+        if key is None:
+            # A name not seen before: validate it once, then remember it (bounded).
+            stripped = name.rstrip(" \t")
+            if not stripped or _NAME_RE.match(stripped) is None:
+                raise ParseError(f"Bad header name {stripped[:32]!r}")
+            key = header_key(stripped)
+            if len(names) < _VALID_NAMES_MAX:
+                names[name] = key
+            name = stripped
+        elif name[-1] in " \t":
             name = name.rstrip(" \t")
-        if _NAME_RE.match(name) is None:
-            raise ParseError(f"Bad header name {name[:32]!r}")
-        key = header_key(name)
         if key in SINGLETON_HEADERS:
             if key in seen_singletons:
                 raise ParseError(f"Duplicate {_pretty(key)} header")
             seen_singletons.add(key)
         last = Field(key, name, line[colon + 1 :].strip(" \t"), line)
-        fields.append(last)
-        if len(fields) > max_headers:
-            raise LimitError("Too many headers")
+        append(last)
+    if len(fields) > limits.max_headers:
+        # The message size limit already bounds the work done to get here.
+        raise LimitError("Too many headers")
     return fields
+
+
+# Header names as written → their key, for names that passed validation once.
+_VALID_NAMES: dict[str, str] = {}
+_VALID_NAMES_MAX = 4096
 
 
 def _pretty(key: str) -> str:
@@ -217,37 +236,56 @@ def _check_request(req: Request) -> None:
 def _check_response(resp: Response) -> None:
     if resp.status < 100 or resp.status > 699:
         raise ParseError("Bad status code", status=None)
+    present = {f.key for f in resp.fields}
     for key in ("via", "cseq", "call-id", "from", "to"):
-        if not resp.has(key):
+        if key not in present:
             raise ParseError(f"Missing {_pretty(key)} header", status=None)
     resp._cache["cseq"] = parse_cseq(resp.header("cseq") or "")
     _check_vias(resp)
 
 
 def _check_vias(msg: Request | Response) -> None:
+    """The top Via line must parse: routing and transactions depend on it.
+
+    Only the first Via line is parsed here; the rest are forwarded as received (RFC 4475
+    transports: unknown transports below the top are none of our business) and parsed
+    only when a response has to be routed by them.
+    """
     from sipgw.sip.via import parse_via
 
-    first = True
     for f in msg.fields:
-        if f.key != "via":
-            continue
-        try:
-            vias = parse_via(f.value)
-        except ParseError:
-            raise ParseError("Bad Via header") from None
-        if first:
-            msg._cache["via"] = vias[0]
-            first = False
-        if vias[0].protocol.upper() != "SIP/2.0":
-            raise ParseError("Version Not Supported", status=505)
+        if f.key == "via":
+            try:
+                vias = parse_via(f.value)
+            except ParseError:
+                raise ParseError("Bad Via header") from None
+            top = vias[0]
+            if top.protocol != "SIP/2.0" and top.protocol.upper() != "SIP/2.0":
+                raise ParseError("Version Not Supported", status=505)
+            msg._cache["via"] = top
+            return
+
+
+# The usual From/To: an optional token or quoted display name, a bracketed sip(s) URI
+# without spaces or quotes, and token parameters. Anything else takes the full parser,
+# which refuses what RFC 4475 wants refused (quotbal, badaspec, baddn).
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_PLAIN_ADDRESS_RE = re.compile(
+    rf'(?:"[^"\\\x00-\x1f]*" ?|{_TOKEN}(?: {_TOKEN})* ?)?'
+    rf"<sips?:[^<>\"\s,]+>"
+    rf"(?: ?; ?{_TOKEN}(?: ?= ?{_TOKEN})?)*\Z"
+)
 
 
 def _check_addresses(req: Request) -> None:
     from sipgw.sip.address import parse_name_addr
 
+    match = _PLAIN_ADDRESS_RE.match
     for key, label in (("from", "From"), ("to", "To")):
+        value = req.header(key) or ""
+        if match(value) is not None:
+            continue
         try:
-            addr = parse_name_addr(req.header(key) or "")
+            parse_name_addr(value)
         except ParseError:
             raise ParseError(f"Bad {label} header") from None
-        req._cache[key] = addr

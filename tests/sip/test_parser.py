@@ -382,9 +382,13 @@ def test_on_a_stream_a_body_without_content_length_gets_400() -> None:
     assert parse_message(build(content_length=False), datagram=False).body == b""
 
 
-def test_message_without_an_empty_line_ends_at_the_end_of_the_datagram() -> None:
-    msg = parse_message(build()[:-4])
-    assert msg.header("content-length") == "0" and msg.body == b""
+def test_datagram_cut_before_the_empty_line_is_refused_not_relayed_as_complete() -> None:
+    # RFC 3261 §7: the empty line MUST be present; a datagram cut inside its headers
+    # (a truncated INVITE) must never look like a whole message.
+    for cut in (build()[:-4], build()[:-2]):
+        with pytest.raises(ParseError) as e:
+            parse_message(cut)
+        assert (e.value.status, e.value.reason) == (400, "No empty line after the headers")
 
 
 # -- limits ------------------------------------------------------------------------------------

@@ -605,6 +605,8 @@ def test_baddn_has_no_empty_line_and_is_refused_for_its_display_names_not_its_en
     fixed = data.replace(b"Bell, Alexander", b'"Bell, Alexander"').replace(
         b"Watson, Thomas", b'"Watson, Thomas"'
     )
-    msg = parse_message(fixed)
+    with pytest.raises(ParseError, match="No empty line"):
+        parse_message(fixed)  # fixed names, still no end of headers: a cut datagram
+    msg = parse_message(fixed + b"\r\n")
     assert addr(msg, "from").display_name == "Bell, Alexander"
     assert addr(msg, "to").display_name == "Watson, Thomas"
