@@ -79,8 +79,7 @@ class Proxy:
         try:
             msg = parse_message(data, datagram=not source.reliable, limits=self.limits)
         except ParseError as e:
-            self.stats.inc("core:bad_msg")
-            self._refuse(data, source, e)
+            self.refuse(data, source, e)
             return
         try:
             if type(msg) is Request:
@@ -101,7 +100,9 @@ class Proxy:
             if type(msg) is Request and msg.method != "ACK":  # type: ignore[union-attr]
                 self.reply(msg, source, 500, "Server Internal Error")  # type: ignore[arg-type]
 
-    def _refuse(self, data: bytes, source: Source, error: ParseError) -> None:
+    def refuse(self, data: bytes, source: Source, error: ParseError) -> None:
+        """A message that could not be parsed or framed: answer it if possible, count it."""
+        self.stats.inc("core:bad_msg")
         log.info(
             "bad message from {t}:{h}:{p}: {why}",
             t=source.transport, h=source.host, p=source.port, why=error.reason,

@@ -63,6 +63,7 @@ class ProxyService(service.Service):
             limits=self.proxy.limits,
             idle_timeout=config.limits.tcp_idle_timeout,
             on_send_failed=self._send_failed,
+            refuse=self.proxy.refuse,
         )
         for addr in config.listen.udp:
             lst = UdpListener(addr.host, addr.port, self.proxy.receive)

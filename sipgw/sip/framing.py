@@ -17,6 +17,7 @@ from sipgw.sip.errors import FramingError
 from sipgw.sip.parser import DEFAULT_LIMITS, Limits
 
 PING = "ping"
+_HEAD_KEPT = 8192  # enough of a bad message's headers to answer it
 
 # The value may be folded onto continuation lines (RFC 3261 §7.3.1), as the parser allows.
 _CL_RE = re.compile(
@@ -39,10 +40,24 @@ class StreamFramer:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes | str]:
-        """Add bytes; return complete messages (bytes) and ``PING`` events."""
+        """Add bytes; return complete messages (bytes) and ``PING`` events.
+
+        On a framing error the ``FramingError`` carries what was framed before it
+        (``framed``) and the start of the offending message (``head``, for a reply), so
+        nothing already received is lost to the way TCP happened to split the bytes.
+        """
+        out: list[bytes | str] = []
+        try:
+            self._frame(data, out)
+        except FramingError as e:
+            e.framed = out  # type: ignore[attr-defined]
+            e.head = bytes(self._buf[:_HEAD_KEPT])  # type: ignore[attr-defined]
+            raise
+        return out
+
+    def _frame(self, data: bytes, out: list[bytes | str]) -> None:
         buf = self._buf
         buf += data
-        out: list[bytes | str] = []
         limit = self._limits.max_message_size
         while buf:
             if buf[0] == 13 or buf[0] == 10:
@@ -66,7 +81,6 @@ class StreamFramer:
             out.append(bytes(buf[:total]))
             del buf[:total]
             self._scan = 0
-        return out
 
     def _eat_crlfs(self, out: list[bytes | str]) -> bool:
         """Consume keepalive CRLFs at the head of the buffer; False when more is needed."""

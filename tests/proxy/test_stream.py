@@ -25,6 +25,7 @@ def make_stack(idle: float = 300.0):
         reactor, reactor, FlowTable(), lambda data, src: received.append((data, src)),
         limits=Limits(), idle_timeout=idle,
         on_send_failed=lambda h, p, t: failed.append((h, p, t)),
+        refuse=lambda data, src, err: failed.append((data, err.reason)),
     )
     return reactor, stack, received, failed
 
@@ -60,15 +61,19 @@ def test_a_double_crlf_ping_is_answered_with_one_crlf():
     assert received == []
 
 
-def test_a_broken_content_length_closes_the_connection_and_the_flow_is_forgotten():
-    _, stack, received, _ = make_stack()
+def test_a_broken_content_length_is_answered_then_the_connection_closed_and_forgotten():
+    _, stack, received, refused = make_stack()
     proto, transport = connect(stack)
     assert stack.flows.get(proto.flow_id) is proto
-    proto.dataReceived(OPTIONS.replace(b"Content-Length: 0", b"Content-Length: -5"))
+    bad = OPTIONS.replace(b"Content-Length: 0", b"Content-Length: -5")
+    # A good message in the same segment before the bad one is still delivered.
+    proto.dataReceived(OPTIONS + bad)
+    assert [d for d, _ in received] == [OPTIONS]
+    [(head, reason)] = refused
+    assert head.startswith(b"OPTIONS ") and reason == "Bad Content-Length header"
     assert transport.disconnecting
     proto.connectionLost(None)
     assert stack.flows.get(proto.flow_id) is None
-    assert received == []
 
 
 def test_an_idle_connection_is_closed_after_the_timeout_and_traffic_resets_it():

@@ -66,12 +66,17 @@ class StreamConnection(protocol.Protocol):
         try:
             items = self.framer.feed(data)
         except FramingError as e:
-            log.warn(
-                "flow {id}: {reason}; closing", id=self.flow_id, reason=e.reason
-            )
-            self.stack.on_framing_error(self, e)
+            log.warn("flow {id}: {reason}; closing", id=self.flow_id, reason=e.reason)
+            self._deliver(e.framed)  # type: ignore[attr-defined]
+            if self.stack.refuse is not None and self.source is not None:
+                # Answer with the error if the headers allow it, then close: the stream
+                # cannot be resynchronised (RFC 3261 §18.3, RFC 4475 ncl and mcl01).
+                self.stack.refuse(e.head, self.source, e)  # type: ignore[attr-defined]
             self.transport.loseConnection()
             return
+        self._deliver(items)
+
+    def _deliver(self, items: list) -> None:
         for item in items:
             if item is PING:
                 # RFC 5626 §4.4.1: answer a double-CRLF ping with a single CRLF.
@@ -150,6 +155,7 @@ class StreamTransport:
         limits: Limits,
         idle_timeout: float,
         on_send_failed: Callable[[str, int, str], None] | None = None,
+        refuse: Callable[[bytes, Source, FramingError], None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock = clock
@@ -158,6 +164,7 @@ class StreamTransport:
         self.limits = limits
         self.idle_timeout = idle_timeout
         self.on_send_failed = on_send_failed
+        self.refuse = refuse
         self._connecting: dict[tuple[str, int], StreamConnection] = {}
 
     def listen(self, host: str, port: int):
@@ -198,9 +205,6 @@ class StreamTransport:
         for key, c in list(self._connecting.items()):
             if c is conn:
                 del self._connecting[key]
-
-    def on_framing_error(self, conn: StreamConnection, error: FramingError) -> None:
-        pass
 
     def close_all(self) -> None:
         for flow in list(self.flows.by_id.values()):
