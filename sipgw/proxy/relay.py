@@ -24,7 +24,6 @@ from sipgw.sip.transaction import (
     InviteServerTransaction,
     NonInviteClientTransaction,
     NonInviteServerTransaction,
-    client_key,
     invite_key_for_cancel,
     server_key,
 )

@@ -20,13 +20,12 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Final
 
 from sipgw.sip.errors import ParseError
-from sipgw.sip.grammar import del_param, parse_params, read_quoted, set_param, split_commas
+from sipgw.sip.grammar import HasParams, parse_params, read_quoted, split_commas
 from sipgw.sip.uri import AbsoluteURI, SipURI, parse_uri
 
 _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
@@ -56,7 +55,7 @@ STAR: Final = _Star()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class NameAddr:
+class NameAddr(HasParams):
     """One address with its header parameters (tag, expires, q, +sip.instance, ...)."""
 
     display: str | None = None
@@ -84,24 +83,9 @@ class NameAddr:
     def tag(self) -> str | None:
         return self.param("tag")
 
-    def param(self, name: str) -> str | None:
-        """The parameter's raw value (quotes kept); '' if valueless, None if absent."""
-        lname = name.lower()
-        for k, v in self.params:
-            if k.lower() == lname:
-                return "" if v is None else v
-        return None
 
-    def with_param(self, name: str, value: str | None = None) -> NameAddr:
-        """A copy with ``name`` set; ``value`` is raw (use grammar.quote if it needs it)."""
-        return dataclasses.replace(self, params=tuple(set_param(self.params, name, value)))
 
-    def without_param(self, name: str) -> NameAddr:
-        return dataclasses.replace(self, params=tuple(del_param(self.params, name)))
 
-    def replace(self, **changes: object) -> NameAddr:
-        """A copy with fields changed, e.g. ``addr.replace(uri=new_uri)``."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
 def parse_name_addr(text: str, *, what: str = "address") -> NameAddr:

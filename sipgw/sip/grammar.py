@@ -6,7 +6,9 @@ decoded with latin-1, so every octet maps to one character and back without loss
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from typing import Any, TypeVar
 
 from sipgw.sip.errors import ParseError
 
@@ -186,3 +188,33 @@ def set_param(
 def del_param(params: list[tuple[str, str | None]], name: str) -> list[tuple[str, str | None]]:
     lname = name.lower()
     return [(k, v) for k, v in params if k.lower() != lname]
+
+
+_P = TypeVar("_P", bound="HasParams")
+
+
+class HasParams:
+    """Parameter access for the frozen dataclasses that carry ``params`` (URI, Via,
+    name-addr): one implementation, case-insensitive names, raw values."""
+
+    __slots__ = ()
+    params: Any
+
+    def param(self, name: str) -> str | None:
+        """The parameter's raw value (quotes kept); '' if valueless, None if absent."""
+        lname = name.lower()
+        for k, v in self.params:
+            if k.lower() == lname:
+                return "" if v is None else v
+        return None
+
+    def with_param(self: _P, name: str, value: str | None = None) -> _P:
+        """A copy with ``name`` set, in place if present, else appended; value is raw."""
+        return dataclasses.replace(self, params=tuple(set_param(self.params, name, value)))  # type: ignore[type-var]
+
+    def without_param(self: _P, name: str) -> _P:
+        return dataclasses.replace(self, params=tuple(del_param(self.params, name)))  # type: ignore[type-var]
+
+    def replace(self: _P, **changes: object) -> _P:
+        """A copy with fields changed, e.g. ``uri.replace(host="192.0.2.1", port=5080)``."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var, arg-type]

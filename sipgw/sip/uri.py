@@ -15,13 +15,12 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
 
 from sipgw.sip.errors import ParseError
-from sipgw.sip.grammar import del_param, set_param
+from sipgw.sip.grammar import HasParams
 
 _UNRESERVED = r"A-Za-z0-9\-_.!~*'()"
 _ESC = r"%[0-9A-Fa-f]{2}"
@@ -100,7 +99,7 @@ def parse_port(text: str) -> int:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SipURI:
+class SipURI(HasParams):
     """A ``sip:`` or ``sips:`` URI; every part kept as written (escaped)."""
 
     scheme: str = "sip"
@@ -127,24 +126,8 @@ class SipURI:
             out.append("?" + "&".join(f"{k}={v}" for k, v in self.headers))
         return "".join(out)
 
-    def param(self, name: str) -> str | None:
-        """The parameter's value (case-insensitive name); '' if valueless, None if absent."""
-        lname = name.lower()
-        for k, v in self.params:
-            if k.lower() == lname:
-                return "" if v is None else v
-        return None
 
-    def with_param(self, name: str, value: str | None = None) -> SipURI:
-        """A copy with ``name`` set (in place if present, else appended); value is raw."""
-        return dataclasses.replace(self, params=tuple(set_param(self.params, name, value)))
 
-    def without_param(self, name: str) -> SipURI:
-        return dataclasses.replace(self, params=tuple(del_param(self.params, name)))
-
-    def replace(self, **changes: object) -> SipURI:
-        """A copy with fields changed, e.g. ``uri.replace(host="192.0.2.1", port=5080)``."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     @property
     def transport(self) -> str | None:

@@ -18,12 +18,11 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 
 from sipgw.sip.errors import ParseError
-from sipgw.sip.grammar import del_param, set_param, split_commas
+from sipgw.sip.grammar import HasParams, split_commas
 from sipgw.sip.uri import HOSTNAME, check_host, parse_port
 
 _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
@@ -45,7 +44,7 @@ _VERSION_RE = re.compile(r"[0-9]+\.[0-9]+\Z")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Via:
+class Via(HasParams):
     """One via-parm. ``params`` keeps order, case and raw values."""
 
     protocol: str = "SIP/2.0"
@@ -66,14 +65,6 @@ class Via:
     def version(self) -> str:
         """The protocol version, e.g. "2.0" (§8.2.6: anything else gets 505)."""
         return self.protocol[4:]
-
-    def param(self, name: str) -> str | None:
-        """The parameter's raw value; '' if valueless, None if absent (name case-insensitive)."""
-        lname = name.lower()
-        for k, v in self.params:
-            if k.lower() == lname:
-                return "" if v is None else v
-        return None
 
     @property
     def branch(self) -> str | None:
@@ -96,12 +87,7 @@ class Via:
     def ttl(self) -> str | None:
         return self.param("ttl")
 
-    def with_param(self, name: str, value: str | None = None) -> Via:
-        """A copy with ``name`` set in place (or appended), e.g. filling in rport."""
-        return dataclasses.replace(self, params=tuple(set_param(self.params, name, value)))
 
-    def without_param(self, name: str) -> Via:
-        return dataclasses.replace(self, params=tuple(del_param(self.params, name)))
 
 
 def parse_via(value: str) -> list[Via]:
