@@ -148,7 +148,14 @@ class Message:
                 f.value = value
                 f.raw = None
                 f.name = display_name(key)
-                self.fields = fields[: i + 1] + [g for g in fields[i + 1 :] if g.key != key]
+                # Later copies are rare; drop them in place rather than rebuild the list.
+                j, n = i + 1, len(fields)
+                while j < n:
+                    if fields[j].key == key:
+                        del fields[j]
+                        n -= 1
+                    else:
+                        j += 1
                 return
         fields.append(Field(key, display_name(key), value))
 
