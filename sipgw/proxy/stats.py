@@ -47,8 +47,16 @@ class Stats:
     """A flat dict of counters; cheap enough to bump on every message."""
 
     def __init__(self, defs: tuple[StatDef, ...] = CORE_STATS) -> None:
-        self.defs = {d.full_name: d for d in defs}
-        self.values: dict[str, int] = {name: 0 for name in self.defs}
+        self.defs: dict[str, StatDef] = {}
+        self.values: dict[str, int] = {}
+        self.declare(defs)
+
+    def declare(self, defs: tuple[StatDef, ...]) -> None:
+        """Add a module's statistics (each module declares its own, beside its code)."""
+        for d in defs:
+            if d.full_name not in self.defs:
+                self.defs[d.full_name] = d
+                self.values[d.full_name] = 0
 
     def inc(self, name: str, n: int = 1) -> None:
         self.values[name] += n
