@@ -195,34 +195,55 @@ class Router:
 
     def _initial(self, req: Request, source: Source, ruri: SipURI) -> None:
         p = self.proxy
-        backend = p.backend.destination
-        from_backend = source.host == backend.host and source.port == backend.port
-        if from_backend:
+        if p.is_backend(source):
             # Towards a client, by Route or Request-URI (later: Path and alias lookup).
+            # Backends are trusted: no AUTH step.
             target = self._loose_route(req)
             if target is None:
                 p.reply(req, source, 404, "Not Found")
                 return
-        else:
-            # A client's request goes to the backend, and nowhere else: a preloaded Route
-            # naming us is consumed, one naming anybody else would make us an open relay.
-            if req.has("route"):
-                self._loose_route(req)
-                if req.has("route"):
-                    p.reply(req, source, 403, "Not relaying")
-                    return
-            target = backend
-        ctx = self.relay.new_server(req, source)
-        if ctx is None:
+            ctx = self._start(req, source)
+            if ctx is not None:
+                self._relay(ctx, req, source, target)
             return
-        if req.method == "INVITE":
+        # A client's request goes to a backend, and nowhere else: a preloaded Route
+        # naming us is consumed, one naming anybody else would make us an open relay.
+        if req.has("route"):
+            self._loose_route(req)
+            if req.has("route"):
+                p.reply(req, source, 403, "Not relaying")
+                return
+        ctx = self._start(req, source)
+        if ctx is not None:
+            self._auth(ctx, req, source)
+
+    def _start(self, req: Request, source: Source):
+        """The server transaction, before anything slow: retransmissions are absorbed."""
+        ctx = self.relay.new_server(req, source)
+        if ctx is not None and req.method == "INVITE":
             self.relay.respond(ctx, 100, "Trying")  # §16.2: at once, we are stateful
+        return ctx
+
+    # -- AUTH ---------------------------------------------------------------------------
+
+    def _auth(self, ctx, req: Request, source: Source) -> None:
+        """AUTH step (issue: digest authentication). It may finish later (a store
+        lookup): it answers through ``ctx`` or continues with ``_dispatch``."""
+        self._dispatch(ctx, req, source)
+
+    # -- DISPATCH → RELAY -----------------------------------------------------------------
+
+    def _dispatch(self, ctx, req: Request, source: Source) -> None:
+        """DISPATCH step: pick the backend (the dispatcher replaces the single one)."""
+        self._relay(ctx, req, source, self.proxy.backend.destination)
+
+    def _relay(self, ctx, req: Request, source: Source, target: Destination) -> None:
         self.relay.forward(
             ctx,
             req,
             target,
             inbound=source.transport,
-            record_route=p.record_route and req.method in DIALOG_CREATING,
+            record_route=self.proxy.record_route and req.method in DIALOG_CREATING,
         )
 
 
