@@ -504,7 +504,7 @@ class ListenConfig:
     udp: tuple[Address, ...] = _key(_ADDRESSES, ["0.0.0.0:5060"], 'SIP over UDP: a list of "host:port" ([] = off; IPv6 as "[::1]:5060")', in_effect=True)  # noqa: E501
     tcp: tuple[Address, ...] = _key(_ADDRESSES, ["0.0.0.0:5060"], 'SIP over TCP: a list of "host:port" ([] = off)', in_effect=True)  # noqa: E501
     tls: tuple[Address, ...] = _key(_ADDRESSES, [], 'SIP over TLS, e.g. ["0.0.0.0:5061"]; needs tls.certificate')  # noqa: E501
-    ws: tuple[Address, ...] = _key(_ADDRESSES, ["0.0.0.0:8080"], "SIP over WebSocket for browsers (direct, or behind nginx)")  # noqa: E501
+    ws: tuple[Address, ...] = _key(_ADDRESSES, ["0.0.0.0:8080"], "SIP over WebSocket for browsers (direct, or behind nginx)", in_effect=True)  # noqa: E501
     wss: tuple[Address, ...] = _key(_ADDRESSES, [], 'SIP over secure WebSocket, e.g. ["0.0.0.0:8443"]; needs tls.certificate')  # noqa: E501
     advertise: Advertise | None = _key(_OptionalAddress(port_optional=True), "", 'host[:port] sipgw writes in Via/Record-Route/Path when behind NAT ("" = the listening address)', in_effect=True)  # noqa: E501
 
@@ -519,10 +519,11 @@ class TlsConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WebSocketConfig:
-    trusted_proxies: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "CIDRs whose X-Forwarded-For / X-Real-IP is believed (nginx in front)")  # noqa: E501
+    trusted_proxies: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "CIDRs whose X-Forwarded-For / X-Real-IP is believed (nginx in front)", in_effect=True)  # noqa: E501
     phone_page: bool = _key(_Bool(), True, "GET / on the ws/wss listeners serves the built-in test phone")  # noqa: E501
-    allowed_origins: tuple[str, ...] = _key(_StringList('a list of origins (e.g. "https://phone.example.com")', _origin), [], "Origin values accepted in the WebSocket handshake ([] = any)")  # noqa: E501
-    keepalive_interval: float = _key(_Seconds(), 25, "seconds a connection may stay idle before a ping (0 = no pings)")  # noqa: E501
+    allowed_origins: tuple[str, ...] = _key(_StringList('a list of origins (e.g. "https://phone.example.com")', _origin), [], "Origin values accepted in the WebSocket handshake ([] = any; others get 403)", in_effect=True)  # noqa: E501
+    keepalive_interval: float = _key(_Seconds(), 25, "seconds a connection may stay idle before a ping, and then wait for its pong (0 = no pings)", in_effect=True)  # noqa: E501
+    handshake_timeout: float = _key(_Seconds(0, above=True), 10, "seconds a client has to complete the WebSocket handshake", in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

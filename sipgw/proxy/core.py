@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sipgw.proxy.identity import Identity
+from sipgw.proxy.nat import WEBSOCKET, Nat
 from sipgw.proxy.relay import Relay
 from sipgw.proxy.router import Router
 from sipgw.proxy.stats import Stats
@@ -29,6 +30,7 @@ from sipgw.sip.timers import TimerConfig
 log = Logger(namespace="sipgw.core")
 
 SendFunction = Callable[[bytes, Destination], None]
+STREAMS = frozenset({"tcp", "tls"})  # framed by Content-Length (RFC 3261 §18.3)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +70,7 @@ class Proxy:
         self.server_header = server_header
         self.timer_c = timer_c
         self.max_transactions = max_transactions
+        self.nat = Nat()  # the service gives it the flow table
         self.relay = Relay(self)
         self.router = Router(self)
 
@@ -77,7 +80,9 @@ class Proxy:
         if not data.strip(b"\r\n\t "):
             return  # a UDP keepalive (CRLF or empty)
         try:
-            msg = parse_message(data, datagram=not source.reliable, limits=self.limits)
+            # RFC 7118 §5: a WebSocket message is one SIP message, framed like a datagram.
+            msg = parse_message(data, datagram=source.transport not in STREAMS,
+                                limits=self.limits)
         except ParseError as e:
             self.refuse(data, source, e)
             return
@@ -87,6 +92,8 @@ class Proxy:
                 self.router.on_request(msg, source)
             else:
                 self.stats.inc("core:rcv_replies")
+                if source.transport in WEBSOCKET:
+                    self.nat.from_client(msg, source)  # a browser's 200 names .invalid
                 self.relay.on_response(msg, source)  # type: ignore[arg-type]
         except ParseError as e:
             # A header parsed lazily by routing turned out bad.

@@ -74,7 +74,10 @@ class Identity:
 
     def record_route(self, transport: str) -> str:
         lst = self.listener(transport)
-        tparam = "" if transport == "udp" else f";transport={transport}"
+        # RFC 7118 §5.2: "ws" names both WS and WSS in URIs (with a sips: scheme for WSS
+        # elsewhere; Kamailio writes transport=ws for both and browsers expect it).
+        name = _URI_TRANSPORT.get(transport, transport)
+        tparam = "" if transport == "udp" else f";transport={name}"
         return f"<sip:{_hostport(lst.host, lst.port)}{tparam};lr>"
 
     def record_route_pair(self, inbound: str, outbound: str) -> list[str]:
@@ -88,6 +91,9 @@ class Identity:
         out_rr = self.record_route(outbound)[:-4] + ";lr;r2=on>"
         in_rr = self.record_route(inbound)[:-4] + ";lr;r2=on>"
         return [out_rr, in_rr]
+
+
+_URI_TRANSPORT = {"wss": "ws"}
 
 
 def _split_alias(alias: str) -> tuple[str, int | None]:

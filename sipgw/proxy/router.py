@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from sipgw.proxy.identity import branch_loop_part, loop_hash
+from sipgw.proxy.nat import WEBSOCKET, FlowGone
 from sipgw.proxy.transport import Destination, Source
 from sipgw.sip.address import parse_name_addr
 from sipgw.sip.errors import ParseError
@@ -46,6 +47,8 @@ class Router:
         ruri = self._reqinit(req, source)
         if ruri is None:
             return
+        if source.transport in WEBSOCKET:
+            self.proxy.nat.from_client(req, source)  # NATDETECT: browsers are always NATed
         if method == "CANCEL":
             self.relay.cancel(req, source)
             return
@@ -116,6 +119,11 @@ class Router:
             return
         # The ACK of a 2xx is a request of its own, routed end to end (§16.11).
         target = self._loose_route(req)
+        if target is not None:
+            try:
+                target = self.proxy.nat.toward_client(req, target)
+            except (FlowGone, ParseError):
+                target = None  # an ACK is never answered
         if target is None:
             self.proxy.stats.inc("core:drop_requests")
             return
@@ -127,6 +135,9 @@ class Router:
         target = self._loose_route(req, require_ours=True)
         if target is None:
             self.proxy.reply(req, source, 404, "Not Here")
+            return
+        target = self._toward_client(req, source, target)
+        if target is None:
             return
         ctx = self.relay.new_server(req, source)
         if ctx is None:
@@ -184,6 +195,16 @@ class Router:
             return None  # it would come straight back to us
         return dest
 
+    def _toward_client(self, req: Request, source: Source, target: Destination):
+        """handle_ruri_alias: the connection a client's alias names, or an answer."""
+        try:
+            return self.proxy.nat.toward_client(req, target)
+        except ParseError as e:
+            self.proxy.reply(req, source, 400, e.reason)
+        except FlowGone:
+            self.proxy.reply(req, source, 480, "Temporarily Unavailable")
+        return None
+
     @staticmethod
     def _remove_last_route(req: Request) -> None:
         values = req.values("route")
@@ -201,6 +222,9 @@ class Router:
             target = self._loose_route(req)
             if target is None:
                 p.reply(req, source, 404, "Not Found")
+                return
+            target = self._toward_client(req, source, target)
+            if target is None:
                 return
             ctx = self._start(req, source)
             if ctx is not None:

@@ -24,6 +24,7 @@ from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import Destination, FlowTable, Source, is_ip
 from sipgw.proxy.transport.stream import StreamTransport
 from sipgw.proxy.transport.udp import UdpListener
+from sipgw.proxy.transport.ws import WsSettings, WsTransport
 from sipgw.sip.parser import Limits
 from sipgw.sip.timers import TimerConfig
 from sipgw.sip.uri import SipURI, parse_uri
@@ -31,6 +32,7 @@ from sipgw.sip.uri import SipURI, parse_uri
 log = Logger(namespace="sipgw.service")
 
 WILDCARDS = ("0.0.0.0", "::", "")
+FLOW_ONLY = frozenset({"ws", "wss"})
 
 
 class ProxyService(service.Service):
@@ -45,6 +47,7 @@ class ProxyService(service.Service):
         self.ports: list = []
         self.proxy: Proxy | None = None
         self.stream: StreamTransport | None = None
+        self.ws: WsTransport | None = None
         self._resolved: dict[str, str] = {}
 
     # -- start and stop -----------------------------------------------------------------
@@ -55,6 +58,7 @@ class ProxyService(service.Service):
         for key in self.loaded.not_in_effect:
             log.warn("{key}: not in effect yet (set in {path})", key=key, path=self.loaded.path)
         self.proxy = self._build_proxy(config)
+        self.proxy.nat.flows = self.flows
         self.stream = StreamTransport(
             self.reactor,
             self.reactor,
@@ -73,12 +77,19 @@ class ProxyService(service.Service):
         for addr in config.listen.tcp:
             self.ports.append(self.stream.listen(addr.host, addr.port))
             log.info("listening on tcp:{host}:{port}", host=addr.host, port=addr.port)
+        if config.listen.ws:
+            self.ws = WsTransport(self.reactor, self.reactor, self.flows, self.proxy.receive,
+                                  self.stats, _ws_settings(config))
+            for addr in config.listen.ws:
+                self.ports.append(self.ws.listen(addr.host, addr.port))
         log.info("relaying to {uri}", uri=self.proxy.backend.uri)
 
     def stopService(self):
         super().stopService()
         if self.stream is not None:
             self.stream.close_all()
+        if self.ws is not None:
+            self.ws.close_all()
         ports, self.ports = self.ports, []
         self.udp = []
         return defer.DeferredList(
@@ -125,6 +136,8 @@ class ProxyService(service.Service):
         self.proxy.identity.aliases = _aliases(new.config)
         self.proxy.identity.refresh()
         _apply(self.proxy, new.config)
+        if self.ws is not None:
+            self.ws.reconfigure(_ws_settings(new.config))
         for key in new.not_in_effect:
             log.warn("{key}: not in effect yet", key=key)
         log.info("reloaded {path}", path=path)
@@ -132,6 +145,15 @@ class ProxyService(service.Service):
     # -- sending ------------------------------------------------------------------------
 
     def send(self, data: bytes, dest: Destination) -> None:
+        if dest.transport in FLOW_ONLY:
+            # A browser cannot be connected to: its flow, or the flow from that address.
+            flow = self.flows.get(dest.flow_id) or self.flows.find(dest.transport, dest.host,
+                                                                   dest.port)
+            if flow is None:
+                self._send_failed(dest.host, dest.port, dest.transport)
+            else:
+                flow.send(data)
+            return
         host = dest.host
         if not is_ip(host):
             ip = self._resolved.get(host)
@@ -198,6 +220,17 @@ def _apply(proxy: Proxy, config: Config) -> None:
     sipgw_log.set_level(config.log.level)
 
 
+def _ws_settings(config: Config) -> WsSettings:
+    w = config.websocket
+    return WsSettings(
+        max_message_size=config.limits.max_message_size,
+        keepalive_interval=w.keepalive_interval,
+        handshake_timeout=w.handshake_timeout,
+        allowed_origins=w.allowed_origins,
+        trusted_proxies=w.trusted_proxies,
+    )
+
+
 def _backend(config: Config) -> Backend:
     uri_text = config.dispatcher.destinations[0]
     uri = parse_uri(uri_text)
@@ -225,7 +258,7 @@ def _primary_address(toward: str) -> str:
 def _listeners(config: Config, backend_host: str) -> list[Listener]:
     adv = config.listen.advertise
     out: list[Listener] = []
-    for transport in ("udp", "tcp"):
+    for transport in ("udp", "tcp", "ws"):
         for addr in getattr(config.listen, transport):
             host = addr.host
             port = addr.port
@@ -242,7 +275,8 @@ def _listeners(config: Config, backend_host: str) -> list[Listener]:
 def _aliases(config: Config) -> set[str]:
     aliases = {a.lower() for a in config.proxy.aliases}
     wildcard = any(
-        addr.host in WILDCARDS for addr in (*config.listen.udp, *config.listen.tcp)
+        addr.host in WILDCARDS
+        for addr in (*config.listen.udp, *config.listen.tcp, *config.listen.ws)
     )
     if wildcard:
         # Bound to every address: any of ours names us.

@@ -40,6 +40,8 @@ IN_EFFECT_NOW = {
     "limits.max_message_size", "limits.max_headers", "limits.max_transactions",
     "limits.tcp_idle_timeout",
     "log.level", "dispatcher.destinations", "state.directory",
+    "listen.ws", "websocket.trusted_proxies", "websocket.allowed_origins",
+    "websocket.keepalive_interval", "websocket.handshake_timeout",
 }  # fmt: skip
 
 
@@ -557,7 +559,7 @@ def test_keys_the_file_sets_that_are_not_in_effect_are_listed_even_at_their_defa
         algorithm = 4
         """
     )
-    assert loaded.not_in_effect == ["listen.ws", "auth.realm", "dispatcher.algorithm"]
+    assert loaded.not_in_effect == ["auth.realm", "dispatcher.algorithm"]
     assert loaded.config.proxy.max_forwards == 20
 
 

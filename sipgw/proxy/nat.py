@@ -1,0 +1,135 @@
+"""NATDETECT and the way back to clients: Kamailio's force_rport, nat_uac_test,
+add_contact_alias and handle_ruri_alias, on top of the pure rules in ``sipgw.sip.nat``.
+
+Today they apply to WebSocket clients, which are always behind a NAT (a browser's Contact
+names ``something.invalid``): their requests and replies get ``received``/``rport`` on the
+top Via and the alias on every Contact, so a backend that later sends a request to that
+Contact reaches the right connection. UDP and TCP clients are left as they are, which keeps
+the UDP message path free of the extra parsing.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from sipgw.proxy.transport import RELIABLE, Destination, FlowTable, Source
+from sipgw.sip.address import parse_address_list, STAR
+from sipgw.sip.errors import ParseError
+from sipgw.sip.message import Message, Request
+from sipgw.sip.nat import DEFAULT_TESTS, NatTest, add_alias, nat_uac_test, needs_alias, take_alias
+from sipgw.sip.uri import SipURI
+
+log = Logger(namespace="sipgw.nat")
+
+WEBSOCKET = frozenset({"ws", "wss"})
+
+
+class FlowGone(Exception):
+    """The alias names a connection that is closed: the client is unreachable now."""
+
+    def __init__(self, transport: str, host: str, port: int) -> None:
+        super().__init__(f"no open {transport} flow to {host}:{port}")
+        self.transport = transport
+        self.host = host
+        self.port = port
+
+
+class Nat:
+    def __init__(self, flows: FlowTable | None = None, tests: NatTest = DEFAULT_TESTS) -> None:
+        self.flows = flows
+        self.tests = tests
+
+    # -- from clients -------------------------------------------------------------------
+
+    def from_client(self, msg: Message, source: Source) -> NatTest:
+        """NATDETECT for a request or reply from a client; returns the tests that fired."""
+        contacts = msg.headers("contact")
+        uri = _first_contact_uri(contacts)
+        via = msg.top_via
+        found = nat_uac_test(
+            self.tests,
+            source_host=source.host, source_port=source.port,
+            source_transport=source.transport,
+            via_host=via.host.strip("[]"), via_port=via.port,
+            contact=uri, body=msg.body,
+        )  # fmt: skip
+        if not found:
+            return found
+        if isinstance(msg, Request):
+            _force_rport(msg, source)
+        if contacts:
+            _alias_contacts(msg, source)
+        return found
+
+    # -- towards clients ----------------------------------------------------------------
+
+    def toward_client(self, req: Request, target: Destination) -> Destination:
+        """handle_ruri_alias: the alias in the Request-URI, if any, is where it goes.
+
+        The alias is removed from the Request-URI. A malformed one raises ``ParseError``
+        (400); one naming a closed connection raises ``FlowGone``; one naming an address
+        that is not a connected client is not followed.
+        """
+        if "alias=" not in req.uri:
+            return target
+        uri = req.parsed_uri()
+        if not isinstance(uri, SipURI):
+            return target
+        bare, alias = take_alias(uri)
+        req.uri = str(bare)
+        assert alias is not None
+        host, port, transport = alias
+        if transport not in RELIABLE:
+            # We alias only connection-oriented clients; a UDP alias was not written by
+            # us and following it would let anyone steer our requests anywhere.
+            log.info("alias to udp:{h}:{p} not followed", h=host, p=port)
+            return target
+        flow = self.flows.find(transport, host, port) if self.flows is not None else None
+        if flow is None:
+            raise FlowGone(transport, host, port)
+        return Destination(transport=transport, host=host, port=port, flow_id=flow.flow_id)
+
+
+def _first_contact_uri(values: list[str]) -> SipURI | None:
+    if not values:
+        return None
+    try:
+        parsed = parse_address_list(values[0])
+    except ParseError:
+        return None
+    if parsed is STAR or not parsed:
+        return None
+    uri = parsed[0].uri  # type: ignore[index]
+    return uri if isinstance(uri, SipURI) else None
+
+
+def _force_rport(req: Request, source: Source) -> None:
+    """RFC 3581 §4 with Kamailio's force_rport: received and rport on the top Via."""
+    via = req.top_via.with_param("received", source.host).with_param("rport", str(source.port))
+    req.replace_first("via", str(via))
+
+
+def _alias_contacts(msg: Message, source: Source) -> None:
+    """add_contact_alias on every Contact value (REGISTER may carry several)."""
+    rewritten = []
+    for value in msg.headers("contact"):
+        try:
+            parsed = parse_address_list(value)
+        except ParseError:
+            return  # leave a Contact we cannot read alone; the backend will judge it
+        if parsed is STAR:
+            return
+        out = []
+        for addr in parsed:  # type: ignore[union-attr]
+            uri = addr.uri
+            if isinstance(uri, SipURI) and needs_alias(uri, source.host, source.port,
+                                                       source.transport):
+                addr = addr.replace(uri=add_alias(uri, source.host, source.port,
+                                                  source.transport))
+            out.append(str(addr))
+        rewritten.append(", ".join(out))
+    lines = iter(rewritten)
+    for f in msg.fields:  # in place: the header order stays as the client wrote it
+        if f.key == "contact":
+            f.value = next(lines)
+            f.raw = None

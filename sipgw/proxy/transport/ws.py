@@ -1,0 +1,454 @@
+"""SIP over WebSocket (RFC 7118) with autobahn: connections as flows, one message per frame.
+
+The handshake follows Kamailio's websocket module, which our users' browsers already pass:
+
+* a plain HTTP GET (no ``Upgrade``, no ``Sec-WebSocket-Key``) is not a WebSocket: 404;
+* a WebSocket request missing ``Host``, ``Upgrade: websocket``, ``Connection: upgrade``,
+  ``Sec-WebSocket-Key`` or ``Sec-WebSocket-Version``, or not offering the ``sip``
+  subprotocol: 400;
+* ``Sec-WebSocket-Version`` other than 13: 426 with ``Sec-WebSocket-Version: 13``;
+* an ``Origin`` outside ``websocket.allowed_origins`` (when set): 403;
+* a handshake not finished within ``websocket.handshake_timeout``: dropped.
+
+After it, every text or binary message is one SIP message (RFC 7118 §5), handed to the proxy
+with the connection's flow as its source. autobahn enforces the framing rules: a message
+over ``limits.max_message_size`` closes with 1009, a protocol error (unmasked client frame,
+unknown opcode, fragmented control frame...) with 1002. A connection idle for
+``websocket.keepalive_interval`` seconds gets a ping; without a pong within the next
+interval it is dropped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Callable
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from sipgw.proxy.stats import StatDef, Stats
+from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source
+from sipgw.rpc.registry import RpcError, rpc
+
+log = Logger(namespace="sipgw.ws")
+
+SUBPROTOCOL = "sip"
+VERSION = "13"
+MAX_HANDSHAKE = 8192  # bytes of HTTP request head we buffer before refusing it
+
+WS_STATS = (
+    StatDef(group="websocket", name="ws_current_connections", help="WebSocket connections open now", gauge=True),  # noqa: E501
+    StatDef(group="websocket", name="ws_max_concurrent_connections", help="most WebSocket connections open at once", gauge=True),  # noqa: E501
+    StatDef(group="websocket", name="ws_successful_handshakes", help="WebSocket handshakes accepted"),  # noqa: E501
+    StatDef(group="websocket", name="ws_failed_handshakes", help="WebSocket handshakes refused or timed out"),  # noqa: E501
+    StatDef(group="websocket", name="ws_local_closed_connections", help="WebSocket connections closed by sipgw"),  # noqa: E501
+    StatDef(group="websocket", name="ws_remote_closed_connections", help="WebSocket connections closed by the client"),  # noqa: E501
+    StatDef(group="websocket", name="ws_received_frames", help="WebSocket frames received (messages, pings and pongs)"),  # noqa: E501
+    StatDef(group="websocket", name="ws_transmitted_frames", help="WebSocket frames sent (messages and pings)"),  # noqa: E501
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WsSettings:
+    """What the listener takes from the config; replaced as a whole on reload."""
+
+    max_message_size: int = 65535
+    keepalive_interval: float = 25.0
+    handshake_timeout: float = 10.0
+    allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple = ()  # ip_network objects
+
+
+class HandshakeRefused(Exception):
+    """The HTTP answer to a handshake we do not accept."""
+
+    def __init__(self, status: int, reason: str, headers: tuple = ()) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+def check_handshake(head: bytes, allowed_origins: tuple[str, ...]) -> dict[str, str]:
+    """Kamailio's rules for an opening handshake; returns the headers (lowercase names).
+
+    Raises ``HandshakeRefused`` with the status to answer. autobahn checks the same
+    request again afterwards (key format, duplicates); these are the answers it would
+    give differently from Kamailio.
+    """
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes everything
+        raise HandshakeRefused(400, "Bad Request") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        raise HandshakeRefused(400, "Bad Request")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            key = name.strip().lower()
+            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    if parts[0] != "GET":
+        raise HandshakeRefused(405, "Method Not Allowed")
+    if "upgrade" not in headers and "sec-websocket-key" not in headers:
+        # Not a WebSocket at all: a browser asking for a page we do not serve.
+        raise HandshakeRefused(404, "Not Found")
+    upgrade = _tokens(headers.get("upgrade", ""))
+    connection = _tokens(headers.get("connection", ""))
+    if (
+        "host" not in headers
+        or "websocket" not in upgrade
+        or "upgrade" not in connection
+        or not headers.get("sec-websocket-key")
+        or not headers.get("sec-websocket-version")
+    ):
+        raise HandshakeRefused(400, "Bad Request")
+    if headers["sec-websocket-version"] != VERSION:
+        raise HandshakeRefused(426, "Upgrade Required", (("Sec-WebSocket-Version", VERSION),))
+    if SUBPROTOCOL not in _tokens(headers.get("sec-websocket-protocol", "")):
+        raise HandshakeRefused(400, "Bad Request")
+    origin = headers.get("origin")
+    if allowed_origins and (origin is None or origin.rstrip("/") not in allowed_origins):
+        raise HandshakeRefused(403, "Forbidden")
+    return headers
+
+
+def _tokens(value: str) -> set[str]:
+    return {t.strip().lower() for t in value.split(",") if t.strip()}
+
+
+def client_address(peer_host: str, headers: dict[str, str], trusted: tuple) -> str:
+    """The client's address: the peer's, or, when the peer is a trusted reverse proxy,
+    the one it names in ``X-Real-IP`` or (the last untrusted hop of) ``X-Forwarded-For``."""
+    if not trusted or not _in(peer_host, trusted):
+        return peer_host
+    real = headers.get("x-real-ip", "").strip()
+    if real and _is_ip(real):
+        return real
+    hops = [h.strip() for h in headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _is_ip(hop):
+            break
+        if not _in(hop, trusted):
+            return hop
+    return peer_host
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _in(host: str, networks: tuple) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+class _ClockTimer:
+    """autobahn's timer interface on our clock, so its handshake timeouts run on the
+    reactor we were given (and on ``task.Clock`` in tests) rather than the global one."""
+
+    __slots__ = ("clock",)
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+
+    def call_later(self, delay: float, fn, *args, **kwargs):
+        return self.clock.callLater(delay, fn, *args, **kwargs)
+
+
+class WsConnection(WebSocketServerProtocol):
+    """One WebSocket connection: a flow once its handshake succeeds."""
+
+    def __init__(self, stack: "WsTransport") -> None:
+        super().__init__()
+        self.stack = stack
+        self.flow_id = stack.flows.new_id()
+        self.transport_name = "ws"  # "wss" when its factory is secure (set by buildProtocol)
+        self.source: Source | None = None
+        self.client_host: str | None = None
+        self.opened_at = 0.0
+        self.last_used = 0.0
+        self._idle = None
+        self._awaiting_pong = False
+        self._checked = False
+        self._dropped_by_us = False
+
+    # -- handshake ----------------------------------------------------------------------
+
+    def processHandshake(self) -> None:
+        if not self._checked:
+            end = self.data.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.data) > MAX_HANDSHAKE:
+                    self._refuse(HandshakeRefused(431, "Request Header Fields Too Large"))
+                return
+            try:
+                headers = check_handshake(self.data[:end], self.stack.settings.allowed_origins)
+            except HandshakeRefused as refused:
+                self._refuse(refused)
+                return
+            self._checked = True
+            peer = self.transport.getPeer()
+            self.client_host = client_address(peer.host, headers,
+                                              self.stack.settings.trusted_proxies)
+        super().processHandshake()
+
+    def _refuse(self, refused: HandshakeRefused) -> None:
+        self.stack.stats.inc("websocket:ws_failed_handshakes")
+        peer = self.transport.getPeer()
+        log.info("ws handshake from {h}:{p} refused: {why}", h=peer.host, p=peer.port,
+                 why=str(refused))
+        self.failHandshake(refused.reason, refused.status, list(refused.headers))
+
+    def onConnect(self, request):
+        return SUBPROTOCOL  # check_handshake made sure the client offered it
+
+    def onOpenHandshakeTimeout(self) -> None:
+        if self.state == WebSocketProtocol.STATE_CONNECTING:
+            self.stack.stats.inc("websocket:ws_failed_handshakes")
+            log.info("ws handshake timeout from {h}", h=self.transport.getPeer().host)
+        super().onOpenHandshakeTimeout()
+
+    def onOpen(self) -> None:
+        peer = self.transport.getPeer()
+        local = self.transport.getHost()
+        self.source = Source(
+            transport=self.transport_name,
+            host=self.client_host or peer.host,
+            port=peer.port,
+            local_host=local.host,
+            local_port=local.port,
+            flow_id=self.flow_id,
+        )
+        self.opened_at = self.last_used = self.stack.clock.seconds()
+        self.stack.opened(self)
+        self._arm_keepalive()
+
+    # -- frames -------------------------------------------------------------------------
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self._used()
+        self.stack.stats.inc("websocket:ws_received_frames")
+        self.stack.receive(payload, self.source)
+
+    def onPing(self, payload: bytes) -> None:
+        self._used()
+        self.stack.stats.inc("websocket:ws_received_frames")
+        super().onPing(payload)  # answers with a pong
+
+    def onPong(self, payload: bytes) -> None:
+        self._used()
+        self.stack.stats.inc("websocket:ws_received_frames")
+
+    def onClose(self, wasClean: bool, code, reason) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        if self.source is not None:
+            self.source, source = None, self.source
+            by_us = self.closedByMe or self.failedByMe or self._dropped_by_us
+            self.stack.closed(self, source, by_us=bool(by_us))
+
+    # -- keepalive ----------------------------------------------------------------------
+
+    def _used(self) -> None:
+        self.last_used = self.stack.clock.seconds()
+        self._awaiting_pong = False
+
+    def _arm_keepalive(self) -> None:
+        interval = self.stack.settings.keepalive_interval
+        if interval > 0:
+            self._idle = self.stack.clock.callLater(interval, self._keepalive)
+
+    def _keepalive(self) -> None:
+        self._idle = None
+        if self.source is None:
+            return
+        idle = self.stack.clock.seconds() - self.last_used
+        interval = self.stack.settings.keepalive_interval
+        if self._awaiting_pong:
+            # A whole interval since our ping and nothing came back: the peer is gone.
+            log.info("flow {id}: no pong, closing", id=self.flow_id)
+            self._dropped_by_us = True
+            self.dropConnection(abort=True)
+            return
+        if idle >= interval:
+            self._awaiting_pong = True
+            self.stack.stats.inc("websocket:ws_transmitted_frames")
+            self.sendPing()
+            self._idle = self.stack.clock.callLater(interval, self._keepalive)
+        elif interval > 0:
+            self._idle = self.stack.clock.callLater(interval - idle, self._keepalive)
+
+    # -- flow interface -----------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        self.last_used = self.stack.clock.seconds()
+        self.stack.stats.inc("websocket:ws_transmitted_frames")
+        # RFC 7118 §5.1: text frames for UTF-8 messages, binary for anything else.
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            self.sendMessage(data, isBinary=True)
+        else:
+            self.sendMessage(data, isBinary=False)
+
+    def close(self) -> None:
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendClose(1000)
+        elif self.transport is not None:
+            self._dropped_by_us = True
+            self.dropConnection(abort=False)
+
+    def describe(self, now: float) -> dict:
+        src = self.source
+        return {
+            "id": self.flow_id,
+            "proto": self.transport_name,
+            "src": f"{src.host}:{src.port}" if src else "",
+            "dst": f"{src.local_host}:{src.local_port}" if src else "",
+            "state": "open" if self.state == WebSocketProtocol.STATE_OPEN else "closing",
+            "idle": round(now - self.last_used, 1),
+            "age": round(now - self.opened_at, 1),
+            "sub_protocol": SUBPROTOCOL,
+        }
+
+
+class _Factory(WebSocketServerFactory):
+    def __init__(self, stack: "WsTransport", secure: bool) -> None:
+        super().__init__(reactor=stack.reactor)
+        self.stack = stack
+        self.isSecure = secure
+        self.transport_name = "wss" if secure else "ws"
+        self._batched_timer = _ClockTimer(stack.clock)
+        self.apply(stack.settings)
+
+    def apply(self, settings: WsSettings) -> None:
+        self.setProtocolOptions(
+            versions=[13],
+            webStatus=False,
+            failByDrop=False,  # answer protocol errors with a close frame (1002, 1009)
+            maxFramePayloadSize=settings.max_message_size,
+            maxMessagePayloadSize=settings.max_message_size,
+            openHandshakeTimeout=settings.handshake_timeout,
+            closeHandshakeTimeout=1,
+            autoPingInterval=0,  # our own idle-based keepalive instead
+            requireMaskedClientFrames=True,
+            utf8validateIncoming=True,
+            tcpNoDelay=True,
+        )
+
+    def buildProtocol(self, addr) -> WsConnection:
+        proto = WsConnection(self.stack)
+        proto.factory = self
+        proto.transport_name = self.transport_name
+        return proto
+
+
+class WsTransport:
+    """The WS and WSS listeners and their flows; ``ws.dump`` and ``ws.close``."""
+
+    def __init__(
+        self,
+        reactor,
+        clock: IReactorTime,
+        flows: FlowTable,
+        receive: ReceiveCallback,
+        stats: Stats,
+        settings: WsSettings,
+        *,
+        on_closed: Callable[[int, Source], None] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = clock
+        self.flows = flows
+        self.receive = receive
+        self.stats = stats
+        self.settings = settings
+        self.on_closed = on_closed
+        self.connections: dict[int, WsConnection] = {}
+        self.factories: list[_Factory] = []
+        stats.declare(WS_STATS)
+
+    def factory(self, *, secure: bool = False) -> _Factory:
+        f = _Factory(self, secure=secure)
+        self.factories.append(f)
+        return f
+
+    def listen(self, host: str, port: int, tls=None):
+        """A WS listener, or a WSS one when given a TLS context factory."""
+        if tls is None:
+            listening = self.reactor.listenTCP(port, self.factory(), interface=host)
+        else:
+            listening = self.reactor.listenSSL(port, self.factory(secure=True), tls,
+                                               interface=host)
+        log.info("listening on {t}:{host}:{port}", t="ws" if tls is None else "wss",
+                 host=host, port=port)
+        return listening
+
+    def reconfigure(self, settings: WsSettings) -> None:
+        self.settings = settings
+        for f in self.factories:
+            f.apply(settings)
+
+    # -- connections come and go --------------------------------------------------------
+
+    def opened(self, conn: WsConnection) -> None:
+        src = conn.source
+        assert src is not None
+        self.connections[conn.flow_id] = conn
+        self.flows.add(conn, src.transport, src.host, src.port)
+        s = self.stats
+        s.inc("websocket:ws_successful_handshakes")
+        s.inc("websocket:ws_current_connections")
+        current = s.get("websocket:ws_current_connections")
+        if current > s.get("websocket:ws_max_concurrent_connections"):
+            s.set("websocket:ws_max_concurrent_connections", current)
+        log.debug("flow {id} from {t}:{h}:{p}", id=conn.flow_id, t=src.transport,
+                  h=src.host, p=src.port)
+
+    def closed(self, conn: WsConnection, source: Source, *, by_us: bool) -> None:
+        self.connections.pop(conn.flow_id, None)
+        self.flows.remove(conn, source.transport, source.host, source.port)
+        s = self.stats
+        s.inc("websocket:ws_current_connections", -1)
+        s.inc("websocket:ws_local_closed_connections" if by_us
+              else "websocket:ws_remote_closed_connections")
+        if self.on_closed is not None:
+            self.on_closed(conn.flow_id, source)
+
+    def close_all(self) -> None:
+        for conn in list(self.connections.values()):
+            conn.close()
+
+    # -- RPC ----------------------------------------------------------------------------
+
+    @rpc("ws.dump", help="Open WebSocket connections: id, protocol, client and local "
+                         "address, state, seconds idle and open.")
+    def rpc_dump(self) -> dict:
+        now = self.clock.seconds()
+        conns = [c.describe(now) for c in sorted(self.connections.values(),
+                                                 key=lambda c: c.flow_id)]
+        return {"connections": conns, "info": {"wscounter": len(conns)}}
+
+    @rpc("ws.close", help="Close the WebSocket connection with this id (from ws.dump).")
+    def rpc_close(self, flow_id: int) -> str:
+        conn = self.connections.get(int(flow_id)) if str(flow_id).isdigit() else None
+        if conn is None:
+            raise RpcError(f"no WebSocket connection with id {flow_id}")
+        conn.close()
+        return "ok"
