@@ -8,7 +8,10 @@ import click
 
 from sipgw import __version__
 from sipgw.cli.app import EXIT_USAGE, App
+from sipgw.cli.ctl import ctl
+from sipgw.cli.log import log
 from sipgw.cli.serve import serve
+from sipgw.cli.stats import stats
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,6 +23,9 @@ def cli(ctx: click.Context) -> None:
 
 
 cli.add_command(serve)
+cli.add_command(ctl)
+cli.add_command(stats)
+cli.add_command(log)
 
 
 def main(argv: list[str] | None = None) -> None:

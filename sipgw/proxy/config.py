@@ -584,9 +584,9 @@ class PikeConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ControlConfig:
-    socket: str = _key(_String(_not_empty), "/run/sipgw/sipgw.ctl", "unix socket of the JSON-RPC control plane (sipgw ctl)")  # noqa: E501
-    mode: int = _key(_FileMode(), "0660", "permissions of the control socket, in octal")
-    group: str = _key(_String(), "", 'group owning the control socket ("" = the service\'s group)')  # noqa: E501
+    socket: str = _key(_String(_not_empty), "/run/sipgw/sipgw.ctl", "unix socket of the JSON-RPC control plane (sipgw ctl); when not root and its directory is not writable, the same name under state.directory", in_effect=True)  # noqa: E501
+    mode: int = _key(_FileMode(), "0660", "permissions of the control socket, in octal", in_effect=True)  # noqa: E501
+    group: str = _key(_String(), "", 'group owning the control socket ("" = the service\'s group)', in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -71,6 +71,9 @@ class Proxy:
         self.timer_c = timer_c
         self.max_transactions = max_transactions
         self.nat = Nat()  # the service gives it the flow table
+        # The pool of backends (sipgw.proxy.dispatcher.Dispatcher), set by the service;
+        # without one, every request goes to ``backend``.
+        self.dispatcher = None
         self.relay = Relay(self)
         self.router = Router(self)
 
@@ -134,6 +137,8 @@ class Proxy:
 
     def is_backend(self, source: Source) -> bool:
         """Did this come from a backend (trusted: no auth, routed towards clients)?"""
+        if self.dispatcher is not None:
+            return self.dispatcher.is_backend(source)
         dest = self.backend.destination
         return source.host == dest.host and source.port == dest.port
 

@@ -20,6 +20,8 @@ from twisted.logger import (
     globalLogBeginner,
 )
 
+from sipgw.rpc.registry import RpcError, rpc
+
 # Kamailio's numbers (L_ALERT .. L_DBG) and the names we accept for them.
 LEVELS = {
     "alert": -5,
@@ -123,5 +125,29 @@ def start_logging(level: int, out: TextIO | None = None) -> LineObserver:
 
 
 def set_level(level: int) -> None:
+    global _level
+    _level = level
     if _observer is not None:
         _observer.level = level
+
+
+_level = LEVELS["info"]
+
+
+def current_level() -> int:
+    return _observer.level if _observer is not None else _level
+
+
+class LogControl:
+    """``log.level`` over the control socket (kamcmd's ``log.level`` / ``debug``)."""
+
+    @rpc("log.level", help="The log level; with LEVEL (name or -5..3), set it until the next "
+                           "reload.")
+    def rpc_level(self, level: str | int | None = None) -> dict:
+        if level is not None:
+            try:
+                set_level(level_number(level))
+            except ValueError as e:
+                raise RpcError(str(e)) from None
+        number = current_level()
+        return {"level": number, "name": level_name(number)}

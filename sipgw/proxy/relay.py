@@ -9,6 +9,7 @@ branch dies.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 from typing import TYPE_CHECKING
@@ -39,7 +40,7 @@ class ServerCtx:
 
     __slots__ = (
         "key", "tx", "request", "dest", "timer", "branches", "final_sent", "cancelled",
-        "timer_c",
+        "timer_c", "on_branch_failed",
     )
 
     def __init__(self, key, tx, request: Request, dest: Destination) -> None:
@@ -52,6 +53,10 @@ class ServerCtx:
         self.final_sent = False
         self.cancelled = False
         self.timer_c = None
+        # The DISPATCH step's failover hook: ``(dest, status, local) -> bool``, called when
+        # a branch ends with a final status >= 300 (``local``: our 408 timeout or 503
+        # transport error); True means it sent the request on a new branch instead.
+        self.on_branch_failed = None
 
 
 class ClientCtx:
@@ -59,7 +64,7 @@ class ClientCtx:
 
     __slots__ = (
         "key", "tx", "request", "dest", "timer", "server", "provisional", "cancel_pending",
-        "is_cancel", "done",
+        "is_cancel", "done", "on_result",
     )
 
     def __init__(self, key, tx, request: Request, dest: Destination, server: ServerCtx | None):
@@ -73,6 +78,7 @@ class ClientCtx:
         self.cancel_pending = False
         self.is_cancel = False
         self.done = False
+        self.on_result = None  # a request of sipgw's own: ``(status, local)`` on its end
 
 
 class Relay:
@@ -174,13 +180,16 @@ class Relay:
         target: Destination,
         *,
         cancel: bool,
+        timers=None,
+        on_result=None,
     ) -> ClientCtx:
         p = self.proxy
         cls = InviteClientTransaction if out.method == "INVITE" else NonInviteClientTransaction
-        tx = cls(out, reliable=target.reliable, timers=p.timers)
+        tx = cls(out, reliable=target.reliable, timers=timers or p.timers)
         key = (branch_id, out.method)
         branch = ClientCtx(key, tx, out, target, ctx)
         branch.is_cancel = cancel
+        branch.on_result = on_result
         self.clients[key] = branch
         if ctx is not None and not cancel:
             ctx.branches.append(branch)
@@ -188,6 +197,19 @@ class Relay:
         self._inuse()
         self._run_client(branch, tx.start(self.clock.seconds()))
         return branch
+
+    def send_request(self, request: Request, target: Destination, *, timeout: float,
+                     on_result) -> None:
+        """A request of sipgw's own (a dispatcher probe), on a client transaction whose
+        timer F is ``timeout``; its outcome goes to ``on_result(status, local)`` only."""
+        if forbidden_target(target.host):
+            on_result(503, True)
+            return
+        branch = make_branch(loop_hash(request), f"{next(self._ids):x}")
+        request.prepend("via", self.proxy.identity.via(target.transport, branch))
+        timers = dataclasses.replace(self.proxy.timers, timer_f=timeout)
+        self._start_branch(None, request, branch, target, cancel=False, timers=timers,
+                           on_result=on_result)
 
     def forward_stateless(self, request: Request, target: Destination) -> None:
         """§16.11: an ACK for a 2xx goes end to end, without a transaction."""
@@ -292,6 +314,10 @@ class Relay:
         status = response.status
         if ctx.is_cancel:
             return  # the 200 to our CANCEL ends here (§16.10)
+        if ctx.on_result is not None:
+            if status >= 200:
+                ctx.on_result(status, False)
+            return
         if server is None:
             if 200 <= status < 300:
                 self._forward_response_stateless(response)  # a late 2xx (§16.7 step 5)
@@ -309,6 +335,8 @@ class Relay:
             if status >= 300:
                 if server.final_sent:
                     return  # one final response only (§16.7 step 6)
+                if self._failover(server, ctx, status, local=False):
+                    return  # sent to the next destination; the caller never sees this one
             self._stop_timer_c(server)
             server.final_sent = True
         up = response.copy()
@@ -317,6 +345,9 @@ class Relay:
         self._run_server(server, server.tx.respond(up, self.clock.seconds()))
 
     def _branch_failed(self, ctx: ClientCtx, status: int, reason: str) -> None:
+        if ctx.on_result is not None:
+            ctx.on_result(status, True)
+            return
         server = ctx.server
         self.proxy.stats.inc("tm:timeouts")
         log.info(
@@ -327,7 +358,17 @@ class Relay:
             return
         if server.cancelled:
             status, reason = 487, "Request Terminated"
+        elif self._failover(server, ctx, status, local=True):
+            return
         self.respond(server, status, reason)
+
+    @staticmethod
+    def _failover(server: ServerCtx, branch: ClientCtx, status: int, *, local: bool) -> bool:
+        """Let the DISPATCH step send the request elsewhere, unless it was cancelled."""
+        hook = server.on_branch_failed
+        if hook is None or server.cancelled:
+            return False
+        return bool(hook(branch.dest, status, local))
 
     # -- timer C (§16.6 step 11, §16.8) -------------------------------------------------
 

@@ -50,6 +50,7 @@ class Router:
         if source.transport in WEBSOCKET:
             self.proxy.nat.from_client(req, source)  # NATDETECT: browsers are always NATed
         if method == "CANCEL":
+            self._call_ended(req)
             self.relay.cancel(req, source)
             return
         if req.to_tag is not None:
@@ -132,6 +133,8 @@ class Router:
     # -- WITHINDLG ----------------------------------------------------------------------
 
     def _within_dialog(self, req: Request, source: Source) -> None:
+        if req.method == "BYE":
+            self._call_ended(req)
         target = self._loose_route(req, require_ours=True)
         if target is None:
             self.proxy.reply(req, source, 404, "Not Here")
@@ -145,6 +148,11 @@ class Router:
         if req.method == "INVITE":
             self.relay.respond(ctx, 100, "Trying")
         self.relay.forward(ctx, req, target, inbound=source.transport, record_route=False)
+
+    def _call_ended(self, req: Request) -> None:
+        """The dispatcher counts calls per backend (algorithm 10) until BYE or CANCEL."""
+        if self.proxy.dispatcher is not None:
+            self.proxy.dispatcher.call_ended(req)
 
     def _loose_route(self, req: Request, *, require_ours: bool = False) -> Destination | None:
         """RFC 3261 §16.4 and §16.6 step 6-7: consume our Route entries, find the next hop.
@@ -258,8 +266,27 @@ class Router:
     # -- DISPATCH → RELAY -----------------------------------------------------------------
 
     def _dispatch(self, ctx, req: Request, source: Source) -> None:
-        """DISPATCH step: pick the backend (the dispatcher replaces the single one)."""
-        self._relay(ctx, req, source, self.proxy.backend.destination)
+        """DISPATCH step: a backend from the dispatcher set, failing over to the next one
+        when a branch fails; none usable → 503 with Retry-After."""
+        dispatcher = self.proxy.dispatcher
+        if dispatcher is None:
+            self._relay(ctx, req, source, self.proxy.backend.destination)
+            return
+        attempt = dispatcher.begin(req)
+        if attempt is None:
+            self.relay.respond(ctx, 503, "Service Unavailable",
+                               [("Retry-After", str(dispatcher.settings.retry_after))])
+            return
+
+        def branch_failed(dest: Destination, status: int, local: bool) -> bool:
+            target = attempt.failed(status, local)
+            if target is None:
+                return False
+            self._relay(ctx, req, source, target.address)
+            return True
+
+        ctx.on_branch_failed = branch_failed
+        self._relay(ctx, req, source, attempt.target.address)
 
     def _relay(self, ctx, req: Request, source: Source, target: Destination) -> None:
         self.relay.forward(

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from sipgw.proxy import log as sipgw_log
 from sipgw.proxy.config import Config, ConfigError, LoadedConfig, load_config
+from sipgw.proxy.control import ControlServer, start_control
 from sipgw.proxy.core import Backend, Proxy
 from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.router import uri_destination
@@ -49,6 +50,7 @@ class ProxyService(service.Service):
         self.stream: StreamTransport | None = None
         self.ws: WsTransport | None = None
         self._resolved: dict[str, str] = {}
+        self.control: ControlServer | None = None
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -83,9 +85,13 @@ class ProxyService(service.Service):
             for addr in config.listen.ws:
                 self.ports.append(self.ws.listen(addr.host, addr.port))
         log.info("relaying to {uri}", uri=self.proxy.backend.uri)
+        self.control = start_control(self)
 
     def stopService(self):
         super().stopService()
+        control, self.control = self.control, None
+        if control is not None:
+            control.stop()
         if self.stream is not None:
             self.stream.close_all()
         if self.ws is not None:

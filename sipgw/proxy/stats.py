@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sipgw.rpc.registry import RpcError, rpc
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatDef:
@@ -81,3 +83,35 @@ class Stats:
         for k in self.select(what):
             if not self.defs[k].gauge:
                 self.values[k] = 0
+
+    # -- RPC (kamcmd stats.*) -------------------------------------------------------------
+
+    def _selected(self, names: tuple[str, ...]) -> dict[str, int]:
+        """Each argument by Kamailio's rules; "group.name" (as in many guides) works too."""
+        out: dict[str, int] = {}
+        for what in names or ("all",):
+            what = str(what)
+            found = self.select(what)
+            if not found and "." in what and ":" not in what:
+                found = self.select(what.replace(".", ":", 1))
+            if not found:
+                raise RpcError(f"no statistic matches {what!r} (try all, a group such as core:, "
+                               "or a name such as rcv_requests)")
+            out.update(found)
+        return out
+
+    @rpc("stats.get_statistics",
+         help="Statistics as 'group:name = value' lines; arguments: all, group:, or names.")
+    def rpc_get_statistics(self, *names: str) -> list[str]:
+        return [f"{k} = {v}" for k, v in self._selected(names).items()]
+
+    @rpc("stats.fetch", help="Statistics as an object {group.name: value}; same arguments.")
+    def rpc_fetch(self, *names: str) -> dict[str, int]:
+        return {k.replace(":", ".", 1): v for k, v in self._selected(names).items()}
+
+    @rpc("stats.reset_statistics",
+         help="Set counters back to 0 (levels such as inuse_transactions are kept).")
+    def rpc_reset_statistics(self, *names: str) -> None:
+        selected = self._selected(names)
+        for k in selected:
+            self.reset(k)

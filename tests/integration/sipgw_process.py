@@ -56,12 +56,15 @@ def backend_uri(backend: str, transport: str = "udp") -> str:
 
 
 def config_toml(
-    *, port: int, backend: str, extra_toml: str = "", log_level: str = "debug"
+    *, port: int, backend: str, extra_toml: str = "", log_level: str = "debug",
+    auth: bool = False,
 ) -> str:
     """The configuration of one test sipgw: UDP and TCP on ``port``, ws off, one backend.
 
     ``extra_toml`` is appended as it is: it may add sections (``[timers]``, ``[proxy]``)
-    but not repeat ``[listen]``, ``[dispatcher]`` or ``[log]``.
+    but not repeat ``[listen]``, ``[dispatcher]`` or ``[log]``. Without ``auth``, loopback
+    is trusted (``[auth] trusted``: tests of relaying are not about passwords); with it,
+    ``extra_toml`` brings ``[auth]`` and ``[subscribers]``.
     """
     text = (
         "# Written by tests/integration/sipgw_process.py\n"
@@ -76,6 +79,8 @@ def config_toml(
         "[log]\n"
         f'level = "{log_level}"\n'
     )
+    if not auth:
+        text += '\n[auth]\ntrusted = ["127.0.0.0/8"]\n'
     if extra_toml:
         text += "\n" + extra_toml.strip("\n") + "\n"
     return text
@@ -97,12 +102,14 @@ class SipgwProcess:
         log_level: str = "debug",
         port: int | None = None,
         python: str = sys.executable,
+        auth: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.port = port if port is not None else free_port()
         self.backend = backend_uri(backend, transport)
         self.extra_toml = extra_toml
         self.log_level = log_level
+        self.auth = auth
         self.python = python
         self.config_path = self.workdir / "sipgw.toml"
         self.log_path = self.workdir / "sipgw.log"
@@ -139,6 +146,7 @@ class SipgwProcess:
             backend=self.backend if backend is None else backend,
             extra_toml=self.extra_toml if extra_toml is None else extra_toml,
             log_level=self.log_level,
+            auth=self.auth,
         )
 
     def write_config(self, text: str) -> Path:

@@ -42,6 +42,7 @@ IN_EFFECT_NOW = {
     "log.level", "dispatcher.destinations", "state.directory",
     "listen.ws", "websocket.trusted_proxies", "websocket.allowed_origins",
     "websocket.keepalive_interval", "websocket.handshake_timeout",
+    "control.socket", "control.mode", "control.group",
 }  # fmt: skip
 
 

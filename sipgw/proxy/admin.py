@@ -1,0 +1,91 @@
+"""``core.*`` and ``cfg.*``: what the service knows about itself, over the control socket.
+
+The service owns the running config, the start time and the listeners; this is its RPC face
+(kamcmd's ``core.version``, ``core.uptime``, ``core.info``, ``cfg.get``, ``cfg.reload``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import TYPE_CHECKING, Any
+
+from sipgw import __version__
+from sipgw.proxy.config import ConfigError, config_to_dict, load_config
+from sipgw.rpc.registry import RpcError, rpc
+
+if TYPE_CHECKING:
+    from sipgw.proxy.service import ProxyService
+
+
+def version_line() -> str:
+    return f"sipgw {__version__} (python {platform.python_version()}/{platform.system().lower()})"
+
+
+class Admin:
+    def __init__(self, service: ProxyService) -> None:
+        self.service = service
+        self.started = service.reactor.seconds()
+        self.started_wall = time.time()
+
+    @rpc("core.version", help="The version line, as 'sipgw X.Y.Z (python .../linux)'.")
+    def rpc_version(self) -> str:
+        return version_line()
+
+    @rpc("core.uptime", help="now, up_since (Unix times) and uptime in seconds.")
+    def rpc_uptime(self) -> dict[str, Any]:
+        up = self.service.reactor.seconds() - self.started
+        return {"now": int(time.time()), "up_since": int(self.started_wall), "uptime": int(up)}
+
+    @rpc("core.info", help="Version, pid, config file, listeners, backend and control socket.")
+    def rpc_info(self) -> dict[str, Any]:
+        svc = self.service
+        proxy = svc.proxy
+        listeners = []
+        if proxy is not None:
+            listeners = [f"{lst.transport}:{lst.host}:{lst.port}"
+                         for lst in proxy.identity.listeners]
+        control = getattr(svc, "control", None)
+        return {
+            "version": __version__,
+            "python": platform.python_version(),
+            "pid": os.getpid(),
+            "config": svc.loaded.path or "embedded default",
+            "listen": listeners,
+            "backend": proxy.backend.uri if proxy is not None else None,
+            "control": control.path if control is not None and control.port else None,
+            "up_since": int(self.started_wall),
+        }
+
+    @rpc("cfg.get", help="The running config (secrets masked); with SECTION or SECTION.KEY "
+                         "(or SECTION KEY), just that.")
+    def rpc_get(self, section: str | None = None, key: str | None = None) -> Any:
+        data = config_to_dict(self.service.loaded.config)
+        if section is None:
+            return data
+        if key is None and "." in section:
+            section, key = section.split(".", 1)
+        if section not in data:
+            raise RpcError(f"no config section {section!r}; sections: {', '.join(data)}")
+        if key is None:
+            return data[section]
+        if key not in data[section]:
+            raise RpcError(f"no key {section}.{key}; keys: {', '.join(data[section])}")
+        return data[section][key]
+
+    @rpc("cfg.reload", help="Read the config file again (as SIGHUP); a bad file is refused "
+                            "with its error and the running config kept.")
+    def rpc_reload(self) -> dict[str, Any]:
+        path = self.service.loaded.path
+        if path is None:
+            raise RpcError("running on the embedded default config: there is no file to read")
+        try:
+            load_config(path)
+        except ConfigError as e:
+            raise RpcError(f"reload refused, running config kept: {e}") from None
+        before = self.service.loaded
+        self.service.reload()
+        if self.service.loaded is before:
+            raise RpcError("reload refused, running config kept; the log says why")
+        return {"reloaded": path, "not_in_effect": list(self.service.loaded.not_in_effect)}

@@ -1,0 +1,389 @@
+"""AUTH: digest authentication of clients' initial requests (RFC 3261 §22, RFC 7616/8760).
+
+``Authenticator.check`` is the AUTH step of the route script. It runs after the server
+transaction exists (retransmissions during a slow store lookup are absorbed) and ends by
+answering through that transaction or by calling ``proceed`` (DISPATCH).
+
+What it decides, in order:
+
+1. trusted source (``auth.trusted``) → proceed, unchallenged and never banned;
+2. user (From) or source banned → 403;
+3. no open relay: From domain *and* Request-URI both foreign → ``403 Not relaying``.
+   "Ours" is ``auth.realm``, the hosts of ``proxy.aliases``, and sipgw's own addresses;
+4. no credentials for our realm → 401 (REGISTER) / 407 (others), offering SHA-256 and MD5
+   with one stateless nonce, ``qop="auth"``;
+5. credentials that cannot be right without looking anything up (unknown algorithm or
+   qop, foreign or expired nonce, nc not growing) → a new challenge (``stale=true`` when
+   only the nonce expired); user not the From user (and To user for REGISTER) → 403;
+6. one store lookup; the response compared in constant time. Unknown user and wrong
+   password take the same path (the unknown user is checked against a random HA1) and get
+   the same fresh challenge, so nobody can tell them apart on the wire;
+7. success → our credentials removed (§22.3: they are for us, not the backend), proceed.
+
+A store that fails answers 503 with Retry-After (unreachable) or 500 (anything else), at
+once: requests never wait on a dead store.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from twisted.logger import Logger
+
+from sipgw.proxy.bans import Bans
+from sipgw.proxy.identity import _split_alias as split_alias
+from sipgw.proxy.nonce import Nonces, NonceState
+from sipgw.proxy.stats import StatDef
+from sipgw.proxy.transport import Source
+from sipgw.rpc.registry import RpcError, rpc
+from sipgw.sip import digest
+from sipgw.sip.address import parse_name_addr
+from sipgw.sip.errors import ParseError
+from sipgw.sip.message import Request
+from sipgw.sip.uri import SipURI
+from sipgw.store import StoreUnavailable, Subscriber, SubscriberStore, open_store
+
+if TYPE_CHECKING:
+    from sipgw.proxy.config import Config
+    from sipgw.proxy.core import Proxy
+
+log = Logger(namespace="sipgw.auth")
+
+AUTH_STATS = (
+    StatDef(group="auth", name="challenged", help="401/407 challenges sent"),
+    StatDef(group="auth", name="authorized", help="requests whose credentials were right"),
+    StatDef(group="auth", name="failed", help="credentials with a wrong password or unknown user"),
+    StatDef(group="auth", name="stale", help="credentials with an expired nonce (re-challenged)"),
+    StatDef(group="auth", name="banned", help="requests refused 403 because their user or "
+            "source address is banned after failed authentications"),
+)
+
+# RFC 8760 §2.4: challenges in order of preference; clients use the first they support.
+ALGORITHMS = ("SHA-256", "MD5")
+RETRY_AFTER = "5"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthSettings:
+    realm: str = ""  # "" = the From domain
+    domains: frozenset[str] = frozenset()  # more domains that are ours (aliases)
+    trusted: tuple = ()  # ip networks
+    nonce_expire: float = 300.0
+    algorithms: tuple[str, ...] = ALGORITHMS
+    max_failures_user: int = 3
+    max_failures_source: int = 20
+    failure_window: float = 300.0
+    ban_time: float = 900.0
+
+
+@dataclass(slots=True, kw_only=True)
+class _Attempt:
+    """One request's credentials, checked as far as possible before the lookup."""
+
+    req: Request
+    source: Source
+    realm: str
+    header: str  # authorization / proxy-authorization
+    creds: digest.Credentials
+    user: str  # the user part looked up
+    domain: str
+    at_form: bool  # username sent as user@domain: ha1b
+    algorithm: str
+    nc: int | None = None
+    ban_key: str = field(default="")
+
+
+class Authenticator:
+    def __init__(self, proxy: "Proxy", store: SubscriberStore, settings: AuthSettings,
+                 secret: bytes, *, random: Callable[[int], bytes] = os.urandom) -> None:
+        self.proxy = proxy
+        self.store = store
+        self.random = random
+        now = proxy.clock.seconds
+        self.nonces = Nonces(secret, settings.nonce_expire, now, random=random)
+        self.bans = Bans(now)
+        self.settings = settings
+        self.configure(settings)
+        proxy.stats.declare(AUTH_STATS)
+        # Checked against when the user is unknown: the same work as a wrong password.
+        self._decoy = random(16).hex()
+
+    def configure(self, settings: AuthSettings) -> None:
+        """Apply (re)loaded settings; nonces, counters and bans survive."""
+        self.settings = settings
+        self.nonces.expire = settings.nonce_expire
+        b = self.bans
+        b.max_failures_user = settings.max_failures_user
+        b.max_failures_source = settings.max_failures_source
+        b.failure_window = settings.failure_window
+        b.ban_time = settings.ban_time
+
+    # -- the step -----------------------------------------------------------------------
+
+    def check(self, ctx, req: Request, source: Source, proceed: Callable) -> None:
+        s = self.settings
+        if s.trusted and _in_networks(source.host, s.trusted):
+            proceed(ctx, req, source)
+            return
+        respond = self.proxy.relay.respond
+        from_uri = _sip_uri(req.header("from"))
+        if from_uri is None:
+            respond(ctx, 403, "Forbidden: From must be a SIP URI")
+            return
+        from_user = from_uri.unescaped_user or ""
+        from_host = from_uri.host.strip("[]").lower()
+        realm = s.realm or from_host
+        if self.bans.is_banned(f"{from_user}@{realm}", source.host):
+            self.proxy.stats.inc("auth:banned")
+            respond(ctx, 403, "Forbidden")
+            return
+        if not self._ours(from_host) and not self._ours_uri(req):
+            respond(ctx, 403, "Not relaying")
+            return
+        header = "authorization" if req.method == "REGISTER" else "proxy-authorization"
+        try:
+            creds = _credentials_for(req, header, realm)
+        except ParseError as e:
+            respond(ctx, 400, e.reason)
+            return
+        if creds is None:
+            self._challenge(ctx, req, realm)
+            return
+        attempt = self._precheck(ctx, req, source, realm, header, creds, from_user, from_host)
+        if attempt is None:
+            return
+        d = self.store.get(attempt.user, attempt.domain)
+        d.addCallbacks(self._looked_up, self._store_failed, callbackArgs=(ctx, attempt, proceed),
+                       errbackArgs=(ctx,))
+        d.addErrback(self._bug, ctx)
+
+    def _precheck(self, ctx, req, source, realm, header, creds, from_user, from_host):
+        """Everything decidable without the store; None when already answered."""
+        username = creds.username
+        algorithm = creds.algorithm.upper()
+        qop = creds.params.get("qop")
+        if not username or algorithm not in self.settings.algorithms or qop not in (None, "auth"):
+            self._challenge(ctx, req, realm)
+            return None
+        state = self.nonces.check(creds.nonce or "")
+        if state is not NonceState.VALID:
+            if state is NonceState.STALE:
+                self.proxy.stats.inc("auth:stale")
+            self._challenge(ctx, req, realm, stale=state is NonceState.STALE)
+            return None
+        user, at, domain = username.partition("@")
+        domain = domain.lower() if at else realm
+        if user != from_user or (at and domain != from_host) or not _to_matches(req, user):
+            # RFC 3261 §22.3 leaves it to policy; ours: one account speaks only for itself.
+            self.proxy.relay.respond(ctx, 403, "Forbidden: credentials are not for the From user")
+            return None
+        nc = None
+        if qop is not None:
+            try:
+                nc = int(creds.params["nc"], 16)
+            except ValueError:
+                self._challenge(ctx, req, realm)
+                return None
+        # Recorded before the lookup: two copies in flight cannot both pass.
+        if not self.nonces.use(creds.nonce or "", nc):
+            log.info("auth: nonce count replayed by {h}:{p} for {u}", h=source.host,
+                     p=source.port, u=username)
+            self._challenge(ctx, req, realm)
+            return None
+        return _Attempt(req=req, source=source, realm=realm, header=header, creds=creds,
+                        user=user, domain=domain, at_form=bool(at), algorithm=algorithm,
+                        nc=nc, ban_key=f"{user}@{realm}")
+
+    def _looked_up(self, subscriber: Subscriber | None, ctx, attempt: _Attempt, proceed) -> None:
+        if ctx.final_sent:
+            return
+        if ctx.cancelled:
+            self.proxy.relay.respond(ctx, 487, "Request Terminated")
+            return
+        req = attempt.req
+        if not self._verify(subscriber, attempt):
+            self.proxy.stats.inc("auth:failed")
+            self.bans.failure(attempt.ban_key, attempt.source.host)
+            log.info("auth: failed for {u} from {h}:{p}", u=attempt.ban_key,
+                     h=attempt.source.host, p=attempt.source.port)
+            self._challenge(ctx, req, attempt.realm)
+            return
+        self.proxy.stats.inc("auth:authorized")
+        self.bans.success(attempt.ban_key)
+        _remove_credentials(req, attempt.header, attempt.realm)
+        proceed(ctx, req, attempt.source)
+
+    def _verify(self, subscriber: Subscriber | None, attempt: _Attempt) -> bool:
+        creds = attempt.creds
+        ha1 = _ha1_of(subscriber, attempt) or self._decoy
+        try:
+            expected = digest.response(
+                ha1, attempt.req.method, creds.uri or "", creds.nonce or "",
+                creds.params.get("nc"), creds.params.get("cnonce"), creds.params.get("qop"),
+                attempt.algorithm,
+            )
+        except ValueError:
+            return False
+        given = (creds.response or "").lower()
+        return hmac.compare_digest(expected.encode(), given.encode("latin-1")) and (
+            subscriber is not None and ha1 != self._decoy
+        )
+
+    def _store_failed(self, failure, ctx) -> None:
+        if ctx.final_sent:
+            return
+        log.warn("auth: subscriber store failed: {err}", err=failure.getErrorMessage())
+        if failure.check(StoreUnavailable):
+            self.proxy.relay.respond(ctx, 503, "Service Unavailable",
+                                     [("Retry-After", RETRY_AFTER)])
+        else:
+            self.proxy.relay.respond(ctx, 500, "Server Error")
+
+    def _bug(self, failure, ctx) -> None:
+        log.failure("auth: internal error", failure)
+        if not ctx.final_sent:
+            self.proxy.relay.respond(ctx, 500, "Server Internal Error")
+
+    # -- control plane ------------------------------------------------------------------
+
+    @rpc("auth.bans", help="Users (user@realm) and source addresses refused 403 after "
+         "failed authentications, with the seconds their ban has left.")
+    def rpc_bans(self) -> dict:
+        return {"BANS": self.bans.listing()}
+
+    @rpc("auth.unban", help="Lift the ban of a user (user@realm) or a source address; "
+         "'all' lifts every ban.")
+    def rpc_unban(self, name: str) -> dict:
+        if not isinstance(name, str) or not name:
+            raise RpcError("expected a user@realm, an address, or 'all'")
+        return {"REMOVED": self.bans.unban(name)}
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _challenge(self, ctx, req: Request, realm: str, *, stale: bool = False) -> None:
+        nonce = self.nonces.new()
+        register = req.method == "REGISTER"
+        name = "WWW-Authenticate" if register else "Proxy-Authenticate"
+        extra = [(name, digest.format_challenge(realm, nonce, algorithm, "auth", stale))
+                 for algorithm in self.settings.algorithms]
+        self.proxy.stats.inc("auth:challenged")
+        if register:
+            self.proxy.relay.respond(ctx, 401, "Unauthorized", extra)
+        else:
+            self.proxy.relay.respond(ctx, 407, "Proxy Authentication Required", extra)
+
+    def _ours(self, host: str) -> bool:
+        s = self.settings
+        return host == s.realm or host in s.domains or self.proxy.identity.is_our_host(host)
+
+    def _ours_uri(self, req: Request) -> bool:
+        ruri = req.parsed_uri()
+        if not isinstance(ruri, SipURI):
+            return False
+        host = ruri.host.strip("[]").lower()
+        return self._ours(host) or self.proxy.identity.is_us(host, ruri.port)
+
+
+def _sip_uri(value: str | None) -> SipURI | None:
+    if value is None:
+        return None
+    try:
+        uri = parse_name_addr(value).uri
+    except ParseError:
+        return None
+    return uri if isinstance(uri, SipURI) else None
+
+
+def _to_matches(req: Request, user: str) -> bool:
+    """A REGISTER registers the authenticated user's own address of record only."""
+    if req.method != "REGISTER":
+        return True
+    to = _sip_uri(req.header("to"))
+    return to is not None and (to.unescaped_user or "") == user
+
+
+def _credentials_for(req: Request, header: str, realm: str) -> digest.Credentials | None:
+    """Our realm's Digest credentials, if the request carries any."""
+    for value in req.headers(header):
+        creds = digest.parse_credentials(value)
+        if creds.is_digest and creds.realm == realm:
+            return creds
+    return None
+
+
+def _remove_credentials(req: Request, header: str, realm: str) -> None:
+    """Kamailio's consume_credentials: ours go, other realms' stay for their proxies."""
+    others = []
+    for value in req.headers(header):
+        try:
+            creds = digest.parse_credentials(value)
+        except ParseError:
+            continue
+        if not (creds.is_digest and creds.realm == realm):
+            others.append(value)
+    req.remove(header)
+    for value in others:
+        req.append(header, value)
+
+
+def _ha1_of(subscriber: Subscriber | None, attempt: _Attempt) -> str:
+    if subscriber is None:
+        return ""
+    sha = attempt.algorithm.startswith("SHA-256")
+    if sha and subscriber.ha1_sha256:
+        return subscriber.ha1_sha256
+    if not sha and (subscriber.ha1b if attempt.at_form else subscriber.ha1):
+        return subscriber.ha1b if attempt.at_form else subscriber.ha1
+    if subscriber.password:
+        # A legacy record: Kamailio's calculate_ha1.
+        name = attempt.creds.username or ""
+        return digest.ha1(name, attempt.realm, subscriber.password, attempt.algorithm)
+    return ""
+
+
+def _in_networks(host: str, networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+# -- from the configuration (service.py calls these) ----------------------------------------
+
+
+def auth_settings(config: "Config") -> AuthSettings:
+    a = config.auth
+    domains = {a.realm.lower()} if a.realm else set()
+    for alias in config.proxy.aliases:
+        domains.add(split_alias(alias.lower())[0])
+    return AuthSettings(
+        realm=a.realm,
+        domains=frozenset(domains),
+        trusted=tuple(a.trusted),
+        nonce_expire=a.nonce_expire,
+        max_failures_user=a.max_failures_user,
+        max_failures_source=a.max_failures_source,
+        failure_window=a.failure_window,
+        ban_time=a.ban_time,
+    )
+
+
+def build_authenticator(proxy: "Proxy", config: "Config", *,
+                        random: Callable[[int], bytes] = os.urandom) -> Authenticator:
+    """The AUTH step with its store, as ``[subscribers]`` and ``[auth]`` say."""
+    s = config.subscribers
+    store = open_store(s.url, key_template=s.key_template, connect_timeout=s.connect_timeout,
+                       command_timeout=s.command_timeout, clock=proxy.clock)
+    # "" = random per start: nonces of another node (or of before a restart) are refused.
+    secret = config.auth.nonce_secret.encode("utf-8") or random(32)
+    log.info("auth: subscribers in {url}", url=_shown_url(s.url))
+    return Authenticator(proxy, store, auth_settings(config), secret, random=random)
+
+
+def _shown_url(url: str) -> str:
+    return url.split("@")[-1] if url.startswith("redis://") else url

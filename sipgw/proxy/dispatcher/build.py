@@ -1,0 +1,72 @@
+"""The dispatcher from ``[dispatcher]``: settings, the list, probes through the relay.
+
+Kept here so that ``service.py`` stays a list of calls: build at start (a bad list stops the
+start), reconfigure on SIGHUP (a bad list keeps the running one and says why).
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.logger import Logger
+
+from sipgw.proxy.config import Config
+from sipgw.proxy.dispatcher import Dispatcher, Settings
+from sipgw.proxy.dispatcher.health import StatusCodes
+from sipgw.proxy.dispatcher.listfile import ListFileError, check_uri, from_destinations
+from sipgw.proxy.router import uri_destination
+from sipgw.proxy.transport import Destination, is_ip
+
+log = Logger(namespace="sipgw.dispatcher")
+
+
+def resolve_uri(text: str) -> Destination:
+    """A destination URI → where to send: RFC 3263 without SRV, the host resolved once
+    (at load and reload; per-message DNS would stall the relay)."""
+    dest = uri_destination(check_uri(text))
+    if not is_ip(dest.host):
+        try:
+            info = socket.getaddrinfo(dest.host, dest.port, type=socket.SOCK_DGRAM)
+        except socket.gaierror as e:
+            raise ValueError(f"cannot resolve {dest.host}: {e.strerror}") from None
+        dest = Destination(transport=dest.transport, host=info[0][4][0], port=dest.port)
+    return dest
+
+
+def settings_from(config: Config) -> Settings:
+    d = config.dispatcher
+    return Settings(
+        setid=d.setid, algorithm=d.algorithm, list_file=d.list_file,
+        ping_interval=d.ping_interval, ping_timeout=d.ping_timeout,
+        probing_mode=d.probing_mode, probing_threshold=d.probing_threshold,
+        inactive_threshold=d.inactive_threshold, ping_from=d.ping_from,
+        ping_reply_codes=StatusCodes(d.ping_reply_codes),
+        failover_codes=StatusCodes(d.failover_codes),
+        max_failover=d.max_failover, retry_after=d.retry_after,
+    )  # fmt: skip
+
+
+def build_dispatcher(proxy, config: Config) -> Dispatcher:
+    """A loaded dispatcher for ``proxy``; ListFileError when the list is bad."""
+    dispatcher = Dispatcher(
+        clock=proxy.clock,
+        stats=proxy.stats,
+        settings=settings_from(config),
+        inline=from_destinations(config.dispatcher.destinations, config.dispatcher.setid),
+        resolve=resolve_uri,
+        send_request=proxy.relay.send_request,
+    )
+    dispatcher.reload()
+    return dispatcher
+
+
+def reconfigure_dispatcher(dispatcher: Dispatcher, config: Config) -> None:
+    """SIGHUP: new settings, the list read again; a bad list keeps the running one."""
+    dispatcher.configure(
+        settings_from(config),
+        from_destinations(config.dispatcher.destinations, config.dispatcher.setid),
+    )
+    try:
+        dispatcher.reload()
+    except ListFileError as e:
+        log.error("dispatcher reload refused, keeping the running list: {err}", err=e)

@@ -1,0 +1,107 @@
+"""Stateless digest nonces, and nonce-count replay protection with bounded memory.
+
+A nonce is ``TTTTTTTTTTTT RRRRRRRRRRRRRRRR MMMM...`` in hex: the issue time in
+milliseconds (12 digits), 8 random bytes, and the first 16 bytes of
+HMAC-SHA256(secret, time + random). Any sipgw node that shares ``auth.nonce_secret``
+verifies any other node's nonce without shared state (DESIGN.md §5); a nonce older than
+``auth.nonce_expire`` is stale (RFC 7616 §3.3: re-challenge with ``stale=true``).
+
+Replay protection (RFC 7616 §3.4.6, §5.10): the nonce-count must grow per nonce. The last
+``nc`` of each nonce used is kept until the nonce expires; a request without qop (RFC 2617
+clients) uses its nonce once. The table is bounded: when it is full the oldest entry is
+dropped and the *floor* rises to its issue time, so a nonce issued at or before the floor
+and no longer in the table is treated as stale -- forgetting an entry can never reopen a
+replay, it only costs an honest client one more challenge.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import os
+from collections import OrderedDict
+from typing import Callable
+
+_TIME_DIGITS = 12
+_RANDOM_BYTES = 8
+_MAC_DIGITS = 32
+NONCE_LENGTH = _TIME_DIGITS + 2 * _RANDOM_BYTES + _MAC_DIGITS
+_HEX = frozenset("0123456789abcdef")
+
+
+class NonceState(enum.Enum):
+    VALID = "valid"
+    STALE = "stale"  # ours, but expired (or forgotten): re-challenge with stale=true
+    INVALID = "invalid"  # not ours: forged, garbled, or another secret
+
+
+class Nonces:
+    def __init__(
+        self,
+        secret: bytes,
+        expire: float,
+        now: Callable[[], float],
+        *,
+        random: Callable[[int], bytes] = os.urandom,
+        max_tracked: int = 200_000,
+    ) -> None:
+        self.secret = secret
+        self.expire = expire
+        self.now = now
+        self.random = random
+        self.max_tracked = max_tracked
+        self._counts: OrderedDict[str, tuple[int, int]] = OrderedDict()  # nonce → (nc, ms)
+        self._floor = -1  # issue time (ms) of the newest entry ever dropped for room
+
+    def new(self) -> str:
+        head = f"{int(self.now() * 1000):0{_TIME_DIGITS}x}{self.random(_RANDOM_BYTES).hex()}"
+        return head + self._mac(head)
+
+    def _mac(self, head: str) -> str:
+        return hmac.new(self.secret, head.encode("ascii"), hashlib.sha256).hexdigest()[:_MAC_DIGITS]
+
+    def check(self, nonce: str) -> NonceState:
+        if len(nonce) != NONCE_LENGTH or not _HEX.issuperset(nonce):
+            return NonceState.INVALID
+        head, mac = nonce[:-_MAC_DIGITS], nonce[-_MAC_DIGITS:]
+        if not hmac.compare_digest(mac, self._mac(head)):
+            return NonceState.INVALID
+        issued = int(nonce[:_TIME_DIGITS], 16)
+        age = self.now() - issued / 1000
+        if age > self.expire or age < -self.expire:  # from the future: a node's clock is off
+            return NonceState.STALE
+        if issued <= self._floor and nonce not in self._counts:
+            return NonceState.STALE
+        return NonceState.VALID
+
+    def use(self, nonce: str, nc: int | None) -> bool:
+        """Record a use of a valid nonce; False when ``nc`` does not grow (a replay).
+
+        ``nc`` None (no qop) counts as 1: such a nonce serves one request.
+        """
+        count = 1 if nc is None else nc
+        seen = self._counts.get(nonce)
+        if seen is not None:
+            if count <= seen[0]:
+                return False
+            self._counts[nonce] = (count, seen[1])
+            return True
+        self._prune()
+        self._counts[nonce] = (count, int(nonce[:_TIME_DIGITS], 16))
+        return True
+
+    def _prune(self) -> None:
+        counts = self._counts
+        limit = (self.now() - self.expire) * 1000
+        # Oldest first use first; an expired nonce's entry is useless (check() says stale).
+        while counts:
+            oldest = next(iter(counts.values()))[1]
+            if oldest >= limit and len(counts) < self.max_tracked:
+                return
+            _, (_, issued) = counts.popitem(last=False)
+            if oldest >= limit:
+                self._floor = max(self._floor, issued)
+
+    def __len__(self) -> int:
+        return len(self._counts)

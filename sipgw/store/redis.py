@@ -1,0 +1,181 @@
+"""The production subscriber store: a Redis hash per user, shared by every sipgw node.
+
+Layout (DESIGN.md §5): key ``subscriber:<username>`` (``key_template``, e.g.
+``subscriber:entry::{username}:{domain}`` to read a Kamailio db_redis database as it is),
+fields ``username``, ``domain``, ``ha1``, ``ha1b``, ``ha1_sha256`` (and, in legacy records,
+``password``). A lookup is one ``HGETALL``: one round trip per authenticated request, and
+nothing cached, so a ``sipgw users passwd`` takes effect on the next request.
+
+Failure handling, so that a Redis outage costs prompt errors and never a hang:
+
+* ``connect_timeout`` bounds each connection attempt; txredisapi reconnects forever, and
+  the back-off is capped at ``RECONNECT_MAX_DELAY`` so service resumes within about a
+  second of Redis coming back;
+* ``command_timeout`` bounds every command (txredisapi's reply timeout drops a connection
+  that stops answering) and the wait for a connection;
+* while no connection is up, lookups fail at once with ``StoreUnavailable`` -- except in
+  the first ``connect_timeout`` after start, when they wait for the first connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import txredisapi
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.logger import Logger
+
+from sipgw.store import StoreError, StoreUnavailable, Subscriber, subscriber_from_fields
+
+log = Logger(namespace="sipgw.store.redis")
+
+DEFAULT_TEMPLATE = "subscriber:{username}"
+KAMAILIO_TEMPLATE = "subscriber:entry::{username}:{domain}"
+RECONNECT_MAX_DELAY = 1.0  # seconds between reconnection attempts, at most
+RECONNECT_FIRST_DELAY = 0.2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisAddress:
+    host: str
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    def __str__(self) -> str:  # never shows the password
+        return f"redis://{self.host}:{self.port}/{self.db}"
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """``redis://[user:pass@]host[:port][/db]``; user and password may be %-escaped."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis" or not parts.hostname:
+        raise ValueError(f"not a redis://host URL: {url.split('@')[-1]!r}")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"the database must be a number: {path!r}")
+    return RedisAddress(
+        host=parts.hostname,
+        port=parts.port or 6379,
+        db=int(path or 0),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+class RedisStore:
+    def __init__(self, address: RedisAddress, *, key_template: str = DEFAULT_TEMPLATE,
+                 connect_timeout: float = 2.0, command_timeout: float = 1.0,
+                 clock=None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.address = address
+        self.key_template = key_template
+        self.command_timeout = command_timeout
+        self.clock = clock
+        self._grace_until = clock.seconds() + connect_timeout
+        self._was_up = False
+        factory = txredisapi.RedisFactory(
+            str(address), address.db, 1, isLazy=True, handler=txredisapi.ConnectionHandler,
+            password=address.password, username=address.username,
+            replyTimeout=command_timeout, convertNumbers=False,
+        )
+        factory.initialDelay = RECONNECT_FIRST_DELAY
+        factory.maxDelay = RECONNECT_MAX_DELAY
+        factory.startConnecting(
+            HostnameEndpoint(clock, address.host, address.port, timeout=connect_timeout))
+        self._factory = factory
+        self._redis = factory.handler
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def key(self, username: str, domain: str) -> str:
+        return self.key_template.format(username=username, domain=domain)
+
+    @property
+    def connected(self) -> bool:
+        return self._factory.size > 0
+
+    def when_connected(self, timeout: float) -> defer.Deferred:
+        """Fires once a connection is up (for the CLI); StoreUnavailable after ``timeout``."""
+        if self.connected:
+            return defer.succeed(None)
+        return self._call(lambda r: r.ping(), timeout=timeout)
+
+    def _call(self, command, timeout: float | None = None) -> defer.Deferred:
+        if not self.connected:
+            if self._was_up or self.clock.seconds() >= self._grace_until:
+                return defer.fail(StoreUnavailable(f"{self.address}: not connected"))
+        d = self._redis_call(command)
+        d.addTimeout(timeout or self.command_timeout, self.clock)
+        d.addCallbacks(self._up, self._translate)
+        return d
+
+    def _redis_call(self, command) -> defer.Deferred:
+        try:
+            return command(self._redis)
+        except Exception as e:  # noqa: BLE001 - txredisapi raises synchronously at times
+            return defer.fail(e)
+
+    def _up(self, result):
+        if not self._was_up:
+            log.info("connected to {a}", a=str(self.address))
+        self._was_up = True
+        return result
+
+    def _translate(self, failure):
+        if failure.check(defer.TimeoutError, defer.CancelledError, txredisapi.ConnectionError):
+            raise StoreUnavailable(f"{self.address}: {failure.getErrorMessage() or 'timeout'}")
+        if failure.check(StoreError):
+            return failure
+        raise StoreError(f"{self.address}: {failure.getErrorMessage()}")
+
+    # -- the interface ----------------------------------------------------------------
+
+    def get(self, username: str, domain: str) -> defer.Deferred:
+        def found(fields: dict) -> Subscriber | None:
+            return subscriber_from_fields(fields, username, domain) if fields else None
+
+        return self._call(lambda r: r.hgetall(self.key(username, domain))).addCallback(found)
+
+    def put(self, subscriber: Subscriber) -> defer.Deferred:
+        key = self.key(subscriber.username, subscriber.domain)
+        fields = subscriber.as_fields()
+        stale = [n for n in ("ha1", "ha1b", "ha1_sha256", "password") if n not in fields]
+
+        def write(r):
+            d = r.hmset(key, fields)
+            if stale:
+                # A new password must not leave an old hash (or a plaintext one) behind.
+                d.addCallback(lambda _: r.hdel(key, stale))
+            return d
+
+        return self._call(write).addCallback(lambda _: None)
+
+    def delete(self, username: str, domain: str) -> defer.Deferred:
+        return self._call(lambda r: r.delete(self.key(username, domain))).addCallback(
+            lambda n: int(n) > 0)
+
+    @defer.inlineCallbacks
+    def all(self):
+        pattern = self.key_template.format(username="*", domain="*")
+        keys: list[str] = []
+        cursor = 0
+        while True:
+            cursor, batch = yield self._call(lambda r, c=cursor: r.scan(c, pattern, 500))
+            keys.extend(batch)
+            if int(cursor) == 0:
+                break
+        out = []
+        for key in sorted(set(keys)):
+            fields = yield self._call(lambda r, k=key: r.hgetall(k))
+            if fields.get("username"):
+                out.append(subscriber_from_fields(fields, fields["username"],
+                                                  fields.get("domain", "")))
+        return sorted(out, key=lambda s: (s.domain, s.username))
+
+    def close(self) -> defer.Deferred:
+        return self._factory.disconnect()

@@ -1,0 +1,130 @@
+"""The embedded subscriber store: one SQLite file, no server (the default).
+
+Table ``subscriber`` with Kamailio's column names, one row per (username, domain).
+
+Concurrency: the database is in WAL mode, so the proxy's reads never wait for ``sipgw
+users`` writing in another process, and the CLI's short write transactions wait at most
+``busy_timeout`` for each other.
+
+Lookups run synchronously on the reactor thread, on purpose: a primary-key read from a
+local WAL database takes microseconds (a thread hop via ``deferToThread`` costs more than
+the read, and the thread pool would serialise on the one connection anyway). What could
+block longer -- a missing directory, a locked or corrupt file -- fails fast instead
+(``busy_timeout`` 100 ms) and becomes ``StoreUnavailable``/``StoreError``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from twisted.internet import defer
+
+from sipgw.store import FIELDS, StoreError, StoreUnavailable, Subscriber, subscriber_from_fields
+
+BUSY_TIMEOUT = 0.1  # seconds
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS subscriber (
+    username   TEXT NOT NULL,
+    domain     TEXT NOT NULL,
+    ha1        TEXT NOT NULL DEFAULT '',
+    ha1b       TEXT NOT NULL DEFAULT '',
+    ha1_sha256 TEXT NOT NULL DEFAULT '',
+    password   TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (username, domain)
+)
+"""
+_COLUMNS = ", ".join(FIELDS)
+
+
+class SqliteStore:
+    def __init__(self, path: str, *, create_directory: bool = False) -> None:
+        self.path = path
+        self.create_directory = create_directory
+        self._db: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        try:
+            if self.create_directory:
+                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreUnavailable(f"cannot open the subscriber database {self.path}: {e}") from e
+        self._db = db
+        return db
+
+    def _run(self, fn) -> defer.Deferred:
+        try:
+            return defer.succeed(fn(self._connect()))
+        except StoreError as e:
+            return defer.fail(e)
+        except sqlite3.OperationalError as e:
+            # "database is locked", disk I/O: worth retrying later.
+            self._drop()
+            return defer.fail(StoreUnavailable(f"{self.path}: {e}"))
+        except sqlite3.Error as e:
+            self._drop()
+            return defer.fail(StoreError(f"{self.path}: {e}"))
+
+    def _drop(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def get(self, username: str, domain: str) -> defer.Deferred:
+        def read(db: sqlite3.Connection) -> Subscriber | None:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM subscriber WHERE username = ? AND domain = ?",
+                (username, domain),
+            ).fetchone()
+            return None if row is None else subscriber_from_fields(dict(zip(FIELDS, row)),
+                                                                   username, domain)
+
+        return self._run(read)
+
+    def put(self, subscriber: Subscriber) -> defer.Deferred:
+        def write(db: sqlite3.Connection) -> None:
+            values = [getattr(subscriber, name) for name in FIELDS]
+            db.execute(f"INSERT OR REPLACE INTO subscriber ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                       values)
+
+        return self._run(write)
+
+    def put_many(self, subscribers: list[Subscriber]) -> defer.Deferred:
+        """All or nothing, in one transaction (``sipgw users import``)."""
+
+        def write(db: sqlite3.Connection) -> None:
+            rows = [[getattr(s, name) for name in FIELDS] for s in subscribers]
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(
+                    f"INSERT OR REPLACE INTO subscriber ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows)
+
+        return self._run(write)
+
+    def delete(self, username: str, domain: str) -> defer.Deferred:
+        def remove(db: sqlite3.Connection) -> bool:
+            cur = db.execute("DELETE FROM subscriber WHERE username = ? AND domain = ?",
+                             (username, domain))
+            return cur.rowcount > 0
+
+        return self._run(remove)
+
+    def all(self) -> defer.Deferred:
+        def read(db: sqlite3.Connection) -> list[Subscriber]:
+            rows = db.execute(f"SELECT {_COLUMNS} FROM subscriber ORDER BY domain, username")
+            return [subscriber_from_fields(dict(zip(FIELDS, row)), row[0], row[1])
+                    for row in rows]
+
+        return self._run(read)
+
+    def close(self) -> defer.Deferred:
+        self._drop()
+        return defer.succeed(None)

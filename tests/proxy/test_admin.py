@@ -1,0 +1,110 @@
+"""core.*, cfg.*, log.level and stats.* as the control socket serves them."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+
+from sipgw.proxy import log as sipgw_log
+from sipgw.proxy.admin import Admin
+from sipgw.proxy.config import load_config
+from sipgw.proxy.service import ProxyService
+from sipgw.proxy.stats import Stats
+from sipgw.rpc.registry import RpcError
+
+CONFIG = """
+[listen]
+udp = []
+tcp = ["127.0.0.1:25070"]
+ws = []
+[auth]
+nonce_secret = "hush"
+[control]
+socket = "{dir}/sipgw.ctl"
+"""
+
+
+@pytest.fixture
+def service(tmp_path):
+    path = tmp_path / "sipgw.toml"
+    path.write_text(CONFIG.format(dir=tmp_path))
+    svc = ProxyService(load_config(str(path)), MemoryReactorClock())
+    svc.startService()
+    yield svc
+    svc.stopService()
+
+
+def test_core_methods_say_what_runs_where(service):
+    admin = Admin(service)
+    assert admin.rpc_version().startswith("sipgw 0.1.0 (python 3.")
+    service.reactor.advance(90)
+    assert admin.rpc_uptime()["uptime"] == 90
+    info = admin.rpc_info()
+    assert info["pid"] == os.getpid()
+    assert info["listen"] == ["tcp:127.0.0.1:25070"]
+    assert info["backend"] == "sip:127.0.0.1:5080"
+    assert info["config"] == service.loaded.path
+
+
+def test_cfg_get_masks_secrets_and_narrows_to_a_section_or_key(service):
+    admin = Admin(service)
+    assert admin.rpc_get()["auth"]["nonce_secret"] == "***"
+    assert admin.rpc_get("listen")["tcp"] == ["127.0.0.1:25070"]
+    assert admin.rpc_get("listen.tcp") == admin.rpc_get("listen", "tcp") == ["127.0.0.1:25070"]
+    with pytest.raises(RpcError, match="no config section 'lisen'"):
+        admin.rpc_get("lisen")
+    with pytest.raises(RpcError, match="no key listen.upd"):
+        admin.rpc_get("listen", "upd")
+
+
+def test_cfg_reload_applies_a_good_file_and_refuses_a_bad_one_with_its_error(service):
+    admin = Admin(service)
+    path = service.loaded.path
+    text = open(path).read()
+    with open(path, "w") as f:
+        f.write(text + "[proxy]\nmax_forwards = 5\n")
+    assert admin.rpc_reload()["reloaded"] == path
+    assert service.proxy.max_forwards == 5
+    with open(path, "w") as f:
+        f.write(text + "[proxy]\nmax_forwards = 0\n")
+    with pytest.raises(RpcError, match=r"reload refused.*sipgw.toml:\d+: proxy.max_forwards"):
+        admin.rpc_reload()
+    assert service.proxy.max_forwards == 5
+
+
+def test_log_level_is_read_and_set_by_name_or_kamailio_number():
+    control = sipgw_log.LogControl()
+    before = sipgw_log.current_level()
+    try:
+        assert control.rpc_level(3) == {"level": 3, "name": "debug"}
+        assert control.rpc_level("warning") == {"level": 0, "name": "warning"}
+        assert control.rpc_level() == {"level": 0, "name": "warning"}
+        with pytest.raises(RpcError, match="bad log level 'loud'"):
+            control.rpc_level("loud")
+    finally:
+        sipgw_log.set_level(before)
+
+
+def test_statistics_follow_kamailio_argument_rules_and_lines():
+    stats = Stats()
+    stats.inc("core:rcv_requests", 4)
+    stats.inc("tm:inuse_transactions", 2)
+    assert stats.rpc_get_statistics("rcv_requests") == ["core:rcv_requests = 4"]
+    assert "tm:inuse_transactions = 2" in stats.rpc_get_statistics("tm:")
+    assert len(stats.rpc_get_statistics()) == len(stats.values)
+    # "group.name", as the Kamailio guide writes them, works too.
+    assert stats.rpc_get_statistics("core.rcv_requests") == ["core:rcv_requests = 4"]
+    assert stats.rpc_fetch("core:rcv_requests") == {"core.rcv_requests": 4}
+    with pytest.raises(RpcError, match="no statistic matches 'nothing'"):
+        stats.rpc_get_statistics("nothing")
+
+
+def test_reset_zeroes_counters_but_keeps_levels():
+    stats = Stats()
+    stats.inc("core:rcv_requests", 4)
+    stats.set("tm:inuse_transactions", 2)
+    stats.rpc_reset_statistics("all")
+    assert stats.get("core:rcv_requests") == 0
+    assert stats.get("tm:inuse_transactions") == 2

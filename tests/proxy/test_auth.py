@@ -1,0 +1,411 @@
+"""The AUTH step, driven through ``Proxy.receive`` with a fake link, ``task.Clock`` and the
+in-memory subscriber store.
+
+sipgw at 127.0.0.1:5060 with realm sipgw.test; a phone at 192.0.2.10:5070 whose account is
+5001 / secret; the backend at 127.0.0.1:5080.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+
+import pytest
+from twisted.internet.task import Clock
+
+from sipgw.proxy.auth import AuthSettings, Authenticator
+from sipgw.proxy.core import Backend, Proxy
+from sipgw.proxy.identity import Identity, Listener
+from sipgw.proxy.transport import Destination, Source
+from sipgw.sip.parser import parse_message
+from sipgw.store import StoreError, StoreUnavailable, Subscriber, make_subscriber
+from sipgw.store.memory import MemoryStore
+from tests.helpers.digest_client import authorization, challenges
+
+REALM = "sipgw.test"
+PHONE = Source(transport="udp", host="192.0.2.10", port=5070, local_host="127.0.0.1",
+               local_port=5060)
+BACKEND_SRC = Source(transport="udp", host="127.0.0.1", port=5080, local_host="127.0.0.1",
+                     local_port=5060)
+BACKEND = Destination(transport="udp", host="127.0.0.1", port=5080)
+SECRET = b"k" * 32
+
+_ids = itertools.count(1)
+
+
+class Link:
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def __call__(self, data: bytes, dest: Destination) -> None:
+        self.sent.append((parse_message(data), dest))
+
+    def to_backend(self) -> list:
+        return [m for m, d in self.sent if (d.host, d.port) == ("127.0.0.1", 5080)]
+
+    def to_phone(self, port: int = 5070) -> list:
+        return [m for m, d in self.sent if d.port == port and d.host != "127.0.0.1"]
+
+    def last_reply(self):
+        replies = [m for m, _ in self.sent if hasattr(m, "status") and m.status != 100]
+        return replies[-1] if replies else None
+
+    def clear(self) -> None:
+        self.sent.clear()
+
+
+class Rig:
+    """A proxy with the AUTH step, its clock, its link and its store."""
+
+    def __init__(self, settings: AuthSettings | None = None, secret: bytes = SECRET) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.link = Link()
+        self.store = MemoryStore()
+        self.store.records[("5001", REALM)] = make_subscriber("5001", REALM, "secret")
+        self.store.records[("5002", REALM)] = make_subscriber("5002", REALM, "other")
+        identity = Identity(listeners=[Listener(transport="udp", host="127.0.0.1", port=5060)])
+        self.proxy = Proxy(clock=self.clock, identity=identity,
+                           backend=Backend(uri="sip:127.0.0.1:5080", destination=BACKEND),
+                           send=self.link)
+        self.auth = Authenticator(self.proxy, self.store,
+                                  settings or AuthSettings(realm=REALM), secret)
+        self.proxy.auth = self.auth
+
+    def send(self, data: bytes, source: Source = PHONE):
+        self.link.clear()
+        self.proxy.receive(data, source)
+        return self.link.last_reply() if self.link.sent and not self.link.to_backend() else None
+
+    def stat(self, name: str) -> int:
+        return self.proxy.stats.get(f"auth:{name}")
+
+
+def sip_request(method: str = "REGISTER", *, user: str = "5001", to_user: str | None = None,
+                domain: str = REALM, ruri: str | None = None, auth: str = "",
+                branch: str | None = None, call_id: str = "c1@192.0.2.10", cseq: int = 1,
+                extra: str = "", to_tag: str = "") -> bytes:
+    branch = branch or f"z9hG4bKp{next(_ids)}"
+    ruri = ruri or ("sip:127.0.0.1:5060" if method == "REGISTER" else "sip:5002@127.0.0.1:5060")
+    to_user = to_user or (user if method == "REGISTER" else "5002")
+    header = "Authorization" if method == "REGISTER" else "Proxy-Authorization"
+    tag = f";tag={to_tag}" if to_tag else ""
+    return (
+        f"{method} {ruri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 192.0.2.10:5070;branch={branch};rport\r\n"
+        f"From: <sip:{user}@{domain}>;tag=f1\r\n"
+        f"To: <sip:{to_user}@{domain}>{tag}\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: {cseq} {method}\r\n"
+        f"Contact: <sip:{user}@192.0.2.10:5070>\r\n"
+        f"Max-Forwards: 70\r\n"
+        + (f"{header}: {auth}\r\n" if auth else "")
+        + extra
+        + "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def answer(challenge_reply, *, method: str = "REGISTER", user: str = "5001",
+           password: str = "secret", algorithm: str = "MD5", nc: int = 1,
+           qop: str | None = "auth", uri: str | None = None) -> str:
+    name = "WWW-Authenticate" if challenge_reply.status == 401 else "Proxy-Authenticate"
+    ch = challenges(challenge_reply, name)[0]
+    uri = uri or ("sip:127.0.0.1:5060" if method == "REGISTER" else "sip:5002@127.0.0.1:5060")
+    return authorization(username=user, password=password, realm=ch.params["realm"],
+                         nonce=ch.params["nonce"], method=method, uri=uri,
+                         algorithm=algorithm, nc=nc, qop=qop)
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return Rig()
+
+
+def register_ok(rig: Rig, **kw) -> None:
+    challenge = rig.send(sip_request())
+    rig.send(sip_request(auth=answer(challenge, **kw), cseq=2))
+    assert len(rig.link.to_backend()) == 1
+
+
+# --- challenges --------------------------------------------------------------------------
+
+
+def test_register_without_credentials_is_challenged_401_with_sha256_then_md5_and_one_nonce(rig):
+    reply = rig.send(sip_request())
+    assert reply.status == 401
+    offered = challenges(reply, "WWW-Authenticate")
+    assert [c.params["algorithm"] for c in offered] == ["SHA-256", "MD5"]
+    assert {c.params["nonce"] for c in offered} == {offered[0].params["nonce"]}
+    assert all(c.params["realm"] == REALM and c.params["qop"] == "auth" for c in offered)
+    assert rig.link.to_backend() == []
+    assert rig.stat("challenged") == 1
+
+
+def test_invite_without_credentials_is_challenged_407_with_proxy_authenticate(rig):
+    reply = rig.send(sip_request("INVITE"))
+    assert reply.status == 407
+    assert len(challenges(reply, "Proxy-Authenticate")) == 2
+    assert reply.headers("WWW-Authenticate") == []
+
+
+def test_the_realm_is_the_from_domain_when_none_is_configured():
+    rig = Rig(AuthSettings(realm=""))
+    rig.store.records[("5001", "example.org")] = make_subscriber("5001", "example.org", "pw")
+    reply = rig.send(sip_request(domain="example.org", ruri="sip:127.0.0.1:5060"))
+    assert challenges(reply, "WWW-Authenticate")[0].params["realm"] == "example.org"
+    rig.send(sip_request(domain="example.org", ruri="sip:127.0.0.1:5060", cseq=2,
+                         auth=answer(reply, password="pw")))
+    assert len(rig.link.to_backend()) == 1
+
+
+# --- success -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["MD5", "SHA-256"])
+def test_register_with_the_right_password_reaches_the_backend_without_our_credentials(
+    rig, algorithm
+):
+    challenge = rig.send(sip_request())
+    other = 'Digest username="x", realm="elsewhere", nonce="n", uri="sip:a", response="00"'
+    rig.send(sip_request(auth=answer(challenge, algorithm=algorithm), cseq=2,
+                         extra=f"Authorization: {other}\r\n"))
+    [fwd] = rig.link.to_backend()
+    # RFC 3261 §22.3: our credentials are consumed; another realm's stay for its proxy.
+    assert fwd.headers("authorization") == [other]
+    assert rig.stat("authorized") == 1 and rig.stat("failed") == 0
+
+
+def test_invite_with_the_right_password_is_relayed(rig):
+    challenge = rig.send(sip_request("INVITE"))
+    rig.send(sip_request("INVITE", auth=answer(challenge, method="INVITE"), cseq=2))
+    [fwd] = rig.link.to_backend()
+    assert fwd.method == "INVITE" and not fwd.has("proxy-authorization")
+
+
+def test_a_client_without_qop_rfc2617_style_is_authenticated(rig):
+    register_ok(rig, qop=None)
+
+
+def test_username_as_user_at_domain_is_checked_against_ha1b(rig):
+    challenge = rig.send(sip_request())
+    rig.send(sip_request(auth=answer(challenge, user=f"5001@{REALM}"), cseq=2))
+    assert len(rig.link.to_backend()) == 1
+
+
+def test_a_legacy_record_with_only_a_plaintext_password_still_authenticates(rig):
+    rig.store.records[("5001", REALM)] = Subscriber(username="5001", domain=REALM,
+                                                   password="secret")
+    register_ok(rig, algorithm="SHA-256")
+
+
+def test_a_changed_password_counts_from_the_next_request_nothing_is_cached(rig):
+    register_ok(rig)
+    rig.store.records[("5001", REALM)] = make_subscriber("5001", REALM, "new")
+    challenge = rig.send(sip_request(call_id="c2"))
+    reply = rig.send(sip_request(call_id="c2", cseq=2, auth=answer(challenge)))
+    assert reply.status == 401
+    assert rig.store.lookups == 2
+
+
+# --- failures look alike -----------------------------------------------------------------
+
+
+def test_unknown_user_and_wrong_password_get_the_same_answer_and_cost_one_lookup_each(rig):
+    def attempt(user: str, password: str):
+        challenge = rig.send(sip_request(user=user))
+        return rig.send(sip_request(user=user, cseq=2, auth=answer(challenge, user=user,
+                                                                   password=password)))
+
+    wrong = attempt("5001", "guess")
+    unknown = attempt("7777", "guess")
+    for reply in (wrong, unknown):
+        assert (reply.status, reply.reason) == (401, "Unauthorized")
+        assert [c.params["algorithm"] for c in challenges(reply, "WWW-Authenticate")] == [
+            "SHA-256", "MD5"]
+        assert "stale" not in challenges(reply, "WWW-Authenticate")[0].params
+    assert sorted(f.name for f in wrong.fields) == sorted(f.name for f in unknown.fields)
+    assert rig.store.lookups == 2
+    assert rig.stat("failed") == 2
+
+
+def test_credentials_for_another_user_than_the_from_user_get_403(rig):
+    challenge = rig.send(sip_request("INVITE", user="5001"))
+    reply = rig.send(sip_request("INVITE", user="5001", cseq=2,
+                                 auth=answer(challenge, method="INVITE", user="5002",
+                                             password="other")))
+    assert reply.status == 403 and rig.link.to_backend() == []
+
+
+def test_a_register_for_another_address_of_record_than_the_user_gets_403(rig):
+    challenge = rig.send(sip_request(to_user="5002"))
+    reply = rig.send(sip_request(to_user="5002", cseq=2, auth=answer(challenge)))
+    assert reply.status == 403
+
+
+# --- nonces ------------------------------------------------------------------------------
+
+
+def test_a_replayed_register_with_the_same_nonce_and_nc_is_challenged_again(rig):
+    challenge = rig.send(sip_request())
+    creds = answer(challenge, nc=1)
+    rig.send(sip_request(auth=creds, cseq=2, branch="z9hG4bKfirst"))
+    assert len(rig.link.to_backend()) == 1
+    replay = rig.send(sip_request(auth=creds, cseq=2, branch="z9hG4bKreplay"))
+    assert replay.status == 401 and rig.link.to_backend() == []
+    # The honest client's next request, same nonce with nc 2, is accepted.
+    rig.send(sip_request(auth=answer(challenge, nc=2), cseq=3))
+    assert len(rig.link.to_backend()) == 1
+
+
+def test_without_qop_a_nonce_serves_one_request(rig):
+    challenge = rig.send(sip_request())
+    creds = answer(challenge, qop=None)
+    rig.send(sip_request(auth=creds, cseq=2))
+    assert len(rig.link.to_backend()) == 1
+    assert rig.send(sip_request(auth=creds, cseq=3)).status == 401
+
+
+def test_an_expired_nonce_is_rechallenged_with_stale_true(rig):
+    challenge = rig.send(sip_request())
+    rig.clock.advance(301)
+    reply = rig.send(sip_request(auth=answer(challenge), cseq=2))
+    assert reply.status == 401
+    assert challenges(reply, "WWW-Authenticate")[0].params["stale"] == "TRUE"
+    assert rig.stat("stale") == 1 and rig.stat("failed") == 0
+    rig.send(sip_request(auth=answer(reply), cseq=3))
+    assert len(rig.link.to_backend()) == 1
+
+
+def test_a_nonce_just_inside_its_lifetime_is_accepted(rig):
+    challenge = rig.send(sip_request())
+    rig.clock.advance(299)
+    rig.send(sip_request(auth=answer(challenge), cseq=2))
+    assert len(rig.link.to_backend()) == 1
+
+
+def test_a_nonce_from_another_node_with_the_same_secret_is_accepted_and_a_forged_one_is_not():
+    node_a, node_b, stranger = Rig(), Rig(), Rig(secret=b"x" * 32)
+    challenge = node_a.send(sip_request())
+    node_b.send(sip_request(auth=answer(challenge), cseq=2))
+    assert len(node_b.link.to_backend()) == 1
+    reply = stranger.send(sip_request(auth=answer(challenge), cseq=2))
+    assert reply.status == 401 and "stale" not in challenges(reply, "WWW-Authenticate")[0].params
+
+
+# --- brute force -------------------------------------------------------------------------
+
+
+def fail_once(rig: Rig, user: str = "5001", source: Source = PHONE):
+    challenge = rig.send(sip_request(user=user), source)
+    return rig.send(sip_request(user=user, cseq=2, auth=answer(challenge, user=user,
+                                                               password="guess")), source)
+
+
+def test_a_user_is_banned_403_after_three_failures_and_free_again_after_the_ban_time(rig):
+    for _ in range(3):
+        assert fail_once(rig).status == 401
+    assert rig.send(sip_request()).status == 403
+    assert rig.stat("banned") == 1
+    assert rig.auth.rpc_bans()["BANS"] == [{"TYPE": "user", "NAME": "5001@sipgw.test",
+                                            "EXPIRES": 900}]
+    # Another user from the same address is not affected.
+    assert rig.send(sip_request(user="5002")).status == 401
+    rig.clock.advance(901)
+    register_ok(rig)
+
+
+def test_failures_spread_beyond_the_window_do_not_ban(rig):
+    for _ in range(4):
+        fail_once(rig)
+        rig.clock.advance(200)
+    assert rig.send(sip_request()).status == 401
+
+
+def test_a_source_is_banned_only_after_twenty_failures_across_users(rig):
+    for i in range(19):
+        fail_once(rig, user=f"u{i}")
+    assert rig.send(sip_request(user="5002")).status == 401
+    fail_once(rig, user="u19")
+    assert rig.send(sip_request(user="5002")).status == 403
+    assert rig.auth.rpc_unban("192.0.2.10") == {"REMOVED": 1}
+    assert rig.send(sip_request(user="5002")).status == 401
+
+
+def test_a_trusted_network_is_neither_challenged_nor_banned():
+    rig = Rig(AuthSettings(realm=REALM, trusted=(ipaddress.ip_network("192.0.2.0/24"),)))
+    rig.send(sip_request("INVITE"))
+    assert len(rig.link.to_backend()) == 1
+    assert rig.stat("challenged") == 0
+
+
+def test_requests_from_the_backend_are_not_challenged(rig):
+    rig.send(sip_request("INVITE", ruri="sip:5001@192.0.2.10:5070"), BACKEND_SRC)
+    assert rig.stat("challenged") == 0
+    assert [d.port for m, d in rig.link.sent if getattr(m, "method", None) == "INVITE"] == [5070]
+
+
+# --- no open relay -----------------------------------------------------------------------
+
+
+def test_foreign_from_and_foreign_request_uri_are_refused_not_relaying(rig):
+    reply = rig.send(sip_request("INVITE", domain="evil.example",
+                                 ruri="sip:victim@elsewhere.example"))
+    assert (reply.status, reply.reason) == (403, "Not relaying")
+    assert rig.stat("challenged") == 0
+
+
+def test_a_foreign_request_uri_from_our_domain_is_challenged_not_relayed(rig):
+    reply = rig.send(sip_request("INVITE", ruri="sip:0044123@pstn.example"))
+    assert reply.status == 407 and rig.link.to_backend() == []
+
+
+# --- in dialog ---------------------------------------------------------------------------
+
+
+def test_an_in_dialog_request_through_our_record_route_is_not_rechallenged(rig):
+    bye = sip_request("BYE", ruri="sip:5002@127.0.0.1:5080", to_tag="t1",
+                      extra="Route: <sip:127.0.0.1:5060;lr>\r\n")
+    rig.send(bye)
+    assert [m.method for m in rig.link.to_backend()] == ["BYE"]
+    assert rig.stat("challenged") == 0
+
+
+# --- the store ---------------------------------------------------------------------------
+
+
+def test_an_unreachable_store_gets_503_with_retry_after_at_once(rig):
+    challenge = rig.send(sip_request())
+    rig.store.down = StoreUnavailable("redis down")
+    reply = rig.send(sip_request(auth=answer(challenge), cseq=2))
+    assert (reply.status, reply.header("retry-after")) == (503, "5")
+
+
+def test_a_failing_store_gets_500(rig):
+    challenge = rig.send(sip_request())
+    rig.store.down = StoreError("corrupt record")
+    assert rig.send(sip_request(auth=answer(challenge), cseq=2)).status == 500
+
+
+def test_retransmissions_during_a_slow_lookup_are_absorbed_and_answered_once(rig):
+    challenge = rig.send(sip_request())
+    rig.store.hold = True
+    data = sip_request(auth=answer(challenge), cseq=2, branch="z9hG4bKslow")
+    rig.send(data)
+    rig.proxy.receive(data, PHONE)
+    assert rig.store.lookups == 1 and rig.link.to_backend() == []
+    rig.store.release()
+    assert len(rig.link.to_backend()) == 1
+
+
+def test_an_invite_cancelled_during_its_lookup_gets_487_and_is_never_relayed(rig):
+    challenge = rig.send(sip_request("INVITE"))
+    rig.store.hold = True
+    invite = sip_request("INVITE", auth=answer(challenge, method="INVITE"), cseq=2,
+                         branch="z9hG4bKc1")
+    rig.send(invite)
+    cancel = (invite.decode().replace("INVITE sip", "CANCEL sip", 1)
+              .replace("2 INVITE", "2 CANCEL")).encode()
+    rig.proxy.receive(cancel, PHONE)
+    rig.store.release()
+    statuses = [m.status for m, _ in rig.link.sent if hasattr(m, "status")]
+    assert 487 in statuses and rig.link.to_backend() == []
