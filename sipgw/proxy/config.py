@@ -384,6 +384,20 @@ def _sip_uri(text: str) -> str:
     return text
 
 
+def _uri_problem(text: str) -> str | None:
+    try:
+        _sip_uri(text)
+    except _Invalid as exc:
+        return exc.reason
+    return None
+
+
+def _status_code(text: str) -> str:
+    if not re.fullmatch(r"[1-6](?:\d\d|xx)", text):
+        raise _Invalid('expected a status code such as "408" or a class such as "5xx"')
+    return text
+
+
 def _mask_url(url: str) -> str:
     """ "redis://user:secret@host:6379/2" -> "redis://user:***@host:6379/2"."""
     parts = urlsplit(url)
@@ -568,10 +582,20 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DispatcherConfig:
-    destinations: tuple[str, ...] = _key(_StringList('a list of SIP URIs (e.g. "sip:10.0.0.5:5060")', _sip_uri), ["sip:127.0.0.1:5080"], "backend SIP URIs, set 1 (for now only the first one is used)", in_effect=True)  # noqa: E501
-    list_file: str = _key(_String(), "", 'Kamailio-format dispatcher.list; overrides destinations ("" = none)')  # noqa: E501
-    algorithm: int = _key(_Integer(0, 13), 4, "Kamailio ds_select algorithm number (4 = round-robin)")  # noqa: E501
-    ping_interval: float = _key(_Seconds(), 10, "seconds between OPTIONS probes of each destination (0 = no probes)")  # noqa: E501
+    destinations: tuple[str, ...] = _key(_StringList('a list of SIP URIs (e.g. "sip:10.0.0.5:5060")', _sip_uri), ["sip:127.0.0.1:5080"], "backend SIP URIs, all in set 1 at equal priority (used when list_file is empty)", in_effect=True)  # noqa: E501
+    list_file: str = _key(_String(), "", 'Kamailio-format dispatcher.list; overrides destinations ("" = none)', in_effect=True)  # noqa: E501
+    setid: int = _key(_Integer(0, 2**31 - 1), 1, "the set whose destinations receive the requests of clients", in_effect=True)  # noqa: E501
+    algorithm: int = _key(_Integer(0, 13), 4, "Kamailio ds_select algorithm number: 0-3, 5 hashes, 4 round-robin, 6 random, 8 priority, 9 weight, 10 call load, 11 relative weight", in_effect=True)  # noqa: E501
+    ping_interval: float = _key(_Seconds(), 10, "seconds between OPTIONS probes of each destination (0 = no probes)", in_effect=True)  # noqa: E501
+    ping_timeout: float = _key(_Seconds(0, above=True), 2, "seconds a probe waits for its reply before it counts as failed", in_effect=True)  # noqa: E501
+    probing_mode: int = _key(_Integer(0, 3), 1, "Kamailio ds_probing_mode: 0 probe destinations flagged P, 1 all, 2 the inactive ones, 3 flagged P and keep the flag", in_effect=True)  # noqa: E501
+    probing_threshold: int = _key(_Integer(1, 1000), 1, "failed probes (or timed-out requests) in a row before a destination goes inactive", in_effect=True)  # noqa: E501
+    inactive_threshold: int = _key(_Integer(1, 1000), 1, "answered probes in a row before an inactive destination is active again", in_effect=True)  # noqa: E501
+    ping_from: str = _key(_String(_uri_problem), "sip:dispatcher@localhost", "From URI of the OPTIONS probes", in_effect=True)  # noqa: E501
+    ping_reply_codes: tuple[str, ...] = _key(_StringList('a list of status codes such as "403" or "2xx"', _status_code), ["2xx", "403", "404", "405", "501"], "probe reply codes that mean the destination is alive (it answered)", in_effect=True)  # noqa: E501
+    failover_codes: tuple[str, ...] = _key(_StringList('a list of status codes such as "408" or "5xx"', _status_code), ["408", "5xx"], "reply codes after which a request goes to the next destination (timeouts and transport errors always do)", in_effect=True)  # noqa: E501
+    max_failover: int = _key(_Integer(0, 100), 2, "most further destinations one request is sent to after the first fails", in_effect=True)  # noqa: E501
+    retry_after: int = _key(_Integer(0, 86400), 10, "Retry-After seconds in the 503 sent when no destination is usable", in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -902,6 +926,9 @@ def _check_together(values: dict[str, Any], in_file: set[str], where: _Where) ->
         if "timers.t2" in in_file:
             raise where.error("timers.t2", f"must not be less than timers.t1 ({t1:g}), got {t2:g}")
         raise where.error("timers.t1", f"must not be more than timers.t2 ({t2:g}), got {t1:g}")
+    if values["dispatcher.algorithm"] in (7, 12, 13):
+        raise where.error("dispatcher.algorithm", f"algorithm {values['dispatcher.algorithm']} is "
+                          "not supported (0-6, 8-11 are)")
     for transport in ("tls", "wss"):
         if values[f"listen.{transport}"] and not values["tls.certificate"]:
             raise where.error(f"listen.{transport}", "needs tls.certificate, which is not set")

@@ -19,8 +19,8 @@ from sipgw.proxy import log as sipgw_log
 from sipgw.proxy.config import Config, ConfigError, LoadedConfig, load_config
 from sipgw.proxy.control import ControlServer, start_control
 from sipgw.proxy.core import Backend, Proxy
+from sipgw.proxy.dispatcher.build import build_dispatcher, reconfigure_dispatcher, resolve_uri
 from sipgw.proxy.identity import Identity, Listener
-from sipgw.proxy.router import uri_destination
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import Destination, FlowTable, Source, is_ip
 from sipgw.proxy.transport.stream import StreamTransport
@@ -28,7 +28,6 @@ from sipgw.proxy.transport.udp import UdpListener
 from sipgw.proxy.transport.ws import WsSettings, WsTransport
 from sipgw.sip.parser import Limits
 from sipgw.sip.timers import TimerConfig
-from sipgw.sip.uri import SipURI, parse_uri
 
 log = Logger(namespace="sipgw.service")
 
@@ -76,6 +75,7 @@ class ProxyService(service.Service):
             self.ports.append(self.reactor.listenUDP(addr.port, lst, interface=addr.host,
                                                      maxPacketSize=65535))
             self.udp.append(lst)
+        self.proxy.dispatcher.start()  # probes, now that there is a socket to send them
         for addr in config.listen.tcp:
             self.ports.append(self.stream.listen(addr.host, addr.port))
             log.info("listening on tcp:{host}:{port}", host=addr.host, port=addr.port)
@@ -92,6 +92,8 @@ class ProxyService(service.Service):
         control, self.control = self.control, None
         if control is not None:
             control.stop()
+        if self.proxy is not None and self.proxy.dispatcher is not None:
+            self.proxy.dispatcher.stop()
         if self.stream is not None:
             self.stream.close_all()
         if self.ws is not None:
@@ -119,6 +121,7 @@ class ProxyService(service.Service):
             stats=self.stats,
         )
         _apply(proxy, config)
+        proxy.dispatcher = build_dispatcher(proxy, config)
         return proxy
 
     def reload(self) -> None:
@@ -142,6 +145,7 @@ class ProxyService(service.Service):
         self.proxy.identity.aliases = _aliases(new.config)
         self.proxy.identity.refresh()
         _apply(self.proxy, new.config)
+        reconfigure_dispatcher(self.proxy.dispatcher, new.config)
         if self.ws is not None:
             self.ws.reconfigure(_ws_settings(new.config))
         for key in new.not_in_effect:
@@ -202,6 +206,8 @@ class ProxyService(service.Service):
     def _send_failed(self, host: str, port: int, transport: str) -> None:
         if self.proxy is not None:
             self.proxy.relay.transport_failed(host, port, transport)
+            if self.proxy.dispatcher is not None:
+                self.proxy.dispatcher.transport_error(host, port)
 
     # for tests and tools: feed a message as if it came from a listener
     def inject(self, data: bytes, source: Source) -> None:
@@ -238,16 +244,10 @@ def _ws_settings(config: Config) -> WsSettings:
 
 
 def _backend(config: Config) -> Backend:
+    """The first destination: where sipgw guesses its own address from (the dispatcher
+    picks the backend of each request)."""
     uri_text = config.dispatcher.destinations[0]
-    uri = parse_uri(uri_text)
-    if not isinstance(uri, SipURI):
-        raise ValueError(f"dispatcher.destinations: not a SIP URI: {uri_text}")
-    dest = uri_destination(uri)
-    if not is_ip(dest.host):
-        # Resolved once at start (and on reload); per-message DNS is the dispatcher's job.
-        info = socket.getaddrinfo(dest.host, dest.port, type=socket.SOCK_DGRAM)
-        dest = Destination(transport=dest.transport, host=info[0][4][0], port=dest.port)
-    return Backend(uri=uri_text, destination=dest)
+    return Backend(uri=uri_text, destination=resolve_uri(uri_text))
 
 
 def _primary_address(toward: str) -> str:

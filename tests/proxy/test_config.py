@@ -40,6 +40,11 @@ IN_EFFECT_NOW = {
     "limits.max_message_size", "limits.max_headers", "limits.max_transactions",
     "limits.tcp_idle_timeout",
     "log.level", "dispatcher.destinations", "state.directory",
+    "dispatcher.list_file", "dispatcher.setid", "dispatcher.algorithm",
+    "dispatcher.ping_interval", "dispatcher.ping_timeout", "dispatcher.probing_mode",
+    "dispatcher.probing_threshold", "dispatcher.inactive_threshold", "dispatcher.ping_from",
+    "dispatcher.ping_reply_codes", "dispatcher.failover_codes", "dispatcher.max_failover",
+    "dispatcher.retry_after",
     "listen.ws", "websocket.trusted_proxies", "websocket.allowed_origins",
     "websocket.keepalive_interval", "websocket.handshake_timeout",
     "control.socket", "control.mode", "control.group",
@@ -560,7 +565,7 @@ def test_keys_the_file_sets_that_are_not_in_effect_are_listed_even_at_their_defa
         algorithm = 4
         """
     )
-    assert loaded.not_in_effect == ["auth.realm", "dispatcher.algorithm"]
+    assert loaded.not_in_effect == ["auth.realm"]
     assert loaded.config.proxy.max_forwards == 20
 
 
