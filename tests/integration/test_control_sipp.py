@@ -19,9 +19,7 @@ CALLS = 3
 
 
 def control_toml(directory: Path) -> str:
-    # The SIPp caller is trusted: these tests are about the control plane, not digest auth.
-    return (f'[control]\nsocket = "{directory}/sipgw.ctl"\n'
-            '[auth]\ntrusted = ["127.0.0.1/32"]\n')
+    return f'[control]\nsocket = "{directory}/sipgw.ctl"\n'
 
 
 def ctl(gw: SipgwProcess, *args: str):
