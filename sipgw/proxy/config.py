@@ -485,6 +485,17 @@ def _header_value(text: str) -> str | None:
     return None
 
 
+def _key_template(text: str) -> str | None:
+    """subscribers.key_template: the Redis key of a user, from {username} and {domain}."""
+    if "{username}" not in text:
+        return "must contain {username}"
+    try:
+        text.format(username="u", domain="d")
+    except (KeyError, IndexError, ValueError):
+        return "only {username} and {domain} may be used"
+    return None
+
+
 def _tls_version(text: str) -> str | None:
     return None if text in ("1.2", "1.3") else 'expected "1.2" or "1.3"'
 
@@ -569,15 +580,22 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SubscribersConfig:
-    url: str = _key(_SubscriberUrl(), "", 'subscriber store: "sqlite:///PATH" or "redis://[user:pass@]host:port/db" ("" = sqlite:///<state.directory>/subscribers.db)')  # noqa: E501
+    url: str = _key(_SubscriberUrl(), "", 'subscriber store: "sqlite:///PATH" or "redis://[user:pass@]host:port/db" ("" = sqlite:///<state.directory>/subscribers.db)', in_effect=True)  # noqa: E501
+    key_template: str = _key(_String(_key_template), "subscriber:{username}", 'Redis key of a user\'s hash; "subscriber:entry::{username}:{domain}" reads a Kamailio db_redis database', in_effect=True)  # noqa: E501
+    connect_timeout: float = _key(_Seconds(0, above=True), 2, "seconds to wait for a connection to Redis", in_effect=True)  # noqa: E501
+    command_timeout: float = _key(_Seconds(0, above=True), 1, "seconds to wait for Redis to answer a lookup before the request gets 503", in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthConfig:
-    realm: str = _key(_String(), "", 'digest realm ("" = the From domain)')
-    nonce_secret: str = _key(_Secret(), "", 'HMAC key of the stateless nonces, the same on every node ("" = random per start)')  # noqa: E501
-    nonce_expire: float = _key(_Seconds(0, above=True), 300, "seconds a nonce stays valid")
-    trusted: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "CIDRs never challenged (the backends are trusted anyway)")  # noqa: E501
+    realm: str = _key(_String(), "", 'digest realm ("" = the From domain)', in_effect=True)
+    nonce_secret: str = _key(_Secret(), "", 'HMAC key of the stateless nonces, the same on every node ("" = random per start)', in_effect=True)  # noqa: E501
+    nonce_expire: float = _key(_Seconds(0, above=True), 300, "seconds a nonce stays valid", in_effect=True)  # noqa: E501
+    trusted: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "CIDRs never challenged (the backends are trusted anyway)", in_effect=True)  # noqa: E501
+    max_failures_user: int = _key(_Integer(1, 1_000_000), 3, "failed authentications of one user, within failure_window, before the user is banned", in_effect=True)  # noqa: E501
+    max_failures_source: int = _key(_Integer(1, 1_000_000), 20, "failed authentications from one address, within failure_window, before the address is banned", in_effect=True)  # noqa: E501
+    failure_window: float = _key(_Seconds(0, above=True), 300, "seconds over which failed authentications are counted", in_effect=True)  # noqa: E501
+    ban_time: float = _key(_Seconds(0, above=True), 900, "seconds a banned user or address is refused 403", in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

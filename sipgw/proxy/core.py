@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -26,6 +26,9 @@ from sipgw.sip.message import Field, Request, Response, make_response
 from sipgw.sip.parser import Limits, parse_message
 from sipgw.sip.headers import header_key
 from sipgw.sip.timers import TimerConfig
+
+if TYPE_CHECKING:
+    from sipgw.proxy.auth import Authenticator
 
 log = Logger(namespace="sipgw.core")
 
@@ -76,6 +79,7 @@ class Proxy:
         self.dispatcher = None
         self.relay = Relay(self)
         self.router = Router(self)
+        self.auth: Authenticator | None = None  # the AUTH step; set by the service
 
     # -- entry point --------------------------------------------------------------------
 

@@ -259,9 +259,13 @@ class Router:
     # -- AUTH ---------------------------------------------------------------------------
 
     def _auth(self, ctx, req: Request, source: Source) -> None:
-        """AUTH step (issue: digest authentication). It may finish later (a store
-        lookup): it answers through ``ctx`` or continues with ``_dispatch``."""
-        self._dispatch(ctx, req, source)
+        """AUTH step (``sipgw.proxy.auth``). It may finish later (a store lookup): it
+        answers through ``ctx`` or continues with ``_dispatch``."""
+        auth = self.proxy.auth
+        if auth is None:  # a Proxy built without a store (unit tests of the relay)
+            self._dispatch(ctx, req, source)
+            return
+        auth.check(ctx, req, source, self._dispatch)
 
     # -- DISPATCH → RELAY -----------------------------------------------------------------
 

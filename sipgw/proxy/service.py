@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sipgw.proxy import log as sipgw_log
+from sipgw.proxy.auth import auth_settings, build_authenticator
 from sipgw.proxy.config import Config, ConfigError, LoadedConfig, load_config
 from sipgw.proxy.control import ControlServer, start_control
 from sipgw.proxy.core import Backend, Proxy
@@ -98,6 +99,8 @@ class ProxyService(service.Service):
             self.stream.close_all()
         if self.ws is not None:
             self.ws.close_all()
+        if self.proxy is not None and self.proxy.auth is not None:
+            self.proxy.auth.store.close()
         ports, self.ports = self.ports, []
         self.udp = []
         return defer.DeferredList(
@@ -121,6 +124,7 @@ class ProxyService(service.Service):
             stats=self.stats,
         )
         _apply(proxy, config)
+        proxy.auth = build_authenticator(proxy, config)
         proxy.dispatcher = build_dispatcher(proxy, config)
         return proxy
 
@@ -145,6 +149,8 @@ class ProxyService(service.Service):
         self.proxy.identity.aliases = _aliases(new.config)
         self.proxy.identity.refresh()
         _apply(self.proxy, new.config)
+        if self.proxy.auth is not None:
+            self.proxy.auth.configure(auth_settings(new.config))
         reconfigure_dispatcher(self.proxy.dispatcher, new.config)
         if self.ws is not None:
             self.ws.reconfigure(_ws_settings(new.config))

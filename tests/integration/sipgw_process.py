@@ -57,7 +57,7 @@ def backend_uri(backend: str, transport: str = "udp") -> str:
 
 def config_toml(
     *, port: int, backend: str, extra_toml: str = "", log_level: str = "debug",
-    auth: bool = False,
+    auth: bool = False, dispatcher: str | None = None,
 ) -> str:
     """The configuration of one test sipgw: UDP and TCP on ``port``, ws off, one backend.
 
@@ -65,7 +65,14 @@ def config_toml(
     but not repeat ``[listen]``, ``[dispatcher]`` or ``[log]``. Without ``auth``, loopback
     is trusted (``[auth] trusted``: tests of relaying are not about passwords); with it,
     ``extra_toml`` brings ``[auth]`` and ``[subscribers]``.
+
+    ``dispatcher`` replaces the body of ``[dispatcher]``. By default it is the one backend
+    with probes off: SIPp scenarios do not answer OPTIONS, and a backend that never
+    answers its probes is rightly taken out of service after ``ping_timeout``.
     """
+    if dispatcher is None:
+        dispatcher = f'destinations = ["{backend}"]\nping_interval = 0\n'
+
     text = (
         "# Written by tests/integration/sipgw_process.py\n"
         "[listen]\n"
@@ -74,7 +81,7 @@ def config_toml(
         "ws = []\n"
         "\n"
         "[dispatcher]\n"
-        f'destinations = ["{backend}"]\n'
+        f"{dispatcher.strip()}\n"
         "\n"
         "[log]\n"
         f'level = "{log_level}"\n'
@@ -103,6 +110,7 @@ class SipgwProcess:
         port: int | None = None,
         python: str = sys.executable,
         auth: bool = False,
+        dispatcher: str | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.port = port if port is not None else free_port()
@@ -110,6 +118,7 @@ class SipgwProcess:
         self.extra_toml = extra_toml
         self.log_level = log_level
         self.auth = auth
+        self.dispatcher = dispatcher
         self.python = python
         self.config_path = self.workdir / "sipgw.toml"
         self.log_path = self.workdir / "sipgw.log"
@@ -147,6 +156,7 @@ class SipgwProcess:
             extra_toml=self.extra_toml if extra_toml is None else extra_toml,
             log_level=self.log_level,
             auth=self.auth,
+            dispatcher=self.dispatcher,
         )
 
     def write_config(self, text: str) -> Path:

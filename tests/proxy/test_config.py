@@ -40,6 +40,10 @@ IN_EFFECT_NOW = {
     "limits.max_message_size", "limits.max_headers", "limits.max_transactions",
     "limits.tcp_idle_timeout",
     "log.level", "dispatcher.destinations", "state.directory",
+    "subscribers.url", "subscribers.key_template", "subscribers.connect_timeout",
+    "subscribers.command_timeout", "auth.realm", "auth.nonce_secret", "auth.nonce_expire",
+    "auth.trusted", "auth.max_failures_user", "auth.max_failures_source",
+    "auth.failure_window", "auth.ban_time",
     "dispatcher.list_file", "dispatcher.setid", "dispatcher.algorithm",
     "dispatcher.ping_interval", "dispatcher.ping_timeout", "dispatcher.probing_mode",
     "dispatcher.probing_threshold", "dispatcher.inactive_threshold", "dispatcher.ping_from",
@@ -553,8 +557,8 @@ def test_the_keys_in_effect_are_exactly_those_the_foundation_uses():
 def test_keys_the_file_sets_that_are_not_in_effect_are_listed_even_at_their_default():
     loaded = load(
         """
-        [auth]
-        realm = "example.com"
+        [metrics]
+        listen = "127.0.0.1:9090"
         [listen]
         ws = ["0.0.0.0:8080"]
         udp = ["0.0.0.0:5060"]
@@ -565,7 +569,7 @@ def test_keys_the_file_sets_that_are_not_in_effect_are_listed_even_at_their_defa
         algorithm = 4
         """
     )
-    assert loaded.not_in_effect == ["auth.realm"]
+    assert loaded.not_in_effect == ["metrics.listen"]
     assert loaded.config.proxy.max_forwards == 20
 
 
