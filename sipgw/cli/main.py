@@ -12,6 +12,7 @@ from sipgw.cli.ctl import ctl
 from sipgw.cli.log import log
 from sipgw.cli.serve import serve
 from sipgw.cli.stats import stats
+from sipgw.cli.trace import trace
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +27,7 @@ cli.add_command(serve)
 cli.add_command(ctl)
 cli.add_command(stats)
 cli.add_command(log)
+cli.add_command(trace)
 
 
 def main(argv: list[str] | None = None) -> None:

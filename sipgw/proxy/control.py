@@ -293,8 +293,26 @@ def _alive(path: str) -> bool:
         s.close()
 
 
+def _tracer(service):
+    """The live trace's taps on the proxy (in) and the service (out)."""
+    from sipgw.proxy.trace import Tracer
+
+    proxy = service.proxy
+
+    def local_of(dest):
+        for lst in proxy.identity.listeners:
+            if lst.transport == dest.transport and (":" in lst.host) == (":" in dest.host):
+                return lst.host, lst.port
+        return None
+
+    tracer = Tracer()
+    tracer.install(proxy, service, local_of)
+    return tracer
+
+
 def start_control(service) -> ControlServer | None:
-    """Open the control socket of ``service`` (the one call ``service.py`` makes).
+    """Open the control socket of ``service`` (the one call ``service.py`` makes), with
+    the owners only the control plane has: core/cfg (``Admin``), ``log.level``, the tracer.
 
     Owners are found on the service, the proxy and its relay and router each time a method
     is looked up, so a capability that hangs its owner there is served without more wiring.
@@ -305,7 +323,7 @@ def start_control(service) -> ControlServer | None:
     from sipgw.rpc.client import server_socket_path
 
     config = service.loaded.config
-    fixed = [Admin(service), LogControl()]
+    fixed = [Admin(service), LogControl(), _tracer(service)]
 
     def owners() -> list[object]:
         proxy = getattr(service, "proxy", None)

@@ -79,6 +79,7 @@ class Proxy:
         self.dispatcher = None
         self.relay = Relay(self)
         self.router = Router(self)
+        self.trace_in = None  # set by the tracer while somebody listens (sipgw trace)
         self.auth: Authenticator | None = None  # the AUTH step; set by the service
 
     # -- entry point --------------------------------------------------------------------
@@ -86,6 +87,8 @@ class Proxy:
     def receive(self, data: bytes, source: Source) -> None:
         if not data.strip(b"\r\n\t "):
             return  # a UDP keepalive (CRLF or empty)
+        if self.trace_in is not None:
+            self.trace_in(data, source)
         try:
             # RFC 7118 §5: a WebSocket message is one SIP message, framed like a datagram.
             msg = parse_message(data, datagram=source.transport not in STREAMS,

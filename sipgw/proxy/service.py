@@ -51,6 +51,7 @@ class ProxyService(service.Service):
         self.ws: WsTransport | None = None
         self._resolved: dict[str, str] = {}
         self.control: ControlServer | None = None
+        self.trace_out = None  # set by the tracer while somebody listens (sipgw trace)
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -161,6 +162,8 @@ class ProxyService(service.Service):
     # -- sending ------------------------------------------------------------------------
 
     def send(self, data: bytes, dest: Destination) -> None:
+        if self.trace_out is not None:
+            self.trace_out(data, dest)
         if dest.transport in FLOW_ONLY:
             # A browser cannot be connected to: its flow, or the flow from that address.
             flow = self.flows.get(dest.flow_id) or self.flows.find(dest.transport, dest.host,
