@@ -15,7 +15,7 @@
 // driver forwards them as events of that page, with the page's console messages and
 // uncaught errors ("console", "pageerror").
 //
-// Ops: open, close, eval, library, fill, click, text, wait_text, inbound_bytes,
+// Ops: open, close, eval, library, fill, click, text, value, wait_text, inbound_bytes,
 // wait_inbound, screenshot, quit. Environment: CHROMIUM (default /usr/bin/chromium).
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
@@ -124,6 +124,10 @@ const ops = {
 
   async text({ page: name, selector }) {
     return pageNamed(name).textContent(selector);
+  },
+
+  async value({ page: name, selector }) {
+    return pageNamed(name).inputValue(selector);
   },
 
   async wait_text({ page: name, selector, text, timeout_ms: timeout = 10000 }) {

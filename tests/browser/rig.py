@@ -403,6 +403,10 @@ class Page:
     def text(self, selector: str) -> str:
         return str(self.rig.request("text", page=self.name, selector=selector))
 
+    def value(self, selector: str) -> str:
+        """What an input field holds."""
+        return str(self.rig.request("value", page=self.name, selector=selector))
+
     def wait_text(self, selector: str, text: str, timeout: float = 10.0) -> str:
         """Wait (bounded) until ``selector``'s text contains ``text``; the whole text."""
         try:

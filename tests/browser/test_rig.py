@@ -85,7 +85,6 @@ def test_the_phone_page_driven_as_a_person_registers_calls_answers_and_hangs_up(
     browser: BrowserRig, pages: PageServer, ws_proxy: KamailioProcess, artifacts: Path
 ) -> None:
     phone = browser.open("phone", pages.url("/phone/"))
-    # Without a WebSocket listener of its own, the page's default is this server's /ws.
     assert phone.text("#status") == "Not registered."
     phone.fill("#ws-url", ws_proxy.ws_url)
     phone.fill("#sip-uri", uri("5001"))
@@ -122,6 +121,22 @@ def test_the_phone_page_driven_as_a_person_registers_calls_answers_and_hangs_up(
 
     log = phone.text("#log")
     assert "Registered as" in log and "Remote audio is playing." in log
+
+
+def test_the_phone_page_defaults_to_its_own_origin_and_takes_its_fields_from_its_address(
+    browser: BrowserRig, pages: PageServer
+) -> None:
+    plain = browser.open("plain", pages.url("/phone/"))
+    assert plain.value("#ws-url") == pages.base_url.replace("http://", "ws://") + "/ws"
+    assert plain.value("#sip-uri") == ""
+
+    query = "ws=wss%3A%2F%2Fedge.example%3A8443%2Fws&user=5001&password=password5001&name=Desk&target=5002"
+    filled = browser.open("filled", pages.url(f"/phone/?{query}"))
+    assert filled.value("#ws-url") == "wss://edge.example:8443/ws"
+    assert filled.value("#sip-uri") == "sip:5001@127.0.0.1"
+    assert filled.value("#password") == "password5001"
+    assert filled.value("#display-name") == "Desk"
+    assert filled.value("#target") == "5002"
 
 
 def test_the_phone_page_says_plainly_when_the_jssip_bundle_is_missing(

@@ -12,7 +12,7 @@
     library: `SIP.js ${SIP.version}`,
 
     // {wsUrl, uri, password, displayName, supported}: `supported` adds option tags to
-    // Supported (SIP.js sends no "path" by itself; a Path-adding edge proxy may want it).
+    // every request's Supported (SIP.js sends "outbound", and "path, gruu" on a REGISTER).
     async register({ wsUrl, uri, password = null, displayName = null, supported = [] }) {
       if (manager) throw new Error('register() was called already');
       const emit = window.rig.emit;
