@@ -9,6 +9,7 @@ malformed response is dropped, and both are counted.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -17,6 +18,7 @@ from twisted.logger import Logger
 
 from sipgw.proxy.identity import Identity
 from sipgw.proxy.nat import WEBSOCKET, Nat
+from sipgw.proxy.registrar import Registrar
 from sipgw.proxy.relay import Relay
 from sipgw.proxy.router import Router
 from sipgw.proxy.stats import Stats
@@ -74,6 +76,7 @@ class Proxy:
         self.timer_c = timer_c
         self.max_transactions = max_transactions
         self.nat = Nat()  # the service gives it the flow table
+        self.registrar = Registrar(clock, identity, boot=os.urandom(3).hex())
         # The pool of backends (sipgw.proxy.dispatcher.Dispatcher), set by the service;
         # without one, every request goes to ``backend``.
         self.dispatcher = None

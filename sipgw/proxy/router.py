@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from sipgw.proxy.identity import branch_loop_part, loop_hash
 from sipgw.proxy.nat import WEBSOCKET, FlowGone
+from sipgw.proxy.registrar import FlowFailed
 from sipgw.proxy.transport import Destination, Source
 from sipgw.sip.address import parse_name_addr
 from sipgw.sip.errors import ParseError
@@ -209,8 +210,9 @@ class Router:
             return self.proxy.nat.toward_client(req, target)
         except ParseError as e:
             self.proxy.reply(req, source, 400, e.reason)
-        except FlowGone:
-            self.proxy.reply(req, source, 480, "Temporarily Unavailable")
+        except FlowGone as gone:
+            failed = self.proxy.registrar.failure_for(gone.transport, gone.host, gone.port)
+            self.proxy.reply(req, source, failed.status, failed.reason)
         return None
 
     @staticmethod
@@ -225,8 +227,13 @@ class Router:
     def _initial(self, req: Request, source: Source, ruri: SipURI) -> None:
         p = self.proxy
         if p.is_backend(source):
-            # Towards a client, by Route or Request-URI (later: Path and alias lookup).
+            # Towards a client, by our Path token, Route or Request-URI and the alias.
             # Backends are trusted: no AUTH step.
+            try:
+                flow = p.registrar.route_target(req)
+            except FlowFailed as e:
+                p.reply(req, source, e.status, e.reason)
+                return
             target = self._loose_route(req)
             if target is None:
                 p.reply(req, source, 404, "Not Found")
@@ -234,6 +241,7 @@ class Router:
             target = self._toward_client(req, source, target)
             if target is None:
                 return
+            target = flow or target
             ctx = self._start(req, source)
             if ctx is not None:
                 self._relay(ctx, req, source, target)
@@ -263,9 +271,17 @@ class Router:
         answers through ``ctx`` or continues with ``_dispatch``."""
         auth = self.proxy.auth
         if auth is None:  # a Proxy built without a store (unit tests of the relay)
-            self._dispatch(ctx, req, source)
+            self._registrar(ctx, req, source)
             return
-        auth.check(ctx, req, source, self._dispatch)
+        auth.check(ctx, req, source, self._registrar)
+
+    # -- REGISTRAR ----------------------------------------------------------------------
+
+    def _registrar(self, ctx, req: Request, source: Source) -> None:
+        """REGISTRAR step: a REGISTER gets our Path to its flow (``sipgw.proxy.registrar``)."""
+        if req.method == "REGISTER":
+            self.proxy.registrar.on_register(req, source, self.proxy.backend.destination.transport)
+        self._dispatch(ctx, req, source)
 
     # -- DISPATCH → RELAY -----------------------------------------------------------------
 

@@ -62,6 +62,7 @@ class ProxyService(service.Service):
             log.warn("{key}: not in effect yet (set in {path})", key=key, path=self.loaded.path)
         self.proxy = self._build_proxy(config)
         self.proxy.nat.flows = self.flows
+        self.proxy.registrar.flows = self.flows
         self.stream = StreamTransport(
             self.reactor,
             self.reactor,
@@ -83,7 +84,10 @@ class ProxyService(service.Service):
             log.info("listening on tcp:{host}:{port}", host=addr.host, port=addr.port)
         if config.listen.ws:
             self.ws = WsTransport(self.reactor, self.reactor, self.flows, self.proxy.receive,
-                                  self.stats, _ws_settings(config))
+                                  self.stats, _ws_settings(config),
+                                  on_closed=self.proxy.registrar.flow_closed)
+            self.ws.users_of = self.proxy.registrar.users_on
+            self.ws.flows_of = self.proxy.registrar.flows_of
             for addr in config.listen.ws:
                 self.ports.append(self.ws.listen(addr.host, addr.port))
         log.info("relaying to {uri}", uri=self.proxy.backend.uri)

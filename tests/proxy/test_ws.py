@@ -332,6 +332,7 @@ def test_ws_dump_lists_connections_and_ws_close_closes_one(stack):
     dump = methods["ws.dump"].handler()
     assert [c["src"] for c in dump["connections"]] == ["192.0.2.1:40001", "192.0.2.1:40002"]
     assert dump["info"]["wscounter"] == 2
+    assert dump["connections"][0]["users"] == []
     assert methods["ws.close"].handler(a.proto.flow_id) == "ok"
     assert [f.close_code for f in a.read()] == [1000]
     with pytest.raises(RpcError):
@@ -360,3 +361,17 @@ def test_a_flow_behind_a_trusted_proxy_has_the_client_address_as_source():
     spoofer = Client(Stack(trusted_proxies=NGINX), peer="203.0.113.9")
     spoofer.open(extra=("X-Real-IP: 198.51.100.7",))
     assert spoofer.proto.source.host == "203.0.113.9"
+
+
+def test_ws_close_by_user_closes_the_connections_the_registrar_names(stack):
+    a = Client(stack, port=40001).open()
+    b = Client(stack, port=40002).open()
+    stack.ws.users_of = lambda fid: ["sip:5001@example.com"] if fid == a.proto.flow_id else []
+    stack.ws.flows_of = lambda user: [a.proto.flow_id] if user == "5001" else []
+    methods = methods_of(stack.ws)
+    assert methods["ws.dump"].handler()["connections"][0]["users"] == ["sip:5001@example.com"]
+    assert methods["ws.close"].handler("5001") == "ok"
+    assert [f.close_code for f in a.read()] == [1000]
+    assert b.read() == []
+    with pytest.raises(RpcError):
+        methods["ws.close"].handler("5002")

@@ -63,7 +63,7 @@ def proxy(link, flows) -> Proxy:
                                    Listener(transport="ws", host="127.0.0.1", port=8080)])
     p = Proxy(clock=Clock(), identity=identity,
               backend=Backend(uri="sip:127.0.0.1:5080", destination=BACKEND), send=link)
-    p.nat.flows = flows
+    p.nat.flows = p.registrar.flows = flows
     return p
 
 

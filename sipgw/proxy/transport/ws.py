@@ -382,6 +382,9 @@ class WsTransport:
         self.on_closed = on_closed
         self.connections: dict[int, WsConnection] = {}
         self.factories: list[_Factory] = []
+        # From the registrar: who registered on a flow, and the flows of a user.
+        self.users_of: Callable[[int], list[str]] = lambda flow_id: []
+        self.flows_of: Callable[[str], list[int]] = lambda user: []
         stats.declare(WS_STATS)
 
     def factory(self, *, secure: bool = False) -> _Factory:
@@ -441,14 +444,22 @@ class WsTransport:
                          "address, state, seconds idle and open.")
     def rpc_dump(self) -> dict:
         now = self.clock.seconds()
-        conns = [c.describe(now) for c in sorted(self.connections.values(),
-                                                 key=lambda c: c.flow_id)]
+        conns = []
+        for conn in sorted(self.connections.values(), key=lambda c: c.flow_id):
+            conns.append({**conn.describe(now), "users": self.users_of(conn.flow_id)})
         return {"connections": conns, "info": {"wscounter": len(conns)}}
 
-    @rpc("ws.close", help="Close the WebSocket connection with this id (from ws.dump).")
-    def rpc_close(self, flow_id: int) -> str:
-        conn = self.connections.get(int(flow_id)) if str(flow_id).isdigit() else None
-        if conn is None:
-            raise RpcError(f"no WebSocket connection with id {flow_id}")
-        conn.close()
+    @rpc("ws.close", help="Close a WebSocket connection: its id (from ws.dump), or a user "
+                          "(sip:5001@domain, or 5001 when no connection has that id) to close "
+                          "every connection it registered on.")
+    def rpc_close(self, which: int | str) -> str:
+        text = str(which)
+        # A connection id first; a number that names no connection may be a user (5001).
+        ids = [int(text)] if text.isdigit() and int(text) in self.connections else []
+        ids = ids or self.flows_of(text)
+        conns = [self.connections[i] for i in ids if i in self.connections]
+        if not conns:
+            raise RpcError(f"no WebSocket connection for {which}")
+        for conn in conns:
+            conn.close()
         return "ok"
