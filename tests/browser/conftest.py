@@ -32,15 +32,27 @@ def pages(browser_setup: None) -> Iterator[PageServer]:
     server.stop()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Let fixtures know how their test went (``item.rep_call``)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
 @pytest.fixture
-def browser(tmp_path: Path, browser_setup: None) -> Iterator[BrowserRig]:
+def browser(request: pytest.FixtureRequest, tmp_path: Path, browser_setup: None) -> Iterator[BrowserRig]:
     """One Chromium for this test: ``browser.open("alice", url)`` gives a :class:`Page`.
     Chromium is killed when the test ends, whatever happened; the driver's log stays in
-    the test's ``tmp_path`` (``browser/driver.log``)."""
+    the test's ``tmp_path`` (``browser/driver.log``). When the test fails, a screenshot of
+    each open page and the driver's log are kept in ``test-artifacts/browser/failed/TEST/``."""
     rig = BrowserRig(tmp_path / "browser")
     try:
         rig.start()
         yield rig
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            rig.keep_evidence(ARTIFACTS / "failed" / request.node.name)
     finally:
         rig.close()
 

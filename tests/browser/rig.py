@@ -163,6 +163,7 @@ class BrowserRig:
         self._gone = False
         self._send_lock = threading.Lock()
         self._tmp: Path | None = None
+        self.pages: list[str] = []
 
     # life cycle
 
@@ -295,7 +296,24 @@ class BrowserRig:
         """A new tab, in a browser context of its own, at ``url``. URLs matching a ``block``
         pattern (playwright's globs: ``"**/vendor/jssip.js"``) get a 404, as if missing."""
         self.request("open", page=name, url=url, block=list(block), timeout=timeout)
+        self.pages.append(name)
         return Page(self, name)
+
+    def keep_evidence(self, directory: Path) -> list[Path]:
+        """After a failure: a screenshot of every open page and the driver's log, in
+        ``directory``. Best effort (the browser may be the thing that failed)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        kept = []
+        for name in self.pages:
+            try:
+                kept.append(Page(self, name).screenshot(directory / f"{name}.png"))
+            except RigError:
+                pass
+        log = self.workdir / "driver.log"
+        if log.is_file():
+            shutil.copyfile(log, directory / "driver.log")
+            kept.append(directory / "driver.log")
+        return kept
 
     # plumbing
 
@@ -422,3 +440,4 @@ class Page:
 
     def close(self) -> None:
         self.rig.request("close", page=self.name)
+        self.rig.pages.remove(self.name)
