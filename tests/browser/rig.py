@@ -217,6 +217,10 @@ class BrowserRig:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def driver_pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
     # requests and events
 
     def request(self, op: str, *, timeout: float | None = None, **args: Any) -> Any:

@@ -10,12 +10,14 @@ wrong-password case needs a server that authenticates: it comes with sipgw's own
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.browser.kamailio_process import KamailioProcess, KamailioRunner
-from tests.browser.rig import BrowserRig, Page, PageServer
+from tests.browser.rig import BrowserRig, Page, PageServer, RigError
 
 pytestmark = pytest.mark.integration
 
@@ -155,6 +157,27 @@ def test_closing_the_rig_leaves_no_chromium_running(tmp_path: Path, browser_setu
     assert pid is not None and _running(pid)
     rig.close()
     assert not _running(pid)
+
+
+def test_a_driver_that_dies_fails_waits_at_once_and_its_chromium_is_still_killed(
+    tmp_path: Path, browser_setup: None, pages: PageServer
+) -> None:
+    rig = BrowserRig(tmp_path / "rig").start()
+    try:
+        page = rig.open("page", pages.url("/pages/jssip.html"))
+        chromium = rig.browser_pid
+        assert chromium is not None and rig.driver_pid is not None
+        os.kill(rig.driver_pid, signal.SIGKILL)
+
+        started = time.monotonic()
+        with pytest.raises(RigError, match="driver exited"):
+            page.wait("registered", timeout=30)
+        with pytest.raises(RigError, match="driver is gone"):
+            page.call(uri("nobody"))
+        assert time.monotonic() - started < 5
+    finally:
+        rig.close()
+    assert not _running(chromium)
 
 
 def _running(pid: int) -> bool:
