@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sipgw.cli.main import cli
+from sipgw.proxy.auth import AUTH_STATS
 from sipgw.proxy.dispatcher import DISPATCHER_STATS
 from sipgw.proxy.stats import CORE_STATS
 from sipgw.proxy.transport.ws import WS_STATS
@@ -14,7 +15,7 @@ MAN = Path(__file__).resolve().parent.parent / "man"
 
 def test_sipgw_stats_7_names_every_statistic():
     text = (MAN / "sipgw-stats.7").read_text()
-    missing = [d.full_name for d in (*CORE_STATS, *WS_STATS, *DISPATCHER_STATS)
+    missing = [d.full_name for d in (*CORE_STATS, *WS_STATS, *DISPATCHER_STATS, *AUTH_STATS)
                if f".B {d.full_name}\n" not in text]
     assert missing == []
 

@@ -11,6 +11,7 @@ from sipgw.cli.app import EXIT_USAGE, App
 from sipgw.cli.ctl import ctl
 from sipgw.cli.log import log
 from sipgw.cli.serve import serve
+from sipgw.cli.users import users
 from sipgw.cli.stats import stats
 from sipgw.cli.trace import trace
 
@@ -24,6 +25,7 @@ def cli(ctx: click.Context) -> None:
 
 
 cli.add_command(serve)
+cli.add_command(users)
 cli.add_command(ctl)
 cli.add_command(stats)
 cli.add_command(log)

@@ -10,8 +10,8 @@ What it decides, in order:
 2. user (From) or source banned → 403;
 3. no open relay: From domain *and* Request-URI both foreign → ``403 Not relaying``.
    "Ours" is ``auth.realm``, the hosts of ``proxy.aliases``, and sipgw's own addresses;
-4. no credentials for our realm → 401 (REGISTER) / 407 (others), offering SHA-256 and MD5
-   with one stateless nonce, ``qop="auth"``;
+4. no credentials for our realm → 401 (REGISTER) / 407 (others), offering MD5 and SHA-256
+   (``auth.algorithms``) with one stateless nonce, ``qop="auth"``;
 5. credentials that cannot be right without looking anything up (unknown algorithm or
    qop, foreign or expired nonce, nc not growing) → a new challenge (``stale=true`` when
    only the nonce expired); user not the From user (and To user for REGISTER) → 403;
@@ -62,8 +62,10 @@ AUTH_STATS = (
             "source address is banned after failed authentications"),
 )
 
-# RFC 8760 §2.4: challenges in order of preference; clients use the first they support.
-ALGORITHMS = ("SHA-256", "MD5")
+# RFC 8760 §2.4: one challenge per algorithm, in order of preference, and a client uses
+# the first it supports. MD5 comes first by default because JsSIP 3 and SIPp 3.6 read only
+# the first challenge and know only MD5; ``auth.algorithms`` can put SHA-256 first.
+ALGORITHMS = ("MD5", "SHA-256")
 RETRY_AFTER = "5"
 
 
@@ -366,6 +368,7 @@ def auth_settings(config: "Config") -> AuthSettings:
         domains=frozenset(domains),
         trusted=tuple(a.trusted),
         nonce_expire=a.nonce_expire,
+        algorithms=tuple(a.algorithms),
         max_failures_user=a.max_failures_user,
         max_failures_source=a.max_failures_source,
         failure_window=a.failure_window,

@@ -82,6 +82,7 @@ class Proxy:
         self.dispatcher = None
         self.relay = Relay(self)
         self.router = Router(self)
+        self.auth: Authenticator | None = None  # the AUTH step; set by the service
         self.trace_in = None  # set by the tracer while somebody listens (sipgw trace)
         self.auth: Authenticator | None = None  # the AUTH step; set by the service
 

@@ -130,15 +130,29 @@ def register_ok(rig: Rig, **kw) -> None:
 # --- challenges --------------------------------------------------------------------------
 
 
-def test_register_without_credentials_is_challenged_401_with_sha256_then_md5_and_one_nonce(rig):
+def test_register_without_credentials_is_challenged_401_with_md5_then_sha256_and_one_nonce(rig):
     reply = rig.send(sip_request())
     assert reply.status == 401
     offered = challenges(reply, "WWW-Authenticate")
-    assert [c.params["algorithm"] for c in offered] == ["SHA-256", "MD5"]
+    assert [c.params["algorithm"] for c in offered] == ["MD5", "SHA-256"]
     assert {c.params["nonce"] for c in offered} == {offered[0].params["nonce"]}
     assert all(c.params["realm"] == REALM and c.params["qop"] == "auth" for c in offered)
     assert rig.link.to_backend() == []
     assert rig.stat("challenged") == 1
+
+
+def test_sha256_can_be_offered_first_for_rfc8760_clients():
+    rig = Rig(AuthSettings(realm=REALM, algorithms=("SHA-256", "MD5")))
+    reply = rig.send(sip_request())
+    assert [c.params["algorithm"] for c in challenges(reply, "WWW-Authenticate")] == [
+        "SHA-256", "MD5"]
+
+
+def test_an_algorithm_not_offered_is_rechallenged():
+    rig = Rig(AuthSettings(realm=REALM, algorithms=("SHA-256",)))
+    challenge = rig.send(sip_request())
+    reply = rig.send(sip_request(auth=answer(challenge, algorithm="MD5"), cseq=2))
+    assert reply.status == 401 and rig.link.to_backend() == []
 
 
 def test_invite_without_credentials_is_challenged_407_with_proxy_authenticate(rig):
@@ -221,7 +235,7 @@ def test_unknown_user_and_wrong_password_get_the_same_answer_and_cost_one_lookup
     for reply in (wrong, unknown):
         assert (reply.status, reply.reason) == (401, "Unauthorized")
         assert [c.params["algorithm"] for c in challenges(reply, "WWW-Authenticate")] == [
-            "SHA-256", "MD5"]
+            "MD5", "SHA-256"]
         assert "stale" not in challenges(reply, "WWW-Authenticate")[0].params
     assert sorted(f.name for f in wrong.fields) == sorted(f.name for f in unknown.fields)
     assert rig.store.lookups == 2

@@ -43,7 +43,7 @@ IN_EFFECT_NOW = {
     "subscribers.url", "subscribers.key_template", "subscribers.connect_timeout",
     "subscribers.command_timeout", "auth.realm", "auth.nonce_secret", "auth.nonce_expire",
     "auth.trusted", "auth.max_failures_user", "auth.max_failures_source",
-    "auth.failure_window", "auth.ban_time",
+    "auth.failure_window", "auth.ban_time", "auth.algorithms",
     "dispatcher.list_file", "dispatcher.setid", "dispatcher.algorithm",
     "dispatcher.ping_interval", "dispatcher.ping_timeout", "dispatcher.probing_mode",
     "dispatcher.probing_threshold", "dispatcher.inactive_threshold", "dispatcher.ping_from",

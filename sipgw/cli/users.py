@@ -1,0 +1,308 @@
+"""``sipgw users``: the SIP accounts, straight in the subscriber store (DESIGN.md §6).
+
+It reads the same config file as ``sipgw serve`` (``[subscribers]``, ``[auth] realm``) and
+works whether the proxy runs or not: SQLite is safe to write while the proxy reads (WAL),
+Redis is shared anyway. Only digest hashes are stored (``ha1``, ``ha1b``, ``ha1_sha256``),
+computed over the realm the proxy will challenge with: ``auth.realm``, else the domain.
+Passwords come from a hidden prompt (typed twice) or ``--password-stdin``, never from the
+command line where ``ps`` would show them; an empty one is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from sipgw.cli.app import EXIT_USAGE, App, pass_app
+from sipgw.cli.options import config_option
+from sipgw.proxy.config import Config, ConfigError, config_path_from_env, load_config
+from sipgw.store import StoreError, Subscriber, make_subscriber, open_store
+
+CSV_FIELDS = ("username", "domain", "ha1", "ha1b", "ha1_sha256")
+
+domain_option = click.option(
+    "--domain", "-d", metavar="DOMAIN", default=None,
+    help="The user's domain (default: auth.realm from the config).",
+)
+password_stdin_option = click.option(
+    "--password-stdin", is_flag=True,
+    help="Read the password from the first line of stdin instead of prompting.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+class _Session:
+    """The loaded config and its store, for one command."""
+
+    def __init__(self, app: App, config_path: str | None) -> None:
+        self.app = app
+        try:
+            self.config: Config = load_config(config_path_from_env(config_path)).config
+        except ConfigError as e:
+            app.fail(str(e), EXIT_USAGE)
+        s = self.config.subscribers
+        self.url = s.url
+        try:
+            self.store = open_store(s.url, key_template=s.key_template,
+                                    connect_timeout=s.connect_timeout,
+                                    command_timeout=max(s.command_timeout, 5.0),
+                                    create_directory=True)
+        except ValueError as e:
+            app.fail(f"subscribers.url: {e}", EXIT_USAGE)
+
+    def domain(self, given: str | None) -> str:
+        domain = (given or self.config.auth.realm).lower()
+        if not domain:
+            self.app.fail("no domain: give --domain DOMAIN (auth.realm is not set)", EXIT_USAGE)
+        return domain
+
+    def realm(self, domain: str) -> str:
+        return self.config.auth.realm or domain
+
+    def run(self, work: Callable[[Any], Any]) -> Any:
+        """``work(store)`` returns a Deferred; its result, or exit 1 naming the store."""
+        try:
+            return _wait(lambda: _when_ready(self.store).addCallback(lambda _: work(self.store)))
+        except StoreError as e:
+            self.app.fail(f"subscriber store: {e}")
+
+
+def _when_ready(store):
+    from twisted.internet import defer
+
+    ready = getattr(store, "when_connected", None)
+    return ready(store.command_timeout) if ready else defer.succeed(None)
+
+
+def _wait(start: Callable[[], Any]) -> Any:
+    """The result of the Deferred ``start()`` returns. An embedded store has answered
+    already; a network store needs the reactor, run once for this process."""
+    from twisted.python.failure import Failure
+
+    box: list[Any] = []
+    d = start()
+    d.addBoth(box.append)
+    if not box:
+        from twisted.internet import reactor
+
+        # Iterated rather than run: one command may need the store more than once (add:
+        # look up, prompt, write), and a stopped reactor cannot be started again.
+        if not reactor.running:
+            reactor.startRunning(installSignalHandlers=False)
+        while not box:
+            reactor.iterate(0.05)
+    result = box[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+def _read_password(app: App, from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True,
+                                default="", show_default=False, err=True)
+    if not password:
+        app.fail("refusing an empty password", EXIT_USAGE)
+    return password
+
+
+def _hashes(sub: Subscriber) -> list[str]:
+    return [name for name, value in (("md5", sub.ha1), ("md5-user@domain", sub.ha1b),
+                                     ("sha-256", sub.ha1_sha256)) if value]
+
+
+def _warn_legacy(app: App, subs: list[Subscriber]) -> None:
+    for sub in subs:
+        if sub.legacy:
+            app.err.print(f"warning: {sub.username}@{sub.domain} has a plaintext password "
+                          f"(legacy record); run: sipgw users passwd {sub.username} "
+                          f"--domain {sub.domain}")
+
+
+def _as_json(sub: Subscriber) -> dict:
+    return {"username": sub.username, "domain": sub.domain, "hashes": _hashes(sub),
+            "legacy": sub.legacy}
+
+
+# --- the commands -------------------------------------------------------------------------
+
+
+@click.group()
+def users() -> None:
+    """Manage SIP accounts in the subscriber store (works with the proxy stopped)."""
+
+
+@users.command("add")
+@config_option
+@domain_option
+@password_stdin_option
+@click.argument("username")
+@pass_app
+def add(app: App, config_path, domain, password_stdin, username) -> None:
+    """Create USER; the password is prompted twice (or read from stdin)."""
+    session = _Session(app, config_path)
+    domain = session.domain(domain)
+    if session.run(lambda store: store.get(username, domain)) is not None:
+        app.fail(f"{username}@{domain} already exists (change its password with passwd)")
+    password = _read_password(app, password_stdin)
+    sub = make_subscriber(username, domain, password, session.realm(domain))
+    session.run(lambda store: store.put(sub))
+    app.err.print(f"added {username}@{domain}")
+
+
+@users.command("passwd")
+@config_option
+@domain_option
+@password_stdin_option
+@click.argument("username")
+@pass_app
+def passwd(app: App, config_path, domain, password_stdin, username) -> None:
+    """Set a new password for USER (a legacy plaintext record becomes hashes)."""
+    session = _Session(app, config_path)
+    domain = session.domain(domain)
+    if session.run(lambda store: store.get(username, domain)) is None:
+        app.fail(f"no such user: {username}@{domain}")
+    password = _read_password(app, password_stdin)
+    sub = make_subscriber(username, domain, password, session.realm(domain))
+    session.run(lambda store: store.put(sub))
+    app.err.print(f"password of {username}@{domain} changed")
+
+
+@users.command("del")
+@config_option
+@domain_option
+@click.argument("username")
+@pass_app
+def delete(app: App, config_path, domain, username) -> None:
+    """Delete USER."""
+    session = _Session(app, config_path)
+    domain = session.domain(domain)
+    if not session.run(lambda store: store.delete(username, domain)):
+        app.fail(f"no such user: {username}@{domain}")
+    app.err.print(f"deleted {username}@{domain}")
+
+
+@users.command("show")
+@config_option
+@domain_option
+@json_option
+@click.argument("username")
+@pass_app
+def show(app: App, config_path, domain, as_json, username) -> None:
+    """Show USER: domain and which hashes the record has (never the hashes)."""
+    session = _Session(app, config_path)
+    domain = session.domain(domain)
+    sub = session.run(lambda store: store.get(username, domain))
+    if sub is None:
+        app.fail(f"no such user: {username}@{domain}")
+    _warn_legacy(app, [sub])
+    if as_json:
+        app.out.print_json(json.dumps(_as_json(sub)))
+        return
+    table = Table.grid(padding=(0, 2))
+    for name, value in (("username", sub.username), ("domain", sub.domain),
+                        ("hashes", ", ".join(_hashes(sub)) or "-"),
+                        ("legacy password", "yes" if sub.legacy else "no")):
+        table.add_row(Text(name, style="bold"), Text(value))
+    app.out.print(table)
+
+
+@users.command("list")
+@config_option
+@json_option
+@pass_app
+def list_(app: App, config_path, as_json) -> None:
+    """Every account, sorted by domain and user."""
+    session = _Session(app, config_path)
+    subs = session.run(lambda store: store.all())
+    _warn_legacy(app, subs)
+    if as_json:
+        app.out.print_json(json.dumps([_as_json(s) for s in subs]))
+        return
+    table = Table("username", "domain", "hashes", "legacy")
+    for sub in subs:
+        table.add_row(Text(sub.username), Text(sub.domain), Text(", ".join(_hashes(sub))),
+                      Text("yes" if sub.legacy else ""))
+    app.out.print(table)
+    app.err.print(f"{len(subs)} user{'s' if len(subs) != 1 else ''} in {session.url.split('@')[-1]}")
+
+
+@users.command("export")
+@config_option
+@pass_app
+def export(app: App, config_path) -> None:
+    """Every account as CSV on stdout (username,domain,ha1,ha1b,ha1_sha256).
+
+    Legacy plaintext passwords are exported as their hashes, never as text."""
+    session = _Session(app, config_path)
+    subs = session.run(lambda store: store.all())
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for sub in subs:
+        if sub.legacy:
+            sub = make_subscriber(sub.username, sub.domain, sub.password,
+                                  session.realm(sub.domain))
+        writer.writerow({name: getattr(sub, name) for name in CSV_FIELDS})
+    click.echo(out.getvalue(), nl=False)
+
+
+@users.command("import")
+@config_option
+@click.argument("csv_file", metavar="FILE.csv", type=click.File("r", encoding="utf-8"))
+@pass_app
+def import_(app: App, config_path, csv_file) -> None:
+    """Create or replace the accounts of FILE.csv, all or none.
+
+    The first line names the columns: username, domain (default: auth.realm), and either
+    password or ha1 (with ha1b and ha1_sha256 if known), as export writes them."""
+    session = _Session(app, config_path)
+    subs, problems = _parse_csv(csv_file, session)
+    if problems:
+        for problem in problems:
+            app.err.print(problem)
+        app.fail(f"{csv_file.name}: nothing imported ({len(problems)} bad line(s))")
+    store = session.store
+    if hasattr(store, "put_many"):
+        session.run(lambda s: s.put_many(subs))
+    else:
+        for sub in subs:
+            session.run(lambda s, sub=sub: s.put(sub))
+    app.err.print(f"imported {len(subs)} user{'s' if len(subs) != 1 else ''}")
+
+
+def _parse_csv(stream, session: _Session) -> tuple[list[Subscriber], list[str]]:
+    reader = csv.DictReader(stream)
+    columns = set(reader.fieldnames or ())
+    name = getattr(stream, "name", "FILE.csv")
+    if "username" not in columns or not ({"password", "ha1"} & columns):
+        return [], [f"{name}:1: the first line must name username and password (or ha1)"]
+    subs, problems = [], []
+    for row in reader:
+        where = f"{name}:{reader.line_num}"
+        username = (row.get("username") or "").strip()
+        domain = (row.get("domain") or "").strip().lower() or session.config.auth.realm
+        if not username or not domain:
+            problems.append(f"{where}: username and domain are needed")
+            continue
+        password = row.get("password") or ""
+        if password:
+            subs.append(make_subscriber(username, domain, password, session.realm(domain)))
+        elif row.get("ha1"):
+            subs.append(Subscriber(username=username, domain=domain,
+                                   ha1=row["ha1"].strip().lower(),
+                                   ha1b=(row.get("ha1b") or "").strip().lower(),
+                                   ha1_sha256=(row.get("ha1_sha256") or "").strip().lower()))
+        else:
+            problems.append(f"{where}: {username}: empty password refused")
+    return subs, problems

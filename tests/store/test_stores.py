@@ -1,0 +1,108 @@
+"""One contract, every embedded store: the in-memory fake must behave as SQLite does
+(the Redis store is held to the same behaviour through ``sipgw users`` and the proxy in
+``tests/integration/test_auth_sipp.py``)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+from twisted.internet.defer import Deferred
+
+from sipgw.sip import digest
+from sipgw.store import StoreUnavailable, Subscriber, make_subscriber, open_store
+from sipgw.store.memory import MemoryStore
+from sipgw.store.sqlite import SqliteStore
+
+
+def result(d: Deferred):
+    box = []
+    d.addBoth(box.append)
+    assert box, "an embedded store answers at once"
+    return box[0]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        return MemoryStore()
+    return SqliteStore(str(tmp_path / "subs.db"))
+
+
+def test_a_new_subscriber_is_stored_as_hashes_only_and_found_again(store):
+    sub = make_subscriber("5001", "sipgw.test", "secret")
+    assert result(store.put(sub)) is None
+    found = result(store.get("5001", "sipgw.test"))
+    assert found == sub
+    assert found.ha1 == digest.ha1("5001", "sipgw.test", "secret")
+    assert found.ha1b == digest.ha1b("5001", "sipgw.test", "sipgw.test", "secret")
+    assert found.ha1_sha256 == digest.ha1("5001", "sipgw.test", "secret", "SHA-256")
+    assert found.password == "" and not found.legacy
+
+
+def test_the_same_user_in_another_domain_is_another_account(store):
+    result(store.put(make_subscriber("5001", "a.test", "x")))
+    assert result(store.get("5001", "b.test")) is None
+
+
+def test_put_replaces_and_delete_says_whether_there_was_one(store):
+    result(store.put(make_subscriber("5001", "d", "one")))
+    result(store.put(make_subscriber("5001", "d", "two")))
+    assert result(store.get("5001", "d")).ha1 == digest.ha1("5001", "d", "two")
+    assert result(store.delete("5001", "d")) is True
+    assert result(store.delete("5001", "d")) is False
+
+
+def test_all_lists_every_account_sorted_by_domain_then_user(store):
+    for user, domain in [("b", "y"), ("a", "y"), ("z", "x")]:
+        result(store.put(make_subscriber(user, domain, "pw")))
+    assert [(s.domain, s.username) for s in result(store.all())] == [
+        ("x", "z"), ("y", "a"), ("y", "b")]
+
+
+def test_an_empty_password_is_refused():
+    with pytest.raises(ValueError):
+        make_subscriber("5001", "d", "")
+
+
+def test_a_legacy_plaintext_record_is_read_and_flagged(tmp_path):
+    path = tmp_path / "subs.db"
+    store = SqliteStore(str(path))
+    result(store.all())  # creates the schema
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO subscriber (username, domain, password) VALUES ('old', 'd', 'pw')")
+    found = result(store.get("old", "d"))
+    assert found.legacy and found.password == "pw"
+
+
+def test_a_database_in_a_missing_directory_is_unavailable_not_a_crash(tmp_path):
+    store = SqliteStore(str(tmp_path / "missing" / "subs.db"))
+    failure = result(store.get("5001", "d"))
+    assert failure.check(StoreUnavailable)
+
+
+def test_the_cli_and_the_proxy_can_use_one_database_at_once(tmp_path):
+    """WAL mode: the proxy's reads see the CLI's committed writes, without locking."""
+    url = f"sqlite://{tmp_path}/subs.db"
+    proxy_side, cli_side = open_store(url), open_store(url)
+    result(proxy_side.all())
+    errors = []
+
+    def writer():
+        try:
+            for i in range(200):
+                result(cli_side.put(make_subscriber(f"u{i}", "d", "pw")))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    while thread.is_alive():
+        found = result(proxy_side.get("u0", "d"))
+        assert found is None or isinstance(found, Subscriber)
+    thread.join(10)
+    assert errors == []
+    assert len(result(proxy_side.all())) == 200
+    with sqlite3.connect(tmp_path / "subs.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
