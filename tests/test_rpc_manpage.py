@@ -31,3 +31,19 @@ def test_sipgw_rpc_7_names_every_method_of_a_fully_built_service(tmp_path):
     assert {"core.version", "stats.get_statistics", "system.listMethods"} <= set(methods)
     missing = [m for m in methods if f".B {m}\n" not in text]
     assert missing == []
+
+
+def test_sipgw_stats_7_names_every_statistic_a_fully_built_service_declares(tmp_path):
+    loaded = parse_config(
+        '[listen]\nudp = []\ntcp = ["127.0.0.1:25097"]\n'
+        f'[control]\nsocket = "{tmp_path}/sipgw.ctl"\n[state]\ndirectory = "{tmp_path}"\n'
+    )
+    svc = ProxyService(loaded, MemoryReactorClock())
+    svc.startService()
+    try:
+        names = list(svc.stats.defs)
+    finally:
+        svc.stopService()
+    assert "dialog:active_dialogs" in names
+    text = (MAN / "sipgw-stats.7").read_text()
+    assert [n for n in names if f".B {n}\n" not in text] == []

@@ -4,7 +4,8 @@ The shapes met in practice, and how they print:
 
 * ``None``: nothing; a scalar: itself;
 * a list of scalars (``stats.get_statistics`` lines): one per line;
-* a list of flat objects (rows): a table, one column per key;
+* a list of flat objects (rows): a table, one column per key; when that is wider than the
+  terminal, one block of key and value lines per object;
 * a flat object: a two-column table, key and value;
 * anything nested (``dispatcher.list``): a tree, flat objects inside it as ``KEY: value``.
 
@@ -101,10 +102,29 @@ def _grow(node: Tree, value: Any) -> None:
         node.add(Text(scalar_text(value)))
 
 
+def _natural_width(rows: list[dict[str, Any]]) -> int:
+    """The width a rows table needs without cutting anything: widest cell per column, plus
+    the one-space padding either side of each column."""
+    widths: dict[str, int] = {}
+    for row in rows:
+        for key, value in row.items():
+            widths[key] = max(widths.get(key, len(str(key))), len(scalar_text(value)))
+    return sum(widths.values()) + 2 * max(len(widths) - 1, 0)
+
+
 def show(console: Console, result: Any, title: str | None = None) -> None:
     thing = renderable(result, title)
-    if thing is not None:
-        console.print(thing)
+    if thing is None:
+        return
+    if isinstance(thing, Table) and thing.show_header and isinstance(result, list):
+        if _natural_width(result) > console.width:
+            # Too wide to read as rows (dlg.list): one block of "key value" per record.
+            for index, row in enumerate(result):
+                if index:
+                    console.print()
+                console.print(pairs_table(row))
+            return
+    console.print(thing)
 
 
 def print_json(console: Console, result: Any) -> None:

@@ -84,6 +84,7 @@ class Proxy:
         self.router = Router(self)
         self.auth: Authenticator | None = None  # the AUTH step; set by the service
         self.trace_in = None  # set by the tracer while somebody listens (sipgw trace)
+        self.dialogs = None  # dialog tracking for dlg.* (proxy.dialogs), set by the service
         self.auth: Authenticator | None = None  # the AUTH step; set by the service
 
     # -- entry point --------------------------------------------------------------------

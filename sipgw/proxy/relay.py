@@ -160,6 +160,8 @@ class Relay:
         if forbidden_target(target.host):
             self.respond(ctx, 400, "Bad Destination Address")
             return
+        if request.method == "BYE" and p.dialogs is not None:
+            p.dialogs.ended(request)
         out = request.copy()
         _decrement_max_forwards(out, p.max_forwards)
         if record_route:
@@ -339,6 +341,10 @@ class Relay:
                     return  # sent to the next destination; the caller never sees this one
             self._stop_timer_c(server)
             server.final_sent = True
+        if 200 <= status < 300 and self.proxy.dialogs is not None and (
+            server.request.method == "INVITE"
+        ):
+            self.proxy.dialogs.confirmed(server.request, response)
         up = response.copy()
         up.pop_first("via")  # §16.7 step 9: our Via is ours alone
         self.proxy.stats.inc("core:fwd_replies")

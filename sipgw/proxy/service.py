@@ -20,6 +20,7 @@ from sipgw.proxy.auth import auth_settings, build_authenticator
 from sipgw.proxy.config import Config, ConfigError, LoadedConfig, load_config
 from sipgw.proxy.control import ControlServer, start_control
 from sipgw.proxy.core import Backend, Proxy
+from sipgw.proxy.dialogs import Dialogs
 from sipgw.proxy.dispatcher.build import build_dispatcher, reconfigure_dispatcher, resolve_uri
 from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.stats import Stats
@@ -129,6 +130,7 @@ class ProxyService(service.Service):
             stats=self.stats,
         )
         _apply(proxy, config)
+        proxy.dialogs = Dialogs(self.reactor, self.stats)
         proxy.auth = build_authenticator(proxy, config)
         proxy.dispatcher = build_dispatcher(proxy, config)
         return proxy

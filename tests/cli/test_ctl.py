@@ -119,3 +119,15 @@ def test_log_level_shows_and_sets_the_level(run, control):
     code, out, _ = run("log", "level", "-c", str(control.config), "--json", "3")
     assert json.loads(out) == {"level": 3, "name": "debug"}
     assert control.methods_called()[-1] == ("log.level", [3])
+
+
+def test_rows_too_wide_for_the_terminal_print_as_one_block_per_record(run, control):
+    long = "x" * 60
+    control.answers["dlg.list"] = [{"call-id": f"{long}-1", "from_uri": f"sip:{long}@a"},
+                                   {"call-id": f"{long}-2", "from_uri": f"sip:{long}@b"}]
+    code, out, _ = run("ctl", "-c", str(control.config), "dlg.list")
+    assert code == 0
+    blocks = out.split("\n\n")
+    assert len(blocks) == 2
+    assert blocks[0].splitlines()[0].split() == ["call-id", f"{long}-1"]
+    assert "…" not in out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,28 @@ def test_ctl_against_a_stopped_proxy_exits_3_with_a_hint(calls_done: SipgwProces
     assert done.returncode == 3
     assert done.stderr.startswith("sipgw: cannot reach sipgw at ")
     assert done.stderr.count("\n") == 1
+
+
+def test_dialogs_are_active_from_the_200_to_the_bye_and_counted(
+    sipp: SippRunner, sipgw: SipgwRunner, tmp_path: Path,
+):
+    uas = sipp.uas("uas_call.xml", timeout=30, calls=1000)
+    gw = sipgw(backend=uas.address, extra_toml=control_toml(tmp_path))
+    # A 4 s pause between the ACK and the BYE: time to look at the dialog.
+    uac = sipp.uac("uac_call.xml", remote=gw.address, timeout=20, pause_ms=4000)
+    deadline = time.monotonic() + 4
+    while True:
+        listed = json.loads(ctl(gw, "ctl", "--json", "dlg.list").stdout)
+        if listed or time.monotonic() > deadline:
+            break
+    assert len(listed) == 1, listed
+    (dialog,) = listed
+    assert dialog["state"] == 4
+    assert dialog["from_uri"].startswith("sip:") and dialog["to_tag"]
+    assert json.loads(ctl(gw, "ctl", "--json", "dlg.stats_active").stdout)["all"] == 1
+    shown = ctl(gw, "ctl", "dlg.list")
+    assert dialog["call-id"] in shown.stdout
+    assert uac.wait(20) == 0, uac.describe()
+    values = json.loads(ctl(gw, "stats", "--json", "dialog:").stdout)
+    assert values == {"dialog:active_dialogs": 0, "dialog:processed_dialogs": 1,
+                      "dialog:expired_dialogs": 0}
