@@ -18,9 +18,10 @@ from sipgw.sip.parser import parse_message
 THREE = "1 sip:10.0.0.1:5060\n1 sip:10.0.0.2:5060\n1 sip:10.0.0.3:5060\n"
 
 
-def make(text: str = THREE, **settings) -> Dispatcher:
-    d = Dispatcher(clock=Clock(), stats=Stats(), settings=Settings(ping_interval=0, **settings),
-                   inline=parse_list(text), resolve=resolve_uri, rng=random.Random(5))
+def make(text: str = THREE, probes=None, **settings) -> Dispatcher:
+    d = Dispatcher(clock=Clock(), stats=Stats(), settings=Settings(**{"ping_interval": 0, **settings}),
+                   inline=parse_list(text), resolve=resolve_uri, rng=random.Random(5),
+                   send_request=probes)
     d.reload()
     return d
 
@@ -154,11 +155,20 @@ def test_a_final_answer_that_is_not_a_failover_code_is_passed_on():
 
 
 def test_a_transport_error_takes_the_destination_down_at_once():
-    d = make(algorithm=8, probing_threshold=3)
+    d = make(algorithm=8, probing_threshold=3, ping_interval=10, probes=lambda *a, **k: None)
     attempt = d.begin(invite())
     assert attempt.failed(503, True).uri == "sip:10.0.0.2:5060"
     assert target(d, "sip:10.0.0.1:5060").state == "IP"
     assert d.stats.get("dispatcher:active_destinations") == 2
+
+
+def test_without_probes_failures_fail_over_but_take_nothing_down():
+    # Nothing would ever bring the destination back: only an operator's set_state.
+    d = make(algorithm=8, ping_interval=0)
+    attempt = d.begin(invite())
+    assert attempt.failed(503, True).uri == "sip:10.0.0.2:5060"
+    assert attempt.failed(408, True).uri == "sip:10.0.0.3:5060"
+    assert {t.state for t in d.targets()} == {"AP"}
 
 
 def test_select_skips_excluded_destinations():

@@ -86,7 +86,7 @@ def test_a_5xx_goes_to_the_next_destination_and_the_caller_sees_only_the_final_a
 
 
 def test_a_timeout_fails_over_and_the_dead_destination_is_marked(clock, link):
-    proxy = build(clock, link, ping_interval=0)
+    proxy = build(clock, link)  # probes configured (not started): they could revive it
     proxy.receive(request(), CALLER)
     clock.advance(32.5)  # timer B on the first destination
     [invite_b] = [m for m in link.to(*B) if m.method == "INVITE"]
@@ -140,6 +140,7 @@ def test_probes_go_out_every_interval_and_a_silent_destination_goes_inactive_aft
     proxy, clock, link
 ):
     proxy.dispatcher.start()
+    proxy.clock.advance(0)  # the first round goes out once the reactor runs
     probes = [(d.host, d.port) for m, d in link.sent if m.method == "OPTIONS"]
     assert sorted(probes) == [A, B, BACKUP]
     answer_probes(proxy, link, A, BACKUP)  # B stays silent
@@ -160,6 +161,7 @@ def test_probes_go_out_every_interval_and_a_silent_destination_goes_inactive_aft
 def test_thresholds_need_that_many_failures_to_go_down_and_answers_to_come_back(clock, link):
     proxy = build(clock, link, probing_threshold=2, inactive_threshold=2, ping_interval=5)
     proxy.dispatcher.start()
+    proxy.clock.advance(0)  # the first round goes out once the reactor runs
     seen = []
     for answer in (False, False, True, True):
         if answer:
@@ -177,11 +179,13 @@ def test_thresholds_need_that_many_failures_to_go_down_and_answers_to_come_back(
 def test_reply_codes_that_count_as_alive_are_configurable(clock, link):
     proxy = build(clock, link, ping_reply_codes=StatusCodes(["2xx"]))
     proxy.dispatcher.start()
+    proxy.clock.advance(0)  # the first round goes out once the reactor runs
     answer_probes(proxy, link, A, B, BACKUP, status=404)
     assert set(flags(proxy).values()) == {"IP"}
     link.clear()
     proxy = build(clock, link)  # default: 404 means it answered
     proxy.dispatcher.start()
+    proxy.clock.advance(0)  # the first round goes out once the reactor runs
     answer_probes(proxy, link, A, B, BACKUP, status=404)
     assert set(flags(proxy).values()) == {"AP"}
 
@@ -191,6 +195,7 @@ def test_reply_codes_that_count_as_alive_are_configurable(clock, link):
 def test_probing_modes_choose_which_destinations_are_probed(clock, link, mode, initial, probed):
     proxy = build(clock, link, probing_mode=mode)
     proxy.dispatcher.start()
+    proxy.clock.advance(0)  # the first round goes out once the reactor runs
     assert set(flags(proxy).values()) == {initial}
     assert {(d.host, d.port) for m, d in link.sent if m.method == "OPTIONS"} == probed
 
@@ -199,6 +204,7 @@ def test_probing_mode_0_probes_a_flagged_destination_until_it_answers(clock, lin
     proxy = build(clock, link, text="1 sip:127.0.0.1:5081 8\n1 sip:127.0.0.1:5082 0\n",
                   probing_mode=0)
     proxy.dispatcher.start()
+    proxy.clock.advance(0)  # the first round goes out once the reactor runs
     assert {(d.host, d.port) for m, d in link.sent if m.method == "OPTIONS"} == {A}
     answer_probes(proxy, link, A)
     assert flags(proxy) == {"sip:127.0.0.1:5081": "AX", "sip:127.0.0.1:5082": "AX"}
@@ -208,6 +214,7 @@ def test_probing_mode_0_probes_a_flagged_destination_until_it_answers(clock, lin
 
 def test_the_list_has_kamailios_shape_with_counters(proxy, link, clock):
     proxy.dispatcher.start()
+    proxy.clock.advance(0)  # the first round goes out once the reactor runs
     clock.advance(0.004)
     answer_probes(proxy, link, A, B, BACKUP)
     proxy.receive(request(), CALLER)
@@ -240,6 +247,7 @@ def test_set_state_takes_kamailio_states_and_refuses_unknown_ones(proxy):
 def test_a_disabled_destination_is_neither_probed_nor_revived_by_probes(proxy, link):
     proxy.dispatcher.rpc_set_state("d", 1, "sip:127.0.0.1:5081")
     proxy.dispatcher.start()
+    proxy.clock.advance(0)  # the first round goes out once the reactor runs
     assert A not in {(d.host, d.port) for m, d in link.sent if m.method == "OPTIONS"}
 
 

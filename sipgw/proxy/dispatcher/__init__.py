@@ -198,6 +198,8 @@ class Dispatcher:
         self._calls: dict[str, tuple[Target, float]] = {}
         self._probe_ids = 0
         self.prober = Prober(clock, self.probe_all)
+        # Set by the service: notices ICMP unreachable for UDP destinations (icmp.py).
+        self.detector = None
 
     # -- the list ---------------------------------------------------------------------
 
@@ -227,6 +229,8 @@ class Dispatcher:
         self.sets = sets
         self.selectors = {s: SetSelector(self.settings.algorithm, self.rng) for s in sets}
         self._backends = {(t.address.host, t.address.port) for ts in sets.values() for t in ts}
+        if self.detector is not None:
+            self.detector.forget(self._backends)
         if self.settings.setid not in sets:
             log.warn("dispatcher: set {s} (used for requests) is not in {src}",
                      s=self.settings.setid, src=dlist.source)
@@ -331,6 +335,8 @@ class Dispatcher:
 
     def stop(self) -> None:
         self.prober.stop()
+        if self.detector is not None:
+            self.detector.close()
 
     def probe_all(self) -> None:
         mode = self.settings.probing_mode
@@ -355,6 +361,8 @@ class Dispatcher:
 
         self.send_request(req, target.address, timeout=self.settings.ping_timeout,
                           on_result=done)
+        if self.detector is not None:
+            self.detector.ping(target.address)
 
     def _probe_result(self, t: Target, status: int, local: bool, elapsed: float) -> None:
         if not any(t is x for x in self.sets.get(t.setid, ())):
@@ -385,6 +393,8 @@ class Dispatcher:
 
     def _request_failed(self, t: Target, *, transport: bool) -> None:
         """A relayed request got no answer (timeout) or could not be sent."""
+        if not self._revivable():
+            return
         before = t.flags
         if transport:
             t.unreachable()
@@ -397,11 +407,18 @@ class Dispatcher:
 
     def transport_error(self, host: str, port: int) -> None:
         """Sending to host:port failed (ICMP unreachable, refused connection)."""
+        if not self._revivable():
+            return
         for t in self.targets():
             if (t.address.host, t.address.port) == (host, port):
                 before = t.flags
                 t.unreachable()
                 self._changed(t, before, "transport error")
+
+    def _revivable(self) -> bool:
+        """Only probes bring a destination back: without them, relayed traffic must not
+        take one down (it would stay down until an operator's set_state)."""
+        return self.settings.ping_interval > 0 and self.send_request is not None
 
     def _changed(self, t: Target, before: int, why: str) -> None:
         old, new = flags_text(before), flags_text(t.flags)

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from sipgw.proxy.config import Config
 from sipgw.proxy.dispatcher import Dispatcher, Settings
 from sipgw.proxy.dispatcher.health import StatusCodes
+from sipgw.proxy.dispatcher.icmp import UnreachableDetector
 from sipgw.proxy.dispatcher.listfile import ListFileError, check_uri, from_destinations
 from sipgw.proxy.router import uri_destination
 from sipgw.proxy.transport import Destination, is_ip
@@ -56,6 +57,13 @@ def build_dispatcher(proxy, config: Config) -> Dispatcher:
         resolve=resolve_uri,
         send_request=proxy.relay.send_request,
     )
+
+    def unreachable(dest: Destination) -> None:
+        # Branches waiting on it fail over now; then it is marked down (if not already).
+        proxy.relay.transport_failed(dest.host, dest.port, dest.transport)
+        dispatcher.transport_error(dest.host, dest.port)
+
+    dispatcher.detector = UnreachableDetector(proxy.clock, unreachable)
     dispatcher.reload()
     return dispatcher
 

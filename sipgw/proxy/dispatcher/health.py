@@ -85,20 +85,25 @@ class Prober:
         self.probe_all = probe_all
         self.interval = 0.0
         self._loop: LoopingCall | None = None
+        self._first = None
 
     def start(self, interval: float) -> None:
-        """(Re)start at ``interval``; the first round goes out at once."""
-        if self._loop is not None and self._loop.running and interval == self.interval:
+        """(Re)start at ``interval``; the first round goes out as soon as the reactor
+        runs (the listeners are not sending yet while the service starts)."""
+        if self._loop is not None and interval == self.interval:
             return
         self.stop()
         self.interval = interval
         if interval <= 0:
             return
-        self._loop = LoopingCall(self.probe_all)
-        self._loop.clock = self.clock
-        self._loop.start(interval, now=True)
+        loop = self._loop = LoopingCall(self.probe_all)
+        loop.clock = self.clock
+        self._first = self.clock.callLater(0, loop.start, interval, now=True)
 
     def stop(self) -> None:
+        if self._first is not None and self._first.active():
+            self._first.cancel()
+        self._first = None
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
