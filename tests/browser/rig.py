@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import select
 import shutil
 import signal
 import subprocess
@@ -204,8 +205,9 @@ class BrowserRig:
                 process.wait(timeout)
         _kill_group(process.pid)
         if self.browser_pid is not None:
-            # playwright starts Chromium in a process group of its own.
-            _kill_group(self.browser_pid)
+            # playwright starts Chromium in a process group of its own. A signal is
+            # delivered after kill() returns: wait (bounded) until Chromium has exited.
+            _kill_group_and_wait(self.browser_pid, timeout)
         if self._reader is not None:
             self._reader.join(timeout)
         if self._tmp is not None:
@@ -352,6 +354,23 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _kill_group_and_wait(pid: int, timeout: float) -> bool:
+    """SIGKILL the group that ``pid`` leads and wait until ``pid`` has exited (a pidfd turns
+    readable then; opened first, so a reused pid cannot fool it). False if it outlived
+    ``timeout``."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        _kill_group(pid)
+        return True
+    try:
+        _kill_group(pid)
+        readable, _, _ = select.select([pidfd], [], [], timeout)
+        return bool(readable)
+    finally:
+        os.close(pidfd)
 
 
 class Page:
