@@ -640,7 +640,7 @@ class ControlConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MetricsConfig:
-    listen: Address | None = _key(_OptionalAddress(), "", 'host:port serving Prometheus /metrics, e.g. "127.0.0.1:9090" ("" = off)')  # noqa: E501
+    listen: Address | None = _key(_OptionalAddress(), "", 'host:port serving Prometheus /metrics, e.g. "127.0.0.1:9090" ("" = off)', in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

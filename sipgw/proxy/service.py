@@ -21,6 +21,7 @@ from sipgw.proxy.config import Config, ConfigError, LoadedConfig, load_config
 from sipgw.proxy.control import ControlServer, start_control
 from sipgw.proxy.core import Backend, Proxy
 from sipgw.proxy.dialogs import Dialogs
+from sipgw.proxy.metrics import start_metrics
 from sipgw.proxy.dispatcher.build import build_dispatcher, reconfigure_dispatcher, resolve_uri
 from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.stats import Stats
@@ -93,12 +94,16 @@ class ProxyService(service.Service):
                 self.ports.append(self.ws.listen(addr.host, addr.port))
         log.info("relaying to {uri}", uri=self.proxy.backend.uri)
         self.control = start_control(self)
+        self.metrics_port = start_metrics(self)
 
     def stopService(self):
         super().stopService()
         control, self.control = self.control, None
         if control is not None:
             control.stop()
+        metrics, self.metrics_port = getattr(self, "metrics_port", None), None
+        if metrics is not None:
+            metrics.stopListening()
         if self.proxy is not None and self.proxy.dispatcher is not None:
             self.proxy.dispatcher.stop()
         if self.stream is not None:

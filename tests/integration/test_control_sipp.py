@@ -159,3 +159,25 @@ def test_dialogs_are_active_from_the_200_to_the_bye_and_counted(
     values = json.loads(ctl(gw, "stats", "--json", "dialog:").stdout)
     assert values == {"dialog:active_dialogs": 0, "dialog:processed_dialogs": 1,
                       "dialog:expired_dialogs": 0}
+
+
+def test_prometheus_metrics_show_the_same_numbers_as_sipgw_stats(
+    sipp: SippRunner, sipgw: SipgwRunner, tmp_path: Path,
+):
+    import urllib.request
+
+    from tests.integration.sipp import free_port
+
+    port = free_port("tcp")
+    uas = sipp.uas("uas_call.xml", timeout=30, calls=1000)
+    gw = sipgw(backend=uas.address,
+               extra_toml=control_toml(tmp_path) + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    uac = sipp.uac("uac_call.xml", remote=gw.address, timeout=10, calls=2)
+    assert uac.wait(20) == 0, uac.describe()
+    stats = json.loads(ctl(gw, "stats", "--json", "core:fwd_requests", "dialog:").stdout)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    assert f"sipgw_core_fwd_requests_total {float(stats['core:fwd_requests'])}" in text
+    assert stats["core:fwd_requests"] == 6
+    assert "sipgw_dialog_processed_dialogs_total 2.0" in text
+    assert "sipgw_dialog_active_dialogs 0.0" in text

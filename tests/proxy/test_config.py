@@ -51,7 +51,7 @@ IN_EFFECT_NOW = {
     "dispatcher.retry_after",
     "listen.ws", "websocket.trusted_proxies", "websocket.allowed_origins",
     "websocket.keepalive_interval", "websocket.handshake_timeout",
-    "control.socket", "control.mode", "control.group",
+    "control.socket", "control.mode", "control.group", "metrics.listen",
 }  # fmt: skip
 
 
@@ -557,8 +557,8 @@ def test_the_keys_in_effect_are_exactly_those_the_foundation_uses():
 def test_keys_the_file_sets_that_are_not_in_effect_are_listed_even_at_their_default():
     loaded = load(
         """
-        [metrics]
-        listen = "127.0.0.1:9090"
+        [pike]
+        enabled = true
         [listen]
         ws = ["0.0.0.0:8080"]
         udp = ["0.0.0.0:5060"]
@@ -569,7 +569,7 @@ def test_keys_the_file_sets_that_are_not_in_effect_are_listed_even_at_their_defa
         algorithm = 4
         """
     )
-    assert loaded.not_in_effect == ["metrics.listen"]
+    assert loaded.not_in_effect == ["pike.enabled"]
     assert loaded.config.proxy.max_forwards == 20
 
 
