@@ -9,6 +9,7 @@ Probes run every 0.5 s with a 0.5 s timeout, so the tests take seconds, not minu
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import Counter
@@ -16,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.sipgw_process import SipgwProcess, SipgwRunner, UdpPeer, build_request
+from tests.integration.sipgw_process import (
+    SipgwProcess,
+    SipgwRunner,
+    UdpPeer,
+    build_request,
+    run_cli,
+)
 from tests.integration.sipp import SippProcess, SippRunner
 
 pytestmark = pytest.mark.integration
@@ -49,6 +56,7 @@ def pool(sipp: SippRunner, sipgw: SipgwRunner, tmp_path: Path, lines: str, *, al
     gw = sipgw(
         backend=backends[0].address,
         log_level="info",
+        extra_toml=f'[control]\nsocket = "{tmp_path}/sipgw.ctl"\n',
         dispatcher=(
             f'list_file = "{listfile}"\nalgorithm = {algorithm}\n'
             f"ping_interval = {PING_INTERVAL}\nping_timeout = {PING_TIMEOUT}\n"
@@ -81,6 +89,15 @@ def invites(backend: SippProcess) -> int:
     return len(received(backend))
 
 
+def dispatcher_list(gw: SipgwProcess) -> dict[str, dict]:
+    """``sipgw ctl dispatcher.list --json``: destination URI → its DEST record."""
+    done = run_cli("ctl", "-c", str(gw.config_path), "dispatcher.list", "--json")
+    assert done.returncode == 0, done.stderr
+    listing = json.loads(done.stdout)
+    return {t["DEST"]["URI"]: t["DEST"]
+            for record in listing["RECORDS"] for t in record["SET"]["TARGETS"]}
+
+
 def wait_state(gw: SipgwProcess, backend: SippProcess, old: str, new: str, *, after: int,
                timeout: float = 5.0) -> str:
     return gw.wait_for_log(rf"dispatcher: set 1 {re.escape(uri(backend))} {old} -> {new}",
@@ -96,6 +113,10 @@ def test_round_robin_splits_evenly_a_dead_member_is_skipped_and_the_backup_takes
     split = [invites(a), invites(b), invites(backup)]
     assert abs(split[0] - 500) <= 20 and abs(split[1] - 500) <= 20, split
     assert split[2] == 0, "the backup takes nothing while the primaries are up"
+    listed = dispatcher_list(gw)  # what an operator sees, through the control socket
+    assert [listed[uri(x)]["FLAGS"] for x in (a, b, backup)] == ["AP", "AP", "AP"]
+    assert [listed[uri(x)]["STATS"]["REQUESTS"] for x in (a, b, backup)] == split
+    assert [listed[uri(x)]["PRIORITY"] for x in (a, b, backup)] == [10, 10, 0]
 
     # One primary dies while calls keep coming. It goes IP within ping_interval x
     # threshold (the keepalive of the next probe round meets ICMP port unreachable), the
@@ -139,6 +160,7 @@ def test_round_robin_splits_evenly_a_dead_member_is_skipped_and_the_backup_takes
     mark = len(gw.log_text())
     backup.stop()
     wait_state(gw, backup, "AP", "IP", after=mark)
+    assert {d["FLAGS"] for d in dispatcher_list(gw).values()} == {"IP"}
     with UdpPeer(gw.address) as caller:
         caller.send(build_request("INVITE", f"sip:service@{gw.address}", peer=caller,
                                   call_id="none-left@test", branch="z9hG4bK-none-left"))

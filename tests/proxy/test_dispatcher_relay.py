@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from twisted.internet.task import Clock
 
 from sipgw.proxy.core import Backend, Proxy
 from sipgw.proxy.dispatcher import Dispatcher, Settings, StatusCodes
@@ -15,7 +14,12 @@ from sipgw.proxy.dispatcher.listfile import parse_list
 from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.transport import Destination, Source
 from sipgw.rpc.registry import RpcError, methods_of
+from tests.proxy import test_relay
 from tests.proxy.test_relay import CALLER, Link, reply_from_backend, request
+
+# test_relay's fixtures: the same Clock and the same fake link.
+clock = test_relay.clock
+link = test_relay.link
 
 A = ("127.0.0.1", 5081)
 B = ("127.0.0.1", 5082)
@@ -27,16 +31,6 @@ LIST = ("1 sip:127.0.0.1:5081 0 10\n1 sip:127.0.0.1:5082 0 10\n"
 def src(hostport) -> Source:
     return Source(transport="udp", host=hostport[0], port=hostport[1], local_host="127.0.0.1",
                   local_port=5060)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def link() -> Link:
-    return Link()
 
 
 def build(clock, link, text: str = LIST, **settings) -> Proxy:
