@@ -16,7 +16,8 @@
 // uncaught errors ("console", "pageerror").
 //
 // Ops: open, close, eval, library, fill, click, text, value, wait_text, inbound_bytes,
-// wait_inbound, screenshot, quit. Environment: CHROMIUM (default /usr/bin/chromium).
+// wait_inbound, screenshot, quit. Environment: CHROMIUM (default /usr/bin/chromium),
+// RIG_IGNORE_CERTIFICATE_ERRORS=1 (accept any TLS certificate: self-signed WSS in tests).
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -37,6 +38,9 @@ const CHROMIUM_FLAGS = [
   '--use-fake-device-for-media-stream',
   '--autoplay-policy=no-user-gesture-required',
 ];
+
+// WSS and HTTPS tests against a self-signed certificate: for this test profile only.
+if (process.env.RIG_IGNORE_CERTIFICATE_ERRORS === '1') CHROMIUM_FLAGS.push('--ignore-certificate-errors');
 
 function send(message) {
   process.stdout.write(JSON.stringify(message) + '\n');

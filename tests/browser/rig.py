@@ -25,7 +25,9 @@ import queue
 import select
 import shutil
 import signal
+import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -63,6 +65,42 @@ class RigError(Exception):
 
 def missing_setup_outputs() -> list[Path]:
     return [path for path in SETUP_OUTPUTS if not path.is_file()]
+
+
+def self_signed_certificate(directory: Path, host: str = LOOPBACK) -> tuple[Path, Path]:
+    """A throwaway certificate for ``host`` (an IP address or a name), valid for a day:
+    ``(cert.pem, key.pem)`` in ``directory``. For WSS and HTTPS in tests, with a
+    ``BrowserRig(ignore_certificate_errors=True)``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    try:
+        alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        alt = x509.DNSName(host)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
 
 
 # --- the pages -------------------------------------------------------------------------
@@ -103,17 +141,34 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class PageServer:
-    """The pages over HTTP on ``http://127.0.0.1:PORT`` (a free port), from a daemon thread."""
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
 
-    def __init__(self) -> None:
-        self._httpd = ThreadingHTTPServer((LOOPBACK, 0), _Handler)
-        self._httpd.daemon_threads = True
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A browser that refuses our certificate, or drops a connection: not news.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
+class PageServer:
+    """The pages over HTTP on ``http://127.0.0.1:PORT`` (a free port), from a daemon thread;
+    over HTTPS with ``tls=(certificate_file, key_file)``."""
+
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        self._httpd = _Server((LOOPBACK, 0), _Handler)
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            # The handshake in the request's thread: a silent client must not stall accept().
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True,
+                                                     do_handshake_on_connect=False)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="rig-pages", daemon=True)
 
     @property
     def base_url(self) -> str:
-        return f"http://{LOOPBACK}:{self._httpd.server_address[1]}"
+        return f"{self.scheme}://{LOOPBACK}:{self._httpd.server_address[1]}"
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -148,8 +203,11 @@ class BrowserRig:
     profile. ``timeout`` bounds every request unless a call gives its own.
     """
 
-    def __init__(self, workdir: Path, *, chromium: str = CHROMIUM, node: str = "node", timeout: float = 15.0):
+    def __init__(self, workdir: Path, *, chromium: str = CHROMIUM, node: str = "node", timeout: float = 15.0,
+                 ignore_certificate_errors: bool = False):
         self.workdir = workdir
+        # For WSS (and HTTPS pages) with a test certificate: Chromium accepts any.
+        self.ignore_certificate_errors = ignore_certificate_errors
         self.chromium = chromium
         self.node = shutil.which(node) or node
         self.timeout = timeout
@@ -174,7 +232,8 @@ class BrowserRig:
         # a unix socket there: a short path of our own (a socket path has 107 bytes at most,
         # pytest's tmp_path can be longer), removed by close().
         self._tmp = Path(tempfile.mkdtemp(prefix="sipgw-rig-"))
-        env = dict(os.environ, CHROMIUM=self.chromium, TMPDIR=str(self._tmp))
+        env = dict(os.environ, CHROMIUM=self.chromium, TMPDIR=str(self._tmp),
+                   RIG_IGNORE_CERTIFICATE_ERRORS="1" if self.ignore_certificate_errors else "0")
         with open(self.workdir / "driver.log", "wb") as log:
             self._process = subprocess.Popen(
                 [self.node, str(DRIVER)], cwd=HERE, env=env,

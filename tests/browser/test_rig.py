@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser.kamailio_process import KamailioProcess, KamailioRunner
-from tests.browser.rig import BrowserRig, Page, PageServer, RigError
+from tests.browser.rig import BrowserRig, Page, PageServer, RigError, self_signed_certificate
 
 pytestmark = pytest.mark.integration
 
@@ -148,6 +148,21 @@ def test_the_phone_page_says_plainly_when_the_jssip_bundle_is_missing(
     status = phone.wait_text("#status", "JsSIP library (vendor/jssip.js) is missing")
     assert "./scripts/setup" in status
     assert "./scripts/setup" in phone.text("#missing")
+
+
+def test_a_rig_told_to_ignore_certificate_errors_opens_a_self_signed_https_page_and_others_refuse_it(
+    tmp_path: Path, browser_setup: None
+) -> None:
+    server = PageServer(tls=self_signed_certificate(tmp_path / "tls")).start()
+    url = server.url("/pages/jssip.html")
+    try:
+        with BrowserRig(tmp_path / "trusting", ignore_certificate_errors=True) as trusting:
+            assert trusting.open("page", url).library().startswith("JsSIP ")
+        with BrowserRig(tmp_path / "strict") as strict:
+            with pytest.raises(RigError, match="ERR_CERT"):
+                strict.open("page", url)
+    finally:
+        server.stop()
 
 
 def test_closing_the_rig_leaves_no_chromium_running(tmp_path: Path, browser_setup: None, pages: PageServer) -> None:
