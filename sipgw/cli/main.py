@@ -13,6 +13,7 @@ from sipgw.cli.log import log
 from sipgw.cli.serve import serve
 from sipgw.cli.users import users
 from sipgw.cli.stats import stats
+from sipgw.cli.top import top
 from sipgw.cli.trace import trace
 
 
@@ -30,6 +31,7 @@ cli.add_command(ctl)
 cli.add_command(stats)
 cli.add_command(log)
 cli.add_command(trace)
+cli.add_command(top)
 
 
 def main(argv: list[str] | None = None) -> None:

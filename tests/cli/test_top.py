@@ -1,0 +1,58 @@
+"""``sipgw top``: rates from successive rounds, every panel rendered, --json per round,
+and a proxy that goes away shown as such, not as a crash."""
+
+from __future__ import annotations
+
+import json
+
+from tests.cli.test_ctl import DISPATCHER_LIST
+
+
+def serve_growing(control):
+    counts = {"n": 0}
+
+    def fetch(params):
+        counts["n"] += 1
+        return {"core.rcv_requests": 10 * counts["n"], "core.rcv_replies": 4 * counts["n"],
+                "tm.inuse_transactions": 2, "auth.authorized": 5, "auth.failed": 1,
+                "websocket.ws_current_connections": 3, "dialog.processed_dialogs": 9}
+
+    control.answers["system.listMethods"] = ["stats.fetch", "dlg.stats_active",
+                                             "dispatcher.list", "auth.bans"]
+    control.answers["stats.fetch"] = fetch
+    control.answers["dlg.stats_active"] = {"ongoing": 4, "all": 4}
+    control.answers["dispatcher.list"] = DISPATCHER_LIST
+    control.answers["auth.bans"] = {"BANS": [{"NAME": "5009@example.com", "EXPIRES": 30}]}
+
+
+def test_json_prints_one_object_per_round_with_rates_from_the_previous_round(run, control):
+    serve_growing(control)
+    code, out, err = run("top", "-c", str(control.config), "--json", "-n", "2",
+                         "--interval", "0.1")
+    assert code == 0, err
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first["rates"]["requests/s"] == 0.0
+    assert second["rates"]["requests/s"] > 0
+    assert second["dialogs"]["all"] == 4
+    assert second["dispatcher"][1] == {"set": 1, "uri": "sip:10.0.0.6:5060", "flags": "IP",
+                                       "avg_ms": 0.0, "timeouts": 3}
+
+
+def test_the_dashboard_shows_traffic_connections_auth_dialogs_and_destinations(run, control):
+    serve_growing(control)
+    code, out, err = run("top", "-c", str(control.config), "-n", "1")
+    assert code == 0, err
+    for text in ("traffic", "requests/s", "transactions", "websocket now", "authorized",
+                 "bans", "dialogs", "active", "sip:10.0.0.5:5060", "AP", "IP"):
+        assert text in out, text
+
+
+def test_a_proxy_that_is_not_there_is_shown_and_top_keeps_going(run, tmp_path):
+    config = tmp_path / "sipgw.toml"
+    config.write_text(f'[control]\nsocket = "{tmp_path}/none.ctl"\n'
+                      f'[state]\ndirectory = "{tmp_path}"\n')
+    code, out, _ = run("top", "-c", str(config), "-n", "2", "--interval", "0.1")
+    assert code == 0
+    assert "proxy unreachable" in out
+    code, out, _ = run("top", "-c", str(config), "--json", "-n", "1")
+    assert "unreachable" in json.loads(out)

@@ -1,0 +1,80 @@
+"""``sipgw top`` in a real terminal (tmux), against a real sipgw: it draws, and its numbers
+move when traffic arrives."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.sipgw_process import SipgwRunner, UdpPeer, build_request
+
+pytestmark = pytest.mark.integration
+
+
+class Tmux:
+    """One detached tmux server of its own (-L), 140x45, killed at the end."""
+
+    def __init__(self, name: str) -> None:
+        self.tmux = shutil.which("tmux")
+        assert self.tmux, "tmux is not installed (Debian package tmux): run ./scripts/setup"
+        self.name = name
+
+    def run(self, *args: str) -> str:
+        return subprocess.run([self.tmux, "-L", self.name, *args], capture_output=True,
+                              text=True, timeout=10).stdout
+
+    def start(self, command: list[str]) -> None:
+        env = " ".join(f"{k}={v}" for k, v in (("PYTHONPATH", os.environ.get("PYTHONPATH", "")),))
+        self.run("new-session", "-d", "-x", "140", "-y", "45", "-s", "top",
+                 f"env {env} TERM=xterm-256color " + " ".join(command))
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "top")
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.screen()
+            if predicate(text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"tmux screen never matched:\n{text}")
+            time.sleep(0.1)  # between looks of a bounded poll of the screen
+
+    def kill(self) -> None:
+        self.run("kill-server")
+
+
+def requests_count(screen: str) -> int | None:
+    match = re.search(r"│ requests\s+(\d+)", screen)
+    return int(match.group(1)) if match else None
+
+
+def test_top_draws_in_a_terminal_and_its_numbers_follow_the_traffic(
+    sipgw: SipgwRunner, tmp_path: Path,
+):
+    gw = sipgw(backend="127.0.0.1:9", extra_toml=f'[control]\nsocket = "{tmp_path}/c.ctl"\n')
+    tmux = Tmux(f"sipgw-top-{os.getpid()}")
+    try:
+        tmux.start([sys.executable, "-m", "sipgw", "top", "-c", str(gw.config_path),
+                    "--interval", "0.3"])
+        screen = tmux.wait_for(lambda s: requests_count(s) is not None)
+        for panel in ("traffic", "transactions", "auth", "dialogs", "dispatcher"):
+            assert panel in screen
+        before = requests_count(screen)
+        with UdpPeer(gw.address) as peer:
+            for n in range(5):
+                peer.send(build_request("OPTIONS", f"sip:{gw.address}", peer=peer,
+                                        call_id=f"top-{n}", branch=f"z9hG4bK-top-{n}"))
+                peer.expect("200")
+        screen = tmux.wait_for(lambda s: (requests_count(s) or 0) >= before + 5)
+        assert re.search(r"requests/s\s+[1-9]", screen) or requests_count(screen) >= before + 5
+    finally:
+        tmux.kill()
