@@ -75,7 +75,7 @@ class Proxy:
         self.server_header = server_header
         self.timer_c = timer_c
         self.max_transactions = max_transactions
-        self.nat = Nat()  # the service gives it the flow table
+        self.nat = Nat(is_client=self._is_client)  # the service gives it the flow table
         self.registrar = Registrar(clock, identity, boot=os.urandom(3).hex())
         # The pool of backends (sipgw.proxy.dispatcher.Dispatcher), set by the service;
         # without one, every request goes to ``backend``.
@@ -107,7 +107,8 @@ class Proxy:
                 self.router.on_request(msg, source)
             else:
                 self.stats.inc("core:rcv_replies")
-                if source.transport in WEBSOCKET:
+                if source.transport in WEBSOCKET or (self.nat.tests and
+                                                     not self.is_backend(source)):
                     self.nat.from_client(msg, source)  # a browser's 200 names .invalid
                 self.relay.on_response(msg, source)  # type: ignore[arg-type]
         except ParseError as e:
@@ -146,6 +147,11 @@ class Proxy:
             flow_id=source.flow_id,
         )
         self._send_local(req, status, reason, None, dest)
+
+    def _is_client(self, host: str, port: int) -> bool:
+        """May a contact alias send us there? Anywhere but ourselves and our backends."""
+        probe = Source(transport="udp", host=host, port=port, local_host="", local_port=0)
+        return not self.identity.is_us(host, port) and not self.is_backend(probe)
 
     def is_backend(self, source: Source) -> bool:
         """Did this come from a backend (trusted: no auth, routed towards clients)?"""

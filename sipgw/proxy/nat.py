@@ -1,14 +1,16 @@
 """NATDETECT and the way back to clients: Kamailio's force_rport, nat_uac_test,
 add_contact_alias and handle_ruri_alias, on top of the pure rules in ``sipgw.sip.nat``.
 
-Today they apply to WebSocket clients, which are always behind a NAT (a browser's Contact
-names ``something.invalid``): their requests and replies get ``received``/``rport`` on the
-top Via and the alias on every Contact, so a backend that later sends a request to that
-Contact reaches the right connection. UDP and TCP clients are left as they are, which keeps
-the UDP message path free of the extra parsing.
+WebSocket clients are always behind a NAT (a browser's Contact names ``x.invalid``);
+other clients are tested with ``proxy.nat_uac_test`` (Kamailio's default 19). A NATed
+client's requests and replies get ``received``/``rport`` on the top Via and the alias on
+every Contact, so a backend that later sends a request to that Contact reaches the right
+connection (or, over UDP, the right public address and port).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from twisted.logger import Logger
 
@@ -16,7 +18,7 @@ from sipgw.proxy.transport import RELIABLE, Destination, FlowTable, Source
 from sipgw.sip.address import parse_address_list, STAR
 from sipgw.sip.errors import ParseError
 from sipgw.sip.message import Message, Request
-from sipgw.sip.nat import DEFAULT_TESTS, NatTest, add_alias, nat_uac_test, needs_alias, take_alias
+from sipgw.sip.nat import NatTest, add_alias, nat_uac_test, needs_alias, take_alias
 from sipgw.sip.uri import SipURI
 
 log = Logger(namespace="sipgw.nat")
@@ -35,9 +37,15 @@ class FlowGone(Exception):
 
 
 class Nat:
-    def __init__(self, flows: FlowTable | None = None, tests: NatTest = DEFAULT_TESTS) -> None:
+    def __init__(
+        self,
+        flows: FlowTable | None = None,
+        tests: NatTest = NatTest(19),
+        is_client: Callable[[str, int], bool] = lambda host, port: False,
+    ) -> None:
         self.flows = flows
-        self.tests = tests
+        self.tests = tests  # for UDP/TCP/TLS clients; WebSocket adds its own test
+        self.is_client = is_client
 
     # -- from clients -------------------------------------------------------------------
 
@@ -46,8 +54,9 @@ class Nat:
         contacts = msg.headers("contact")
         uri = _first_contact_uri(contacts)
         via = msg.top_via
+        tests = self.tests | NatTest.WEBSOCKET if source.transport in WEBSOCKET else self.tests
         found = nat_uac_test(
-            self.tests,
+            tests,
             source_host=source.host, source_port=source.port,
             source_transport=source.transport,
             via_host=via.host.strip("[]"), via_port=via.port,
@@ -68,7 +77,7 @@ class Nat:
 
         The alias is removed from the Request-URI. A malformed one raises ``ParseError``
         (400); one naming a closed connection raises ``FlowGone``; one naming an address
-        that is not a connected client is not followed.
+        that is not a client (ourselves, a backend) is not followed.
         """
         if "alias=" not in req.uri:
             return target
@@ -80,10 +89,12 @@ class Nat:
         assert alias is not None
         host, port, transport = alias
         if transport not in RELIABLE:
-            # We alias only connection-oriented clients; a UDP alias was not written by
-            # us and following it would let anyone steer our requests anywhere.
-            log.info("alias to udp:{h}:{p} not followed", h=host, p=port)
-            return target
+            # Over UDP there is no flow to check; never let an alias turn us towards
+            # ourselves or a backend (a client could otherwise reach it as if trusted).
+            if not self.is_client(host, port):
+                log.info("alias to udp:{h}:{p} is not a client; not followed", h=host, p=port)
+                return target
+            return Destination(transport="udp", host=host, port=port)
         flow = self.flows.find(transport, host, port) if self.flows is not None else None
         if flow is None:
             raise FlowGone(transport, host, port)

@@ -48,8 +48,9 @@ class Router:
         ruri = self._reqinit(req, source)
         if ruri is None:
             return
-        if source.transport in WEBSOCKET:
-            self.proxy.nat.from_client(req, source)  # NATDETECT: browsers are always NATed
+        nat = self.proxy.nat
+        if source.transport in WEBSOCKET or (nat.tests and not self.proxy.is_backend(source)):
+            nat.from_client(req, source)  # NATDETECT (browsers are always NATed)
         if method == "CANCEL":
             self._call_ended(req)
             self.relay.cancel(req, source)

@@ -29,6 +29,7 @@ from sipgw.proxy.transport import Destination, FlowTable, Source, is_ip
 from sipgw.proxy.transport.stream import StreamTransport
 from sipgw.proxy.transport.udp import UdpListener
 from sipgw.proxy.transport.ws import WsSettings, WsTransport
+from sipgw.sip.nat import NatTest
 from sipgw.sip.parser import Limits
 from sipgw.sip.timers import TimerConfig
 
@@ -243,6 +244,7 @@ def _apply(proxy: Proxy, config: Config) -> None:
     proxy.max_forwards = config.proxy.max_forwards
     proxy.record_route = config.proxy.record_route
     proxy.server_header = config.proxy.server_header
+    proxy.nat.tests = NatTest(config.proxy.nat_uac_test)
     proxy.max_transactions = config.limits.max_transactions
     proxy.limits = Limits(
         max_message_size=config.limits.max_message_size,

@@ -516,7 +516,12 @@ def test_malformed_datagrams_get_an_error_or_no_reply_and_sipgw_goes_on_relaying
     # A short timer B: whatever sipgw relays to the (silent) backend here stops being
     # retransmitted within a second, before the SIPp backend takes the port.
     with UdpPeer(port=backend_port) as sink:
-        gw = sipgw(backend=f"{LOOPBACK}:{backend_port}", extra_toml="[timers]\ntimer_b = 1.0\n")
+        # NAT fixes off: the torture messages' Vias name hosts other than their source;
+        # with force_rport their replies (100, then 408 at timer B) reach the peers, the
+        # collection below waits for them, and by then the silent backend's timeout has
+        # marked it inactive (dispatcher.probing_threshold 1). NAT has its own tests.
+        gw = sipgw(backend=f"{LOOPBACK}:{backend_port}",
+                   extra_toml="[timers]\ntimer_b = 1.0\n[proxy]\nnat_uac_test = 0\n")
         peers = [UdpPeer(gw.address) for _ in range(len(torture) + 10 + 200)]
         try:
             inputs: list[tuple[str, bytes]] = list(torture)

@@ -50,7 +50,7 @@ IN_EFFECT_NOW = {
     "dispatcher.ping_reply_codes", "dispatcher.failover_codes", "dispatcher.max_failover",
     "dispatcher.retry_after",
     "listen.ws", "websocket.trusted_proxies", "websocket.allowed_origins",
-    "websocket.keepalive_interval", "websocket.handshake_timeout",
+    "websocket.keepalive_interval", "websocket.handshake_timeout", "proxy.nat_uac_test",
     "control.socket", "control.mode", "control.group", "metrics.listen",
 }  # fmt: skip
 

@@ -92,11 +92,11 @@ def reply(req, status: int, reason: str, extra: str = "") -> bytes:
     return ("\r\n".join(lines) + "\r\n" + extra + "Content-Length: 0\r\n\r\n").encode()
 
 
-def backend_bye(ruri: str, routes: list[str]) -> bytes:
+def backend_bye(ruri: str, routes: list[str], branch: str = "z9hG4bKuas1") -> bytes:
     route = "".join(f"Route: {r}\r\n" for r in routes)
     return (
         f"BYE {ruri} SIP/2.0\r\n"
-        "Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKuas1\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5080;branch={branch}\r\n"
         f"{route}"
         "From: <sip:5002@example.com>;tag=uas1\r\n"
         "To: \"5001\" <sip:5001@example.com>;tag=hyh8\r\n"
@@ -158,12 +158,60 @@ def test_a_malformed_alias_gets_400(proxy, link):
     assert resp.status == 400 and "alias" in resp.reason
 
 
-def test_an_alias_to_a_udp_address_is_not_followed(proxy, link):
-    proxy.receive(backend_bye("sip:k@198.51.100.9:5070;alias=203.0.113.1~5060~1",
+def test_a_udp_alias_is_followed_to_a_client_but_never_to_a_backend_or_to_us(proxy, link):
+    proxy.receive(backend_bye("sip:k@10.0.0.9:5070;alias=203.0.113.1~5062~1",
                               [UDP_RR, WS_RR]), BACKEND_SRC)
     (out, dest), = link.take()
-    assert (dest.host, dest.port) == ("198.51.100.9", 5070)
-    assert "alias" not in out.uri
+    assert (dest.transport, dest.host, dest.port) == ("udp", "203.0.113.1", 5062)
+    assert out.uri == "sip:k@10.0.0.9:5070"
+    for alias in ("127.0.0.1~5080~1", "127.0.0.1~5060~1"):  # the backend, ourselves
+        proxy.receive(backend_bye(f"sip:k@198.51.100.9:5070;alias={alias}",
+                                  [UDP_RR, WS_RR], branch=f"z9hG4bK{alias}"), BACKEND_SRC)
+        (out, dest), = link.take()
+        assert (dest.host, dest.port) == ("198.51.100.9", 5070)
+        assert "alias" not in out.uri
+
+
+UDP_NATED = Source(transport="udp", host="203.0.113.1", port=5062, local_host="127.0.0.1",
+                   local_port=5060)
+
+
+def phone_invite(via: str, contact: str) -> bytes:
+    return (
+        "INVITE sip:5002@example.com SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {via};branch=z9hG4bKphone1;rport\r\n"
+        "From: <sip:5003@example.com>;tag=ph1\r\nTo: <sip:5002@example.com>\r\n"
+        "Call-ID: phone-1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+        f"Contact: <sip:5003@{contact}>\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_a_udp_phone_behind_nat_gets_received_rport_and_the_alias(proxy, link):
+    proxy.receive(phone_invite("192.168.1.20:5060", "192.168.1.20:5060"), UDP_NATED)
+    invite = next(m for m, d in link.take() if getattr(m, "method", None) == "INVITE")
+    assert invite.headers("via")[1] == (
+        "SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bKphone1;rport=5062;received=203.0.113.1")
+    assert invite.header("contact") == "<sip:5003@192.168.1.20:5060;alias=203.0.113.1~5062~1>"
+    assert invite.values("record-route") == ["<sip:127.0.0.1:5060;lr>"]  # no transport change
+
+
+def test_a_udp_phone_that_is_not_natted_is_relayed_untouched(proxy, link):
+    proxy.receive(phone_invite("203.0.113.1:5062", "203.0.113.1:5062"), UDP_NATED)
+    invite = next(m for m, d in link.take() if getattr(m, "method", None) == "INVITE")
+    assert invite.headers("via")[1] == "SIP/2.0/UDP 203.0.113.1:5062;branch=z9hG4bKphone1;rport"
+    assert invite.header("contact") == "<sip:5003@203.0.113.1:5062>"
+
+
+def test_nat_tests_set_to_zero_leave_udp_phones_alone_but_not_browsers(proxy, link):
+    from sipgw.sip.nat import NatTest
+
+    proxy.nat.tests = NatTest(0)
+    proxy.receive(phone_invite("192.168.1.20:5060", "192.168.1.20:5060"), UDP_NATED)
+    invite = next(m for m, d in link.take() if getattr(m, "method", None) == "INVITE")
+    assert "alias" not in invite.header("contact")
+    proxy.receive(browser_invite(), WS)
+    invite = next(m for m, d in link.take() if getattr(m, "method", None) == "INVITE")
+    assert ALIAS in invite.header("contact")
 
 
 def test_a_browsers_answer_to_the_backend_gets_the_alias_on_its_contact(proxy, link):
