@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
-from sipgw.proxy.dispatcher.algorithms import SUPPORTED, Keys, SetSelector
+from sipgw.proxy.dispatcher.algorithms import HASHED, SUPPORTED, Keys, SetSelector
 from sipgw.proxy.dispatcher.health import (
     Prober,
     StatusCodes,
@@ -95,8 +95,11 @@ class Settings:
                              f"(supported: {', '.join(map(str, sorted(SUPPORTED)))})")
 
 
-def request_keys(req: Request) -> Keys:
-    """What the hash algorithms read; a header that does not parse hashes as empty."""
+def request_keys(req: Request, algorithm: int) -> Keys:
+    """What ``algorithm`` reads from the request (the hashes' headers are parsed only for
+    them); a header that does not parse hashes as empty."""
+    if algorithm not in HASHED:
+        return Keys(method=req.method, call_id=req.header("call-id") or "")
 
     def uri_of(name: str) -> str:
         value = req.header(name)
@@ -198,6 +201,7 @@ class Dispatcher:
         self._calls: dict[str, tuple[Target, float]] = {}
         self._probe_ids = 0
         self.prober = Prober(clock, self.probe_all)
+        self._running = False  # probing, between start() and stop()
         # Set by the service: notices ICMP unreachable for UDP destinations (icmp.py).
         self.detector = None
 
@@ -250,7 +254,7 @@ class Dispatcher:
             self.inline = inline
         if algorithm_changed:
             self.selectors = {s: SetSelector(settings.algorithm, self.rng) for s in self.sets}
-        if self.prober.interval:
+        if self._running:
             self.prober.start(settings.ping_interval)
 
     def reload(self) -> None:
@@ -280,11 +284,12 @@ class Dispatcher:
         targets = self.sets.get(setid)
         if not targets:
             return []
-        return self.selectors[setid].order(targets, keys or request_keys(request))
+        return self.selectors[setid].order(
+            targets, keys or request_keys(request, self.settings.algorithm))
 
     def begin(self, request: Request) -> Attempt | None:
         """DISPATCH: an attempt for ``request``, or None (count it; the caller says 503)."""
-        keys = request_keys(request)
+        keys = request_keys(request, self.settings.algorithm)
         order = self._order(request, keys)
         if not order:
             self.stats.inc("dispatcher:no_destination")
@@ -331,9 +336,11 @@ class Dispatcher:
     # -- health -----------------------------------------------------------------------
 
     def start(self) -> None:
+        self._running = True
         self.prober.start(self.settings.ping_interval)
 
     def stop(self) -> None:
+        self._running = False
         self.prober.stop()
         if self.detector is not None:
             self.detector.close()
