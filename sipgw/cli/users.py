@@ -58,6 +58,22 @@ class _Session:
         except ValueError as e:
             app.fail(f"subscribers.url: {e}", EXIT_USAGE)
 
+        click.get_current_context().call_on_close(self.close)
+
+    def close(self) -> None:
+        """Disconnect; a reactor started for a network store is shut down, so that its
+        thread pool does not keep the process alive."""
+        from twisted.internet import reactor
+
+        if not reactor.running:
+            return
+        self.store.close()
+        reactor.stop()
+        for _ in range(100):  # bounded: the shutdown triggers need a few iterations
+            if not reactor.running:
+                break
+            reactor.iterate(0.01)
+
     def domain(self, given: str | None) -> str:
         domain = (given or self.config.auth.realm).lower()
         if not domain:

@@ -127,8 +127,10 @@ class RedisStore:
         return result
 
     def _translate(self, failure):
-        if failure.check(defer.TimeoutError, defer.CancelledError, txredisapi.ConnectionError):
-            raise StoreUnavailable(f"{self.address}: {failure.getErrorMessage() or 'timeout'}")
+        if failure.check(defer.TimeoutError, defer.CancelledError):
+            raise StoreUnavailable(f"{self.address}: no answer (not reachable, or too slow)")
+        if failure.check(txredisapi.ConnectionError):
+            raise StoreUnavailable(f"{self.address}: {failure.getErrorMessage()}")
         if failure.check(StoreError):
             return failure
         raise StoreError(f"{self.address}: {failure.getErrorMessage()}")

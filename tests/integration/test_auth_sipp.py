@@ -1,0 +1,274 @@
+"""Digest authentication as users run it: ``sipgw users`` provisions, real SIPp phones
+authenticate through a real sipgw to a SIPp backend, on SQLite and on a real redis-server;
+Redis stopped and restarted under the proxy; Debian's sipvicious against it; a replay.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sipgw.sip import digest
+from sipgw.store import make_subscriber
+from tests.helpers.digest_client import authorization, challenges
+from tests.helpers.redis_server import RedisServer
+from tests.integration.sipgw_process import (
+    SipgwProcess,
+    UdpPeer,
+    build_request,
+    build_response,
+)
+from tests.integration.sipp import SippRunner
+
+pytestmark = pytest.mark.integration
+
+REALM = "sipgw.test"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def auth_toml(url: str, **auth: str) -> str:
+    extra = "".join(f"{k} = {v}\n" for k, v in auth.items())
+    return (f'[subscribers]\nurl = "{url}"\n\n[auth]\nrealm = "{REALM}"\n{extra}\n'
+            f"[timers]\nt1 = 0.1\n")
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path}/state/subscribers.db"
+        return
+    server = RedisServer(tmp_path / "redis").start()
+    yield server.url
+    server.stop()
+
+
+def users(gw: SipgwProcess, *args: str, password: str | None = None) -> subprocess.CompletedProcess:
+    """``sipgw users ARGS -c <the proxy's own config file>``."""
+    return subprocess.run(
+        [sys.executable, "-m", "sipgw", "users", *args, "-c", str(gw.config_path)],
+        input=None if password is None else password + "\n",
+        capture_output=True, text=True, timeout=20,
+        env={k: v for k, v in os.environ.items() if k != "SIPGW_CONFIG"},
+    )
+
+
+def add_user(gw: SipgwProcess, user: str, password: str) -> None:
+    done = users(gw, "add", user, "--password-stdin", password=password)
+    assert done.returncode == 0, done.stderr
+
+
+def credentials_file(path: Path, user: str, password: str) -> Path:
+    path.write_text(f"SEQUENTIAL\n{user};{REALM};"
+                    f"[authentication username={user} password={password}]\n")
+    return path
+
+
+def start_gw(sipgw, backend: str, url: str, **auth: str) -> SipgwProcess:
+    return sipgw(backend=backend, auth=True, extra_toml=auth_toml(url, **auth))
+
+
+# --- SIPp phones on both stores --------------------------------------------------------
+
+
+def test_a_user_added_with_the_cli_registers_and_calls_with_digest_and_a_wrong_password_fails(
+    sipgw, sipp: SippRunner, store_url: str, tmp_path: Path
+):
+    registrar = sipp.uas("uas_register", calls=1)
+    gw = start_gw(sipgw, registrar.address, store_url)
+    add_user(gw, "5001", "s3cret")
+
+    phone = sipp.uac("uac_register_auth", remote=gw.address,
+                     inf=credentials_file(tmp_path / "good.csv", "5001", "s3cret"))
+    assert phone.wait() == 0, phone.describe()
+    assert registrar.wait() == 0, registrar.describe()
+    [register] = [m for m in registrar.messages()
+                  if m.direction == "received" and m.method == "REGISTER"]
+    assert register.header("Authorization") is None  # consumed by sipgw
+
+    callee = sipp.uas("uas_call", calls=1)
+    gw_call = start_gw(sipgw, callee.address, store_url)
+    caller = sipp.uac("uac_call_auth", remote=gw_call.address, service="5002",
+                      inf=credentials_file(tmp_path / "call.csv", "5001", "s3cret"))
+    assert caller.wait() == 0, caller.describe()
+    assert callee.wait() == 0, callee.describe()
+
+    intruder = sipp.uac("uac_register_auth", remote=gw.address, timeout=3,
+                        inf=credentials_file(tmp_path / "bad.csv", "5001", "guess"))
+    assert intruder.wait() != 0
+    assert intruder.stats().successful == 0
+    statuses = [m.status for m in intruder.messages() if m.direction == "received"]
+    assert statuses[:2] == [401, 401]
+
+
+# --- Redis goes away and comes back ------------------------------------------------------
+
+
+class Phone:
+    """A hand-driven UDP phone for user ``raw`` (the harness's From user)."""
+
+    def __init__(self, gw: SipgwProcess) -> None:
+        self.gw = gw
+        self.peer = UdpPeer(gw.address)
+        self.n = 0
+
+    def register(self, auth: str | None = None, *, branch: str | None = None) -> bytes:
+        self.n += 1
+        headers = [f"Authorization: {auth}"] if auth else []
+        data = build_request(
+            "REGISTER", f"sip:{self.gw.address}", peer=self.peer, call_id="reg-raw",
+            branch=branch or f"z9hG4bKraw{self.n}", cseq=self.n, headers=headers,
+            to=f"<sip:raw@{self.gw.address}>",
+        )
+        self.peer.send(data)
+        return data
+
+    def challenge(self):
+        self.register()
+        return self.peer.expect("401")
+
+    def credentials(self, challenge, password: str = "pw", nc: int = 1) -> str:
+        ch = challenges(challenge, "WWW-Authenticate")[0]
+        return authorization(username="raw", password=password, realm=REALM,
+                             nonce=ch.params["nonce"], method="REGISTER",
+                             uri=f"sip:{self.gw.address}", nc=nc)
+
+    def close(self) -> None:
+        self.peer.close()
+
+
+def store_raw_user(redis: RedisServer) -> None:
+    sub = make_subscriber("raw", REALM, "pw")
+    redis.cli("HSET", "subscriber:raw", *[x for kv in sub.as_fields().items() for x in kv])
+
+
+def test_redis_stopped_gives_prompt_503_and_auth_works_again_within_2s_of_its_restart(
+    sipgw, redis: RedisServer
+):
+    backend = UdpPeer()
+    gw = start_gw(sipgw, backend.address, redis.url)
+    store_raw_user(redis)
+    phone = Phone(gw)
+    try:
+        phone.register(phone.credentials(phone.challenge()))
+        backend.expect("REGISTER")
+
+        redis.stop()
+        started = time.monotonic()
+        phone.register(phone.credentials(phone.challenge()))
+        refused = phone.peer.expect("503", timeout=2.0)
+        assert time.monotonic() - started < 1.0
+        assert refused.header("Retry-After") == "5"
+        gw.wait_ready()  # still alive and answering
+
+        redis.start()
+        restarted = time.monotonic()
+        store_raw_user(redis)  # no persistence: the data comes back with the test
+        while True:
+            phone.register(phone.credentials(phone.challenge()))
+            if backend.receive(0.1) is not None:
+                break
+            assert time.monotonic() - restarted < 2.0, gw.describe()
+    finally:
+        phone.close()
+        backend.close()
+
+
+# --- replay ------------------------------------------------------------------------------
+
+
+def test_a_replayed_authorized_register_with_the_same_nonce_and_nc_is_refused(
+    sipgw, tmp_path: Path
+):
+    backend = UdpPeer()
+    gw = start_gw(sipgw, backend.address, f"sqlite://{tmp_path}/subs.db")
+    add_user(gw, "raw", "pw")
+    phone = Phone(gw)
+    try:
+        creds = phone.credentials(phone.challenge(), nc=1)
+        captured = phone.register(creds, branch="z9hG4bKcaptured")
+        relayed = backend.expect("REGISTER")
+        backend.send(build_response(relayed, 200, "OK", to_tag="reg"), gw.address)
+        phone.peer.expect("200")
+        # The same bytes again are a retransmission: absorbed, nothing new relayed.
+        phone.peer.send(captured)
+        # Sent again as a new request (new branch), same nonce and nc: refused.
+        phone.register(creds, branch="z9hG4bKreplayed")
+        phone.peer.expect("401")
+        assert backend.collect(0.5) == []
+        # The honest phone's next request on the same nonce counts up: accepted.
+        phone.register(phone.credentials(phone.challenge(), nc=1))
+        backend.expect("REGISTER")
+    finally:
+        phone.close()
+        backend.close()
+
+
+# --- sipvicious -------------------------------------------------------------------------
+
+
+def sipvicious(tool: str, *args: str, home: Path, limit: float = 30.0) -> str:
+    """Run a sipvicious tool; its output. One that keeps going (svcrack retries forever
+    once it only gets 403s) is stopped after ``limit`` seconds."""
+    home.mkdir(exist_ok=True)
+    process = subprocess.Popen([tool, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={**os.environ, "HOME": str(home)},
+                               stdin=subprocess.DEVNULL)
+    try:
+        out, _ = process.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        out, _ = process.communicate(timeout=5)
+    return out
+
+
+def test_svwar_cannot_tell_existing_extensions_from_missing_ones(sipgw, tmp_path: Path):
+    backend = UdpPeer()
+    gw = start_gw(sipgw, backend.address, f"sqlite://{tmp_path}/subs.db")
+    for user in ("5001", "5003", "5007"):
+        add_user(gw, user, "pw")
+    try:
+        for method in ("REGISTER", "INVITE"):
+            out = sipvicious("svwar", "--force", "-m", method, "-e", "5000-5009", "-p",
+                             str(gw.port), "-b", "127.0.0.1", "127.0.0.1", home=tmp_path / "sv")
+            assert "found nothing" in out, out
+            assert not any(user in out for user in ("| 5001", "| 5003", "| 5007")), out
+        assert backend.collect(0.2) == []
+    finally:
+        backend.close()
+
+
+def test_svcrack_is_banned_after_three_guesses_and_never_finds_the_password(
+    sipgw, tmp_path: Path
+):
+    backend = UdpPeer()
+    gw = start_gw(sipgw, backend.address, f"sqlite://{tmp_path}/subs.db")
+    add_user(gw, "raw", "pw")
+    words = tmp_path / "words.txt"
+    words.write_text("one\ntwo\nthree\nfour\npw\nsix\n")  # the right one comes fifth
+    phone = Phone(gw)
+    try:
+        out = sipvicious("svcrack", "-u", "raw", "-d", str(words), "-p", str(gw.port),
+                         "-b", "127.0.0.1", "127.0.0.1", home=tmp_path / "sv", limit=5)
+        assert "| pw" not in out and "found" not in out.lower(), out
+        assert "unknown response" in out  # the 403s of the ban
+        assert len([line for line in gw.log_text().splitlines()
+                    if "auth: failed for raw@" in line]) == 3
+        # Banned now: the user gets 403 before any challenge, whoever asks.
+        phone.register()
+        phone.peer.expect("403")
+        assert backend.collect(0.2) == []
+    finally:
+        phone.close()
+        backend.close()
