@@ -13,6 +13,8 @@ from sipgw.cli.log import log
 from sipgw.cli.serve import serve
 from sipgw.cli.users import users
 from sipgw.cli.stats import stats
+from sipgw.cli.doctor import doctor
+from sipgw.cli.tools import tools
 from sipgw.cli.top import top
 from sipgw.cli.trace import trace
 
@@ -32,6 +34,8 @@ cli.add_command(stats)
 cli.add_command(log)
 cli.add_command(trace)
 cli.add_command(top)
+cli.add_command(doctor)
+cli.add_command(tools)
 
 
 def main(argv: list[str] | None = None) -> None:

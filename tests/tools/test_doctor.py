@@ -1,0 +1,105 @@
+"""sipgw doctor's checks without a proxy: each problem named, with its fix."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from sipgw.tools.doctor import FAIL, PASS, WARN, Doctor, exit_code
+from sipgw.tools.options import NoAnswer, build_options, ping
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "sipgw.toml"
+    path.write_text(text + f'\n[control]\nsocket = "{tmp_path}/none.ctl"\n'
+                           f'[state]\ndirectory = "{tmp_path}"\n')
+    return str(path)
+
+
+def by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def test_a_bad_config_is_the_one_failure_reported_with_file_and_line(tmp_path):
+    path = tmp_path / "sipgw.toml"
+    path.write_text("[proxy]\nmax_forwards = 0\n")
+    (check,) = list(Doctor(str(path)).run())
+    assert (check.name, check.status) == ("config", FAIL)
+    assert f"{path}:2: proxy.max_forwards" in check.detail
+    assert "sipgw serve --check" in check.fix
+
+
+def test_no_proxy_backend_down_and_ws_port_closed_are_each_named(tmp_path):
+    port, ws, backend = closed_port(), closed_port(), closed_port()
+    path = write(tmp_path, f'[listen]\nudp = []\ntcp = ["127.0.0.1:{port}"]\n'
+                           f'ws = ["127.0.0.1:{ws}"]\n'
+                           f'[dispatcher]\ndestinations = ["sip:127.0.0.1:{backend};transport=tcp"]')
+    checks = list(Doctor(path, timeout=0.5).run())
+    found = by_name(checks)
+    assert found["config"].status == PASS
+    assert found["control socket"].status == FAIL
+    assert "systemctl start sipgw" in found["control socket"].fix
+    assert found[f"listener tcp:127.0.0.1:{port}"].status == FAIL
+    ws_check = found[f"websocket ws:127.0.0.1:{ws}"]
+    assert ws_check.status == FAIL and "connection refused" in ws_check.detail
+    down = found[f"backend sip:127.0.0.1:{backend};transport=tcp"]
+    assert down.status == FAIL and "connection refused" in down.detail
+    assert "Asterisk" in down.fix
+    assert exit_code(checks) == 1
+
+
+def test_a_shared_redis_store_without_a_nonce_secret_is_a_warning(tmp_path):
+    path = write(tmp_path, '[subscribers]\nurl = "redis://127.0.0.1:6379/2"\n'
+                           '[listen]\nudp = []\ntcp = []\nws = ["127.0.0.1:1"]\n'
+                           '[dispatcher]\ndestinations = ["sip:127.0.0.1:1;transport=tcp"]')
+    checks = by_name(Doctor(path, timeout=0.2).run())
+    assert checks["nonce secret"].status == WARN
+    assert "auth.nonce_secret" in checks["nonce secret"].fix
+
+
+def test_options_ping_reads_the_final_answer_and_its_latency_over_udp():
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer():
+        data, peer = server.recvfrom(65535)
+        head = data.decode().split("\r\n")
+        via = next(line for line in head if line.startswith("Via:"))
+        for status in ("100 Trying", "404 Not Here"):
+            server.sendto(f"SIP/2.0 {status}\r\n{via}\r\nServer: fake\r\n"
+                          "Content-Length: 0\r\n\r\n".encode(), peer)
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        pong = ping(f"sip:127.0.0.1:{port}", timeout=2)
+    finally:
+        thread.join(5)
+        server.close()
+    assert (pong.status, pong.reason, pong.server) == (404, "Not Here", "fake")
+    assert pong.latency_ms >= 0
+
+
+def test_options_ping_to_nothing_says_so_within_its_timeout():
+    try:
+        ping(f"sip:127.0.0.1:{closed_port()};transport=tcp", timeout=0.5)
+    except NoAnswer as e:
+        assert "connection refused" in e.why
+    else:
+        raise AssertionError("no NoAnswer")
+
+
+def test_the_options_request_is_well_formed_sip():
+    from sipgw.sip.parser import parse_message
+
+    req = parse_message(build_options("sip:10.0.0.5:5060", "udp", ("192.0.2.1", 5062),
+                                      "abc123def456", "x@doctor"))
+    assert req.method == "OPTIONS" and req.call_id == "x@doctor"
+    assert req.top_via.branch == "z9hG4bKabc123def456"
