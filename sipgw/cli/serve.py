@@ -7,6 +7,8 @@ import click
 from sipgw.cli.app import EXIT_FAILED, EXIT_OK, EXIT_USAGE, App, pass_app
 from sipgw.cli.options import config_option
 from sipgw.proxy.config import ConfigError, config_path_from_env, load_config
+from sipgw.proxy.dispatcher.build import check_destinations
+from sipgw.proxy.dispatcher.listfile import ListFileError
 
 
 @click.command()
@@ -18,9 +20,12 @@ def serve(app: App, config_path: str | None, check: bool) -> None:
     path = config_path_from_env(config_path)
     try:
         loaded = load_config(path)
-    except ConfigError as e:
+        warnings = check_destinations(loaded.config)
+    except (ConfigError, ListFileError) as e:
         app.fail(str(e), EXIT_USAGE)
     if check:
+        for warning in warnings:
+            app.err.print(warning)
         where = loaded.path or "embedded default config"
         app.err.print(f"{where}: OK")
         for key in loaded.not_in_effect:
@@ -65,6 +70,14 @@ def _run(loaded) -> int:
         except CannotListenError as e:
             log.critical("cannot listen on {iface}:{port}: {err}", iface=e.interface or "*",
                          port=e.port, err=e.socketError)
+            status["code"] = EXIT_FAILED
+            reactor.stop()
+        except ListFileError as e:  # the list changed since it was checked
+            log.critical("{err}", err=e)
+            status["code"] = EXIT_FAILED
+            reactor.stop()
+        except ConfigError as e:  # e.g. a certificate that is missing or does not match
+            log.critical("cannot start: {err}", err=e)
             status["code"] = EXIT_FAILED
             reactor.stop()
 

@@ -14,7 +14,12 @@ from sipgw.proxy.config import Config
 from sipgw.proxy.dispatcher import Dispatcher, Settings
 from sipgw.proxy.dispatcher.health import StatusCodes
 from sipgw.proxy.dispatcher.icmp import UnreachableDetector
-from sipgw.proxy.dispatcher.listfile import ListFileError, check_uri, from_destinations
+from sipgw.proxy.dispatcher.listfile import (
+    ListFileError,
+    check_uri,
+    from_destinations,
+    load_list,
+)
 from sipgw.proxy.router import uri_destination
 from sipgw.proxy.transport import Destination, is_ip
 
@@ -78,3 +83,16 @@ def reconfigure_dispatcher(dispatcher: Dispatcher, config: Config) -> None:
         dispatcher.reload()
     except ListFileError as e:
         log.error("dispatcher reload refused, keeping the running list: {err}", err=e)
+
+
+def check_destinations(config: Config) -> list[str]:
+    """``sipgw serve`` (and ``--check``) before anything starts: the list file parses and
+    every destination resolves; its warnings. Raises ListFileError naming file and line."""
+    d = config.dispatcher
+    dlist = load_list(d.list_file) if d.list_file else from_destinations(d.destinations, d.setid)
+    for entry in dlist.entries:
+        try:
+            resolve_uri(entry.uri)
+        except ValueError as e:
+            raise ListFileError(f"{entry.uri}: {e}", path=dlist.source, line=entry.line) from None
+    return list(dlist.warnings)
