@@ -144,6 +144,8 @@ def main() -> None:
         config.write_text(
             f'[listen]\nudp = ["127.0.0.1:{proxy_port}"]\ntcp = []\nws = []\n'
             f'[dispatcher]\ndestinations = ["sip:127.0.0.1:{uas_port}"]\n'
+            # The SIPp backend does not answer OPTIONS: probes would take it out of service.
+            f"ping_interval = 0\n"
             f'[log]\nlevel = "warning"\n'
         )
         cmd = [sys.executable]

@@ -14,6 +14,7 @@ Kamailio's shapes (DESIGN.md §6). Every state change is logged once, as
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from collections.abc import Callable, Iterable
@@ -96,38 +97,53 @@ class Settings:
 
 
 def request_keys(req: Request, algorithm: int) -> Keys:
-    """What ``algorithm`` reads from the request (the hashes' headers are parsed only for
-    them); a header that does not parse hashes as empty."""
-    if algorithm not in HASHED:
-        return Keys(method=req.method, call_id=req.header("call-id") or "")
+    """What ``algorithm`` reads from the request: only the header its hash needs is parsed;
+    a header that does not parse hashes as empty (or as written)."""
+    keys = Keys(method=req.method, call_id=req.header("call-id") or "")
+    field = HASHED.get(algorithm)
+    if field is None or field == "call_id":
+        return keys
+    return dataclasses.replace(keys, **{field: _KEY_READERS[field](req)})
 
-    def uri_of(name: str) -> str:
-        value = req.header(name)
-        if not value:
-            return ""
-        try:
-            uri = parse_name_addr(value).uri
-        except ParseError:
-            return value
-        user = getattr(uri, "user", None)
-        host = getattr(uri, "host", "")
-        return f"{user}@{host}" if user else str(host or uri)
 
-    auth_user = ""
+def _uri_key(req: Request, name: str) -> str:
+    """user@host of the From or To URI (Kamailio hashes those two parts)."""
+    value = req.header(name)
+    if not value:
+        return ""
+    try:
+        uri = parse_name_addr(value).uri
+    except ParseError:
+        return value
+    user = getattr(uri, "user", None)
+    host = getattr(uri, "host", "")
+    return f"{user}@{host}" if user else str(host or uri)
+
+
+def _auth_user(req: Request) -> str:
     for name in ("proxy-authorization", "authorization"):
         value = req.header(name)
         if value:
             try:
-                auth_user = parse_credentials(value).username or ""
+                return parse_credentials(value).username or ""
             except ParseError:
-                pass
-            break
+                return ""
+    return ""
+
+
+def _ruri_user(req: Request) -> str:
     try:
-        ruri_user = getattr(req.parsed_uri(), "user", None) or ""
+        return getattr(req.parsed_uri(), "user", None) or ""
     except ParseError:
-        ruri_user = ""
-    return Keys(method=req.method, call_id=req.header("call-id") or "", from_uri=uri_of("from"),
-                to_uri=uri_of("to"), ruri_user=ruri_user, auth_user=auth_user)
+        return ""
+
+
+_KEY_READERS = {
+    "from_uri": lambda req: _uri_key(req, "from"),
+    "to_uri": lambda req: _uri_key(req, "to"),
+    "ruri_user": _ruri_user,
+    "auth_user": _auth_user,
+}
 
 
 class Attempt:
