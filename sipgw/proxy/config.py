@@ -534,18 +534,18 @@ def _section(help: str) -> Any:
 class ListenConfig:
     udp: tuple[Address, ...] = _key(_ADDRESSES, ["0.0.0.0:5060"], 'SIP over UDP: a list of "host:port" ([] = off; IPv6 as "[::1]:5060")', in_effect=True)  # noqa: E501
     tcp: tuple[Address, ...] = _key(_ADDRESSES, ["0.0.0.0:5060"], 'SIP over TCP: a list of "host:port" ([] = off)', in_effect=True)  # noqa: E501
-    tls: tuple[Address, ...] = _key(_ADDRESSES, [], 'SIP over TLS, e.g. ["0.0.0.0:5061"]; needs tls.certificate')  # noqa: E501
+    tls: tuple[Address, ...] = _key(_ADDRESSES, [], 'SIP over TLS, e.g. ["0.0.0.0:5061"]; needs tls.certificate', in_effect=True)  # noqa: E501
     ws: tuple[Address, ...] = _key(_ADDRESSES, ["0.0.0.0:8080"], "SIP over WebSocket for browsers (direct, or behind nginx)", in_effect=True)  # noqa: E501
-    wss: tuple[Address, ...] = _key(_ADDRESSES, [], 'SIP over secure WebSocket, e.g. ["0.0.0.0:8443"]; needs tls.certificate')  # noqa: E501
+    wss: tuple[Address, ...] = _key(_ADDRESSES, [], 'SIP over secure WebSocket, e.g. ["0.0.0.0:8443"]; needs tls.certificate', in_effect=True)  # noqa: E501
     advertise: Advertise | None = _key(_OptionalAddress(port_optional=True), "", 'host[:port] sipgw writes in Via/Record-Route/Path when behind NAT ("" = the listening address)', in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsConfig:
-    certificate: str = _key(_String(), "", "PEM file with the certificate chain for listen.tls and listen.wss")  # noqa: E501
-    private_key: str = _key(_String(), "", 'PEM file with the private key ("" = in the certificate file)')  # noqa: E501
-    min_version: str = _key(_String(_tls_version), "1.2", 'oldest TLS version accepted: "1.2" or "1.3"')  # noqa: E501
-    ciphers: str = _key(_String(), "", 'OpenSSL cipher string ("" = a safe default)')
+    certificate: str = _key(_String(), "", "PEM file with the certificate chain for listen.tls and listen.wss", in_effect=True)  # noqa: E501
+    private_key: str = _key(_String(), "", 'PEM file with the private key ("" = in the certificate file)', in_effect=True)  # noqa: E501
+    min_version: str = _key(_String(_tls_version), "1.2", 'oldest TLS version accepted: "1.2" or "1.3"', in_effect=True)  # noqa: E501
+    ciphers: str = _key(_String(), "", 'OpenSSL cipher string ("" = a safe default)', in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

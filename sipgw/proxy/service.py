@@ -28,6 +28,7 @@ from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import Destination, FlowTable, Source, is_ip
 from sipgw.proxy.transport.stream import StreamTransport
 from sipgw.proxy.transport.udp import UdpListener
+from sipgw.proxy.transport.tls import ServerTls, TlsSettings, TlsTransport
 from sipgw.proxy.transport.ws import WsSettings, WsTransport
 from sipgw.sip.nat import NatTest
 from sipgw.sip.parser import Limits
@@ -52,6 +53,8 @@ class ProxyService(service.Service):
         self.proxy: Proxy | None = None
         self.stream: StreamTransport | None = None
         self.ws: WsTransport | None = None
+        self.tls: ServerTls | None = None  # certificate for the tls and wss listeners
+        self.tls_stream: TlsTransport | None = None
         self._resolved: dict[str, str] = {}
         self.control: ControlServer | None = None
         self.trace_out = None  # set by the tracer while somebody listens (sipgw trace)
@@ -63,6 +66,9 @@ class ProxyService(service.Service):
         config = self.loaded.config
         for key in self.loaded.not_in_effect:
             log.warn("{key}: not in effect yet (set in {path})", key=key, path=self.loaded.path)
+        if config.listen.tls or config.listen.wss:
+            # Before any listener opens: a bad certificate is a start-up error (TlsError).
+            self.tls = ServerTls(_tls_settings(config))
         self.proxy = self._build_proxy(config)
         self.proxy.nat.flows = self.flows
         self.proxy.registrar.flows = self.flows
@@ -85,7 +91,15 @@ class ProxyService(service.Service):
         for addr in config.listen.tcp:
             self.ports.append(self.stream.listen(addr.host, addr.port))
             log.info("listening on tcp:{host}:{port}", host=addr.host, port=addr.port)
-        if config.listen.ws:
+        if config.listen.tls:
+            self.tls_stream = TlsTransport(
+                self.reactor, self.reactor, self.flows, self.proxy.receive,
+                limits=self.proxy.limits, idle_timeout=config.limits.tcp_idle_timeout,
+                on_send_failed=self._send_failed, refuse=self.proxy.refuse,
+            )
+            for addr in config.listen.tls:
+                self.ports.append(self.tls_stream.listen_tls(addr.host, addr.port, self.tls))
+        if config.listen.ws or config.listen.wss:
             self.ws = WsTransport(self.reactor, self.reactor, self.flows, self.proxy.receive,
                                   self.stats, _ws_settings(config),
                                   on_closed=self.proxy.registrar.flow_closed)
@@ -93,6 +107,8 @@ class ProxyService(service.Service):
             self.ws.flows_of = self.proxy.registrar.flows_of
             for addr in config.listen.ws:
                 self.ports.append(self.ws.listen(addr.host, addr.port))
+            for addr in config.listen.wss:
+                self.ports.append(self.ws.listen(addr.host, addr.port, tls=self.tls))
         log.info("relaying to {uri}", uri=self.proxy.backend.uri)
         self.control = start_control(self)
         self.metrics_port = start_metrics(self)
@@ -111,6 +127,8 @@ class ProxyService(service.Service):
             self.stream.close_all()
         if self.ws is not None:
             self.ws.close_all()
+        if self.tls_stream is not None:
+            self.tls_stream.close_all()
         if self.proxy is not None and self.proxy.auth is not None:
             self.proxy.auth.store.close()
         ports, self.ports = self.ports, []
@@ -167,6 +185,9 @@ class ProxyService(service.Service):
         reconfigure_dispatcher(self.proxy.dispatcher, new.config)
         if self.ws is not None:
             self.ws.reconfigure(_ws_settings(new.config))
+        if self.tls is not None:
+            # New connections get the re-read certificate; live ones keep theirs.
+            self.tls.reload(_tls_settings(new.config))
         for key in new.not_in_effect:
             log.warn("{key}: not in effect yet", key=key)
         log.info("reloaded {path}", path=path)
@@ -198,6 +219,8 @@ class ProxyService(service.Service):
                 self._send_failed(host, dest.port, "udp")
         elif dest.transport == "tcp" and self.stream is not None:
             self.stream.send(data, host, dest.port, dest.flow_id)
+        elif dest.transport == "tls" and self.tls_stream is not None:
+            self.tls_stream.send(data, host, dest.port, dest.flow_id)
         else:
             log.warn("cannot send to {t}:{h}:{p}: transport not available",
                      t=dest.transport, h=host, p=dest.port)
@@ -254,6 +277,12 @@ def _apply(proxy: Proxy, config: Config) -> None:
     sipgw_log.set_level(config.log.level)
 
 
+def _tls_settings(config: Config) -> TlsSettings:
+    t = config.tls
+    return TlsSettings(certificate=t.certificate, private_key=t.private_key,
+                       min_version=t.min_version, ciphers=t.ciphers)
+
+
 def _ws_settings(config: Config) -> WsSettings:
     w = config.websocket
     return WsSettings(
@@ -286,7 +315,7 @@ def _primary_address(toward: str) -> str:
 def _listeners(config: Config, backend_host: str) -> list[Listener]:
     adv = config.listen.advertise
     out: list[Listener] = []
-    for transport in ("udp", "tcp", "ws"):
+    for transport in ("udp", "tcp", "ws", "tls", "wss"):
         for addr in getattr(config.listen, transport):
             host = addr.host
             port = addr.port
@@ -304,7 +333,8 @@ def _aliases(config: Config) -> set[str]:
     aliases = {a.lower() for a in config.proxy.aliases}
     wildcard = any(
         addr.host in WILDCARDS
-        for addr in (*config.listen.udp, *config.listen.tcp, *config.listen.ws)
+        for addr in (*config.listen.udp, *config.listen.tcp, *config.listen.ws,
+                     *config.listen.tls, *config.listen.wss)
     )
     if wildcard:
         # Bound to every address: any of ours names us.

@@ -8,6 +8,7 @@ deadline; pings from sipgw are answered with pongs.
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 
 from tests.helpers import wsframes as wf
@@ -19,10 +20,13 @@ class WsPeer(_Peer):
 
     transport = "ws"
 
-    def __init__(self, remote: str, *, path: str = "/", timeout: float = 3.0, **handshake):
+    def __init__(self, remote: str, *, path: str = "/", timeout: float = 3.0,
+                 tls: ssl.SSLContext | None = None, **handshake):
         super().__init__()
         host, port = remote.rsplit(":", 1)
         self.socket = socket.create_connection((host, int(port)), timeout=timeout)
+        if tls is not None:  # WSS
+            self.socket = tls.wrap_socket(self.socket, server_hostname="localhost")
         self.port = self.socket.getsockname()[1]
         self.reader = wf.FrameReader()
         self.closed: wf.Frame | None = None  # the close frame sipgw sent, if any
@@ -49,7 +53,7 @@ class WsPeer(_Peer):
         self.socket.settimeout(max(timeout, 0.001))
         try:
             data = self.socket.recv(65536)
-        except (TimeoutError, BlockingIOError):
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
             return []
         if not data:
             return []

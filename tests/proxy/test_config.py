@@ -51,6 +51,8 @@ IN_EFFECT_NOW = {
     "dispatcher.retry_after",
     "listen.ws", "websocket.trusted_proxies", "websocket.allowed_origins",
     "websocket.keepalive_interval", "websocket.handshake_timeout", "proxy.nat_uac_test",
+    "listen.tls", "listen.wss", "tls.certificate", "tls.private_key", "tls.min_version",
+    "tls.ciphers",
     "control.socket", "control.mode", "control.group", "metrics.listen",
 }  # fmt: skip
 

@@ -1,0 +1,149 @@
+"""TLS for the tls (SIP over TLS) and wss listeners, with pyOpenSSL.
+
+One ``ServerTls`` holds the context every new connection gets: certificate chain and key
+from ``[tls]``, TLS 1.2 or newer (``tls.min_version``), the cipher string (``tls.ciphers``,
+or a safe default). ``reload`` (SIGHUP) reads the files again and swaps the context: live
+connections keep the one they were made with, new ones get the new certificate. A file that
+is missing, unreadable or does not match its key is a ``TlsError`` naming the file and the
+key, at start-up (sipgw refuses to start) and at reload (the running certificate is kept).
+
+SIP over TLS connections are ``StreamConnection`` flows (``stream.py``) named "tls".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+from twisted.internet import protocol
+from twisted.logger import Logger
+
+from sipgw.proxy.config import ConfigError
+from sipgw.proxy.transport.stream import StreamConnection, StreamTransport
+
+log = Logger(namespace="sipgw.tls")
+
+# Mozilla's "intermediate" list: forward secrecy and AEAD ciphers only (TLS 1.2);
+# TLS 1.3 suites are OpenSSL's defaults and not affected by this string.
+DEFAULT_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
+)
+_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+
+
+class TlsError(ConfigError):
+    """A certificate, key or TLS setting sipgw cannot use."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSettings:
+    certificate: str
+    private_key: str = ""  # "" = in the certificate file
+    min_version: str = "1.2"
+    ciphers: str = ""
+
+
+def _read(path: str, key: str) -> bytes:
+    if not path:
+        raise TlsError("is not set (listen.tls and listen.wss need it)", key=key)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TlsError(f"cannot read {path}: {e.strerror or e}", key=key) from None
+
+
+def build_context(settings: TlsSettings) -> SSL.Context:
+    """A server context from the settings; ``TlsError`` names what is wrong."""
+    chain_pem = _read(settings.certificate, "tls.certificate")
+    key_path = settings.private_key or settings.certificate
+    key_pem = _read(key_path, "tls.private_key" if settings.private_key else "tls.certificate")
+    try:
+        certs = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError:
+        raise TlsError(f"{settings.certificate}: no PEM certificate in it",
+                       key="tls.certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise TlsError(f"{key_path}: no PEM private key in it (or it is encrypted)",
+                       key="tls.private_key") from None
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(_VERSIONS[settings.min_version])
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    try:
+        ctx.set_cipher_list((settings.ciphers or DEFAULT_CIPHERS).encode())
+    except SSL.Error:
+        raise TlsError(f"no usable cipher in {settings.ciphers!r}", key="tls.ciphers") from None
+    ctx.use_certificate(certs[0])
+    for cert in certs[1:]:
+        ctx.add_extra_chain_cert(cert)
+    try:
+        ctx.use_privatekey(key)
+        ctx.check_privatekey()
+    except SSL.Error:
+        raise TlsError(f"{key_path} is not the key of {settings.certificate}",
+                       key="tls.private_key") from None
+    return ctx
+
+
+class ServerTls:
+    """The context factory Twisted's listenSSL asks on every new connection."""
+
+    def __init__(self, settings: TlsSettings) -> None:
+        self.settings = settings
+        self._context = build_context(settings)
+
+    def getContext(self) -> SSL.Context:
+        return self._context
+
+    def reload(self, settings: TlsSettings) -> bool:
+        """Read the files again; on error keep the running context and say why."""
+        try:
+            context = build_context(settings)
+        except TlsError as e:
+            log.error("tls reload refused, keeping the running certificate: {err}", err=e)
+            return False
+        self.settings = settings
+        self._context = context
+        log.info("tls: certificate {path} loaded", path=settings.certificate)
+        return True
+
+
+class TlsConnection(StreamConnection):
+    transport_name = "tls"
+
+
+class _TlsServerFactory(protocol.ServerFactory):
+    def __init__(self, stack: "TlsTransport") -> None:
+        self.stack = stack
+
+    def buildProtocol(self, addr) -> TlsConnection:
+        return TlsConnection(self.stack, outbound=False)
+
+
+class TlsTransport(StreamTransport):
+    """SIP over TLS listeners; replies and requests go down the client's connection.
+
+    sipgw does not open TLS connections itself (its backends are reached over UDP or
+    TCP): a message for a TLS client without an open flow fails that branch.
+    """
+
+    transport_name = "tls"
+
+    def listen_tls(self, host: str, port: int, tls: ServerTls):
+        listening = self.reactor.listenSSL(port, _TlsServerFactory(self), tls, interface=host)
+        log.info("listening on tls:{host}:{port}", host=host, port=port)
+        return listening
+
+    def send(self, data: bytes, host: str, port: int, flow_id: int | None) -> None:
+        flow = self.flows.get(flow_id) or self.flows.find(self.transport_name, host, port)
+        if flow is not None:
+            flow.send(data)
+        elif self.on_send_failed is not None:
+            self.on_send_failed(host, port, self.transport_name)

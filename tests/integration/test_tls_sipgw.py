@@ -1,0 +1,151 @@
+"""SIP over TLS and secure WebSocket through a real sipgw, with a CA made at test time:
+handshakes, TLS 1.2 as the floor, a clear start-up error for a missing certificate, and
+SIGHUP swapping the certificate without dropping live connections."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.certs import CertAuthority
+from tests.integration.sipgw_process import SipgwProcess, TcpPeer, build_request
+from tests.integration.sipp import LOOPBACK, SippRunner, free_port
+from tests.integration.wspeer import WsPeer
+
+pytestmark = pytest.mark.integration
+
+
+class TlsSipgw(SipgwProcess):
+    """The test sipgw with tls and wss listeners and a [tls] section."""
+
+    def __init__(self, workdir: Path, *, chain: Path, key: Path, min_version: str = "1.2",
+                 **options) -> None:
+        super().__init__(workdir, **options)
+        self.min_version = min_version
+        self.tls_port = free_port("tcp")
+        self.wss_port = free_port("tcp")
+        self.chain, self.key = chain, key
+
+    def config_text(self, **kw) -> str:
+        text = super().config_text(**kw).replace(
+            "ws = []\n",
+            f'ws = []\ntls = ["{LOOPBACK}:{self.tls_port}"]\nwss = ["{LOOPBACK}:{self.wss_port}"]\n',
+            1)
+        return text + (f'\n[tls]\ncertificate = "{self.chain}"\nprivate_key = "{self.key}"\n'
+                       f'min_version = "{self.min_version}"\n')
+
+
+class TlsPeer(TcpPeer):
+    transport = "tls"
+
+    def __init__(self, remote: str, context: ssl.SSLContext) -> None:
+        super().__init__(remote)
+        self.socket = context.wrap_socket(self.socket, server_hostname="localhost")
+
+    def _read(self, timeout: float) -> list[bytes]:
+        try:
+            return super()._read(timeout)
+        except ssl.SSLWantReadError:
+            return []
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CertAuthority:
+    return CertAuthority(tmp_path / "ca")
+
+
+@pytest.fixture
+def client_tls(ca: CertAuthority) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca.root_path))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+@pytest.fixture
+def tls_sipgw(tmp_path: Path, ca: CertAuthority, sipp: SippRunner) -> Iterator[TlsSipgw]:
+    uas = sipp.uas("uas_options.xml", transport="udp", timeout=20)
+    chain, key, _ = ca.issue("one")
+    gw = TlsSipgw(tmp_path / "sipgw-tls", chain=chain, key=key, backend=uas.address)
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+def options(peer, uri: str, n: int) -> bytes:
+    return build_request("OPTIONS", uri, peer=peer, call_id=f"tls-{n}@test",
+                         branch=f"z9hG4bKtls{n}-{time.monotonic_ns()}", cseq=n)
+
+
+def served_serial(port: int, context: ssl.SSLContext) -> int:
+    import socket
+
+    from cryptography import x509
+
+    with socket.create_connection((LOOPBACK, port), timeout=3) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as s:
+            return x509.load_der_x509_certificate(s.getpeercert(binary_form=True)).serial_number
+
+
+def test_sip_over_tls_and_wss_answer_with_the_configured_chain(tls_sipgw, client_tls):
+    gw = tls_sipgw
+    with TlsPeer(f"{LOOPBACK}:{gw.tls_port}", client_tls) as peer:
+        peer.send(options(peer, f"sip:{LOOPBACK}:{gw.tls_port};transport=tls", 1))
+        assert peer.expect("200", timeout=5).header("Call-ID") == "tls-1@test"
+    with WsPeer(f"{LOOPBACK}:{gw.wss_port}", tls=client_tls) as ws:
+        assert ws.status == 101
+        ws.send(options(ws, f"sip:{LOOPBACK}:{gw.wss_port};transport=ws", 2))
+        assert ws.expect("200", timeout=5).header("Call-ID") == "tls-2@test"
+
+
+def test_a_client_below_tls_min_version_is_refused_by_sipgw(tmp_path, ca, client_tls, sipp):
+    uas = sipp.uas("uas_options.xml", transport="udp", timeout=20)
+    chain, key, serial = ca.issue("strict")
+    gw = TlsSipgw(tmp_path / "strict", chain=chain, key=key, min_version="1.3",
+                  backend=uas.address)
+    with gw:
+        assert served_serial(gw.tls_port, client_tls) == serial  # TLS 1.3 is fine
+        old = ssl.create_default_context(cafile=str(ca.root_path))
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(ssl.SSLError):
+            served_serial(gw.tls_port, old)
+
+
+def test_sighup_serves_a_new_certificate_without_dropping_live_connections(
+    tls_sipgw, ca, client_tls
+):
+    gw = tls_sipgw
+    before = served_serial(gw.wss_port, client_tls)
+    with WsPeer(f"{LOOPBACK}:{gw.wss_port}", tls=client_tls) as ws:
+        assert ws.status == 101
+        chain, key, serial = ca.issue("two")
+        gw.chain.write_bytes(chain.read_bytes())
+        gw.key.write_bytes(key.read_bytes())
+        mark = len(gw.log_text())
+        gw.reload()
+        gw.wait_for_log(r"tls: certificate .* loaded", after=mark)
+        ws.send(options(ws, f"sip:{LOOPBACK}:{gw.wss_port};transport=ws", 3))
+        assert ws.expect("200", timeout=5).header("Call-ID") == "tls-3@test"
+    assert served_serial(gw.wss_port, client_tls) == serial != before
+    assert served_serial(gw.tls_port, client_tls) == serial
+
+
+def test_a_missing_certificate_stops_sipgw_at_start_with_the_file_named(tmp_path):
+    config = tmp_path / "sipgw.toml"
+    port = free_port()
+    config.write_text(
+        f'[listen]\nudp = ["{LOOPBACK}:{port}"]\ntcp = []\nws = []\n'
+        f'wss = ["{LOOPBACK}:{free_port("tcp")}"]\n'
+        f'[tls]\ncertificate = "{tmp_path}/missing.pem"\n'
+        f'[control]\nsocket = "{tmp_path}/ctl"\n[state]\ndirectory = "{tmp_path}"\n'
+    )
+    done = subprocess.run([sys.executable, "-m", "sipgw", "serve", "-c", str(config)],
+                          capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    out = done.stdout + done.stderr
+    assert "tls.certificate" in out and "missing.pem" in out

@@ -1,0 +1,64 @@
+"""TLS settings: contexts from PEM files, errors that name the file, reload that keeps the
+running certificate when the new one is bad."""
+
+from __future__ import annotations
+
+import pytest
+from OpenSSL import SSL
+
+from sipgw.proxy.transport.tls import ServerTls, TlsError, TlsSettings, build_context
+from tests.helpers.certs import CertAuthority
+
+
+@pytest.fixture
+def ca(tmp_path) -> CertAuthority:
+    return CertAuthority(tmp_path / "ca")
+
+
+def test_a_chain_and_its_key_make_a_tls_1_2_context(ca):
+    chain, key, _ = ca.issue()
+    ctx = build_context(TlsSettings(certificate=str(chain), private_key=str(key)))
+    assert isinstance(ctx, SSL.Context)
+
+
+def test_the_key_may_be_in_the_certificate_file(ca, tmp_path):
+    chain, key, _ = ca.issue()
+    both = tmp_path / "both.pem"
+    both.write_bytes(chain.read_bytes() + key.read_bytes())
+    build_context(TlsSettings(certificate=str(both)))
+
+
+def test_a_missing_certificate_is_an_error_naming_the_file_and_key(tmp_path):
+    with pytest.raises(TlsError) as caught:
+        build_context(TlsSettings(certificate=str(tmp_path / "nope.pem")))
+    assert "tls.certificate" in str(caught.value) and "nope.pem" in str(caught.value)
+
+
+def test_a_key_that_is_not_the_certificates_is_refused(ca):
+    chain, _, _ = ca.issue("a")
+    _, other_key, _ = ca.issue("b")
+    with pytest.raises(TlsError) as caught:
+        build_context(TlsSettings(certificate=str(chain), private_key=str(other_key)))
+    assert "is not the key of" in str(caught.value)
+
+
+def test_garbage_instead_of_pem_and_a_bad_cipher_string_are_refused(ca, tmp_path):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("hello")
+    with pytest.raises(TlsError, match="no PEM certificate"):
+        build_context(TlsSettings(certificate=str(junk)))
+    chain, key, _ = ca.issue()
+    with pytest.raises(TlsError, match="tls.ciphers"):
+        build_context(TlsSettings(certificate=str(chain), private_key=str(key),
+                                  ciphers="NOTACIPHER"))
+
+
+def test_reload_swaps_the_context_and_keeps_the_old_one_when_the_new_files_are_bad(ca, tmp_path):
+    chain, key, _ = ca.issue("one")
+    tls = ServerTls(TlsSettings(certificate=str(chain), private_key=str(key)))
+    first = tls.getContext()
+    assert not tls.reload(TlsSettings(certificate=str(tmp_path / "gone.pem")))
+    assert tls.getContext() is first
+    chain2, key2, _ = ca.issue("two")
+    assert tls.reload(TlsSettings(certificate=str(chain2), private_key=str(key2)))
+    assert tls.getContext() is not first
