@@ -97,6 +97,7 @@ class _Attempt:
     algorithm: str
     nc: int | None = None
     ban_key: str = field(default="")
+    raw: str = ""  # the header value the credentials came from (removed when relaying)
 
 
 class Authenticator:
@@ -148,7 +149,7 @@ class Authenticator:
             return
         header = "authorization" if req.method == "REGISTER" else "proxy-authorization"
         try:
-            creds = _credentials_for(req, header, realm)
+            creds, raw = _credentials_for(req, header, realm)
         except ParseError as e:
             respond(ctx, 400, e.reason)
             return
@@ -158,6 +159,7 @@ class Authenticator:
         attempt = self._precheck(ctx, req, source, realm, header, creds, from_user, from_host)
         if attempt is None:
             return
+        attempt.raw = raw
         d = self.store.get(attempt.user, attempt.domain)
         d.addCallbacks(self._looked_up, self._store_failed, callbackArgs=(ctx, attempt, proceed),
                        errbackArgs=(ctx,))
@@ -216,7 +218,7 @@ class Authenticator:
             return
         self.proxy.stats.inc("auth:authorized")
         self.bans.success(attempt.ban_key)
-        _remove_credentials(req, attempt.header, attempt.realm)
+        _remove_credentials(req, attempt.header, attempt.raw)
         proceed(ctx, req, attempt.source)
 
     def _verify(self, subscriber: Subscriber | None, attempt: _Attempt) -> bool:
@@ -308,28 +310,22 @@ def _to_matches(req: Request, user: str) -> bool:
     return to is not None and (to.unescaped_user or "") == user
 
 
-def _credentials_for(req: Request, header: str, realm: str) -> digest.Credentials | None:
-    """Our realm's Digest credentials, if the request carries any."""
+def _credentials_for(req: Request, header: str, realm: str):
+    """Our realm's Digest credentials and the header value they came from, if any."""
     for value in req.headers(header):
         creds = digest.parse_credentials(value)
         if creds.is_digest and creds.realm == realm:
-            return creds
-    return None
+            return creds, value
+    return None, None
 
 
-def _remove_credentials(req: Request, header: str, realm: str) -> None:
+def _remove_credentials(req: Request, header: str, used: str) -> None:
     """Kamailio's consume_credentials: ours go, other realms' stay for their proxies."""
-    others = []
-    for value in req.headers(header):
-        try:
-            creds = digest.parse_credentials(value)
-        except ParseError:
-            continue
-        if not (creds.is_digest and creds.realm == realm):
-            others.append(value)
+    values = req.headers(header)
     req.remove(header)
-    for value in others:
-        req.append(header, value)
+    for value in values:
+        if value != used:
+            req.append(header, value)
 
 
 def _ha1_of(subscriber: Subscriber | None, attempt: _Attempt) -> str:

@@ -38,9 +38,9 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def auth_toml(url: str, **auth: str) -> str:
+def auth_toml(url: str, subscribers: str = "", **auth: str) -> str:
     extra = "".join(f"{k} = {v}\n" for k, v in auth.items())
-    return (f'[subscribers]\nurl = "{url}"\n\n[auth]\nrealm = "{REALM}"\n{extra}\n'
+    return (f'[subscribers]\nurl = "{url}"\n{subscribers}\n[auth]\nrealm = "{REALM}"\n{extra}\n'
             f"[timers]\nt1 = 0.1\n")
 
 
@@ -75,8 +75,8 @@ def credentials_file(path: Path, user: str, password: str) -> Path:
     return path
 
 
-def start_gw(sipgw, backend: str, url: str, **auth: str) -> SipgwProcess:
-    return sipgw(backend=backend, auth=True, extra_toml=auth_toml(url, **auth))
+def start_gw(sipgw, backend: str, url: str, subscribers: str = "", **auth: str) -> SipgwProcess:
+    return sipgw(backend=backend, auth=True, extra_toml=auth_toml(url, subscribers, **auth))
 
 
 # --- SIPp phones on both stores --------------------------------------------------------
@@ -180,6 +180,26 @@ def test_redis_stopped_gives_prompt_503_and_auth_works_again_within_2s_of_its_re
             if backend.receive(0.1) is not None:
                 break
             assert time.monotonic() - restarted < 2.0, gw.describe()
+    finally:
+        phone.close()
+        backend.close()
+
+
+def test_a_kamailio_db_redis_layout_with_a_legacy_plaintext_record_is_read_as_it_is(
+    sipgw, redis: RedisServer
+):
+    backend = UdpPeer()
+    gw = start_gw(sipgw, backend.address, redis.url,
+                  subscribers='key_template = "subscriber:entry::{username}:{domain}"\n')
+    redis.cli("HSET", f"subscriber:entry::raw:{REALM}", "username", "raw", "domain", REALM,
+              "password", "pw")
+    phone = Phone(gw)
+    try:
+        phone.register(phone.credentials(phone.challenge()))
+        backend.expect("REGISTER")
+        listed = users(gw, "list")
+        assert listed.returncode == 0, listed.stderr
+        assert f"warning: raw@{REALM} has a plaintext password" in listed.stderr
     finally:
         phone.close()
         backend.close()
