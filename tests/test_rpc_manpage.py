@@ -12,6 +12,13 @@ from sipgw.proxy.service import ProxyService
 MAN = Path(__file__).resolve().parent.parent / "man"
 
 
+class UdpMemoryReactor(MemoryReactorClock):
+    """MemoryReactorClock has no UDP: the HEP exporter's socket is only recorded."""
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        return None
+
+
 def served_methods(tmp_path) -> list[str]:
     loaded = parse_config(
         '[listen]\nudp = []\ntcp = ["127.0.0.1:25098"]\n'
@@ -37,13 +44,14 @@ def test_sipgw_stats_7_names_every_statistic_a_fully_built_service_declares(tmp_
     loaded = parse_config(
         '[listen]\nudp = []\ntcp = ["127.0.0.1:25097"]\n'
         f'[control]\nsocket = "{tmp_path}/sipgw.ctl"\n[state]\ndirectory = "{tmp_path}"\n'
+        '[trace]\nhep = "127.0.0.1:9060"\n'
     )
-    svc = ProxyService(loaded, MemoryReactorClock())
+    svc = ProxyService(loaded, UdpMemoryReactor())
     svc.startService()
     try:
         names = list(svc.stats.defs)
     finally:
         svc.stopService()
-    assert "dialog:active_dialogs" in names
+    assert "dialog:active_dialogs" in names and "trace:hep_sent" in names
     text = (MAN / "sipgw-stats.7").read_text()
     assert [n for n in names if f".B {n}\n" not in text] == []

@@ -645,6 +645,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TraceConfig:
+    hep: Address | None = _key(_OptionalAddress(), "", 'host:port of a Homer collector: every SIP message in and out is sent to it as HEP v3 over UDP ("" = off)', in_effect=True)  # noqa: E501
+    hep_agent_id: int = _key(_Integer(0, 4294967295), 0, "HEP capture agent id, to tell the nodes apart in Homer", in_effect=True)  # noqa: E501
+    hep_password: str = _key(_Secret(), "", 'HEP authentication key the collector expects ("" = none)', in_effect=True)  # noqa: E501
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: int = _key(_LogLevel(), "info", "log level: error, warning, notice, info, debug, or a Kamailio number -5..3", in_effect=True)  # noqa: E501
 
@@ -677,6 +684,7 @@ class Config:
     pike: PikeConfig = _section("flood detection per source address")
     control: ControlConfig = _section("the control socket used by sipgw ctl")
     metrics: MetricsConfig = _section("Prometheus metrics")
+    trace: TraceConfig = _section("live trace and HEP export to Homer")
     log: LogConfig = _section("logging")
     state: StateConfig = _section("where sipgw keeps its own files")
 
@@ -1038,7 +1046,7 @@ __all__ = [
     "Address", "Advertise", "AuthConfig", "Config", "ConfigError", "ControlConfig",
     "DispatcherConfig", "IPNetwork", "Key", "LimitsConfig", "ListenConfig", "LoadedConfig",
     "LogConfig", "MetricsConfig", "PikeConfig", "ProxyConfig", "Section", "StateConfig",
-    "SubscribersConfig", "TimersConfig", "TlsConfig", "WebSocketConfig",
+    "SubscribersConfig", "TimersConfig", "TlsConfig", "TraceConfig", "WebSocketConfig",
     "config_path_from_env", "config_to_dict", "default_config", "load_config",
     "parse_config", "parse_log_level",
 ]  # fmt: skip

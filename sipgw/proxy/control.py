@@ -294,7 +294,7 @@ def _alive(path: str) -> bool:
 
 
 def _tracer(service):
-    """The live trace's taps on the proxy (in) and the service (out)."""
+    """The live trace's taps on the proxy (in) and the service (out), and HEP export."""
     from sipgw.proxy.trace import Tracer
 
     proxy = service.proxy
@@ -307,6 +307,9 @@ def _tracer(service):
 
     tracer = Tracer()
     tracer.install(proxy, service, local_of)
+    from sipgw.proxy.hep import start_hep
+
+    tracer.hep = start_hep(service, tracer)  # trace.hep: a permanent subscriber
     return tracer
 
 

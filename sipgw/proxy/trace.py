@@ -126,6 +126,7 @@ class Tracer:
         self.subscribers: list[Subscriber] = []
         self._tap_owners: list[tuple[object, str, Callable]] = []
         self._local_of: Callable[[Any], tuple[str, int] | None] = lambda dest: None
+        self.hep = None  # the HEP exporter, when trace.hep is set
 
     def install(self, inbound_owner: object, outbound_owner: object,
                 local_of: Callable[[Any], tuple[str, int] | None] = lambda dest: None) -> None:

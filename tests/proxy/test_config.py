@@ -54,6 +54,7 @@ IN_EFFECT_NOW = {
     "listen.tls", "listen.wss", "tls.certificate", "tls.private_key", "tls.min_version",
     "tls.ciphers",
     "control.socket", "control.mode", "control.group", "metrics.listen",
+    "trace.hep", "trace.hep_agent_id", "trace.hep_password",
 }  # fmt: skip
 
 
