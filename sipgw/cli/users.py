@@ -158,6 +158,23 @@ def users() -> None:
     """Manage SIP accounts in the subscriber store (works with the proxy stopped)."""
 
 
+def _set_password(app: App, config_path, domain, password_stdin, username, *,
+                  new: bool) -> None:
+    """add (``new``: the account must not exist) and passwd (it must)."""
+    session = _Session(app, config_path)
+    domain = session.domain(domain)
+    exists = session.run(lambda store: store.get(username, domain)) is not None
+    if new and exists:
+        app.fail(f"{username}@{domain} already exists (change its password with passwd)")
+    if not new and not exists:
+        app.fail(f"no such user: {username}@{domain}")
+    password = _read_password(app, password_stdin)
+    sub = make_subscriber(username, domain, password, session.realm(domain))
+    session.run(lambda store: store.put(sub))
+    app.err.print(f"added {username}@{domain}" if new
+                  else f"password of {username}@{domain} changed")
+
+
 @users.command("add")
 @config_option
 @domain_option
@@ -166,14 +183,7 @@ def users() -> None:
 @pass_app
 def add(app: App, config_path, domain, password_stdin, username) -> None:
     """Create USER; the password is prompted twice (or read from stdin)."""
-    session = _Session(app, config_path)
-    domain = session.domain(domain)
-    if session.run(lambda store: store.get(username, domain)) is not None:
-        app.fail(f"{username}@{domain} already exists (change its password with passwd)")
-    password = _read_password(app, password_stdin)
-    sub = make_subscriber(username, domain, password, session.realm(domain))
-    session.run(lambda store: store.put(sub))
-    app.err.print(f"added {username}@{domain}")
+    _set_password(app, config_path, domain, password_stdin, username, new=True)
 
 
 @users.command("passwd")
@@ -184,14 +194,7 @@ def add(app: App, config_path, domain, password_stdin, username) -> None:
 @pass_app
 def passwd(app: App, config_path, domain, password_stdin, username) -> None:
     """Set a new password for USER (a legacy plaintext record becomes hashes)."""
-    session = _Session(app, config_path)
-    domain = session.domain(domain)
-    if session.run(lambda store: store.get(username, domain)) is None:
-        app.fail(f"no such user: {username}@{domain}")
-    password = _read_password(app, password_stdin)
-    sub = make_subscriber(username, domain, password, session.realm(domain))
-    session.run(lambda store: store.put(sub))
-    app.err.print(f"password of {username}@{domain} changed")
+    _set_password(app, config_path, domain, password_stdin, username, new=False)
 
 
 @users.command("del")

@@ -208,12 +208,19 @@ def test_a_kamailio_db_redis_layout_with_a_legacy_plaintext_record_is_read_as_it
 # --- replay ------------------------------------------------------------------------------
 
 
+def gw_with_user(sipgw, tmp_path: Path, *users_: str) -> tuple[SipgwProcess, UdpPeer]:
+    """A sipgw on SQLite relaying to a silent UDP backend, with these users (password pw)."""
+    backend = UdpPeer()
+    gw = start_gw(sipgw, backend.address, f"sqlite://{tmp_path}/subs.db")
+    for user in users_:
+        add_user(gw, user, "pw")
+    return gw, backend
+
+
 def test_a_replayed_authorized_register_with_the_same_nonce_and_nc_is_refused(
     sipgw, tmp_path: Path
 ):
-    backend = UdpPeer()
-    gw = start_gw(sipgw, backend.address, f"sqlite://{tmp_path}/subs.db")
-    add_user(gw, "raw", "pw")
+    gw, backend = gw_with_user(sipgw, tmp_path, "raw")
     phone = Phone(gw)
     try:
         creds = phone.credentials(phone.challenge(), nc=1)
@@ -254,10 +261,7 @@ def sipvicious(tool: str, *args: str, home: Path, limit: float = 30.0) -> str:
 
 
 def test_svwar_cannot_tell_existing_extensions_from_missing_ones(sipgw, tmp_path: Path):
-    backend = UdpPeer()
-    gw = start_gw(sipgw, backend.address, f"sqlite://{tmp_path}/subs.db")
-    for user in ("5001", "5003", "5007"):
-        add_user(gw, user, "pw")
+    gw, backend = gw_with_user(sipgw, tmp_path, "5001", "5003", "5007")
     try:
         for method in ("REGISTER", "INVITE"):
             out = sipvicious("svwar", "--force", "-m", method, "-e", "5000-5009", "-p",
@@ -272,9 +276,7 @@ def test_svwar_cannot_tell_existing_extensions_from_missing_ones(sipgw, tmp_path
 def test_svcrack_is_banned_after_three_guesses_and_never_finds_the_password(
     sipgw, tmp_path: Path
 ):
-    backend = UdpPeer()
-    gw = start_gw(sipgw, backend.address, f"sqlite://{tmp_path}/subs.db")
-    add_user(gw, "raw", "pw")
+    gw, backend = gw_with_user(sipgw, tmp_path, "raw")
     words = tmp_path / "words.txt"
     words.write_text("one\ntwo\nthree\nfour\npw\nsix\n")  # the right one comes fifth
     phone = Phone(gw)
