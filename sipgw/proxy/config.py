@@ -583,6 +583,9 @@ class LimitsConfig:
     max_headers: int = _key(_Integer(8, 10000), 256, "most header fields accepted in one message", in_effect=True)  # noqa: E501
     max_transactions: int = _key(_Integer(1, 10_000_000), 100000, "most transactions in progress at once; beyond it new requests get 503", in_effect=True)  # noqa: E501
     tcp_idle_timeout: float = _key(_Seconds(0, above=True), 300, "seconds before an idle TCP connection is closed", in_effect=True)  # noqa: E501
+    ws_max_connections: int = _key(_Integer(1, 10_000_000), 20000, "most WebSocket connections at once (ws and wss); beyond it handshakes get 503", in_effect=True)  # noqa: E501
+    ws_max_connections_per_address: int = _key(_Integer(1, 10_000_000), 1000, "most WebSocket connections from one client address (a contact center puts many agents behind one NAT)", in_effect=True)  # noqa: E501
+    ws_register_timeout: float = _key(_Seconds(), 60, "seconds a WebSocket connection may stay open without sending a REGISTER (0 = forever)", in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -291,6 +291,9 @@ def _ws_settings(config: Config) -> WsSettings:
         handshake_timeout=w.handshake_timeout,
         allowed_origins=w.allowed_origins,
         trusted_proxies=w.trusted_proxies,
+        max_connections=config.limits.ws_max_connections,
+        max_per_address=config.limits.ws_max_connections_per_address,
+        register_timeout=config.limits.ws_register_timeout,
     )
 
 

@@ -276,7 +276,7 @@ def test_an_idle_connection_gets_a_ping_and_is_dropped_when_no_pong_comes():
 
 
 def test_a_pong_keeps_the_connection_and_traffic_postpones_the_ping():
-    stack = Stack(keepalive_interval=25.0)
+    stack = Stack(keepalive_interval=25.0, register_timeout=0)
     c = Client(stack).open()
     stack.clock.advance(20)
     c.send(wf.frame(wf.TEXT, OPTIONS))  # traffic: the idle time starts again
@@ -375,3 +375,41 @@ def test_ws_close_by_user_closes_the_connections_the_registrar_names(stack):
     assert b.read() == []
     with pytest.raises(RpcError):
         methods["ws.close"].handler("5002")
+
+
+# --- limits -----------------------------------------------------------------------------------
+
+
+def test_beyond_the_connection_limit_handshakes_get_503_until_one_closes():
+    stack = Stack(max_connections=2)
+    first = Client(stack, port=40001).open()
+    Client(stack, port=40002).open()
+    third = Client(stack, port=40003)
+    third.send(wf.handshake()[0])
+    assert third.reader.status == 503
+    assert stack.stat("ws_failed_handshakes") == 1
+    first.lose()
+    Client(stack, port=40004).open()
+
+
+def test_the_per_address_limit_counts_the_client_behind_a_trusted_proxy():
+    stack = Stack(max_per_address=1, trusted_proxies=NGINX)
+    Client(stack, peer="127.0.0.1", port=40001).open(extra=("X-Real-IP: 198.51.100.7",))
+    again = Client(stack, peer="127.0.0.1", port=40002)
+    again.send(wf.handshake(extra=("X-Real-IP: 198.51.100.7",))[0])
+    assert again.reader.status == 503
+    # Another client behind the same proxy is not held back by the first one.
+    Client(stack, peer="127.0.0.1", port=40003).open(extra=("X-Real-IP: 198.51.100.8",))
+
+
+def test_a_connection_that_never_registers_is_closed_after_the_register_timeout():
+    stack = Stack(register_timeout=60.0, keepalive_interval=0)
+    silent = Client(stack, port=40001).open()
+    registered = Client(stack, port=40002).open()
+    registered.send(wf.frame(wf.TEXT, OPTIONS.replace(b"OPTIONS", b"REGISTER")
+                             .replace(b"1 OPTIONS", b"1 REGISTER")))
+    stack.clock.advance(59.9)
+    assert silent.read() == []
+    stack.clock.advance(0.2)
+    assert [f.close_code for f in silent.read()] == [1008]
+    assert registered.read() == []

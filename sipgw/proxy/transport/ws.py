@@ -60,6 +60,9 @@ class WsSettings:
     handshake_timeout: float = 10.0
     allowed_origins: tuple[str, ...] = ()
     trusted_proxies: tuple = ()  # ip_network objects
+    max_connections: int = 20000
+    max_per_address: int = 1000
+    register_timeout: float = 60.0  # 0: a connection may stay without a REGISTER
 
 
 class HandshakeRefused(Exception):
@@ -184,6 +187,7 @@ class WsConnection(WebSocketServerProtocol):
         self._awaiting_pong = False
         self._checked = False
         self._dropped_by_us = False
+        self._unregistered = None  # the timer closing a connection that never registers
 
     # -- handshake ----------------------------------------------------------------------
 
@@ -199,17 +203,21 @@ class WsConnection(WebSocketServerProtocol):
             except HandshakeRefused as refused:
                 self._refuse(refused)
                 return
-            self._checked = True
             peer = self.transport.getPeer()
             self.client_host = client_address(peer.host, headers,
                                               self.stack.settings.trusted_proxies)
+            full = self.stack.over_limit(self.client_host)
+            if full:
+                self._refuse(HandshakeRefused(503, "Service Unavailable"), why=full)
+                return
+            self._checked = True
         super().processHandshake()
 
-    def _refuse(self, refused: HandshakeRefused) -> None:
+    def _refuse(self, refused: HandshakeRefused, why: str = "") -> None:
         self.stack.stats.inc("websocket:ws_failed_handshakes")
         peer = self.transport.getPeer()
-        log.info("ws handshake from {h}:{p} refused: {why}", h=peer.host, p=peer.port,
-                 why=str(refused))
+        log.info("ws handshake from {h}:{p} refused: {status}{why}", h=peer.host, p=peer.port,
+                 status=str(refused), why=f" ({why})" if why else "")
         self.failHandshake(refused.reason, refused.status, list(refused.headers))
 
     def onConnect(self, request):
@@ -235,11 +243,17 @@ class WsConnection(WebSocketServerProtocol):
         self.opened_at = self.last_used = self.stack.clock.seconds()
         self.stack.opened(self)
         self._arm_keepalive()
+        timeout = self.stack.settings.register_timeout
+        if timeout > 0:
+            self._unregistered = self.stack.clock.callLater(timeout, self._no_register)
 
     # -- frames -------------------------------------------------------------------------
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self._used()
+        if self._unregistered is not None and payload.startswith(b"REGISTER "):
+            self._unregistered.cancel()
+            self._unregistered = None
         self.stack.stats.inc("websocket:ws_received_frames")
         self.stack.receive(payload, self.source)
 
@@ -253,13 +267,22 @@ class WsConnection(WebSocketServerProtocol):
         self.stack.stats.inc("websocket:ws_received_frames")
 
     def onClose(self, wasClean: bool, code, reason) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
+        for call in (self._idle, self._unregistered):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle = self._unregistered = None
         if self.source is not None:
             self.source, source = None, self.source
             by_us = self.closedByMe or self.failedByMe or self._dropped_by_us
             self.stack.closed(self, source, by_us=bool(by_us))
+
+    def _no_register(self) -> None:
+        self._unregistered = None
+        log.info("flow {id}: no REGISTER within {t:g}s, closing", id=self.flow_id,
+                 t=self.stack.settings.register_timeout)
+        # 1008, policy violation (RFC 6455 §7.4.1); autobahn's sendClose only takes
+        # application codes, so the frame is sent as its own protocol errors are.
+        self.sendCloseFrame(code=1008, reasonUtf8=b"no REGISTER", isReply=False)
 
     # -- keepalive ----------------------------------------------------------------------
 
@@ -381,6 +404,7 @@ class WsTransport:
         self.settings = settings
         self.on_closed = on_closed
         self.connections: dict[int, WsConnection] = {}
+        self.per_address: dict[str, int] = {}
         self.factories: list[_Factory] = []
         # From the registrar: who registered on a flow, and the flows of a user.
         self.users_of: Callable[[int], list[str]] = lambda flow_id: []
@@ -410,10 +434,20 @@ class WsTransport:
 
     # -- connections come and go --------------------------------------------------------
 
+    def over_limit(self, client_host: str) -> str:
+        """Why one more connection from this client is refused ("" if it is not)."""
+        if len(self.connections) >= self.settings.max_connections:
+            return f"{len(self.connections)} connections, limits.ws_max_connections"
+        if self.per_address.get(client_host, 0) >= self.settings.max_per_address:
+            return f"{client_host} has {self.per_address[client_host]} connections, " \
+                   "limits.ws_max_connections_per_address"
+        return ""
+
     def opened(self, conn: WsConnection) -> None:
         src = conn.source
         assert src is not None
         self.connections[conn.flow_id] = conn
+        self.per_address[src.host] = self.per_address.get(src.host, 0) + 1
         self.flows.add(conn, src.transport, src.host, src.port)
         s = self.stats
         s.inc("websocket:ws_successful_handshakes")
@@ -426,6 +460,11 @@ class WsTransport:
 
     def closed(self, conn: WsConnection, source: Source, *, by_us: bool) -> None:
         self.connections.pop(conn.flow_id, None)
+        left = self.per_address.get(source.host, 1) - 1
+        if left > 0:
+            self.per_address[source.host] = left
+        else:
+            self.per_address.pop(source.host, None)
         self.flows.remove(conn, source.transport, source.host, source.port)
         s = self.stats
         s.inc("websocket:ws_current_connections", -1)
