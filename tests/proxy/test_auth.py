@@ -423,3 +423,22 @@ def test_an_invite_cancelled_during_its_lookup_gets_487_and_is_never_relayed(rig
     rig.store.release()
     statuses = [m.status for m, _ in rig.link.sent if hasattr(m, "status")]
     assert 487 in statuses and rig.link.to_backend() == []
+
+
+def test_a_browser_over_websocket_is_challenged_and_authenticated_like_any_phone(rig):
+    """JsSIP's REGISTER: over a WebSocket flow, Contact in .invalid, MD5 offered first."""
+    browser = Source(transport="ws", host="192.0.2.20", port=50000, local_host="127.0.0.1",
+                     local_port=8080, flow_id=7)
+    jssip = dict(extra="Supported: path,gruu,outbound\r\n")
+    rig.link.clear()
+    rig.proxy.receive(sip_request(**jssip).replace(b"UDP 192.0.2.10:5070", b"WS abc.invalid"),
+                      browser)
+    challenge = rig.link.last_reply()
+    assert challenge.status == 401
+    assert challenges(challenge, "WWW-Authenticate")[0].params["algorithm"] == "MD5"
+    assert [d.flow_id for _, d in rig.link.sent] == [7]
+    rig.link.clear()
+    rig.proxy.receive(sip_request(auth=answer(challenge), cseq=2, **jssip)
+                      .replace(b"UDP 192.0.2.10:5070", b"WS abc.invalid"), browser)
+    [fwd] = rig.link.to_backend()
+    assert fwd.method == "REGISTER" and not fwd.has("authorization")
