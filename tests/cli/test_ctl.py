@@ -131,3 +131,16 @@ def test_rows_too_wide_for_the_terminal_print_as_one_block_per_record(run, contr
     assert len(blocks) == 2
     assert blocks[0].splitlines()[0].split() == ["call-id", f"{long}-1"]
     assert "…" not in out
+
+
+def test_shell_completion_offers_the_methods_the_running_proxy_serves(control):
+    import click
+
+    from sipgw.cli.ctl import _complete_method, ctl
+
+    control.answers["system.listMethods"] = ["core.info", "core.uptime", "dispatcher.list"]
+    ctx = click.Context(ctl, info_name="ctl")
+    ctx.params["config_path"] = str(control.config)
+    assert _complete_method(ctx, None, "core.") == ["core.info", "core.uptime"]
+    ctx.params["config_path"] = str(control.config) + ".missing"
+    assert _complete_method(ctx, None, "") == []  # no proxy: nothing, and no error
