@@ -63,8 +63,9 @@ AUTH_STATS = (
 )
 
 # RFC 8760 §2.4: one challenge per algorithm, in order of preference, and a client uses
-# the first it supports. MD5 comes first by default because JsSIP 3 and SIPp 3.6 read only
-# the first challenge and know only MD5; ``auth.algorithms`` can put SHA-256 first.
+# the first it supports. The service's default (``auth.algorithms``) is MD5 alone: JsSIP 3
+# keeps only the last WWW-Authenticate of a reply (its parser replaces each by the next)
+# and SIPp 3.6 reads only the first, and both know only MD5.
 ALGORITHMS = ("MD5", "SHA-256")
 RETRY_AFTER = "5"
 

@@ -122,7 +122,7 @@ class Router:
             return
         # The ACK of a 2xx is a request of its own, routed end to end (§16.11).
         target = self._loose_route(req)
-        if target is not None:
+        if target is not None and not req.has("route"):  # handle_ruri_alias, as below
             try:
                 target = self.proxy.nat.toward_client(req, target)
             except (FlowGone, ParseError):
@@ -206,7 +206,14 @@ class Router:
         return dest
 
     def _toward_client(self, req: Request, source: Source, target: Destination):
-        """handle_ruri_alias: the connection a client's alias names, or an answer."""
+        """handle_ruri_alias: the connection a client's alias names, or an answer.
+
+        Only when no Route is left to follow (Kamailio: ``if (!isdsturiset())
+        handle_ruri_alias()`` after ``loose_route()``): a request whose route set goes on
+        through the backend (a record-routing registrar or B2BUA) goes there, alias and all.
+        """
+        if req.has("route"):
+            return target
         try:
             return self.proxy.nat.toward_client(req, target)
         except ParseError as e:
