@@ -13,10 +13,12 @@ from sipgw.cli.log import log
 from sipgw.cli.serve import serve
 from sipgw.cli.users import users
 from sipgw.cli.stats import stats
+from sipgw.cli.dispatcher import dispatcher
 from sipgw.cli.doctor import doctor
 from sipgw.cli.tools import tools
 from sipgw.cli.top import top
 from sipgw.cli.trace import trace
+from sipgw.cli.ws import ws
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,6 +38,8 @@ cli.add_command(trace)
 cli.add_command(top)
 cli.add_command(doctor)
 cli.add_command(tools)
+cli.add_command(dispatcher)
+cli.add_command(ws)
 
 
 def main(argv: list[str] | None = None) -> None:
