@@ -38,6 +38,7 @@ log = Logger(namespace="sipgw.ws")
 SUBPROTOCOL = "sip"
 VERSION = "13"
 MAX_HANDSHAKE = 8192  # bytes of HTTP request head we buffer before refusing it
+BACKLOG = 1024  # pending TCP connections the kernel may queue for us
 
 WS_STATS = (
     StatDef(group="websocket", name="ws_current_connections", help="WebSocket connections open now", gauge=True),  # noqa: E501
@@ -418,11 +419,14 @@ class WsTransport:
 
     def listen(self, host: str, port: int, tls=None):
         """A WS listener, or a WSS one when given a TLS context factory."""
+        # A shift starting means hundreds of browsers connecting within a second; Twisted's
+        # default backlog (50) would drop SYNs and cost each a retransmission (1 s or more).
         if tls is None:
-            listening = self.reactor.listenTCP(port, self.factory(), interface=host)
+            listening = self.reactor.listenTCP(port, self.factory(), backlog=BACKLOG,
+                                               interface=host)
         else:
             listening = self.reactor.listenSSL(port, self.factory(secure=True), tls,
-                                               interface=host)
+                                               backlog=BACKLOG, interface=host)
         log.info("listening on {t}:{host}:{port}", t="ws" if tls is None else "wss",
                  host=host, port=port)
         return listening
