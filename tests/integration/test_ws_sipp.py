@@ -113,3 +113,29 @@ def test_a_bad_handshake_over_a_real_socket_gets_426_and_sipgw_keeps_serving(
         good.send(build_request("OPTIONS", f"sip:{gw.ws_address};transport=ws", peer=good,
                                 call_id="ws-opt@x", branch="z9hG4bKws-opt"))
         assert good.expect("200", timeout=5).header("Call-ID") == "ws-opt@x"
+
+
+def test_a_registered_websocket_client_is_reached_by_its_path_and_gets_430_once_gone(
+    sipp: SippRunner, ws_sipgw
+) -> None:
+    uas = sipp.uas("uas_register_then_invite.xml", transport="udp", timeout=10)
+    gw = ws_sipgw(uas.address)
+    with WsPeer(gw.ws_address) as ws:
+        assert ws.status == 101
+        ws.send(build_request(
+            "REGISTER", f"sip:{LOOPBACK}", peer=ws, call_id=f"ws-reg-{next(_calls)}@test",
+            branch="z9hG4bKws-reg", to="<sip:raw@example.com>",
+            headers=["Supported: path, outbound", "Expires: 600"],
+        ).replace(b"transport=ws>", b'transport=ws>;reg-id=1;+sip.instance="<urn:uuid:1>"'))
+        ws.expect("200", method="REGISTER", timeout=5)
+        invite = ws.expect("INVITE", timeout=5)
+        # By the Path: our Route consumed, the Request-URI as registered (alias removed).
+        assert invite.header("Route") is None
+        assert invite.start_line == f"INVITE sip:raw@{ws.address};transport=ws SIP/2.0"
+        ws.send(build_response(invite, 486, "Busy Here", to_tag="busy"))
+    # The connection is gone: the backend's next INVITE by the same Path gets 430 at once.
+    assert uas.wait() == 0, uas.describe()
+    flow = [(m.direction, m.kind) for m in uas.messages()]
+    assert flow[-2:] == [("received", "430"), ("sent", "ACK")]
+    register = next(m for m in uas.messages() if m.kind == "REGISTER")
+    assert register.header("Path").endswith(";lr;ob>")
