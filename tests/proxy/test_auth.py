@@ -442,3 +442,19 @@ def test_a_browser_over_websocket_is_challenged_and_authenticated_like_any_phone
                       .replace(b"UDP 192.0.2.10:5070", b"WS abc.invalid"), browser)
     [fwd] = rig.link.to_backend()
     assert fwd.method == "REGISTER" and not fwd.has("authorization")
+
+
+def test_bans_are_listed_and_lifted_over_the_control_plane(rig):
+    from sipgw.proxy.control import owners_in
+    from sipgw.rpc.registry import RpcError, methods_of
+
+    methods = methods_of(*owners_in(rig.proxy))
+    for _ in range(3):
+        fail_once(rig)
+    [ban] = methods["auth.bans"].handler()["BANS"]
+    assert (ban["TYPE"], ban["NAME"]) == ("user", "5001@sipgw.test")
+    assert methods["auth.unban"].handler("all") == {"REMOVED": 1}
+    assert methods["auth.bans"].handler() == {"BANS": []}
+    with pytest.raises(RpcError):
+        methods["auth.unban"].handler("")
+    register_ok(rig)
