@@ -68,6 +68,7 @@ AUTH_STATS = (
 # and SIPp 3.6 reads only the first, and both know only MD5.
 ALGORITHMS = ("MD5", "SHA-256")
 RETRY_AFTER = "5"
+STORE_WARN_INTERVAL = 10.0  # seconds between log lines about a failing store
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,6 +116,7 @@ class Authenticator:
         proxy.stats.declare(AUTH_STATS)
         # Checked against when the user is unknown: the same work as a wrong password.
         self._decoy = random(16).hex()
+        self._store_warned = float("-inf")
 
     def configure(self, settings: AuthSettings) -> None:
         """Apply (re)loaded settings; nonces, counters and bans survive."""
@@ -241,7 +243,11 @@ class Authenticator:
     def _store_failed(self, failure, ctx) -> None:
         if ctx.final_sent:
             return
-        log.warn("auth: subscriber store failed: {err}", err=failure.getErrorMessage())
+        now = self.proxy.clock.seconds()
+        if now - self._store_warned >= STORE_WARN_INTERVAL:
+            # An outage fails every request: one line per interval, not one per request.
+            self._store_warned = now
+            log.warn("auth: subscriber store failed: {err}", err=failure.getErrorMessage())
         if failure.check(StoreUnavailable):
             self.proxy.relay.respond(ctx, 503, "Service Unavailable",
                                      [("Retry-After", RETRY_AFTER)])
