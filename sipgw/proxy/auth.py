@@ -10,7 +10,7 @@ What it decides, in order:
 2. user (From) or source banned → 403;
 3. no open relay: From domain *and* Request-URI both foreign → ``403 Not relaying``.
    "Ours" is ``auth.realm``, the hosts of ``proxy.aliases``, and sipgw's own addresses;
-4. no credentials for our realm → 401 (REGISTER) / 407 (others), offering MD5 and SHA-256
+4. no credentials for our realm → 401 (REGISTER) / 407 (others), offering SHA-256 and MD5
    (``auth.algorithms``) with one stateless nonce, ``qop="auth"``;
 5. credentials that cannot be right without looking anything up (unknown algorithm or
    qop, foreign or expired nonce, nc not growing) → a new challenge (``stale=true`` when
@@ -63,10 +63,11 @@ AUTH_STATS = (
 )
 
 # RFC 8760 §2.4: one challenge per algorithm, in order of preference, and a client uses
-# the first it supports. The service's default (``auth.algorithms``) is MD5 alone: JsSIP 3
-# keeps only the last WWW-Authenticate of a reply (its parser replaces each by the next)
-# and SIPp 3.6 reads only the first, and both know only MD5.
-ALGORITHMS = ("MD5", "SHA-256")
+# the first it supports. SHA-256 first, MD5 last: JsSIP 3 keeps only the last
+# WWW-Authenticate of a reply (its parser replaces each by the next) and knows only MD5, so
+# it answers MD5. SIPp 3.6 reads only the first and knows only MD5: its tests configure
+# ``auth.algorithms = ["MD5"]``.
+ALGORITHMS = ("SHA-256", "MD5")
 RETRY_AFTER = "5"
 STORE_WARN_INTERVAL = 10.0  # seconds between log lines about a failing store
 

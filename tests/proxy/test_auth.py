@@ -109,7 +109,8 @@ def answer(challenge_reply, *, method: str = "REGISTER", user: str = "5001",
            password: str = "secret", algorithm: str = "MD5", nc: int = 1,
            qop: str | None = "auth", uri: str | None = None) -> str:
     name = "WWW-Authenticate" if challenge_reply.status == 401 else "Proxy-Authenticate"
-    ch = challenges(challenge_reply, name)[0]
+    offered = challenges(challenge_reply, name)
+    ch = next((c for c in offered if c.params["algorithm"] == algorithm), offered[0])
     uri = uri or ("sip:127.0.0.1:5060" if method == "REGISTER" else "sip:5002@127.0.0.1:5060")
     return authorization(username=user, password=password, realm=ch.params["realm"],
                          nonce=ch.params["nonce"], method=method, uri=uri,
@@ -130,22 +131,21 @@ def register_ok(rig: Rig, **kw) -> None:
 # --- challenges --------------------------------------------------------------------------
 
 
-def test_register_without_credentials_is_challenged_401_with_md5_then_sha256_and_one_nonce(rig):
+def test_register_without_credentials_is_challenged_401_with_sha256_then_md5_and_one_nonce(rig):
     reply = rig.send(sip_request())
     assert reply.status == 401
     offered = challenges(reply, "WWW-Authenticate")
-    assert [c.params["algorithm"] for c in offered] == ["MD5", "SHA-256"]
+    assert [c.params["algorithm"] for c in offered] == ["SHA-256", "MD5"]
     assert {c.params["nonce"] for c in offered} == {offered[0].params["nonce"]}
     assert all(c.params["realm"] == REALM and c.params["qop"] == "auth" for c in offered)
     assert rig.link.to_backend() == []
     assert rig.stat("challenged") == 1
 
 
-def test_sha256_can_be_offered_first_for_rfc8760_clients():
-    rig = Rig(AuthSettings(realm=REALM, algorithms=("SHA-256", "MD5")))
+def test_md5_alone_can_be_offered_for_clients_that_read_only_the_first_challenge():
+    rig = Rig(AuthSettings(realm=REALM, algorithms=("MD5",)))
     reply = rig.send(sip_request())
-    assert [c.params["algorithm"] for c in challenges(reply, "WWW-Authenticate")] == [
-        "SHA-256", "MD5"]
+    assert [c.params["algorithm"] for c in challenges(reply, "WWW-Authenticate")] == ["MD5"]
 
 
 def test_an_algorithm_not_offered_is_rechallenged():
@@ -235,7 +235,7 @@ def test_unknown_user_and_wrong_password_get_the_same_answer_and_cost_one_lookup
     for reply in (wrong, unknown):
         assert (reply.status, reply.reason) == (401, "Unauthorized")
         assert [c.params["algorithm"] for c in challenges(reply, "WWW-Authenticate")] == [
-            "MD5", "SHA-256"]
+            "SHA-256", "MD5"]
         assert "stale" not in challenges(reply, "WWW-Authenticate")[0].params
     assert sorted(f.name for f in wrong.fields) == sorted(f.name for f in unknown.fields)
     assert rig.store.lookups == 2
@@ -426,7 +426,7 @@ def test_an_invite_cancelled_during_its_lookup_gets_487_and_is_never_relayed(rig
 
 
 def test_a_browser_over_websocket_is_challenged_and_authenticated_like_any_phone(rig):
-    """JsSIP's REGISTER: over a WebSocket flow, Contact in .invalid, MD5 offered first."""
+    """JsSIP's REGISTER over a WebSocket flow; JsSIP keeps the last challenge: MD5."""
     browser = Source(transport="ws", host="192.0.2.20", port=50000, local_host="127.0.0.1",
                      local_port=8080, flow_id=7)
     jssip = dict(extra="Supported: path,gruu,outbound\r\n")
@@ -435,7 +435,7 @@ def test_a_browser_over_websocket_is_challenged_and_authenticated_like_any_phone
                       browser)
     challenge = rig.link.last_reply()
     assert challenge.status == 401
-    assert challenges(challenge, "WWW-Authenticate")[0].params["algorithm"] == "MD5"
+    assert challenges(challenge, "WWW-Authenticate")[-1].params["algorithm"] == "MD5"
     assert [d.flow_id for _, d in rig.link.sent] == [7]
     rig.link.clear()
     rig.proxy.receive(sip_request(auth=answer(challenge), cseq=2, **jssip)
