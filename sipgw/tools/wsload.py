@@ -78,6 +78,33 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
     return head + _mask(payload)
 
 
+def parse_frame(buf: bytes) -> tuple[bool, int, bytes, int] | None:
+    """The first whole frame in ``buf``: ``(fin, opcode, payload unmasked, bytes used)``,
+    or None until more bytes come (RFC 6455 §5.2)."""
+    if len(buf) < 2:
+        return None
+    fin, opcode = bool(buf[0] & 0x80), buf[0] & 0x0F
+    masked, n, pos = bool(buf[1] & 0x80), buf[1] & 0x7F, 2
+    if n == 126:
+        if len(buf) < 4:
+            return None
+        n, pos = struct.unpack("!H", buf[2:4])[0], 4
+    elif n == 127:
+        if len(buf) < 10:
+            return None
+        n, pos = struct.unpack("!Q", buf[2:10])[0], 10
+    key = buf[pos:pos + 4] if masked else b""
+    pos += len(key)
+    if len(buf) < pos + n:
+        return None
+    payload = buf[pos:pos + n]
+    if masked and n:
+        stream = (key * (n // 4 + 1))[:n]
+        payload = (int.from_bytes(payload, "big")
+                   ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+    return fin, opcode, payload, pos + n
+
+
 @dataclass(slots=True)
 class _Account:
     user: str
@@ -152,22 +179,12 @@ class _Client(asyncio.Protocol):
     # -- frames and SIP -----------------------------------------------------------------
 
     def _next_frame(self) -> tuple[int, bytes] | None:
-        b = self.buffer
-        if len(b) < 2:
+        frame = parse_frame(self.buffer)
+        if frame is None:
             return None
-        opcode, n, pos = b[0] & 0x0F, b[1] & 0x7F, 2
-        if n == 126:
-            if len(b) < 4:
-                return None
-            n, pos = struct.unpack("!H", b[2:4])[0], 4
-        elif n == 127:
-            if len(b) < 10:
-                return None
-            n, pos = struct.unpack("!Q", b[2:10])[0], 10
-        if len(b) < pos + n:
-            return None
-        self.buffer = b[pos + n:]
-        return opcode, b[pos:pos + n]
+        _, opcode, payload, used = frame
+        self.buffer = self.buffer[used:]
+        return opcode, payload
 
     def _register(self, authorization: str | None) -> None:
         a = self.account

@@ -2,7 +2,8 @@
 
 Written independently of autobahn (which sipgw uses), so the tests do not check autobahn
 against itself. ``frame`` builds any frame a misbehaving client could send (unmasked,
-reserved opcodes, fragmented control frames); ``FrameReader`` parses what the server sends.
+reserved opcodes, fragmented control frames); ``FrameReader`` parses what the server sends,
+with the frame parser of sipgw's load client (``sipgw.tools.wsload``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import hashlib
 import os
 import struct
 from dataclasses import dataclass
+
+from sipgw.tools.wsload import parse_frame
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -108,29 +111,11 @@ class FrameReader:
             out.append(f)
 
     def _one(self) -> Frame | None:
-        b = self.buffer
-        if len(b) < 2:
+        frame = parse_frame(self.buffer)
+        if frame is None:
             return None
-        fin, opcode = bool(b[0] & 0x80), b[0] & 0x0F
-        masked, n = bool(b[1] & 0x80), b[1] & 0x7F
-        pos = 2
-        if n == 126:
-            if len(b) < 4:
-                return None
-            n, pos = struct.unpack("!H", b[2:4])[0], 4
-        elif n == 127:
-            if len(b) < 10:
-                return None
-            n, pos = struct.unpack("!Q", b[2:10])[0], 10
-        key = b""
-        if masked:
-            key, pos = b[pos : pos + 4], pos + 4
-        if len(b) < pos + n:
-            return None
-        payload = b[pos : pos + n]
-        if masked:
-            payload = bytes(c ^ key[i % 4] for i, c in enumerate(payload))
-        self.buffer = b[pos + n :]
+        fin, opcode, payload, used = frame
+        self.buffer = self.buffer[used:]
         return Frame(fin, opcode, payload)
 
     @property
