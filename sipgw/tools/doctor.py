@@ -7,7 +7,8 @@ later ones use what earlier ones found (the config, the control socket).
 Checks today: the config file is valid; the control socket answers; each UDP/TCP listener
 answers an OPTIONS to sipgw itself; each WebSocket listener completes the handshake with
 the ``sip`` subprotocol; each backend answers OPTIONS (with its latency) and is active in
-the dispatcher; a nonce secret is set when the subscriber store is a shared Redis.
+the dispatcher; the TLS certificate is readable, valid (days left) and names the advertised
+host; a nonce secret is set when the subscriber store is a shared Redis.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Doctor:
         yield from self.check_listeners()
         yield from self.check_websocket()
         yield from self.check_backends()
+        yield from self.check_certificate()
         yield from self.check_nonce_secret()
         if self.client is not None:
             self.client.close()
@@ -168,6 +170,60 @@ class Doctor:
                 continue
             yield Check(name=name, status=PASS, detail=detail)
 
+    def check_certificate(self, now: float | None = None) -> Iterator[Check]:
+        """tls.certificate: readable, in its validity period (days left), names our host."""
+        path = self.config.tls.certificate
+        if not path:
+            return
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+
+        name = "tls certificate"
+        try:
+            with open(path, "rb") as f:
+                cert = x509.load_pem_x509_certificate(f.read())
+        except (OSError, ValueError) as e:
+            yield Check(name=name, status=FAIL, detail=f"{path}: cannot read it: {e}",
+                        fix="tls.certificate must name a readable PEM file (the full chain)")
+            return
+        when = datetime.datetime.fromtimestamp(
+            now if now is not None else datetime.datetime.now().timestamp(),
+            datetime.timezone.utc)
+        days = (cert.not_valid_after_utc - when).total_seconds() / 86400
+        subject = cert.subject.rfc4514_string()
+        if when < cert.not_valid_before_utc:
+            yield Check(name=name, status=FAIL, detail=f"{path} ({subject}) is not valid "
+                        f"before {cert.not_valid_before_utc:%Y-%m-%d}",
+                        fix="check the clock, or install the certificate when it is valid")
+            return
+        if days < 0:
+            yield Check(name=name, status=FAIL,
+                        detail=f"{path} ({subject}) expired on "
+                               f"{cert.not_valid_after_utc:%Y-%m-%d} ({-days:.0f} days ago)",
+                        fix="renew it (certbot renew), then systemctl reload sipgw")
+            return
+        try:
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            dns = set(names.get_values_for_type(x509.DNSName))
+            ips = {str(a) for a in names.get_values_for_type(x509.IPAddress)}
+        except x509.ExtensionNotFound:
+            dns, ips = set(), set()
+        advertise = self.config.listen.advertise
+        host = advertise.host if advertise is not None else None
+        if host is not None and not _names_host(host, dns, ips, ipaddress):
+            yield Check(name=name, status=FAIL,
+                        detail=f"{path} ({subject}) does not name {host} "
+                               f"(names: {', '.join(sorted(dns | ips)) or 'none'})",
+                        fix="browsers refuse wss:// to a host the certificate does not name: "
+                            "get one for that host, or set listen.advertise to a name it has")
+            return
+        status = WARN if days < 14 else PASS
+        yield Check(name=name, status=status,
+                    detail=f"{path} ({subject}) valid for {days:.0f} more days",
+                    fix="renew it soon (certbot renew)" if status == WARN else "")
+
     def check_nonce_secret(self) -> Iterator[Check]:
         url = self.config.subscribers.url
         if url.startswith("redis://") and not self.config.auth.nonce_secret:
@@ -176,6 +232,19 @@ class Doctor:
                                "auth.nonce_secret is empty: each node makes its own",
                         fix="set the same auth.nonce_secret on every node, or a client "
                             "answering another node's challenge is refused")
+
+
+def _names_host(host: str, dns: set[str], ips: set[str], ipaddress) -> bool:
+    try:
+        return str(ipaddress.ip_address(host)) in ips
+    except ValueError:
+        pass
+    host = host.lower().rstrip(".")
+    for name in dns:
+        name = name.lower().rstrip(".")
+        if name == host or (name.startswith("*.") and host.split(".", 1)[-1] == name[2:]):
+            return True
+    return False
 
 
 def exit_code(checks: list[Check]) -> int:

@@ -103,3 +103,49 @@ def test_the_options_request_is_well_formed_sip():
                                       "abc123def456", "x@doctor"))
     assert req.method == "OPTIONS" and req.call_id == "x@doctor"
     assert req.top_via.branch == "z9hG4bKabc123def456"
+
+
+def certificate(tmp_path, *, days: float, host: str = "sip.example.com"):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=400))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    path = tmp_path / f"cert-{days}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def cert_check(tmp_path, cert, advertise="sip.example.com"):
+    path = write(tmp_path, f'[tls]\ncertificate = "{cert}"\n'
+                           f'[listen]\nudp = []\ntcp = ["127.0.0.1:{closed_port()}"]\nws = []\n'
+                           f'advertise = "{advertise}"\n'
+                           '[dispatcher]\ndestinations = ["sip:127.0.0.1:1;transport=tcp"]')
+    return by_name(Doctor(path, timeout=0.2).run())["tls certificate"]
+
+
+def test_an_expired_certificate_fails_naming_the_date_and_the_fix(tmp_path):
+    check = cert_check(tmp_path, certificate(tmp_path, days=-3))
+    assert check.status == FAIL
+    assert "expired on" in check.detail and "3 days ago" in check.detail
+    assert "renew" in check.fix
+
+
+def test_a_certificate_for_another_host_fails_and_one_expiring_soon_warns(tmp_path):
+    other = cert_check(tmp_path, certificate(tmp_path, days=90, host="other.example.com"))
+    assert other.status == FAIL and "does not name sip.example.com" in other.detail
+    soon = cert_check(tmp_path, certificate(tmp_path, days=5))
+    assert soon.status == WARN and "valid for 5 more days" in soon.detail
+    good = cert_check(tmp_path, certificate(tmp_path, days=90))
+    assert good.status == PASS and "valid for 90 more days" in good.detail
