@@ -458,3 +458,13 @@ def test_bans_are_listed_and_lifted_over_the_control_plane(rig):
     with pytest.raises(RpcError):
         methods["auth.unban"].handler("")
     register_ok(rig)
+
+
+def test_a_reload_applies_new_limits_and_keeps_nonces_and_bans(rig):
+    challenge = rig.send(sip_request())
+    fail_once(rig, user="5002")
+    rig.auth.configure(AuthSettings(realm=REALM, max_failures_user=2))
+    fail_once(rig, user="5002")
+    assert rig.send(sip_request(user="5002")).status == 403  # two failures now ban
+    rig.send(sip_request(auth=answer(challenge), cseq=2))  # a nonce from before the reload
+    assert len(rig.link.to_backend()) == 1
