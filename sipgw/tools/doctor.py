@@ -8,7 +8,8 @@ Checks today: the config file is valid; the control socket answers; each UDP/TCP
 answers an OPTIONS to sipgw itself; each WebSocket listener completes the handshake with
 the ``sip`` subprotocol; each backend answers OPTIONS (with its latency) and is active in
 the dispatcher; the TLS certificate is readable, valid (days left) and names the advertised
-host; a nonce secret is set when the subscriber store is a shared Redis.
+host; the subscriber store answers (Redis PING, SQLite table); a nonce secret is set when
+the subscriber store is a shared Redis.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Doctor:
         yield from self.check_websocket()
         yield from self.check_backends()
         yield from self.check_certificate()
+        yield from self.check_store()
         yield from self.check_nonce_secret()
         if self.client is not None:
             self.client.close()
@@ -224,6 +226,70 @@ class Doctor:
                     detail=f"{path} ({subject}) valid for {days:.0f} more days",
                     fix="renew it soon (certbot renew)" if status == WARN else "")
 
+    def check_store(self) -> Iterator[Check]:
+        """The subscriber store answers: Redis a PING (after AUTH and SELECT), SQLite opens
+        with its subscriber table."""
+        url = self.config.subscribers.url
+        if url.startswith("redis://"):
+            yield self._check_redis(url)
+        elif url.startswith("sqlite://"):
+            yield self._check_sqlite(url[len("sqlite://"):])
+
+    def _check_redis(self, url: str) -> Check:
+        import socket
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+        shown = f"redis://{host}:{port}{parts.path}"
+        name = "subscriber store"
+        commands = []
+        if parts.password:
+            commands.append(["AUTH", *([parts.username] if parts.username else []),
+                             parts.password])
+        if parts.path.strip("/"):
+            commands.append(["SELECT", parts.path.strip("/")])
+        commands.append(["PING"])
+        try:
+            with socket.create_connection((host, port), timeout=self.timeout) as s:
+                s.settimeout(self.timeout)
+                reader = s.makefile("rb")
+                for command in commands:
+                    s.sendall(_resp(command))
+                    line = reader.readline().decode("latin-1").strip()
+                    if not line.startswith("+"):
+                        return Check(name=name, status=FAIL,
+                                     detail=f"{shown}: {command[0]} answered {line or 'nothing'}",
+                                     fix="check the password and database in subscribers.url")
+        except OSError as e:
+            return Check(name=name, status=FAIL,
+                         detail=f"{shown}: {e.strerror or e}",
+                         fix="is Redis running and reachable (systemctl status redis-server; "
+                             "redis-cli -h HOST -p PORT ping)? every REGISTER fails meanwhile")
+        return Check(name=name, status=PASS, detail=f"{shown} answers PING")
+
+    def _check_sqlite(self, path: str) -> Check:
+        import os
+        import sqlite3
+
+        name = "subscriber store"
+        if not os.path.exists(path):
+            return Check(name=name, status=WARN, detail=f"{path} does not exist yet",
+                         fix="add users with sipgw users add USER (it creates the file)")
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=self.timeout)
+            try:
+                (count,) = db.execute("SELECT count(*) FROM subscriber").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error as e:
+            return Check(name=name, status=FAIL, detail=f"{path}: {e}",
+                         fix="the file is not a sipgw subscriber store, or not readable by the "
+                             "user sipgw runs as")
+        return Check(name=name, status=PASS if count else WARN,
+                     detail=f"{path}: {count} subscriber(s)",
+                     fix="" if count else "add users with sipgw users add USER")
+
     def check_nonce_secret(self) -> Iterator[Check]:
         url = self.config.subscribers.url
         if url.startswith("redis://") and not self.config.auth.nonce_secret:
@@ -232,6 +298,15 @@ class Doctor:
                                "auth.nonce_secret is empty: each node makes its own",
                         fix="set the same auth.nonce_secret on every node, or a client "
                             "answering another node's challenge is refused")
+
+
+def _resp(command: list[str]) -> bytes:
+    """A Redis command in RESP (the protocol redis-cli speaks)."""
+    out = [f"*{len(command)}\r\n".encode()]
+    for word in command:
+        data = word.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 def _names_host(host: str, dns: set[str], ips: set[str], ipaddress) -> bool:

@@ -21,7 +21,10 @@ def test_doctor_passes_on_a_healthy_stack_and_names_a_backend_that_went_down(
     done = run_cli("doctor", "-c", str(gw.config_path))
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert all(line.startswith("PASS") for line in lines), lines
+    # The one warning allowed: no subscriber yet (these tests trust loopback instead).
+    checks = [line for line in lines if not line.startswith("      fix:")]
+    assert all(line.startswith("PASS") or line.startswith("WARN  subscriber store")
+               for line in checks), lines
     assert any(f"backend sip:{uas.address}: OPTIONS: 200 OK in" in line for line in lines)
     assert any(f"listener udp:{gw.address}: OPTIONS to itself: 200 OK" in line
                for line in lines)

@@ -149,3 +149,63 @@ def test_a_certificate_for_another_host_fails_and_one_expiring_soon_warns(tmp_pa
     assert soon.status == WARN and "valid for 5 more days" in soon.detail
     good = cert_check(tmp_path, certificate(tmp_path, days=90))
     assert good.status == PASS and "valid for 90 more days" in good.detail
+
+
+def test_redis_down_is_named_with_its_address_and_the_fix(tmp_path):
+    port = closed_port()
+    path = write(tmp_path, f'[subscribers]\nurl = "redis://127.0.0.1:{port}/2"\n'
+                           f'[listen]\nudp = []\ntcp = ["127.0.0.1:{closed_port()}"]\nws = []\n'
+                           '[dispatcher]\ndestinations = ["sip:127.0.0.1:1;transport=tcp"]')
+    check = by_name(Doctor(path, timeout=0.5).run())["subscriber store"]
+    assert check.status == FAIL
+    assert f"redis://127.0.0.1:{port}/2: Connection refused" in check.detail
+    assert "redis-cli" in check.fix
+
+
+def test_a_redis_that_answers_passes_after_auth_and_select(tmp_path):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    seen: list[bytes] = []
+
+    def redis():
+        conn, _ = server.accept()
+        with conn:
+            for _ in range(3):
+                seen.append(conn.recv(4096))
+                conn.sendall(b"+PONG\r\n" if b"PING" in seen[-1] else b"+OK\r\n")
+
+    thread = threading.Thread(target=redis)
+    thread.start()
+    try:
+        path = write(tmp_path, f'[subscribers]\nurl = "redis://:pw@127.0.0.1:{port}/2"\n'
+                               f'[auth]\nnonce_secret = "s"\n'
+                               f'[listen]\nudp = []\ntcp = ["127.0.0.1:{closed_port()}"]\n'
+                               'ws = []\n'
+                               '[dispatcher]\ndestinations = ["sip:127.0.0.1:1;transport=tcp"]')
+        check = by_name(Doctor(path, timeout=2).run())["subscriber store"]
+    finally:
+        thread.join(5)
+        server.close()
+    assert check.status == PASS, check
+    assert seen == [b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n", b"*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n",
+                    b"*1\r\n$4\r\nPING\r\n"]
+
+
+def test_an_sqlite_store_counts_its_subscribers(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "subs.db"
+    path = write(tmp_path, f'[subscribers]\nurl = "sqlite://{db}"\n'
+                           f'[listen]\nudp = []\ntcp = ["127.0.0.1:{closed_port()}"]\nws = []\n'
+                           '[dispatcher]\ndestinations = ["sip:127.0.0.1:1;transport=tcp"]')
+    missing = by_name(Doctor(path, timeout=0.2).run())["subscriber store"]
+    assert missing.status == WARN and "does not exist yet" in missing.detail
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE subscriber (username TEXT)")
+    con.execute("INSERT INTO subscriber VALUES ('5001')")
+    con.commit()
+    con.close()
+    found = by_name(Doctor(path, timeout=0.2).run())["subscriber store"]
+    assert found.status == PASS and "1 subscriber(s)" in found.detail
