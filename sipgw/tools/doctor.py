@@ -39,9 +39,14 @@ class Check:
 
 
 class Doctor:
-    def __init__(self, config_path: str | None, *, timeout: float = 2.0) -> None:
+    def __init__(self, config_path: str | None, *, timeout: float = 2.0,
+                 user: str | None = None, domain: str | None = None,
+                 password: str | None = None) -> None:
         self.config_path = config_path
         self.timeout = timeout
+        self.user = user
+        self.domain = domain
+        self.password = password
         self.config = None
         self.client: Client | None = None
 
@@ -55,6 +60,8 @@ class Doctor:
         yield from self.check_backends()
         yield from self.check_certificate()
         yield from self.check_store()
+        if self.user:
+            yield from self.check_user()
         yield from self.check_nonce_secret()
         if self.client is not None:
             self.client.close()
@@ -290,6 +297,93 @@ class Doctor:
                      detail=f"{path}: {count} subscriber(s)",
                      fix="" if count else "add users with sipgw users add USER")
 
+    def _record(self) -> dict[str, str] | None:
+        """The user's stored fields (OSError/sqlite3.Error when the store fails)."""
+        url = self.config.subscribers.url
+        if url.startswith("sqlite://"):
+            import sqlite3
+
+            db = sqlite3.connect(f"file:{url[len('sqlite://'):]}?mode=ro", uri=True,
+                                 timeout=self.timeout)
+            try:
+                db.row_factory = sqlite3.Row
+                query = "SELECT * FROM subscriber WHERE username = ?"
+                args: tuple = (self.user,)
+                if self.domain:
+                    query += " AND domain = ?"
+                    args += (self.domain,)
+                row = db.execute(query, args).fetchone()
+            finally:
+                db.close()
+            return dict(row) if row else None
+        import socket
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        key = self.config.subscribers.key_template.format(username=self.user,
+                                                          domain=self.domain or "")
+        commands = []
+        if parts.password:
+            commands.append(["AUTH", *([parts.username] if parts.username else []),
+                             parts.password])
+        if parts.path.strip("/"):
+            commands.append(["SELECT", parts.path.strip("/")])
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379),
+                                      timeout=self.timeout) as sock:
+            reader = sock.makefile("rb")
+            for command in commands:
+                sock.sendall(_resp(command))
+                reader.readline()
+            sock.sendall(_resp(["HGETALL", key]))
+            items = _read_resp(reader)
+        if not items:
+            return None
+        record = dict(zip(items[::2], items[1::2]))
+        record.setdefault("username", self.user)
+        return record
+
+    def check_user(self) -> Iterator[Check]:
+        """--user: the subscriber exists, its domain is the realm, its HA1 matches the
+        password (--password-stdin), no plaintext password is stored."""
+        from sipgw.sip import digest
+
+        name = f"user {self.user}"
+        try:
+            record = self._record()
+        except Exception as e:  # the store check above already named why
+            yield Check(name=name, status=FAIL, detail=f"cannot read the store: {e}",
+                        fix="fix the subscriber store first (see its check)")
+            return
+        if record is None:
+            yield Check(name=name, status=FAIL,
+                        detail=f"{self.user} is not in {self.config.subscribers.url}",
+                        fix=f"sipgw users add {self.user}"
+                            + (f" --domain {self.domain}" if self.domain else ""))
+            return
+        domain = record.get("domain") or self.domain or ""
+        realm = self.config.auth.realm or domain
+        yield Check(name=name, status=PASS, detail=f"{self.user}@{domain} exists")
+        if self.config.auth.realm and domain != self.config.auth.realm:
+            yield Check(name=f"{name} domain", status=FAIL,
+                        detail=f"stored for domain {domain}, but auth.realm is "
+                               f"{self.config.auth.realm}",
+                        fix=f"sipgw users passwd {self.user} --domain {self.config.auth.realm} "
+                            "(the HA1 is computed with the realm)")
+        if record.get("password"):
+            yield Check(name=f"{name} password", status=WARN,
+                        detail="a plaintext password is stored",
+                        fix=f"sipgw users passwd {self.user} stores HA1 only")
+        if self.password is not None:
+            stored = record.get("ha1") or ""
+            if stored and stored == digest.ha1(self.user, realm, self.password):
+                yield Check(name=f"{name} ha1", status=PASS,
+                            detail=f"HA1 matches MD5({self.user}:{realm}:password)")
+            else:
+                yield Check(name=f"{name} ha1", status=FAIL,
+                            detail=f"stored HA1 is not MD5({self.user}:{realm}:password): a "
+                                   "wrong password, or computed for another realm/domain",
+                            fix=f"sipgw users passwd {self.user} --domain {realm}")
+
     def check_nonce_secret(self) -> Iterator[Check]:
         url = self.config.subscribers.url
         if url.startswith("redis://") and not self.config.auth.nonce_secret:
@@ -307,6 +401,18 @@ def _resp(command: list[str]) -> bytes:
         data = word.encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
+
+
+def _read_resp(reader) -> list[str]:
+    """An HGETALL answer (a RESP array of bulk strings) as a list."""
+    head = reader.readline().decode("latin-1").strip()
+    if not head.startswith("*"):
+        raise OSError(f"Redis answered {head}")
+    out = []
+    for _ in range(max(int(head[1:]), 0)):
+        size = int(reader.readline().decode("latin-1").strip()[1:])
+        out.append(reader.read(size + 2)[:-2].decode("utf-8", "replace"))
+    return out
 
 
 def _names_host(host: str, dns: set[str], ips: set[str], ipaddress) -> bool:

@@ -209,3 +209,45 @@ def test_an_sqlite_store_counts_its_subscribers(tmp_path):
     con.close()
     found = by_name(Doctor(path, timeout=0.2).run())["subscriber store"]
     assert found.status == PASS and "1 subscriber(s)" in found.detail
+
+
+def user_store(tmp_path, *, domain="192.168.210.54", password="password5001", extra=""):
+    import sqlite3
+
+    from sipgw.store import make_subscriber
+
+    db = tmp_path / "subs.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE subscriber (username TEXT, domain TEXT, ha1 TEXT, ha1b TEXT, "
+                "ha1_sha256 TEXT, password TEXT)")
+    sub = make_subscriber("5001", domain, password)
+    con.execute("INSERT INTO subscriber VALUES (?, ?, ?, ?, ?, ?)",
+                (sub.username, sub.domain, sub.ha1, sub.ha1b, sub.ha1_sha256, extra))
+    con.commit()
+    con.close()
+    return write(tmp_path, f'[subscribers]\nurl = "sqlite://{db}"\n'
+                           '[auth]\nrealm = "192.168.210.54"\n'
+                           f'[listen]\nudp = []\ntcp = ["127.0.0.1:{closed_port()}"]\nws = []\n'
+                           '[dispatcher]\ndestinations = ["sip:127.0.0.1:1;transport=tcp"]')
+
+
+def test_user_checks_name_a_missing_user_a_wrong_domain_and_a_wrong_ha1(tmp_path):
+    good = by_name(Doctor(user_store(tmp_path), user="5001", password="password5001",
+                          timeout=0.2).run())
+    assert good["user 5001"].status == PASS and good["user 5001 ha1"].status == PASS
+    (tmp_path / "b").mkdir()
+    missing = by_name(Doctor(user_store(tmp_path / "b"), user="5002", timeout=0.2).run())
+    assert missing["user 5002"].status == FAIL
+    assert missing["user 5002"].fix == "sipgw users add 5002"
+    (tmp_path / "c").mkdir()
+    local = by_name(Doctor(user_store(tmp_path / "c", domain="localhost"), user="5001",
+                           password="password5001", timeout=0.2).run())
+    assert local["user 5001 domain"].status == FAIL
+    assert "stored for domain localhost, but auth.realm is 192.168.210.54" in \
+        local["user 5001 domain"].detail
+    assert local["user 5001 ha1"].status == FAIL
+    (tmp_path / "d").mkdir()
+    plain = by_name(Doctor(user_store(tmp_path / "d", extra="secret"), user="5001",
+                           password="wrong", timeout=0.2).run())
+    assert plain["user 5001 password"].status == WARN
+    assert plain["user 5001 ha1"].status == FAIL
