@@ -294,6 +294,7 @@ def _ws_settings(config: Config) -> WsSettings:
         max_connections=config.limits.ws_max_connections,
         max_per_address=config.limits.ws_max_connections_per_address,
         register_timeout=config.limits.ws_register_timeout,
+        phone_page=w.phone_page,
     )
 
 

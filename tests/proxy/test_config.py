@@ -53,7 +53,7 @@ IN_EFFECT_NOW = {
     "websocket.keepalive_interval", "websocket.handshake_timeout", "proxy.nat_uac_test",
     "listen.tls", "listen.wss", "tls.certificate", "tls.private_key", "tls.min_version",
     "tls.ciphers", "limits.ws_max_connections", "limits.ws_max_connections_per_address",
-    "limits.ws_register_timeout",
+    "limits.ws_register_timeout", "websocket.phone_page",
     "control.socket", "control.mode", "control.group", "metrics.listen",
     "trace.hep", "trace.hep_agent_id", "trace.hep_password",
 }  # fmt: skip

@@ -129,8 +129,9 @@ HANDSHAKE_MATRIX = [
     ("Upgrade is not websocket", dict(upgrade="h2c"), 400, None),
     ("no Connection", dict(connection=None), 400, None),
     ("Connection without upgrade", dict(connection="keep-alive"), 400, None),
-    ("a plain GET for a page", dict(upgrade=None, key=None, version=None, protocol=None,
-                                    connection=None), 404, None),
+    ("a plain GET for another page", dict(path="/nothing.html", upgrade=None, key=None,
+                                          version=None, protocol=None, connection=None),
+     404, None),
 ]
 
 
@@ -413,3 +414,31 @@ def test_a_connection_that_never_registers_is_closed_after_the_register_timeout(
     stack.clock.advance(0.2)
     assert [f.close_code for f in silent.read()] == [1008]
     assert registered.read() == []
+
+
+# --- the phone page ---------------------------------------------------------------------------
+
+PLAIN = dict(upgrade=None, key=None, version=None, protocol=None, connection=None)
+
+
+def test_a_plain_get_of_slash_serves_the_phone_page_and_closes(stack):
+    c = Client(stack)
+    c.proto.dataReceived(wf.handshake(path="/", **PLAIN)[0])
+    head, _, body = c.transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Content-Type: text/html; charset=utf-8" in head
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert b"<title>sipgw test phone</title>" in body
+    assert c.closing
+    assert stack.stat("ws_failed_handshakes") == 0
+
+
+def test_the_phone_page_can_be_turned_off():
+    stack = Stack(phone_page=False)
+    c = Client(stack)
+    c.send(wf.handshake(path="/", **PLAIN)[0])
+    assert c.reader.status == 404
+
+
+def test_the_upgrade_works_on_the_phone_pages_path_too(stack):
+    Client(stack).open(path="/")

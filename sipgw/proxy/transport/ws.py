@@ -2,7 +2,9 @@
 
 The handshake follows Kamailio's websocket module, which our users' browsers already pass:
 
-* a plain HTTP GET (no ``Upgrade``, no ``Sec-WebSocket-Key``) is not a WebSocket: 404;
+* a plain HTTP GET (no ``Upgrade``, no ``Sec-WebSocket-Key``) is not a WebSocket: the
+  test phone page (``websocket.phone_page``, ``sipgw.tools.phone``) for its own paths,
+  404 for anything else;
 * a WebSocket request missing ``Host``, ``Upgrade: websocket``, ``Connection: upgrade``,
   ``Sec-WebSocket-Key`` or ``Sec-WebSocket-Version``, or not offering the ``sip``
   subprotocol: 400;
@@ -32,6 +34,7 @@ from twisted.logger import Logger
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source
 from sipgw.rpc.registry import RpcError, rpc
+from sipgw.tools.phone import phone_asset
 
 log = Logger(namespace="sipgw.ws")
 
@@ -64,6 +67,7 @@ class WsSettings:
     max_connections: int = 20000
     max_per_address: int = 1000
     register_timeout: float = 60.0  # 0: a connection may stay without a REGISTER
+    phone_page: bool = True  # GET / (and its files) serves the test phone
 
 
 class HandshakeRefused(Exception):
@@ -74,6 +78,14 @@ class HandshakeRefused(Exception):
         self.status = status
         self.reason = reason
         self.headers = headers
+
+
+class PlainGet(HandshakeRefused):
+    """Not a WebSocket at all: a browser asking for a page (404 unless it is the phone's)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(404, "Not Found")
+        self.path = path
 
 
 def check_handshake(head: bytes, allowed_origins: tuple[str, ...]) -> dict[str, str]:
@@ -100,8 +112,7 @@ def check_handshake(head: bytes, allowed_origins: tuple[str, ...]) -> dict[str, 
     if parts[0] != "GET":
         raise HandshakeRefused(405, "Method Not Allowed")
     if "upgrade" not in headers and "sec-websocket-key" not in headers:
-        # Not a WebSocket at all: a browser asking for a page we do not serve.
-        raise HandshakeRefused(404, "Not Found")
+        raise PlainGet(parts[1])
     upgrade = _tokens(headers.get("upgrade", ""))
     connection = _tokens(headers.get("connection", ""))
     if (
@@ -201,6 +212,13 @@ class WsConnection(WebSocketServerProtocol):
                 return
             try:
                 headers = check_handshake(self.data[:end], self.stack.settings.allowed_origins)
+            except PlainGet as get:
+                asset = phone_asset(get.path) if self.stack.settings.phone_page else None
+                if asset is None:
+                    self._refuse(get)
+                else:
+                    self._serve(*asset)
+                return
             except HandshakeRefused as refused:
                 self._refuse(refused)
                 return
@@ -220,6 +238,14 @@ class WsConnection(WebSocketServerProtocol):
         log.info("ws handshake from {h}:{p} refused: {status}{why}", h=peer.host, p=peer.port,
                  status=str(refused), why=f" ({why})" if why else "")
         self.failHandshake(refused.reason, refused.status, list(refused.headers))
+
+    def _serve(self, body: bytes, content_type: str) -> None:
+        """The phone page's file, then close: one request per connection keeps this simple."""
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nCache-Control: no-cache\r\n"
+                "Connection: close\r\n\r\n").encode()
+        self.sendData(head + body)
+        self.dropConnection(abort=False)
 
     def onConnect(self, request):
         return SUBPROTOCOL  # check_handshake made sure the client offered it
