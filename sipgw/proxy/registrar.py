@@ -69,6 +69,7 @@ class Registrar:
         self.flows = flows
         self.records: dict[int, FlowRecord] = {}
         self.by_address: dict[tuple[str, str, int], int] = {}
+        self.gone = 0  # records of closed flows still remembered
 
     # -- REGISTER from a client ---------------------------------------------------------
 
@@ -165,11 +166,12 @@ class Registrar:
         if record is None:
             return
         record.open = False
+        self.gone += 1
         # Kept until its registrations would have expired, so the backend's requests in
         # the meantime get 430/480 instead of silence.
         latest = max(record.bindings.values(), default=0.0)
         delay = max(latest - self.clock.seconds(), 0.0)
-        if sum(not r.open for r in self.records.values()) > MAX_GONE:
+        if self.gone > MAX_GONE:
             self._forget(record)
             return
         self.clock.callLater(delay, self._expire, flow_id, record)
@@ -179,7 +181,8 @@ class Registrar:
             self._forget(record)
 
     def _forget(self, record: FlowRecord) -> None:
-        self.records.pop(record.flow_id, None)
+        if self.records.pop(record.flow_id, None) is record and not record.open:
+            self.gone -= 1
         key = (record.transport, record.host, record.port)
         if self.by_address.get(key) == record.flow_id:
             del self.by_address[key]

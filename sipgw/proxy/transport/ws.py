@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket import protocol as _autobahn_protocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -168,6 +169,12 @@ def _in(host: str, networks: tuple) -> bool:
     except ValueError:
         return False
     return any(ip in net for net in networks)
+
+
+# autobahn pretty-prints its whole option table for a debug log line on every new
+# connection, whether or not anyone logs debug: 0.6 ms per connection, half of what a
+# WebSocket REGISTER costs us (bench/ws.py profile). We never show autobahn's debug lines.
+_autobahn_protocol.pformat = lambda _options: ""
 
 
 class _ClockTimer:
