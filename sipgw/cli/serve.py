@@ -55,6 +55,7 @@ def _run(loaded) -> int:
 
     from sipgw import __version__
     from sipgw.proxy import log as sipgw_log
+    from sipgw.proxy.notify import attach_notify
     from sipgw.proxy.service import ProxyService
 
     sipgw_log.start_logging(loaded.config.log.level)
@@ -87,6 +88,7 @@ def _run(loaded) -> int:
 
     reactor.callWhenRunning(start)
     reactor.callWhenRunning(_tune_gc)
+    attach_notify(svc, reactor, started=lambda: status["code"] == EXIT_OK)  # Type=notify
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
     svc.install_signal_handlers()
     reactor.run()

@@ -1,0 +1,114 @@
+"""systemd's notify protocol (sd_notify(3)) for ``Type=notify``, without libsystemd.
+
+systemd passes ``NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract namespace); each
+notification is one datagram of ``KEY=VALUE`` lines: ``READY=1`` once the listeners are
+open, ``RELOADING=1`` with ``MONOTONIC_USEC`` on SIGHUP and ``READY=1`` when the reload is
+done, ``STOPPING=1`` on SIGTERM, ``STATUS=...`` for ``systemctl status``, and
+``WATCHDOG=1`` every half ``WATCHDOG_USEC`` when the unit sets ``WatchdogSec``. Without
+``NOTIFY_SOCKET`` every call does nothing. A failing send is ignored: systemd's bookkeeping
+must never stop SIP.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Mapping
+
+
+class Notifier:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        path = env.get("NOTIFY_SOCKET", "")
+        self.address = ("\0" + path[1:]) if path.startswith("@") else path
+        self.watchdog_interval: float | None = None
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+            self.watchdog_interval = int(usec) / 2_000_000  # half the timeout, in seconds
+        self._watchdog = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+    def send(self, **fields: str) -> bool:
+        if not self.address:
+            return False
+        text = "\n".join(f"{key}={value}" for key, value in fields.items())
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.sendto(text.encode(), self.address)
+        except OSError:
+            return False
+        return True
+
+    def ready(self, status: str = "") -> None:
+        self.send(READY="1", **({"STATUS": status} if status else {}))
+
+    def reloading(self) -> None:
+        usec = int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1_000_000)
+        self.send(RELOADING="1", MONOTONIC_USEC=str(usec), STATUS="reloading the configuration")
+
+    def stopping(self) -> None:
+        self.send(STOPPING="1", STATUS="stopping")
+
+    def status(self, text: str) -> None:
+        self.send(STATUS=text)
+
+    def start_watchdog(self, reactor) -> None:
+        """WATCHDOG=1 from the reactor: a stuck reactor stops it, and systemd restarts us."""
+        if self.watchdog_interval is None or not self.address:
+            return
+        from twisted.internet.task import LoopingCall
+
+        self._watchdog = LoopingCall(self.send, WATCHDOG="1")
+        self._watchdog.clock = reactor
+        self._watchdog.start(self.watchdog_interval, now=True)
+
+    def stop_watchdog(self) -> None:
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
+        self._watchdog = None
+
+
+def notify_reload(service, notifier: Notifier) -> None:
+    """Wrap ``service.reload`` (what SIGHUP calls) with RELOADING=1 ... READY=1."""
+    reload = service.reload
+
+    def reload_notified() -> None:
+        notifier.reloading()
+        try:
+            reload()
+        finally:
+            notifier.ready(status="running")
+
+    service.reload = reload_notified
+
+
+def attach_notify(service, reactor, *, started=lambda: True,
+                  environ: Mapping[str, str] | None = None) -> Notifier:
+    """The one call ``sipgw serve`` makes: READY=1 once started (if ``started()``), the
+    watchdog, RELOADING/READY around SIGHUP reloads, STOPPING=1 on shutdown."""
+    notifier = Notifier(environ)
+    if not notifier.enabled:
+        return notifier
+
+    def ready() -> None:
+        if not started():
+            return
+        listen = service.loaded.config.listen
+        count = sum(len(getattr(listen, t)) for t in ("udp", "tcp", "tls", "ws", "wss"))
+        notifier.ready(status=f"running: {count} listeners, relaying to "
+                              f"{service.proxy.backend.uri if service.proxy else '-'}")
+        notifier.start_watchdog(reactor)
+
+    def stopping() -> None:
+        notifier.stop_watchdog()
+        notifier.stopping()
+
+    reactor.callWhenRunning(ready)
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
+    notify_reload(service, notifier)
+    return notifier

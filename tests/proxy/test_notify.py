@@ -1,0 +1,87 @@
+"""systemd notify: READY, RELOADING/READY, STOPPING and WATCHDOG on a real unix socket."""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet.task import Clock
+
+from sipgw.proxy.notify import Notifier, notify_reload
+
+
+def listener(tmp_path, abstract: bool = False):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if abstract:
+        name = f"sipgw-notify-test-{id(s)}"
+        s.bind("\0" + name)
+        env = {"NOTIFY_SOCKET": "@" + name}
+    else:
+        path = str(tmp_path / "notify.sock")
+        s.bind(path)
+        env = {"NOTIFY_SOCKET": path}
+    s.settimeout(2)
+    return s, env
+
+
+def received(s) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in s.recv(4096).decode().splitlines())
+
+
+def test_ready_and_stopping_reach_the_socket_systemd_gives(tmp_path):
+    s, env = listener(tmp_path)
+    with s:
+        n = Notifier(env)
+        n.ready(status="running")
+        assert received(s) == {"READY": "1", "STATUS": "running"}
+        n.stopping()
+        assert received(s) == {"STOPPING": "1", "STATUS": "stopping"}
+
+
+def test_an_abstract_socket_name_works_too(tmp_path):
+    s, env = listener(tmp_path, abstract=True)
+    with s:
+        Notifier(env).status("hello")
+        assert received(s) == {"STATUS": "hello"}
+
+
+def test_a_reload_is_announced_and_followed_by_ready_even_when_it_fails(tmp_path):
+    s, env = listener(tmp_path)
+
+    class Service:
+        calls = 0
+
+        def reload(self):
+            Service.calls += 1
+            raise ValueError("bad file")
+
+    svc = Service()
+    with s:
+        notify_reload(svc, Notifier(env))
+        try:
+            svc.reload()
+        except ValueError:
+            pass
+        first, second = received(s), received(s)
+    assert first["RELOADING"] == "1" and first["MONOTONIC_USEC"].isdigit()
+    assert second["READY"] == "1" and Service.calls == 1
+
+
+def test_the_watchdog_pings_every_half_watchdog_usec_until_stopped(tmp_path):
+    s, env = listener(tmp_path)
+    clock = Clock()
+    with s:
+        n = Notifier({**env, "WATCHDOG_USEC": "10000000"})
+        assert n.watchdog_interval == 5.0
+        n.start_watchdog(clock)
+        assert received(s) == {"WATCHDOG": "1"}
+        clock.advance(5)
+        assert received(s) == {"WATCHDOG": "1"}
+        n.stop_watchdog()
+        assert clock.getDelayedCalls() == []
+
+
+def test_without_notify_socket_nothing_is_sent_and_nothing_fails():
+    n = Notifier({})
+    assert not n.enabled
+    assert n.send(READY="1") is False
+    assert Notifier({"NOTIFY_SOCKET": "/nonexistent/sock"}).send(READY="1") is False
