@@ -149,3 +149,12 @@ def test_a_missing_certificate_stops_sipgw_at_start_with_the_file_named(tmp_path
     assert done.returncode == 1
     out = done.stdout + done.stderr
     assert "tls.certificate" in out and "missing.pem" in out
+
+
+def test_a_tls_flow_answers_an_rfc_5626_double_crlf_ping_with_a_crlf(tls_sipgw, client_tls):
+    import socket
+
+    with socket.create_connection((LOOPBACK, tls_sipgw.tls_port), timeout=3) as raw:
+        with client_tls.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"\r\n\r\n")
+            assert s.recv(16) == b"\r\n"
