@@ -13,7 +13,7 @@ from sipgw.tools.wscheck import HandshakeFailed, ws_check
 
 @click.group()
 def tools() -> None:
-    """Stand-alone checks: OPTIONS ping, WebSocket handshake."""
+    """Stand-alone checks: OPTIONS ping, WebSocket handshake, HA1."""
 
 
 @tools.command()
@@ -53,3 +53,29 @@ def ws_check_command(app: App, url: str, timeout: float, insecure: bool,
                   f"accept {'ok' if hs.accept_ok else 'WRONG'}; {hs.latency_ms:.1f} ms")
     if not hs.healthy:
         raise SystemExit(EXIT_FAILED)
+
+
+@tools.command()
+@click.argument("user")
+@click.argument("domain")
+@click.option("--realm", help="Digest realm (default: DOMAIN, as auth.realm \"\" means).")
+@click.option("--json", "as_json", is_flag=True, help="Print ha1, ha1b and ha1_sha256 as JSON.")
+@pass_app
+def ha1(app: App, user: str, domain: str, realm: str | None, as_json: bool) -> None:
+    """The digest hashes of USER@DOMAIN for the password read from stdin's first line:
+    ha1 = MD5(user:realm:password), the value a store keeps (the guide's md5sum check)."""
+    import sys
+
+    from sipgw.sip import digest
+
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        app.fail("no password on stdin", EXIT_FAILED)
+    realm = realm or domain
+    hashes = {"ha1": digest.ha1(user, realm, password),
+              "ha1b": digest.ha1b(user, domain, realm, password),
+              "ha1_sha256": digest.ha1(user, realm, password, "SHA-256")}
+    if as_json:
+        app.out.out(json.dumps(hashes), highlight=False)
+    else:
+        app.out.print(hashes["ha1"])

@@ -41,3 +41,17 @@ def test_ws_list_and_close(run, control):
     code, _, err = run("ws", "close", "-c", str(control.config), "7")
     assert (code, err) == (0, "closed 7\n")
     assert control.methods_called()[-1] == ("ws.close", [7])
+
+
+def test_tools_ha1_is_the_md5_the_guide_computes_with_md5sum(run):
+    import hashlib
+
+    code, out, _ = run("tools", "ha1", "5001", "192.168.210.54", input="password5001\n")
+    assert code == 0
+    assert out == hashlib.md5(b"5001:192.168.210.54:password5001").hexdigest() + "\n"
+    code, out, _ = run("tools", "ha1", "5001", "example.com", "--realm", "r", "--json",
+                       input="pw\n")
+    hashes = json.loads(out)
+    assert hashes["ha1"] == hashlib.md5(b"5001:r:pw").hexdigest()
+    assert hashes["ha1b"] == hashlib.md5(b"5001@example.com:r:pw").hexdigest()
+    assert hashes["ha1_sha256"] == hashlib.sha256(b"5001:r:pw").hexdigest()
