@@ -30,10 +30,13 @@ RATES = {
     "forwarded rpl/s": "core.fwd_replies",
     "dropped/s": "core.drop_requests",
     "bad msg/s": "core.bad_msg",
-    "sipgw 1xx/s": "sl.1xx_replies",
-    "sipgw 2xx/s": "sl.2xx_replies",
-    "sipgw 4xx/s": "sl.4xx_replies",
-    "sipgw 5xx/s": "sl.5xx_replies",
+    "1xx/s": "core.rcv_replies_1xx",
+    "2xx/s": "core.rcv_replies_2xx",
+    "3xx/s": "core.rcv_replies_3xx",
+    "4xx/s": "core.rcv_replies_4xx",
+    "5xx/s": "core.rcv_replies_5xx",
+    "6xx/s": "core.rcv_replies_6xx",
+    "sipgw replies/s": "sl.sent_replies",
 }
 
 

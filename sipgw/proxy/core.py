@@ -107,6 +107,7 @@ class Proxy:
                 self.router.on_request(msg, source)
             else:
                 self.stats.inc("core:rcv_replies")
+                self.stats.inc(_REPLY_CLASS[msg.status // 100 % 7])  # type: ignore[union-attr]
                 if source.transport in WEBSOCKET or (self.nat.tests and
                                                      not self.is_backend(source)):
                     self.nat.from_client(msg, source)  # a browser's 200 names .invalid
@@ -216,6 +217,9 @@ class Proxy:
             port = via.port or (5061 if transport == "tls" else 5060)
         return Destination(transport=transport, host=host.strip("[]"), port=port)
 
+
+# Kamailio's core:rcv_replies_Nxx, by the first digit of the status (0 for nonsense).
+_REPLY_CLASS = ("core:rcv_replies_6xx",) + tuple(f"core:rcv_replies_{n}xx" for n in range(1, 7))
 
 _REASONS = {
     400: "Bad Request",

@@ -26,6 +26,12 @@ class StatDef:
 CORE_STATS = (
     StatDef(group="core", name="rcv_requests", help="requests received"),
     StatDef(group="core", name="rcv_replies", help="replies received"),
+    StatDef(group="core", name="rcv_replies_1xx", help="1xx replies received"),
+    StatDef(group="core", name="rcv_replies_2xx", help="2xx replies received"),
+    StatDef(group="core", name="rcv_replies_3xx", help="3xx replies received"),
+    StatDef(group="core", name="rcv_replies_4xx", help="4xx replies received"),
+    StatDef(group="core", name="rcv_replies_5xx", help="5xx replies received"),
+    StatDef(group="core", name="rcv_replies_6xx", help="6xx replies received"),
     StatDef(group="core", name="fwd_requests", help="requests forwarded"),
     StatDef(group="core", name="fwd_replies", help="replies forwarded"),
     StatDef(group="core", name="drop_requests", help="requests dropped without a reply"),

@@ -131,3 +131,19 @@ def test_a_summary_reads_compact_headers_and_never_raises():
         486, "Busy Here", "x1", "sip:a@b", "sip:c@d")
     for junk in (b"", b"\r\n", b"SIP/2.0", b"\xff" * 100, b"A B\r\n:\r\n::"):
         summarize(junk)
+
+
+def test_replies_are_counted_by_class_as_kamailio_counts_them(rig):
+    harness, _, _ = rig
+    harness.udp(valid_invite("cls"))
+    invite_out = harness.to_backend()[-1].data
+    lines = invite_out.split(b"\r\n")
+    head = [ln for ln in lines[1:] if ln.split(b":")[0].lower()
+            in (b"via", b"from", b"to", b"call-id", b"cseq")]
+    for status in (b"180 Ringing", b"486 Busy Here"):
+        harness.udp(b"\r\n".join([b"SIP/2.0 " + status] + head)
+                    + b"\r\nContent-Length: 0\r\n\r\n", BACKEND_SOURCE)
+    stats = harness.proxy.stats
+    assert stats.get("core:rcv_replies_1xx") == 1
+    assert stats.get("core:rcv_replies_4xx") == 1
+    assert stats.get("core:rcv_replies") == 2
