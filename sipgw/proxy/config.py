@@ -563,6 +563,7 @@ class ProxyConfig:
     record_route: bool = _key(_Bool(), True, "insert Record-Route so that in-dialog requests come back through sipgw", in_effect=True)  # noqa: E501
     server_header: str = _key(_String(_header_value), "sipgw", 'User-Agent/Server value sipgw writes ("" = none)', in_effect=True)  # noqa: E501
     aliases: tuple[str, ...] = _key(_StringList('a list of "host" or "host:port" strings', _alias), [], "more host names or addresses that mean sipgw itself (OPTIONS to self, loop detection)", in_effect=True)  # noqa: E501
+    drain_timeout: float = _key(_Seconds(), 10, "on SIGTERM, how long requests already received may take to get their final answer before sipgw exits (seconds; new requests get 503 meanwhile)", in_effect=True)  # noqa: E501
     nat_uac_test: int = _key(_Integer(0, 511), 19, "Kamailio nat_uac_test flags for UDP/TCP/TLS clients (0 = off); WebSocket clients are always NATed", in_effect=True)  # noqa: E501
 
 

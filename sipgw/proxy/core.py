@@ -75,6 +75,7 @@ class Proxy:
         self.server_header = server_header
         self.timer_c = timer_c
         self.max_transactions = max_transactions
+        self.draining = False  # set on SIGTERM: new initial requests get 503
         self.nat = Nat(is_client=self._is_client)  # the service gives it the flow table
         self.registrar = Registrar(clock, identity, boot=os.urandom(3).hex())
         # The pool of backends (sipgw.proxy.dispatcher.Dispatcher), set by the service;
@@ -153,6 +154,10 @@ class Proxy:
         """May a contact alias send us there? Anywhere but ourselves and our backends."""
         probe = Source(transport="udp", host=host, port=port, local_host="", local_port=0)
         return not self.identity.is_us(host, port) and not self.is_backend(probe)
+
+    def pending_requests(self) -> int:
+        """Requests received that have not had their final answer yet (for draining)."""
+        return sum(1 for ctx in self.relay.servers.values() if not ctx.final_sent)
 
     def is_backend(self, source: Source) -> bool:
         """Did this come from a backend (trusted: no auth, routed towards clients)?"""

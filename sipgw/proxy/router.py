@@ -234,6 +234,11 @@ class Router:
 
     def _initial(self, req: Request, source: Source, ruri: SipURI) -> None:
         p = self.proxy
+        if p.draining:
+            # SIGTERM: requests already here finish, new ones go to another node. Dialogs
+            # in progress keep working (in-dialog requests do not come through here).
+            p.reply(req, source, 503, "Service Unavailable", [("Retry-After", "10")])
+            return
         if p.is_backend(source):
             # Towards a client, by our Path token, Route or Request-URI and the alias.
             # Backends are trusted: no AUTH step.

@@ -58,6 +58,7 @@ class ProxyService(service.Service):
         self._resolved: dict[str, str] = {}
         self.control: ControlServer | None = None
         self.trace_out = None  # set by the tracer while somebody listens (sipgw trace)
+        self._udp_ports: list = []  # kept open while draining: answers arrive on them
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -84,8 +85,10 @@ class ProxyService(service.Service):
         )
         for addr in config.listen.udp:
             lst = UdpListener(addr.host, addr.port, self.proxy.receive)
-            self.ports.append(self.reactor.listenUDP(addr.port, lst, interface=addr.host,
-                                                     maxPacketSize=65535))
+            port = self.reactor.listenUDP(addr.port, lst, interface=addr.host,
+                                          maxPacketSize=65535)
+            self.ports.append(port)
+            self._udp_ports.append(port)
             self.udp.append(lst)
         self.proxy.dispatcher.start()  # probes, now that there is a socket to send them
         for addr in config.listen.tcp:
@@ -114,7 +117,43 @@ class ProxyService(service.Service):
         self.metrics_port = start_metrics(self)
 
     def stopService(self):
+        """SIGTERM: drain, then close. Twisted waits for the Deferred before exiting."""
         super().stopService()
+        d = self._drain()
+        d.addCallback(lambda _: self._close())
+        return d
+
+    def _drain(self) -> defer.Deferred:
+        """Stop accepting (new connections refused, new requests 503) and give requests
+        already received ``proxy.drain_timeout`` seconds to get their final answer.
+
+        Datagram sockets stay open meanwhile: the answers arrive on them.
+        """
+        proxy = self.proxy
+        if proxy is None or proxy.pending_requests() == 0:
+            return defer.succeed(None)
+        proxy.draining = True
+        stream_ports = [p for p in self.ports if p not in self._udp_ports]
+        for port in stream_ports:
+            defer.maybeDeferred(port.stopListening)
+        self.ports = [p for p in self.ports if p not in stream_ports]
+        deadline = self.reactor.seconds() + self.loaded.config.proxy.drain_timeout
+        log.info("draining {n} request(s) before stopping", n=proxy.pending_requests())
+        done: defer.Deferred = defer.Deferred()
+
+        def poll() -> None:
+            left = proxy.pending_requests()
+            if left == 0 or self.reactor.seconds() >= deadline:
+                if left:
+                    log.warn("stopping with {n} request(s) unanswered", n=left)
+                done.callback(None)
+            else:
+                self.reactor.callLater(0.05, poll)
+
+        poll()
+        return done
+
+    def _close(self):
         control, self.control = self.control, None
         if control is not None:
             control.stop()

@@ -70,3 +70,59 @@ def test_wildcard_listeners_advertise_a_real_address(tmp_path):
     # Any of our addresses with our port means us; our address with another port does not.
     assert svc.proxy.identity.is_us("127.0.0.1", 25060)
     assert not svc.proxy.identity.is_us("127.0.0.1", 25080)
+
+
+INVITE = (
+    "INVITE sip:5002@127.0.0.1:25060 SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{branch};rport\r\n"
+    "From: <sip:5001@127.0.0.1>;tag=a\r\nTo: <sip:5002@127.0.0.1>\r\n"
+    "Call-ID: {branch}@test\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+)
+
+def _drain_setup(tmp_path, timeout="5"):
+    from sipgw.proxy.transport import Source
+    from sipgw.sip.parser import parse_message
+
+    text = GOOD + f'[auth]\ntrusted = ["127.0.0.0/8"]\n[proxy]\ndrain_timeout = {timeout}\n'
+    text = text.replace("[dispatcher]\n", "[dispatcher]\nping_interval = 0\n")
+    svc, reactor, _ = start(tmp_path, text)
+    sent = []
+    svc.proxy.send = lambda data, dest: sent.append((parse_message(data), dest))
+    caller = Source(transport="udp", host="127.0.0.1", port=5070, local_host="127.0.0.1",
+                    local_port=25060)
+    svc.proxy.receive(INVITE.format(branch="one").encode(), caller)
+    return svc, reactor, sent, caller
+
+
+def test_sigterm_drains_new_requests_get_503_and_stop_waits_for_the_pending_answer(tmp_path):
+    from sipgw.proxy.transport import Source
+
+    svc, reactor, sent, caller = _drain_setup(tmp_path)
+    [fwd] = [m for m, d in sent if getattr(m, "method", None) == "INVITE"]
+    stopped = svc.stopService()
+    assert not stopped.called  # the INVITE has no final answer yet
+    assert svc.ports == svc._udp_ports  # TCP listener closed; UDP open for the answers
+    sent.clear()
+    svc.proxy.receive(INVITE.format(branch="two").encode(), caller)
+    [(r, _)] = sent
+    assert (r.status, r.header("retry-after")) == (503, "10")
+    # The backend answers the pending INVITE: it goes up, and the stop completes.
+    vias = "".join(f"Via: {v}\r\n" for v in fwd.values("via"))
+    ok = (f"SIP/2.0 200 OK\r\n{vias}From: {fwd.header('from')}\r\n"
+          f"To: {fwd.header('to')};tag=b\r\nCall-ID: {fwd.call_id}\r\nCSeq: 1 INVITE\r\n"
+          f"Content-Length: 0\r\n\r\n").encode()
+    backend = Source(transport="udp", host="127.0.0.1", port=25080, local_host="127.0.0.1",
+                     local_port=25060)
+    svc.proxy.receive(ok, backend)
+    assert any(getattr(m, "status", 0) == 200 for m, _ in sent)
+    reactor.advance(0.1)
+    assert stopped.called
+
+
+def test_draining_gives_up_after_drain_timeout(tmp_path):
+    svc, reactor, _, _ = _drain_setup(tmp_path, timeout="2")
+    stopped = svc.stopService()
+    reactor.advance(1.9)
+    assert not stopped.called
+    reactor.advance(0.2)
+    assert stopped.called
