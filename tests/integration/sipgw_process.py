@@ -34,7 +34,7 @@ from tests.integration.sipp import LOOPBACK, SippMessage, free_port
 
 READY_TIMEOUT = 10.0
 READY_POLL = 0.05
-STOP_TIMEOUT = 5.0
+STOP_TIMEOUT = 15.0  # above proxy.drain_timeout (10 s): SIGTERM may wait for answers
 
 _ids = itertools.count(1)
 
