@@ -62,3 +62,20 @@ def test_reload_swaps_the_context_and_keeps_the_old_one_when_the_new_files_are_b
     chain2, key2, _ = ca.issue("two")
     assert tls.reload(TlsSettings(certificate=str(chain2), private_key=str(key2)))
     assert tls.getContext() is not first
+
+
+def test_tls_info_names_the_certificate_in_use_and_follows_a_reload(ca):
+    from sipgw.rpc.registry import methods_of
+
+    chain, key, serial = ca.issue("one", cn="phone.example.com")
+    tls = ServerTls(TlsSettings(certificate=str(chain), private_key=str(key)))
+    info = methods_of(tls)["tls.info"].handler()
+    assert info["SUBJECT"] == "CN=phone.example.com"
+    assert info["ISSUER"] == "CN=sipgw test intermediate"
+    assert info["NAMES"] == ["localhost", "127.0.0.1"]
+    assert info["SERIAL"] == format(serial, "x")
+    assert 0 <= info["DAYS_LEFT"] <= 1  # the test CA issues for one day
+    chain2, key2, serial2 = ca.issue("two", cn="other.example.com")
+    assert tls.reload(TlsSettings(certificate=str(chain2), private_key=str(key2)))
+    info = methods_of(tls)["tls.info"].handler()
+    assert (info["SUBJECT"], info["SERIAL"]) == ("CN=other.example.com", format(serial2, "x"))

@@ -12,6 +12,7 @@ SIP over TLS connections are ``StreamConnection`` flows (``stream.py``) named "t
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -22,6 +23,7 @@ from twisted.logger import Logger
 
 from sipgw.proxy.config import ConfigError
 from sipgw.proxy.transport.stream import StreamConnection, StreamTransport
+from sipgw.rpc.registry import rpc
 
 log = Logger(namespace="sipgw.tls")
 
@@ -98,6 +100,7 @@ class ServerTls:
     def __init__(self, settings: TlsSettings) -> None:
         self.settings = settings
         self._context = build_context(settings)
+        self._leaf = _leaf(settings.certificate)
 
     def getContext(self) -> SSL.Context:
         return self._context
@@ -111,8 +114,43 @@ class ServerTls:
             return False
         self.settings = settings
         self._context = context
+        self._leaf = _leaf(settings.certificate)
         log.info("tls: certificate {path} loaded", path=settings.certificate)
         return True
+
+    @rpc("tls.info", help="The certificate new TLS/WSS connections get: subject, issuer, "
+         "names, validity and days to expiry; the minimum TLS version and ciphers.")
+    def rpc_info(self) -> dict:
+        return certificate_info(self._leaf, self.settings, time.time())
+
+
+def _leaf(path: str) -> x509.Certificate:
+    """The server's own certificate: the first in the chain file (build_context read it)."""
+    with open(path, "rb") as f:
+        return x509.load_pem_x509_certificates(f.read())[0]
+
+
+def certificate_info(cert: x509.Certificate, settings: TlsSettings, now: float) -> dict:
+    """What an operator asks about a certificate, as JSON (``tls.info``)."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [*sans.get_values_for_type(x509.DNSName),
+                 *(str(ip) for ip in sans.get_values_for_type(x509.IPAddress))]
+    except x509.ExtensionNotFound:
+        names = []
+    after = cert.not_valid_after_utc
+    return {
+        "CERTIFICATE": settings.certificate,
+        "SUBJECT": cert.subject.rfc4514_string(),
+        "ISSUER": cert.issuer.rfc4514_string(),
+        "NAMES": names,
+        "NOT_BEFORE": cert.not_valid_before_utc.isoformat(),
+        "NOT_AFTER": after.isoformat(),
+        "DAYS_LEFT": int((after.timestamp() - now) // 86400),
+        "SERIAL": format(cert.serial_number, "x"),
+        "MIN_VERSION": settings.min_version,
+        "CIPHERS": settings.ciphers or DEFAULT_CIPHERS,
+    }
 
 
 class TlsConnection(StreamConnection):
