@@ -552,6 +552,7 @@ class TlsConfig:
 class WebSocketConfig:
     trusted_proxies: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "CIDRs whose X-Forwarded-For / X-Real-IP is believed (nginx in front)", in_effect=True)  # noqa: E501
     phone_page: bool = _key(_Bool(), True, "GET / on the ws/wss listeners serves the built-in test phone", in_effect=True)  # noqa: E501
+    allowed_hosts: tuple[str, ...] = _key(_StringList('a list of "host" or "host:port" strings', _alias), [], "Host header values accepted in the WebSocket handshake, by name or name:port ([] = any; others get 403)", in_effect=True)  # noqa: E501
     allowed_origins: tuple[str, ...] = _key(_StringList('a list of origins (e.g. "https://phone.example.com")', _origin), [], "Origin values accepted in the WebSocket handshake ([] = any; others get 403)", in_effect=True)  # noqa: E501
     keepalive_interval: float = _key(_Seconds(), 25, "seconds a connection may stay idle before a ping, and then wait for its pong (0 = no pings)", in_effect=True)  # noqa: E501
     handshake_timeout: float = _key(_Seconds(0, above=True), 10, "seconds a client has to complete the WebSocket handshake", in_effect=True)  # noqa: E501

@@ -329,6 +329,7 @@ def _ws_settings(config: Config) -> WsSettings:
         keepalive_interval=w.keepalive_interval,
         handshake_timeout=w.handshake_timeout,
         allowed_origins=w.allowed_origins,
+        allowed_hosts=tuple(h.lower() for h in w.allowed_hosts),
         trusted_proxies=w.trusted_proxies,
         max_connections=config.limits.ws_max_connections,
         max_per_address=config.limits.ws_max_connections_per_address,

@@ -39,7 +39,7 @@ IN_EFFECT_NOW = {
     "timers.t1", "timers.t2", "timers.t4", "timers.timer_b", "timers.timer_f", "timers.timer_c",
     "limits.max_message_size", "limits.max_headers", "limits.max_transactions",
     "limits.tcp_idle_timeout",
-    "log.level", "dispatcher.destinations", "state.directory", "proxy.drain_timeout",
+    "log.level", "dispatcher.destinations", "state.directory", "proxy.drain_timeout", "websocket.allowed_hosts",
     "subscribers.url", "subscribers.key_template", "subscribers.connect_timeout",
     "subscribers.command_timeout", "auth.realm", "auth.nonce_secret", "auth.nonce_expire",
     "auth.trusted", "auth.max_failures_user", "auth.max_failures_source",

@@ -442,3 +442,16 @@ def test_the_phone_page_can_be_turned_off():
 
 def test_the_upgrade_works_on_the_phone_pages_path_too(stack):
     Client(stack).open(path="/")
+
+
+def test_a_host_outside_the_allow_list_is_forbidden_by_name_or_name_and_port():
+    stack = Stack(allowed_hosts=("phone.example.com", "10.0.0.5:8080"))
+    bad = Client(stack)
+    bad.send(wf.handshake(host="evil.example.net")[0])
+    assert bad.reader.status == 403
+    wrong_port = Client(stack, port=40005)
+    wrong_port.send(wf.handshake(host="10.0.0.5:9999")[0])
+    assert wrong_port.reader.status == 403
+    Client(stack, port=40006).open(host="PHONE.example.com:443")
+    Client(stack, port=40007).open(host="10.0.0.5:8080")
+    assert stack.stat("ws_failed_handshakes") == 2

@@ -10,6 +10,7 @@ The handshake follows Kamailio's websocket module, which our users' browsers alr
   subprotocol: 400;
 * ``Sec-WebSocket-Version`` other than 13: 426 with ``Sec-WebSocket-Version: 13``;
 * an ``Origin`` outside ``websocket.allowed_origins`` (when set): 403;
+* a ``Host`` outside ``websocket.allowed_hosts`` (when set): 403;
 * a handshake not finished within ``websocket.handshake_timeout``: dropped.
 
 After it, every text or binary message is one SIP message (RFC 7118 §5), handed to the proxy
@@ -64,6 +65,7 @@ class WsSettings:
     keepalive_interval: float = 25.0
     handshake_timeout: float = 10.0
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # lowercase "host" or "host:port"
     trusted_proxies: tuple = ()  # ip_network objects
     max_connections: int = 20000
     max_per_address: int = 1000
@@ -89,7 +91,9 @@ class PlainGet(HandshakeRefused):
         self.path = path
 
 
-def check_handshake(head: bytes, allowed_origins: tuple[str, ...]) -> dict[str, str]:
+def check_handshake(
+    head: bytes, allowed_origins: tuple[str, ...], allowed_hosts: tuple[str, ...] = ()
+) -> dict[str, str]:
     """Kamailio's rules for an opening handshake; returns the headers (lowercase names).
 
     Raises ``HandshakeRefused`` with the status to answer. autobahn checks the same
@@ -131,7 +135,19 @@ def check_handshake(head: bytes, allowed_origins: tuple[str, ...]) -> dict[str, 
     origin = headers.get("origin")
     if allowed_origins and (origin is None or origin.rstrip("/") not in allowed_origins):
         raise HandshakeRefused(403, "Forbidden")
+    if allowed_hosts and not _host_allowed(headers["host"], allowed_hosts):
+        raise HandshakeRefused(403, "Forbidden")
     return headers
+
+
+def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """``Host: name[:port]`` matches an entry as written, or by its name alone when the
+    entry has no port (Kamailio's websocket Host check, case-insensitive)."""
+    host = host.strip().lower()
+    if host in allowed:
+        return True
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name in allowed
 
 
 def _tokens(value: str) -> set[str]:
@@ -218,7 +234,9 @@ class WsConnection(WebSocketServerProtocol):
                     self._refuse(HandshakeRefused(431, "Request Header Fields Too Large"))
                 return
             try:
-                headers = check_handshake(self.data[:end], self.stack.settings.allowed_origins)
+                settings = self.stack.settings
+                headers = check_handshake(self.data[:end], settings.allowed_origins,
+                                          settings.allowed_hosts)
             except PlainGet as get:
                 asset = phone_asset(get.path) if self.stack.settings.phone_page else None
                 if asset is None:
