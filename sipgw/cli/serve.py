@@ -73,15 +73,9 @@ def _run(loaded) -> int:
                          port=e.port, err=e.socketError)
             status["code"] = EXIT_FAILED
             reactor.stop()
-        except ConfigError as e:  # e.g. a certificate that is missing or does not match
-            log.critical("cannot start: {err}", err=e)
-            status["code"] = EXIT_FAILED
-            reactor.stop()
-        except ListFileError as e:  # the list changed since it was checked
-            log.critical("{err}", err=e)
-            status["code"] = EXIT_FAILED
-            reactor.stop()
-        except ConfigError as e:  # e.g. a certificate that is missing or does not match
+        except (ConfigError, ListFileError) as e:
+            # A certificate missing or not matching its key, or a dispatcher list that
+            # changed since it was checked.
             log.critical("cannot start: {err}", err=e)
             status["code"] = EXIT_FAILED
             reactor.stop()
