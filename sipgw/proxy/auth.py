@@ -26,6 +26,7 @@ once: requests never wait on a dead store.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import os
@@ -351,7 +352,9 @@ def _ha1_of(subscriber: Subscriber | None, attempt: _Attempt) -> str:
     return ""
 
 
+@functools.lru_cache(maxsize=4096)
 def _in_networks(host: str, networks) -> bool:
+    # Asked for every request; ipaddress is slow and sources repeat, so remember (bounded).
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
