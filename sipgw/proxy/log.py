@@ -104,8 +104,9 @@ class LineObserver:
 
 def _number(event: dict) -> int:
     number = _TWISTED_TO_KAMAILIO.get(event.get("log_level"), 2)
-    # Twisted's own chatter ("Starting factory ...") is debug detail for an operator.
-    if number > 0 and event.get("log_namespace") == "log_legacy":
+    # Twisted's own chatter ("Starting factory ...", "Main loop terminated") is debug
+    # detail for an operator; sipgw's own lines say what matters.
+    if number > 0 and not event.get("log_namespace", "").startswith("sipgw."):
         return 3
     return number
 
