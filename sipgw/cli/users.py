@@ -54,7 +54,9 @@ class _Session:
             self.store = open_store(s.url, key_template=s.key_template,
                                     connect_timeout=s.connect_timeout,
                                     command_timeout=max(s.command_timeout, 5.0),
-                                    create_directory=True)
+                                    create_directory=True,
+                                    # the running proxy may hold the lock for a moment
+                                    sqlite_busy_timeout=5.0)
         except ValueError as e:
             app.fail(f"subscribers.url: {e}", EXIT_USAGE)
 

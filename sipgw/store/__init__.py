@@ -108,12 +108,14 @@ class SubscriberStore(Protocol):
 
 def open_store(url: str, *, key_template: str = "subscriber:{username}",
                connect_timeout: float = 2.0, command_timeout: float = 1.0,
-               clock=None, create_directory: bool = False) -> SubscriberStore:
+               clock=None, create_directory: bool = False,
+               sqlite_busy_timeout: float | None = None) -> SubscriberStore:
     """The store named by a ``[subscribers] url``."""
     if url.startswith("sqlite://"):
-        from sipgw.store.sqlite import SqliteStore
+        from sipgw.store.sqlite import BUSY_TIMEOUT, SqliteStore
 
-        return SqliteStore(url[len("sqlite://"):], create_directory=create_directory)
+        return SqliteStore(url[len("sqlite://"):], create_directory=create_directory,
+                           busy_timeout=sqlite_busy_timeout or BUSY_TIMEOUT)
     if url.startswith("redis://"):
         from sipgw.store.redis import RedisStore, parse_redis_url
 

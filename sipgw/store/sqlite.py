@@ -39,9 +39,13 @@ _COLUMNS = ", ".join(FIELDS)
 
 
 class SqliteStore:
-    def __init__(self, path: str, *, create_directory: bool = False) -> None:
+    def __init__(self, path: str, *, create_directory: bool = False,
+                 busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = path
         self.create_directory = create_directory
+        # The proxy must not block its reactor on a lock (100 ms, then "unavailable");
+        # ``sipgw users`` can afford to wait for the proxy or another CLI run.
+        self.busy_timeout = busy_timeout
         self._db: sqlite3.Connection | None = None
 
     def _connect(self) -> sqlite3.Connection:
@@ -50,7 +54,7 @@ class SqliteStore:
         try:
             if self.create_directory:
                 os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                  check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from sipgw.sip import digest
 from sipgw.store import StoreUnavailable, Subscriber, make_subscriber, open_store
@@ -106,3 +107,24 @@ def test_the_cli_and_the_proxy_can_use_one_database_at_once(tmp_path):
     assert len(result(proxy_side.all())) == 200
     with sqlite3.connect(tmp_path / "subs.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_cli_waits_for_a_lock_the_proxy_holds_where_the_proxy_would_not(tmp_path):
+    """``sipgw users add`` while another writer holds the database: the CLI's store waits
+    (it seemed "database is locked" to operators before), the proxy's gives up at once."""
+    url = f"sqlite://{tmp_path}/subs.db"
+    result(open_store(url).all())  # create it (WAL, table)
+    holder = sqlite3.connect(tmp_path / "subs.db", isolation_level=None,
+                             check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # a write lock, as a concurrent writer holds it
+    release = threading.Timer(0.3, holder.execute, args=("COMMIT",))
+    release.start()
+    try:
+        refused = result(open_store(url).put(make_subscriber("p", "d", "pw")))
+        assert isinstance(refused, Failure) and refused.check(StoreUnavailable)
+        assert result(open_store(url, sqlite_busy_timeout=5.0).put(
+            make_subscriber("c", "d", "pw"))) is None
+    finally:
+        release.join(5)
+        holder.close()
+    assert result(open_store(url).get("c", "d")) is not None
