@@ -539,3 +539,27 @@ class SippRunner:
         )
         self.processes.append(process)
         return process.start()
+
+
+# -- assertions shared by the tests that drive SIPp -----------------------------------------
+
+
+def assert_all_calls_succeeded(*processes: SippProcess, calls: int = 1) -> None:
+    for process in processes:
+        assert process.wait() == 0, process.describe()
+        stats = process.stats()
+        assert (stats.successful, stats.failed) == (calls, 0), (stats.failures, process.describe())
+
+
+def all_of(messages: Iterable[SippMessage], direction: str, kind: str) -> list[SippMessage]:
+    return [m for m in messages if m.direction == direction and m.kind == kind]
+
+
+def first(messages: Iterable[SippMessage], direction: str, kind: str) -> SippMessage:
+    found = all_of(messages, direction, kind)
+    assert found, f"no {kind} {direction}"
+    return found[0]
+
+
+def uri_of(name_addr: str) -> str:
+    return name_addr.split("<", 1)[1].split(">", 1)[0] if "<" in name_addr else name_addr

@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -32,7 +31,17 @@ from tests.integration.sipgw_process import (
     config_toml,
     run_cli,
 )
-from tests.integration.sipp import LOOPBACK, SippMessage, SippProcess, SippRunner, free_port
+from tests.integration.sipp import (
+    LOOPBACK,
+    SippMessage,
+    SippProcess,
+    SippRunner,
+    all_of,
+    assert_all_calls_succeeded,
+    first,
+    free_port,
+    uri_of,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,23 +56,6 @@ SDP = (
 
 
 # --- what the peers saw ----------------------------------------------------------------
-
-
-def assert_all_calls_succeeded(*processes: SippProcess, calls: int = 1) -> None:
-    for process in processes:
-        assert process.wait() == 0, process.describe()
-        stats = process.stats()
-        assert (stats.successful, stats.failed) == (calls, 0), (stats.failures, process.describe())
-
-
-def all_of(messages: Iterable[SippMessage], direction: str, kind: str) -> list[SippMessage]:
-    return [m for m in messages if m.direction == direction and m.kind == kind]
-
-
-def first(messages: Iterable[SippMessage], direction: str, kind: str) -> SippMessage:
-    found = all_of(messages, direction, kind)
-    assert found, f"no {kind} {direction}"
-    return found[0]
 
 
 def values(message: SippMessage, name: str) -> list[str]:
@@ -112,10 +104,6 @@ def branch_of(via: str) -> str:
     match = re.search(r";\s*branch=([^;,\s]+)", via)
     assert match, f"no branch in Via {via!r}"
     return match[1]
-
-
-def uri_of(name_addr: str) -> str:
-    return name_addr.split("<", 1)[1].split(">", 1)[0] if "<" in name_addr else name_addr
 
 
 def assert_our_via(via: str, gw: SipgwProcess, transport: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -18,31 +17,16 @@ from tests.integration.sipp import (
     SippMessage,
     SippProcess,
     SippRunner,
+    assert_all_calls_succeeded,
+    first,
     free_port,
     parse_message_trace,
+    uri_of,
 )
 
 pytestmark = pytest.mark.integration
 
 TRANSPORTS = ["udp", "tcp"]
-
-
-def assert_all_calls_succeeded(*processes: SippProcess, calls: int = 1) -> None:
-    for process in processes:
-        assert process.wait() == 0, process.describe()
-        stats = process.stats()
-        assert (stats.successful, stats.failed) == (calls, 0), (stats.failures, process.describe())
-
-
-def first(messages: Iterable[SippMessage], direction: str, kind: str) -> SippMessage:
-    for message in messages:
-        if message.direction == direction and message.kind == kind:
-            return message
-    raise AssertionError(f"no {kind} {direction}")
-
-
-def uri_of(name_addr: str) -> str:
-    return name_addr.split("<", 1)[1].split(">", 1)[0]
 
 
 # --- the scenarios, SIPp caller to SIPp callee -------------------------------------------
