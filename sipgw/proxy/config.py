@@ -371,6 +371,12 @@ def _origin(text: str) -> str:
     return text
 
 
+def _ws_url(text: str) -> str:
+    if not re.fullmatch(r"wss?://[^/\s?#]+(?:[/?][^\s#]*)?", text):
+        raise _Invalid('expected a WebSocket URL such as "wss://sip.example.com/ws"')
+    return text
+
+
 def _sip_uri(text: str) -> str:
     # A light check; the SIP core parses it fully when the dispatcher loads it.
     match = re.fullmatch(
@@ -554,6 +560,7 @@ class WebSocketConfig:
     phone_page: bool = _key(_Bool(), True, "GET / on the ws/wss listeners serves the built-in test phone", in_effect=True)  # noqa: E501
     allowed_hosts: tuple[str, ...] = _key(_StringList('a list of "host" or "host:port" strings', _alias), [], "Host header values accepted in the WebSocket handshake, by name or name:port ([] = any; others get 403)", in_effect=True)  # noqa: E501
     allowed_origins: tuple[str, ...] = _key(_StringList('a list of origins (e.g. "https://phone.example.com")', _origin), [], "Origin values accepted in the WebSocket handshake ([] = any; others get 403)", in_effect=True)  # noqa: E501
+    public_urls: tuple[str, ...] = _key(_StringList('a list of ws:// or wss:// URLs', _ws_url), [], "the URLs browsers connect to (through nginx, if it is in front), where sipgw doctor checks the handshake and the client address sipgw sees ([] = only the listeners)", in_effect=True)  # noqa: E501
     keepalive_interval: float = _key(_Seconds(), 25, "seconds a connection may stay idle before a ping, and then wait for its pong (0 = no pings)", in_effect=True)  # noqa: E501
     handshake_timeout: float = _key(_Seconds(0, above=True), 10, "seconds a client has to complete the WebSocket handshake", in_effect=True)  # noqa: E501
 

@@ -5,25 +5,39 @@ Each check returns ``Check(name, status, detail, fix)`` with status ``pass``, ``
 later ones use what earlier ones found (the config, the control socket).
 
 Checks today: the config file is valid; the control socket answers; each UDP/TCP listener
-answers an OPTIONS to sipgw itself; each WebSocket listener completes the handshake with
-the ``sip`` subprotocol; each backend answers OPTIONS (with its latency) and is active in
-the dispatcher; the TLS certificate is readable, valid (days left) and names the advertised
-host; the subscriber store answers (Redis PING, SQLite table); a nonce secret is set when
-the subscriber store is a shared Redis.
+answers an OPTIONS to sipgw itself; each ws/wss listener completes the handshake with the
+``sip`` subprotocol (wss through TLS, its served certificate in date); each public URL
+(``websocket.public_urls``, through nginx) too, and sipgw records the client's own address
+for it, neither nginx's nor one the client made up; trusted proxies are neither everyone
+nor missing in front of loopback listeners; each backend answers OPTIONS (with its latency)
+and is active in the dispatcher; the TLS certificate is readable, valid (days left) and
+names the advertised host; the subscriber store answers (Redis PING, SQLite table) and
+keeps no plaintext password; a nonce secret is set when the subscriber store is a shared
+Redis.
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import os
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from sipgw.rpc.client import Client, RemoteError, Unreachable, find_socket
 from sipgw.tools.options import NoAnswer, ping
-from sipgw.tools.wscheck import HandshakeFailed, ws_check
+from sipgw.tools.storecheck import (RedisLink, RedisRefused, open_sqlite, read_record,
+                                    redis_plaintext, sqlite_plaintext)
+from sipgw.tools.wscheck import Handshake, HandshakeFailed, ws_session
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+# TEST-NET-1 (RFC 5737): an address no real client has, claimed to see whether it is believed.
+SPOOFED = "192.0.2.99"
+SHOW_USERS = 10  # users named in a warning; the rest are counted
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,27 +133,158 @@ class Doctor:
                                                           "for itself: check proxy.aliases")
 
     def check_websocket(self) -> Iterator[Check]:
-        for addr in self.config.listen.ws:
-            host = WILDCARD.get(addr.host, addr.host)
-            shown = f"[{host}]" if ":" in host else host
-            url = f"ws://{shown}:{addr.port}/"
-            name = f"websocket ws:{addr}"
-            try:
-                hs = ws_check(url, timeout=self.timeout)
-            except HandshakeFailed as e:
-                yield Check(name=name, status=FAIL, detail=f"{url}: {e.why}",
-                            fix="browsers cannot connect: is sipgw listening there (listen.ws)? "
-                                "a firewall in between?")
-                continue
-            if hs.healthy:
-                yield Check(name=name, status=PASS,
-                            detail=f"{url}: 101 with subprotocol sip in {hs.latency_ms:.1f} ms")
-            else:
-                yield Check(name=name, status=FAIL,
-                            detail=f"{url}: {hs.status} {hs.reason}, subprotocol "
-                                   f"{hs.protocol or 'none'}",
-                            fix="the handshake must return 101 with Sec-WebSocket-Protocol: "
-                                "sip (websocket.allowed_origins may refuse the Origin)")
+        """Each ws/wss listener completes the handshake browsers make (wss through TLS),
+        then each public URL (through nginx when it is in front), then the trust given to
+        X-Forwarded-For / X-Real-IP."""
+        for scheme in ("ws", "wss"):
+            for addr in getattr(self.config.listen, scheme):
+                host = WILDCARD.get(addr.host, addr.host)
+                shown = f"[{host}]" if ":" in host else host
+                url = f"{scheme}://{shown}:{addr.port}/"
+                name = f"websocket {scheme}:{addr}"
+                # The listener is reached by address, not by the name its certificate
+                # carries: the certificate check names a wrong host, this one its dates.
+                try:
+                    with ws_session(url, timeout=self.timeout, verify=False) as hs:
+                        yield self._handshake(name, url, hs)
+                except HandshakeFailed as e:
+                    yield self._unreachable(name, url, e)
+        for url in self.config.websocket.public_urls:
+            yield from self._public_url(url)
+        yield from self.check_trusted_proxies()
+
+    def _handshake(self, name: str, url: str, hs: Handshake) -> Check:
+        if not hs.healthy:
+            return Check(name=name, status=FAIL,
+                         detail=f"{url}: {hs.status} {hs.reason}, subprotocol "
+                                f"{hs.protocol or 'none'}",
+                         fix="the handshake must return 101 with Sec-WebSocket-Protocol: sip "
+                             "(websocket.allowed_origins or allowed_hosts may refuse it; "
+                             "through nginx, the Upgrade and Connection headers must be "
+                             "passed on, as etc/nginx/sipgw.conf does)")
+        tls = f" over {hs.tls_version}" if hs.tls_version else ""
+        if hs.certificate is not None:
+            from cryptography import x509
+
+            served = x509.load_der_x509_certificate(hs.certificate)
+            now = datetime.datetime.now(datetime.timezone.utc)
+            if served.not_valid_after_utc < now:
+                return Check(name=name, status=FAIL,
+                             detail=f"{url}: the certificate it serves "
+                                    f"({served.subject.rfc4514_string()}) expired on "
+                                    f"{served.not_valid_after_utc:%Y-%m-%d}: browsers refuse "
+                                    "to connect",
+                             fix="renew it (certbot renew), then systemctl reload sipgw (a "
+                                 "renewed file is served only after a reload)")
+        return Check(name=name, status=PASS,
+                     detail=f"{url}: 101 with subprotocol sip{tls} in {hs.latency_ms:.1f} ms")
+
+    @staticmethod
+    def _unreachable(name: str, url: str, e: HandshakeFailed) -> Check:
+        return Check(name=name, status=FAIL, detail=f"{url}: {e.why}",
+                     fix="browsers cannot connect: is sipgw (or nginx, for a public URL) "
+                         "listening there (listen.ws, listen.wss)? a firewall in between?")
+
+    def _public_url(self, url: str) -> Iterator[Check]:
+        """The URL browsers use, verified as a browser would; while the connection is open,
+        ``ws.dump`` says which client address sipgw recorded for it. The check claims to
+        be SPOOFED in X-Forwarded-For: a proxy that passes that on, and a sipgw that
+        believes it, let any client dodge the per-address bans and limits."""
+        name = f"websocket {url}"
+        source = _distinct_source(url)
+        before = self._ws_ids()
+        try:
+            with ws_session(url, timeout=self.timeout, source=source,
+                            headers={"X-Forwarded-For": SPOOFED}) as hs:
+                check = self._handshake(name, url, hs)
+                yield check
+                if check.status == PASS and before is not None:
+                    yield self._seen_address(url, hs, before)
+        except HandshakeFailed as e:
+            yield self._unreachable(name, url, e)
+
+    def _ws_ids(self) -> set | None:
+        if self.client is None:
+            return None
+        try:
+            return {c.get("id") for c in self.client.call("ws.dump").get("connections", [])}
+        except (RemoteError, Unreachable, TimeoutError, AttributeError):
+            return None
+
+    def _seen_address(self, url: str, hs: Handshake, before: set) -> Check:
+        name = f"client address via {url}"
+        ours = hs.local[0] if hs.local else ""
+        try:
+            conns = self.client.call("ws.dump").get("connections", [])
+        except (RemoteError, Unreachable, TimeoutError, AttributeError) as e:
+            return Check(name=name, status=WARN, detail=f"ws.dump failed: {e}",
+                         fix="is the control socket that of the proxy behind this URL?")
+        new = [c for c in conns if c.get("id") not in before]
+        hosts = [str(c.get("src", "")).rsplit(":", 1)[0].strip("[]") for c in new]
+        mine = [h for h in hosts if h in (ours, SPOOFED)] or hosts
+        if len(mine) != 1:
+            return Check(name=name, status=WARN,
+                         detail=f"cannot tell this check's connection among {len(mine)} new "
+                                "ones in ws.dump (a busy proxy, or another proxy behind the URL)",
+                         fix="run sipgw doctor again when fewer browsers connect")
+        seen = mine[0]
+        trusted = self.config.websocket.trusted_proxies
+        if seen == SPOOFED and not _in_networks(ours, trusted):
+            return Check(name=name, status=FAIL,
+                         detail=f"sipgw recorded {SPOOFED}, the address this check made up in "
+                                "X-Forwarded-For: any client can pose as any address and "
+                                "dodge the bans and per-address limits",
+                         fix="nginx must send X-Real-IP $remote_addr and X-Forwarded-For "
+                             "$proxy_add_x_forwarded_for (etc/nginx/sipgw.conf), and "
+                             "websocket.trusted_proxies list nginx's own address only")
+        if seen in (ours, SPOOFED):
+            how = "" if seen == ours else f" ({ours} is itself a trusted proxy)"
+            return Check(name=name, status=PASS,
+                         detail=f"sipgw sees this client as {seen}, its own address{how}")
+        return Check(name=name, status=FAIL,
+                     detail=f"sipgw sees this client ({ours}) as {seen}: every browser through "
+                            f"{url} shares that address for the bans, the per-address limits "
+                            "and the logs",
+                     fix=f'if {seen} is your nginx, set websocket.trusted_proxies = '
+                         f'["{seen}/32"], then systemctl reload sipgw')
+
+    def check_trusted_proxies(self) -> Iterator[Check]:
+        """What the config alone says about a reverse proxy in front (nginx)."""
+        listeners = [*self.config.listen.ws, *self.config.listen.wss]
+        if not listeners:
+            return
+        name = "trusted proxies"
+        trusted = self.config.websocket.trusted_proxies
+        everyone = [str(n) for n in trusted if n.prefixlen == 0]
+        if everyone:
+            yield Check(name=name, status=FAIL,
+                        detail=f"websocket.trusted_proxies has {', '.join(everyone)}: every "
+                               "client's X-Forwarded-For is believed, so any client can pose "
+                               "as any address",
+                        fix="list only the addresses of your reverse proxies (nginx), e.g. "
+                            '["127.0.0.1/32"]')
+            return
+        loopback = all(_is_loopback(a.host) for a in listeners)
+        if not trusted and loopback:
+            yield Check(name=name, status=WARN,
+                        detail="the WebSocket listeners are on loopback only, so browsers "
+                               "come through a proxy on this host (nginx?), but "
+                               "websocket.trusted_proxies is empty: sipgw sees every browser "
+                               "as that proxy's address",
+                        fix='set websocket.trusted_proxies = ["127.0.0.1/32"] (and '
+                            "websocket.public_urls to the URL browsers use)")
+            return
+        if trusted and not self.config.websocket.public_urls:
+            yield Check(name=name, status=WARN,
+                        detail=f"websocket.trusted_proxies is {', '.join(map(str, trusted))} "
+                               "(a proxy in front), but websocket.public_urls is empty: only "
+                               "the listeners were checked, not the URL browsers use",
+                        fix='set websocket.public_urls = ["wss://YOUR-HOST/ws"] (the URL '
+                            "the phones are given)")
+            return
+        detail = (f"X-Forwarded-For / X-Real-IP believed from {', '.join(map(str, trusted))}"
+                  if trusted else "none: sipgw uses each connection's own address")
+        yield Check(name=name, status=PASS, detail=detail)
 
     def _destinations(self) -> list[tuple[str, str | None]]:
         """(URI, FLAGS) from the running dispatcher, else the config's destinations."""
@@ -184,9 +329,6 @@ class Doctor:
         path = self.config.tls.certificate
         if not path:
             return
-        import datetime
-        import ipaddress
-
         from cryptography import x509
 
         name = "tls certificate"
@@ -221,7 +363,7 @@ class Doctor:
             dns, ips = set(), set()
         advertise = self.config.listen.advertise
         host = advertise.host if advertise is not None else None
-        if host is not None and not _names_host(host, dns, ips, ipaddress):
+        if host is not None and not _names_host(host, dns, ips):
             yield Check(name=name, status=FAIL,
                         detail=f"{path} ({subject}) does not name {host} "
                                f"(names: {', '.join(sorted(dns | ips)) or 'none'})",
@@ -235,56 +377,73 @@ class Doctor:
 
     def check_store(self) -> Iterator[Check]:
         """The subscriber store answers: Redis a PING (after AUTH and SELECT), SQLite opens
-        with its subscriber table."""
+        with its subscriber table; then no record in it keeps a plaintext password."""
         url = self.config.subscribers.url
+        template = self.config.subscribers.key_template
         if url.startswith("redis://"):
-            yield self._check_redis(url)
+            try:
+                link = RedisLink(url, self.timeout)
+            except OSError as e:
+                yield self._redis_down(url, e)
+                return
+            with link:
+                try:
+                    link.call("PING")
+                except OSError as e:
+                    yield self._redis_down(url, e)
+                    return
+                yield Check(name="subscriber store", status=PASS, detail=f"{link.shown} "
+                            "answers PING")
+                yield self._plaintext(lambda: redis_plaintext(link, template))
         elif url.startswith("sqlite://"):
-            yield self._check_sqlite(url[len("sqlite://"):])
+            path = url[len("sqlite://"):]
+            check = self._check_sqlite(path)
+            yield check
+            if check.status == PASS:
+                yield self._plaintext(lambda: sqlite_plaintext(path, self.timeout))
 
-    def _check_redis(self, url: str) -> Check:
-        import socket
-        from urllib.parse import urlsplit
-
+    def _redis_down(self, url: str, e: OSError) -> Check:
         parts = urlsplit(url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 6379
-        shown = f"redis://{host}:{port}{parts.path}"
-        name = "subscriber store"
-        commands = []
-        if parts.password:
-            commands.append(["AUTH", *([parts.username] if parts.username else []),
-                             parts.password])
-        if parts.path.strip("/"):
-            commands.append(["SELECT", parts.path.strip("/")])
-        commands.append(["PING"])
+        shown = f"redis://{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path}"
+        if isinstance(e, RedisRefused):
+            return Check(name="subscriber store", status=FAIL, detail=f"{shown}: {e}",
+                         fix="check the password and database in subscribers.url")
+        return Check(name="subscriber store", status=FAIL,
+                     detail=f"{shown}: {e.strerror or e}",
+                     fix="is Redis running and reachable (systemctl status redis-server; "
+                         "redis-cli -h HOST -p PORT ping)? every REGISTER fails meanwhile")
+
+    def _plaintext(self, scan) -> Check:
+        """The guide keeps HA1 only: a stored password leaks every account with the store."""
+        name = "plaintext passwords"
         try:
-            with socket.create_connection((host, port), timeout=self.timeout) as s:
-                s.settimeout(self.timeout)
-                reader = s.makefile("rb")
-                for command in commands:
-                    s.sendall(_resp(command))
-                    line = reader.readline().decode("latin-1").strip()
-                    if not line.startswith("+"):
-                        return Check(name=name, status=FAIL,
-                                     detail=f"{shown}: {command[0]} answered {line or 'nothing'}",
-                                     fix="check the password and database in subscribers.url")
-        except OSError as e:
-            return Check(name=name, status=FAIL,
-                         detail=f"{shown}: {e.strerror or e}",
-                         fix="is Redis running and reachable (systemctl status redis-server; "
-                             "redis-cli -h HOST -p PORT ping)? every REGISTER fails meanwhile")
-        return Check(name=name, status=PASS, detail=f"{shown} answers PING")
+            found = scan()
+        except (OSError, sqlite3.Error) as e:
+            return Check(name=name, status=WARN, detail=f"cannot read the whole store: {e}",
+                         fix="sipgw users list shows what sipgw can read")
+        if not found:
+            return Check(name=name, status=PASS,
+                         detail="no subscriber record keeps a plaintext password")
+        users = [f"{s.username}@{s.domain}" if s.domain else s.username for s in found]
+        shown = ", ".join(users[:SHOW_USERS])
+        if len(users) > SHOW_USERS:
+            shown += f" and {len(users) - SHOW_USERS} more"
+        legacy = sum(1 for s in found if s.legacy)
+        only = f" ({legacy} with no hash at all)" if legacy else ""
+        first = found[0]
+        return Check(name=name, status=WARN,
+                     detail=f"{len(found)} record(s) keep a plaintext password{only}: {shown}",
+                     fix=f"sipgw users passwd USER for each (e.g. sipgw users passwd "
+                         f"{first.username}" + (f" --domain {first.domain}" if first.domain
+                                                else "") + "): it stores the hashes only")
 
     def _check_sqlite(self, path: str) -> Check:
-        import os
-        import sqlite3
-
         name = "subscriber store"
         if not os.path.exists(path):
             return Check(name=name, status=WARN, detail=f"{path} does not exist yet",
                          fix="add users with sipgw users add USER (it creates the file)")
         try:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=self.timeout)
+            db = open_sqlite(path, self.timeout)
             try:
                 (count,) = db.execute("SELECT count(*) FROM subscriber").fetchone()
             finally:
@@ -297,51 +456,6 @@ class Doctor:
                      detail=f"{path}: {count} subscriber(s)",
                      fix="" if count else "add users with sipgw users add USER")
 
-    def _record(self) -> dict[str, str] | None:
-        """The user's stored fields (OSError/sqlite3.Error when the store fails)."""
-        url = self.config.subscribers.url
-        if url.startswith("sqlite://"):
-            import sqlite3
-
-            db = sqlite3.connect(f"file:{url[len('sqlite://'):]}?mode=ro", uri=True,
-                                 timeout=self.timeout)
-            try:
-                db.row_factory = sqlite3.Row
-                query = "SELECT * FROM subscriber WHERE username = ?"
-                args: tuple = (self.user,)
-                if self.domain:
-                    query += " AND domain = ?"
-                    args += (self.domain,)
-                row = db.execute(query, args).fetchone()
-            finally:
-                db.close()
-            return dict(row) if row else None
-        import socket
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        key = self.config.subscribers.key_template.format(username=self.user,
-                                                          domain=self.domain or "")
-        commands = []
-        if parts.password:
-            commands.append(["AUTH", *([parts.username] if parts.username else []),
-                             parts.password])
-        if parts.path.strip("/"):
-            commands.append(["SELECT", parts.path.strip("/")])
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379),
-                                      timeout=self.timeout) as sock:
-            reader = sock.makefile("rb")
-            for command in commands:
-                sock.sendall(_resp(command))
-                reader.readline()
-            sock.sendall(_resp(["HGETALL", key]))
-            items = _read_resp(reader)
-        if not items:
-            return None
-        record = dict(zip(items[::2], items[1::2]))
-        record.setdefault("username", self.user)
-        return record
-
     def check_user(self) -> Iterator[Check]:
         """--user: the subscriber exists, its domain is the realm, its HA1 matches the
         password (--password-stdin), no plaintext password is stored."""
@@ -349,7 +463,9 @@ class Doctor:
 
         name = f"user {self.user}"
         try:
-            record = self._record()
+            record = read_record(self.config.subscribers.url,
+                                 self.config.subscribers.key_template, self.user, self.domain,
+                                 self.timeout)
         except Exception as e:  # the store check above already named why
             yield Check(name=name, status=FAIL, detail=f"cannot read the store: {e}",
                         fix="fix the subscriber store first (see its check)")
@@ -394,28 +510,31 @@ class Doctor:
                             "answering another node's challenge is refused")
 
 
-def _resp(command: list[str]) -> bytes:
-    """A Redis command in RESP (the protocol redis-cli speaks)."""
-    out = [f"*{len(command)}\r\n".encode()]
-    for word in command:
-        data = word.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+def _distinct_source(url: str) -> str | None:
+    """A loopback source address other than the URL's host, so that the client address a
+    local nginx forwards (ours) differs from nginx's own: both would be 127.0.0.1."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or (_is_loopback(host) and "." in host):
+        return "127.0.0.3" if host == "127.0.0.2" else "127.0.0.2"
+    return None
 
 
-def _read_resp(reader) -> list[str]:
-    """An HGETALL answer (a RESP array of bulk strings) as a list."""
-    head = reader.readline().decode("latin-1").strip()
-    if not head.startswith("*"):
-        raise OSError(f"Redis answered {head}")
-    out = []
-    for _ in range(max(int(head[1:]), 0)):
-        size = int(reader.readline().decode("latin-1").strip()[1:])
-        out.append(reader.read(size + 2)[:-2].decode("utf-8", "replace"))
-    return out
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
-def _names_host(host: str, dns: set[str], ips: set[str], ipaddress) -> bool:
+def _in_networks(host: str, networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(ip in n for n in networks)
+
+
+def _names_host(host: str, dns: set[str], ips: set[str]) -> bool:
     try:
         return str(ipaddress.ip_address(host)) in ips
     except ValueError:

@@ -3,7 +3,11 @@
 A GET with ``Upgrade: websocket`` and ``Sec-WebSocket-Protocol: sip`` (RFC 7118); healthy
 is ``101 Switching Protocols`` with the ``sip`` subprotocol chosen and the right
 ``Sec-WebSocket-Accept``. ``wss://`` is checked through TLS with certificate verification
-(``verify=False`` to look past a bad certificate). Blocking, bounded by ``timeout``.
+(``verify=False`` to look past a bad certificate; the certificate served is kept either
+way, so a caller can read its dates). Blocking, bounded by ``timeout``.
+
+``ws_session`` keeps the connection open while the caller looks at it from the proxy's
+side (``sipgw doctor`` asks ``ws.dump`` which client address sipgw recorded).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -27,6 +33,9 @@ class Handshake:
     protocol: str | None  # the Sec-WebSocket-Protocol chosen
     accept_ok: bool
     latency_ms: float
+    local: tuple[str, int] | None = None  # our end of the connection
+    certificate: bytes | None = None  # DER of the certificate a wss:// server presented
+    tls_version: str | None = None
 
     @property
     def healthy(self) -> bool:
@@ -41,6 +50,16 @@ class HandshakeFailed(Exception):
 
 def ws_check(url: str, *, timeout: float = 3.0, verify: bool = True,
              origin: str | None = None) -> Handshake:
+    with ws_session(url, timeout=timeout, verify=verify, origin=origin) as hs:
+        return hs
+
+
+@contextmanager
+def ws_session(url: str, *, timeout: float = 3.0, verify: bool = True,
+               origin: str | None = None, headers: dict[str, str] | None = None,
+               source: str | None = None) -> Iterator[Handshake]:
+    """The handshake, with the connection held open until the ``with`` block ends.
+    ``source`` binds our end to that address; ``headers`` are added to the request."""
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise HandshakeFailed(f"{url}: expected ws://HOST[:PORT][/PATH] or wss://...")
@@ -53,10 +72,12 @@ def ws_check(url: str, *, timeout: float = 3.0, verify: bool = True,
              "Sec-WebSocket-Protocol: sip"]
     if origin:
         lines.append(f"Origin: {origin}")
+    lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     start = time.monotonic()
     try:
-        raw = socket.create_connection((parts.hostname, port), timeout=timeout)
+        raw = socket.create_connection((parts.hostname, port), timeout=timeout,
+                                       source_address=(source, 0) if source else None)
     except ConnectionRefusedError:
         raise HandshakeFailed(f"connection refused on {parts.hostname}:{port} "
                               "(nothing listens there)") from None
@@ -64,16 +85,34 @@ def ws_check(url: str, *, timeout: float = 3.0, verify: bool = True,
         raise HandshakeFailed(f"cannot connect to {parts.hostname}:{port}: "
                               f"{e.strerror or e}") from None
     try:
-        sock = raw
-        if parts.scheme == "wss":
-            context = ssl.create_default_context()
-            if not verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            try:
-                sock = context.wrap_socket(raw, server_hostname=parts.hostname)
-            except ssl.SSLError as e:
-                raise HandshakeFailed(f"TLS failed: {e.reason or e}") from None
+        sock, certificate, version = _secure(raw, parts.hostname, verify) \
+            if parts.scheme == "wss" else (raw, None, None)
+        data = _exchange(sock, request, timeout)
+        local = sock.getsockname()[:2]
+        yield _answer(data, key, start, local=local, certificate=certificate,
+                      tls_version=version)
+    finally:
+        raw.close()
+
+
+def _secure(raw: socket.socket, hostname: str, verify: bool):
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        sock = context.wrap_socket(raw, server_hostname=hostname)
+    except ssl.SSLError as e:
+        raise HandshakeFailed(f"TLS failed: {e.reason or e}") from None
+    except (socket.timeout, TimeoutError):
+        raise HandshakeFailed("no TLS handshake within the timeout") from None
+    except OSError as e:
+        raise HandshakeFailed(f"TLS failed: {e.strerror or e}") from None
+    return sock, sock.getpeercert(binary_form=True), sock.version()
+
+
+def _exchange(sock: socket.socket, request: bytes, timeout: float) -> bytes:
+    try:
         sock.sendall(request)
         data = b""
         while b"\r\n\r\n" not in data:
@@ -87,8 +126,10 @@ def ws_check(url: str, *, timeout: float = 3.0, verify: bool = True,
         raise HandshakeFailed(f"no answer within {timeout:g}s") from None
     except OSError as e:
         raise HandshakeFailed(str(e.strerror or e)) from None
-    finally:
-        raw.close()
+    return data
+
+
+def _answer(data: bytes, key: str, start: float, **extra) -> Handshake:
     head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
     first, *rest = head.split("\r\n")
     bits = first.split(" ", 2)
@@ -103,4 +144,4 @@ def ws_check(url: str, *, timeout: float = 3.0, verify: bool = True,
     return Handshake(status=int(bits[1]), reason=bits[2] if len(bits) > 2 else "",
                      protocol=headers.get("sec-websocket-protocol"),
                      accept_ok=headers.get("sec-websocket-accept") == expected,
-                     latency_ms=(time.monotonic() - start) * 1000)
+                     latency_ms=(time.monotonic() - start) * 1000, **extra)

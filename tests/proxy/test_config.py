@@ -49,7 +49,7 @@ IN_EFFECT_NOW = {
     "dispatcher.probing_threshold", "dispatcher.inactive_threshold", "dispatcher.ping_from",
     "dispatcher.ping_reply_codes", "dispatcher.failover_codes", "dispatcher.max_failover",
     "dispatcher.retry_after",
-    "listen.ws", "websocket.trusted_proxies", "websocket.allowed_origins",
+    "listen.ws", "websocket.trusted_proxies", "websocket.allowed_origins", "websocket.public_urls",
     "websocket.keepalive_interval", "websocket.handshake_timeout", "proxy.nat_uac_test",
     "listen.tls", "listen.wss", "tls.certificate", "tls.private_key", "tls.min_version",
     "tls.ciphers", "limits.ws_max_connections", "limits.ws_max_connections_per_address",

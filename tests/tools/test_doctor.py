@@ -251,3 +251,44 @@ def test_user_checks_name_a_missing_user_a_wrong_domain_and_a_wrong_ha1(tmp_path
                            password="wrong", timeout=0.2).run())
     assert plain["user 5001 password"].status == WARN
     assert plain["user 5001 ha1"].status == FAIL
+
+
+def test_plaintext_passwords_anywhere_in_a_sqlite_store_are_a_warning_naming_the_users(
+    tmp_path,
+):
+    import sqlite3
+
+    path = user_store(tmp_path, extra="secret")
+    con = sqlite3.connect(tmp_path / "subs.db")
+    con.executemany("INSERT INTO subscriber (username, domain, password) VALUES (?, ?, ?)",
+                    [(f"6{n:03}", "legacy.example", "pw") for n in range(11)])
+    con.commit()
+    con.close()
+    check = by_name(Doctor(path, timeout=0.2).run())["plaintext passwords"]
+    assert check.status == WARN
+    assert check.detail.startswith("12 record(s) keep a plaintext password (11 with no hash "
+                                   "at all): 5001@192.168.210.54, 6000@legacy.example, ")
+    assert check.detail.endswith("6008@legacy.example and 2 more")
+    assert "sipgw users passwd" in check.fix
+    (tmp_path / "clean").mkdir()
+    clean = by_name(Doctor(user_store(tmp_path / "clean"), timeout=0.2).run())
+    assert clean["plaintext passwords"].status == PASS
+
+
+def trust(tmp_path, websocket: str, ws: str = "127.0.0.1"):
+    path = write(tmp_path, f'[listen]\nudp = []\ntcp = []\nws = ["{ws}:{closed_port()}"]\n'
+                           f'[websocket]\n{websocket}\n'
+                           '[dispatcher]\ndestinations = ["sip:127.0.0.1:1;transport=tcp"]')
+    return by_name(Doctor(path, timeout=0.2).run())["trusted proxies"]
+
+
+def test_trusted_proxies_that_cover_everyone_fail_and_a_proxy_left_untrusted_warns(tmp_path):
+    everyone = trust(tmp_path, 'trusted_proxies = ["0.0.0.0/0"]', ws="0.0.0.0")
+    assert everyone.status == FAIL and "any client can pose as any address" in everyone.detail
+    hidden = trust(tmp_path, "")
+    assert hidden.status == WARN and "loopback only" in hidden.detail
+    assert 'trusted_proxies = ["127.0.0.1/32"]' in hidden.fix
+    unchecked = trust(tmp_path, 'trusted_proxies = ["127.0.0.1/32"]')
+    assert unchecked.status == WARN and "websocket.public_urls" in unchecked.fix
+    direct = trust(tmp_path, "", ws="0.0.0.0")
+    assert direct.status == PASS and "each connection's own address" in direct.detail
