@@ -41,13 +41,16 @@ class CertAuthority:
         self.root_path = self.directory / "root.pem"
         self.root_path.write_bytes(self.root.public_bytes(serialization.Encoding.PEM))
 
-    def _cert(self, subject, public_key, issuer, signer, *, ca: bool, sans=()):
+    def _cert(self, subject, public_key, issuer, signer, *, ca: bool, sans=(), days: float = 1):
+        after = self._now + datetime.timedelta(days=days)
+        # An expired one (days < 0) was valid for a month before it ran out.
+        before = min(self._now - datetime.timedelta(minutes=5), after - datetime.timedelta(days=30))
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject).issuer_name(issuer).public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(self._now - datetime.timedelta(minutes=5))
-            .not_valid_after(self._now + datetime.timedelta(days=1))
+            .not_valid_before(before)
+            .not_valid_after(after)
             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         )  # fmt: skip
         if sans:
@@ -55,12 +58,14 @@ class CertAuthority:
                                             critical=False)
         return builder.sign(signer, hashes.SHA256())
 
-    def issue(self, name: str = "server", cn: str = "localhost") -> tuple[Path, Path, int]:
-        """``(chain.pem, key.pem, serial)`` for localhost and 127.0.0.1."""
+    def issue(self, name: str = "server", cn: str = "localhost",
+              days: float = 1) -> tuple[Path, Path, int]:
+        """``(chain.pem, key.pem, serial)`` for localhost and 127.0.0.1, valid for ``days``
+        more days (negative: expired that long ago)."""
         key = ec.generate_private_key(ec.SECP256R1())
         sans = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
         cert = self._cert(_name(cn), key.public_key(), self.inter.subject, self.inter_key,
-                          ca=False, sans=sans)
+                          ca=False, sans=sans, days=days)
         chain = self.directory / f"{name}-chain.pem"
         key_path = self.directory / f"{name}-key.pem"
         chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM)

@@ -97,6 +97,7 @@ class SipgwProcess:
     """One sipgw on 127.0.0.1, UDP and TCP on the same free port, relaying to ``backend``.
 
     ``backend`` is a "host:port" (made a URI with ``transport``) or a full SIP URI.
+    ``output`` is where its stdout and stderr go instead of ``sipgw.log`` (``/dev/full``).
     """
 
     def __init__(
@@ -111,6 +112,7 @@ class SipgwProcess:
         python: str = sys.executable,
         auth: bool = False,
         dispatcher: str | None = None,
+        output: str | os.PathLike[str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.port = port if port is not None else free_port()
@@ -121,7 +123,7 @@ class SipgwProcess:
         self.dispatcher = dispatcher
         self.python = python
         self.config_path = self.workdir / "sipgw.toml"
-        self.log_path = self.workdir / "sipgw.log"
+        self.log_path = Path(output) if output is not None else self.workdir / "sipgw.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._stopped = False
 
@@ -258,6 +260,8 @@ class SipgwProcess:
     # -- what it said -------------------------------------------------------------------
 
     def log_text(self) -> str:
+        if not self.log_path.is_file():
+            return ""  # an output such as /dev/full: reading it never ends
         try:
             return self.log_path.read_text(errors="replace")
         except OSError:
@@ -596,13 +600,16 @@ def build_response(request: SippMessage, status: int, reason: str, *, to_tag: st
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
-    """``python -m sipgw ARGS``: its exit code, stdout and stderr."""
+def run_cli(*args: str, timeout: float = 20.0,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m sipgw ARGS``: its exit code, stdout and stderr; ``input`` is its stdin
+    (else none, so that a command waiting for a password fails instead of hanging)."""
     return subprocess.run(
         [sys.executable, "-m", "sipgw", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        stdin=subprocess.DEVNULL,
+        input=input,
+        stdin=subprocess.DEVNULL if input is None else None,
         env={k: v for k, v in os.environ.items() if k not in ("SIPGW_CONFIG", "JOURNAL_STREAM")},
     )
