@@ -3,6 +3,11 @@
 Kamailio numbers its levels -5 (alert) to 3 (debug); operators set ``log.level`` by name or
 by number. Under systemd (``JOURNAL_STREAM`` set) lines carry a ``<N>`` syslog priority
 prefix, which journald turns into the entry's priority, and no timestamp of their own.
+
+Logging never stops the proxy: a line that cannot be written (a full disk, a closed pipe)
+is dropped and counted (``core:dropped_log_lines``), and the next line that can be written
+is preceded by one saying how many were lost. Each line is one ``os.write`` of its own, so
+a failed write leaves no half line in a buffer to come out later glued to another.
 """
 
 from __future__ import annotations
@@ -20,7 +25,13 @@ from twisted.logger import (
     globalLogBeginner,
 )
 
+from sipgw.proxy.stats import StatDef, Stats
 from sipgw.rpc.registry import RpcError, rpc
+
+LOG_STATS = (
+    StatDef(group="core", name="dropped_log_lines",
+            help="log lines that could not be written (disk full, output closed)"),
+)
 
 # Kamailio's numbers (L_ALERT .. L_DBG) and the names we accept for them.
 LEVELS = {
@@ -75,6 +86,15 @@ class LineObserver:
         self.out = out
         self.level = level
         self.journald = journald
+        self.stats: Stats | None = None
+        self.dropped = 0  # lines lost since the last one written
+        self._why = ""  # the error that lost them
+        self._cut = False  # the last write stopped inside a line
+        try:
+            out.flush()
+            self._fd: int | None = out.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None  # an in-memory stream (tests): written as text
 
     def predicate(self, event: dict) -> PredicateResult:
         return PredicateResult.maybe if _number(event) <= self.level else PredicateResult.no
@@ -85,21 +105,47 @@ class LineObserver:
         failure = event.get("log_failure")
         if failure is not None:
             text = f"{text}: {failure.getErrorMessage()}\n{failure.getTraceback()}"
-        # One event, one line: journald and grep both rely on it.
-        text = text.replace("\n", "\n\t").rstrip()
         ns = event.get("log_namespace", "-")
         if ns.startswith("sipgw."):
             ns = ns[6:]
-        if self.journald:
-            line = f"<{_SYSLOG.get(number, 6)}>{_NAMES.get(number, 'INFO')} {ns}: {text}\n"
-        else:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.get("log_time")))
-            line = f"{stamp} {_NAMES.get(number, 'INFO')} {ns}: {text}\n"
+        line = self._line(number, ns, text, event.get("log_time"))
+        if self.dropped:
+            lost = (f"{self.dropped} log line(s) could not be written ({self._why}); "
+                    "writing again")
+            line = self._line(0, "log", lost, event.get("log_time")) + line
         try:
+            self._write(line)
+        except OSError as e:
+            # A full disk or a closed pipe must not stop the proxy: count, drop, go on.
+            self.dropped += 1
+            self._why = e.strerror or type(e).__name__
+            if self.stats is not None:
+                self.stats.inc("core:dropped_log_lines")
+        else:
+            self.dropped = 0
+
+    def _line(self, number: int, ns: str, text: str, when: float | None) -> str:
+        # One event, one line: journald and grep both rely on it.
+        text = text.replace("\n", "\n\t").rstrip()
+        if self.journald:
+            return f"<{_SYSLOG.get(number, 6)}>{_NAMES.get(number, 'INFO')} {ns}: {text}\n"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+        return f"{stamp} {_NAMES.get(number, 'INFO')} {ns}: {text}\n"
+
+    def _write(self, line: str) -> None:
+        if self._fd is None:
             self.out.write(line)
             self.out.flush()
-        except OSError:
-            pass  # a full disk or a closed pipe must not stop the proxy
+            return
+        data = line.encode("utf-8", errors="replace")
+        if self._cut:
+            data = b"\n" + data  # end the line a full disk cut short
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self._fd, data[done:])
+        finally:
+            self._cut = 0 < done < len(data) or (self._cut and done == 0)
 
 
 def _number(event: dict) -> int:
@@ -123,6 +169,13 @@ def start_logging(level: int, out: TextIO | None = None) -> LineObserver:
     filtered = FilteringLogObserver(_observer, [_observer.predicate])
     globalLogBeginner.beginLoggingTo([filtered], redirectStandardIO=False)
     return _observer
+
+
+def count_dropped_lines_in(stats: Stats) -> None:
+    """Count the lines the running observer cannot write in ``stats`` from now on."""
+    stats.declare(LOG_STATS)
+    if _observer is not None:
+        _observer.stats = stats
 
 
 def set_level(level: int) -> None:

@@ -47,6 +47,7 @@ class ProxyService(service.Service):
         self.loaded = loaded
         self.reactor = reactor
         self.stats = Stats()
+        sipgw_log.count_dropped_lines_in(self.stats)
         self.flows = FlowTable()
         self.udp: list[UdpListener] = []
         self.ports: list = []

@@ -6,7 +6,8 @@ import io
 
 from twisted.logger import LogLevel
 
-from sipgw.proxy.log import LineObserver, level_number
+from sipgw.proxy.log import LOG_STATS, LineObserver, level_number
+from sipgw.proxy.stats import Stats
 
 
 def emit(observer: LineObserver, namespace: str, text: str, level=LogLevel.info) -> None:
@@ -35,3 +36,43 @@ def test_debug_shows_twisted_chatter_and_warnings_from_anyone_always_show():
     emit(at_info, "twisted.internet.tcp", "something broke", level=LogLevel.error)
     assert out.getvalue().startswith("<7>DEBUG twisted.internet.base: Main loop terminated.")
     assert quiet.getvalue().startswith("<3>ERROR twisted.internet.tcp: something broke")
+
+
+class FillingDisk(io.StringIO):
+    """A log output that fails like a full disk while ``full`` is set."""
+
+    full = False
+
+    def write(self, text: str) -> int:
+        if self.full:
+            raise OSError(28, "No space left on device")
+        return super().write(text)
+
+
+def test_lines_a_full_disk_refuses_are_counted_and_reported_once_there_is_room_again():
+    out = FillingDisk()
+    observer = LineObserver(out, level_number("info"), journald=True)
+    stats = Stats()
+    stats.declare(LOG_STATS)
+    observer.stats = stats
+    out.full = True
+    for n in range(3):
+        emit(observer, "sipgw.core", f"lost {n}")
+    out.full = False
+    emit(observer, "sipgw.core", "written")
+    assert out.getvalue().splitlines() == [
+        "<4>WARNING log: 3 log line(s) could not be written (No space left on device); "
+        "writing again",
+        "<6>INFO core: written",
+    ]
+    assert stats.get("core:dropped_log_lines") == 3
+    emit(observer, "sipgw.core", "next")
+    assert out.getvalue().splitlines()[-1] == "<6>INFO core: next"
+
+
+def test_a_log_on_a_device_that_is_always_full_never_raises():
+    with open("/dev/full", "w") as out:
+        observer = LineObserver(out, level_number("info"), journald=False)
+        for n in range(100):
+            emit(observer, "sipgw.core", f"line {n}")
+    assert observer.dropped == 100
