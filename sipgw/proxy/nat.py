@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from sipgw.proxy.transport import RELIABLE, Destination, FlowTable, Source
 from sipgw.sip.address import parse_address_list, STAR
 from sipgw.sip.errors import ParseError
-from sipgw.sip.message import Message, Request
+from sipgw.sip.message import Field, Message, Request
 from sipgw.sip.nat import NatTest, add_alias, nat_uac_test, needs_alias, take_alias
 from sipgw.sip.uri import SipURI
 
@@ -140,7 +140,7 @@ def _alias_contacts(msg: Message, source: Source) -> None:
             out.append(str(addr))
         rewritten.append(", ".join(out))
     lines = iter(rewritten)
-    for f in msg.fields:  # in place: the header order stays as the client wrote it
+    fields = msg.fields
+    for i, f in enumerate(fields):  # in place: the header order stays as the client wrote it
         if f.key == "contact":
-            f.value = next(lines)
-            f.raw = None
+            fields[i] = Field("contact", f.name, next(lines))

@@ -34,6 +34,9 @@ def split_commas(value: str) -> list[str]:
     """
     if "," not in value:
         return [value.strip()]
+    if '"' not in value and "<" not in value:
+        # Nothing can protect a comma: the usual Via/Route/Allow line takes the C path.
+        return [part.strip() for part in value.split(",")]
     out: list[str] = []
     start = 0
     in_quote = False

@@ -20,7 +20,11 @@ CRLF = "\r\n"
 
 
 class Field:
-    """One header field line. ``raw`` is the line as received, None once changed."""
+    """One header field line. ``raw`` is the line as received, None once changed.
+
+    Treated as immutable once parsed: a change replaces the Field in its message's list,
+    so that ``copy()`` of a message can share Fields with the original.
+    """
 
     __slots__ = ("key", "name", "value", "raw")
 
@@ -120,8 +124,7 @@ class Message:
             if len(parts) == 1:
                 del fields[i]
             else:
-                f.value = ", ".join(parts[1:])
-                f.raw = None
+                fields[i] = Field(key, f.name, ", ".join(parts[1:]))
             return parts[0]
         return None
 
@@ -129,12 +132,12 @@ class Message:
         """Replace the first element of a list header, keeping the rest of its line."""
         key = header_key(name)
         self._touch(key)
-        for f in self.fields:
+        fields = self.fields
+        for i, f in enumerate(fields):
             if f.key == key:
                 parts = split_commas(f.value)
                 parts[0] = value
-                f.value = ", ".join(parts)
-                f.raw = None
+                fields[i] = Field(key, f.name, ", ".join(parts))
                 return
         self.prepend(name, value)
 
@@ -145,9 +148,7 @@ class Message:
         fields = self.fields
         for i, f in enumerate(fields):
             if f.key == key:
-                f.value = value
-                f.raw = None
-                f.name = display_name(key)
+                fields[i] = Field(key, display_name(key), value)
                 # Later copies are rare; drop them in place rather than rebuild the list.
                 j, n = i + 1, len(fields)
                 while j < n:
@@ -187,12 +188,12 @@ class Message:
         """The first Via, parsed (a ``sipgw.sip.via.Via``)."""
         v = self._cache.get("via")
         if v is None:
-            from sipgw.sip.via import parse_via
+            from sipgw.sip.via import parse_top_via
 
             first = self.header("via")
             if first is None:
                 raise ParseError("Missing Via header")
-            v = parse_via(first)[0]
+            v = parse_top_via(first)
             self._cache["via"] = v
         return v
 
@@ -273,7 +274,7 @@ class Request(Message):
         r = Request(
             self.method,
             self.uri,
-            [Field(f.key, f.name, f.value, f.raw) for f in self.fields],
+            self.fields.copy(),
             self.body,
             self.version,
         )
@@ -307,7 +308,7 @@ class Response(Message):
         r = Response(
             self.status,
             self.reason,
-            [Field(f.key, f.name, f.value, f.raw) for f in self.fields],
+            self.fields.copy(),
             self.body,
             self.version,
         )

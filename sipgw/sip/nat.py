@@ -28,6 +28,7 @@ connection (``handle_ruri_alias``). Proto digits are Kamailio's: 1 UDP, 2 TCP, 3
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 
@@ -61,6 +62,7 @@ _DIGIT_PROTOS = {str(d): p for p, d in PROTO_DIGITS.items()}
 _SDP_C_RE = re.compile(rb"^c=IN IP[46] ([^\s/]+)", re.M)
 
 
+@functools.lru_cache(maxsize=4096)
 def is_private(host: str) -> bool:
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
@@ -70,6 +72,8 @@ def is_private(host: str) -> bool:
 
 
 def _same_ip(a: str, b: str) -> bool:
+    if a == b:
+        return True  # the usual case, without building two address objects per message
     try:
         return ipaddress.ip_address(a.strip("[]")) == ipaddress.ip_address(b.strip("[]"))
     except ValueError:

@@ -251,15 +251,14 @@ def _check_vias(msg: Request | Response) -> None:
     transports: unknown transports below the top are none of our business) and parsed
     only when a response has to be routed by them.
     """
-    from sipgw.sip.via import parse_via
+    from sipgw.sip.via import parse_top_via
 
     for f in msg.fields:
         if f.key == "via":
             try:
-                vias = parse_via(f.value)
+                top = parse_top_via(f.value)
             except ParseError:
                 raise ParseError("Bad Via header") from None
-            top = vias[0]
             if top.protocol != "SIP/2.0" and top.protocol.upper() != "SIP/2.0":
                 raise ParseError("Version Not Supported", status=505)
             msg._cache["via"] = top

@@ -121,6 +121,23 @@ def parse_via(value: str) -> list[Via]:
     return out
 
 
+def parse_top_via(value: str) -> Via:
+    """The first via-parm of a Via line; the rest of the line is left unparsed.
+
+    A proxy routes by the top Via only; the elements below it are another hop's business
+    and are forwarded as they came (RFC 3261 §16.7, §18.2.2).
+    """
+    if "," in value and _FAST_RE.match(value) is None:
+        try:
+            first = split_commas(value)[0]
+        except ParseError:
+            raise ParseError("Bad Via header: unterminated quoted string") from None
+        if not first:
+            raise ParseError("Bad Via header: empty list element")
+        value = first
+    return parse_via(value)[0]
+
+
 def _port(text: str) -> int:
     try:
         return parse_port(text)
