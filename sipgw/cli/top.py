@@ -1,7 +1,8 @@
 """``sipgw top``: a live dashboard of the running proxy, redrawn every interval.
 
 Each round asks the control socket for the statistics (``stats.fetch``), the active dialogs,
-and, when the proxy serves them, the dispatcher destinations and the bans; rates are the
+and, when the proxy serves them, the dispatcher destinations, the bans and the open
+connections by transport (``core.connections``); rates are the
 change of a counter since the previous round. When the proxy goes away the dashboard says
 so and keeps trying, so it picks a restarted proxy up again.
 """
@@ -50,6 +51,8 @@ def collect(client: Client) -> dict[str, Any]:
         snap["dispatcher"] = _destinations(client.call("dispatcher.list"))
     if "auth.bans" in methods:
         snap["bans"] = client.call("auth.bans")
+    if "core.connections" in methods:
+        snap["connections"] = client.call("core.connections")
     return snap
 
 
@@ -98,6 +101,7 @@ def dashboard(snap: dict[str, Any], per_second: dict[str, float], where: str) ->
         ("requests", g("core.rcv_requests", 0)), ("replies", g("core.rcv_replies", 0)),
     ])
     conns = _pairs("connections", [
+        *_by_transport(snap.get("connections")),
         ("websocket now", g("websocket.ws_current_connections", "-")),
         ("websocket max", g("websocket.ws_max_concurrent_connections", "-")),
         ("handshakes ok", g("websocket.ws_successful_handshakes", "-")),
@@ -127,6 +131,19 @@ def dashboard(snap: dict[str, Any], per_second: dict[str, float], where: str) ->
     stamp = time.strftime("%H:%M:%S", time.localtime(snap["time"]))
     return Group(Text(f"sipgw top  {where}  {stamp}", style="bold"), grid,
                  Panel(dest, title="dispatcher", title_align="left"))
+
+
+def _by_transport(info: Any) -> list[tuple[str, Any]]:
+    """core.connections as rows: open connections per transport; UDP, connectionless,
+    says whether it listens."""
+    if not isinstance(info, dict):
+        return []
+    listeners = info.get("listeners") or {}
+    udp = listeners.get("udp", 0)
+    rows: list[tuple[str, Any]] = [("udp", "listening" if udp else "off")]
+    for name, count in (info.get("connections") or {}).items():
+        rows.append((name, count if count or listeners.get(name) else "off"))
+    return rows
 
 
 def _count(bans: Any) -> int:

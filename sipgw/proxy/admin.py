@@ -1,7 +1,8 @@
 """``core.*`` and ``cfg.*``: what the service knows about itself, over the control socket.
 
 The service owns the running config, the start time and the listeners; this is its RPC face
-(kamcmd's ``core.version``, ``core.uptime``, ``core.info``, ``cfg.get``, ``cfg.reload``).
+(kamcmd's ``core.version``, ``core.uptime``, ``core.info``, ``cfg.get``, ``cfg.reload``),
+and ``core.connections``, the open connections by transport (what ``sipgw top`` shows).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from sipgw.rpc.registry import RpcError, rpc
 
 if TYPE_CHECKING:
     from sipgw.proxy.service import ProxyService
+
+
+TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 
 
 def version_line() -> str:
@@ -57,6 +61,22 @@ class Admin:
             "control": control.path if control is not None and control.port else None,
             "up_since": int(self.started_wall),
         }
+
+    @rpc("core.connections", help="Open connections by transport (tcp, tls, ws, wss; both "
+                                  "clients' and sipgw's own to backends) and listeners by "
+                                  "transport; udp has listeners, never connections.")
+    def rpc_connections(self) -> dict[str, Any]:
+        svc = self.service
+        listeners = dict.fromkeys(TRANSPORTS, 0)
+        if svc.proxy is not None:
+            for lst in svc.proxy.identity.listeners:
+                listeners[lst.transport] = listeners.get(lst.transport, 0) + 1
+        connections = dict.fromkeys(TRANSPORTS[1:], 0)
+        for flow in svc.flows.by_id.values():
+            name = flow.transport_name
+            connections[name] = connections.get(name, 0) + 1
+        return {"connections": connections, "listeners": listeners,
+                "total": sum(connections.values())}
 
     @rpc("cfg.get", help="The running config (secrets masked); with SECTION or SECTION.KEY "
                          "(or SECTION KEY), just that.")

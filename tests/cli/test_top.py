@@ -4,6 +4,7 @@ and a proxy that goes away shown as such, not as a crash."""
 from __future__ import annotations
 
 import json
+import re
 
 from tests.cli.test_ctl import DISPATCHER_LIST
 
@@ -18,7 +19,10 @@ def serve_growing(control):
                 "websocket.ws_current_connections": 3, "dialog.processed_dialogs": 9}
 
     control.answers["system.listMethods"] = ["stats.fetch", "dlg.stats_active",
-                                             "dispatcher.list", "auth.bans"]
+                                             "dispatcher.list", "auth.bans", "core.connections"]
+    control.answers["core.connections"] = {
+        "connections": {"tcp": 2, "tls": 0, "ws": 3, "wss": 0},
+        "listeners": {"udp": 1, "tcp": 1, "tls": 1, "ws": 1, "wss": 0}, "total": 5}
     control.answers["stats.fetch"] = fetch
     control.answers["dlg.stats_active"] = {"ongoing": 4, "all": 4}
     control.answers["dispatcher.list"] = DISPATCHER_LIST
@@ -45,6 +49,9 @@ def test_the_dashboard_shows_traffic_connections_auth_dialogs_and_destinations(r
     for text in ("traffic", "requests/s", "transactions", "websocket now", "authorized",
                  "bans", "dialogs", "active", "sip:10.0.0.5:5060", "AP", "IP"):
         assert text in out, text
+    # core.connections: open connections per transport, "off" where nothing listens.
+    rows = dict(re.findall(r"│ (udp|tcp|tls|ws|wss) +(\S+) +│", out))
+    assert rows == {"udp": "listening", "tcp": "2", "tls": "0", "ws": "3", "wss": "off"}
 
 
 def test_a_proxy_that_is_not_there_is_shown_and_top_keeps_going(run, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.sipgw_process import SipgwRunner, UdpPeer, build_request
+from tests.integration.sipgw_process import SipgwRunner, TcpPeer, UdpPeer, build_request
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +57,12 @@ def requests_count(screen: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def connections(screen: str, transport: str) -> str | None:
+    """A row of the connections panel (core.connections): its count, or "off"."""
+    match = re.search(rf"│ {transport} +(\S+) +│", screen)
+    return match.group(1) if match else None
+
+
 def test_top_draws_in_a_terminal_and_its_numbers_follow_the_traffic(
     sipgw: SipgwRunner, tmp_path: Path,
 ):
@@ -76,5 +82,15 @@ def test_top_draws_in_a_terminal_and_its_numbers_follow_the_traffic(
                 peer.expect("200")
         screen = tmux.wait_for(lambda s: (requests_count(s) or 0) >= before + 5)
         assert re.search(r"requests/s\s+[1-9]", screen) or requests_count(screen) >= before + 5
+
+        # Connections by transport follow a TCP client coming and going.
+        assert (connections(screen, "udp"), connections(screen, "tcp"),
+                connections(screen, "ws")) == ("listening", "0", "off")
+        with TcpPeer(gw.address) as peer:
+            peer.send(build_request("OPTIONS", f"sip:{gw.address};transport=tcp", peer=peer,
+                                    call_id="top-tcp", branch="z9hG4bK-top-tcp"))
+            peer.expect("200")
+            tmux.wait_for(lambda s: connections(s, "tcp") == "1")
+        tmux.wait_for(lambda s: connections(s, "tcp") == "0")
     finally:
         tmux.kill()

@@ -108,3 +108,29 @@ def test_reset_zeroes_counters_but_keeps_levels():
     stats.rpc_reset_statistics("all")
     assert stats.get("core:rcv_requests") == 0
     assert stats.get("tm:inuse_transactions") == 2
+
+
+def test_core_connections_counts_open_flows_by_transport_and_listeners(service):
+    from twisted.internet.testing import StringTransport
+
+    admin = Admin(service)
+    assert admin.rpc_connections() == {
+        "connections": {"tcp": 0, "tls": 0, "ws": 0, "wss": 0},
+        "listeners": {"udp": 0, "tcp": 1, "tls": 0, "ws": 0, "wss": 0}, "total": 0}
+    factory = service.reactor.tcpServers[0][1]
+    opened = []
+    for port in (40001, 40002):
+        conn = factory.buildProtocol(None)
+        conn.makeConnection(StringTransport(peerAddress=_peer(port)))
+        opened.append(conn)
+    assert admin.rpc_connections()["connections"]["tcp"] == 2
+    opened[0].transport.loseConnection()
+    opened[0].connectionLost(None)
+    assert admin.rpc_connections()["connections"]["tcp"] == 1
+    assert admin.rpc_connections()["total"] == 1
+
+
+def _peer(port: int):
+    from twisted.internet.address import IPv4Address
+
+    return IPv4Address("TCP", "127.0.0.1", port)
