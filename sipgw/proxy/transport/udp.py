@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from sipgw.proxy.transport import ReceiveCallback, Source
 
 log = Logger(namespace="sipgw.udp")
+
+# The kernel's default (about 200 kB, a few hundred datagrams) overflows in the bursts a
+# busy link brings while Python is busy with earlier messages; every datagram lost there
+# costs a retransmission 500 ms later, and at high load those feed on each other. Kamailio
+# raises its UDP buffers at start for the same reason. The kernel caps the request at
+# net.core.rmem_max.
+RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def _grow_receive_buffer(sock: socket.socket) -> int:
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < RECEIVE_BUFFER:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+    except OSError:
+        pass  # keep the default: smaller, never fatal
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
 class UdpListener(DatagramProtocol):
@@ -22,7 +40,9 @@ class UdpListener(DatagramProtocol):
     def startProtocol(self) -> None:
         bound = self.transport.getHost()
         self.port = bound.port
-        log.info("listening on udp:{host}:{port}", host=self.host, port=self.port)
+        rcvbuf = _grow_receive_buffer(self.transport.socket)
+        log.info("listening on udp:{host}:{port} (receive buffer {kb} kB)", host=self.host,
+                 port=self.port, kb=rcvbuf // 1024)
 
     def datagramReceived(self, data: bytes, addr: tuple) -> None:
         key = (addr[0], addr[1])
