@@ -1,4 +1,5 @@
-"""contrib/systemd/sipgw.service: Type=notify, and systemd-analyze verify accepts it."""
+"""contrib/systemd/sipgw.service, the one unit file: Type=notify, systemd-analyze verify
+accepts it, and the README installs it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-UNIT = Path(__file__).resolve().parent.parent / "contrib" / "systemd" / "sipgw.service"
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "contrib" / "systemd" / "sipgw.service"
 
 
 def test_the_unit_is_type_notify_with_a_watchdog_reload_and_hardening():
@@ -33,3 +35,13 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
                           timeout=60)
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
+
+
+def test_the_unit_is_the_only_one_and_the_readme_installs_it():
+    units = {p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.service")
+             if not {".git", ".venv", "node_modules"} & set(p.relative_to(ROOT).parts)}
+    assert units == {"contrib/systemd/sipgw.service"}
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Running under systemd", 1)[1].split("\n## ", 1)[0]
+    assert "install -m 0644 contrib/systemd/sipgw.service /etc/systemd/system/" in section
+    assert "Type=notify" in section
