@@ -37,6 +37,7 @@ from twisted.logger import Logger
 
 from sipgw.proxy.bans import Bans
 from sipgw.proxy.identity import _split_alias as split_alias
+from sipgw.proxy.limits import CapLog
 from sipgw.proxy.nonce import Nonces, NonceState
 from sipgw.proxy.stats import StatDef
 from sipgw.proxy.transport import Source
@@ -84,6 +85,8 @@ class AuthSettings:
     max_failures_source: int = 20
     failure_window: float = 300.0
     ban_time: float = 900.0
+    max_nonces: int = 200_000  # limits.max_nonces
+    max_auth_failures: int = 100_000  # limits.max_auth_failures
 
 
 @dataclass(slots=True, kw_only=True)
@@ -113,6 +116,9 @@ class Authenticator:
         now = proxy.clock.seconds
         self.nonces = Nonces(secret, settings.nonce_expire, now, random=random)
         self.bans = Bans(now)
+        self.cap_log = CapLog(log, now)
+        self.nonces.on_forget = self._nonce_forgotten
+        self.bans.on_forget = self._failures_forgotten
         self.settings = settings
         self.configure(settings)
         proxy.stats.declare(AUTH_STATS)
@@ -129,6 +135,18 @@ class Authenticator:
         b.max_failures_source = settings.max_failures_source
         b.failure_window = settings.failure_window
         b.ban_time = settings.ban_time
+        b.max_entries = settings.max_auth_failures
+        self.nonces.max_tracked = settings.max_nonces
+
+    def _nonce_forgotten(self) -> None:
+        # Never a replay opened: a forgotten nonce is stale, its client is re-challenged.
+        self.cap_log.reached("limits.max_nonces", "{n} nonces tracked; the oldest forgotten "
+                             "(its next use gets a stale challenge)",
+                             n=self.nonces.max_tracked)
+
+    def _failures_forgotten(self, what: str) -> None:
+        self.cap_log.reached("limits.max_auth_failures", "{n} {what} remembered; the oldest "
+                             "forgotten", n=self.bans.max_entries, what=what)
 
     # -- the step -----------------------------------------------------------------------
 
@@ -380,6 +398,8 @@ def auth_settings(config: "Config") -> AuthSettings:
         max_failures_source=a.max_failures_source,
         failure_window=a.failure_window,
         ban_time=a.ban_time,
+        max_nonces=config.limits.max_nonces,
+        max_auth_failures=config.limits.max_auth_failures,
     )
 
 

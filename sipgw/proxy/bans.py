@@ -6,7 +6,8 @@ address only after ``max_failures_source`` (default 20): a contact center puts d
 agents behind one NAT address, and one agent's typo must never lock out the floor
 (DESIGN.md §5). Trusted addresses and backends never get here.
 
-Memory is bounded: both tables hold at most ``max_entries`` keys, the oldest dropped first
+Memory is bounded: both tables hold at most ``max_entries`` keys (``limits.max_auth_failures``),
+the oldest dropped first
 (an attacker cycling through made-up user names only recycles the table).
 """
 
@@ -35,6 +36,7 @@ class Bans:
         self.max_entries = max_entries
         self._failures: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
         self._banned: OrderedDict[tuple[str, str], float] = OrderedDict()  # → until
+        self.on_forget: Callable[[str], None] | None = None  # told "failures" or "bans"
 
     def is_banned(self, user: str | None, source: str) -> bool:
         return self._active(("source", source)) or (
@@ -69,10 +71,18 @@ class Bans:
         if count >= limit:
             self._banned.pop(key, None)
             self._banned[key] = now + self.ban_time
-            _bound(self._banned, self.max_entries)
+            self._bound(self._banned, "bans")
             return
         self._failures[key] = (count, since)
-        _bound(self._failures, self.max_entries)
+        self._bound(self._failures, "failures")
+
+    def _bound(self, table: OrderedDict, what: str) -> None:
+        if len(table) <= self.max_entries:
+            return
+        while len(table) > self.max_entries:
+            table.popitem(last=False)
+        if self.on_forget is not None:
+            self.on_forget(what)
 
     # -- for the control plane (auth.bans, auth.unban) -----------------------------------
 
@@ -89,7 +99,3 @@ class Bans:
             self._failures.pop(key, None)
         return len(keys)
 
-
-def _bound(table: OrderedDict, limit: int) -> None:
-    while len(table) > limit:
-        table.popitem(last=False)

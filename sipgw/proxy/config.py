@@ -595,6 +595,14 @@ class LimitsConfig:
     ws_max_connections: int = _key(_Integer(1, 10_000_000), 20000, "most WebSocket connections at once (ws and wss); beyond it handshakes get 503", in_effect=True)  # noqa: E501
     ws_max_connections_per_address: int = _key(_Integer(1, 10_000_000), 1000, "most WebSocket connections from one client address (a contact center puts many agents behind one NAT)", in_effect=True)  # noqa: E501
     ws_register_timeout: float = _key(_Seconds(), 60, "seconds a WebSocket connection may stay open without sending a REGISTER (0 = forever)", in_effect=True)  # noqa: E501
+    tcp_max_connections: int = _key(_Integer(1, 10_000_000), 20000, "most TCP and TLS connections from clients at once; beyond it new connections are closed as soon as they are accepted", in_effect=True)  # noqa: E501
+    tcp_max_connections_per_address: int = _key(_Integer(1, 10_000_000), 1000, "most TCP and TLS connections from one client address at once", in_effect=True)  # noqa: E501
+    tcp_first_message_timeout: float = _key(_Seconds(), 10, "seconds a new TCP or TLS connection from a client has to send its first complete SIP message before it is closed (0 = only tcp_idle_timeout)", in_effect=True)  # noqa: E501
+    max_write_queue: int = _key(_Integer(4096, 1 << 30), 262144, "bytes sipgw keeps waiting for one TCP, TLS or WebSocket peer that is not reading, beyond the socket buffers; more and the connection is closed", in_effect=True)  # noqa: E501
+    max_nonces: int = _key(_Integer(100, 100_000_000), 200000, "nonces whose last nonce-count is remembered against replays; beyond it the oldest is forgotten (its nonce is then stale)", in_effect=True)  # noqa: E501
+    max_auth_failures: int = _key(_Integer(100, 100_000_000), 100000, "users and addresses whose failed authentications, and bans, are remembered; beyond it the oldest is forgotten", in_effect=True)  # noqa: E501
+    max_trace_subscribers: int = _key(_Integer(1, 1000), 8, "trace.subscribe streams at once (sipgw trace); beyond it the call gets an error", in_effect=True)  # noqa: E501
+    max_dialogs: int = _key(_Integer(100, 100_000_000), 100000, "dialogs tracked for dlg.list and dialog:active_dialogs; beyond it the oldest is forgotten", in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -305,7 +305,7 @@ def _tracer(service):
                 return lst.host, lst.port
         return None
 
-    tracer = Tracer()
+    tracer = Tracer(max_streams=lambda: service.loaded.config.limits.max_trace_subscribers)
     tracer.install(proxy, service, local_of)
     from sipgw.proxy.hep import start_hep
 

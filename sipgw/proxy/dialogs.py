@@ -16,6 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.logger import Logger
+
+from sipgw.proxy.limits import CapLog
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.rpc.registry import rpc
 from sipgw.sip.message import Request, Response
@@ -27,6 +30,8 @@ DIALOG_STATS = (
     StatDef(group="dialog", name="expired_dialogs",
             help="dialogs ended by the timeout, without a BYE"),
 )
+
+log = Logger(namespace="sipgw.dialogs")
 
 DEFAULT_TIMEOUT = 43200.0  # Kamailio's dialog default_timeout, seconds
 STATE_CONFIRMED = 4  # Kamailio's DLG_STATE_CONFIRMED_NA / 4 = confirmed
@@ -71,10 +76,14 @@ def _uri(value: str | None) -> str:
 
 class Dialogs:
     def __init__(self, clock, stats: Stats, *, timeout: float = DEFAULT_TIMEOUT,
-                 wall=time.time) -> None:
+                 wall=time.time, max_dialogs: int = 100_000) -> None:
         self.clock = clock
         self.stats = stats
         self.timeout = timeout
+        # limits.max_dialogs: a caller and callee that never send BYE (or a backend that
+        # confirms calls by the thousand) must not grow this table for 12 hours.
+        self.max_dialogs = max_dialogs
+        self.cap_log = CapLog(log, clock.seconds)
         self.wall = wall
         self.active: dict[tuple[str, str, str], Dialog] = {}
         self._ids = itertools.count(1)
@@ -92,6 +101,11 @@ class Dialogs:
         key = (call_id, from_tag, to_tag)
         if key in self.active:
             return
+        if len(self.active) >= self.max_dialogs:
+            del self.active[next(iter(self.active))]  # the oldest: dicts keep their order
+            self.cap_log.reached("limits.max_dialogs", "{n} dialogs tracked; the oldest "
+                                 "forgotten (dlg.list only: calls are not affected)",
+                                 n=self.max_dialogs)
         self.active[key] = Dialog(
             h_id=next(self._ids), call_id=call_id,
             from_uri=_uri(invite.header("from")), from_tag=from_tag,

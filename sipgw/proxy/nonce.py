@@ -53,6 +53,7 @@ class Nonces:
         self.max_tracked = max_tracked
         self._counts: OrderedDict[str, tuple[int, int]] = OrderedDict()  # nonce → (nc, ms)
         self._floor = -1  # issue time (ms) of the newest entry ever dropped for room
+        self.on_forget: Callable[[], None] | None = None  # told when one is dropped for room
 
     def new(self) -> str:
         head = f"{int(self.now() * 1000):0{_TIME_DIGITS}x}{self.random(_RANDOM_BYTES).hex()}"
@@ -102,6 +103,8 @@ class Nonces:
             _, (_, issued) = counts.popitem(last=False)
             if oldest >= limit:
                 self._floor = max(self._floor, issued)
+                if self.on_forget is not None:
+                    self.on_forget()
 
     def __len__(self) -> int:
         return len(self._counts)

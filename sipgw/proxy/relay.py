@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from sipgw.proxy.identity import BRANCH_PREFIX, loop_hash, make_branch
+from sipgw.proxy.limits import CapLog
 from sipgw.proxy.transport import Destination, Source, forbidden_target
 from sipgw.sip.effects import Deliver, Send, Terminated, Timeout, TransportError
 from sipgw.sip.message import Request, Response, build_cancel
@@ -88,6 +89,7 @@ class Relay:
         self.servers: dict[tuple, ServerCtx] = {}
         self.clients: dict[tuple, ClientCtx] = {}
         self._ids = itertools.count(1)
+        self.cap_log = CapLog(log, proxy.clock.seconds)
 
     # -- server side ------------------------------------------------------------------
 
@@ -107,8 +109,9 @@ class Relay:
         p = self.proxy
         if len(self.servers) + len(self.clients) >= p.max_transactions:
             p.reply(request, source, 503, "Service Unavailable", [("Retry-After", "5")])
-            log.warn("transaction table full ({n}); refusing {m}", n=p.max_transactions,
-                     m=request.method)
+            self.cap_log.reached("limits.max_transactions",
+                                 "transaction table full ({n}); {m} from {h} refused with 503",
+                                 n=p.max_transactions, m=request.method, h=source.host)
             return None
         cls = InviteServerTransaction if request.method == "INVITE" else NonInviteServerTransaction
         tx = cls(request, reliable=source.reliable, timers=p.timers)

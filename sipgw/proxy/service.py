@@ -26,7 +26,7 @@ from sipgw.proxy.dispatcher.build import build_dispatcher, reconfigure_dispatche
 from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import Destination, FlowTable, Source, is_ip
-from sipgw.proxy.transport.stream import StreamTransport
+from sipgw.proxy.transport.stream import StreamSettings, StreamTransport
 from sipgw.proxy.transport.udp import UdpListener
 from sipgw.proxy.transport.tls import ServerTls, TlsSettings, TlsTransport
 from sipgw.proxy.transport.ws import WsSettings, WsTransport
@@ -80,9 +80,11 @@ class ProxyService(service.Service):
             self.flows,
             self.proxy.receive,
             limits=self.proxy.limits,
-            idle_timeout=config.limits.tcp_idle_timeout,
+            settings=_stream_settings(config),
+            stats=self.stats,
             on_send_failed=self._send_failed,
             refuse=self.proxy.refuse,
+            on_closed=self.proxy.registrar.flow_closed,
         )
         for addr in config.listen.udp:
             lst = UdpListener(addr.host, addr.port, self.proxy.receive)
@@ -98,8 +100,10 @@ class ProxyService(service.Service):
         if config.listen.tls:
             self.tls_stream = TlsTransport(
                 self.reactor, self.reactor, self.flows, self.proxy.receive,
-                limits=self.proxy.limits, idle_timeout=config.limits.tcp_idle_timeout,
+                limits=self.proxy.limits, settings=_stream_settings(config), stats=self.stats,
                 on_send_failed=self._send_failed, refuse=self.proxy.refuse,
+                on_closed=self.proxy.registrar.flow_closed,
+                caps=self.stream.caps,  # the caps count TCP and TLS together
             )
             for addr in config.listen.tls:
                 self.ports.append(self.tls_stream.listen_tls(addr.host, addr.port, self.tls))
@@ -194,7 +198,8 @@ class ProxyService(service.Service):
             stats=self.stats,
         )
         _apply(proxy, config)
-        proxy.dialogs = Dialogs(self.reactor, self.stats)
+        proxy.dialogs = Dialogs(self.reactor, self.stats,
+                                max_dialogs=config.limits.max_dialogs)
         proxy.auth = build_authenticator(proxy, config)
         proxy.dispatcher = build_dispatcher(proxy, config)
         return proxy
@@ -225,6 +230,9 @@ class ProxyService(service.Service):
         reconfigure_dispatcher(self.proxy.dispatcher, new.config)
         if self.ws is not None:
             self.ws.reconfigure(_ws_settings(new.config))
+        for stream in (self.stream, self.tls_stream):
+            if stream is not None:
+                stream.reconfigure(_stream_settings(new.config))
         if self.tls is not None:
             # New connections get the re-read certificate; live ones keep theirs.
             self.tls.reload(_tls_settings(new.config))
@@ -309,6 +317,8 @@ def _apply(proxy: Proxy, config: Config) -> None:
     proxy.server_header = config.proxy.server_header
     proxy.nat.tests = NatTest(config.proxy.nat_uac_test)
     proxy.max_transactions = config.limits.max_transactions
+    if proxy.dialogs is not None:
+        proxy.dialogs.max_dialogs = config.limits.max_dialogs
     proxy.limits = Limits(
         max_message_size=config.limits.max_message_size,
         max_headers=config.limits.max_headers,
@@ -323,6 +333,17 @@ def _tls_settings(config: Config) -> TlsSettings:
                        min_version=t.min_version, ciphers=t.ciphers)
 
 
+def _stream_settings(config: Config) -> StreamSettings:
+    lim = config.limits
+    return StreamSettings(
+        idle_timeout=lim.tcp_idle_timeout,
+        first_message_timeout=lim.tcp_first_message_timeout,
+        max_connections=lim.tcp_max_connections,
+        max_per_address=lim.tcp_max_connections_per_address,
+        max_write_queue=lim.max_write_queue,
+    )
+
+
 def _ws_settings(config: Config) -> WsSettings:
     w = config.websocket
     return WsSettings(
@@ -335,6 +356,7 @@ def _ws_settings(config: Config) -> WsSettings:
         max_connections=config.limits.ws_max_connections,
         max_per_address=config.limits.ws_max_connections_per_address,
         register_timeout=config.limits.ws_register_timeout,
+        max_write_queue=config.limits.max_write_queue,
         phone_page=w.phone_page,
     )
 

@@ -27,8 +27,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from twisted.logger import Logger
+
+from sipgw.proxy.limits import CapLog
 from sipgw.rpc.registry import RpcError, rpc
 from sipgw.rpc.stream import Emit, Stream
+
+log = Logger(namespace="sipgw.trace")
 
 _COMPACT = {"i": "call-id", "f": "from", "t": "to"}
 _WANTED = {"call-id", "from", "to", "cseq"}
@@ -121,8 +126,12 @@ class Subscriber:
 class Tracer:
     """The taps and the subscribers. ``install(proxy, service)`` gives it the taps."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 max_streams: Callable[[], int] = lambda: 8) -> None:
         self.clock = clock
+        self.max_streams = max_streams  # limits.max_trace_subscribers, read at each call
+        self.streams = 0  # trace.subscribe calls not yet stopped (HEP is not one)
+        self.cap_log = CapLog(log, clock)
         self.subscribers: list[Subscriber] = []
         self._tap_owners: list[tuple[object, str, Callable]] = []
         self._local_of: Callable[[Any], tuple[str, int] | None] = lambda dest: None
@@ -163,12 +172,22 @@ class Tracer:
                       call_id: str | None = None, address: str | None = None,
                       status: str | int | None = None, raw: bool = False) -> Stream:
         filters = _filters(method, user, call_id, address, status)
-        holder: dict[str, Subscriber] = {}
+        # Every subscriber costs a summary and a socket write per message: capped.
+        if self.streams >= self.max_streams():
+            self.cap_log.reached("limits.max_trace_subscribers",
+                                 "trace.subscribe refused: {n} subscribers already",
+                                 n=self.streams)
+            raise RpcError(f"{self.streams} trace subscribers already, the most "
+                           "limits.max_trace_subscribers allows; try again when one ends")
+        self.streams += 1
+        holder: dict[str, Any] = {"counted": True}
 
         def start(emit: Emit) -> None:
             holder["sub"] = self.subscribe(filters, bool(raw), emit)
 
         def stop() -> None:
+            if holder.pop("counted", False):
+                self.streams -= 1
             if "sub" in holder:
                 self.unsubscribe(holder.pop("sub"))
 

@@ -54,6 +54,9 @@ IN_EFFECT_NOW = {
     "listen.tls", "listen.wss", "tls.certificate", "tls.private_key", "tls.min_version",
     "tls.ciphers", "limits.ws_max_connections", "limits.ws_max_connections_per_address",
     "limits.ws_register_timeout", "websocket.phone_page",
+    "limits.tcp_max_connections", "limits.tcp_max_connections_per_address",
+    "limits.tcp_first_message_timeout", "limits.max_write_queue", "limits.max_nonces",
+    "limits.max_auth_failures", "limits.max_trace_subscribers", "limits.max_dialogs",
     "control.socket", "control.mode", "control.group", "metrics.listen",
     "trace.hep", "trace.hep_agent_id", "trace.hep_password",
 }  # fmt: skip

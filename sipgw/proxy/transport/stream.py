@@ -1,19 +1,47 @@
-"""SIP over TCP (and, later, TLS): connections as flows, framed by ``StreamFramer``."""
+"""SIP over TCP (and TLS, ``tls.py``): connections as flows, framed by ``StreamFramer``.
+
+What a connection may cost is bounded (``StreamSettings``, from ``[limits]``):
+
+* connections from clients at once, overall and per address: beyond them a new
+  connection is closed as soon as it is accepted (``tcp:local_reject``);
+* a client connection that has not sent one complete SIP message within
+  ``first_message_timeout`` seconds, or that stays silent for ``idle_timeout``, is closed
+  (``tcp:con_timeout``): sockets held open for nothing are an attack, not a client;
+* a peer that stops reading: once ``max_write_queue`` bytes wait beyond the socket's
+  buffers, the connection is aborted (``tcp:sendq_full``); the others are not slowed.
+
+When a connection closes, ``on_closed(flow_id, source)`` tells the registrar, so requests
+for users registered over it get 430/480 at once (as for WebSocket flows).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 
+from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tell_slow_reader
+from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source
 from sipgw.sip.errors import FramingError
 from sipgw.sip.framing import PING, StreamFramer
 from sipgw.sip.parser import Limits
 
 log = Logger(namespace="sipgw.tcp")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamSettings:
+    """What the TCP and TLS listeners take from ``[limits]``; replaced whole on reload."""
+
+    idle_timeout: float = 300.0  # 0: never
+    first_message_timeout: float = 10.0  # client connections; 0: idle_timeout only
+    max_connections: int = 20000  # from clients, TCP and TLS together
+    max_per_address: int = 1000
+    max_write_queue: int = 262144
 
 
 class StreamConnection(protocol.Protocol):
@@ -29,13 +57,34 @@ class StreamConnection(protocol.Protocol):
         self.source: Source | None = None
         self.pending: list[bytes] = []  # written before an outbound connect completes
         self.connected = False
+        self.counted = False  # in the caps on client connections
+        self.dropped = False  # closed by a limit: nothing more is written to it
+        self.queue = SendQueue(stack.settings.max_write_queue)
         self._idle = None
+        self._first = None  # the timer closing a client that never sends a whole message
 
     # -- Twisted ------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         host = self.transport.getHost()
+        stack = self.stack
+        stack.stats.inc("tcp:current_opened_connections")
+        if not self.outbound:
+            refused = stack.caps.refusal(peer.host)
+            if refused:
+                stack.stats.inc("tcp:local_reject")
+                stack.cap_log.reached(
+                    "limits.tcp_max_connections", "{t} connection from {h}:{p} refused: {why}",
+                    t=self.transport_name, h=peer.host, p=peer.port, why=refused)
+                self.dropped = True
+                self.transport.abortConnection()
+                return
+            stack.caps.add(peer.host)
+            self.counted = True
+            if stack.settings.first_message_timeout > 0:
+                self._first = stack.clock.callLater(stack.settings.first_message_timeout,
+                                                    self._no_message)
         self.source = Source(
             transport=self.transport_name,
             host=peer.host,
@@ -45,6 +94,7 @@ class StreamConnection(protocol.Protocol):
             flow_id=self.flow_id,
         )
         self.connected = True
+        self.queue.attach(self.transport)
         self.stack.flows.add(self, self.transport_name, peer.host, peer.port)
         if self.outbound:
             self.stack.on_flow_connected(self)
@@ -62,6 +112,8 @@ class StreamConnection(protocol.Protocol):
         )
 
     def dataReceived(self, data: bytes) -> None:
+        if self.dropped:
+            return  # refused or closed by a limit; a few bytes may still be on their way
         self._touch()
         try:
             items = self.framer.feed(data)
@@ -82,31 +134,46 @@ class StreamConnection(protocol.Protocol):
                 # RFC 5626 §4.4.1: answer a double-CRLF ping with a single CRLF.
                 self.transport.write(b"\r\n")
             else:
+                if self._first is not None:
+                    self._first.cancel()
+                    self._first = None
                 self.stack.receive(item, self.source)
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
+        for call in (self._idle, self._first):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle = self._first = None
+        stack = self.stack
+        stack.stats.inc("tcp:current_opened_connections", -1)
+        if self.counted and self.source is not None:
+            self.counted = False
+            stack.caps.remove(self.source.host)
         if self.source is not None:
-            self.stack.flows.remove(self, self.transport_name, self.source.host, self.source.port)
-        self.stack.on_flow_closed(self)
+            stack.flows.remove(self, self.transport_name, self.source.host, self.source.port)
+            if stack.on_closed is not None:
+                stack.on_closed(self.flow_id, self.source)
+        stack.on_flow_closed(self)
 
     # -- flow interface -----------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        if self.connected:
-            self._touch()
-            self.transport.write(data)
-        else:
+        if not self.connected:
             self.pending.append(data)
+            return
+        if self.dropped:
+            return
+        self._touch()
+        self.transport.write(data)
+        if self.queue.over(len(data)):
+            self.stack.slow_reader(self)
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.loseConnection()
 
     def _touch(self) -> None:
-        timeout = self.stack.idle_timeout
+        timeout = self.stack.settings.idle_timeout
         if not timeout:
             return
         if self._idle is not None and self._idle.active():
@@ -116,8 +183,12 @@ class StreamConnection(protocol.Protocol):
 
     def _idle_expired(self) -> None:
         self._idle = None
-        log.info("flow {id}: idle, closing", id=self.flow_id)
-        self.transport.loseConnection()
+        self.stack.timed_out(self, "limits.tcp_idle_timeout", "idle")
+
+    def _no_message(self) -> None:
+        self._first = None
+        self.stack.timed_out(self, "limits.tcp_first_message_timeout",
+                             "no complete SIP message")
 
 
 class _ServerFactory(protocol.ServerFactory):
@@ -153,19 +224,53 @@ class StreamTransport:
         receive: ReceiveCallback,
         *,
         limits: Limits,
-        idle_timeout: float,
+        settings: StreamSettings = StreamSettings(),
+        stats: Stats | None = None,
         on_send_failed: Callable[[str, int, str], None] | None = None,
         refuse: Callable[[bytes, Source, FramingError], None] | None = None,
+        on_closed: Callable[[int, Source], None] | None = None,
+        caps: ConnectionCaps | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock = clock
         self.flows = flows
         self.receive = receive
         self.limits = limits
-        self.idle_timeout = idle_timeout
+        self.settings = settings
+        self.stats = stats or Stats()
+        self.stats.declare(TCP_STATS)
         self.on_send_failed = on_send_failed
         self.refuse = refuse
+        self.on_closed = on_closed
+        self.caps = caps or ConnectionCaps("limits.tcp_max_connections",
+                                           "limits.tcp_max_connections_per_address",
+                                           max_total=settings.max_connections,
+                                           max_per_address=settings.max_per_address)
+        self.cap_log = CapLog(log, clock.seconds)
         self._connecting: dict[tuple[str, int], StreamConnection] = {}
+
+    def reconfigure(self, settings: StreamSettings) -> None:
+        """Reload: new caps and timeouts; live connections keep their write bound."""
+        self.settings = settings
+        self.caps.max_total = settings.max_connections
+        self.caps.max_per_address = settings.max_per_address
+
+    # -- limits reached -----------------------------------------------------------------
+
+    def timed_out(self, conn: StreamConnection, key: str, what: str) -> None:
+        conn.dropped = True
+        self.stats.inc("tcp:con_timeout")
+        src = conn.source
+        self.cap_log.reached(key, "{t} flow {id} from {h}:{p}: {what}; closed",
+                             t=conn.transport_name, id=conn.flow_id, what=what,
+                             h=src.host if src else "?", p=src.port if src else 0)
+        conn.transport.loseConnection()
+
+    def slow_reader(self, conn: StreamConnection) -> None:
+        """The peer left more than ``max_write_queue`` bytes unread: drop what waits."""
+        conn.dropped = True
+        tell_slow_reader(self.stats, self.cap_log, conn)
+        conn.transport.abortConnection()
 
     def listen(self, host: str, port: int):
         return self.reactor.listenTCP(port, _ServerFactory(self), interface=host)

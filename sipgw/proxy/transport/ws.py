@@ -18,7 +18,13 @@ with the connection's flow as its source. autobahn enforces the framing rules: a
 over ``limits.max_message_size`` closes with 1009, a protocol error (unmasked client frame,
 unknown opcode, fragmented control frame...) with 1002. A connection idle for
 ``websocket.keepalive_interval`` seconds gets a ping; without a pong within the next
-interval it is dropped.
+interval it is dropped (a peer gone without a FIN).
+
+Limits (``[limits]``): connections at once, overall and per client address (beyond them
+the handshake gets 503); a connection that sends no REGISTER within
+``ws_register_timeout`` is closed with 1008; a client that stops reading is dropped once
+``max_write_queue`` bytes wait for it. Reaching a limit is logged at most once per
+interval (``sipgw.proxy.limits.CapLog``), whatever the number of connections.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tell_slow_reader
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source
 from sipgw.rpc.registry import RpcError, rpc
@@ -70,6 +77,7 @@ class WsSettings:
     max_connections: int = 20000
     max_per_address: int = 1000
     register_timeout: float = 60.0  # 0: a connection may stay without a REGISTER
+    max_write_queue: int = 262144  # bytes unread by a client before it is dropped
     phone_page: bool = True  # GET / (and its files) serves the test phone
 
 
@@ -223,6 +231,7 @@ class WsConnection(WebSocketServerProtocol):
         self._checked = False
         self._dropped_by_us = False
         self._unregistered = None  # the timer closing a connection that never registers
+        self.queue = SendQueue(stack.settings.max_write_queue)
 
     # -- handshake ----------------------------------------------------------------------
 
@@ -250,18 +259,22 @@ class WsConnection(WebSocketServerProtocol):
             peer = self.transport.getPeer()
             self.client_host = client_address(peer.host, headers,
                                               self.stack.settings.trusted_proxies)
-            full = self.stack.over_limit(self.client_host)
+            full = self.stack.caps.refusal(self.client_host)
             if full:
-                self._refuse(HandshakeRefused(503, "Service Unavailable"), why=full)
+                self.stack.stats.inc("websocket:ws_failed_handshakes")
+                self.stack.cap_log.reached("limits.ws_max_connections",
+                                           "ws handshake from {h}:{p} refused with 503: {why}",
+                                           h=self.client_host, p=peer.port, why=full)
+                self.failHandshake("Service Unavailable", 503)
                 return
             self._checked = True
         super().processHandshake()
 
-    def _refuse(self, refused: HandshakeRefused, why: str = "") -> None:
+    def _refuse(self, refused: HandshakeRefused) -> None:
         self.stack.stats.inc("websocket:ws_failed_handshakes")
         peer = self.transport.getPeer()
-        log.info("ws handshake from {h}:{p} refused: {status}{why}", h=peer.host, p=peer.port,
-                 status=str(refused), why=f" ({why})" if why else "")
+        log.info("ws handshake from {h}:{p} refused: {status}", h=peer.host, p=peer.port,
+                 status=str(refused))
         self.failHandshake(refused.reason, refused.status, list(refused.headers))
 
     def _serve(self, body: bytes, content_type: str) -> None:
@@ -293,6 +306,7 @@ class WsConnection(WebSocketServerProtocol):
             flow_id=self.flow_id,
         )
         self.opened_at = self.last_used = self.stack.clock.seconds()
+        self.queue.attach(self.transport)
         self.stack.opened(self)
         self._arm_keepalive()
         timeout = self.stack.settings.register_timeout
@@ -330,8 +344,12 @@ class WsConnection(WebSocketServerProtocol):
 
     def _no_register(self) -> None:
         self._unregistered = None
-        log.info("flow {id}: no REGISTER within {t:g}s, closing", id=self.flow_id,
-                 t=self.stack.settings.register_timeout)
+        src = self.source
+        self.stack.cap_log.reached(
+            "limits.ws_register_timeout", "{t} flow {id} from {h}:{p}: no REGISTER within "
+            "{s:g}s; closed with 1008", t=self.transport_name, id=self.flow_id,
+            h=src.host if src else "?", p=src.port if src else 0,
+            s=self.stack.settings.register_timeout)
         # 1008, policy violation (RFC 6455 §7.4.1); autobahn's sendClose only takes
         # application codes, so the frame is sent as its own protocol errors are.
         self.sendCloseFrame(code=1008, reasonUtf8=b"no REGISTER", isReply=False)
@@ -355,7 +373,9 @@ class WsConnection(WebSocketServerProtocol):
         interval = self.stack.settings.keepalive_interval
         if self._awaiting_pong:
             # A whole interval since our ping and nothing came back: the peer is gone.
-            log.info("flow {id}: no pong, closing", id=self.flow_id)
+            self.stack.cap_log.reached("websocket.keepalive_interval",
+                                       "{t} flow {id}: no pong; dropped",
+                                       t=self.transport_name, id=self.flow_id)
             self._dropped_by_us = True
             self.dropConnection(abort=True)
             return
@@ -381,6 +401,8 @@ class WsConnection(WebSocketServerProtocol):
             self.sendMessage(data, isBinary=True)
         else:
             self.sendMessage(data, isBinary=False)
+        if self.queue.over(len(data)):
+            self.stack.slow_reader(self)
 
     def close(self) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
@@ -456,12 +478,17 @@ class WsTransport:
         self.settings = settings
         self.on_closed = on_closed
         self.connections: dict[int, WsConnection] = {}
-        self.per_address: dict[str, int] = {}
+        self.caps = ConnectionCaps("limits.ws_max_connections",
+                                   "limits.ws_max_connections_per_address",
+                                   max_total=settings.max_connections,
+                                   max_per_address=settings.max_per_address)
+        self.cap_log = CapLog(log, clock.seconds)
         self.factories: list[_Factory] = []
         # From the registrar: who registered on a flow, and the flows of a user.
         self.users_of: Callable[[int], list[str]] = lambda flow_id: []
         self.flows_of: Callable[[str], list[int]] = lambda user: []
         stats.declare(WS_STATS)
+        stats.declare(TCP_STATS)  # tcp:sendq_full counts WebSocket slow readers too
 
     def factory(self, *, secure: bool = False) -> _Factory:
         f = _Factory(self, secure=secure)
@@ -484,25 +511,24 @@ class WsTransport:
 
     def reconfigure(self, settings: WsSettings) -> None:
         self.settings = settings
+        self.caps.max_total = settings.max_connections
+        self.caps.max_per_address = settings.max_per_address
         for f in self.factories:
             f.apply(settings)
 
     # -- connections come and go --------------------------------------------------------
 
-    def over_limit(self, client_host: str) -> str:
-        """Why one more connection from this client is refused ("" if it is not)."""
-        if len(self.connections) >= self.settings.max_connections:
-            return f"{len(self.connections)} connections, limits.ws_max_connections"
-        if self.per_address.get(client_host, 0) >= self.settings.max_per_address:
-            return f"{client_host} has {self.per_address[client_host]} connections, " \
-                   "limits.ws_max_connections_per_address"
-        return ""
+    def slow_reader(self, conn: WsConnection) -> None:
+        """The client left more than ``max_write_queue`` bytes unread: drop what waits."""
+        tell_slow_reader(self.stats, self.cap_log, conn)
+        conn._dropped_by_us = True
+        conn.dropConnection(abort=True)
 
     def opened(self, conn: WsConnection) -> None:
         src = conn.source
         assert src is not None
         self.connections[conn.flow_id] = conn
-        self.per_address[src.host] = self.per_address.get(src.host, 0) + 1
+        self.caps.add(src.host)
         self.flows.add(conn, src.transport, src.host, src.port)
         s = self.stats
         s.inc("websocket:ws_successful_handshakes")
@@ -515,11 +541,7 @@ class WsTransport:
 
     def closed(self, conn: WsConnection, source: Source, *, by_us: bool) -> None:
         self.connections.pop(conn.flow_id, None)
-        left = self.per_address.get(source.host, 1) - 1
-        if left > 0:
-            self.per_address[source.host] = left
-        else:
-            self.per_address.pop(source.host, None)
+        self.caps.remove(source.host)
         self.flows.remove(conn, source.transport, source.host, source.port)
         s = self.stats
         s.inc("websocket:ws_current_connections", -1)
