@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from sipgw.proxy.transport import in_networks
 from sipgw.rpc.client import Client, RemoteError, Unreachable, find_socket
 from sipgw.tools.options import NoAnswer, ping
 from sipgw.tools.storecheck import (RedisLink, RedisRefused, open_sqlite, read_record,
@@ -113,9 +114,7 @@ class Doctor:
     def check_listeners(self) -> Iterator[Check]:
         for transport in ("udp", "tcp"):
             for addr in getattr(self.config.listen, transport):
-                host = WILDCARD.get(addr.host, addr.host)
-                shown = f"[{host}]" if ":" in host else host
-                uri = f"sip:{shown}:{addr.port};transport={transport}"
+                uri = f"sip:{_reachable(addr)};transport={transport}"
                 name = f"listener {transport}:{addr}"
                 try:
                     pong = ping(uri, timeout=self.timeout)
@@ -138,9 +137,7 @@ class Doctor:
         X-Forwarded-For / X-Real-IP."""
         for scheme in ("ws", "wss"):
             for addr in getattr(self.config.listen, scheme):
-                host = WILDCARD.get(addr.host, addr.host)
-                shown = f"[{host}]" if ":" in host else host
-                url = f"{scheme}://{shown}:{addr.port}/"
+                url = f"{scheme}://{_reachable(addr)}/"
                 name = f"websocket {scheme}:{addr}"
                 # The listener is reached by address, not by the name its certificate
                 # carries: the certificate check names a wrong host, this one its dates.
@@ -229,7 +226,7 @@ class Doctor:
                          fix="run sipgw doctor again when fewer browsers connect")
         seen = mine[0]
         trusted = self.config.websocket.trusted_proxies
-        if seen == SPOOFED and not _in_networks(ours, trusted):
+        if seen == SPOOFED and not in_networks(ours, trusted):
             return Check(name=name, status=FAIL,
                          detail=f"sipgw recorded {SPOOFED}, the address this check made up in "
                                 "X-Forwarded-For: any client can pose as any address and "
@@ -510,6 +507,12 @@ class Doctor:
                             "answering another node's challenge is refused")
 
 
+def _reachable(addr) -> str:
+    """host:port where the doctor reaches a listener: loopback for a wildcard address."""
+    host = WILDCARD.get(addr.host, addr.host)
+    return f"[{host}]:{addr.port}" if ":" in host else f"{host}:{addr.port}"
+
+
 def _distinct_source(url: str) -> str | None:
     """A loopback source address other than the URL's host, so that the client address a
     local nginx forwards (ours) differs from nginx's own: both would be 127.0.0.1."""
@@ -524,14 +527,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def _in_networks(host: str, networks) -> bool:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(ip in n for n in networks)
 
 
 def _names_host(host: str, dns: set[str], ips: set[str]) -> bool:
