@@ -28,6 +28,7 @@ from sipgw.sip.message import Field, Request, Response, make_response
 from sipgw.sip.parser import Limits, parse_message
 from sipgw.sip.headers import header_key
 from sipgw.sip.timers import TimerConfig
+from sipgw.sip.uri import parse_port
 
 if TYPE_CHECKING:
     from sipgw.proxy.auth import Authenticator
@@ -212,12 +213,14 @@ class Proxy:
         """Where a response goes when no transaction remembers: by its top Via."""
         try:
             via = response.top_via
+            # RFC 3581 §4: rport is a port number; a reply naming anything else is dropped.
+            rport = parse_port(via.rport) if via.rport else None
         except ParseError:
             return None
         transport = via.transport.lower()
         host = via.received or via.host
-        if via.rport:
-            port = int(via.rport)
+        if rport:
+            port = rport
         else:
             port = via.port or (5061 if transport == "tls" else 5060)
         return Destination(transport=transport, host=host.strip("[]"), port=port)

@@ -85,8 +85,9 @@ class Nat:
         if not isinstance(uri, SipURI):
             return target
         bare, alias = take_alias(uri)
+        if alias is None:
+            return target  # "alias=" was in the user part or another parameter's name
         req.uri = str(bare)
-        assert alias is not None
         host, port, transport = alias
         if transport not in RELIABLE:
             # Over UDP there is no flow to check; never let an alias turn us towards

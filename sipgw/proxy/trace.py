@@ -50,7 +50,11 @@ def summarize(data: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {"method": None, "status": None, "reason": None, "ruri": None,
                            "call_id": None, "cseq": None, "from": None, "to": None}
     parts = first.split(" ", 2)
-    if first.upper().startswith("SIP/") and len(parts) >= 2 and parts[1].isdigit():
+    # Three ASCII digits only: int() refuses "²" (isdigit() does not), and a status of
+    # thousands of digits (Python's int limit) — either would escape Proxy.receive.
+    status = parts[1] if len(parts) >= 2 else ""
+    if first.upper().startswith("SIP/") and len(status) == 3 and status.isascii() \
+            and status.isdigit():
         out["status"] = int(parts[1])
         out["reason"] = parts[2] if len(parts) > 2 else ""
     elif len(parts) == 3 and parts[2].upper().startswith("SIP/") and _TOKEN.match(parts[0]):
