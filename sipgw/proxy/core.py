@@ -87,11 +87,19 @@ class Proxy:
         self.auth: Authenticator | None = None  # the AUTH step; set by the service
         self.trace_in = None  # set by the tracer while somebody listens (sipgw trace)
         self.dialogs = None  # dialog tracking for dlg.* (proxy.dialogs), set by the service
+        self.pike = None  # flood detection (sipgw.proxy.pike.Pike), set by the service
         self.auth: Authenticator | None = None  # the AUTH step; set by the service
 
     # -- entry point --------------------------------------------------------------------
 
     def receive(self, data: bytes, source: Source) -> None:
+        pike = self.pike
+        if pike is not None and not pike.check(source):
+            # Blocked by pike: dropped unread and unanswered (REQINIT, before any parsing,
+            # so that a flood costs as little as possible); a connection is closed.
+            if source.flow_id is not None:
+                self.close_flow(source.flow_id)
+            return
         if not data.strip(b"\r\n\t "):
             return  # a UDP keepalive (CRLF or empty)
         if self.trace_in is not None:
@@ -159,6 +167,18 @@ class Proxy:
     def pending_requests(self) -> int:
         """Requests received that have not had their final answer yet (for draining)."""
         return sum(1 for ctx in self.relay.servers.values() if not ctx.final_sent)
+
+    def close_flow(self, flow_id: int) -> None:
+        flows = self.nat.flows
+        flow = flows.get(flow_id) if flows is not None else None
+        if flow is not None:
+            flow.close()
+
+    def is_backend_host(self, host: str) -> bool:
+        """Is ``host`` the address of a backend, whatever the port it sends from?"""
+        if self.dispatcher is not None:
+            return self.dispatcher.is_backend_host(host)
+        return host == self.backend.destination.host
 
     def is_backend(self, source: Source) -> bool:
         """Did this come from a backend (trusted: no auth, routed towards clients)?"""

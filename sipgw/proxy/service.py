@@ -25,7 +25,8 @@ from sipgw.proxy.metrics import start_metrics
 from sipgw.proxy.dispatcher.build import build_dispatcher, reconfigure_dispatcher, resolve_uri
 from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.stats import Stats
-from sipgw.proxy.transport import Destination, FlowTable, Source, is_ip
+from sipgw.proxy.pike import Pike, pike_settings
+from sipgw.proxy.transport import Destination, FlowTable, Source, in_networks, is_ip
 from sipgw.proxy.transport.stream import StreamSettings, StreamTransport
 from sipgw.proxy.transport.udp import UdpListener
 from sipgw.proxy.transport.tls import ServerTls, TlsSettings, TlsTransport
@@ -94,6 +95,7 @@ class ProxyService(service.Service):
             self._udp_ports.append(port)
             self.udp.append(lst)
         self.proxy.dispatcher.start()  # probes, now that there is a socket to send them
+        self.proxy.pike.start()
         for addr in config.listen.tcp:
             self.ports.append(self.stream.listen(addr.host, addr.port))
             log.info("listening on tcp:{host}:{port}", host=addr.host, port=addr.port)
@@ -167,6 +169,8 @@ class ProxyService(service.Service):
             metrics.stopListening()
         if self.proxy is not None and self.proxy.dispatcher is not None:
             self.proxy.dispatcher.stop()
+        if self.proxy is not None and self.proxy.pike is not None:
+            self.proxy.pike.stop()
         if self.stream is not None:
             self.stream.close_all()
         if self.ws is not None:
@@ -202,7 +206,14 @@ class ProxyService(service.Service):
                                 max_dialogs=config.limits.max_dialogs)
         proxy.auth = build_authenticator(proxy, config)
         proxy.dispatcher = build_dispatcher(proxy, config)
+        proxy.pike = Pike(self.reactor, self.stats, pike_settings(config),
+                          exempt=self._pike_exempt)
         return proxy
+
+    def _pike_exempt(self, host: str) -> bool:
+        """Never blocked by pike: auth.trusted (as now configured) and the backends."""
+        return (in_networks(host, self.loaded.config.auth.trusted)
+                or (self.proxy is not None and self.proxy.is_backend_host(host)))
 
     def reload(self) -> None:
         """SIGHUP: read the file again; a bad file changes nothing."""
@@ -228,6 +239,8 @@ class ProxyService(service.Service):
         if self.proxy.auth is not None:
             self.proxy.auth.configure(auth_settings(new.config))
         reconfigure_dispatcher(self.proxy.dispatcher, new.config)
+        if self.proxy.pike is not None:
+            self.proxy.pike.configure(pike_settings(new.config))
         if self.ws is not None:
             self.ws.reconfigure(_ws_settings(new.config))
         for stream in (self.stream, self.tls_stream):

@@ -213,6 +213,7 @@ class Dispatcher:
         self.sets: dict[int, list[Target]] = {}
         self.selectors: dict[int, SetSelector] = {}
         self._backends: set[tuple[str, int]] = set()
+        self._backend_hosts: set[str] = set()
         self._pending: set[int] = set()  # id() of targets with a probe in flight
         self._calls: dict[str, tuple[Target, float]] = {}
         self._probe_ids = 0
@@ -249,6 +250,7 @@ class Dispatcher:
         self.sets = sets
         self.selectors = {s: SetSelector(self.settings.algorithm, self.rng) for s in sets}
         self._backends = {(t.address.host, t.address.port) for ts in sets.values() for t in ts}
+        self._backend_hosts = {host for host, _ in self._backends}
         if self.detector is not None:
             self.detector.forget(self._backends)
         if self.settings.setid not in sets:
@@ -320,6 +322,10 @@ class Dispatcher:
     def is_backend(self, source: Source) -> bool:
         """Did this come from one of our destinations (any set)?"""
         return (source.host, source.port) in self._backends
+
+    def is_backend_host(self, host: str) -> bool:
+        """Is ``host`` one of our destinations' addresses, whatever the port?"""
+        return host in self._backend_hosts
 
     # -- call load (algorithm 10) -----------------------------------------------------
 

@@ -119,6 +119,15 @@ def _kind(host: str) -> int:
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
+def in_networks(host: str, networks) -> bool:
+    """Is the address ``host`` in one of ``networks`` (ip_network objects)? A name is not."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
 def is_ip(host: str) -> bool:
     return _kind(host) != 0
 

@@ -1,0 +1,292 @@
+"""Flood detection per source address, as Kamailio's pike module does it.
+
+Every message a source sends counts in the current sampling unit (``sampling_time_unit``
+seconds, aligned on the clock). A source that sends more than ``reqs_density_per_unit``
+messages in one unit is blocked: everything it sends afterwards is dropped unread, with no
+reply (an answer would only help the flood), and counted in ``pike:dropped_msgs``. It stays
+blocked until it has been quiet for ``remove_latency`` seconds.
+
+The check runs before parsing (``Proxy.receive``), since a flood must cost as little CPU as
+possible: for a source that is not blocked it is one dict lookup, a clock read and a few
+comparisons. The source is ``Source.host``, which for WebSocket behind a trusted reverse
+proxy is already the client's own address (``transport.ws.client_address``).
+
+Exempt: addresses in ``auth.trusted`` and the dispatcher's backends (by address, any port).
+Exemption is decided when an address is first seen and checked again before it would be
+blocked, so a backend added later is never blocked.
+
+Memory is bounded: at most ``max_sources`` addresses are tracked; a new one beyond that
+makes the least recently active one forgotten (a spoofed-source flood only recycles the
+table, and a warning says so). Entries silent for ``remove_latency`` (at least one unit)
+are removed by a sweep every unit; a blocked one is released then, with a log line.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from sipgw.proxy.stats import StatDef, Stats
+from sipgw.proxy.transport import Source
+from sipgw.rpc.registry import RpcError, rpc
+
+log = Logger(namespace="sipgw.pike")
+
+PIKE_STATS = (
+    StatDef(group="pike", name="blocked_ips", help="source addresses blocked by pike now", gauge=True),  # noqa: E501
+    StatDef(group="pike", name="dropped_msgs", help="messages dropped unread because their source address was blocked by pike"),  # noqa: E501
+)
+
+TOP_ROWS = 1000  # pike.top ALL lists at most this many addresses, the busiest first
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PikeSettings:
+    enabled: bool = True
+    sampling_time_unit: float = 2.0
+    reqs_density_per_unit: int = 30
+    remove_latency: float = 120.0
+    max_sources: int = 50_000
+
+
+class _Entry:
+    """One source address: hits in the current and the previous unit, and its state."""
+
+    __slots__ = ("host", "window_end", "hits", "prev", "last", "blocked", "exempt",
+                 "dropped", "since")
+
+    def __init__(self, host: str, window_end: float, now: float, exempt: bool) -> None:
+        self.host = host
+        self.window_end = window_end  # the current unit ends here
+        self.hits = 0  # messages in the current unit
+        self.prev = 0  # messages in the unit before
+        self.last = now  # last message, dropped or not
+        self.blocked = False
+        self.exempt = exempt
+        self.dropped = 0  # while blocked, for the release log line
+        self.since = now  # blocked since
+
+
+class Pike:
+    """The table of sources and the check ``Proxy.receive`` calls for every message."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        stats: Stats,
+        settings: PikeSettings,
+        *,
+        exempt: Callable[[str], bool] = lambda host: False,
+    ) -> None:
+        self.clock = clock
+        self.stats = stats
+        self.exempt = exempt
+        self._table: OrderedDict[str, _Entry] = OrderedDict()  # least recently active first
+        self._blocked = 0
+        self._evicted = 0  # since the last sweep, for one warning per sweep
+        self._sweeper: LoopingCall | None = None
+        stats.declare(PIKE_STATS)
+        self.configure(settings)
+
+    def configure(self, settings: PikeSettings) -> None:
+        """Apply (re)loaded settings; the table survives, exemptions are decided again."""
+        self.settings = settings
+        self.enabled = settings.enabled
+        self.unit = settings.sampling_time_unit
+        self.density = settings.reqs_density_per_unit
+        self.latency = settings.remove_latency
+        # An entry must live at least one unit, or its count would be lost mid-unit.
+        self.keep = max(settings.remove_latency, settings.sampling_time_unit)
+        for entry in self._table.values():
+            entry.exempt = self.exempt(entry.host)
+            if entry.exempt and entry.blocked:
+                self._release(entry, "now trusted")
+        while len(self._table) > settings.max_sources:
+            self._evict()
+        if self._sweeper is not None and self._sweeper.running:
+            self.stop()
+            self.start()
+
+    # -- the check ----------------------------------------------------------------------
+
+    def check(self, source: Source) -> bool:
+        """Count one message from ``source``; False means drop it unread."""
+        if not self.enabled:
+            return True
+        entry = self._table.get(source.host)
+        now = self.clock.seconds()
+        if entry is None:
+            entry = self._new(source.host, now)
+        elif entry.exempt:
+            return True
+        if now >= entry.window_end:
+            self._roll(entry, now)
+        if entry.blocked:
+            if now - entry.last < self.latency:
+                entry.last = now
+                entry.dropped += 1
+                self.stats.values["pike:dropped_msgs"] += 1
+                return False
+            self._release(entry, f"quiet for {now - entry.last:g}s")
+        entry.last = now
+        entry.hits += 1
+        if entry.hits > self.density and not entry.exempt:
+            return self._block(entry, now)
+        return True
+
+    def blocked(self, host: str) -> bool:
+        entry = self._table.get(host)
+        return entry is not None and entry.blocked
+
+    def _new(self, host: str, now: float) -> _Entry:
+        if len(self._table) >= self.settings.max_sources:
+            self._evict()
+        entry = _Entry(host, self._window_end(now), now, self.exempt(host))
+        self._table[host] = entry
+        return entry
+
+    def _window_end(self, now: float) -> float:
+        return now - now % self.unit + self.unit
+
+    def _roll(self, entry: _Entry, now: float) -> None:
+        """A new unit: the count moves to ``prev`` (or is forgotten after a silent unit)."""
+        entry.prev = entry.hits if now < entry.window_end + self.unit else 0
+        entry.hits = 0
+        entry.window_end = self._window_end(now)
+        self._table.move_to_end(entry.host)  # keeps the table ordered by activity
+
+    def _block(self, entry: _Entry, now: float) -> bool:
+        if self.exempt(entry.host):  # a backend added since it was first seen
+            entry.exempt = True
+            return True
+        entry.blocked = True
+        entry.since = now
+        entry.dropped = 1
+        self._blocked += 1
+        self.stats.values["pike:blocked_ips"] = self._blocked
+        self.stats.values["pike:dropped_msgs"] += 1
+        log.warn("pike: blocking {host}: more than {n} messages in {unit:g}s; dropping "
+                 "everything it sends until it is quiet for {latency:g}s",
+                 host=entry.host, n=self.density, unit=self.unit, latency=self.latency)
+        return False
+
+    def _release(self, entry: _Entry, why: str) -> None:
+        entry.blocked = False
+        entry.hits = entry.prev = 0
+        self._blocked -= 1
+        self.stats.values["pike:blocked_ips"] = self._blocked
+        log.info("pike: releasing {host} ({why}); blocked {secs:g}s, {n} messages dropped",
+                 host=entry.host, why=why, secs=round(self.clock.seconds() - entry.since, 1),
+                 n=entry.dropped)
+
+    def _forget(self, entry: _Entry, why: str) -> None:
+        del self._table[entry.host]
+        if entry.blocked:
+            self._release(entry, why)
+
+    def _evict(self) -> None:
+        _, entry = next(iter(self._table.items()))
+        self._evicted += 1
+        self._forget(entry, "forgotten: pike.max_sources reached")
+
+    # -- expiry -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper.clock = self.clock
+        self._sweeper.start(self.unit, now=False)
+
+    def stop(self) -> None:
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+
+    def sweep(self) -> None:
+        """Remove the entries silent for ``keep`` seconds, releasing the blocked ones.
+
+        The table is ordered by the unit of each entry's last activity, so the walk stops
+        at the first entry whose unit began less than ``keep`` seconds ago.
+        """
+        now = self.clock.seconds()
+        done = []
+        for entry in self._table.values():
+            if entry.window_end - self.unit + self.keep > now:
+                break
+            if now - entry.last >= self.keep:
+                done.append(entry)
+        for entry in done:
+            self._forget(entry, f"quiet for {now - entry.last:g}s")
+        if self._evicted:
+            log.warn("pike: {n} source address(es) forgotten to stay within pike.max_sources "
+                     "({max}): a flood from many addresses?", n=self._evicted,
+                     max=self.settings.max_sources)
+            self._evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    # -- RPC ----------------------------------------------------------------------------
+
+    def _status(self, entry: _Entry, now: float) -> str:
+        """Kamailio's node status: HOT at the density (blocked), WARM at a quarter of it."""
+        hits = entry.hits if now < entry.window_end else 0
+        if entry.blocked or hits >= self.density:
+            return "HOT"
+        if hits >= self.density >> 2:
+            return "WARM"
+        return ""
+
+    @rpc("pike.top", help="Source addresses pike tracks, busiest first, as Kamailio's pike.top: "
+                          "HOT (default: blocked or at the density), WARM (a quarter of it or "
+                          "more), or ALL.")
+    def rpc_top(self, which: str = "HOT") -> dict:
+        which = str(which).upper()
+        wanted = {"HOT": ("HOT",), "WARM": ("WARM", "HOT"), "ALL": None}.get(which, ())
+        if wanted == ():
+            raise RpcError("bad argument: HOT, WARM or ALL")
+        now = self.clock.seconds()
+        rows = []
+        for entry in self._table.values():
+            if entry.exempt:
+                continue
+            status = self._status(entry, now)
+            if wanted is not None and status not in wanted:
+                continue
+            current = now < entry.window_end
+            curr = entry.hits if current else 0
+            prev = entry.prev if current else (entry.hits if now < entry.window_end
+                                               + self.unit else 0)
+            expires = (self.latency if entry.blocked else self.keep) - (now - entry.last)
+            rows.append({"ip_addr": entry.host, "leaf_hits_prev": prev, "leaf_hits_curr": curr,
+                         "expires": max(0, round(expires)), "status": status})
+        rows.sort(key=lambda r: r["leaf_hits_prev"] + r["leaf_hits_curr"], reverse=True)
+        rows = rows[:TOP_ROWS]
+        return {"max_hits": self.density, "list": rows, "number_of_rows": len(rows)}
+
+    @rpc("pike.list", help="The same as pike.top (Kamailio's alias).")
+    def rpc_list(self, which: str = "HOT") -> dict:
+        return self.rpc_top(which)
+
+    @rpc("pike.unblock", help="Release a blocked source address now (or all); returns how "
+                              "many were released.")
+    def rpc_unblock(self, address: str) -> int:
+        address = str(address)
+        entries = [e for e in self._table.values()
+                   if e.blocked and (address == "all" or e.host == address)]
+        for entry in entries:
+            self._release(entry, "pike.unblock")
+        if not entries and address != "all":
+            raise RpcError(f"{address} is not blocked")
+        return len(entries)
+
+
+def pike_settings(config) -> PikeSettings:
+    p = config.pike
+    return PikeSettings(enabled=p.enabled, sampling_time_unit=p.sampling_time_unit,
+                        reqs_density_per_unit=p.reqs_density_per_unit,
+                        remove_latency=p.remove_latency, max_sources=p.max_sources)
