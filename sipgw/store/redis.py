@@ -11,8 +11,13 @@ Failure handling, so that a Redis outage costs prompt errors and never a hang:
 * ``connect_timeout`` bounds each connection attempt; txredisapi reconnects forever, and
   the back-off is capped at ``RECONNECT_MAX_DELAY`` so service resumes within about a
   second of Redis coming back;
-* ``command_timeout`` bounds every command (txredisapi's reply timeout drops a connection
-  that stops answering) and the wait for a connection;
+* ``command_timeout`` bounds every command and the wait for a connection: the request
+  waiting for it gets its 503 then;
+* a connection is dropped (and a new one made) only when Redis has not answered for
+  ``DEAD_AFTER`` command timeouts: txredisapi's reply timeout closes the connection, and
+  at the command timeout itself a proxy busy with a burst (its reactor late to read the
+  reply that is already there) would drop a healthy connection and fail every request
+  queued on it, turning a moment of overload into seconds of 503s;
 * while no connection is up, lookups fail at once with ``StoreUnavailable`` -- except in
   the first ``connect_timeout`` after start, when they wait for the first connection.
 """
@@ -35,6 +40,7 @@ DEFAULT_TEMPLATE = "subscriber:{username}"
 KAMAILIO_TEMPLATE = "subscriber:entry::{username}:{domain}"
 RECONNECT_MAX_DELAY = 1.0  # seconds between reconnection attempts, at most
 RECONNECT_FIRST_DELAY = 0.2
+DEAD_AFTER = 5  # command timeouts without an answer before the connection is dropped
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,7 +87,7 @@ class RedisStore:
         factory = txredisapi.RedisFactory(
             str(address), address.db, 1, isLazy=True, handler=txredisapi.ConnectionHandler,
             password=address.password, username=address.username,
-            replyTimeout=command_timeout, convertNumbers=False,
+            replyTimeout=command_timeout * DEAD_AFTER, convertNumbers=False,
         )
         factory.initialDelay = RECONNECT_FIRST_DELAY
         factory.maxDelay = RECONNECT_MAX_DELAY

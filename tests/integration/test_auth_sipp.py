@@ -23,8 +23,10 @@ from tests.integration.sipgw_process import (
     UdpPeer,
     build_request,
     build_response,
+    control_toml,
+    statistics,
 )
-from tests.integration.sipp import SippRunner
+from tests.integration.sipp import SippProcess, SippRunner
 
 pytestmark = pytest.mark.integration
 
@@ -150,9 +152,9 @@ class Phone:
         self.peer.close()
 
 
-def store_raw_user(redis: RedisServer) -> None:
-    sub = make_subscriber("raw", REALM, "pw")
-    redis.cli("HSET", "subscriber:raw", *[x for kv in sub.as_fields().items() for x in kv])
+def store_raw_user(redis: RedisServer, user: str = "raw", password: str = "pw") -> None:
+    sub = make_subscriber(user, REALM, password)
+    redis.cli("HSET", f"subscriber:{user}", *[x for kv in sub.as_fields().items() for x in kv])
 
 
 def test_redis_stopped_gives_prompt_503_and_auth_works_again_within_2s_of_its_restart(
@@ -185,6 +187,111 @@ def test_redis_stopped_gives_prompt_503_and_auth_works_again_within_2s_of_its_re
     finally:
         phone.close()
         backend.close()
+
+
+def test_a_redis_stall_costs_only_the_requests_that_timed_out(sipgw, redis: RedisServer):
+    """A Redis that stops answering for a moment (a fork for BGSAVE, a busy host) is not a
+    dead one: the connection stays, and a request waiting on it when Redis answers again is
+    served. Dropping the connection at the first timeout would fail every request queued
+    on it and the ones that come while it reconnects."""
+    import signal
+
+    backend = UdpPeer()
+    gw = start_gw(sipgw, backend.address, redis.url)  # command_timeout = 1 s
+    store_raw_user(redis)
+    phone = Phone(gw)
+    assert redis.process is not None
+    try:
+        phone.register(phone.credentials(phone.challenge()))
+        backend.expect("REGISTER")
+
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            phone.register(phone.credentials(phone.challenge()))
+            phone.peer.expect("503", timeout=3.0)  # this one waited the whole timeout
+            phone.register(phone.credentials(phone.challenge()))
+            time.sleep(0.3)  # the stall goes on a little after the first timeout
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        assert backend.receive(1.5) is not None, gw.describe()
+        assert phone.peer.receive(0.2) is None  # no 503 for the second REGISTER
+    finally:
+        phone.close()
+        backend.close()
+
+
+def final_statuses(phone: SippProcess, cseq: str) -> dict[str, list[int]]:
+    """Call-ID → the final statuses this SIPp received for ``cseq`` ("2 REGISTER"), in order."""
+    finals: dict[str, list[int]] = {}
+    for m in phone.messages():
+        if m.direction == "received" and m.header("CSeq") == cseq and m.status >= 200:
+            finals.setdefault(m.header("Call-ID"), []).append(m.status)
+    return finals
+
+
+def test_phones_registering_through_a_redis_restart_get_503_while_it_is_down_then_200_again(
+    sipgw, sipp: SippRunner, redis: RedisServer, tmp_path: Path
+):
+    """50 phones keep registering (SIPp, 100 a second) while Redis is stopped and started
+    again with its data (as a production Redis with persistence): each REGISTER gets a
+    prompt answer, 503 with Retry-After while it is down, and 200 again once it is back,
+    without touching sipgw."""
+    # -deadcall_wait 0: the hand-driven phone below re-registers with one Call-ID.
+    registrar = sipp.uas("uas_register", calls=100_000, timeout=60,
+                         extra_args=["-deadcall_wait", "0"])
+    gw = sipgw(backend=registrar.address, auth=True,
+               extra_toml=auth_toml(redis.url) + control_toml(tmp_path))
+    phones = [f"60{n:02d}" for n in range(50)]
+    for user in ["raw", *phones]:
+        store_raw_user(redis, user, "pw")
+    assert redis.cli("SAVE").startswith(b"+OK")  # the restart loads it back
+    inf = tmp_path / "phones.csv"
+    inf.write_text("SEQUENTIAL\n" + "".join(
+        f"{u};{REALM};[authentication username={u} password=pw]\n" for u in phones))
+    calls = 500
+    load = sipp.uac("uac_register_auth", remote=gw.address, inf=inf, calls=calls, rate=100,
+                    timeout=30)
+    phone = Phone(gw)
+    try:
+        phone.register(phone.credentials(phone.challenge()))
+        phone.peer.expect("200", timeout=2.0)
+
+        redis.stop()
+        phone.register(phone.credentials(phone.challenge()))
+        phone.peer.expect("503", timeout=1.0)
+        # Down until the load has met it too (sipgw's own 5xx count, bounded).
+        deadline = time.monotonic() + 3.0
+        while statistics(gw, "sl:5xx_replies")["sl:5xx_replies"] < 20:
+            assert time.monotonic() < deadline, gw.describe()
+
+        redis.start()
+        restarted = time.monotonic()
+        while True:
+            phone.register(phone.credentials(phone.challenge()))
+            if any(reply.status == 200 for reply in phone.peer.collect(0.1)):
+                break
+            assert time.monotonic() - restarted < 2.0, gw.describe()
+    finally:
+        phone.close()
+    load.wait(40)
+
+    finals = final_statuses(load, "2 REGISTER")
+    # Every authorized REGISTER was answered, each once, without a retransmission to wait.
+    assert len(finals) == calls and all(len(v) == 1 for v in finals.values()), finals
+    assert load.stats().retransmissions == 0
+    order = [v[0] for v in finals.values()]  # in the order they arrived
+    assert set(order) == {200, 503}, order
+    refused = order.count(503)
+    assert refused >= 20
+    assert load.stats().failed == refused, load.stats().failures
+    # One outage: 200s, then 503s, then 200s again to the end of the run.
+    last = len(order) - 1 - order[::-1].index(503)
+    first = order.index(503)
+    assert order[first:last + 1] == [503] * refused, order
+    assert len(order) - 1 - last >= 50, order
+    retry = [m.header("Retry-After") for m in load.messages()
+             if m.direction == "received" and m.status == 503]
+    assert set(retry) == {"5"}
 
 
 def test_a_kamailio_db_redis_layout_with_a_legacy_plaintext_record_is_read_as_it_is(
