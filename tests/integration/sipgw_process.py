@@ -19,6 +19,7 @@ deadline. :func:`exchange` is the one-shot form.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import selectors
@@ -613,3 +614,17 @@ def run_cli(*args: str, timeout: float = 20.0,
         stdin=subprocess.DEVNULL if input is None else None,
         env={k: v for k, v in os.environ.items() if k not in ("SIPGW_CONFIG", "JOURNAL_STREAM")},
     )
+
+
+def control_toml(directory: str | os.PathLike[str]) -> str:
+    """The ``[control]`` section of a sipgw whose socket is ``directory/sipgw.ctl``, for a
+    test that asks it through ``sipgw ctl`` (the default path is shared by every sipgw)."""
+    return f'[control]\nsocket = "{Path(directory) / "sipgw.ctl"}"\n'
+
+
+def statistics(gw: SipgwProcess, *names: str) -> dict[str, int]:
+    """``sipgw ctl --json stats.fetch NAMES`` (a gw configured with :func:`control_toml`):
+    ``{"group:name": value}``."""
+    done = run_cli("ctl", "-c", str(gw.config_path), "--json", "stats.fetch", *names)
+    assert done.returncode == 0, done.stderr
+    return {name.replace(".", ":", 1): value for name, value in json.loads(done.stdout).items()}

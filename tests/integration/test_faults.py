@@ -9,7 +9,6 @@ timer F or C, and an INVITE fails over to the next backend.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import resource
@@ -25,7 +24,8 @@ from tests.integration.sipgw_process import (
     UdpPeer,
     build_request,
     build_response,
-    run_cli,
+    control_toml,
+    statistics,
 )
 from tests.integration.sipp import SippProcess, SippRunner, all_of
 from tests.integration.test_dispatcher_sipp import (
@@ -45,22 +45,10 @@ PING_INTERVAL = 0.5
 TIMERS = "[timers]\nt1 = 0.1\nt4 = 0.05\n"
 
 
-def control_toml(directory: Path) -> str:
-    return f'[control]\nsocket = "{directory}/sipgw.ctl"\n'
-
-
-def statistics(gw: SipgwProcess, *names: str) -> dict[str, int]:
-    """``sipgw ctl stats.fetch NAMES --json``: {"group.name": value}."""
-    done = run_cli("ctl", "-c", str(gw.config_path), "--json", "stats.fetch", *names)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 def wait_statistic(gw: SipgwProcess, name: str, wanted: int, *, timeout: float) -> None:
     """Poll the statistic through the control socket until it is ``wanted`` (bounded)."""
     deadline = time.monotonic() + timeout
-    key = name.replace(":", ".", 1)
-    while (value := statistics(gw, name)[key]) != wanted:
+    while (value := statistics(gw, name)[name]) != wanted:
         assert time.monotonic() < deadline, f"{name} = {value}, not {wanted}\n{gw.describe()}"
 
 
@@ -193,7 +181,7 @@ def test_with_its_output_on_a_full_device_sipgw_keeps_relaying_and_counts_lost_l
         gw = sipgw(backend=backend.address, output="/dev/full",
                    extra_toml=control_toml(tmp_path))
         garbage_and_options(gw, backend, 200, "full")
-        dropped = statistics(gw, "core:dropped_log_lines")["core.dropped_log_lines"]
+        dropped = statistics(gw, "core:dropped_log_lines")["core:dropped_log_lines"]
         assert dropped >= 200
         assert gw.stop() == 0  # and it still stops cleanly on SIGTERM
 
@@ -210,7 +198,7 @@ def test_a_log_disk_that_fills_loses_whole_lines_only_and_says_how_many_once_it_
         resource.prlimit(gw.pid, resource.RLIMIT_FSIZE, (full_at, resource.RLIM_INFINITY))
         garbage_and_options(gw, backend, 100, "lost")
         assert gw.log_path.stat().st_size == full_at
-        dropped = statistics(gw, "core:dropped_log_lines")["core.dropped_log_lines"]
+        dropped = statistics(gw, "core:dropped_log_lines")["core:dropped_log_lines"]
         assert dropped >= 100
 
         resource.prlimit(gw.pid, resource.RLIMIT_FSIZE,
