@@ -34,6 +34,7 @@ import re
 import selectors
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
@@ -45,7 +46,7 @@ from sipgw.sip.address import parse_address_list, parse_name_addr
 from sipgw.sip.digest import parse_credentials
 from sipgw.sip.errors import FramingError, ParseError
 from sipgw.sip.framing import StreamFramer
-from sipgw.sip.message import Request, Response
+from sipgw.sip.message import Request, Response, make_response
 from sipgw.sip.parser import parse_message
 from sipgw.sip.uri import SipURI
 from sipgw.sip.via import parse_via
@@ -227,6 +228,8 @@ _BODY_JUNK = [b"\r\n", b"\r\n\r\n", b"=\r\n", b"a=\r\n", b"c=\r\n", b"m=\r\n", b
               b"\r\n\r\n\r\n", b"--boundary42\r\n", b"--boundary42--", b"--\r\n",
               b"--boundary42\r\n\r\n", b"\x00\r\n"]
 _DIGITS = re.compile(rb"\d+")
+_SEPARATOR_RE = re.compile(rb"[;,:=<>\"@ ]")
+_CRLF_RE = re.compile(rb"\r\n")
 _TOKEN = re.compile(rb"[A-Za-z0-9.\-_+]+")
 
 
@@ -301,11 +304,7 @@ class Mutator:
 
     @staticmethod
     def _separator(rng: random.Random, d: bytearray) -> bytearray:
-        spots = [m.start() for m in re.finditer(rb"[;,:=<>\"@ ]", d[:4096])]
-        if spots:
-            at = rng.choice(spots)
-            d[at : at + 1] = rng.choice(_SEPARATORS)
-        return d
+        return _replace_one(rng, d, _SEPARATOR_RE, _SEPARATORS)
 
     @staticmethod
     def _unicode(rng: random.Random, d: bytearray) -> bytearray:
@@ -315,11 +314,7 @@ class Mutator:
 
     @staticmethod
     def _line_end(rng: random.Random, d: bytearray) -> bytearray:
-        spots = [m.start() for m in re.finditer(rb"\r\n", d[:4096])]
-        if spots:
-            at = rng.choice(spots)
-            d[at : at + 2] = rng.choice(_LINE_ENDS)
-        return d
+        return _replace_one(rng, d, _CRLF_RE, _LINE_ENDS)
 
     @staticmethod
     def _number(rng: random.Random, d: bytearray) -> bytearray:
@@ -444,6 +439,16 @@ class Mutator:
             fold = b"\r\n " if rng.random() < 0.1 else b" "
             lines.insert(at, name + b":" + fold + value)
         return _join(lines, body, head)
+
+
+def _replace_one(rng: random.Random, d: bytearray, pattern: re.Pattern[bytes],
+                 pool: list[bytes]) -> bytearray:
+    """One match of ``pattern`` in the head of ``d`` replaced by something from ``pool``."""
+    spots = [m.span() for m in pattern.finditer(d[:4096])]
+    if spots:
+        start, end = rng.choice(spots)
+        d[start:end] = rng.choice(pool)
+    return d
 
 
 def _structural_point(rng: random.Random, d: bytearray) -> int:
@@ -671,9 +676,10 @@ def _hostport(text: str) -> tuple[str, int]:
 class _Stream:
     """One TCP or WebSocket connection to the proxy, whose answers are read and dropped."""
 
-    def __init__(self, address: tuple[str, int], ws: bool, timeout: float) -> None:
+    def __init__(self, address: tuple[str, int], ws: bool, timeout: float, local: str) -> None:
         self.ws = ws
-        self.sock = socket.create_connection(address, timeout=timeout)
+        self.sock = socket.create_connection(address, timeout=timeout,
+                                             source_address=(local, 0))
         self.buf = b""
         if ws:
             key = base64.b64encode(os.urandom(16)).decode()
@@ -760,8 +766,9 @@ class Sender:
 
     def __init__(self, mutator: Mutator, *, udp: str | None = None, tcp: str | None = None,
                  ws: str | None = None, per_connection: int = 20, probe_every: int = 200,
-                 probe_timeout: float = 5.0) -> None:
+                 probe_timeout: float = 5.0, local: str = "127.0.0.1") -> None:
         self.mutator = mutator
+        self.local = local  # the address every message comes from
         self.targets = [(t, _hostport(a)) for t, a in (("udp", udp), ("tcp", tcp), ("ws", ws))
                         if a]
         if not self.targets:
@@ -771,7 +778,7 @@ class Sender:
         self.probe_every = probe_every
         self.probe_timeout = probe_timeout
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
+        self.udp.bind((local, 0))
         self.udp.setblocking(False)
         self.streams: dict[str, tuple[_Stream, int]] = {}
         self.report = SendReport()
@@ -827,7 +834,7 @@ class Sender:
         if stream is None or used >= self.per_connection:
             if stream is not None:
                 stream.close()
-            stream = _Stream(address, transport == "ws", self.probe_timeout)
+            stream = _Stream(address, transport == "ws", self.probe_timeout, self.local)
             self.report.connections[transport] += 1
             used = 0
         if stream.send(data):
@@ -845,7 +852,7 @@ class Sender:
         me = self.udp.getsockname()[1]
         call_id = f"fuzz-probe-{os.getpid()}-{i}"
         options = _msg(f"OPTIONS sip:{host}:{port} SIP/2.0", [
-            f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK{call_id};rport",
+            f"Via: SIP/2.0/UDP {self.local}:{me};branch=z9hG4bK{call_id};rport",
             "Max-Forwards: 70", f"From: <sip:fuzz@127.0.0.1>;tag={i}",
             f"To: <sip:{host}:{port}>", f"Call-ID: {call_id}", "CSeq: 1 OPTIONS"])
         sel = selectors.DefaultSelector()
@@ -866,6 +873,44 @@ class Sender:
             sel.close()
         self.report.probe_failures += 1
         return False
+
+
+class Responder:
+    """A backend that answers every request it is sent with a 200 (ACK: nothing), from a
+    thread, so transactions the fuzz run opened end and their memory is given back."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, port))
+        self.sock.settimeout(0.2)
+        self.address = f"{host}:{self.sock.getsockname()[1]}"
+        self.answered = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, name="fuzz-backend", daemon=True)
+
+    def __enter__(self) -> Responder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._thread.join(5)
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                data, peer = self.sock.recvfrom(65536)
+            except (TimeoutError, OSError):
+                continue
+            try:
+                req = parse_message(data)
+            except ParseError:
+                continue
+            if isinstance(req, Request) and req.method != "ACK":
+                reply = make_response(req, 200, "OK", to_tag="fuzzbe")
+                self.sock.sendto(reply.to_bytes(), peer)
+                self.answered += 1
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -901,11 +946,13 @@ def main(argv: list[str] | None = None) -> int:
         send.add_argument(f"--{t}", metavar="HOST:PORT")
     send.add_argument("--per-connection", type=int, default=20)
     send.add_argument("--probe-every", type=int, default=200)
+    send.add_argument("--local", default="127.0.0.1", help="the address to send from")
     args = ap.parse_args(argv)
     mutator = Mutator(load_seeds(args.seeds), args.seed)
     if args.what == "send":
         sender = Sender(mutator, udp=args.udp, tcp=args.tcp, ws=args.ws,
-                        per_connection=args.per_connection, probe_every=args.probe_every)
+                        per_connection=args.per_connection, probe_every=args.probe_every,
+                        local=args.local)
         try:
             report = sender.run(args.count, args.start)
         finally:

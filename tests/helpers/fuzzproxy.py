@@ -50,7 +50,8 @@ WS_SOURCE = Source(transport="ws", host=CLIENT_HOST, port=6001, local_host=PROXY
                    local_port=8080, flow_id=2)
 TRUSTED = Source(transport="udp", host="198.51.100.7", port=5060, local_host=PROXY_HOST,
                  local_port=PROXY_PORT)
-SOURCES = {"udp": UDP_SOURCE, "tcp": TCP_SOURCE, "ws": WS_SOURCE, "backend": BACKEND_SOURCE}
+SOURCES = {"udp": UDP_SOURCE, "tcp": TCP_SOURCE, "ws": WS_SOURCE, "backend": BACKEND_SOURCE,
+           "trusted": TRUSTED}
 _CONFIG = f"""
 [dispatcher]
 destinations = ["sip:{BACKEND.host}:{BACKEND.port}"]
@@ -123,15 +124,23 @@ class FuzzProxy(ProxyHarness):
         if how == "tcp":
             try:
                 items = self.stream_framer.feed(data)
-            except FramingError:
-                self.stream_framer = StreamFramer()  # the listener closes the connection
-                items = []
-            for item in items:
-                if item is not PING:
-                    self.proxy.receive(item, TCP_SOURCE)  # type: ignore[arg-type]
+            except FramingError as e:
+                # As StreamConnection does: what was framed, an answer if possible, and a
+                # new connection (the stream cannot be resynchronised).
+                items = e.framed  # type: ignore[attr-defined]
+                self.stream_framer = StreamFramer()
+                self._deliver(items)
+                self.proxy.refuse(e.head, TCP_SOURCE, e)  # type: ignore[attr-defined]
+                return self.sent[before:]
+            self._deliver(items)
         else:
             self.proxy.receive(data, SOURCES[how])
         return self.sent[before:]
+
+    def _deliver(self, items: list) -> None:
+        for item in items:
+            if item is not PING:
+                self.proxy.receive(item, TCP_SOURCE)
 
     def tick(self, seconds: float) -> None:
         """Let transaction timers run (and issue a fresh nonce: the old one ages)."""
