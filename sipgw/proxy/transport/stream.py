@@ -32,6 +32,8 @@ from sipgw.sip.parser import Limits
 
 log = Logger(namespace="sipgw.tcp")
 
+BACKLOG = 1024  # pending connections the kernel may queue for a listener
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreamSettings:
@@ -273,7 +275,10 @@ class StreamTransport:
         conn.transport.abortConnection()
 
     def listen(self, host: str, port: int):
-        return self.reactor.listenTCP(port, _ServerFactory(self), interface=host)
+        # Phones re-registering after an outage connect all at once; Twisted's default
+        # backlog (50) would drop their SYNs and cost each a second or more.
+        return self.reactor.listenTCP(port, _ServerFactory(self), backlog=BACKLOG,
+                                      interface=host)
 
     def send(self, data: bytes, host: str, port: int, flow_id: int | None) -> None:
         """Send on the given flow if open, else on any flow to host:port, else connect."""

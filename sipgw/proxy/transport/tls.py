@@ -22,7 +22,7 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 
 from sipgw.proxy.config import ConfigError
-from sipgw.proxy.transport.stream import StreamConnection, StreamTransport
+from sipgw.proxy.transport.stream import BACKLOG, StreamConnection, StreamTransport
 from sipgw.rpc.registry import rpc
 
 log = Logger(namespace="sipgw.tls")
@@ -175,7 +175,8 @@ class TlsTransport(StreamTransport):
     transport_name = "tls"
 
     def listen_tls(self, host: str, port: int, tls: ServerTls):
-        listening = self.reactor.listenSSL(port, _TlsServerFactory(self), tls, interface=host)
+        listening = self.reactor.listenSSL(port, _TlsServerFactory(self), tls, backlog=BACKLOG,
+                                           interface=host)
         log.info("listening on tls:{host}:{port}", host=host, port=port)
         return listening
 
