@@ -7,6 +7,8 @@ The shapes met in practice, and how they print:
 * a list of flat objects (rows): a table, one column per key; when that is wider than the
   terminal, one block of key and value lines per object;
 * a flat object: a two-column table, key and value;
+* scalars beside lists of flat objects (``pike.top``): the scalars as key and value, then
+  each list as a table titled by its key;
 * anything nested (``dispatcher.list``): a tree, flat objects inside it as ``KEY: value``.
 
 Every string goes in as ``Text``: user data (URIs, header values) never parses as markup.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -51,9 +53,25 @@ def renderable(result: Any, title: str | None = None) -> RenderableType | None:
             return rows_table(result, title)
     if _flat(result):
         return pairs_table(result, title)
+    if _summary_and_rows(result):
+        # Kamailio's {"max_hits": 30, "list": [{...}, ...], "number_of_rows": 1} (pike.top):
+        # the scalars as pairs, each list of records as a table under its name.
+        scalars = {k: v for k, v in result.items() if isinstance(v, SCALARS)}
+        parts: list[RenderableType] = [pairs_table(scalars, title)] if scalars else []
+        parts += [rows_table(v, title=str(k)) for k, v in result.items() if isinstance(v, list)]
+        return Group(*parts)
     tree = Tree(Text(title or ""), hide_root=title is None, guide_style="dim")
     _grow(tree, result)
     return tree
+
+
+def _summary_and_rows(value: Any) -> bool:
+    """An object of scalars and non-empty lists of flat objects, at least one such list."""
+    if not isinstance(value, dict):
+        return False
+    lists = [v for v in value.values() if isinstance(v, list)]
+    return bool(lists) and all(v and all(_flat(r) for r in v) for v in lists) and all(
+        isinstance(v, SCALARS) or isinstance(v, list) for v in value.values())
 
 
 def rows_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:

@@ -49,6 +49,21 @@ def test_rows_become_a_table_and_a_flat_object_a_key_value_list(run, control):
                                                           ["uptime", "6"]]
 
 
+def test_a_summary_with_a_list_of_records_prints_pairs_then_a_table(run, control):
+    control.answers["pike.top"] = {
+        "max_hits": 30,
+        "list": [{"ip_addr": "203.0.113.9", "leaf_hits_prev": 0, "leaf_hits_curr": 31,
+                  "expires": 118, "status": "HOT"}],
+        "number_of_rows": 1,
+    }
+    code, out, _ = run("ctl", "-c", str(control.config), "pike.top")
+    lines = [line.split() for line in out.splitlines()]
+    assert code == 0
+    assert ["max_hits", "30"] in lines and ["number_of_rows", "1"] in lines
+    assert lines[-2:] == [["ip_addr", "leaf_hits_prev", "leaf_hits_curr", "expires", "status"],
+                          ["203.0.113.9", "0", "31", "118", "HOT"]]
+
+
 def test_arguments_are_typed_as_kamcmd_types_them(run, control):
     control.answers["dispatcher.set_state"] = None
     code, out, _ = run("ctl", "-c", str(control.config), "dispatcher.set_state", "ip", "1",
