@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sipgw.proxy.identity import Identity
+from sipgw.proxy.limits import CapLog
 from sipgw.proxy.transport import RELIABLE, Destination, FlowTable, Source
 from sipgw.sip.address import STAR, parse_address_list, parse_name_addr
 from sipgw.sip.errors import ParseError
@@ -31,6 +32,10 @@ log = Logger(namespace="sipgw.registrar")
 
 DEFAULT_EXPIRES = 3600
 MAX_GONE = 100_000  # closed flows remembered for 430/480, at most
+# Bindings remembered per flow: a PBX or a gateway may register hundreds of users over one
+# connection, but not a million. Beyond it the REGISTER still goes to the backend and its
+# Path still routes back; only ws.dump and ws.close by user miss the binding.
+MAX_BINDINGS_PER_FLOW = 10_000
 
 
 class FlowFailed(Exception):
@@ -70,6 +75,7 @@ class Registrar:
         self.records: dict[int, FlowRecord] = {}
         self.by_address: dict[tuple[str, str, int], int] = {}
         self.gone = 0  # records of closed flows still remembered
+        self.cap_log = CapLog(log, clock.seconds)
 
     # -- REGISTER from a client ---------------------------------------------------------
 
@@ -114,6 +120,11 @@ class Registrar:
                 expires = _int(contact.param("expires"), default)
                 if expires <= 0:
                     record.bindings.pop(key, None)
+                    continue
+                if key not in record.bindings and len(record.bindings) >= MAX_BINDINGS_PER_FLOW:
+                    self.cap_log.reached("registrar bindings per flow", "flow {id} holds {n} bindings; {key} "
+                                         "not remembered", id=record.flow_id,
+                                         n=MAX_BINDINGS_PER_FLOW, key=key[0])
                     continue
                 record.bindings[key] = now + expires
                 if contact.param("reg-id") is not None and contact.param("+sip.instance"):

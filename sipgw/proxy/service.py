@@ -202,10 +202,10 @@ class ProxyService(service.Service):
             stats=self.stats,
         )
         _apply(proxy, config)
-        proxy.dialogs = Dialogs(self.reactor, self.stats,
-                                max_dialogs=config.limits.max_dialogs)
+        proxy.dialogs = Dialogs(self.reactor, self.stats)
         proxy.auth = build_authenticator(proxy, config)
         proxy.dispatcher = build_dispatcher(proxy, config)
+        _bound_tables(proxy, config)
         proxy.pike = Pike(self.reactor, self.stats, pike_settings(config),
                           exempt=self._pike_exempt)
         return proxy
@@ -239,6 +239,7 @@ class ProxyService(service.Service):
         if self.proxy.auth is not None:
             self.proxy.auth.configure(auth_settings(new.config))
         reconfigure_dispatcher(self.proxy.dispatcher, new.config)
+        _bound_tables(self.proxy, new.config)
         if self.proxy.pike is not None:
             self.proxy.pike.configure(pike_settings(new.config))
         if self.ws is not None:
@@ -330,14 +331,20 @@ def _apply(proxy: Proxy, config: Config) -> None:
     proxy.server_header = config.proxy.server_header
     proxy.nat.tests = NatTest(config.proxy.nat_uac_test)
     proxy.max_transactions = config.limits.max_transactions
-    if proxy.dialogs is not None:
-        proxy.dialogs.max_dialogs = config.limits.max_dialogs
     proxy.limits = Limits(
         max_message_size=config.limits.max_message_size,
         max_headers=config.limits.max_headers,
         max_body_size=config.limits.max_message_size,
     )
     sipgw_log.set_level(config.log.level)
+
+
+def _bound_tables(proxy: Proxy, config: Config) -> None:
+    """Caps on the tables that grow with calls (limits.max_dialogs)."""
+    if proxy.dialogs is not None:
+        proxy.dialogs.max_dialogs = config.limits.max_dialogs
+    if proxy.dispatcher is not None:
+        proxy.dispatcher.max_calls = config.limits.max_dialogs
 
 
 def _tls_settings(config: Config) -> TlsSettings:

@@ -10,7 +10,6 @@ SIPp where a legitimate user registers and calls. Each test is bounded in time.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import resource
 import socket
@@ -21,7 +20,7 @@ import pytest
 
 from tests.helpers import wsframes as wf
 from tests.integration.sipgw_process import (
-    SipgwProcess, TcpPeer, UdpPeer, build_request, build_response, run_cli,
+    SipgwProcess, TcpPeer, UdpPeer, build_request, build_response, control_toml, statistics,
 )
 from tests.integration.sipp import LOOPBACK, SippRunner, assert_all_calls_succeeded, free_port
 from tests.integration.test_ws_sipp import WsSipgw
@@ -34,15 +33,8 @@ OUTBOUND = ';reg-id=1;+sip.instance="<urn:uuid:00000000-0000-0000-0000-000000000
 
 def limits_sipgw(tmp_path: Path, backend: str, toml: str) -> WsSipgw:
     """A sipgw with UDP, TCP and WS listeners, a control socket, and ``toml`` added."""
-    control = f'[control]\nsocket = "{tmp_path}/sipgw.ctl"\n'
     return WsSipgw(tmp_path / "sipgw", ws_port=free_port("tcp"), backend=backend,
-                   extra_toml=control + toml, log_level="info")
-
-
-def stats(gw: SipgwProcess, *names: str) -> dict[str, int]:
-    done = run_cli("ctl", "-c", str(gw.config_path), "stats.fetch", *names, "--json")
-    assert done.returncode == 0, done.stderr
-    return {k.replace(".", ":", 1): v for k, v in json.loads(done.stdout).items()}
+                   extra_toml=control_toml(tmp_path) + toml, log_level="info")
 
 
 def register(peer, backend: UdpPeer, gw: SipgwProcess, user: str, n: int) -> str:
@@ -115,7 +107,7 @@ def test_a_websocket_client_that_stops_reading_is_closed_and_another_keeps_being
             assert message.body == "hello"
             other.send(build_response(message, 200, "OK", to_tag="o"))
             assert backend.expect("200", method="MESSAGE", timeout=5)
-            got = stats(gw, "tcp:sendq_full", "websocket:ws_current_connections")
+            got = statistics(gw, "tcp:sendq_full", "websocket:ws_current_connections")
             assert got == {"tcp:sendq_full": 1, "websocket:ws_current_connections": 1}
 
 
@@ -249,7 +241,7 @@ def test_thousands_of_idle_connections_are_closed_by_the_limits_while_a_user_reg
         # Thousands of closes, a handful of lines (one per cap per 10 s).
         assert 1 <= log.count("[limits.ws_register_timeout]") <= 2
         assert 1 <= log.count("[limits.tcp_first_message_timeout]") <= 2
-        got = stats(gw, "websocket:ws_current_connections", "tcp:con_timeout",
+        got = statistics(gw, "websocket:ws_current_connections", "tcp:con_timeout",
                     "tcp:current_opened_connections")
         assert got["websocket:ws_current_connections"] == 0
         assert got["tcp:con_timeout"] == IDLE_TCP

@@ -16,16 +16,19 @@ from sipgw.proxy.auth import AuthSettings
 from sipgw.proxy.dialogs import Dialogs
 from sipgw.proxy.limits import CapLog, ConnectionCaps
 from sipgw.proxy.identity import Identity, Listener
-from sipgw.proxy.registrar import FlowFailed, Registrar
+from sipgw.proxy.registrar import MAX_BINDINGS_PER_FLOW, FlowFailed, Registrar
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tracer
+from sipgw.proxy.transport import FlowTable, Source
 from sipgw.proxy.transport.stream import _ServerFactory
 from sipgw.rpc.registry import RpcError
 from sipgw.sip.message import Request, Response
-from sipgw.sip.parser import parse_message
+from sipgw.sip.parser import Limits, parse_message
 from tests.helpers import wsframes as wf
 from tests.helpers.fakes import ProxyHarness, valid_invite
 from tests.proxy.test_auth import Rig, answer, fail_once, sip_request
+from tests.proxy.test_dispatcher_algorithms import invite as dispatcher_invite
+from tests.proxy.test_dispatcher_algorithms import make as make_dispatcher
 from tests.proxy.test_stream import OPTIONS, make_stack
 from tests.proxy.test_ws import Client, Stack
 
@@ -334,3 +337,33 @@ def test_the_dialog_table_is_capped_with_the_oldest_forgotten():
     assert len(dialogs.active) == 100
     assert dialogs.rpc_list()[0]["call-id"] == "d50@192.0.2.99"
     assert len(lines.about("limits.max_dialogs")) == 1
+
+
+def test_calls_counted_for_the_call_load_algorithm_are_capped_and_their_load_released():
+    d = make_dispatcher("1 sip:10.0.0.1:5060\n", algorithm=10)
+    d.max_calls = 100
+    lines = capture(d)
+    for i in range(250):  # INVITEs whose BYE never comes
+        d.begin(dispatcher_invite(f"c{i}"))
+    [t] = d.targets()
+    assert len(d._calls) == 100 and t.load == 100
+    assert len(lines.about("limits.max_dialogs")) == 1
+
+
+def test_bindings_remembered_per_flow_are_capped_and_routing_by_path_still_works():
+    clock = Clock()
+    identity = Identity(listeners=[Listener(transport="udp", host="127.0.0.1", port=5060)])
+    flows = FlowTable()
+    registrar = Registrar(clock, identity, boot="b00t", flows=flows)
+    lines = capture(registrar)
+    source = Source(transport="tcp", host="192.0.2.1", port=40000, local_host="127.0.0.1",
+                    local_port=5060, flow_id=7)
+    contacts = ", ".join(f"<sip:u@192.0.2.1:{i}>" for i in range(MAX_BINDINGS_PER_FLOW + 5))
+    register = parse_message(
+        b"REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 192.0.2.1:40000;branch=z9hG4bK1\r\n"
+        b"From: <sip:gw@example.com>;tag=1\r\nTo: <sip:gw@example.com>\r\nCall-ID: r1\r\n"
+        b"CSeq: 1 REGISTER\r\nContact: " + contacts.encode() + b"\r\nContent-Length: 0\r\n\r\n",
+        limits=Limits(max_message_size=1 << 20))
+    registrar.on_register(register, source, "udp")  # type: ignore[arg-type]
+    assert len(registrar.records[7].bindings) == MAX_BINDINGS_PER_FLOW
+    assert len(lines.about("registrar bindings per flow")) == 1

@@ -43,6 +43,7 @@ from sipgw.proxy.dispatcher.state import (
     flags_text,
     parse_state,
 )
+from sipgw.proxy.limits import CapLog
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.proxy.transport import Destination, Source
 from sipgw.rpc.registry import RpcError, rpc
@@ -216,6 +217,8 @@ class Dispatcher:
         self._backend_hosts: set[str] = set()
         self._pending: set[int] = set()  # id() of targets with a probe in flight
         self._calls: dict[str, tuple[Target, float]] = {}
+        self.max_calls = 100_000  # limits.max_dialogs: calls counted for algorithm 10
+        self.cap_log = CapLog(log, clock.seconds)
         self._probe_ids = 0
         self.prober = Prober(clock, self.probe_all)
         self._running = False  # probing, between start() and stop()
@@ -336,6 +339,12 @@ class Dispatcher:
                 if now - started > CALL_EXPIRE:
                     self._call_done(cid)
         self._call_done(call_id)
+        if len(self._calls) >= self.max_calls:
+            # Calls that never sent a BYE, by the thousand: forget the oldest, so the
+            # table stays bounded between the two-hour sweeps.
+            self._call_done(next(iter(self._calls)))
+            self.cap_log.reached("limits.max_dialogs", "{n} calls counted for the call "
+                                 "load; the oldest forgotten", n=self.max_calls)
         target.load += 1
         self._calls[call_id] = (target, now)
 
