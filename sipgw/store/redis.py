@@ -13,11 +13,12 @@ Failure handling, so that a Redis outage costs prompt errors and never a hang:
   second of Redis coming back;
 * ``command_timeout`` bounds every command and the wait for a connection: the request
   waiting for it gets its 503 then;
-* a connection is dropped (and a new one made) only when Redis has not answered for
-  ``DEAD_AFTER`` command timeouts: txredisapi's reply timeout closes the connection, and
-  at the command timeout itself a proxy busy with a burst (its reactor late to read the
-  reply that is already there) would drop a healthy connection and fail every request
-  queued on it, turning a moment of overload into seconds of 503s;
+* a connection is dropped (and a new one made) only when Redis has not answered anything
+  for ``DEAD_AFTER`` command timeouts. txredisapi's own reply timeout is off: it closes
+  the connection at the first late reply, and at the command timeout a proxy busy with a
+  burst (its reactor late to read the reply that is already there) would drop a healthy
+  connection and fail every request queued on it, turning a moment of overload into
+  seconds of 503s; it also costs a timer per command;
 * while no connection is up, lookups fail at once with ``StoreUnavailable`` -- except in
   the first ``connect_timeout`` after start, when they wait for the first connection.
 """
@@ -84,10 +85,11 @@ class RedisStore:
         self.clock = clock
         self._grace_until = clock.seconds() + connect_timeout
         self._was_up = False
+        self._last_answer = clock.seconds()
         factory = txredisapi.RedisFactory(
             str(address), address.db, 1, isLazy=True, handler=txredisapi.ConnectionHandler,
             password=address.password, username=address.username,
-            replyTimeout=command_timeout * DEAD_AFTER, convertNumbers=False,
+            replyTimeout=None, convertNumbers=False,
         )
         factory.initialDelay = RECONNECT_FIRST_DELAY
         factory.maxDelay = RECONNECT_MAX_DELAY
@@ -121,8 +123,12 @@ class RedisStore:
         return d
 
     def _redis_call(self, command) -> defer.Deferred:
+        # With a connection up, straight to it: txredisapi's handler would wait for it
+        # through an inlineCallbacks generator and two more Deferreds on every lookup.
+        pool = self._factory.pool
+        target = pool[0] if pool and pool[0].connected else self._redis
         try:
-            return command(self._redis)
+            return command(target)
         except Exception as e:  # noqa: BLE001 - txredisapi raises synchronously at times
             return defer.fail(e)
 
@@ -130,10 +136,23 @@ class RedisStore:
         if not self._was_up:
             log.info("connected to {a}", a=str(self.address))
         self._was_up = True
+        self._last_answer = self.clock.seconds()
         return result
+
+    def _timed_out(self) -> None:
+        """A command went unanswered: drop the connection if Redis has gone quiet."""
+        silent = self.clock.seconds() - self._last_answer
+        if silent < self.command_timeout * DEAD_AFTER:
+            return
+        for conn in list(self._factory.pool):
+            log.warn("no answer from {a} for {s:.1f} s: reconnecting", a=str(self.address),
+                     s=silent)
+            conn.transport.abortConnection()
+        self._last_answer = self.clock.seconds()  # give the new connection its time
 
     def _translate(self, failure):
         if failure.check(defer.TimeoutError, defer.CancelledError):
+            self._timed_out()
             raise StoreUnavailable(f"{self.address}: no answer (not reachable, or too slow)")
         if failure.check(txredisapi.ConnectionError):
             raise StoreUnavailable(f"{self.address}: {failure.getErrorMessage()}")

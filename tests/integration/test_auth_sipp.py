@@ -74,8 +74,14 @@ def add_user(gw: SipgwProcess, user: str, password: str) -> None:
 
 
 def credentials_file(path: Path, user: str, password: str) -> Path:
-    path.write_text(f"SEQUENTIAL\n{user};{REALM};"
-                    f"[authentication username={user} password={password}]\n")
+    return phones_file(path, [user], password)
+
+
+def phones_file(path: Path, users: list[str], password: str) -> Path:
+    """A SIPp injection file: one line per user, taken in turn (SEQUENTIAL)."""
+    path.write_text("SEQUENTIAL\n" + "".join(
+        f"{user};{REALM};[authentication username={user} password={password}]\n"
+        for user in users))
     return path
 
 
@@ -220,6 +226,41 @@ def test_a_redis_stall_costs_only_the_requests_that_timed_out(sipgw, redis: Redi
         backend.close()
 
 
+def test_a_redis_silent_for_five_command_timeouts_is_reconnected(sipgw, redis: RedisServer):
+    """A Redis that answers nothing for long (a dead host behind a live TCP path, a
+    failover to a new server at the same address) gets a new connection; service resumes
+    on it."""
+    import signal
+
+    backend = UdpPeer()
+    gw = start_gw(sipgw, backend.address, redis.url, subscribers="command_timeout = 0.2")
+    store_raw_user(redis)
+    phone = Phone(gw)
+    assert redis.process is not None
+    try:
+        phone.register(phone.credentials(phone.challenge()))
+        backend.expect("REGISTER")
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 5.0
+            while "reconnecting" not in gw.log_text():
+                assert time.monotonic() < deadline, gw.describe()
+                phone.register(phone.credentials(phone.challenge()))
+                phone.peer.expect("503", timeout=2.0)
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        assert "no answer from redis://127.0.0.1" in gw.log_text()
+        deadline = time.monotonic() + 3.0
+        while True:
+            phone.register(phone.credentials(phone.challenge()))
+            if backend.receive(0.2) is not None:
+                break
+            assert time.monotonic() < deadline, gw.describe()
+    finally:
+        phone.close()
+        backend.close()
+
+
 def final_statuses(phone: SippProcess, cseq: str) -> dict[str, list[int]]:
     """Call-ID → the final statuses this SIPp received for ``cseq`` ("2 REGISTER"), in order."""
     finals: dict[str, list[int]] = {}
@@ -245,9 +286,7 @@ def test_phones_registering_through_a_redis_restart_get_503_while_it_is_down_the
     for user in ["raw", *phones]:
         store_raw_user(redis, user, "pw")
     assert redis.cli("SAVE").startswith(b"+OK")  # the restart loads it back
-    inf = tmp_path / "phones.csv"
-    inf.write_text("SEQUENTIAL\n" + "".join(
-        f"{u};{REALM};[authentication username={u} password=pw]\n" for u in phones))
+    inf = phones_file(tmp_path / "phones.csv", phones, "pw")
     calls = 500
     load = sipp.uac("uac_register_auth", remote=gw.address, inf=inf, calls=calls, rate=100,
                     timeout=30)
