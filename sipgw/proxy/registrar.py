@@ -121,10 +121,12 @@ class Registrar:
                 if expires <= 0:
                     record.bindings.pop(key, None)
                     continue
-                if key not in record.bindings and len(record.bindings) >= MAX_BINDINGS_PER_FLOW:
-                    self.cap_log.reached("registrar bindings per flow", "flow {id} holds {n} bindings; {key} "
-                                         "not remembered", id=record.flow_id,
-                                         n=MAX_BINDINGS_PER_FLOW, key=key[0])
+                full = len(record.bindings) >= MAX_BINDINGS_PER_FLOW
+                if full and key not in record.bindings:
+                    self.cap_log.reached("registrar bindings per flow",
+                                         "flow {id} holds {n} bindings; {aor} not remembered",
+                                         id=record.flow_id, n=MAX_BINDINGS_PER_FLOW,
+                                         aor=key[0])
                     continue
                 record.bindings[key] = now + expires
                 if contact.param("reg-id") is not None and contact.param("+sip.instance"):

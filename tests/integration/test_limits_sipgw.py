@@ -13,16 +13,21 @@ import asyncio
 import re
 import resource
 import socket
+import ssl
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import wsframes as wf
+from tests.helpers.certs import CertAuthority
 from tests.integration.sipgw_process import (
     SipgwProcess, TcpPeer, UdpPeer, build_request, build_response, control_toml, statistics,
 )
-from tests.integration.sipp import LOOPBACK, SippRunner, assert_all_calls_succeeded, free_port
+from tests.integration.sipp import (
+    LOOPBACK, SippMessage, SippRunner, assert_all_calls_succeeded, free_port,
+)
+from tests.integration.test_tls_sipgw import TlsPeer, TlsSipgw
 from tests.integration.test_ws_sipp import WsSipgw
 from tests.integration.wspeer import WsPeer
 
@@ -67,48 +72,78 @@ def request_to(peer, path: str, backend: UdpPeer, n: int, *, body: str = "",
 # --- a client that stops reading -------------------------------------------------------------
 
 
-def test_a_websocket_client_that_stops_reading_is_closed_and_another_keeps_being_served(
-    tmp_path: Path,
+def flood_until_refused(backend: UdpPeer, gw: SipgwProcess, peer, path: str,
+                        body: str) -> tuple[int, SippMessage | None]:
+    """MESSAGEs from the backend to ``peer`` until sipgw answers one itself with 430 or
+    480 (its flow is gone), at most 3,000 or 15 s: how many were sent, and that answer."""
+    sent, answer, deadline = 0, None, time.monotonic() + 15
+    while answer is None and sent < 3000 and time.monotonic() < deadline:
+        for _ in range(10):
+            sent += 1
+            backend.send(request_to(peer, path, backend, sent, body=body), to=gw.address)
+        reply = backend.receive(0.005)
+        while reply is not None and answer is None:
+            if reply.kind in ("430", "480"):
+                answer = reply
+            reply = backend.receive(0)
+    return sent, answer
+
+
+class EverySipgw(TlsSipgw):
+    """The test sipgw with every listener: UDP, TCP, TLS, WS and WSS."""
+
+    def __init__(self, workdir: Path, **options) -> None:
+        super().__init__(workdir, **options)
+        self.ws_port = free_port("tcp")
+
+    def config_text(self, **kw) -> str:
+        return super().config_text(**kw).replace(
+            "ws = []\n", f'ws = ["{LOOPBACK}:{self.ws_port}"]\n', 1)
+
+
+@pytest.mark.parametrize("transport", ["ws", "tcp", "tls"])
+def test_a_client_that_stops_reading_is_closed_and_another_keeps_being_served(
+    tmp_path: Path, transport: str,
 ) -> None:
+    ca = CertAuthority(tmp_path / "ca")
+    chain, key, _ = ca.issue("one")
+    client_tls = ssl.create_default_context(cafile=str(ca.root_path))
     with UdpPeer() as backend:
-        gw = limits_sipgw(tmp_path, backend.address,
-                          "[limits]\nmax_write_queue = 65536\n[timers]\ntimer_f = 2\n"
-                          "[proxy]\ndrain_timeout = 1\n")
-        with gw, WsPeer(gw.ws_address) as slow, WsPeer(gw.ws_address) as other:
-            slow_path = register(slow, backend, gw, "slow", 1)
-            other_path = register(other, backend, gw, "other", 2)
-            # From now on the slow client reads nothing; a small receive buffer keeps
-            # what the kernels hold between the two ends small.
-            slow.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            body = "x" * 4000  # a chat message, a presence document
-            sent, answer, started = 0, None, time.monotonic()
-            while answer is None and sent < 3000 and time.monotonic() - started < 15:
-                for _ in range(10):
-                    sent += 1
-                    backend.send(request_to(slow, slow_path, backend, sent, body=body),
-                                 to=gw.address)
-                reply = backend.receive(0.005)
-                while reply is not None and answer is None:
-                    if reply.kind in ("430", "480"):
-                        answer = reply
-                    reply = backend.receive(0)
-            took = time.monotonic() - started
-            # The flow is gone: the backend's requests for the slow client get 430 at once
-            # (it registered with outbound), and sipgw said why.
-            assert answer is not None and answer.kind == "430", (sent, gw.describe())
-            line = gw.wait_for_log(r"\[limits\.max_write_queue\]")
-            assert "is not reading" in line and f":{slow.port} " in line
-            print(f"\nslow reader: closed after {sent} MESSAGEs of {len(body)} bytes body "
-                  f"({sent * len(body) // 1024} KiB) in {took:.2f} s")
-            # The other client is served as before.
-            backend.send(request_to(other, other_path, backend, 1, body="hello"),
-                         to=gw.address)
-            message = other.expect("MESSAGE", timeout=5)
-            assert message.body == "hello"
-            other.send(build_response(message, 200, "OK", to_tag="o"))
-            assert backend.expect("200", method="MESSAGE", timeout=5)
-            got = statistics(gw, "tcp:sendq_full", "websocket:ws_current_connections")
-            assert got == {"tcp:sendq_full": 1, "websocket:ws_current_connections": 1}
+        gw = EverySipgw(tmp_path / "sipgw", chain=chain, key=key, backend=backend.address,
+                        log_level="info", extra_toml=control_toml(tmp_path)
+                        + "[limits]\nmax_write_queue = 65536\n[timers]\ntimer_f = 2\n"
+                        "[proxy]\ndrain_timeout = 1\n")
+        with gw:
+            slow = {"ws": lambda: WsPeer(f"{LOOPBACK}:{gw.ws_port}"),
+                    "tcp": lambda: TcpPeer(gw.address),
+                    "tls": lambda: TlsPeer(f"{LOOPBACK}:{gw.tls_port}", client_tls)}[transport]()
+            with slow, WsPeer(f"{LOOPBACK}:{gw.ws_port}") as other:
+                slow_path = register(slow, backend, gw, "slow", 1)
+                other_path = register(other, backend, gw, "other", 2)
+                # From now on the slow client reads nothing; a small receive buffer keeps
+                # what the kernels hold between the two ends small.
+                slow.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                body = "x" * 4000  # a chat message, a presence document
+                started = time.monotonic()
+                sent, answer = flood_until_refused(backend, gw, slow, slow_path, body)
+                took = time.monotonic() - started
+                # The flow is gone: the backend's requests for the slow client get 430 at once
+                # (it registered with outbound), and sipgw said why.
+                assert answer is not None and answer.kind == "430", (sent, gw.describe())
+                line = gw.wait_for_log(r"\[limits\.max_write_queue\]")
+                assert f"{transport} flow" in line and f":{slow.port} is not reading" in line
+                print(f"\nslow {transport} reader: closed after {sent} MESSAGEs of {len(body)} "
+                      f"bytes body ({sent * len(body) // 1024} KiB sent by the backend) in "
+                      f"{took:.2f} s")
+                # The other client is served as before.
+                backend.send(request_to(other, other_path, backend, 1, body="hello"),
+                             to=gw.address)
+                message = other.expect("MESSAGE", timeout=5)
+                assert message.body == "hello"
+                other.send(build_response(message, 200, "OK", to_tag="o"))
+                assert backend.expect("200", method="MESSAGE", timeout=5)
+                got = statistics(gw, "tcp:sendq_full", "websocket:ws_current_connections")
+                assert got == {"tcp:sendq_full": 1, "websocket:ws_current_connections": 1}
 
 
 # --- peers gone without a FIN --------------------------------------------------------------
