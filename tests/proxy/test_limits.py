@@ -20,7 +20,7 @@ from sipgw.proxy.registrar import MAX_BINDINGS_PER_FLOW, FlowFailed, Registrar
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tracer
 from sipgw.proxy.transport import FlowTable, Source
-from sipgw.proxy.transport.stream import _ServerFactory
+from sipgw.proxy.transport.stream import StreamSettings, _ServerFactory
 from sipgw.rpc.registry import RpcError
 from sipgw.sip.message import Request, Response
 from sipgw.sip.parser import Limits, parse_message
@@ -367,3 +367,12 @@ def test_bindings_remembered_per_flow_are_capped_and_routing_by_path_still_works
     registrar.on_register(register, source, "udp")  # type: ignore[arg-type]
     assert len(registrar.records[7].bindings) == MAX_BINDINGS_PER_FLOW
     assert len(lines.about("registrar bindings per flow")) == 1
+
+
+def test_a_reload_changes_the_connection_caps_of_the_running_listeners():
+    _, stack, _, _ = make_stack(max_connections=10)
+    connect(stack, port=1)
+    stack.reconfigure(StreamSettings(max_connections=1))
+    assert connect(stack, port=2)[1].disconnecting
+    stack.reconfigure(StreamSettings(max_connections=5))
+    assert not connect(stack, port=3)[1].disconnecting
