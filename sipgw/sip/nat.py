@@ -71,13 +71,19 @@ def is_private(host: str) -> bool:
     return ip.version == 4 and any(ip in net for net in PRIVATE_NETWORKS)
 
 
-def _same_ip(a: str, b: str) -> bool:
-    if a == b:
-        return True  # the usual case, without building two address objects per message
+@functools.lru_cache(maxsize=4096)
+def _host_key(host: str) -> object:
+    """An address as a comparable value ("::1" == "[0:0::1]"); a name in lower case."""
     try:
-        return ipaddress.ip_address(a.strip("[]")) == ipaddress.ip_address(b.strip("[]"))
+        return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return a.lower() == b.lower()
+        return host.lower()
+
+
+def _same_ip(a: str, b: str) -> bool:
+    # Equal strings first: the usual case, and a browser's "x.invalid" Via never reaches
+    # ipaddress's exception path more than once per name.
+    return a == b or _host_key(a) == _host_key(b)
 
 
 def nat_uac_test(

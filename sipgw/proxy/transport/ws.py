@@ -41,11 +41,12 @@ from twisted.logger import Logger
 
 from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tell_slow_reader
 from sipgw.proxy.stats import StatDef, Stats
-from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source
+from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source, wslog
 from sipgw.rpc.registry import RpcError, rpc
 from sipgw.tools.phone import phone_asset
 
 log = Logger(namespace="sipgw.ws")
+wslog.install()
 
 SUBPROTOCOL = "sip"
 VERSION = "13"
