@@ -365,6 +365,12 @@ def _alias(text: str) -> str:
     return text
 
 
+def _user_agent_part(text: str) -> str:
+    if not text.strip():
+        raise _Invalid("must not be empty (it would match every User-Agent)")
+    return text
+
+
 def _origin(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+", text):
         raise _Invalid('expected an origin such as "https://phone.example.com"')
@@ -590,6 +596,7 @@ class TimersConfig:
 class LimitsConfig:
     max_message_size: int = _key(_Integer(1024, 16 * 1024 * 1024), 65535, "largest SIP message accepted, in bytes", in_effect=True)  # noqa: E501
     max_headers: int = _key(_Integer(8, 10000), 256, "most header fields accepted in one message", in_effect=True)  # noqa: E501
+    max_ruri_length: int = _key(_Integer(64, 65535), 1024, "longest Request-URI accepted, in bytes; a longer one gets 414 Request-URI Too Long", in_effect=True)  # noqa: E501
     max_transactions: int = _key(_Integer(1, 10_000_000), 100000, "most transactions in progress at once; beyond it new requests get 503", in_effect=True)  # noqa: E501
     tcp_idle_timeout: float = _key(_Seconds(0, above=True), 300, "seconds before an idle TCP connection is closed", in_effect=True)  # noqa: E501
     ws_max_connections: int = _key(_Integer(1, 10_000_000), 20000, "most WebSocket connections at once (ws and wss); beyond it handshakes get 503", in_effect=True)  # noqa: E501
@@ -642,6 +649,23 @@ class DispatcherConfig:
     failover_codes: tuple[str, ...] = _key(_StringList('a list of status codes such as "408" or "5xx"', _status_code), ["408", "5xx"], "reply codes after which a request goes to the next destination (timeouts and transport errors always do)", in_effect=True)  # noqa: E501
     max_failover: int = _key(_Integer(0, 100), 2, "most further destinations one request is sent to after the first fails", in_effect=True)  # noqa: E501
     retry_after: int = _key(_Integer(0, 86400), 10, "Retry-After seconds in the 503 sent when no destination is usable", in_effect=True)  # noqa: E501
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AclConfig:
+    allow: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "CIDRs that may send to every listener ([] = everybody); deny lists win over it", in_effect=True)  # noqa: E501
+    deny: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "CIDRs refused on every listener: their messages are dropped unread and unanswered", in_effect=True)  # noqa: E501
+    udp_allow: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "CIDRs that may send over UDP ([] = no limit beyond acl.allow)", in_effect=True)  # noqa: E501
+    udp_deny: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "CIDRs refused over UDP", in_effect=True)  # noqa: E501
+    tcp_allow: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "CIDRs that may connect over TCP ([] = no limit beyond acl.allow)", in_effect=True)  # noqa: E501
+    tcp_deny: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "CIDRs refused over TCP (their connection is closed)", in_effect=True)  # noqa: E501
+    tls_allow: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "CIDRs that may connect over TLS ([] = no limit beyond acl.allow)", in_effect=True)  # noqa: E501
+    tls_deny: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "CIDRs refused over TLS (their connection is closed)", in_effect=True)  # noqa: E501
+    ws_allow: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "client CIDRs that may use WebSocket, matched against the client address (behind websocket.trusted_proxies, the one they name) ([] = no limit beyond acl.allow)", in_effect=True)  # noqa: E501
+    ws_deny: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "client CIDRs refused over WebSocket (their connection is closed)", in_effect=True)  # noqa: E501
+    wss_allow: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "client CIDRs that may use secure WebSocket ([] = no limit beyond acl.allow)", in_effect=True)  # noqa: E501
+    wss_deny: tuple[IPNetwork, ...] = _key(_NETWORKS, [], "client CIDRs refused over secure WebSocket (their connection is closed)", in_effect=True)  # noqa: E501
+    user_agent_deny: tuple[str, ...] = _key(_StringList("a list of strings", _user_agent_part), ["friendly-scanner", "sipvicious", "sipcli", "VaxSIPUserAgent", "pplsip", "sundayddr", "iWar", "sip-scan", "SIVuS"], "requests whose User-Agent contains one of these, ignoring case, are dropped without an answer (the well-known SIP scanners; [] = none)", in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -703,6 +727,7 @@ class Config:
     auth: AuthConfig = _section("digest authentication")
     dispatcher: DispatcherConfig = _section("the backends requests are sent to")
     pike: PikeConfig = _section("flood detection per source address")
+    acl: AclConfig = _section("who may send to sipgw: source addresses per transport, User-Agents")  # noqa: E501
     control: ControlConfig = _section("the control socket used by sipgw ctl")
     metrics: MetricsConfig = _section("Prometheus metrics")
     trace: TraceConfig = _section("live trace and HEP export to Homer")

@@ -88,15 +88,20 @@ class Proxy:
         self.trace_in = None  # set by the tracer while somebody listens (sipgw trace)
         self.dialogs = None  # dialog tracking for dlg.* (proxy.dialogs), set by the service
         self.pike = None  # flood detection (sipgw.proxy.pike.Pike), set by the service
+        self.acl = None  # REQINIT policy (sipgw.proxy.acl.Acl): User-Agents, addresses
+        self.admits = None  # acl.admits when [acl] lists addresses, else None (no cost)
+        self.max_ruri_length = 1024  # limits.max_ruri_length
         self.auth: Authenticator | None = None  # the AUTH step; set by the service
 
     # -- entry point --------------------------------------------------------------------
 
     def receive(self, data: bytes, source: Source) -> None:
-        pike = self.pike
-        if pike is not None and not pike.check(source):
-            # Blocked by pike: dropped unread and unanswered (REQINIT, before any parsing,
-            # so that a flood costs as little as possible); a connection is closed.
+        admits, pike = self.admits, self.pike
+        if (admits is not None and not admits(source)) or (
+                pike is not None and not pike.check(source)):
+            # Refused by the [acl] address lists, or blocked by pike: dropped unread and
+            # unanswered (REQINIT, before any parsing, so that a flood costs as little as
+            # possible); a connection is closed.
             if source.flow_id is not None:
                 self.close_flow(source.flow_id)
             return

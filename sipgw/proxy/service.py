@@ -25,6 +25,7 @@ from sipgw.proxy.metrics import start_metrics
 from sipgw.proxy.dispatcher.build import build_dispatcher, reconfigure_dispatcher, resolve_uri
 from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.stats import Stats
+from sipgw.proxy.acl import Acl, acl_settings
 from sipgw.proxy.pike import Pike, pike_settings
 from sipgw.proxy.transport import Destination, FlowTable, Source, in_networks, is_ip
 from sipgw.proxy.transport.stream import StreamSettings, StreamTransport
@@ -208,6 +209,9 @@ class ProxyService(service.Service):
         _bound_tables(proxy, config)
         proxy.pike = Pike(self.reactor, self.stats, pike_settings(config),
                           exempt=self._pike_exempt)
+        proxy.acl = Acl(self.stats, acl_settings(config), now=self.reactor.seconds,
+                        is_backend_host=proxy.is_backend_host)
+        _apply_acl(proxy, config)
         return proxy
 
     def _pike_exempt(self, host: str) -> bool:
@@ -242,6 +246,8 @@ class ProxyService(service.Service):
         _bound_tables(self.proxy, new.config)
         if self.proxy.pike is not None:
             self.proxy.pike.configure(pike_settings(new.config))
+        if self.proxy.acl is not None:
+            _apply_acl(self.proxy, new.config)
         if self.ws is not None:
             self.ws.reconfigure(_ws_settings(new.config))
         for stream in (self.stream, self.tls_stream):
@@ -331,6 +337,7 @@ def _apply(proxy: Proxy, config: Config) -> None:
     proxy.server_header = config.proxy.server_header
     proxy.nat.tests = NatTest(config.proxy.nat_uac_test)
     proxy.max_transactions = config.limits.max_transactions
+    proxy.max_ruri_length = config.limits.max_ruri_length
     proxy.limits = Limits(
         max_message_size=config.limits.max_message_size,
         max_headers=config.limits.max_headers,
@@ -345,6 +352,12 @@ def _bound_tables(proxy: Proxy, config: Config) -> None:
         proxy.dialogs.max_dialogs = config.limits.max_dialogs
     if proxy.dispatcher is not None:
         proxy.dispatcher.max_calls = config.limits.max_dialogs
+
+
+def _apply_acl(proxy: Proxy, config: Config) -> None:
+    """The [acl] lists; the check before parsing costs nothing when no address is listed."""
+    proxy.acl.configure(acl_settings(config))
+    proxy.admits = proxy.acl.admits if proxy.acl.settings.by_address else None
 
 
 def _tls_settings(config: Config) -> TlsSettings:

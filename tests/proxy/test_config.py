@@ -60,7 +60,10 @@ IN_EFFECT_NOW = {
     "control.socket", "control.mode", "control.group", "metrics.listen",
     "trace.hep", "trace.hep_agent_id", "trace.hep_password",
     "pike.enabled", "pike.sampling_time_unit", "pike.reqs_density_per_unit",
-    "pike.remove_latency", "pike.max_sources",
+    "pike.remove_latency", "pike.max_sources", "limits.max_ruri_length",
+    "acl.allow", "acl.deny", "acl.udp_allow", "acl.udp_deny", "acl.tcp_allow", "acl.tcp_deny",
+    "acl.tls_allow", "acl.tls_deny", "acl.ws_allow", "acl.ws_deny", "acl.wss_allow",
+    "acl.wss_deny", "acl.user_agent_deny",
 }  # fmt: skip
 
 
