@@ -1,6 +1,7 @@
 """Digest authentication as users run it: ``sipgw users`` provisions, real SIPp phones
 authenticate through a real sipgw to a SIPp backend, on SQLite and on a real redis-server;
-Redis stopped and restarted under the proxy; Debian's sipvicious against it; a replay.
+Redis stopped and restarted under the proxy; a replay. (Debian's sipvicious against it:
+test_sipvicious.py.)
 """
 
 from __future__ import annotations
@@ -389,76 +390,3 @@ def test_a_replayed_authorized_register_with_the_same_nonce_and_nc_is_refused(
         phone.close()
         backend.close()
 
-
-# --- sipvicious -------------------------------------------------------------------------
-
-
-def sipvicious(tool: str, *args: str, home: Path, limit: float = 30.0) -> str:
-    """Run a sipvicious tool; its output. One that keeps going (svcrack retries forever
-    once it only gets 403s) is stopped after ``limit`` seconds."""
-    home.mkdir(exist_ok=True)
-    process = subprocess.Popen([tool, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env={**os.environ, "HOME": str(home)},
-                               stdin=subprocess.DEVNULL)
-    try:
-        out, _ = process.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        process.terminate()
-        out, _ = process.communicate(timeout=5)
-    return out
-
-
-def test_svwar_cannot_tell_existing_extensions_from_missing_ones(sipgw, tmp_path: Path):
-    gw, backend = gw_with_user(sipgw, tmp_path, "5001", "5003", "5007")
-    try:
-        for method in ("REGISTER", "INVITE"):
-            out = sipvicious("svwar", "--force", "-m", method, "-e", "5000-5009", "-p",
-                             str(gw.port), "-b", "127.0.0.1", "127.0.0.1", home=tmp_path / "sv")
-            assert "found nothing" in out, out
-            assert not any(user in out for user in ("| 5001", "| 5003", "| 5007")), out
-        assert backend.collect(0.2) == []
-    finally:
-        backend.close()
-
-
-def test_svcrack_is_banned_after_three_guesses_and_never_finds_the_password(
-    sipgw, tmp_path: Path
-):
-    gw, backend = gw_with_user(sipgw, tmp_path, "raw")
-    words = tmp_path / "words.txt"
-    words.write_text("one\ntwo\nthree\nfour\npw\nsix\n")  # the right one comes fifth
-    (tmp_path / "sv").mkdir()
-    svcrack = subprocess.Popen(
-        ["svcrack", "-u", "raw", "-d", str(words), "-p", str(gw.port), "-b", "127.0.0.1",
-         "127.0.0.1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "HOME": str(tmp_path / "sv"), "PYTHONUNBUFFERED": "1"})
-    phone = Phone(gw)
-    try:
-        def failures() -> int:
-            return gw.log_text().count("auth: failed for raw@")
-
-        deadline = time.monotonic() + 20
-        while failures() < 3 and time.monotonic() < deadline:
-            try:  # the pause between polls of the log, bounded
-                svcrack.wait(0.05)
-            except subprocess.TimeoutExpired:
-                pass
-        # svcrack goes on asking (it retries forever on 403): give it time to, then stop it.
-        try:
-            out, _ = svcrack.communicate(timeout=3)
-        except subprocess.TimeoutExpired:
-            svcrack.terminate()
-            out, _ = svcrack.communicate(timeout=5)
-        assert failures() == 3, out  # the fourth guess and the right fifth never got checked
-        assert "| pw" not in out, out
-        assert backend.collect(0.2) == []
-        # Banned: the user gets 403 before any challenge, whoever asks.
-        phone.register()
-        phone.peer.expect("403")
-    finally:
-        if svcrack.poll() is None:
-            svcrack.kill()
-            svcrack.wait(5)
-        phone.close()
-        backend.close()
