@@ -305,3 +305,54 @@ def test_pike_settings_follow_a_reload(service, tmp_path):
     svc.reload()
     ping(svc, "192.0.2.3", 100)
     assert sent.count("192.0.2.3") == 100
+
+
+def test_websocket_clients_behind_a_trusted_proxy_are_counted_by_their_own_address(tmp_path):
+    """Through the service's real WS listener: nginx (127.0.0.1) carries two browsers; the
+    one that floods is blocked and its connection closed, the other is still answered."""
+    from twisted.internet.address import IPv4Address
+
+    from tests.helpers import wsframes as wf
+    from tests.proxy.test_service import start
+    from tests.proxy.test_ws import Wire
+
+    text = SERVICE.replace("ws = []", 'ws = ["127.0.0.1:28080"]') + (
+        '[websocket]\ntrusted_proxies = ["127.0.0.1/32"]\n')
+    svc, reactor, _ = start(tmp_path, text)
+    [factory] = [f for port, f, _, _ in reactor.tcpServers if port == 28080]
+
+    def browser(real_ip: str, port: int):
+        proto = factory.buildProtocol(None)
+        wire = Wire(hostAddress=IPv4Address("TCP", "127.0.0.1", 28080),
+                    peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+        proto.makeConnection(wire)
+        reader = wf.FrameReader()
+        proto.dataReceived(wf.handshake(extra=(f"X-Real-IP: {real_ip}",))[0])
+        reader.feed(wire.value())
+        wire.clear()
+        assert reader.status == 101
+        return proto, wire, reader
+
+    def answers(proto, wire, reader, n: int) -> tuple[int, bool]:
+        """How many of ``n`` pings got their 200, and whether sipgw sent a close frame."""
+        for i in range(n):
+            request = PING.format(host=f"{port_of(proto)}.invalid", n=f"ws{port_of(proto)}-{i}")
+            proto.dataReceived(wf.frame(wf.TEXT, request.replace("UDP", "WS").encode()))
+        frames = reader.feed(wire.value())
+        wire.clear()
+        ok = sum(f.opcode == wf.TEXT and f.payload.startswith(b"SIP/2.0 200") for f in frames)
+        return ok, any(f.opcode == wf.CLOSE for f in frames)
+
+    def port_of(proto) -> int:
+        return proto.transport.getPeer().port
+
+    try:
+        flooder = browser("198.51.100.7", 40001)
+        other = browser("198.51.100.8", 40002)
+        assert answers(*flooder, 40) == (30, True)
+        assert answers(*other, 10) == (10, False)
+        top = svc.proxy.pike.rpc_top("ALL")["list"]
+        assert [(r["ip_addr"], r["status"]) for r in top] == [("198.51.100.7", "HOT"),
+                                                              ("198.51.100.8", "WARM")]
+    finally:
+        svc.stopService()
