@@ -132,7 +132,7 @@ class Pike:
                 entry.dropped += 1
                 self.stats.values["pike:dropped_msgs"] += 1
                 return False
-            self._release(entry, f"quiet for {now - entry.last:g}s")
+            self._release(entry, f"quiet for {now - entry.last:.1f}s")
         entry.last = now
         entry.hits += 1
         if entry.hits > self.density and not entry.exempt:
@@ -170,7 +170,7 @@ class Pike:
         self._blocked += 1
         self.stats.values["pike:blocked_ips"] = self._blocked
         self.stats.values["pike:dropped_msgs"] += 1
-        log.warn("pike: blocking {host}: more than {n} messages in {unit:g}s; dropping "
+        log.warn("blocking {host}: more than {n} messages in {unit:g}s; dropping "
                  "everything it sends until it is quiet for {latency:g}s",
                  host=entry.host, n=self.density, unit=self.unit, latency=self.latency)
         return False
@@ -180,7 +180,7 @@ class Pike:
         entry.hits = entry.prev = 0
         self._blocked -= 1
         self.stats.values["pike:blocked_ips"] = self._blocked
-        log.info("pike: releasing {host} ({why}); blocked {secs:g}s, {n} messages dropped",
+        log.info("releasing {host} ({why}); blocked {secs:g}s, {n} messages dropped",
                  host=entry.host, why=why, secs=round(self.clock.seconds() - entry.since, 1),
                  n=entry.dropped)
 
@@ -220,9 +220,9 @@ class Pike:
             if now - entry.last >= self.keep:
                 done.append(entry)
         for entry in done:
-            self._forget(entry, f"quiet for {now - entry.last:g}s")
+            self._forget(entry, f"quiet for {now - entry.last:.1f}s")
         if self._evicted:
-            log.warn("pike: {n} source address(es) forgotten to stay within pike.max_sources "
+            log.warn("{n} source address(es) forgotten to stay within pike.max_sources "
                      "({max}): a flood from many addresses?", n=self._evicted,
                      max=self.settings.max_sources)
             self._evicted = 0
