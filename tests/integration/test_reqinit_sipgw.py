@@ -92,3 +92,35 @@ def test_a_message_over_the_size_cap_is_refused_on_every_transport(gw_and_backen
         udp.send(build_request("OPTIONS", f"sip:{gw.address}", peer=udp, call_id="small",
                                branch="z9hG4bKsmall"))
         assert udp.expect("200", timeout=3)
+
+
+def test_sip_over_tls_or_plain_tcp_to_the_secure_websocket_port_is_refused(tmp_path: Path):
+    import ssl
+
+    from tests.helpers.certs import CertAuthority
+    from tests.integration.test_tls_sipgw import TlsSipgw
+
+    ca = CertAuthority(tmp_path / "ca")
+    chain, key, _ = ca.issue("one")
+    context = ssl.create_default_context(cafile=str(ca.root_path))
+    with UdpPeer() as backend:
+        gw = TlsSipgw(tmp_path / "sipgw", chain=chain, key=key, backend=backend.address)
+        gw.start()
+        try:
+            invite = build_request("INVITE", f"sip:5002@{gw.address}", call_id="raw-on-wss",
+                                   peer=SimpleNamespace(transport="tls", address="a.invalid"),
+                                   branch="z9hG4bKrawonwss")
+            # SIP over TLS, as to a tls listener: the TLS is fine, the HTTP is not.
+            with socket.create_connection(("127.0.0.1", gw.wss_port), timeout=3) as raw:
+                with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(invite)
+                    answer, closed = read_until_closed(tls, 5)
+            assert answer.startswith(b"HTTP/1.1 400") and closed, answer[:80]
+            # Plain SIP over TCP: not even TLS; no SIP answer, the connection closed.
+            with socket.create_connection(("127.0.0.1", gw.wss_port), timeout=3) as raw:
+                raw.sendall(invite)
+                answer, closed = read_until_closed(raw, 5)
+            assert b"SIP/2.0" not in answer and closed
+            assert backend.collect(0.5) == []
+        finally:
+            gw.stop()
