@@ -246,6 +246,8 @@ class SippProcess:
     ``[service]`` keyword), ``keys`` become ``-key NAME VALUE``, ``inf`` is ``-inf FILE``.
     ``retransmissions=False`` is ``-nr``. ``timeout`` (seconds) is SIPp's own global
     ``-timeout`` with ``-timeout_error``: a safety bound, not a way to end a test.
+    ``ip`` is the loopback address it binds and writes in Via and Contact (``-i``): one
+    per SIPp makes them different sources, as phones behind different addresses are.
     """
 
     def __init__(
@@ -267,6 +269,7 @@ class SippProcess:
         name: str | None = None,
         extra_args: Sequence[str] = (),
         executable: str = "sipp",
+        ip: str = LOOPBACK,
     ) -> None:
         if transport not in _TRANSPORTS:
             raise ValueError(f"transport must be one of {sorted(_TRANSPORTS)}, not {transport!r}")
@@ -287,6 +290,7 @@ class SippProcess:
         self.name = name or f"{self.scenario.stem}-{next(_names)}"
         self.extra_args = list(extra_args)
         self.executable = executable
+        self.ip = ip
         self.output_file = self.workdir / f"{self.name}.out"
         self.message_file = self.workdir / f"{self.name}_messages.log"
         self.stats_file = self.workdir / f"{self.name}_stats.csv"
@@ -296,7 +300,7 @@ class SippProcess:
     @property
     def address(self) -> str:
         """Where to send to reach this SIPp: ``127.0.0.1:PORT``."""
-        return f"{LOOPBACK}:{self.port}"
+        return f"{self.ip}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -310,7 +314,7 @@ class SippProcess:
         args = [
             self.executable,
             "-sf", str(self.scenario),
-            "-i", LOOPBACK, "-p", str(self.port), "-bind_local",
+            "-i", self.ip, "-p", str(self.port), "-bind_local",
             "-ci", LOOPBACK, "-cp", str(self.control_port),
             "-t", _TRANSPORTS[self.transport],
             "-m", str(self.calls),
@@ -455,7 +459,8 @@ class SippProcess:
         table, state = (
             ("/proc/net/tcp", "0A") if self.transport == "tcp" else ("/proc/net/udp", "07")
         )
-        wanted = f"{socket.htonl(0x7F000001):08X}:{self.port:04X}"
+        ip = int.from_bytes(socket.inet_aton(self.ip), "big")
+        wanted = f"{socket.htonl(ip):08X}:{self.port:04X}"
         inodes = {
             fields[9]
             for fields in _proc_net_rows(table)
