@@ -1,21 +1,33 @@
 #!/usr/bin/env python3
-"""WebSocket capacity of one sipgw process: memory per registered connection, and
-registrations per second with 100 clients connecting at once.
+"""WebSocket capacity of one sipgw process, and of Kamailio 5.6 with the same load client:
+registrations per second with 100 clients connecting at once, and memory per connection.
 
-sipgw.tools.wsload (N WebSocket connections, each REGISTERs and stays open) → sipgw
-(ws listener) → SIPp UAS answering REGISTER over UDP. Two phases:
+sipgw.tools.wsload (N WebSocket connections, each REGISTERs and stays open) → the server
+under test (WS listener) → SIPp UAS answering REGISTER over UDP. The server is sipgw, or
+Debian's Kamailio configured as the equivalent gateway (bench/kamailio/ws-gateway.cfg:
+force_rport, contact alias, REGISTER relayed statefully with a Path; 4 UDP and 4 TCP
+workers, as the issue's reference rate was measured with four). Each run starts a fresh
+server and UAS, warms up with 200 registrations, then:
 
 1. rate: ``--rate-count`` connections, ``--concurrency`` connecting/registering at once,
-   closed again; prints registrations/s, sipgw's CPU per registration and the load
-   client's own CPU (a client-bound number is not the proxy's);
-2. memory: ``--count`` connections registered and held; sipgw's PSS (/proc/PID/smaps_rollup)
-   before and while they are held, divided by the count.
+   closed again; prints registrations/s, the server's CPU per registration (summed over
+   its processes, /proc) and the load client's own CPU (a client-bound number is not the
+   server's);
+2. memory: ``--count`` connections registered and held; the server's PSS
+   (/proc/PID/smaps_rollup, summed over its processes) before and while they are held,
+   divided by the count (``--count 0`` skips it).
 
-    .venv/bin/python bench/ws.py                           # 10,000 held, 2,000 for the rate
-    .venv/bin/python bench/ws.py --count 1000 --rate-count 500
+The SIPp UAS's own counters must match the registrations the client saw answered: every
+one really reached the backend. ``--target both`` interleaves the runs (sipgw, kamailio,
+sipgw, kamailio...), as the machine is shared, and ends with a table beside the load
+average at the start of each run.
+
+    .venv/bin/python bench/ws.py                            # sipgw: 10,000 held, 2,000 rate
+    .venv/bin/python bench/ws.py --target both --count 2000 --rate-count 3000
+    .venv/bin/python bench/ws.py --target kamailio --rounds 3
 
 Everything listens on 127.0.0.1 and every process is stopped at the end. Numbers go in
-notes, not in test asserts. No digest (loopback is trusted): sipgw's WebSocket edge is
+notes, not in test asserts. No digest (loopback is trusted): the WebSocket edge is
 measured, not the subscriber store (bench/register.py measures that).
 """
 
@@ -23,20 +35,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from calls import cpu_seconds, free_port, wait_options_200
-
-from sipgw.tools.wsload import run_load
+from calls import cpu_seconds, free_port, last_stats, wait_options_200
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from sipgw.tools.wsload import LoadResult, run_load  # noqa: E402
+from tests.browser.kamailio_process import KamailioProcess, kamailio_executable  # noqa: E402
+
 SCENARIOS = HERE.parent / "tests" / "integration" / "scenarios"
+WARMUP = 200
 
 
 def pss_kb(pid: int) -> int:
@@ -46,72 +66,228 @@ def pss_kb(pid: int) -> int:
     raise RuntimeError("no Pss in smaps_rollup")
 
 
+def group_pids(pgid: int) -> list[int]:
+    """Every process of a process group: Kamailio's main process and the workers it forked."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[2]) == pgid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@dataclass(slots=True)
+class Server:
+    """A server under test, started in its own session so its processes are one group."""
+
+    name: str
+    url: str
+    pgid: int
+    about: str
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in group_pids(self.pgid))
+
+    def pss_kb(self) -> int:
+        return sum(pss_kb(pid) for pid in group_pids(self.pgid))
+
+
+@contextlib.contextmanager
+def sipgw(work: Path, uas_port: int, max_connections: int) -> Iterator[Server]:
+    sip_port, ws_port = free_port(), free_port()
+    config = work / "sipgw.toml"
+    config.write_text(
+        f'[listen]\nudp = ["127.0.0.1:{sip_port}"]\ntcp = []\nws = ["127.0.0.1:{ws_port}"]\n'
+        f'[dispatcher]\ndestinations = ["sip:127.0.0.1:{uas_port}"]\nping_interval = 0\n'
+        f'[auth]\ntrusted = ["127.0.0.0/8"]\n'
+        f"[limits]\nws_max_connections = {max_connections}\n"
+        f"ws_max_connections_per_address = {max_connections}\nws_register_timeout = 0\n"
+        f'[control]\nsocket = "{work}/sipgw.ctl"\n[state]\ndirectory = "{work}"\n'
+        f'[log]\nlevel = "warning"\n'
+    )
+    with (work / "sipgw.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "sipgw", "serve", "-c", str(config)],
+                                stdout=log, stderr=log, start_new_session=True)
+    try:
+        wait_options_200(sip_port, time.monotonic() + 15)
+        yield Server("sipgw", f"ws://127.0.0.1:{ws_port}/", proc.pid, "sipgw, one process")
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def kamailio(work: Path, uas_port: int, max_connections: int) -> Iterator[Server]:
+    executable = kamailio_executable()
+    if executable is None:
+        raise SystemExit("kamailio is not installed (Debian package kamailio, with "
+                         "kamailio-websocket-modules)")
+    version = subprocess.run([executable, "-v"], capture_output=True, text=True).stdout
+    process = KamailioProcess(
+        str(HERE / "kamailio" / "ws-gateway.cfg"), work, ws=True, executable=executable,
+        defines={"BACKEND": f'"sip:127.0.0.1:{uas_port}"',
+                 "MAX_CONNECTIONS": str(max_connections)},
+        # Shared memory holds every connection; the pools' untouched pages cost no PSS.
+        shm_mb=256 + max_connections // 10, pkg_mb=8,
+    )
+    try:
+        process.start().wait_ready(15)
+        assert process.pid is not None
+        about = (f"{version.split(chr(10))[0].removeprefix('version: ').strip()}, children=4 "
+                 f"tcp_children=4 ({len(group_pids(process.pid))} processes)")
+        yield Server("kamailio", process.ws_url, process.pid, about)
+    finally:
+        process.stop()
+
+
+SERVERS: dict[str, Callable[[Path, int, int], contextlib.AbstractContextManager[Server]]] = {
+    "sipgw": sipgw, "kamailio": kamailio,
+}
+
+
+class Uas:
+    """SIPp answering every REGISTER with 200; its counters, read when it is stopped, say
+    how many really reached the backend."""
+
+    def __init__(self, work: Path, limit: int):
+        self.port = free_port()
+        self.stats = work / "uas.csv"
+        self.proc = subprocess.Popen(
+            ["sipp", "-sf", str(SCENARIOS / "uas_register.xml"), "-i", "127.0.0.1",
+             "-p", str(self.port), "-bind_local", "-ci", "127.0.0.1", "-cp", str(free_port()),
+             "-t", "u1", "-m", str(limit), "-nostdin", "-trace_stat", "-stf", str(self.stats)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+
+    def stop(self) -> dict[str, int]:
+        stop(self.proc)  # SIPp writes its final counters on SIGTERM
+        row = last_stats(self.stats)
+        return {key: int(row.get(column, 0)) for key, column in (
+            ("answered", "SuccessfulCall(C)"), ("failed", "FailedCall(C)"),
+            ("retransmissions", "Retransmissions(C)"))}
+
+
+@dataclass(slots=True)
+class Run:
+    target: str
+    round: int
+    load: str  # /proc/loadavg at the start
+    rate: LoadResult
+    cpu_ms: float  # server CPU per registration in the rate phase
+    kb_per_connection: float | None
+    uas_ok: bool
+
+    def row(self) -> str:
+        fails = sum(self.rate.failures.values())
+        memory = f"{self.kb_per_connection:8.1f}" if self.kb_per_connection is not None else "       -"
+        return (f"{self.target:<9}{self.round:>5}{self.rate.rate:>8.0f}{fails:>7}"
+                f"{self.cpu_ms:>10.3f}{100 * self.rate.cpu_seconds / max(self.rate.seconds, 1e-9):>9.0f}"
+                f"{memory}   {'yes' if self.uas_ok else 'NO':<5}{self.load}")
+
+
+HEADER = (f"{'target':<9}{'round':>5}{'reg/s':>8}{'fails':>7}{'ms CPU':>10}{'client':>9}"
+          f"{'kB/conn':>8}   {'UAS':<5}load (1, 5, 15 min)\n"
+          f"{'':<9}{'':>5}{'':>8}{'':>7}{'per reg':>10}{'% core':>9}{'held':>8}   {'ok':<5}")
+
+
+def run_once(target: str, round_: int, args: argparse.Namespace) -> Run:
+    load = load_average()
+    with tempfile.TemporaryDirectory(prefix=f"sipgw-bench-ws-{target}-") as tmp:
+        work = Path(tmp)
+        uas = Uas(work, 10 * (WARMUP + args.count + args.rate_count))
+        client_registered = 0
+        try:
+            with SERVERS[target](work, uas.port, args.count + 1000) as server:
+                print(f"\n[{target}, round {round_}] {server.about}; load average {load}")
+                # Warm-up: imports and first allocations are not per-connection costs.
+                warm = asyncio.run(run_load(server.url, count=WARMUP,
+                                            concurrency=args.concurrency))
+                client_registered += warm.registered
+
+                cpu0 = server.cpu()
+                rate = asyncio.run(run_load(server.url, count=args.rate_count,
+                                            concurrency=args.concurrency, first=100_000))
+                cpu = server.cpu() - cpu0
+                client_registered += rate.registered
+                cpu_ms = 1000 * cpu / max(rate.registered, 1)
+                print(f"  rate ({args.concurrency} at once): {rate.report()}")
+                print(f"  {target} CPU {cpu:.2f} s = {cpu_ms:.3f} ms per registration")
+
+                per_connection = None
+                if args.count:
+                    time.sleep(1.0)  # let the closed connections' state go (bench, not a test)
+                    before = server.pss_kb()
+                    seen: dict[str, int] = {}
+
+                    def measure() -> None:
+                        seen["pss"] = server.pss_kb()
+
+                    held = asyncio.run(run_load(
+                        server.url, count=args.count, concurrency=args.concurrency,
+                        hold=args.hold, while_held=measure, first=200_000))
+                    client_registered += held.registered
+                    per_connection = (seen["pss"] - before) / max(held.registered, 1)
+                    print(f"  memory: {held.report()}")
+                    print(f"  {target} PSS {before} kB -> {seen['pss']} kB with "
+                          f"{held.registered} registered connections: "
+                          f"{per_connection:.1f} kB each")
+        finally:
+            counts = uas.stop()
+        uas_ok = (counts["answered"] == client_registered and counts["failed"] == 0)
+        print(f"  SIPp UAS: {counts['answered']} REGISTERs answered, {counts['failed']} failed, "
+              f"{counts['retransmissions']} retransmissions; the client saw "
+              f"{client_registered} 200s: {'match' if uas_ok else 'MISMATCH'}")
+    return Run(target, round_, load, rate, cpu_ms, per_connection, uas_ok)
+
+
+def summary(runs: list[Run]) -> None:
+    print("\n" + HEADER)
+    for run in runs:
+        print(run.row())
+    for target in dict.fromkeys(r.target for r in runs):
+        mine = [r for r in runs if r.target == target]
+        memory = [r.kb_per_connection for r in mine if r.kb_per_connection is not None]
+        print(f"{target} median of {len(mine)}: "
+              f"{statistics.median(r.rate.rate for r in mine):.0f} registrations/s, "
+              f"{statistics.median(r.cpu_ms for r in mine):.3f} ms CPU per registration"
+              + (f", {statistics.median(memory):.1f} kB per held connection" if memory else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--target", choices=("sipgw", "kamailio", "both"), default="sipgw")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="runs of each target (default: 2 with --target both, else 1)")
     ap.add_argument("--count", type=int, default=10_000, help="connections held (memory)")
     ap.add_argument("--rate-count", type=int, default=2_000, help="registrations (rate)")
     ap.add_argument("--concurrency", type=int, default=100)
     ap.add_argument("--hold", type=float, default=2.0, help="seconds to hold them")
     args = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # The servers started from here inherit it.
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.count + 100 > hard:
         raise SystemExit(f"need {args.count + 100} file descriptors, the limit is {hard}")
-
-    with tempfile.TemporaryDirectory(prefix="sipgw-bench-ws-") as tmp:
-        work = Path(tmp)
-        sip_port, ws_port, uas_port = free_port(), free_port(), free_port()
-        (work / "sipgw.toml").write_text(
-            f'[listen]\nudp = ["127.0.0.1:{sip_port}"]\ntcp = []\nws = ["127.0.0.1:{ws_port}"]\n'
-            f'[dispatcher]\ndestinations = ["sip:127.0.0.1:{uas_port}"]\nping_interval = 0\n'
-            f'[auth]\ntrusted = ["127.0.0.0/8"]\n'
-            f"[limits]\nws_max_connections = {args.count + 1000}\n"
-            f"ws_max_connections_per_address = {args.count + 1000}\nws_register_timeout = 0\n"
-            f'[control]\nsocket = "{work}/sipgw.ctl"\n[state]\ndirectory = "{work}"\n'
-            f'[log]\nlevel = "warning"\n'
-        )
-        uas = subprocess.Popen(
-            ["sipp", "-sf", str(SCENARIOS / "uas_register.xml"), "-i", "127.0.0.1",
-             "-p", str(uas_port), "-bind_local", "-ci", "127.0.0.1", "-cp", str(free_port()),
-             "-t", "u1", "-m", str(10 * (args.count + args.rate_count)), "-nostdin"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        log = (work / "sipgw.log").open("w")
-        gw = subprocess.Popen([sys.executable, "-m", "sipgw", "serve", "-c",
-                               str(work / "sipgw.toml")], stdout=log, stderr=log)
-        url = f"ws://127.0.0.1:{ws_port}/"
-        try:
-            wait_options_200(sip_port, time.monotonic() + 15)
-            # Warm-up: imports and first allocations are not per-connection costs.
-            asyncio.run(run_load(url, count=200, concurrency=args.concurrency))
-
-            cpu0 = cpu_seconds(gw.pid)
-            rate = asyncio.run(run_load(url, count=args.rate_count, concurrency=args.concurrency,
-                                        first=100_000))
-            gw_cpu = cpu_seconds(gw.pid) - cpu0
-            print(f"rate ({args.concurrency} at once): {rate.report()}")
-            print(f"  sipgw CPU {gw_cpu:.2f} s = {1000 * gw_cpu / max(rate.registered, 1):.3f} "
-                  f"ms per registration")
-
-            time.sleep(1.0)  # let the closed connections' state go (bench only; not a test)
-            before = pss_kb(gw.pid)
-            seen: dict[str, int] = {}
-
-            def measure() -> None:
-                seen["pss"] = pss_kb(gw.pid)
-
-            held = asyncio.run(run_load(url, count=args.count, concurrency=args.concurrency,
-                                        hold=args.hold, while_held=measure, first=200_000))
-            print(f"memory: {held.report()}")
-            grown = seen["pss"] - before
-            print(f"  sipgw PSS {before} kB -> {seen['pss']} kB with {held.registered} "
-                  f"registered connections: {grown / max(held.registered, 1):.1f} kB each")
-        finally:
-            for proc in (gw, uas):
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+    targets = ["sipgw", "kamailio"] if args.target == "both" else [args.target]
+    rounds = args.rounds or (2 if args.target == "both" else 1)
+    runs = [run_once(target, n, args) for n in range(1, rounds + 1) for target in targets]
+    summary(runs)
 
 
 if __name__ == "__main__":

@@ -44,9 +44,12 @@ def kamailio_executable() -> str | None:
 
 class KamailioProcess:
     """One Kamailio on loopback: ``config`` (a name in ``kamailio/`` or a path), a UDP port,
-    and with ``ws=True`` a TCP port for HTTP and WebSocket (``ws_url``)."""
+    and with ``ws=True`` a TCP port for HTTP and WebSocket (``ws_url``). ``defines`` are
+    the config's ``#!define``s given with ``-A``; ``shm_mb``/``pkg_mb`` its memory pools
+    (small for tests, large enough for the benchmark's thousands of connections)."""
 
-    def __init__(self, config: str, workdir: Path, *, ws: bool = False, executable: str = "kamailio"):
+    def __init__(self, config: str, workdir: Path, *, ws: bool = False, executable: str = "kamailio",
+                 defines: dict[str, str] | None = None, shm_mb: int = 32, pkg_mb: int = 4):
         path = Path(config)
         self.config = path if path.parent != Path(".") else CONFIGS / path.name
         if not self.config.is_file():
@@ -54,6 +57,8 @@ class KamailioProcess:
         self.name = f"kamailio{next(_names)}-{self.config.stem}"
         self.workdir = workdir / self.name
         self.executable = executable
+        self.defines = dict(defines or {})
+        self.shm_mb, self.pkg_mb = shm_mb, pkg_mb
         self.udp_port = free_port("udp")
         self.ws_port = free_port("tcp") if ws else None
         self.log_path = self.workdir / f"{self.name}.log"
@@ -86,9 +91,11 @@ class KamailioProcess:
             "-w", str(self.workdir),
             "-Y", str(self.workdir),
             "-P", str(self.workdir / "kamailio.pid"),
-            "-m", "32", "-M", "4",
+            "-m", str(self.shm_mb), "-M", str(self.pkg_mb),
             "-l", f"udp:{LOOPBACK}:{self.udp_port}",
         ]
+        for name, value in self.defines.items():
+            command += ["-A", f"{name}={value}"]
         if self.ws_port is not None:
             command += ["-l", f"tcp:{LOOPBACK}:{self.ws_port}"]
         return command
