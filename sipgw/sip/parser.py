@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from sipgw.sip.errors import LimitError, ParseError
-from sipgw.sip.headers import SINGLETON_HEADERS, header_key
+from sipgw.sip.headers import CACHED_NAME_MAX, SINGLETON_HEADERS, header_key
 from sipgw.sip.message import Field, Request, Response, parse_cseq
 
 _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
@@ -164,7 +164,9 @@ def _fields(lines: list[str], limits: Limits) -> list[Field]:
             if not stripped or _NAME_RE.match(stripped) is None:
                 raise ParseError(f"Bad header name {stripped[:32]!r}")
             key = header_key(stripped)
-            if len(names) < _VALID_NAMES_MAX:
+            if len(name) <= CACHED_NAME_MAX:  # bounded in bytes too, as header_key's
+                if len(names) >= _VALID_NAMES_MAX:
+                    names.clear()
                 names[name] = key
             name = stripped
         elif name[-1] in " \t":

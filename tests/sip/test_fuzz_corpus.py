@@ -52,3 +52,25 @@ def test_twenty_thousand_mutations_keep_the_parser_contract() -> None:
     assert report.crashes == {}, report.text()
     # Both outcomes are reached: the mutations are neither all fatal nor all harmless.
     assert 0.1 < report.parsed / report.count < 0.9, report.text()
+
+
+def test_thousands_of_unique_long_header_names_are_not_kept_in_memory() -> None:
+    # Found by the fuzz run's RSS: the name caches were bounded in count, not in bytes, and
+    # kept 2,048 + 4,096 names of up to 64 kB for good (a 100,000-message run: +47 MB).
+    import gc
+    import tracemalloc
+
+    from sipgw.sip.parser import parse_message
+
+    head = BUILTIN_SEEDS["sipp-bye"].split(b"\r\n\r\n")[0]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(3_000):
+            name = b"X-%05d-" % i + b"n" * 10_000
+            parse_message(head + b"\r\n" + name + b": v\r\n\r\n")
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 2_000_000, f"{kept} bytes kept after 3,000 messages"
