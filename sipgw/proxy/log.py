@@ -7,12 +7,15 @@ prefix, which journald turns into the entry's priority, and no timestamp of thei
 Logging never stops the proxy: a line that cannot be written (a full disk, a closed pipe)
 is dropped and counted (``core:dropped_log_lines``), and the next line that can be written
 is preceded by one saying how many were lost. Each line is one ``os.write`` of its own, so
-a failed write leaves no half line in a buffer to come out later glued to another.
+a failed write leaves no half line in a buffer to come out later glued to another. An
+output that is a pipe or a socket (journald's stream, ``| tee``) is made non-blocking: a
+reader that stops reading costs log lines, never a reactor stuck in ``write``.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 from typing import TextIO
@@ -95,6 +98,8 @@ class LineObserver:
             self._fd: int | None = out.fileno()
         except (AttributeError, OSError, ValueError):
             self._fd = None  # an in-memory stream (tests): written as text
+        else:
+            _never_block(self._fd)
 
     def predicate(self, event: dict) -> PredicateResult:
         return PredicateResult.maybe if _number(event) <= self.level else PredicateResult.no
@@ -146,6 +151,17 @@ class LineObserver:
                 done += os.write(self._fd, data[done:])
         finally:
             self._cut = 0 < done < len(data) or (self._cut and done == 0)
+
+
+def _never_block(fd: int) -> None:
+    """A full pipe or socket buffer makes a write fail (EAGAIN, counted as a lost line)
+    instead of waiting for the reader. Files and terminals are left as they are: a write
+    to them does not wait on anybody."""
+    try:
+        if stat.S_ISFIFO(mode := os.fstat(fd).st_mode) or stat.S_ISSOCK(mode):
+            os.set_blocking(fd, False)
+    except OSError:
+        pass
 
 
 def _number(event: dict) -> int:

@@ -214,3 +214,45 @@ def test_a_log_disk_that_fills_loses_whole_lines_only_and_says_how_many_once_it_
     assert not [line for line in lines if stamp.search(line, 1)], lines
     reported = int(re.search(r"WARNING log: (\d+) log line", text)[1])
     assert reported >= dropped
+
+
+def waiting(fd: int) -> bytes:
+    """What a non-blocking pipe holds now."""
+    data = b""
+    try:
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    except BlockingIOError:
+        pass
+    return data
+
+
+def test_a_log_pipe_nobody_reads_costs_log_lines_never_service(
+    sipgw: SipgwRunner, tmp_path: Path
+) -> None:
+    read_end, write_end = os.pipe()  # 64 kB the reader never empties until told to
+    try:
+        with UdpPeer() as backend:
+            gw = sipgw(backend=backend.address, output=f"/proc/self/fd/{write_end}",
+                       extra_toml=control_toml(tmp_path))
+            os.close(write_end)
+            write_end = -1
+            garbage_and_options(gw, backend, 1000, "stuck")  # ~150 kB of log lines
+            dropped = statistics(gw, "core:dropped_log_lines")["core:dropped_log_lines"]
+            assert dropped > 0
+
+            os.set_blocking(read_end, False)
+            waiting(read_end)  # the reader catches up
+            garbage_and_options(gw, backend, 1, "back")
+            deadline = time.monotonic() + 5.0
+            text = waiting(read_end)
+            while b"writing again" not in text:
+                assert time.monotonic() < deadline, text[-2000:]
+                time.sleep(0.05)  # the pause between looks at the pipe
+                text += waiting(read_end)
+            assert re.search(rb"WARNING log: \d+ log line\(s\) could not be written "
+                             rb"\(Resource temporarily unavailable\)", text), text
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
