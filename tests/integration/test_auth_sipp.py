@@ -299,9 +299,10 @@ def test_phones_registering_through_a_redis_restart_get_503_while_it_is_down_the
         redis.stop()
         phone.register(phone.credentials(phone.challenge()))
         phone.peer.expect("503", timeout=1.0)
-        # Down until the load has met it too (sipgw's own 5xx count, bounded).
+        # Down until the load has met it too (sipgw's own 5xx count, bounded; the hand
+        # phone's 503s count there too, hence more than the 20 the load must see).
         deadline = time.monotonic() + 3.0
-        while statistics(gw, "sl:5xx_replies")["sl:5xx_replies"] < 20:
+        while statistics(gw, "sl:5xx_replies")["sl:5xx_replies"] < 25:
             assert time.monotonic() < deadline, gw.describe()
 
         redis.start()
