@@ -10,7 +10,8 @@ Addresses (``[acl]`` allow/deny lists of CIDRs, for every transport and per tran
 
 The address is ``Source.host``: for WebSocket behind a trusted reverse proxy, the client's
 own (``transport.ws.client_address``). A refused message is dropped before parsing, with no
-answer, and its TCP/TLS/WebSocket connection closed (``acl:denied_msgs``). Decisions are
+answer, and its TCP/TLS/WebSocket connection closed (``acl:denied_msgs``); a new connection
+from a refused address is closed as soon as it is accepted (``Proxy.screen``). Decisions are
 cached per (transport, address), so the cost per message is one dict lookup.
 
 User-Agents (``acl.user_agent_deny``): a request whose User-Agent contains one of the listed
@@ -78,23 +79,27 @@ class Acl:
     # -- addresses, before parsing ------------------------------------------------------
 
     def admits(self, source: Source) -> bool:
-        key = (source.transport, source.host)
-        ok = self._cache.get(key)
-        if ok is None:
-            ok = self._decide(source)
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[key] = ok
+        ok = self.allowed(source.transport, source.host)
         if not ok:
             self.stats.values["acl:denied_msgs"] += 1
             self.cap_log.reached("acl", "{t} message from {h}:{p} dropped: address refused",
                                  t=source.transport, h=source.host, p=source.port)
         return ok
 
-    def _decide(self, source: Source) -> bool:
+    def allowed(self, transport: str, host: str) -> bool:
+        """May ``host`` send over ``transport``? Decided once per pair, then remembered."""
+        key = (transport, host)
+        ok = self._cache.get(key)
+        if ok is None:
+            ok = self._decide(transport, host)
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[key] = ok
+        return ok
+
+    def _decide(self, transport: str, host: str) -> bool:
         s = self.settings
-        host = source.host
-        allow, deny = self._lists.get(source.transport, ((), ()))
+        allow, deny = self._lists.get(transport, ((), ()))
         if in_networks(host, s.deny) or in_networks(host, deny):
             ok = False
         else:

@@ -173,6 +173,15 @@ class Proxy:
         """Requests received that have not had their final answer yet (for draining)."""
         return sum(1 for ctx in self.relay.servers.values() if not ctx.final_sent)
 
+    def screen(self, transport: str, host: str) -> str:
+        """Why a new connection from ``host`` is closed unheard ("" when it is not): the
+        [acl] lists refuse the address, or pike has blocked it."""
+        if self.admits is not None and not self.acl.allowed(transport, host):
+            return "address refused by [acl]"
+        if self.pike is not None and self.pike.blocked(host):
+            return "address blocked by pike"
+        return ""
+
     def close_flow(self, flow_id: int) -> None:
         flows = self.nat.flows
         flow = flows.get(flow_id) if flows is not None else None

@@ -3,8 +3,9 @@
 Every message a source sends counts in the current sampling unit (``sampling_time_unit``
 seconds, aligned on the clock). A source that sends more than ``reqs_density_per_unit``
 messages in one unit is blocked: everything it sends afterwards is dropped unread, with no
-reply (an answer would only help the flood), and counted in ``pike:dropped_msgs``. It stays
-blocked until it has been quiet for ``remove_latency`` seconds.
+reply (an answer would only help the flood), and counted in ``pike:dropped_msgs``; its new
+TCP/TLS/WebSocket connections are closed as soon as they are accepted (``Proxy.screen``).
+It stays blocked until it has been quiet for ``remove_latency`` seconds.
 
 The check runs before parsing (``Proxy.receive``), since a flood must cost as little CPU as
 possible: for a source that is not blocked it is one dict lookup, a clock read and a few
@@ -94,7 +95,8 @@ class Pike:
         self.configure(settings)
 
     def configure(self, settings: PikeSettings) -> None:
-        """Apply (re)loaded settings; the table survives, exemptions are decided again."""
+        """Apply (re)loaded settings; the table survives (unless pike is turned off), and
+        exemptions are decided again."""
         self.settings = settings
         self.enabled = settings.enabled
         self.unit = settings.sampling_time_unit
@@ -102,9 +104,11 @@ class Pike:
         self.latency = settings.remove_latency
         # An entry must live at least one unit, or its count would be lost mid-unit.
         self.keep = max(settings.remove_latency, settings.sampling_time_unit)
-        for entry in self._table.values():
+        for entry in list(self._table.values()):
             entry.exempt = self.exempt(entry.host)
-            if entry.exempt and entry.blocked:
+            if not self.enabled:
+                self._forget(entry, "pike.enabled = false")
+            elif entry.exempt and entry.blocked:
                 self._release(entry, "now trusted")
         while len(self._table) > settings.max_sources:
             self._evict()
@@ -140,8 +144,11 @@ class Pike:
         return True
 
     def blocked(self, host: str) -> bool:
+        """Is ``host`` blocked now? Asked for new connections, which are not messages: the
+        question does not extend the block."""
         entry = self._table.get(host)
-        return entry is not None and entry.blocked
+        return (entry is not None and entry.blocked
+                and self.clock.seconds() - entry.last < self.latency)
 
     def _new(self, host: str, now: float) -> _Entry:
         if len(self._table) >= self.settings.max_sources:

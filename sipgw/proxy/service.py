@@ -88,6 +88,7 @@ class ProxyService(service.Service):
             refuse=self.proxy.refuse,
             on_closed=self.proxy.registrar.flow_closed,
         )
+        self.stream.screen = self.proxy.screen
         for addr in config.listen.udp:
             lst = UdpListener(addr.host, addr.port, self.proxy.receive)
             port = self.reactor.listenUDP(addr.port, lst, interface=addr.host,
@@ -108,6 +109,7 @@ class ProxyService(service.Service):
                 on_closed=self.proxy.registrar.flow_closed,
                 caps=self.stream.caps,  # the caps count TCP and TLS together
             )
+            self.tls_stream.screen = self.proxy.screen
             for addr in config.listen.tls:
                 self.ports.append(self.tls_stream.listen_tls(addr.host, addr.port, self.tls))
         if config.listen.ws or config.listen.wss:
@@ -116,6 +118,7 @@ class ProxyService(service.Service):
                                   on_closed=self.proxy.registrar.flow_closed)
             self.ws.users_of = self.proxy.registrar.users_on
             self.ws.flows_of = self.proxy.registrar.flows_of
+            self.ws.screen = self.proxy.screen
             for addr in config.listen.ws:
                 self.ports.append(self.ws.listen(addr.host, addr.port))
             for addr in config.listen.wss:

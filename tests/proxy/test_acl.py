@@ -194,3 +194,21 @@ def test_without_address_lists_the_check_costs_nothing_and_a_reload_turns_it_on_
     gw.reload("")
     assert gw.svc.proxy.admits is None
     assert gw.options("192.0.2.1").status == 200
+
+
+def test_a_tcp_connection_from_a_denied_address_is_closed_when_accepted(gateway):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    gw = gateway('[acl]\ntcp_deny = ["192.0.2.0/24"]\n')
+    [factory] = [f for port, f, _, _ in gw.reactor.tcpServers if port == 25060]
+
+    def accepted(host: str) -> bool:
+        wire = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 25060),
+                               peerAddress=IPv4Address("TCP", host, 40000))
+        factory.buildProtocol(None).makeConnection(wire)
+        return not wire.disconnecting
+
+    assert not accepted("192.0.2.7")
+    assert accepted("198.51.100.7")
+    assert accepted("127.0.0.1")  # the backend's address

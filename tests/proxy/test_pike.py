@@ -301,8 +301,11 @@ def test_pike_settings_follow_a_reload(service, tmp_path):
     svc.reload()
     ping(svc, "192.0.2.1", 10)
     assert sent.count("192.0.2.1") == 5
+    assert svc.stats.get("pike:blocked_ips") == 1
     (tmp_path / "sipgw.toml").write_text(SERVICE + "enabled = false\n")
     svc.reload()
+    assert svc.stats.get("pike:blocked_ips") == 0  # released: nothing is blocked any more
+    assert svc.proxy.screen("tcp", "192.0.2.1") == ""
     ping(svc, "192.0.2.3", 100)
     assert sent.count("192.0.2.3") == 100
 
@@ -321,7 +324,7 @@ def test_websocket_clients_behind_a_trusted_proxy_are_counted_by_their_own_addre
     svc, reactor, _ = start(tmp_path, text)
     [factory] = [f for port, f, _, _ in reactor.tcpServers if port == 28080]
 
-    def browser(real_ip: str, port: int):
+    def browser(real_ip: str, port: int, status: int | None = 101):
         proto = factory.buildProtocol(None)
         wire = Wire(hostAddress=IPv4Address("TCP", "127.0.0.1", 28080),
                     peerAddress=IPv4Address("TCP", "127.0.0.1", port))
@@ -330,7 +333,7 @@ def test_websocket_clients_behind_a_trusted_proxy_are_counted_by_their_own_addre
         proto.dataReceived(wf.handshake(extra=(f"X-Real-IP: {real_ip}",))[0])
         reader.feed(wire.value())
         wire.clear()
-        assert reader.status == 101
+        assert reader.status == status
         return proto, wire, reader
 
     def answers(proto, wire, reader, n: int) -> tuple[int, bool]:
@@ -351,8 +354,37 @@ def test_websocket_clients_behind_a_trusted_proxy_are_counted_by_their_own_addre
         other = browser("198.51.100.8", 40002)
         assert answers(*flooder, 40) == (30, True)
         assert answers(*other, 10) == (10, False)
+        # A new connection of the blocked browser: dropped without an answer to its handshake.
+        failed = svc.stats.get("websocket:ws_failed_handshakes")
+        _, wire, _ = browser("198.51.100.7", 40003, status=None)
+        assert wire.disconnecting
+        assert svc.stats.get("websocket:ws_failed_handshakes") == failed + 1
         top = svc.proxy.pike.rpc_top("ALL")["list"]
         assert [(r["ip_addr"], r["status"]) for r in top] == [("198.51.100.7", "HOT"),
                                                               ("198.51.100.8", "WARM")]
     finally:
         svc.stopService()
+
+
+def test_new_connections_from_a_blocked_address_are_closed_before_a_byte_is_read(service):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    svc, reactor, sent = service
+    [factory] = [f for port, f, _, _ in reactor.tcpServers if port == 25060]
+
+    def connect(host: str) -> StringTransport:
+        conn = factory.buildProtocol(None)
+        wire = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 25060),
+                               peerAddress=IPv4Address("TCP", host, 40000))
+        conn.makeConnection(wire)
+        return wire
+
+    assert not connect("192.0.2.1").disconnecting
+    ping(svc, "192.0.2.1", 31)  # blocked
+    assert svc.proxy.screen("tcp", "192.0.2.1") == "address blocked by pike"
+    assert connect("192.0.2.1").disconnecting
+    assert not connect("192.0.2.2").disconnecting
+    # Once quiet for remove_latency, connections are taken again.
+    reactor.advance(10)
+    assert not connect("192.0.2.1").disconnecting

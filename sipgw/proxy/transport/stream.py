@@ -73,6 +73,14 @@ class StreamConnection(protocol.Protocol):
         stack = self.stack
         stack.stats.inc("tcp:current_opened_connections")
         if not self.outbound:
+            why = stack.screen(self.transport_name, peer.host) if stack.screen else ""
+            if why:
+                # Refused by [acl] or blocked by pike: closed before a byte is read.
+                stack.cap_log.reached("acl, pike", "{t} connection from {h}:{p} closed: {why}",
+                                      t=self.transport_name, h=peer.host, p=peer.port, why=why)
+                self.dropped = True
+                self.transport.abortConnection()
+                return
             refused = stack.caps.refusal(peer.host)
             if refused:
                 stack.stats.inc("tcp:local_reject")
@@ -250,6 +258,9 @@ class StreamTransport:
                                            max_per_address=settings.max_per_address)
         self.cap_log = CapLog(log, clock.seconds)
         self._connecting: dict[tuple[str, int], StreamConnection] = {}
+        # (transport, client address) → why its connections are closed at once, "" if not
+        # (Proxy.screen: the [acl] lists and pike); set by the service.
+        self.screen: Callable[[str, str], str] | None = None
 
     def reconfigure(self, settings: StreamSettings) -> None:
         """Reload: new caps and timeouts; live connections keep their write bound."""

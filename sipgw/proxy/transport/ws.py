@@ -260,6 +260,13 @@ class WsConnection(WebSocketServerProtocol):
             peer = self.transport.getPeer()
             self.client_host = client_address(peer.host, headers,
                                               self.stack.settings.trusted_proxies)
+            screen = self.stack.screen
+            if screen is not None and screen(self.transport_name, self.client_host):
+                # Refused by [acl] or blocked by pike: no handshake, no answer, no log line
+                # per connection (a flood of them is what pike is about).
+                self.stack.stats.inc("websocket:ws_failed_handshakes")
+                self.dropConnection(abort=True)
+                return
             full = self.stack.caps.refusal(self.client_host)
             if full:
                 self.stack.stats.inc("websocket:ws_failed_handshakes")
@@ -488,6 +495,9 @@ class WsTransport:
         # From the registrar: who registered on a flow, and the flows of a user.
         self.users_of: Callable[[int], list[str]] = lambda flow_id: []
         self.flows_of: Callable[[str], list[int]] = lambda user: []
+        # (transport, client address) → why its handshake is dropped, "" if not
+        # (Proxy.screen: the [acl] lists and pike); set by the service.
+        self.screen: Callable[[str, str], str] | None = None
         stats.declare(WS_STATS)
         stats.declare(TCP_STATS)  # tcp:sendq_full counts WebSocket slow readers too
 
