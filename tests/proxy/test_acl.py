@@ -7,23 +7,8 @@ from twisted.logger import capturedLogs, formatEvent
 
 from sipgw.proxy.transport import Source
 from sipgw.sip.parser import parse_message
+from tests.proxy.test_pike import BASE, PING, ClosableFlow
 from tests.proxy.test_service import start
-
-BASE = """
-[listen]
-udp = ["127.0.0.1:25060"]
-tcp = ["127.0.0.1:25060"]
-ws = []
-[dispatcher]
-destinations = ["sip:127.0.0.1:25080"]
-ping_interval = 0
-"""
-
-OPTIONS = ("OPTIONS sip:127.0.0.1:25060{params} SIP/2.0\r\n"
-           "Via: SIP/2.0/UDP {host}:5070;branch=z9hG4bK{n};rport\r\n"
-           "From: <sip:ping@example.com>;tag=a\r\nTo: <sip:127.0.0.1>\r\n"
-           "Call-ID: {n}@test\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-           "{extra}Content-Length: 0\r\n\r\n")
 
 
 class Gateway:
@@ -45,7 +30,7 @@ class Gateway:
         """One OPTIONS to sipgw itself; its answer, or None when there was none."""
         self._n += 1
         extra = f"User-Agent: {user_agent}\r\n" if user_agent is not None else ""
-        data = OPTIONS.format(params=params, host=host, n=f"o{self._n}", extra=extra).encode()
+        data = PING.format(params=params, host=host, n=f"o{self._n}", extra=extra).encode()
         before = len(self.sent)
         self.svc.proxy.receive(data, Source(transport=transport, host=host, port=5070,
                                             local_host="127.0.0.1", local_port=25060,
@@ -172,10 +157,8 @@ def test_websocket_clients_are_judged_by_their_client_address(gateway):
 
 
 def test_the_connection_of_a_denied_address_is_closed_and_the_refusal_logged_once(gateway):
-    from tests.proxy.test_pike import _Flow
-
     gw = gateway('[acl]\ntcp_deny = ["192.0.2.0/24"]\n')
-    flow = _Flow(gw.svc.flows.new_id())
+    flow = ClosableFlow(gw.svc.flows.new_id())
     gw.svc.flows.add(flow, "tcp", "192.0.2.7", 5070)
     with capturedLogs() as logs:
         for _ in range(20):

@@ -10,6 +10,7 @@ from sipgw.proxy.pike import Pike, PikeSettings
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import Source
 from sipgw.rpc.registry import RpcError
+from tests.proxy.test_service import GOOD, start
 
 UNIT = 2.0
 DENSITY = 30
@@ -79,7 +80,8 @@ def test_a_blocked_source_stays_blocked_while_it_keeps_sending_then_is_released_
         clock.advance(LATENCY + UNIT)
     assert stats.get("pike:blocked_ips") == 0
     lines = messages(logs)
-    assert len(lines) == 1 and "releasing 192.0.2.1" in lines[0] and "6 messages dropped" in lines[0]
+    assert len(lines) == 1
+    assert "releasing 192.0.2.1" in lines[0] and "6 messages dropped" in lines[0]
     assert send(pike, DENSITY) == DENSITY
 
 
@@ -201,14 +203,8 @@ def test_pike_unblock_releases_an_address_at_once():
 
 # -- in the proxy: before parsing, with the service's exemptions -------------------------
 
-SERVICE = """
-[listen]
-udp = ["127.0.0.1:25060"]
-tcp = ["127.0.0.1:25060"]
-ws = []
-[dispatcher]
-destinations = ["sip:127.0.0.1:25080"]
-ping_interval = 0
+BASE = GOOD + "ping_interval = 0\n"  # a service on 127.0.0.1:25060, no OPTIONS probes
+SERVICE = BASE + """
 [auth]
 trusted = ["10.1.0.0/16"]
 [pike]
@@ -217,14 +213,17 @@ reqs_density_per_unit = 30
 remove_latency = 10
 """
 
-PING = ("OPTIONS sip:127.0.0.1:25060 SIP/2.0\r\n"
+# An OPTIONS to sipgw itself (answered 200 by REQINIT): R-URI ``params``, ``extra`` headers.
+PING = ("OPTIONS sip:127.0.0.1:25060{params} SIP/2.0\r\n"
         "Via: SIP/2.0/UDP {host}:5070;branch=z9hG4bK{n};rport\r\n"
         "From: <sip:ping@example.com>;tag=a\r\nTo: <sip:127.0.0.1>\r\n"
         "Call-ID: ping{n}@test\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-        "Content-Length: 0\r\n\r\n")
+        "{extra}Content-Length: 0\r\n\r\n")
 
 
-class _Flow:
+class ClosableFlow:
+    """A flow in the table that remembers being closed."""
+
     def __init__(self, flow_id: int) -> None:
         self.flow_id = flow_id
         self.transport_name = "tcp"
@@ -239,8 +238,6 @@ class _Flow:
 
 @pytest.fixture
 def service(tmp_path):
-    from tests.proxy.test_service import start
-
     svc, reactor, _ = start(tmp_path, SERVICE)
     sent: list = []
     svc.proxy.send = lambda data, dest: sent.append(dest.host)
@@ -253,7 +250,8 @@ def ping(svc, host: str, n: int, *, transport: str = "udp", flow_id: int | None 
     src = Source(transport=transport, host=host, port=port, local_host="127.0.0.1",
                  local_port=25060, flow_id=flow_id)
     for i in range(n):
-        svc.proxy.receive(PING.format(host=host, n=f"{host}-{i}").encode(), src)
+        svc.proxy.receive(PING.format(host=host, n=f"{host}-{i}", params="", extra="").encode(),
+                          src)
 
 
 def test_a_flooding_client_gets_no_answers_once_blocked_and_others_are_still_served(service):
@@ -288,7 +286,7 @@ def test_backends_and_trusted_addresses_are_never_blocked(service):
 
 def test_the_connection_of_a_blocked_client_is_closed(service):
     svc, reactor, sent = service
-    flow = _Flow(svc.flows.new_id())
+    flow = ClosableFlow(svc.flows.new_id())
     svc.flows.add(flow, "tcp", "192.0.2.7", 40001)
     ping(svc, "192.0.2.7", 31, transport="tcp", flow_id=flow.flow_id, port=40001)
     assert flow.closed
@@ -316,7 +314,6 @@ def test_websocket_clients_behind_a_trusted_proxy_are_counted_by_their_own_addre
     from twisted.internet.address import IPv4Address
 
     from tests.helpers import wsframes as wf
-    from tests.proxy.test_service import start
     from tests.proxy.test_ws import Wire
 
     text = SERVICE.replace("ws = []", 'ws = ["127.0.0.1:28080"]') + (
@@ -339,7 +336,8 @@ def test_websocket_clients_behind_a_trusted_proxy_are_counted_by_their_own_addre
     def answers(proto, wire, reader, n: int) -> tuple[int, bool]:
         """How many of ``n`` pings got their 200, and whether sipgw sent a close frame."""
         for i in range(n):
-            request = PING.format(host=f"{port_of(proto)}.invalid", n=f"ws{port_of(proto)}-{i}")
+            request = PING.format(host=f"{port_of(proto)}.invalid", n=f"ws{port_of(proto)}-{i}",
+                                  params="", extra="")
             proto.dataReceived(wf.frame(wf.TEXT, request.replace("UDP", "WS").encode()))
         frames = reader.feed(wire.value())
         wire.clear()
