@@ -9,13 +9,14 @@ force_rport, contact alias, REGISTER relayed statefully with a Path; 4 UDP and 4
 workers, as the issue's reference rate was measured with four). Each run starts a fresh
 server and UAS, warms up with 200 registrations, then:
 
-1. rate: ``--rate-count`` connections, ``--concurrency`` connecting/registering at once,
-   closed again; prints registrations/s, the server's CPU per registration (summed over
-   its processes, /proc) and the load client's own CPU (a client-bound number is not the
-   server's);
-2. memory: ``--count`` connections registered and held; the server's PSS
+1. memory: ``--count`` connections registered and held; the server's PSS
    (/proc/PID/smaps_rollup, summed over its processes) before and while they are held,
-   divided by the count (``--count 0`` skips it).
+   divided by the count (``--count 0`` skips it). First, so that no earlier phase has
+   left memory touched that the held connections would reuse unseen;
+2. rate: ``--rate-count`` connections, ``--concurrency`` connecting/registering at once
+   (each stays open until the last has registered), then closed; prints registrations/s,
+   the server's CPU per registration (summed over its processes, /proc) and the load
+   client's own CPU (a client-bound number is not the server's).
 
 The SIPp UAS's own counters must match the registrations the client saw answered: every
 one really reached the backend. ``--target both`` interleaves the runs (sipgw, kamailio,
@@ -37,7 +38,6 @@ import argparse
 import asyncio
 import contextlib
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calls import cpu_seconds, free_port, last_stats, wait_options_200
+from register import stop
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -83,15 +84,6 @@ def group_pids(pgid: int) -> list[int]:
 
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 @dataclass(slots=True)
@@ -206,53 +198,75 @@ HEADER = (f"{'target':<9}{'round':>5}{'reg/s':>8}{'fails':>7}{'ms CPU':>10}{'cli
           f"{'':<9}{'':>5}{'':>8}{'':>7}{'per reg':>10}{'% core':>9}{'held':>8}   {'ok':<5}")
 
 
+def wait_idle(server: Server, bound: float = 20.0) -> None:
+    """Until the server has stopped spending CPU (closed connections torn down), so that
+    neither phase is charged for the other's leftovers; bounded."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        cpu = server.cpu()
+        time.sleep(0.5)
+        if server.cpu() - cpu < 0.02:
+            return
+    print(f"  ({server.name} still busy after {bound:.0f} s; measuring anyway)")
+
+
+def memory_phase(server: Server, args: argparse.Namespace) -> tuple[LoadResult, float]:
+    """PSS growth per held connection. Measured right after the warm-up, before the rate
+    phase: memory its connections left touched would be reused and hide the growth."""
+    wait_idle(server)
+    before = server.pss_kb()
+    seen: dict[str, int] = {}
+
+    def measure() -> None:
+        seen["pss"] = server.pss_kb()
+
+    held = asyncio.run(run_load(server.url, count=args.count, concurrency=args.concurrency,
+                                hold=args.hold, while_held=measure, first=200_000))
+    per_connection = (seen["pss"] - before) / max(held.registered, 1)
+    print(f"  memory: {held.report()}")
+    print(f"  {server.name} PSS {before} kB -> {seen['pss']} kB with {held.registered} "
+          f"registered connections: {per_connection:.1f} kB each")
+    return held, per_connection
+
+
+def rate_phase(server: Server, args: argparse.Namespace) -> tuple[LoadResult, float]:
+    """Registrations/s and the server's CPU per registration."""
+    wait_idle(server)
+    cpu0 = server.cpu()
+    rate = asyncio.run(run_load(server.url, count=args.rate_count,
+                                concurrency=args.concurrency, first=100_000))
+    cpu = server.cpu() - cpu0
+    cpu_ms = 1000 * cpu / max(rate.registered, 1)
+    print(f"  rate ({args.concurrency} at once): {rate.report()}")
+    print(f"  {server.name} CPU {cpu:.2f} s = {cpu_ms:.3f} ms per registration")
+    return rate, cpu_ms
+
+
 def run_once(target: str, round_: int, args: argparse.Namespace) -> Run:
     load = load_average()
     with tempfile.TemporaryDirectory(prefix=f"sipgw-bench-ws-{target}-") as tmp:
         work = Path(tmp)
         uas = Uas(work, 10 * (WARMUP + args.count + args.rate_count))
-        client_registered = 0
+        registered = 0
         try:
             with SERVERS[target](work, uas.port, args.count + 1000) as server:
                 print(f"\n[{target}, round {round_}] {server.about}; load average {load}")
                 # Warm-up: imports and first allocations are not per-connection costs.
                 warm = asyncio.run(run_load(server.url, count=WARMUP,
                                             concurrency=args.concurrency))
-                client_registered += warm.registered
-
-                cpu0 = server.cpu()
-                rate = asyncio.run(run_load(server.url, count=args.rate_count,
-                                            concurrency=args.concurrency, first=100_000))
-                cpu = server.cpu() - cpu0
-                client_registered += rate.registered
-                cpu_ms = 1000 * cpu / max(rate.registered, 1)
-                print(f"  rate ({args.concurrency} at once): {rate.report()}")
-                print(f"  {target} CPU {cpu:.2f} s = {cpu_ms:.3f} ms per registration")
-
+                registered += warm.registered
                 per_connection = None
                 if args.count:
-                    time.sleep(1.0)  # let the closed connections' state go (bench, not a test)
-                    before = server.pss_kb()
-                    seen: dict[str, int] = {}
-
-                    def measure() -> None:
-                        seen["pss"] = server.pss_kb()
-
-                    held = asyncio.run(run_load(
-                        server.url, count=args.count, concurrency=args.concurrency,
-                        hold=args.hold, while_held=measure, first=200_000))
-                    client_registered += held.registered
-                    per_connection = (seen["pss"] - before) / max(held.registered, 1)
-                    print(f"  memory: {held.report()}")
-                    print(f"  {target} PSS {before} kB -> {seen['pss']} kB with "
-                          f"{held.registered} registered connections: "
-                          f"{per_connection:.1f} kB each")
+                    held, per_connection = memory_phase(server, args)
+                    registered += held.registered
+                rate, cpu_ms = rate_phase(server, args)
+                registered += rate.registered
         finally:
             counts = uas.stop()
-        uas_ok = (counts["answered"] == client_registered and counts["failed"] == 0)
+        uas_ok = (counts["answered"] == registered and counts["failed"] == 0)
         print(f"  SIPp UAS: {counts['answered']} REGISTERs answered, {counts['failed']} failed, "
               f"{counts['retransmissions']} retransmissions; the client saw "
-              f"{client_registered} 200s: {'match' if uas_ok else 'MISMATCH'}")
+              f"{registered} 200s: {'match' if uas_ok else 'MISMATCH'}")
     return Run(target, round_, load, rate, cpu_ms, per_connection, uas_ok)
 
 
