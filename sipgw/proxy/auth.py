@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import hmac
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -40,7 +39,7 @@ from sipgw.proxy.identity import _split_alias as split_alias
 from sipgw.proxy.limits import CapLog
 from sipgw.proxy.nonce import Nonces, NonceState
 from sipgw.proxy.stats import StatDef
-from sipgw.proxy.transport import Source
+from sipgw.proxy.transport import Source, in_networks
 from sipgw.rpc.registry import RpcError, rpc
 from sipgw.sip import digest
 from sipgw.sip.address import parse_name_addr
@@ -370,14 +369,8 @@ def _ha1_of(subscriber: Subscriber | None, attempt: _Attempt) -> str:
     return ""
 
 
-@functools.lru_cache(maxsize=4096)
-def _in_networks(host: str, networks) -> bool:
-    # Asked for every request; ipaddress is slow and sources repeat, so remember (bounded).
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
+# Asked for every request; ipaddress is slow and sources repeat, so remember (bounded).
+_in_networks = functools.lru_cache(maxsize=4096)(in_networks)
 
 
 # -- from the configuration (service.py calls these) ----------------------------------------

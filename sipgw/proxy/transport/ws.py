@@ -41,7 +41,7 @@ from twisted.logger import Logger
 
 from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tell_slow_reader
 from sipgw.proxy.stats import StatDef, Stats
-from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source, wslog
+from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source, in_networks, wslog
 from sipgw.rpc.registry import RpcError, rpc
 from sipgw.tools.phone import phone_asset
 
@@ -166,7 +166,7 @@ def _tokens(value: str) -> set[str]:
 def client_address(peer_host: str, headers: dict[str, str], trusted: tuple) -> str:
     """The client's address: the peer's, or, when the peer is a trusted reverse proxy,
     the one it names in ``X-Real-IP`` or (the last untrusted hop of) ``X-Forwarded-For``."""
-    if not trusted or not _in(peer_host, trusted):
+    if not trusted or not in_networks(peer_host, trusted):
         return peer_host
     real = headers.get("x-real-ip", "").strip()
     if real and _is_ip(real):
@@ -175,7 +175,7 @@ def client_address(peer_host: str, headers: dict[str, str], trusted: tuple) -> s
     for hop in reversed(hops):
         if not _is_ip(hop):
             break
-        if not _in(hop, trusted):
+        if not in_networks(hop, trusted):
             return hop
     return peer_host
 
@@ -186,14 +186,6 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _in(host: str, networks: tuple) -> bool:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
 
 
 # autobahn pretty-prints its whole option table for a debug log line on every new
