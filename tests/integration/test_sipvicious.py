@@ -32,6 +32,7 @@ from tests.integration.sipgw_process import (
     control_toml,
     run_cli,
 )
+from tests.integration.sipp import free_port
 from tests.integration.test_auth_sipp import Phone, auth_toml
 
 pytestmark = pytest.mark.integration
@@ -66,7 +67,9 @@ def scanned(tmp_path_factory: pytest.TempPathFactory):
 
 
 def target(gw: SipgwProcess) -> list[str]:
-    return ["-p", str(gw.port), "-b", "127.0.0.1", "127.0.0.1"]
+    # -P: a port of its own, not 5060, where any stray SIP on the host would look to the
+    # scanner like an answer from a device.
+    return ["-p", str(gw.port), "-b", "127.0.0.1", "-P", str(free_port("udp")), "127.0.0.1"]
 
 
 def bans(gw: SipgwProcess) -> list[dict]:
