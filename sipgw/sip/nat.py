@@ -62,8 +62,18 @@ _DIGIT_PROTOS = {str(d): p for p, d in PROTO_DIGITS.items()}
 _SDP_C_RE = re.compile(rb"^c=IN IP[46] ([^\s/]+)", re.M)
 
 
-@functools.lru_cache(maxsize=4096)
+# The longest IP literal a host can be ("[ffff:ffff:...:255.255.255.255]"). Longer strings
+# are never looked up in, nor kept by, the caches below: 4,096 hosts of 60 kB each (from
+# Via, Contact or SDP) would otherwise stay in memory.
+_IP_TEXT_MAX = 64
+
+
 def is_private(host: str) -> bool:
+    return len(host) <= _IP_TEXT_MAX and _is_private(host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_private(host: str) -> bool:
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
@@ -71,9 +81,13 @@ def is_private(host: str) -> bool:
     return ip.version == 4 and any(ip in net for net in PRIVATE_NETWORKS)
 
 
-@functools.lru_cache(maxsize=4096)
 def _host_key(host: str) -> object:
     """An address as a comparable value ("::1" == "[0:0::1]"); a name in lower case."""
+    return _ip_key(host) if len(host) <= _IP_TEXT_MAX else host.lower()
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_key(host: str) -> object:
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
