@@ -94,6 +94,13 @@ class Server:
     url: str
     pgid: int
     about: str
+    log: Path
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
     def cpu(self) -> float:
         return sum(cpu_seconds(pid) for pid in group_pids(self.pgid))
@@ -120,7 +127,8 @@ def sipgw(work: Path, uas_port: int, max_connections: int) -> Iterator[Server]:
                                 stdout=log, stderr=log, start_new_session=True)
     try:
         wait_options_200(sip_port, time.monotonic() + 15)
-        yield Server("sipgw", f"ws://127.0.0.1:{ws_port}/", proc.pid, "sipgw, one process")
+        yield Server("sipgw", f"ws://127.0.0.1:{ws_port}/", proc.pid, "sipgw, one process",
+                     work / "sipgw.log")
     finally:
         stop(proc)
 
@@ -144,7 +152,7 @@ def kamailio(work: Path, uas_port: int, max_connections: int) -> Iterator[Server
         assert process.pid is not None
         about = (f"{version.split(chr(10))[0].removeprefix('version: ').strip()}, children=4 "
                  f"tcp_children=4 ({len(group_pids(process.pid))} processes)")
-        yield Server("kamailio", process.ws_url, process.pid, about)
+        yield Server("kamailio", process.ws_url, process.pid, about, process.log_path)
     finally:
         process.stop()
 
@@ -261,6 +269,9 @@ def run_once(target: str, round_: int, args: argparse.Namespace) -> Run:
                     registered += held.registered
                 rate, cpu_ms = rate_phase(server, args)
                 registered += rate.registered
+                if registered < WARMUP + args.count + args.rate_count:
+                    print(f"  failures: the last lines of {server.name}'s log:\n"
+                          f"{server.log_tail()}")
         finally:
             counts = uas.stop()
         uas_ok = (counts["answered"] == registered and counts["failed"] == 0)
