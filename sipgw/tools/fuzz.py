@@ -673,6 +673,17 @@ def _hostport(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _opcode(data: bytes) -> int:
+    """Text frames for UTF-8 (as browsers send), binary for the rest (RFC 7118 §5.1
+    allows both): a text frame that is not UTF-8 is refused by the WebSocket layer
+    (1007) before any SIP parser sees it."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return 0x2
+    return 0x1
+
+
 class _Stream:
     """One TCP or WebSocket connection to the proxy, whose answers are read and dropped."""
 
@@ -702,7 +713,7 @@ class _Stream:
 
     def send(self, data: bytes) -> bool:
         """False when the proxy closed the connection (as it does after a framing error)."""
-        payload = encode_frame(0x1, data) if self.ws else data
+        payload = encode_frame(_opcode(data), data) if self.ws else data
         try:
             self.sock.setblocking(True)
             self.sock.settimeout(5)
@@ -801,7 +812,7 @@ class Sender:
             for stream, _ in self.streams.values():
                 stream.close()
             self.streams.clear()
-            self.report.seconds = time.monotonic() - t0
+            self.report.seconds += time.monotonic() - t0
         return self.report
 
     def close(self) -> None:

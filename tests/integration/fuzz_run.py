@@ -87,6 +87,7 @@ class ProxyFuzzReport:
     rss_start_kb: int = 0
     rss_peak_kb: int = 0
     rss_end_kb: int = 0
+    rss_after_kb: list[int] = field(default_factory=list)  # at the end of each pass, settled
     bad_log_lines: list[str] = field(default_factory=list)
     uptime_answer: str = ""
     inuse_transactions: int | None = None
@@ -95,15 +96,21 @@ class ProxyFuzzReport:
     def text(self) -> str:
         return (f"{self.sent.text()}\nbackend answered {self.backend_answered} requests; "
                 f"RSS start {self.rss_start_kb} kB, peak {self.rss_peak_kb} kB, end "
-                f"{self.rss_end_kb} kB; tm:inuse_transactions at the end "
+                f"{self.rss_end_kb} kB (after each pass, settled: "
+                f"{', '.join(map(str, self.rss_after_kb))} kB); tm:inuse_transactions at the end "
                 f"{self.inuse_transactions}; core.uptime: {self.uptime_answer or 'NO ANSWER'};"
                 f" bad log lines: {len(self.bad_log_lines)}"
                 + "".join(f"\n  {line}" for line in self.bad_log_lines[:10]))
 
 
-def fuzz_running_sipgw(workdir: Path, count: int, *, seed: int = 1,
+def fuzz_running_sipgw(workdir: Path, count: int, *, seed: int = 1, passes: int = 1,
                        progress=None) -> ProxyFuzzReport:
-    """Start a FuzzSipgw, throw ``count`` mutated messages at it, judge it, stop it."""
+    """Start a FuzzSipgw, throw ``count`` mutated messages at it ``passes`` times (new
+    messages each time), judge it, stop it.
+
+    RSS after a pass is read once every transaction has ended. Python rarely gives freed
+    memory back to the system, so RSS stays near the peak of what was in flight; a second
+    pass that ends where the first did is the sign that nothing accumulates."""
     with Responder() as backend:
         gw = FuzzSipgw(workdir, backend=backend.address)
         with gw:
@@ -113,15 +120,18 @@ def fuzz_running_sipgw(workdir: Path, count: int, *, seed: int = 1,
             senders = [Sender(mutator, udp=gw.address, tcp=gw.address, ws=gw.ws_address,
                               local=local) for local in (LOOPBACK, TRUSTED)]
             try:
-                for n, start in enumerate(range(0, count, CHUNK)):
-                    senders[n % 2].run(min(CHUNK, count - start), start)
-                    if progress is not None and (start + CHUNK) % 10_000 == 0:
-                        progress(start + CHUNK, gw.memory_kb())
+                for n, start in enumerate(range(0, count * passes, CHUNK)):
+                    senders[n % 2].run(min(CHUNK, count * passes - start), start)
+                    done = start + CHUNK
+                    if progress is not None and done % 10_000 == 0:
+                        progress(done, gw.memory_kb())
+                    if done % count == 0 or done >= count * passes:
+                        report.inuse_transactions = _settled(gw)
+                        report.rss_after_kb.append(gw.memory_kb()[0])
                 report.sent = _merged([s.report for s in senders])
             finally:
                 for sender in senders:
                     sender.close()
-            report.inuse_transactions = _settled(gw)
             report.rss_end_kb, report.rss_peak_kb = gw.memory_kb()
             uptime = gw.ctl("core.uptime", "--json")
             report.uptime_answer = uptime.stdout.strip() if uptime.returncode == 0 else ""
