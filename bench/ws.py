@@ -247,8 +247,11 @@ def rate_phase(server: Server, uas: Uas, args: argparse.Namespace) -> tuple[Load
     cpu, uas_cpu = server.cpu() - cpu0, cpu_seconds(uas.proc.pid) - uas0
     cpu_ms = 1000 * cpu / max(rate.registered, 1)
     print(f"  rate ({args.concurrency} at once): {rate.report()}")
-    print(f"  {server.name} CPU {cpu:.2f} s = {cpu_ms:.3f} ms per registration; SIPp UAS "
-          f"CPU {uas_cpu:.2f} s ({100 * uas_cpu / max(rate.seconds, 1e-9):.0f} % of one core)")
+    def share(seconds: float) -> str:
+        return f"{100 * seconds / max(rate.seconds, 1e-9):.0f} % of one core"
+
+    print(f"  {server.name} CPU {cpu:.2f} s ({share(cpu)}) = {cpu_ms:.3f} ms per registration;"
+          f" SIPp UAS CPU {uas_cpu:.2f} s ({share(uas_cpu)})")
     return rate, cpu_ms
 
 
