@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""CPU time per call of the route script itself: no sockets, no other processes.
+
+The whole proxy as ``sipgw serve`` assembles it (auth over an in-memory store, dispatcher,
+dialogs, NAT detection; ``tests/helpers/fuzzproxy.py``) is fed the datagrams of SIPp's bench
+call (bench/scenarios/uac.xml and uas.xml: INVITE, 100, 180, 200, ACK, BYE, 200) from a
+trusted caller, on a fake clock. Only the time inside ``Proxy.receive`` is counted
+(``time.process_time``), so the number is the proxy's own cost per call whatever else the
+machine is doing; ``bench/calls.py`` adds the kernel's and Twisted's share on real sockets.
+
+    .venv/bin/python bench/core.py                  # 20,000 calls, best of 5 rounds
+    .venv/bin/python bench/core.py --profile        # and cProfile's top functions
+
+Numbers go in notes, not in test asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import heapq
+import pstats
+import re
+import sys
+import time
+from pathlib import Path
+
+from twisted.internet.base import DelayedCall
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sipgw.cli.serve import _tune_gc  # noqa: E402
+from tests.helpers.fakes import BACKEND_SOURCE  # noqa: E402
+from tests.helpers.fuzzproxy import TRUSTED, FuzzProxy  # noqa: E402
+
+CALLER = f"{TRUSTED.host}:{TRUSTED.port}"
+SDP = (b"v=0\r\no=user1 53655765 2353687637 IN IP4 198.51.100.7\r\ns=-\r\n"
+       b"c=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+_VIAS = re.compile(rb"^Via: .*$", re.M)
+_RR = re.compile(rb"^Record-Route: (.*)$", re.M)
+
+
+def _request(method: str, uri: str, n: int, cseq: int, extra: str = "", body: bytes = b"",
+             to_tag: str = "") -> bytes:
+    to = f"<sip:service@127.0.0.1:5060>{';tag=' + to_tag if to_tag else ''}"
+    head = (
+        f"{method} {uri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {CALLER};branch=z9hG4bK-bench-{n}-{cseq}{method}\r\n{extra}"
+        f"From: sipp <sip:sipp@{CALLER}>;tag=bench{n}\r\nTo: {to}\r\n"
+        f"Call-ID: {n}-bench@198.51.100.7\r\nCSeq: {cseq} {method}\r\n"
+        f"Contact: sip:sipp@{CALLER}\r\nMax-Forwards: 70\r\n"
+        + ("Content-Type: application/sdp\r\n" if body else "")
+        + f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def _answer(forwarded: bytes, status: str, n: int, body: bytes = b"") -> bytes:
+    """The UAS's response: its Vias, Record-Route and Call-ID/From/CSeq copied back."""
+    head, _, _ = forwarded.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    keep = [l for l in lines[1:] if l.split(b":", 1)[0] in
+            (b"Via", b"From", b"Call-ID", b"CSeq", b"Record-Route")]
+    to = next(l for l in lines if l.startswith(b"To:"))
+    if b";tag=" not in to:
+        to += b";tag=uas" + str(n).encode()
+    out = [b"SIP/2.0 " + status.encode(), *keep, to,
+           b"Contact: <sip:uas@127.0.0.1:5080>"]
+    if body:
+        out.append(b"Content-Type: application/sdp")
+    out.append(b"Content-Length: " + str(len(body)).encode())
+    return b"\r\n".join(out) + b"\r\n\r\n" + body
+
+
+def one_call(h: FuzzProxy, n: int, clock: list[float]) -> None:
+    receive = h.proxy.receive
+
+    def feed(data: bytes, source) -> list:
+        before = len(h.sent)
+        t = time.process_time()
+        receive(data, source)
+        clock[0] += time.process_time() - t
+        return h.sent[before:]
+
+    sent = feed(_request("INVITE", "sip:service@127.0.0.1:5060", n, 1, body=SDP), TRUSTED)
+    invite = sent[-1].data  # [100 Trying to the caller, INVITE to the backend]
+    feed(_answer(invite, "100 Trying", n), BACKEND_SOURCE)
+    feed(_answer(invite, "180 Ringing", n), BACKEND_SOURCE)
+    ok = feed(_answer(invite, "200 OK", n, SDP), BACKEND_SOURCE)[-1].data
+    to_tag = f"uas{n}"
+    routes = [r.decode().strip() for r in _RR.findall(ok)]
+    route = "".join(f"Route: {r}\r\n" for r in routes)
+    feed(_request("ACK", "sip:uas@127.0.0.1:5080", n, 1, route, to_tag=to_tag), TRUSTED)
+    bye = feed(_request("BYE", "sip:uas@127.0.0.1:5080", n, 2, route, to_tag=to_tag), TRUSTED)
+    feed(_answer(bye[-1].data, "200 OK", n), BACKEND_SOURCE)
+    if len(h.sent) > 10_000:
+        h.sent.clear()
+
+
+@implementer(IReactorTime)
+class HeapClock:
+    """A fake clock that keeps its timers in a heap, as the reactor does.
+
+    ``twisted.internet.task.Clock`` sorts its whole list on every callLater: fine for a
+    test with a handful of timers, quadratic for the tens of thousands a load keeps armed.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.heap: list[DelayedCall] = []
+
+    def seconds(self) -> float:
+        return self.now
+
+    def callLater(self, delay, f, *args, **kw) -> DelayedCall:
+        call = DelayedCall(self.now + delay, f, args, kw, self._cancelled, self._reset,
+                           seconds=self.seconds)
+        heapq.heappush(self.heap, call)
+        return call
+
+    def _cancelled(self, call: DelayedCall) -> None:
+        pass  # left in the heap, skipped when it comes up
+
+    def _reset(self, call: DelayedCall) -> None:
+        heapq.heapify(self.heap)
+
+    def getDelayedCalls(self) -> list[DelayedCall]:
+        return [c for c in self.heap if not (c.cancelled or c.called)]
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        heap = self.heap
+        while heap and heap[0].time <= self.now:
+            call = heapq.heappop(heap)
+            if call.cancelled or call.called:
+                continue
+            call.called = 1
+            call.func(*call.args, **call.kw)
+
+
+def run(calls: int) -> float:
+    """CPU seconds inside Proxy.receive for ``calls`` calls, timers run as they fall due."""
+    h = FuzzProxy(clock=HeapClock())
+    h.proxy.trace_in = None  # nobody tracing, as in production
+    spent = [0.0]
+    for n in range(calls):
+        one_call(h, n, spent)
+        if n % 500 == 499:
+            h.clock.advance(1.0)  # 500 calls a second: transaction timers fire in bulk
+    return spent[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", type=int, default=20_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--profile", action="store_true", help="print cProfile's top functions")
+    args = ap.parse_args()
+    run(500)  # warm-up: caches, first allocations
+    _tune_gc()  # as sipgw serve does once started
+    best = min(run(args.calls) for _ in range(args.rounds))
+    print(f"{args.calls} calls: {1e6 * best / args.calls:.0f} µs of CPU per call in "
+          f"Proxy.receive (best of {args.rounds}), i.e. {args.calls / best:.0f} calls/s "
+          f"on one core before sockets and Twisted")
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.runcall(run, args.calls)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()
