@@ -256,6 +256,7 @@ class ProxyService(service.Service):
         for stream in (self.stream, self.tls_stream):
             if stream is not None:
                 stream.reconfigure(_stream_settings(new.config))
+                stream.limits = self.proxy.limits  # new connections frame with the new sizes
         if self.tls is not None:
             # New connections get the re-read certificate; live ones keep theirs.
             self.tls.reload(_tls_settings(new.config))

@@ -126,3 +126,25 @@ def test_draining_gives_up_after_drain_timeout(tmp_path):
     assert not stopped.called
     reactor.advance(0.2)
     assert stopped.called
+
+
+def test_a_raised_message_size_limit_reaches_new_tcp_connections_after_reload(tmp_path):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    svc, reactor, path = start(tmp_path, GOOD + "[limits]\nmax_message_size = 2000\n")
+    path.write_text(GOOD + "[limits]\nmax_message_size = 8000\n")
+    svc.reload()
+    factory = reactor.tcpServers[0][1]
+    peer = IPv4Address("TCP", "192.0.2.9", 40000)
+    conn = factory.buildProtocol(peer)
+    wire = StringTransport(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 25060))
+    conn.makeConnection(wire)
+    body = b"x" * 3000
+    conn.dataReceived(
+        b"MESSAGE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 192.0.2.9:40000;branch=z9hG4bKbig\r\n"
+        b"From: <sip:a@192.0.2.9>;tag=1\r\nTo: <sip:bob@127.0.0.1>\r\nCall-ID: big\r\n"
+        b"CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 3000\r\n\r\n" + body)
+    # Relayed (407: the proxy wants credentials), not refused as too large by the framer.
+    assert not wire.value().startswith(b"SIP/2.0 513 "), wire.value()[:60]
+    assert svc.proxy.stats.values["core:rcv_requests"] == 1
