@@ -237,6 +237,12 @@ class ProxyService(service.Service):
         old = self.loaded.config
         if new.config.listen != old.listen:
             log.warn("reload: listen changes need a restart; listeners kept as they are")
+        if new.config.subscribers != old.subscribers:
+            log.warn("reload: [subscribers] changes need a restart; the running subscriber "
+                     "store is kept")
+        if new.config.auth.nonce_secret != old.auth.nonce_secret:
+            log.warn("reload: auth.nonce_secret changes need a restart; nonces are still "
+                     "signed with the running secret")
         self.loaded = new
         assert self.proxy is not None
         self.proxy.backend = backend

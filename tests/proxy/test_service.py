@@ -148,3 +148,28 @@ def test_a_raised_message_size_limit_reaches_new_tcp_connections_after_reload(tm
     # Relayed (407: the proxy wants credentials), not refused as too large by the framer.
     assert not wire.value().startswith(b"SIP/2.0 513 "), wire.value()[:60]
     assert svc.proxy.stats.values["core:rcv_requests"] == 1
+
+
+def test_a_reload_says_which_changes_need_a_restart(tmp_path):
+    from twisted.logger import globalLogPublisher
+
+    svc, _, path = start(tmp_path, GOOD + '[auth]\nnonce_secret = "one"\n')
+    lines: list[str] = []
+
+    def observe(event: dict) -> None:
+        from twisted.logger import formatEvent
+
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        path.write_text(GOOD.replace("25060", "25062") + '[auth]\nnonce_secret = "two"\n'
+                        f'[subscribers]\nurl = "sqlite://{tmp_path}/other.db"\n')
+        svc.reload()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    text = "\n".join(lines)
+    assert "listen changes need a restart" in text
+    assert "[subscribers] changes need a restart" in text
+    assert "auth.nonce_secret changes need a restart" in text
+    assert "two" not in text and "other.db" not in text  # secrets and paths stay out
