@@ -69,7 +69,9 @@ _IP_TEXT_MAX = 64
 
 
 def is_private(host: str) -> bool:
-    return len(host) <= _IP_TEXT_MAX and _is_private(host)
+    # A name is never a private address: only what may be an IP literal is parsed (cached).
+    return (len(host) <= _IP_TEXT_MAX and (":" in host or host[-1:].isdigit())
+            and _is_private(host))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -86,8 +88,16 @@ def _host_key(host: str) -> object:
     return _ip_key(host) if len(host) <= _IP_TEXT_MAX else host.lower()
 
 
-@functools.lru_cache(maxsize=4096)
 def _ip_key(host: str) -> object:
+    if ":" not in host and not host[-1:].isdigit():
+        # A name ("df7jal23.invalid": every browser connection has its own), never an IP
+        # literal: neither ipaddress's exception path nor a place in the cache.
+        return host.lower()
+    return _ip_literal_key(host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_literal_key(host: str) -> object:
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
