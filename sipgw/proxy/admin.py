@@ -7,8 +7,10 @@ and ``core.connections``, the open connections by transport (what ``sipgw top`` 
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +63,25 @@ class Admin:
             "control": control.path if control is not None and control.port else None,
             "up_since": int(self.started_wall),
         }
+
+    @rpc("core.memory", help="Memory of the process: rss_kb and peak_rss_kb (VmRSS, VmHWM) and "
+                             "python_blocks, the objects Python's allocator holds after a "
+                             "garbage collection.")
+    def rpc_memory(self) -> dict[str, Any]:
+        # RSS rarely shrinks (freed memory stays with the allocator); python_blocks does,
+        # so it is what shows whether something accumulates (Kamailio's pkg.stats).
+        gc.collect()  # garbage in reference cycles is not held, just not yet freed
+        out: dict[str, Any] = {"rss_kb": None, "peak_rss_kb": None,
+                               "python_blocks": sys.getallocatedblocks()}
+        try:
+            with open(f"/proc/{os.getpid()}/status") as f:
+                for line in f:
+                    name, _, value = line.partition(":")
+                    if name in ("VmRSS", "VmHWM"):
+                        out["rss_kb" if name == "VmRSS" else "peak_rss_kb"] = int(value.split()[0])
+        except OSError:
+            pass  # no /proc: the RSS fields stay null
+        return out
 
     @rpc("core.connections", help="Open connections by transport (tcp, tls, ws, wss; both "
                                   "clients' and sipgw's own to backends) and listeners by "

@@ -2,11 +2,13 @@
 and WebSocket by ``sipgw.tools.fuzz.Sender``, then judged from the outside. Messages come
 in chunks alternately from 127.0.0.1 (challenged: the AUTH step parses the credentials) and
 127.0.0.2 (trusted: what parses is relayed to the backend and its answers come back).
+RSS keeps its peak (the allocator keeps freed memory); ``core.memory``'s python_blocks, read
+at the start and after each pass, shows whether anything accumulates.
 
 The sipgw has UDP+TCP on one port, WS on another, digest auth on (a SQLite store in its
 work directory, realm sipgw.test; no bans, so the fuzzing address keeps reaching the AUTH
-code; 127.0.0.2 trusted), pike off (one loopback source sending thousands of requests per second is what
-pike is for; this run is about hostile bytes, not floods), T1 = 100 ms so transactions end
+code; 127.0.0.2 trusted), pike off (one loopback source sending thousands of requests per
+second is what pike is for; this run is about hostile bytes, not floods), T1 = 100 ms so transactions end
 within seconds, and a ``Responder`` backend answering 200. Afterwards: no Traceback and no
 "internal error" in its log, ``sipgw ctl core.uptime`` answers, every transaction has ended
 (``tm:inuse_transactions`` = 0, a bounded poll), and its RSS is read from /proc: at start
@@ -61,12 +63,16 @@ class FuzzSipgw(SipgwProcess):
     def ctl(self, *args: str):
         return run_cli("ctl", "-c", str(self.config_path), *args)
 
-    def stat(self, name: str) -> int | None:
-        """One statistic over the control socket (JSON-RPC, as sipgw ctl does)."""
+    def call(self, method: str, *params):
+        """One JSON-RPC call over the control socket, as sipgw ctl makes it; None if none."""
         try:
-            lines = Client(str(self.workdir / "sipgw.ctl"), timeout=5).call(
-                "stats.get_statistics", [name])
+            return Client(str(self.workdir / "sipgw.ctl"), timeout=5).call(method, list(params))
         except (OSError, Unreachable, RemoteError):
+            return None
+
+    def stat(self, name: str) -> int | None:
+        lines = self.call("stats.get_statistics", name)
+        if lines is None:
             return None
         for line in lines:
             key, _, value = line.partition(" = ")
@@ -88,6 +94,7 @@ class ProxyFuzzReport:
     rss_peak_kb: int = 0
     rss_end_kb: int = 0
     rss_after_kb: list[int] = field(default_factory=list)  # at the end of each pass, settled
+    blocks: list[int] = field(default_factory=list)  # core.memory python_blocks: start, passes
     bad_log_lines: list[str] = field(default_factory=list)
     uptime_answer: str = ""
     inuse_transactions: int | None = None
@@ -97,7 +104,8 @@ class ProxyFuzzReport:
         return (f"{self.sent.text()}\nbackend answered {self.backend_answered} requests; "
                 f"RSS start {self.rss_start_kb} kB, peak {self.rss_peak_kb} kB, end "
                 f"{self.rss_end_kb} kB (after each pass, settled: "
-                f"{', '.join(map(str, self.rss_after_kb))} kB); tm:inuse_transactions at the end "
+                f"{', '.join(map(str, self.rss_after_kb))} kB); Python heap blocks at start "
+                f"and after each pass {', '.join(map(str, self.blocks))}; tm:inuse_transactions at the end "
                 f"{self.inuse_transactions}; core.uptime: {self.uptime_answer or 'NO ANSWER'};"
                 f" bad log lines: {len(self.bad_log_lines)}"
                 + "".join(f"\n  {line}" for line in self.bad_log_lines[:10]))
@@ -116,6 +124,7 @@ def fuzz_running_sipgw(workdir: Path, count: int, *, seed: int = 1, passes: int 
         with gw:
             report = ProxyFuzzReport(sent=SendReport())
             report.rss_start_kb = gw.memory_kb()[0]
+            report.blocks.append(gw.call("core.memory")["python_blocks"])
             mutator = Mutator(load_seeds([TORTURE]), seed)
             senders = [Sender(mutator, udp=gw.address, tcp=gw.address, ws=gw.ws_address,
                               local=local) for local in (LOOPBACK, TRUSTED)]
@@ -128,6 +137,7 @@ def fuzz_running_sipgw(workdir: Path, count: int, *, seed: int = 1, passes: int 
                     if done % count == 0 or done >= count * passes:
                         report.inuse_transactions = _settled(gw)
                         report.rss_after_kb.append(gw.memory_kb()[0])
+                        report.blocks.append(gw.call("core.memory")["python_blocks"])
                 report.sent = _merged([s.report for s in senders])
             finally:
                 for sender in senders:

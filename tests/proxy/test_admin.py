@@ -134,3 +134,13 @@ def _peer(port: int):
     from twisted.internet.address import IPv4Address
 
     return IPv4Address("TCP", "127.0.0.1", port)
+
+
+def test_core_memory_reports_rss_from_proc_and_python_blocks_that_fall_when_freed(service):
+    admin = Admin(service)
+    before = admin.rpc_memory()
+    assert before["rss_kb"] > 1000 and before["peak_rss_kb"] >= before["rss_kb"]
+    held = [[object()] for _ in range(50_000)]
+    assert admin.rpc_memory()["python_blocks"] > before["python_blocks"] + 40_000
+    del held
+    assert admin.rpc_memory()["python_blocks"] < before["python_blocks"] + 5_000
