@@ -672,7 +672,7 @@ class AclConfig:
 class PikeConfig:
     enabled: bool = _key(_Bool(), True, "block source addresses that flood sipgw with messages (auth.trusted and the backends are never blocked)", in_effect=True)  # noqa: E501
     sampling_time_unit: float = _key(_Seconds(0, above=True), 2, "length of one sampling interval (seconds)", in_effect=True)  # noqa: E501
-    reqs_density_per_unit: int = _key(_Integer(1, 1_000_000), 30, "messages one address may send per interval; one more and it is blocked: what it sends is dropped unanswered", in_effect=True)  # noqa: E501
+    reqs_density_per_unit: int = _key(_Integer(1, 1_000_000), 30, "requests one address may send per interval (replies do not count); one more and it is blocked: what it sends is dropped unanswered", in_effect=True)  # noqa: E501
     remove_latency: float = _key(_Seconds(), 120, "seconds a blocked address must stay quiet before it is released", in_effect=True)  # noqa: E501
     max_sources: int = _key(_Integer(16, 10_000_000), 50000, "most source addresses tracked at once; beyond it the least recently active is forgotten (a flood from spoofed addresses cannot grow memory)", in_effect=True)  # noqa: E501
 

@@ -98,7 +98,8 @@ class Proxy:
     def receive(self, data: bytes, source: Source) -> None:
         admits, pike = self.admits, self.pike
         if (admits is not None and not admits(source)) or (
-                pike is not None and not pike.check(source)):
+                pike is not None and not pike.check(source, data[:4] != b"SIP/"
+                                                    and data[:1] not in b"\r\n")):
             # Refused by the [acl] address lists, or blocked by pike: dropped unread and
             # unanswered (REQINIT, before any parsing, so that a flood costs as little as
             # possible); a connection is closed.

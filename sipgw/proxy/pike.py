@@ -1,8 +1,8 @@
 """Flood detection per source address, as Kamailio's pike module does it.
 
-Every message a source sends counts in the current sampling unit (``sampling_time_unit``
+Every request a source sends counts in the current sampling unit (``sampling_time_unit``
 seconds, aligned on the clock). A source that sends more than ``reqs_density_per_unit``
-messages in one unit is blocked: everything it sends afterwards is dropped unread, with no
+requests in one unit is blocked: everything it sends afterwards is dropped unread, with no
 reply (an answer would only help the flood), and counted in ``pike:dropped_msgs``; its new
 TCP/TLS/WebSocket connections are closed as soon as they are accepted (``Proxy.screen``).
 It stays blocked until it has been quiet for ``remove_latency`` seconds.
@@ -118,8 +118,13 @@ class Pike:
 
     # -- the check ----------------------------------------------------------------------
 
-    def check(self, source: Source) -> bool:
-        """Count one message from ``source``; False means drop it unread."""
+    def check(self, source: Source, request: bool = True) -> bool:
+        """One message from ``source``; False means drop it unread.
+
+        Only requests count towards the density, as in Kamailio's pike_check_req: a phone
+        answering the calls it is offered must not be blocked for it. A blocked source's
+        replies are dropped all the same.
+        """
         if not self.enabled:
             return True
         entry = self._table.get(source.host)
@@ -137,6 +142,8 @@ class Pike:
                 self.stats.values["pike:dropped_msgs"] += 1
                 return False
             self._release(entry, f"quiet for {now - entry.last:.1f}s")
+        if not request:
+            return True
         entry.last = now
         entry.hits += 1
         if entry.hits > self.density and not entry.exempt:

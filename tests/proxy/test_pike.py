@@ -386,3 +386,15 @@ def test_new_connections_from_a_blocked_address_are_closed_before_a_byte_is_read
     # Once quiet for remove_latency, connections are taken again.
     reactor.advance(10)
     assert not connect("192.0.2.1").disconnecting
+
+
+def test_replies_do_not_count_but_a_blocked_source_loses_them_too():
+    # An agent answering the calls it is offered (100, 180, 200 to each) is not a flood.
+    pike, clock, stats = make()
+    src = source()
+    assert sum(pike.check(src, request=False) for _ in range(10 * DENSITY)) == 10 * DENSITY
+    assert send(pike, DENSITY) == DENSITY
+    assert stats.get("pike:blocked_ips") == 0
+    assert send(pike, 1) == 0  # one request too many
+    assert not pike.check(src, request=False)
+    assert stats.get("pike:dropped_msgs") == 2
