@@ -10,6 +10,7 @@ machine is doing; ``bench/calls.py`` adds the kernel's and Twisted's share on re
 
     .venv/bin/python bench/core.py                  # 20,000 calls, best of 5 rounds
     .venv/bin/python bench/core.py --profile        # and cProfile's top functions
+    .venv/bin/python bench/core.py --register       # bench/register.py's digest REGISTER
 
 Numbers go in notes, not in test asserts.
 """
@@ -32,8 +33,9 @@ from zope.interface import implementer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sipgw.cli.serve import _tune_gc  # noqa: E402
-from tests.helpers.fakes import BACKEND_SOURCE  # noqa: E402
-from tests.helpers.fuzzproxy import TRUSTED, FuzzProxy  # noqa: E402
+from tests.helpers.digest_client import authorization  # noqa: E402
+from tests.helpers.fakes import BACKEND_SOURCE, CLIENT_HOST, CLIENT_PORT, UDP_SOURCE  # noqa: E402
+from tests.helpers.fuzzproxy import REALM, TRUSTED, FuzzProxy  # noqa: E402
 
 CALLER = f"{TRUSTED.host}:{TRUSTED.port}"
 SDP = (b"v=0\r\no=user1 53655765 2353687637 IN IP4 198.51.100.7\r\ns=-\r\n"
@@ -140,13 +142,47 @@ class HeapClock:
             call.func(*call.args, **call.kw)
 
 
-def run(calls: int) -> float:
+_NONCE = re.compile(rb'nonce="([^"]+)"')
+
+
+def one_register(h: FuzzProxy, n: int, clock: list[float]) -> None:
+    """bench/register.py's REGISTER: 401, then with digest relayed to the backend, 200."""
+    user, domain = "5001", REALM
+
+    def register(cseq: int, auth: str = "") -> list:
+        head = (
+            f"REGISTER sip:{domain} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {CLIENT_HOST}:{CLIENT_PORT};branch=z9hG4bK-reg-{n}-{cseq};rport\r\n"
+            f"From: <sip:{user}@{domain}>;tag=reg{n}\r\nTo: <sip:{user}@{domain}>\r\n"
+            f"Call-ID: {n}-reg@{CLIENT_HOST}\r\nCSeq: {cseq} REGISTER\r\n"
+            f"Contact: <sip:{user}@{CLIENT_HOST}:{CLIENT_PORT}>;expires=3600\r\n{auth}"
+            f"Max-Forwards: 70\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n"
+        )
+        before = len(h.sent)
+        t = time.process_time()
+        h.proxy.receive(head.encode(), UDP_SOURCE)
+        clock[0] += time.process_time() - t
+        return h.sent[before:]
+
+    challenge = register(1)[-1].data
+    nonce = _NONCE.search(challenge).group(1).decode()
+    auth = authorization(username=user, password="secret", realm=domain, nonce=nonce,
+                         method="REGISTER", uri=f"sip:{domain}")
+    forwarded = register(2, f"Authorization: {auth}\r\n")[-1].data
+    t = time.process_time()
+    h.proxy.receive(_answer(forwarded, "200 OK", n), BACKEND_SOURCE)
+    clock[0] += time.process_time() - t
+    if len(h.sent) > 10_000:
+        h.sent.clear()
+
+
+def run(calls: int, flow=one_call) -> float:
     """CPU seconds inside Proxy.receive for ``calls`` calls, timers run as they fall due."""
     h = FuzzProxy(clock=HeapClock())
     h.proxy.trace_in = None  # nobody tracing, as in production
     spent = [0.0]
     for n in range(calls):
-        one_call(h, n, spent)
+        flow(h, n, spent)
         if n % 500 == 499:
             h.clock.advance(1.0)  # 500 calls a second: transaction timers fire in bulk
     return spent[0]
@@ -156,17 +192,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--register", action="store_true",
+                    help="digest REGISTERs (401, then authorized; in-memory store) instead")
     ap.add_argument("--profile", action="store_true", help="print cProfile's top functions")
     args = ap.parse_args()
-    run(500)  # warm-up: caches, first allocations
+    flow, what = (one_register, "REGISTER") if args.register else (one_call, "call")
+    run(500, flow)  # warm-up: caches, first allocations
     _tune_gc()  # as sipgw serve does once started
-    best = min(run(args.calls) for _ in range(args.rounds))
-    print(f"{args.calls} calls: {1e6 * best / args.calls:.0f} µs of CPU per call in "
-          f"Proxy.receive (best of {args.rounds}), i.e. {args.calls / best:.0f} calls/s "
+    best = min(run(args.calls, flow) for _ in range(args.rounds))
+    print(f"{args.calls} {what}s: {1e6 * best / args.calls:.0f} µs of CPU per {what} in "
+          f"Proxy.receive (best of {args.rounds}), i.e. {args.calls / best:.0f} {what}s/s "
           f"on one core before sockets and Twisted")
     if args.profile:
         prof = cProfile.Profile()
-        prof.runcall(run, args.calls)
+        prof.runcall(run, args.calls, flow)
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
 
