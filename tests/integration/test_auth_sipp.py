@@ -6,7 +6,9 @@ test_sipvicious.py.)
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -196,60 +198,59 @@ def test_redis_stopped_gives_prompt_503_and_auth_works_again_within_2s_of_its_re
         backend.close()
 
 
+@contextlib.contextmanager
+def registered_phone(sipgw, redis: RedisServer, subscribers: str = ""):
+    """A sipgw on ``redis`` and phone ``raw`` that has registered once through it."""
+    backend = UdpPeer()
+    gw = start_gw(sipgw, backend.address, redis.url, subscribers=subscribers)
+    store_raw_user(redis)
+    phone = Phone(gw)
+    try:
+        phone.register(phone.credentials(phone.challenge()))
+        backend.expect("REGISTER")
+        yield gw, phone, backend
+    finally:
+        phone.close()
+        backend.close()
+
+
+@contextlib.contextmanager
+def stalled(redis: RedisServer):
+    """Redis alive but answering nothing (SIGSTOP), as a host stuck for a moment."""
+    assert redis.process is not None
+    redis.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
+
+
 def test_a_redis_stall_costs_only_the_requests_that_timed_out(sipgw, redis: RedisServer):
     """A Redis that stops answering for a moment (a fork for BGSAVE, a busy host) is not a
     dead one: the connection stays, and a request waiting on it when Redis answers again is
     served. Dropping the connection at the first timeout would fail every request queued
     on it and the ones that come while it reconnects."""
-    import signal
-
-    backend = UdpPeer()
-    gw = start_gw(sipgw, backend.address, redis.url)  # command_timeout = 1 s
-    store_raw_user(redis)
-    phone = Phone(gw)
-    assert redis.process is not None
-    try:
-        phone.register(phone.credentials(phone.challenge()))
-        backend.expect("REGISTER")
-
-        redis.process.send_signal(signal.SIGSTOP)
-        try:
+    with registered_phone(sipgw, redis) as (gw, phone, backend):  # command_timeout = 1 s
+        with stalled(redis):
             phone.register(phone.credentials(phone.challenge()))
             phone.peer.expect("503", timeout=3.0)  # this one waited the whole timeout
             phone.register(phone.credentials(phone.challenge()))
             time.sleep(0.3)  # the stall goes on a little after the first timeout
-        finally:
-            redis.process.send_signal(signal.SIGCONT)
         assert backend.receive(1.5) is not None, gw.describe()
         assert phone.peer.receive(0.2) is None  # no 503 for the second REGISTER
-    finally:
-        phone.close()
-        backend.close()
 
 
 def test_a_redis_silent_for_five_command_timeouts_is_reconnected(sipgw, redis: RedisServer):
     """A Redis that answers nothing for long (a dead host behind a live TCP path, a
     failover to a new server at the same address) gets a new connection; service resumes
     on it."""
-    import signal
-
-    backend = UdpPeer()
-    gw = start_gw(sipgw, backend.address, redis.url, subscribers="command_timeout = 0.2")
-    store_raw_user(redis)
-    phone = Phone(gw)
-    assert redis.process is not None
-    try:
-        phone.register(phone.credentials(phone.challenge()))
-        backend.expect("REGISTER")
-        redis.process.send_signal(signal.SIGSTOP)
-        try:
+    with registered_phone(sipgw, redis, "command_timeout = 0.2") as (gw, phone, backend):
+        with stalled(redis):
             deadline = time.monotonic() + 5.0
             while "reconnecting" not in gw.log_text():
                 assert time.monotonic() < deadline, gw.describe()
                 phone.register(phone.credentials(phone.challenge()))
                 phone.peer.expect("503", timeout=2.0)
-        finally:
-            redis.process.send_signal(signal.SIGCONT)
         assert "no answer from redis://127.0.0.1" in gw.log_text()
         deadline = time.monotonic() + 3.0
         while True:
@@ -257,9 +258,6 @@ def test_a_redis_silent_for_five_command_timeouts_is_reconnected(sipgw, redis: R
             if backend.receive(0.2) is not None:
                 break
             assert time.monotonic() < deadline, gw.describe()
-    finally:
-        phone.close()
-        backend.close()
 
 
 def final_statuses(phone: SippProcess, cseq: str) -> dict[str, list[int]]:
