@@ -107,10 +107,11 @@ def dashboard(snap: dict[str, Any], per_second: dict[str, float], where: str) ->
         ("handshakes ok", g("websocket.ws_successful_handshakes", "-")),
         ("handshakes failed", g("websocket.ws_failed_handshakes", "-")),
     ])
-    auth = _pairs("auth", [
+    auth = _pairs("auth and pike", [
         ("authorized", g("auth.authorized", "-")), ("failed", g("auth.failed", "-")),
         ("challenged", g("auth.challenged", "-")),
         ("bans", _count(snap.get("bans")) if "bans" in snap else "-"),
+        ("pike blocked", g("pike.blocked_ips", "-")), ("pike dropped", g("pike.dropped_msgs", "-")),
     ])
     dialogs = snap.get("dialogs") or {}
     dlg = _pairs("dialogs", [("active", dialogs.get("all", g("dialog.active_dialogs", 0))),

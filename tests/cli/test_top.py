@@ -16,7 +16,8 @@ def serve_growing(control):
         counts["n"] += 1
         return {"core.rcv_requests": 10 * counts["n"], "core.rcv_replies": 4 * counts["n"],
                 "tm.inuse_transactions": 2, "auth.authorized": 5, "auth.failed": 1,
-                "websocket.ws_current_connections": 3, "dialog.processed_dialogs": 9}
+                "websocket.ws_current_connections": 3, "dialog.processed_dialogs": 9,
+                "pike.blocked_ips": 7, "pike.dropped_msgs": 4321}
 
     control.answers["system.listMethods"] = ["stats.fetch", "dlg.stats_active",
                                              "dispatcher.list", "auth.bans", "core.connections"]
@@ -52,6 +53,8 @@ def test_the_dashboard_shows_traffic_connections_auth_dialogs_and_destinations(r
     # core.connections: open connections per transport, "off" where nothing listens.
     rows = dict(re.findall(r"│ (udp|tcp|tls|ws|wss) +(\S+) +│", out))
     assert rows == {"udp": "listening", "tcp": "2", "tls": "0", "ws": "3", "wss": "off"}
+    # Pike: addresses blocked now and messages dropped.
+    assert re.search(r"pike blocked +7\b", out) and re.search(r"pike dropped +4321\b", out)
 
 
 def test_a_proxy_that_is_not_there_is_shown_and_top_keeps_going(run, tmp_path):
