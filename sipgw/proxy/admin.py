@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sipgw import __version__
 from sipgw.proxy.config import ConfigError, config_to_dict, load_config
+from sipgw.proxy.memtrim import trim
 from sipgw.rpc.registry import RpcError, rpc
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class Admin:
         # RSS rarely shrinks (freed memory stays with the allocator); python_blocks does,
         # so it is what shows whether something accumulates (Kamailio's pkg.stats).
         gc.collect()  # garbage in reference cycles is not held, just not yet freed
+        trim()  # and what is freed goes back to the system, as it would within a minute
         out: dict[str, Any] = {"rss_kb": None, "peak_rss_kb": None,
                                "python_blocks": sys.getallocatedblocks()}
         try:

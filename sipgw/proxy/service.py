@@ -22,6 +22,7 @@ from sipgw.proxy.control import ControlServer, start_control
 from sipgw.proxy.core import Backend, Proxy
 from sipgw.proxy.dialogs import Dialogs
 from sipgw.proxy.metrics import start_metrics
+from sipgw.proxy.memtrim import start_trimming
 from sipgw.proxy.dispatcher.build import build_dispatcher, reconfigure_dispatcher, resolve_uri
 from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.stats import Stats
@@ -126,6 +127,7 @@ class ProxyService(service.Service):
         log.info("relaying to {uri}", uri=self.proxy.backend.uri)
         self.control = start_control(self)
         self.metrics_port = start_metrics(self)
+        self._trimmer = start_trimming(self.reactor)
 
     def stopService(self):
         """SIGTERM: drain, then close. Twisted waits for the Deferred before exiting."""
@@ -165,6 +167,9 @@ class ProxyService(service.Service):
         return done
 
     def _close(self):
+        trimmer, self._trimmer = getattr(self, "_trimmer", None), None
+        if trimmer is not None and trimmer.running:
+            trimmer.stop()
         control, self.control = self.control, None
         if control is not None:
             control.stop()
