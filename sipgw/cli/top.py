@@ -107,12 +107,13 @@ def dashboard(snap: dict[str, Any], per_second: dict[str, float], where: str) ->
         ("handshakes ok", g("websocket.ws_successful_handshakes", "-")),
         ("handshakes failed", g("websocket.ws_failed_handshakes", "-")),
     ])
-    auth = _pairs("auth and pike", [
+    auth = _pairs("auth", [
         ("authorized", g("auth.authorized", "-")), ("failed", g("auth.failed", "-")),
         ("challenged", g("auth.challenged", "-")),
         ("bans", _count(snap.get("bans")) if "bans" in snap else "-"),
-        ("pike blocked", g("pike.blocked_ips", "-")), ("pike dropped", g("pike.dropped_msgs", "-")),
     ])
+    pike = _pairs("pike", [("blocked now", g("pike.blocked_ips", "-")),
+                           ("dropped", g("pike.dropped_msgs", "-"))])
     dialogs = snap.get("dialogs") or {}
     dlg = _pairs("dialogs", [("active", dialogs.get("all", g("dialog.active_dialogs", 0))),
                              ("processed", g("dialog.processed_dialogs", 0))])
@@ -128,7 +129,7 @@ def dashboard(snap: dict[str, Any], per_second: dict[str, float], where: str) ->
     for _ in range(3):
         grid.add_column(ratio=1)
     grid.add_row(traffic, core, conns)
-    grid.add_row(auth, dlg, Text(""))
+    grid.add_row(auth, dlg, pike)
     stamp = time.strftime("%H:%M:%S", time.localtime(snap["time"]))
     return Group(Text(f"sipgw top  {where}  {stamp}", style="bold"), grid,
                  Panel(dest, title="dispatcher", title_align="left"))
