@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 import time
+import tracemalloc
 from typing import TYPE_CHECKING, Any
 
 from sipgw import __version__
@@ -83,6 +84,12 @@ class Admin:
                         out["rss_kb" if name == "VmRSS" else "peak_rss_kb"] = int(value.split()[0])
         except OSError:
             pass  # no /proc: the RSS fields stay null
+        if tracemalloc.is_tracing():
+            # Started with PYTHONTRACEMALLOC=N: where the live memory was allocated.
+            stats = tracemalloc.take_snapshot().statistics("lineno")[:15]
+            out["top_allocations"] = [
+                {"where": str(s.traceback[0]), "kb": s.size // 1024, "blocks": s.count}
+                for s in stats]
         return out
 
     @rpc("core.connections", help="Open connections by transport (tcp, tls, ws, wss; both "

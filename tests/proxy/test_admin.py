@@ -144,3 +144,26 @@ def test_core_memory_reports_rss_from_proc_and_python_blocks_that_fall_when_free
     assert admin.rpc_memory()["python_blocks"] > before["python_blocks"] + 40_000
     del held
     assert admin.rpc_memory()["python_blocks"] < before["python_blocks"] + 5_000
+
+
+def test_core_memory_names_where_live_memory_was_allocated_when_tracing(service):
+    import tracemalloc
+
+    admin = Admin(service)
+    assert "top_allocations" not in admin.rpc_memory()
+    tracemalloc.start(1)
+    try:
+        held = [bytes(1000) + bytes([i % 256]) for i in range(20_000)]  # ~20 MB, one line
+        top = admin.rpc_memory()["top_allocations"]
+    finally:
+        tracemalloc.stop()
+    assert top[0]["where"].endswith(f"test_admin.py:{_line_of('held = [bytes(1000)')}")
+    assert top[0]["kb"] > 19_000 and top[0]["blocks"] >= 20_000
+    assert held
+
+
+def _line_of(text: str) -> int:
+    from pathlib import Path
+
+    lines = Path(__file__).read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if text in line and "_line_of" not in line)
