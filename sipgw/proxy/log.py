@@ -168,9 +168,14 @@ def _number(event: dict) -> int:
     number = _TWISTED_TO_KAMAILIO.get(event.get("log_level"), 2)
     # Twisted's own chatter ("Starting factory ...", "Main loop terminated") is debug
     # detail for an operator; sipgw's own lines say what matters.
-    if number > 0 and not event.get("log_namespace", "").startswith("sipgw."):
+    if number > 0 and (not event.get("log_namespace", "").startswith("sipgw.")
+                       or event.get("log_format", "").startswith(_FACTORY_CHATTER)):
         return 3
     return number
+
+
+# Twisted logs these in the namespace of our factory classes, so they look like ours.
+_FACTORY_CHATTER = ("Starting factory", "Stopping factory")
 
 
 _observer: LineObserver | None = None

@@ -21,7 +21,9 @@ def test_info_shows_sipgw_lines_but_not_twisted_factory_chatter():
     out = io.StringIO()
     observer = LineObserver(out, level_number("info"), journald=False)
     emit(observer, "sipgw.service", "listening on udp:127.0.0.1:5060")
-    emit(observer, "proxy.transport.ws._Factory", "Starting factory <x>")
+    # Twisted logs these in the namespace of the factory's class, ours.
+    emit(observer, "sipgw.proxy.transport.ws._Factory", "Starting factory <x>")
+    emit(observer, "sipgw.proxy.transport.stream._ServerFactory", "Stopping factory <y>")
     emit(observer, "twisted.internet.base", "Main loop terminated.")
     lines = out.getvalue().splitlines()
     assert len(lines) == 1 and lines[0].endswith("INFO service: listening on udp:127.0.0.1:5060")
