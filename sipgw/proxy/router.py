@@ -129,8 +129,11 @@ class Router:
         # The ACK of a non-2xx belongs to our INVITE server transaction (hop by hop).
         if self.relay.absorb(req, source):
             return
-        # The ACK of a 2xx is a request of its own, routed end to end (§16.11).
-        target = self._loose_route(req)
+        # The ACK of a 2xx is a request of its own, routed end to end (§16.11). From a client
+        # it must name our Record-Route like any in-dialog request: an ACK that matches no
+        # transaction and no dialog of ours would otherwise be relayed, unauthenticated and
+        # with any body, to whatever its Request-URI names.
+        target = self._loose_route(req, require_ours=not self.proxy.is_backend(source))
         if target is not None and not req.has("route"):  # handle_ruri_alias, as below
             try:
                 target = self.proxy.nat.toward_client(req, target)
