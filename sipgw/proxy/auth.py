@@ -149,76 +149,89 @@ class Authenticator:
 
     # -- the step -----------------------------------------------------------------------
 
-    def check(self, ctx, req: Request, source: Source, proceed: Callable) -> None:
+    def check(self, req: Request, source: Source, start: Callable, proceed: Callable) -> None:
+        """The AUTH step. What can be decided without the store is answered statelessly,
+        as Kamailio's sl does (a challenge or a refusal costs no transaction, which would
+        otherwise hold the request and its answer for timer J, 32 s, in a REGISTER storm);
+        a request that goes on, to the store or further, gets its server transaction from
+        ``start`` first (retransmissions are absorbed while the store is asked)."""
         s = self.settings
         if s.trusted and _in_networks(source.host, s.trusted):
-            proceed(ctx, req, source)
+            ctx = start(req, source)
+            if ctx is not None:
+                proceed(ctx, req, source)
             return
-        respond = self.proxy.relay.respond
+
+        def respond(status: int, reason: str) -> None:
+            self._answer(None, req, source, status, reason)
+
         from_uri = _sip_uri(req.header("from"))
         if from_uri is None:
-            respond(ctx, 403, "Forbidden: From must be a SIP URI")
+            respond(403, "Forbidden: From must be a SIP URI")
             return
         from_user = from_uri.unescaped_user or ""
         from_host = from_uri.host.strip("[]").lower()
         realm = s.realm or from_host
         if self.bans.is_banned(f"{from_user}@{realm}", source.host):
             self.proxy.stats.inc("auth:banned")
-            respond(ctx, 403, "Forbidden")
+            respond(403, "Forbidden")
             return
         if not self._ours(from_host) and not self._ours_uri(req):
-            respond(ctx, 403, "Not relaying")
+            respond(403, "Not relaying")
             return
         header = "authorization" if req.method == "REGISTER" else "proxy-authorization"
         try:
             creds, raw = _credentials_for(req, header, realm)
         except ParseError as e:
-            respond(ctx, 400, e.reason)
+            respond(400, e.reason)
             return
         if creds is None:
-            self._challenge(ctx, req, realm)
+            self._challenge(None, req, source, realm)
             return
-        attempt = self._precheck(ctx, req, source, realm, header, creds, from_user, from_host)
+        attempt = self._precheck(req, source, realm, header, creds, from_user, from_host)
         if attempt is None:
             return
         attempt.raw = raw
+        ctx = start(req, source)
+        if ctx is None:
+            return
         d = self.store.get(attempt.user, attempt.domain)
         d.addCallbacks(self._looked_up, self._store_failed, callbackArgs=(ctx, attempt, proceed),
                        errbackArgs=(ctx,))
         d.addErrback(self._bug, ctx)
 
-    def _precheck(self, ctx, req, source, realm, header, creds, from_user, from_host):
-        """Everything decidable without the store; None when already answered."""
+    def _precheck(self, req, source, realm, header, creds, from_user, from_host):
+        """Everything decidable without the store; None when already answered (statelessly)."""
         username = creds.username
         algorithm = creds.algorithm.upper()
         qop = creds.params.get("qop")
         if not username or algorithm not in self.settings.algorithms or qop not in (None, "auth"):
-            self._challenge(ctx, req, realm)
+            self._challenge(None, req, source, realm)
             return None
         state = self.nonces.check(creds.nonce or "")
         if state is not NonceState.VALID:
             if state is NonceState.STALE:
                 self.proxy.stats.inc("auth:stale")
-            self._challenge(ctx, req, realm, stale=state is NonceState.STALE)
+            self._challenge(None, req, source, realm, stale=state is NonceState.STALE)
             return None
         user, at, domain = username.partition("@")
         domain = domain.lower() if at else realm
         if user != from_user or (at and domain != from_host) or not _to_matches(req, user):
             # RFC 3261 §22.3 leaves it to policy; ours: one account speaks only for itself.
-            self.proxy.relay.respond(ctx, 403, "Forbidden: credentials are not for the From user")
+            self._answer(None, req, source, 403, "Forbidden: credentials are not for the From user")
             return None
         nc = None
         if qop is not None:
             try:
                 nc = int(creds.params["nc"], 16)
             except ValueError:
-                self._challenge(ctx, req, realm)
+                self._challenge(None, req, source, realm)
                 return None
         # Recorded before the lookup: two copies in flight cannot both pass.
         if not self.nonces.use(creds.nonce or "", nc):
             log.info("auth: nonce count replayed by {h}:{p} for {u}", h=source.host,
                      p=source.port, u=username)
-            self._challenge(ctx, req, realm)
+            self._challenge(None, req, source, realm)
             return None
         return _Attempt(req=req, source=source, realm=realm, header=header, creds=creds,
                         user=user, domain=domain, at_form=bool(at), algorithm=algorithm,
@@ -236,7 +249,7 @@ class Authenticator:
             self.bans.failure(attempt.ban_key, attempt.source.host)
             log.info("auth: failed for {u} from {h}:{p}", u=attempt.ban_key,
                      h=attempt.source.host, p=attempt.source.port)
-            self._challenge(ctx, req, attempt.realm)
+            self._challenge(ctx, req, attempt.source, attempt.realm)
             return
         self.proxy.stats.inc("auth:authorized")
         self.bans.success(attempt.ban_key)
@@ -294,7 +307,16 @@ class Authenticator:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _challenge(self, ctx, req: Request, realm: str, *, stale: bool = False) -> None:
+    def _answer(self, ctx, req: Request, source: Source, status: int, reason: str,
+                extra=None) -> None:
+        """Within a transaction (after a store lookup) statefully; before one, statelessly."""
+        if ctx is None:
+            self.proxy.reply(req, source, status, reason, extra)
+        else:
+            self.proxy.relay.respond(ctx, status, reason, extra)
+
+    def _challenge(self, ctx, req: Request, source: Source, realm: str, *,
+                   stale: bool = False) -> None:
         nonce = self.nonces.new()
         register = req.method == "REGISTER"
         name = "WWW-Authenticate" if register else "Proxy-Authenticate"
@@ -302,9 +324,9 @@ class Authenticator:
                  for algorithm in self.settings.algorithms]
         self.proxy.stats.inc("auth:challenged")
         if register:
-            self.proxy.relay.respond(ctx, 401, "Unauthorized", extra)
+            self._answer(ctx, req, source, 401, "Unauthorized", extra)
         else:
-            self.proxy.relay.respond(ctx, 407, "Proxy Authentication Required", extra)
+            self._answer(ctx, req, source, 407, "Proxy Authentication Required", extra)
 
     def _ours(self, host: str) -> bool:
         s = self.settings

@@ -278,9 +278,7 @@ class Router:
             if req.has("route"):
                 p.reply(req, source, 403, "Not relaying")
                 return
-        ctx = self._start(req, source)
-        if ctx is not None:
-            self._auth(ctx, req, source)
+        self._auth(req, source)
 
     def _start(self, req: Request, source: Source):
         """The server transaction, before anything slow: retransmissions are absorbed."""
@@ -291,14 +289,17 @@ class Router:
 
     # -- AUTH ---------------------------------------------------------------------------
 
-    def _auth(self, ctx, req: Request, source: Source) -> None:
-        """AUTH step (``sipgw.proxy.auth``). It may finish later (a store lookup): it
-        answers through ``ctx`` or continues with ``_dispatch``."""
+    def _auth(self, req: Request, source: Source) -> None:
+        """AUTH step (``sipgw.proxy.auth``): a challenge or refusal is stateless; a request
+        that goes on gets its transaction (``_start``), and may finish later (a store
+        lookup) with an answer through it or with ``_registrar``."""
         auth = self.proxy.auth
         if auth is None:  # a Proxy built without a store (unit tests of the relay)
-            self._registrar(ctx, req, source)
+            ctx = self._start(req, source)
+            if ctx is not None:
+                self._registrar(ctx, req, source)
             return
-        auth.check(ctx, req, source, self._registrar)
+        auth.check(req, source, self._start, self._registrar)
 
     # -- REGISTRAR ----------------------------------------------------------------------
 
