@@ -76,15 +76,18 @@ def _answer(forwarded: bytes, status: str, n: int, body: bytes = b"") -> bytes:
     return b"\r\n".join(out) + b"\r\n\r\n" + body
 
 
-def one_call(h: FuzzProxy, n: int, clock: list[float]) -> None:
-    receive = h.proxy.receive
+def _feed(h: FuzzProxy, data: bytes, source, clock: list[float]) -> list:
+    """Hand one message to the proxy, counting only the CPU time spent in it."""
+    before = len(h.sent)
+    t = time.process_time()
+    h.proxy.receive(data, source)
+    clock[0] += time.process_time() - t
+    return h.sent[before:]
 
+
+def one_call(h: FuzzProxy, n: int, clock: list[float]) -> None:
     def feed(data: bytes, source) -> list:
-        before = len(h.sent)
-        t = time.process_time()
-        receive(data, source)
-        clock[0] += time.process_time() - t
-        return h.sent[before:]
+        return _feed(h, data, source, clock)
 
     sent = feed(_request("INVITE", "sip:service@127.0.0.1:5060", n, 1, body=SDP), TRUSTED)
     invite = sent[-1].data  # [100 Trying to the caller, INVITE to the backend]
@@ -158,20 +161,14 @@ def one_register(h: FuzzProxy, n: int, clock: list[float]) -> None:
             f"Contact: <sip:{user}@{CLIENT_HOST}:{CLIENT_PORT}>;expires=3600\r\n{auth}"
             f"Max-Forwards: 70\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n"
         )
-        before = len(h.sent)
-        t = time.process_time()
-        h.proxy.receive(head.encode(), UDP_SOURCE)
-        clock[0] += time.process_time() - t
-        return h.sent[before:]
+        return _feed(h, head.encode(), UDP_SOURCE, clock)
 
     challenge = register(1)[-1].data
     nonce = _NONCE.search(challenge).group(1).decode()
     auth = authorization(username=user, password="secret", realm=domain, nonce=nonce,
                          method="REGISTER", uri=f"sip:{domain}")
     forwarded = register(2, f"Authorization: {auth}\r\n")[-1].data
-    t = time.process_time()
-    h.proxy.receive(_answer(forwarded, "200 OK", n), BACKEND_SOURCE)
-    clock[0] += time.process_time() - t
+    _feed(h, _answer(forwarded, "200 OK", n), BACKEND_SOURCE, clock)
     if len(h.sent) > 10_000:
         h.sent.clear()
 

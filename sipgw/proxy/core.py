@@ -91,7 +91,6 @@ class Proxy:
         self.acl = None  # REQINIT policy (sipgw.proxy.acl.Acl): User-Agents, addresses
         self.admits = None  # acl.admits when [acl] lists addresses, else None (no cost)
         self.max_ruri_length = 1024  # limits.max_ruri_length
-        self.auth: Authenticator | None = None  # the AUTH step; set by the service
 
     # -- entry point --------------------------------------------------------------------
 

@@ -67,10 +67,10 @@ class Router:
         if p.acl is not None and p.acl.denied_agent(req, source):
             return None  # a scanner: dropped without an answer, so it learns nothing
         if len(req.uri) > p.max_ruri_length:
-            if p.acl is not None:
-                p.acl.cap_log.reached("limits.max_ruri_length", "{m} from {h}:{port}: "
-                                      "Request-URI of {n} bytes refused with 414", m=req.method,
-                                      h=source.host, port=source.port, n=len(req.uri))
+            self.relay.cap_log.reached("limits.max_ruri_length", "{m} from {h}:{port}: "
+                                       "Request-URI of {n} bytes refused with 414",
+                                       m=req.method, h=source.host, port=source.port,
+                                       n=len(req.uri))
             p.reply(req, source, 414, "Request-URI Too Long")
             return None
         mf = req.header("max-forwards")

@@ -40,7 +40,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tell_slow_reader
-from sipgw.proxy.log import current_level
+from sipgw.proxy.log import LEVELS, current_level
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source, in_networks, wslog
 from sipgw.rpc.registry import RpcError, rpc
@@ -49,7 +49,6 @@ from sipgw.tools.phone import phone_asset
 log = Logger(namespace="sipgw.ws")
 wslog.install()
 
-DEBUG = 3  # Kamailio's number for the debug log level
 SUBPROTOCOL = "sip"
 VERSION = "13"
 MAX_HANDSHAKE = 8192  # bytes of HTTP request head we buffer before refusing it
@@ -541,7 +540,7 @@ class WsTransport:
         current = s.get("websocket:ws_current_connections")
         if current > s.get("websocket:ws_max_concurrent_connections"):
             s.set("websocket:ws_max_concurrent_connections", current)
-        if current_level() >= DEBUG:  # one event per connection costs when nobody reads it
+        if current_level() >= LEVELS["debug"]:  # one event per connection costs when nobody reads it
             log.debug("flow {id} from {t}:{h}:{p}", id=conn.flow_id, t=src.transport,
                       h=src.host, p=src.port)
 
