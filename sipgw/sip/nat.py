@@ -68,10 +68,14 @@ _SDP_C_RE = re.compile(rb"^c=IN IP[46] ([^\s/]+)", re.M)
 _IP_TEXT_MAX = 64
 
 
+def _maybe_ip(host: str) -> bool:
+    """Could ``host`` be an IP literal? A name ("df7jal23.invalid": every browser connection
+    has its own) never is: it takes neither ipaddress's exception path nor a cache entry."""
+    return len(host) <= _IP_TEXT_MAX and (":" in host or host[-1:].isdigit())
+
+
 def is_private(host: str) -> bool:
-    # A name is never a private address: only what may be an IP literal is parsed (cached).
-    return (len(host) <= _IP_TEXT_MAX and (":" in host or host[-1:].isdigit())
-            and _is_private(host))
+    return _maybe_ip(host) and _is_private(host)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -85,15 +89,7 @@ def _is_private(host: str) -> bool:
 
 def _host_key(host: str) -> object:
     """An address as a comparable value ("::1" == "[0:0::1]"); a name in lower case."""
-    return _ip_key(host) if len(host) <= _IP_TEXT_MAX else host.lower()
-
-
-def _ip_key(host: str) -> object:
-    if ":" not in host and not host[-1:].isdigit():
-        # A name ("df7jal23.invalid": every browser connection has its own), never an IP
-        # literal: neither ipaddress's exception path nor a place in the cache.
-        return host.lower()
-    return _ip_literal_key(host)
+    return _ip_literal_key(host) if _maybe_ip(host) else host.lower()
 
 
 @functools.lru_cache(maxsize=4096)
