@@ -34,26 +34,13 @@ def serve(app: App, config_path: str | None, check: bool) -> None:
     raise SystemExit(_run(loaded))
 
 
-def _tune_gc() -> None:
-    """Keep the cyclic collector from pausing the proxy.
-
-    Every message allocates a few dozen short-lived objects that refcounting frees; the
-    default gen-0 threshold (700) would run a collection every few messages and full
-    collections would walk every live transaction. What is alive once started (modules,
-    config) is frozen out of collection entirely.
-    """
-    import gc
-
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
 def _run(loaded) -> int:
     from twisted.internet import reactor
     from twisted.internet.error import CannotListenError
     from twisted.logger import Logger
 
     from sipgw import __version__
+    from sipgw.proxy import gcpolicy
     from sipgw.proxy import log as sipgw_log
     from sipgw.proxy.notify import attach_notify
     from sipgw.proxy.service import ProxyService
@@ -81,7 +68,7 @@ def _run(loaded) -> int:
             reactor.stop()
 
     reactor.callWhenRunning(start)
-    reactor.callWhenRunning(_tune_gc)
+    reactor.callWhenRunning(gcpolicy.start, reactor)  # once start-up garbage is gone
     attach_notify(svc, reactor, started=lambda: status["code"] == EXIT_OK)  # Type=notify
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
     svc.install_signal_handlers()

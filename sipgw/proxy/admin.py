@@ -7,7 +7,6 @@ and ``core.connections``, the open connections by transport (what ``sipgw top`` 
 
 from __future__ import annotations
 
-import gc
 import os
 import platform
 import sys
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sipgw import __version__
 from sipgw.proxy.config import ConfigError, config_to_dict, load_config
+from sipgw.proxy.gcpolicy import full_collection, last_full
 from sipgw.proxy.memtrim import trim
 from sipgw.rpc.registry import RpcError, rpc
 
@@ -66,16 +66,18 @@ class Admin:
             "up_since": int(self.started_wall),
         }
 
-    @rpc("core.memory", help="Memory of the process: rss_kb and peak_rss_kb (VmRSS, VmHWM) and "
+    @rpc("core.memory", help="Memory of the process: rss_kb and peak_rss_kb (VmRSS, VmHWM), "
                              "python_blocks, the objects Python's allocator holds after a "
-                             "garbage collection.")
+                             "full garbage collection, and gc_full: what the last full "
+                             "collection found and how long it took.")
     def rpc_memory(self) -> dict[str, Any]:
         # RSS rarely shrinks (freed memory stays with the allocator); python_blocks does,
         # so it is what shows whether something accumulates (Kamailio's pkg.stats).
-        gc.collect()  # garbage in reference cycles is not held, just not yet freed
+        full_collection()  # garbage in reference cycles is not held, just not yet freed
         trim()  # and what is freed goes back to the system, as it would within a minute
         out: dict[str, Any] = {"rss_kb": None, "peak_rss_kb": None,
-                               "python_blocks": sys.getallocatedblocks()}
+                               "python_blocks": sys.getallocatedblocks(),
+                               "gc_full": dict(last_full)}
         try:
             with open(f"/proc/{os.getpid()}/status") as f:
                 for line in f:

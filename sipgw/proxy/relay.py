@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from sipgw.proxy.identity import BRANCH_PREFIX, loop_hash, make_branch
 from sipgw.proxy.limits import CapLog
+from sipgw.proxy.timerq import TimerQueue
 from sipgw.proxy.transport import Destination, Source, forbidden_target
 from sipgw.sip.effects import Deliver, Send, Terminated, Timeout, TransportError
 from sipgw.sip.message import Request, Response, build_cancel
@@ -90,6 +91,9 @@ class Relay:
         self.clients: dict[tuple, ClientCtx] = {}
         self._ids = itertools.count(1)
         self.cap_log = CapLog(log, proxy.clock.seconds)
+        # Each transaction's one timer, and timer C of each INVITE being forwarded.
+        self.timers = TimerQueue(self.clock, self._fire)
+        self.timers_c = TimerQueue(self.clock, self._timer_c_fired)
 
     # -- server side ------------------------------------------------------------------
 
@@ -140,11 +144,13 @@ class Relay:
                     del self.servers[ctx.key]
                     self._inuse()
                 self._stop_timer_c(ctx)
-                # Break the server ↔ branch cycle so refcounting frees both at once,
-                # instead of leaving thousands a second to the cyclic collector.
+                # Break the server ↔ branch and server ↔ failover-hook cycles so that
+                # refcounting frees them at once, instead of leaving thousands a second to
+                # the cyclic collector (tests/proxy/test_no_cycles.py).
                 for branch in ctx.branches:
                     branch.server = None
                 ctx.branches = []
+                ctx.on_branch_failed = None
         self._arm(ctx, ctx.tx)
 
     # -- forwarding (§16.6) -----------------------------------------------------------
@@ -382,15 +388,12 @@ class Relay:
     # -- timer C (§16.6 step 11, §16.8) -------------------------------------------------
 
     def _restart_timer_c(self, ctx: ServerCtx) -> None:
-        if ctx.timer_c is not None and ctx.timer_c.active():
-            ctx.timer_c.reset(self.proxy.timer_c)
-        else:
-            ctx.timer_c = self.clock.callLater(self.proxy.timer_c, self._timer_c_fired, ctx)
+        self._stop_timer_c(ctx)
+        ctx.timer_c = self.timers_c.at(self.clock.seconds() + self.proxy.timer_c, ctx)
 
     def _stop_timer_c(self, ctx: ServerCtx) -> None:
         if ctx.timer_c is not None:
-            if ctx.timer_c.active():
-                ctx.timer_c.cancel()
+            self.timers_c.cancel(ctx.timer_c)
             ctx.timer_c = None
 
     def _timer_c_fired(self, ctx: ServerCtx) -> None:
@@ -412,30 +415,23 @@ class Relay:
     # -- timers -------------------------------------------------------------------------
 
     def _arm(self, ctx, tx) -> None:
+        """Keep the context's one timer entry on the transaction's next deadline."""
         deadline = tx.next_deadline()
-        call = ctx.timer
-        if deadline is None:
-            if call is not None:
-                if call.active():
-                    call.cancel()
-                ctx.timer = None
-            return
-        now = self.clock.seconds()
-        delay = deadline - now if deadline > now else 0.0
-        if call is not None and call.active():
-            if call.getTime() != deadline:
-                call.reset(delay)
-        else:
-            fire = self._fire_server if isinstance(ctx, ServerCtx) else self._fire_client
-            ctx.timer = self.clock.callLater(delay, fire, ctx)
+        entry = ctx.timer
+        if entry is not None:
+            if entry[0] == deadline:
+                return
+            self.timers.cancel(entry)
+            ctx.timer = None
+        if deadline is not None:
+            ctx.timer = self.timers.at(deadline, ctx)
 
-    def _fire_server(self, ctx: ServerCtx) -> None:
-        ctx.timer = None
-        self._run_server(ctx, ctx.tx.on_timer(self.clock.seconds()))
-
-    def _fire_client(self, ctx: ClientCtx) -> None:
+    def _fire(self, ctx) -> None:
         ctx.timer = None
         effects = ctx.tx.on_timer(self.clock.seconds())
+        if type(ctx) is ServerCtx:
+            self._run_server(ctx, effects)
+            return
         if any(type(e) is Send for e in effects):
             self.proxy.stats.inc("tm:retransmissions")
         self._run_client(ctx, effects)

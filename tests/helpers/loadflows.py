@@ -1,0 +1,159 @@
+"""SIPp's bench call and bench/register.py's REGISTER, fed to an in-process ``FuzzProxy``.
+
+Shared by ``bench/core.py`` (CPU per call of the route script) and the tests that hold the
+route script to properties of whole flows (``tests/proxy/test_no_cycles.py``). The flows
+are the datagrams of bench/scenarios/uac.xml and uas.xml: INVITE, 100, 180, 200, ACK,
+BYE, 200 from a trusted caller; and a digest REGISTER (401, then authorized, then the
+backend's 200).
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+import time
+
+from twisted.internet.base import DelayedCall
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from tests.helpers.digest_client import authorization
+from tests.helpers.fakes import BACKEND_SOURCE, CLIENT_HOST, CLIENT_PORT, UDP_SOURCE
+from tests.helpers.fuzzproxy import REALM, TRUSTED, FuzzProxy
+
+CALLER = f"{TRUSTED.host}:{TRUSTED.port}"
+SDP = (b"v=0\r\no=user1 53655765 2353687637 IN IP4 198.51.100.7\r\ns=-\r\n"
+       b"c=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+_RR = re.compile(rb"^Record-Route: (.*)$", re.M)
+
+
+def caller_request(method: str, uri: str, n: int, cseq: int, extra: str = "", body: bytes = b"",
+                   to_tag: str = "", branch_of: str = "") -> bytes:
+    """Call ``n``'s request from SIPp's UAC; ``branch_of``: the method whose Via branch it
+    reuses (a CANCEL has its INVITE's, §9.1)."""
+    to = f"<sip:service@127.0.0.1:5060>{';tag=' + to_tag if to_tag else ''}"
+    head = (
+        f"{method} {uri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {CALLER};branch=z9hG4bK-bench-{n}-{cseq}{branch_of or method}\r\n"
+        f"{extra}"
+        f"From: sipp <sip:sipp@{CALLER}>;tag=bench{n}\r\nTo: {to}\r\n"
+        f"Call-ID: {n}-bench@198.51.100.7\r\nCSeq: {cseq} {method}\r\n"
+        f"Contact: sip:sipp@{CALLER}\r\nMax-Forwards: 70\r\n"
+        + ("Content-Type: application/sdp\r\n" if body else "")
+        + f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def uas_answer(forwarded: bytes, status: str, n: int, body: bytes = b"") -> bytes:
+    """The UAS's response: its Vias, Record-Route and Call-ID/From/CSeq copied back."""
+    head, _, _ = forwarded.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    keep = [l for l in lines[1:] if l.split(b":", 1)[0] in
+            (b"Via", b"From", b"Call-ID", b"CSeq", b"Record-Route")]
+    to = next(l for l in lines if l.startswith(b"To:"))
+    if b";tag=" not in to:
+        to += b";tag=uas" + str(n).encode()
+    out = [b"SIP/2.0 " + status.encode(), *keep, to,
+           b"Contact: <sip:uas@127.0.0.1:5080>"]
+    if body:
+        out.append(b"Content-Type: application/sdp")
+    out.append(b"Content-Length: " + str(len(body)).encode())
+    return b"\r\n".join(out) + b"\r\n\r\n" + body
+
+
+def feed_timed(h: FuzzProxy, data: bytes, source, clock: list[float]) -> list:
+    """Hand one message to the proxy, counting only the CPU time spent in it."""
+    before = len(h.sent)
+    t = time.process_time()
+    h.proxy.receive(data, source)
+    clock[0] += time.process_time() - t
+    return h.sent[before:]
+
+
+def one_call(h: FuzzProxy, n: int, clock: list[float]) -> None:
+    def feed(data: bytes, source) -> list:
+        return feed_timed(h, data, source, clock)
+
+    sent = feed(caller_request("INVITE", "sip:service@127.0.0.1:5060", n, 1, body=SDP), TRUSTED)
+    invite = sent[-1].data  # [100 Trying to the caller, INVITE to the backend]
+    feed(uas_answer(invite, "100 Trying", n), BACKEND_SOURCE)
+    feed(uas_answer(invite, "180 Ringing", n), BACKEND_SOURCE)
+    ok = feed(uas_answer(invite, "200 OK", n, SDP), BACKEND_SOURCE)[-1].data
+    to_tag = f"uas{n}"
+    routes = [r.decode().strip() for r in _RR.findall(ok)]
+    route = "".join(f"Route: {r}\r\n" for r in routes)
+    feed(caller_request("ACK", "sip:uas@127.0.0.1:5080", n, 1, route, to_tag=to_tag), TRUSTED)
+    bye = feed(caller_request("BYE", "sip:uas@127.0.0.1:5080", n, 2, route, to_tag=to_tag), TRUSTED)
+    feed(uas_answer(bye[-1].data, "200 OK", n), BACKEND_SOURCE)
+    if len(h.sent) > 10_000:
+        h.sent.clear()
+
+
+@implementer(IReactorTime)
+class HeapClock:
+    """A fake clock that keeps its timers in a heap, as the reactor does.
+
+    ``twisted.internet.task.Clock`` sorts its whole list on every callLater: fine for a
+    test with a handful of timers, quadratic for the tens of thousands a load keeps armed.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.heap: list[DelayedCall] = []
+
+    def seconds(self) -> float:
+        return self.now
+
+    def callLater(self, delay, f, *args, **kw) -> DelayedCall:
+        call = DelayedCall(self.now + delay, f, args, kw, self._cancelled, self._reset,
+                           seconds=self.seconds)
+        heapq.heappush(self.heap, call)
+        return call
+
+    def _cancelled(self, call: DelayedCall) -> None:
+        pass  # left in the heap, skipped when it comes up
+
+    def _reset(self, call: DelayedCall) -> None:
+        heapq.heapify(self.heap)
+
+    def getDelayedCalls(self) -> list[DelayedCall]:
+        return [c for c in self.heap if not (c.cancelled or c.called)]
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        heap = self.heap
+        while heap and heap[0].time <= self.now:
+            call = heapq.heappop(heap)
+            if call.cancelled or call.called:
+                continue
+            call.called = 1
+            call.func(*call.args, **call.kw)
+
+
+_NONCE = re.compile(rb'nonce="([^"]+)"')
+
+
+def one_register(h: FuzzProxy, n: int, clock: list[float]) -> None:
+    """bench/register.py's REGISTER: 401, then with digest relayed to the backend, 200."""
+    user, domain = "5001", REALM
+
+    def register(cseq: int, auth: str = "") -> list:
+        head = (
+            f"REGISTER sip:{domain} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {CLIENT_HOST}:{CLIENT_PORT};branch=z9hG4bK-reg-{n}-{cseq};rport\r\n"
+            f"From: <sip:{user}@{domain}>;tag=reg{n}\r\nTo: <sip:{user}@{domain}>\r\n"
+            f"Call-ID: {n}-reg@{CLIENT_HOST}\r\nCSeq: {cseq} REGISTER\r\n"
+            f"Contact: <sip:{user}@{CLIENT_HOST}:{CLIENT_PORT}>;expires=3600\r\n{auth}"
+            f"Max-Forwards: 70\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n"
+        )
+        return feed_timed(h, head.encode(), UDP_SOURCE, clock)
+
+    challenge = register(1)[-1].data
+    nonce = _NONCE.search(challenge).group(1).decode()
+    auth = authorization(username=user, password="secret", realm=domain, nonce=nonce,
+                         method="REGISTER", uri=f"sip:{domain}")
+    forwarded = register(2, f"Authorization: {auth}\r\n")[-1].data
+    feed_timed(h, uas_answer(forwarded, "200 OK", n), BACKEND_SOURCE, clock)
+    if len(h.sent) > 10_000:
+        h.sent.clear()
