@@ -43,6 +43,7 @@ from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tel
 from sipgw.proxy.log import LEVELS, current_level
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source, in_networks, wslog
+from sipgw.proxy.transport.wsfast import FastPaths, protocol_options
 from sipgw.rpc.registry import RpcError, rpc
 from sipgw.tools.phone import phone_asset
 
@@ -101,33 +102,59 @@ class PlainGet(HandshakeRefused):
         self.path = path
 
 
-def check_handshake(
-    head: bytes, allowed_origins: tuple[str, ...], allowed_hosts: tuple[str, ...] = ()
-) -> dict[str, str]:
-    """Kamailio's rules for an opening handshake; returns the headers (lowercase names).
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Handshake:
+    """An opening handshake's request head, parsed."""
 
-    Raises ``HandshakeRefused`` with the status to answer. autobahn checks the same
-    request again afterwards (key format, duplicates); these are the answers it would
-    give differently from Kamailio.
-    """
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes everything
-        raise HandshakeRefused(400, "Bad Request") from None
+    line: str  # the request line
+    method: str
+    target: str
+    version: str
+    headers: dict[str, str]  # lowercase names; a repeated header's values joined by ", "
+    repeated: frozenset[str]  # names that came more than once
+    # True when only CRLF ends its lines: autobahn, splitting on any line break, sees
+    # the same headers.
+    clean_lines: bool
+
+
+def parse_head(head: bytes) -> Handshake:
+    """The request line and headers of an HTTP request head (without its blank line)."""
+    text = head.decode("latin-1")
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
         raise HandshakeRefused(400, "Bad Request")
     headers: dict[str, str] = {}
+    repeated: set[str] = set()
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if sep:
             key = name.strip().lower()
-            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-    if parts[0] != "GET":
+            if key in headers:
+                repeated.add(key)
+                headers[key] = f"{headers[key]}, {value.strip()}"
+            else:
+                headers[key] = value.strip()
+    return Handshake(line=lines[0], method=parts[0], target=parts[1], version=parts[2],
+                     headers=headers, repeated=frozenset(repeated),
+                     clean_lines=len(text.splitlines()) == len(lines))
+
+
+def check_handshake(
+    head: bytes, allowed_origins: tuple[str, ...], allowed_hosts: tuple[str, ...] = ()
+) -> Handshake:
+    """Kamailio's rules for an opening handshake; returns it parsed.
+
+    Raises ``HandshakeRefused`` with the status to answer. autobahn checks the same
+    request again afterwards (key format, duplicates) unless ``FastPaths`` finds it
+    needs not; these are the answers it would give differently from Kamailio.
+    """
+    request = parse_head(head)
+    headers = request.headers
+    if request.method != "GET":
         raise HandshakeRefused(405, "Method Not Allowed")
     if "upgrade" not in headers and "sec-websocket-key" not in headers:
-        raise PlainGet(parts[1])
+        raise PlainGet(request.target)
     upgrade = _tokens(headers.get("upgrade", ""))
     connection = _tokens(headers.get("connection", ""))
     if (
@@ -140,14 +167,17 @@ def check_handshake(
         raise HandshakeRefused(400, "Bad Request")
     if headers["sec-websocket-version"] != VERSION:
         raise HandshakeRefused(426, "Upgrade Required", (("Sec-WebSocket-Version", VERSION),))
-    if SUBPROTOCOL not in _tokens(headers.get("sec-websocket-protocol", "")):
+    # Tokens are case-sensitive (RFC 6455 §4.1): autobahn, answering "sip", would find
+    # it missing from an offer of "SIP" and never answer.
+    offered = [t.strip() for t in headers.get("sec-websocket-protocol", "").split(",")]
+    if SUBPROTOCOL not in offered:
         raise HandshakeRefused(400, "Bad Request")
     origin = headers.get("origin")
     if allowed_origins and (origin is None or origin.rstrip("/") not in allowed_origins):
         raise HandshakeRefused(403, "Forbidden")
     if allowed_hosts and not _host_allowed(headers["host"], allowed_hosts):
         raise HandshakeRefused(403, "Forbidden")
-    return headers
+    return request
 
 
 def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
@@ -208,7 +238,7 @@ class _ClockTimer:
         return self.clock.callLater(delay, fn, *args, **kwargs)
 
 
-class WsConnection(WebSocketServerProtocol):
+class WsConnection(FastPaths, WebSocketServerProtocol):
     """One WebSocket connection: a flow once its handshake succeeds."""
 
     def __init__(self, stack: "WsTransport") -> None:
@@ -238,7 +268,7 @@ class WsConnection(WebSocketServerProtocol):
                 return
             try:
                 settings = self.stack.settings
-                headers = check_handshake(self.data[:end], settings.allowed_origins,
+                request = check_handshake(self.data[:end], settings.allowed_origins,
                                           settings.allowed_hosts)
             except PlainGet as get:
                 asset = phone_asset(get.path) if self.stack.settings.phone_page else None
@@ -251,7 +281,7 @@ class WsConnection(WebSocketServerProtocol):
                 self._refuse(refused)
                 return
             peer = self.transport.getPeer()
-            self.client_host = client_address(peer.host, headers,
+            self.client_host = client_address(peer.host, request.headers,
                                               self.stack.settings.trusted_proxies)
             screen = self.stack.screen
             if screen is not None and screen(self.transport_name, self.client_host):
@@ -269,6 +299,8 @@ class WsConnection(WebSocketServerProtocol):
                 self.failHandshake("Service Unavailable", 503)
                 return
             self._checked = True
+            if self.accept_handshake(end, request):
+                return
         super().processHandshake()
 
     def _refuse(self, refused: HandshakeRefused) -> None:
@@ -399,9 +431,9 @@ class WsConnection(WebSocketServerProtocol):
         try:
             data.decode("utf-8")
         except UnicodeDecodeError:
-            self.sendMessage(data, isBinary=True)
+            self.send_message(data, True)
         else:
-            self.sendMessage(data, isBinary=False)
+            self.send_message(data, False)
         if self.queue.over(len(data)):
             self.stack.slow_reader(self)
 
@@ -449,6 +481,7 @@ class _Factory(WebSocketServerFactory):
             utf8validateIncoming=True,
             tcpNoDelay=True,
         )
+        self.protocol_options = protocol_options(self)
 
     def buildProtocol(self, addr) -> WsConnection:
         proto = WsConnection(self.stack)
