@@ -119,13 +119,19 @@ def loop_hash(request: Request) -> str:
     It covers what a spiral changes (Request-URI, Route) and what identifies the request,
     so the same request coming back unchanged to us is a loop, a spiral is not.
     """
-    h = hashlib.blake2s(digest_size=6)
-    h.update(request.uri.encode("latin-1"))
-    for name in ("call-id", "from", "to", "cseq", "route", "proxy-require"):
-        for v in request.headers(name):
-            h.update(b"\x00")
-            h.update(v.encode("latin-1"))
-    return h.hexdigest()
+    found: dict[str, list[str]] = {}
+    for f in request.fields:  # one pass, not one per header name
+        if f.key in _LOOP_KEYS:
+            found.setdefault(f.key, []).append(f.value)
+    parts = [request.uri]
+    for name in _LOOP_KEYS:
+        for v in found.get(name, ()):
+            parts.append(v)
+    return hashlib.blake2s("\x00".join(parts).encode("latin-1"), digest_size=6).hexdigest()
+
+
+# What identifies a request and what a spiral changes (§16.3 step 4), in a fixed order.
+_LOOP_KEYS = ("call-id", "from", "to", "cseq", "route", "proxy-require")
 
 
 def make_branch(loop: str, txid: str) -> str:

@@ -156,22 +156,11 @@ def _fields(lines: list[str], limits: Limits) -> list[Field]:
         colon = line.find(":")
         if colon <= 0:
             raise ParseError("Bad header line")
-        name = line[:colon]
-        key = names.get(name)
-        if key is None:
-            # A name not seen before: validate it once, then remember it (bounded).
-            stripped = name.rstrip(" \t")
-            if not stripped or _NAME_RE.match(stripped) is None:
-                raise ParseError(f"Bad header name {stripped[:32]!r}")
-            key = header_key(stripped)
-            if len(name) <= CACHED_NAME_MAX:  # bounded in bytes too, as header_key's
-                if len(names) >= _VALID_NAMES_MAX:
-                    names.clear()
-                names[name] = key
-            name = stripped
-        elif name[-1] in " \t":
-            name = name.rstrip(" \t")
-        if key in SINGLETON_HEADERS:
+        known = names.get(line[:colon])
+        if known is None:
+            known = _learn_name(line[:colon])
+        key, name, singleton = known
+        if singleton:
             if key in seen_singletons:
                 raise ParseError(f"Duplicate {_pretty(key)} header")
             seen_singletons.add(key)
@@ -183,8 +172,24 @@ def _fields(lines: list[str], limits: Limits) -> list[Field]:
     return fields
 
 
-# Header names as written → their key, for names that passed validation once.
-_VALID_NAMES: dict[str, str] = {}
+def _learn_name(written: str) -> tuple[str, str, bool]:
+    """Validate a header name not seen before; remember it (bounded) with its key, its
+    spelling without trailing LWS, and whether it may appear only once."""
+    stripped = written.rstrip(" \t")
+    if not stripped or _NAME_RE.match(stripped) is None:
+        raise ParseError(f"Bad header name {stripped[:32]!r}")
+    key = header_key(stripped)
+    known = (key, stripped, key in SINGLETON_HEADERS)
+    if len(written) <= CACHED_NAME_MAX:  # bounded in bytes too, as header_key's
+        if len(_VALID_NAMES) >= _VALID_NAMES_MAX:
+            _VALID_NAMES.clear()
+        _VALID_NAMES[written] = known
+    return known
+
+
+# Header names as written → (key, name without trailing LWS, singleton), for names that
+# passed validation once.
+_VALID_NAMES: dict[str, tuple[str, str, bool]] = {}
 _VALID_NAMES_MAX = 4096
 
 
