@@ -196,8 +196,8 @@ class Relay:
     ) -> ClientCtx:
         p = self.proxy
         cls = InviteClientTransaction if out.method == "INVITE" else NonInviteClientTransaction
-        tx = cls(out, reliable=target.reliable, timers=timers or p.timers)
         key = (branch_id, out.method)
+        tx = cls(out, reliable=target.reliable, timers=timers or p.timers, key=key)
         branch = ClientCtx(key, tx, out, target, ctx)
         branch.is_cancel = cancel
         branch.on_result = on_result

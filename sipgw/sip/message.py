@@ -85,8 +85,11 @@ class Message:
     # -- changing ----------------------------------------------------------------------
 
     def _touch(self, key: str) -> None:
-        if self._cache:
-            self._cache.pop(key, None)
+        cache = self._cache
+        if cache:
+            cache.pop(key, None)
+            if key == "via":
+                cache.pop("server_key", None)
 
     def prepend(self, name: str, value: str) -> None:
         """Add ``value`` as a new line before the first line of that header.

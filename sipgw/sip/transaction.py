@@ -244,10 +244,15 @@ def server_key(request: Request) -> tuple:
     tag our response added, which the INVITE did not have (§17.2.3 compares it with the
     response's). Request-URIs are compared as written, not by §19.1.4 rules.
     """
-    method = request.method
-    if method == "ACK":
-        method = "INVITE"
-    return _server_key(request, method)
+    key = request._cache.get("server_key")
+    if key is None:
+        # Asked for up to three times per request (absorb, table, transaction); a change
+        # of the top Via drops it (``Message._touch``).
+        method = request.method
+        if method == "ACK":
+            method = "INVITE"
+        key = request._cache["server_key"] = _server_key(request, method)
+    return key  # type: ignore[return-value]
 
 
 def invite_key_for_cancel(cancel: Request) -> tuple:

@@ -26,9 +26,11 @@ __all__ = ["InviteClientTransaction", "NonInviteClientTransaction"]
 class _ClientTransaction(Transaction):
     __slots__ = ("_started",)
 
-    def __init__(self, request: Request, reliable: bool, timers: TimerConfig) -> None:
+    def __init__(self, request: Request, reliable: bool, timers: TimerConfig,
+                 key: tuple | None) -> None:
         super().__init__(request, reliable, timers)
-        self.key = client_key(request)
+        # The TU that just wrote the top Via may pass the key instead of having it parsed.
+        self.key = client_key(request) if key is None else key
         self._started = False
 
     def _start(
@@ -52,10 +54,11 @@ class InviteClientTransaction(_ClientTransaction):
 
     __slots__ = ("_send_ack",)
 
-    def __init__(self, request: Request, *, reliable: bool, timers: TimerConfig) -> None:
+    def __init__(self, request: Request, *, reliable: bool, timers: TimerConfig,
+                 key: tuple | None = None) -> None:
         if request.method != "INVITE":
             raise ValueError(f"InviteClientTransaction cannot carry {request.method}")
-        super().__init__(request, reliable, timers)
+        super().__init__(request, reliable, timers, key)
         self._table = INVITE_CLIENT
         self.state = State.CALLING
         self._send_ack: Send | None = None
@@ -103,10 +106,11 @@ class NonInviteClientTransaction(_ClientTransaction):
 
     __slots__ = ()
 
-    def __init__(self, request: Request, *, reliable: bool, timers: TimerConfig) -> None:
+    def __init__(self, request: Request, *, reliable: bool, timers: TimerConfig,
+                 key: tuple | None = None) -> None:
         if request.method in ("INVITE", "ACK"):
             raise ValueError(f"NonInviteClientTransaction cannot carry {request.method}")
-        super().__init__(request, reliable, timers)
+        super().__init__(request, reliable, timers, key)
         self._table = NON_INVITE_CLIENT
         self.state = State.TRYING
 
