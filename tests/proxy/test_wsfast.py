@@ -8,6 +8,7 @@ state autobahn keeps on the connection must be the same.
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 
 import pytest
@@ -15,7 +16,10 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import TrafficStats
 from twisted.internet.base import DelayedCall
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor, StringTransport
 
 from sipgw.proxy.transport import wsfast
 from sipgw.proxy.transport.ws import WsConnection
@@ -202,3 +206,80 @@ def test_the_fast_frame_path_decodes_what_the_client_masked():
     masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
     assert wsfast.unmask(masked, key) == payload
     assert wsfast.unmask(b"", key) == b""
+
+
+# --- write_now over a real socket ------------------------------------------------------
+
+
+@pytest.fixture
+def tcp_pair():
+    """A Twisted TCP server connection over a real loopback socket pair, on a memory
+    reactor (writers are recorded, nothing runs), and the peer's socket."""
+    ours, peer = _loopback_pair()
+    ours.setblocking(False)
+    peer.setblocking(False)
+    reactor = MemoryReactor()
+    conn = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), _FakePort(), 1, reactor)
+    yield conn, peer, reactor
+    ours.close()
+    peer.close()
+
+
+class _FakePort:
+    _realPortNumber = 8080
+    _type = "TCP"
+    sessionno = 0
+
+
+def _loopback_pair() -> tuple[socket.socket, socket.socket]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        peer = socket.create_connection(listener.getsockname())
+        ours, _ = listener.accept()
+    finally:
+        listener.close()
+    return ours, peer
+
+
+def _read(peer: socket.socket) -> bytes:
+    try:
+        return peer.recv(1 << 20)
+    except BlockingIOError:
+        return b""
+
+
+def test_write_now_sends_at_once_when_nothing_is_queued(tcp_pair):
+    conn, peer, reactor = tcp_pair
+    wsfast.write_now(conn, b"SIP/2.0 200 OK\r\n\r\n")
+    assert _read(peer) == b"SIP/2.0 200 OK\r\n\r\n"
+    assert reactor.getWriters() == []  # nothing left for the reactor to flush
+
+
+def test_write_now_queues_behind_what_twisted_already_holds(tcp_pair):
+    conn, peer, reactor = tcp_pair
+    conn.write(b"first ")
+    wsfast.write_now(conn, b"second")
+    assert _read(peer) == b""  # both wait for the reactor, in order
+    conn.doWrite()
+    assert _read(peer) == b"first second"
+
+
+def test_write_now_leaves_what_the_socket_did_not_take_to_twisted_in_order(tcp_pair):
+    conn, peer, reactor = tcp_pair
+    data = bytes(range(256)) * 32768  # 8 MB: more than the socket buffers hold
+    wsfast.write_now(conn, data)
+    assert conn in reactor.getWriters()
+    received = b""
+    for _ in range(100_000):  # bounded: each turn moves what the buffers hold
+        received += _read(peer)
+        if len(received) >= len(data):
+            break
+        conn.doWrite()
+    assert len(received) == len(data)
+    assert received == data
+
+
+def test_write_now_over_anything_but_plain_tcp_is_the_transport_s_write():
+    transport = StringTransport()
+    wsfast.write_now(transport, b"abc")
+    assert transport.value() == b"abc"

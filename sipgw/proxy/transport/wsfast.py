@@ -15,7 +15,8 @@ For what browsers and phones send, ``FastPaths`` does the same work directly:
   autobahn writes, byte for byte;
 * a whole data frame (FIN, masked, no RSV bits, within the size limits) outside a
   fragmented message, and valid UTF-8 when it is text, goes straight to ``onMessage``;
-* a message sent is one unmasked frame, as autobahn's ``sendMessage`` writes it.
+* a message sent is one unmasked frame, as autobahn's ``sendMessage`` writes it;
+* the 101 and the messages go to the socket at once when nothing waits (``write_now``).
 
 Anything else is left to autobahn as it is, so its answers to a strange handshake or a bad
 frame (400, 1002, 1007, 1009) stay its own; tests/proxy/test_wsfast.py holds both paths to
@@ -33,6 +34,7 @@ from functools import cached_property
 from urllib import parse
 
 import txaio
+from twisted.internet.tcp import Server as _TcpServer
 from autobahn.wamp.types import TransportDetails
 from autobahn.twisted.util import create_transport_details
 from autobahn.websocket import protocol as _ab
@@ -198,7 +200,7 @@ class FastPaths:
         lines += ["Sec-WebSocket-Protocol: sip", f"Sec-WebSocket-Accept: {accept}", "", ""]
         response = "\r\n".join(lines)
         self.http_response_data = response
-        self.transport.write(response.encode())
+        write_now(self.transport, response.encode())
         self.trafficStats.preopenOutgoingOctetsWireLevel += len(response)
         self.state = OPEN
         if self.openHandshakeTimeoutCall is not None:
@@ -263,7 +265,28 @@ class FastPaths:
         stats.outgoingOctetsWebSocketLevel += n
         frame = frame_head(2 if binary else 1, n) + payload
         stats.outgoingOctetsWireLevel += len(frame)
-        self.transport.write(frame)
+        write_now(self.transport, frame)
+
+
+def write_now(transport, data: bytes) -> None:
+    """``transport.write(data)``, sent at once when nothing waits before it.
+
+    Twisted keeps every write until the reactor's next turn finds the socket writable:
+    two epoll_ctl calls and a pass through doWrite per message, for the few hundred bytes
+    of a SIP message that an idle socket takes whole. A plain TCP connection with nothing
+    queued sends them here instead; anything else (TLS, bytes already queued, a socket
+    taking only part) goes through ``transport.write``, after what was sent, in order.
+    """
+    if (type(transport) is _TcpServer and transport.connected and not transport.disconnecting
+            and not transport.dataBuffer and not transport._tempDataBuffer):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:  # full, or the connection failing: Twisted's write finds out
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 def _none_accepted(proto, extensions: list) -> bool:
