@@ -184,7 +184,7 @@ class Router:
             ruri.host.strip("[]"), ruri.port
         ):
             # The previous hop was a strict router: the real Request-URI is the last Route.
-            last = parse_name_addr(routes[-1]).uri
+            last = _route_uri(routes[-1])
             self._remove_last_route(req)
             req.uri = str(last)
             ours = True
@@ -192,7 +192,7 @@ class Router:
             first = req.values("route")[:1]
             if not first:
                 break
-            uri = parse_name_addr(first[0]).uri
+            uri = _route_uri(first[0])
             if isinstance(uri, SipURI) and self.identity.is_us(uri.host.strip("[]"), uri.port):
                 req.pop_first("route")
                 ours = True
@@ -202,7 +202,7 @@ class Router:
             return None
         remaining = req.values("route")
         if remaining:
-            next_hop = parse_name_addr(remaining[0]).uri
+            next_hop = _route_uri(remaining[0])
             if isinstance(next_hop, SipURI) and next_hop.param("lr") is None:
                 # §16.6 step 6: a strict router next: it gets the route in the R-URI.
                 req.pop_first("route")
@@ -342,6 +342,24 @@ class Router:
             inbound=source.transport,
             record_route=self.proxy.record_route and req.method in DIALOG_CREATING,
         )
+
+
+def _route_uri(value: str):
+    """The URI of one Route entry. Ours (the Record-Route we put in every dialog) come back
+    on every in-dialog request as the same few strings: they are parsed once."""
+    uri = _ROUTE_URIS.get(value)
+    if uri is None:
+        uri = parse_name_addr(value, what="Route header").uri
+        if len(value) <= _ROUTE_CACHED_LEN:  # a cache of a few kB, whatever peers send
+            if len(_ROUTE_URIS) >= _ROUTE_CACHED:
+                _ROUTE_URIS.clear()
+            _ROUTE_URIS[value] = uri
+    return uri
+
+
+_ROUTE_URIS: dict[str, object] = {}
+_ROUTE_CACHED = 256
+_ROUTE_CACHED_LEN = 256
 
 
 def uri_destination(uri: SipURI) -> Destination:
