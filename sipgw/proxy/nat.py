@@ -15,7 +15,7 @@ from typing import Callable
 from twisted.logger import Logger
 
 from sipgw.proxy.transport import RELIABLE, Destination, FlowTable, Source
-from sipgw.sip.address import parse_address_list, STAR
+from sipgw.sip.address import STAR, message_address_list, remember_address_list
 from sipgw.sip.errors import ParseError
 from sipgw.sip.message import Field, Message, Request
 from sipgw.sip.nat import NatTest, add_alias, nat_uac_test, needs_alias, take_alias
@@ -52,7 +52,7 @@ class Nat:
     def from_client(self, msg: Message, source: Source) -> NatTest:
         """NATDETECT for a request or reply from a client; returns the tests that fired."""
         contacts = msg.headers("contact")
-        uri = _first_contact_uri(contacts)
+        uri = _first_contact_uri(msg, contacts)
         via = msg.top_via
         tests = self.tests | NatTest.WEBSOCKET if source.transport in WEBSOCKET else self.tests
         found = nat_uac_test(
@@ -102,11 +102,11 @@ class Nat:
         return Destination(transport=transport, host=host, port=port, flow_id=flow.flow_id)
 
 
-def _first_contact_uri(values: list[str]) -> SipURI | None:
+def _first_contact_uri(msg: Message, values: list[str]) -> SipURI | None:
     if not values:
         return None
     try:
-        parsed = parse_address_list(values[0])
+        parsed = message_address_list(msg, values[0])
     except ParseError:
         return None
     if parsed is STAR or not parsed:
@@ -126,7 +126,7 @@ def _alias_contacts(msg: Message, source: Source) -> None:
     rewritten = []
     for value in msg.headers("contact"):
         try:
-            parsed = parse_address_list(value)
+            parsed = message_address_list(msg, value)
         except ParseError:
             return  # leave a Contact we cannot read alone; the backend will judge it
         if parsed is STAR:
@@ -138,8 +138,10 @@ def _alias_contacts(msg: Message, source: Source) -> None:
                                                        source.transport):
                 addr = addr.replace(uri=add_alias(uri, source.host, source.port,
                                                   source.transport))
-            out.append(str(addr))
-        rewritten.append(", ".join(out))
+            out.append(addr)
+        text = ", ".join(str(addr) for addr in out)
+        remember_address_list(msg, text, out)
+        rewritten.append(text)
     lines = iter(rewritten)
     fields = msg.fields
     for i, f in enumerate(fields):  # in place: the header order stays as the client wrote it

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from sipgw.proxy.identity import Identity
 from sipgw.proxy.limits import CapLog
 from sipgw.proxy.transport import RELIABLE, Destination, FlowTable, Source
-from sipgw.sip.address import STAR, parse_address_list, parse_name_addr
+from sipgw.sip.address import STAR, message_address_list, parse_name_addr
 from sipgw.sip.errors import ParseError
 from sipgw.sip.message import Request
 from sipgw.sip.uri import SipURI
@@ -108,7 +108,7 @@ class Registrar:
             record = FlowRecord(flow_id=source.flow_id, transport=source.transport,  # type: ignore[arg-type]
                                 host=source.host, port=source.port)
         for value in req.headers("contact"):
-            contacts = parse_address_list(value)
+            contacts = message_address_list(req, value)
             if contacts is STAR:
                 for key in [k for k in record.bindings if k[0] == aor]:
                     del record.bindings[key]

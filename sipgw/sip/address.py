@@ -134,6 +134,31 @@ def parse_address_list(value: str, *, what: str = "Contact header") -> list[Name
     return out
 
 
+def message_address_list(msg, value: str) -> tuple[NameAddr, ...] | _Star:
+    """``parse_address_list(value)`` for a Contact value of ``msg``, parsed once per
+    message: NAT detection, the contact alias and the registrar each read the Contact of a
+    REGISTER. Kept in the message's cache by value, so a rewritten Contact is a new entry.
+    """
+    cache = msg._cache.get("address_lists")
+    if cache is None:
+        cache = msg._cache["address_lists"] = {}
+    parsed = cache.get(value)
+    if parsed is None:
+        parsed = parse_address_list(value)
+        if parsed is not STAR:
+            parsed = tuple(parsed)
+        cache[value] = parsed
+    return parsed
+
+
+def remember_address_list(msg, value: str, parsed: list[NameAddr]) -> None:
+    """Record what ``value``, written by sipgw from ``parsed``, parses to."""
+    cache = msg._cache.get("address_lists")
+    if cache is None:
+        cache = msg._cache["address_lists"] = {}
+    cache[value] = tuple(parsed)
+
+
 def _lower_first(reason: str) -> str:
     # "Unterminated quoted string" reads better mid-sentence; "URI ..." must stay as is.
     return reason[:1].lower() + reason[1:] if reason[1:2].islower() else reason
