@@ -597,7 +597,7 @@ class LimitsConfig:
     max_message_size: int = _key(_Integer(1024, 16 * 1024 * 1024), 65535, "largest SIP message accepted, in bytes", in_effect=True)  # noqa: E501
     max_headers: int = _key(_Integer(8, 10000), 256, "most header fields accepted in one message", in_effect=True)  # noqa: E501
     max_ruri_length: int = _key(_Integer(64, 65535), 1024, "longest Request-URI accepted, in bytes; a longer one gets 414 Request-URI Too Long", in_effect=True)  # noqa: E501
-    max_transactions: int = _key(_Integer(1, 10_000_000), 100000, "most transactions in progress at once; beyond it new requests get 503", in_effect=True)  # noqa: E501
+    max_transactions: int = _key(_Integer(1, 10_000_000), 100000, "most transactions in progress at once (not counting those done but for absorbing retransmissions); beyond it new requests get 503", in_effect=True)  # noqa: E501
     tcp_idle_timeout: float = _key(_Seconds(0, above=True), 300, "seconds before an idle TCP connection is closed", in_effect=True)  # noqa: E501
     ws_max_connections: int = _key(_Integer(1, 10_000_000), 20000, "most WebSocket connections at once (ws and wss); beyond it handshakes get 503", in_effect=True)  # noqa: E501
     ws_max_connections_per_address: int = _key(_Integer(1, 10_000_000), 1000, "most WebSocket connections from one client address (a contact center puts many agents behind one NAT)", in_effect=True)  # noqa: E501

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from sipgw.proxy.identity import BRANCH_PREFIX, loop_hash, make_branch
 from sipgw.proxy.limits import CapLog
+from sipgw.proxy.retired import Retired, RetiredTable
 from sipgw.proxy.timerq import TimerQueue
 from sipgw.proxy.transport import Destination, Source, forbidden_target
 from sipgw.sip.effects import Deliver, Send, Terminated, Timeout, TransportError
@@ -42,7 +43,7 @@ class ServerCtx:
 
     __slots__ = (
         "key", "tx", "request", "dest", "timer", "branches", "final_sent", "cancelled",
-        "timer_c", "on_branch_failed",
+        "timer_c", "on_branch_failed", "retired",
     )
 
     def __init__(self, key, tx, request: Request, dest: Destination) -> None:
@@ -55,6 +56,7 @@ class ServerCtx:
         self.final_sent = False
         self.cancelled = False
         self.timer_c = None
+        self.retired = False  # its transaction moved to Relay.retired_servers
         # The DISPATCH step's failover hook: ``(dest, status, local) -> bool``, called when
         # a branch ends with a final status >= 300 (``local``: our 408 timeout or 503
         # transport error); True means it sent the request on a new branch instead.
@@ -66,7 +68,7 @@ class ClientCtx:
 
     __slots__ = (
         "key", "tx", "request", "dest", "timer", "server", "provisional", "cancel_pending",
-        "is_cancel", "done", "on_result",
+        "is_cancel", "done", "on_result", "retired",
     )
 
     def __init__(self, key, tx, request: Request, dest: Destination, server: ServerCtx | None):
@@ -80,6 +82,7 @@ class ClientCtx:
         self.cancel_pending = False
         self.is_cancel = False
         self.done = False
+        self.retired = False  # its transaction moved to Relay.retired_clients
         self.on_result = None  # a request of sipgw's own: ``(status, local)`` on its end
 
 
@@ -94,6 +97,9 @@ class Relay:
         # Each transaction's one timer, and timer C of each INVITE being forwarded.
         self.timers = TimerQueue(self.clock, self._fire)
         self.timers_c = TimerQueue(self.clock, self._timer_c_fired)
+        # Transactions past their last decision, until their end timer (sipgw.proxy.retired).
+        self.retired_servers = RetiredTable(self.clock, self._inuse)
+        self.retired_clients = RetiredTable(self.clock, self._inuse)
 
     # -- server side ------------------------------------------------------------------
 
@@ -102,9 +108,15 @@ class Relay:
 
     def absorb(self, request: Request, source: Source) -> bool:
         """A retransmission, or the ACK of a non-2xx we sent: let its transaction take it."""
-        ctx = self.servers.get(server_key(request))
+        key = server_key(request)
+        ctx = self.servers.get(key)
         if ctx is None:
-            return False
+            gone = self.retired_servers.get(key)
+            if gone is None:
+                return False
+            if gone.resend is not None:
+                self.proxy.send(gone.resend, gone.dest)  # type: ignore[arg-type]
+            return True
         self._run_server(ctx, ctx.tx.on_request(request, self.clock.seconds()))
         return True
 
@@ -151,6 +163,8 @@ class Relay:
                     branch.server = None
                 ctx.branches = []
                 ctx.on_branch_failed = None
+        if ctx.tx.absorbing() and self._retire_server(ctx):
+            return
         self._arm(ctx, ctx.tx)
 
     # -- forwarding (§16.6) -----------------------------------------------------------
@@ -240,7 +254,14 @@ class Relay:
 
     def cancel(self, request: Request, source: Source) -> None:
         p = self.proxy
-        invite = self.servers.get(invite_key_for_cancel(request))
+        invite_key = invite_key_for_cancel(request)
+        invite = self.servers.get(invite_key)
+        if invite is None and self.retired_servers.get(invite_key) is not None:
+            # Answered already and only absorbing retransmissions: nothing left to cancel.
+            ctx = self.new_server(request, source)
+            if ctx is not None:
+                self.respond(ctx, 200, "OK")
+            return
         if invite is None or invite.request.method != "INVITE":
             p.reply(request, source, 481, "Call/Transaction Does Not Exist")
             return
@@ -275,9 +296,14 @@ class Relay:
             # §16.7 step 1 / §18.1.2: not ours; a proxy drops it.
             p.stats.inc("core:drop_replies")
             return
-        ctx = self.clients.get((branch, response.cseq[1]))
+        key = (branch, response.cseq[1])
+        ctx = self.clients.get(key)
         if ctx is None:
-            self._forward_response_stateless(response)
+            gone = self.retired_clients.get(key)
+            if gone is None:
+                self._forward_response_stateless(response)
+            else:
+                self._retired_response(gone, response)
             return
         self._run_client(ctx, ctx.tx.on_response(response, self.clock.seconds()))
 
@@ -318,7 +344,79 @@ class Relay:
                     except ValueError:
                         pass
                     ctx.server = None
+        if ctx.retired or (ctx.tx.absorbing() and self._retire_client(ctx)):
+            return
         self._arm(ctx, ctx.tx)
+
+    # -- retiring (sipgw.proxy.retired) ---------------------------------------------------
+
+    def _retire_server(self, ctx: ServerCtx) -> bool:
+        """Keep only what the absorbing server transaction still needs, with its branches
+        (an INVITE's branch is in Accepted once the 2xx went up); False while a branch
+        still has work to do."""
+        if self.servers.get(ctx.key) is not ctx:
+            return False
+        branches = list(ctx.branches)
+        if not all(b.done or b.tx.absorbing() for b in branches):
+            return False
+        del self.servers[ctx.key]
+        self._disarm(ctx)
+        self._stop_timer_c(ctx)
+        ctx.retired = True
+        send = ctx.tx.repeat()
+        self.retired_servers.add(
+            Retired(ctx.key, ctx.request.method,
+                    None if send is None else send.message.to_bytes(), ctx.dest, None),
+            ctx.tx.next_deadline())  # type: ignore[arg-type]
+        for branch in branches:
+            if not branch.done:
+                self._retire_client(branch)
+        ctx.branches = []
+        ctx.on_branch_failed = None
+        self._inuse()
+        return True
+
+    def _retire_client(self, ctx: ClientCtx) -> bool:
+        if self.clients.get(ctx.key) is not ctx:
+            return False
+        del self.clients[ctx.key]
+        self._disarm(ctx)
+        ctx.retired = ctx.done = True
+        server = ctx.server
+        upstream = None
+        if server is not None:
+            upstream = server.dest
+            try:
+                server.branches.remove(ctx)
+            except ValueError:
+                pass
+            ctx.server = None
+        send = ctx.tx.repeat()
+        self.retired_clients.add(
+            Retired(ctx.key, ctx.request.method,
+                    None if send is None else send.message.to_bytes(), ctx.dest, upstream),
+            ctx.tx.next_deadline())  # type: ignore[arg-type]
+        self._inuse()
+        if server is not None and not server.retired and server.tx.absorbing():
+            self._retire_server(server)  # it was waiting for this branch
+        return True
+
+    def _retired_response(self, gone: Retired, response: Response) -> None:
+        """What the retired client transaction would have done with ``response``."""
+        status = response.status
+        if status < 200:
+            return  # absorbed
+        if status < 300 and gone.method == "INVITE":
+            # §16.7 step 5, RFC 6026 Accepted: every 2xx to an INVITE goes upstream.
+            if gone.upstream is None:
+                self._forward_response_stateless(response)
+                return
+            up = response.copy()
+            up.pop_first("via")
+            self.proxy.stats.inc("core:fwd_replies")
+            self.proxy.send(up.to_bytes(), gone.upstream)
+        elif gone.resend is not None and status >= 300:
+            self.proxy.send(gone.resend, gone.dest)  # the ACK again (§17.1.1.2)
 
     def _branch_response(self, ctx: ClientCtx, response: Response) -> None:
         server = ctx.server
@@ -426,6 +524,11 @@ class Relay:
         if deadline is not None:
             ctx.timer = self.timers.at(deadline, ctx)
 
+    def _disarm(self, ctx) -> None:
+        if ctx.timer is not None:
+            self.timers.cancel(ctx.timer)
+            ctx.timer = None
+
     def _fire(self, ctx) -> None:
         ctx.timer = None
         effects = ctx.tx.on_timer(self.clock.seconds())
@@ -437,7 +540,8 @@ class Relay:
         self._run_client(ctx, effects)
 
     def _inuse(self) -> None:
-        self.proxy.stats.set("tm:inuse_transactions", len(self.servers) + len(self.clients))
+        self.proxy.stats.set("tm:inuse_transactions", len(self.servers) + len(self.clients)
+                             + len(self.retired_servers) + len(self.retired_clients))
 
     def transport_failed(self, host: str, port: int, transport: str) -> None:
         """A connection could not be made: every branch waiting on it fails now."""

@@ -375,6 +375,26 @@ class Transaction:
             return self._fire_retransmit(now)
         return []
 
+    # The wait states, where the machine has made its last decision and only absorbs
+    # retransmissions until its end timer (J; L, I; D, M; K). Set by each machine.
+    _ABSORBING: frozenset[State] = frozenset()
+
+    def absorbing(self) -> bool:
+        """True when nothing is left but absorbing retransmissions until the end timer.
+
+        A TU that holds many transactions may then keep only ``repeat()`` and the end
+        time: what the machine would still do, without the messages it holds.
+        """
+        return self._retx_at is None and self._end_at is not None and (
+            self.state in self._ABSORBING)
+
+    def repeat(self) -> Send | None:
+        """In an absorbing state, what goes out again when the peer repeats itself: the
+        final response to a repeated request (non-INVITE server, Completed), the ACK to a
+        repeated non-2xx final (INVITE client, Completed); None where the repeat is only
+        absorbed. A 2xx reaching an INVITE client in Accepted is the TU's (§16.7 step 5)."""
+        return None
+
     def on_transport_error(self, now: float) -> list[Effect]:
         """A send for this transaction failed (§17.1.4, §17.2.4)."""
         new = self._table[self.state].get(Input.TRANSPORT_ERROR)

@@ -53,6 +53,10 @@ class InviteClientTransaction(_ClientTransaction):
     Accepted, Terminated."""
 
     __slots__ = ("_send_ack",)
+    _ABSORBING = frozenset({State.COMPLETED, State.ACCEPTED})
+
+    def repeat(self) -> Send | None:
+        return self._send_ack if self.absorbing() and self.state is State.COMPLETED else None
 
     def __init__(self, request: Request, *, reliable: bool, timers: TimerConfig,
                  key: tuple | None = None) -> None:
@@ -105,6 +109,7 @@ class NonInviteClientTransaction(_ClientTransaction):
     """RFC 3261 §17.1.2. States: Trying, Proceeding, Completed, Terminated."""
 
     __slots__ = ()
+    _ABSORBING = frozenset({State.COMPLETED})  # response retransmissions absorbed
 
     def __init__(self, request: Request, *, reliable: bool, timers: TimerConfig,
                  key: tuple | None = None) -> None:

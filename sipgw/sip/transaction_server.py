@@ -47,6 +47,7 @@ class InviteServerTransaction(_ServerTransaction):
     """RFC 3261 §17.2.1 with RFC 6026 §7.1. Starts in Proceeding; the TU sends the 100."""
 
     __slots__ = ()
+    _ABSORBING = frozenset({State.ACCEPTED, State.CONFIRMED})  # INVITE and ACK absorbed
 
     def __init__(self, request: Request, *, reliable: bool, timers: TimerConfig) -> None:
         if request.method != "INVITE":
@@ -110,6 +111,10 @@ class NonInviteServerTransaction(_ServerTransaction):
     """RFC 3261 §17.2.2. States: Trying, Proceeding, Completed, Terminated."""
 
     __slots__ = ()
+    _ABSORBING = frozenset({State.COMPLETED})
+
+    def repeat(self) -> Send | None:
+        return self._resend if self.absorbing() else None
 
     def __init__(self, request: Request, *, reliable: bool, timers: TimerConfig) -> None:
         if request.method in ("INVITE", "ACK"):
