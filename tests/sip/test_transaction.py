@@ -861,3 +861,40 @@ def test_lossy_udp_link_delivers_an_invite_2xx_once_while_retransmissions_are_ab
     assert link.created == 1
     assert link.requests_seen == 2
     assert inv.state is State.TERMINATED and not link.servers
+
+
+# -- absorbing: what a TU may keep of a transaction in its last wait ------------------
+
+
+def test_each_machine_is_absorbing_exactly_in_its_wait_and_repeats_what_it_would_resend():
+    # INVITE client: not while calling; Completed after a non-2xx repeats its ACK.
+    tx, req = invite_client()
+    assert not tx.absorbing() and tx.repeat() is None
+    ack = tx.on_response(reply(req, 486, "Busy Here"), 1.0)[0]
+    assert tx.absorbing() and tx.repeat() == ack
+    assert tx.on_response(reply(req, 486, "Busy Here"), 2.0) == [tx.repeat()]
+    # INVITE client: Accepted after a 2xx absorbs, the 2xx being the TU's.
+    tx, req = invite_client()
+    tx.on_response(reply(req, 200, "OK"), 1.0)
+    assert tx.state is State.ACCEPTED and tx.absorbing() and tx.repeat() is None
+    # Non-INVITE client: Completed (timer K) repeats nothing.
+    tx, req = non_invite_client()
+    tx.on_response(reply(req, 200, "OK"), 1.0)
+    assert tx.absorbing() and tx.repeat() is None
+    # Non-INVITE server: Completed (timer J) repeats its final response.
+    bye = request("BYE")
+    srv = NonInviteServerTransaction(bye, reliable=False, timers=T)
+    assert not srv.absorbing()
+    final = srv.respond(make_response(bye, 200, "OK"), 0.0)[0]
+    assert srv.absorbing() and srv.repeat() == final == srv.on_request(bye, 1.0)[0]
+    # INVITE server: Completed after a non-2xx still retransmits (G): not absorbing until
+    # the ACK (Confirmed, timer I); Accepted after a 2xx absorbs at once.
+    inv = request("INVITE")
+    srv = InviteServerTransaction(inv, reliable=False, timers=T)
+    srv.respond(make_response(inv, 486, "Busy Here", to_tag="x"), 0.0)
+    assert srv.state is State.COMPLETED and not srv.absorbing()
+    srv.on_request(request("ACK"), 0.1)
+    assert srv.state is State.CONFIRMED and srv.absorbing() and srv.repeat() is None
+    srv = InviteServerTransaction(inv, reliable=False, timers=T)
+    srv.respond(make_response(inv, 200, "OK", to_tag="x"), 0.0)
+    assert srv.state is State.ACCEPTED and srv.absorbing() and srv.repeat() is None
