@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 
 import pytest
@@ -42,7 +43,7 @@ def test_a_young_collection_freezes_what_survives_and_refcounting_still_frees_it
     assert probe() is None  # dead the moment nothing refers to it, frozen or not
 
 
-def test_the_scheduled_full_collection_frees_cycles_that_aged_among_frozen_objects(policy):
+def _frozen_cycle() -> weakref.ref:
     a, b = _Node(), _Node()
     a.other, b.other = b, a
     gc.collect(0)  # the pair survives a young collection: frozen
@@ -50,14 +51,34 @@ def test_the_scheduled_full_collection_frees_cycles_that_aged_among_frozen_objec
     del a, b
     gc.collect(0)
     assert probe() is not None  # a frozen cycle: no young collection will find it
+    return probe
+
+
+def test_a_full_collection_runs_when_memory_has_grown_by_a_quarter(policy):
     clock = Clock()
-    loop = gcpolicy.start(clock, interval=300)
+    loop = gcpolicy.start(clock)
     try:
-        clock.advance(299)
-        assert probe() is not None
-        clock.advance(1)
+        probe = _frozen_cycle()
+        clock.advance(gcpolicy.CHECK_INTERVAL)
+        assert probe() is not None  # a steady process is not paused
+        grown = [[i] for i in range(sys.getallocatedblocks() // 2)]
+        clock.advance(gcpolicy.CHECK_INTERVAL)
         assert probe() is None
         assert gcpolicy.last_full["found"] >= 2 and gcpolicy.last_full["seconds"] >= 0
-        assert gc.get_freeze_count() > 0  # the survivors were frozen again
+        assert gc.get_freeze_count() > len(grown)  # the survivors were frozen again
+    finally:
+        loop.stop()
+
+
+def test_a_full_collection_runs_at_least_once_an_hour(policy):
+    clock = Clock()
+    loop = gcpolicy.start(clock)
+    try:
+        probe = _frozen_cycle()
+        clock.pump([gcpolicy.CHECK_INTERVAL] * int(gcpolicy.FULL_INTERVAL
+                                                    // gcpolicy.CHECK_INTERVAL - 1))
+        assert probe() is not None
+        clock.advance(gcpolicy.CHECK_INTERVAL)
+        assert probe() is None
     finally:
         loop.stop()
