@@ -134,7 +134,7 @@ class StreamConnection(protocol.Protocol):
                 # Answer with the error if the headers allow it, then close: the stream
                 # cannot be resynchronised (RFC 3261 §18.3, RFC 4475 ncl and mcl01).
                 self.stack.refuse(e.head, self.source, e)  # type: ignore[attr-defined]
-            self.transport.loseConnection()
+            self.lose()
             return
         self._deliver(items)
 
@@ -180,7 +180,14 @@ class StreamConnection(protocol.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
-            self.transport.loseConnection()
+            self.lose()
+
+    def lose(self) -> None:
+        """Close once what is written has gone. The write bound's producer goes first:
+        Twisted's TLS layer puts off its close alert, and so the close itself, while a
+        producer is registered, and ours never leaves by itself."""
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def _touch(self) -> None:
         timeout = self.stack.settings.idle_timeout
@@ -210,15 +217,26 @@ class _ServerFactory(protocol.ServerFactory):
 
 
 class _ClientFactory(protocol.ClientFactory):
+    # One factory per connection: its "Starting factory" log event would say nothing
+    # and, kept by a log buffer, keep the connection alive.
+    noisy = False
+
     def __init__(self, stack: "StreamTransport", conn: StreamConnection) -> None:
         self.stack = stack
-        self.conn = conn
+        self.conn: StreamConnection | None = conn
 
     def buildProtocol(self, addr) -> StreamConnection:
         return self.conn
 
     def clientConnectionFailed(self, connector, reason) -> None:
         self.stack.on_connect_failed(self.conn, reason)
+        self.conn = None
+
+    def clientConnectionLost(self, connector, reason) -> None:
+        # Twisted's client transport and its connector refer to each other for good, a
+        # cycle left to the collector (tcp.Client.connector, Connector.transport); the
+        # connector holds this factory, which lets go of the connection here.
+        self.conn = None
 
 
 class StreamTransport:
@@ -277,7 +295,7 @@ class StreamTransport:
         self.cap_log.reached(key, "{t} flow {id} from {h}:{p}: {what}; closed",
                              t=conn.transport_name, id=conn.flow_id, what=what,
                              h=src.host if src else "?", p=src.port if src else 0)
-        conn.transport.loseConnection()
+        conn.lose()
 
     def slow_reader(self, conn: StreamConnection) -> None:
         """The peer left more than ``max_write_queue`` bytes unread: drop what waits."""

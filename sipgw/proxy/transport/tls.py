@@ -77,7 +77,13 @@ def build_context(settings: TlsSettings) -> SSL.Context:
                        key="tls.private_key") from None
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(_VERSIONS[settings.min_version])
-    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    # A peer that closes TCP without a TLS close alert (a browser tab closed, a phone
+    # off the network) is an end, not an error: SIP framing already refuses a message
+    # cut short, so a truncated stream delivers nothing. As an error, Twisted's TLS layer
+    # would keep it in a Failure that holds its own frame, a reference cycle per such
+    # connection freed only by the collector's rare full pass (gcpolicy).
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
+                    | SSL.OP_IGNORE_UNEXPECTED_EOF)
     try:
         ctx.set_cipher_list((settings.ciphers or DEFAULT_CIPHERS).encode())
     except SSL.Error:

@@ -37,6 +37,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket import protocol as _autobahn_protocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 
 from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tell_slow_reader
@@ -374,6 +375,14 @@ class WsConnection(FastPaths, WebSocketServerProtocol):
             self.source, source = None, self.source
             by_us = self.closedByMe or self.failedByMe or self._dropped_by_us
             self.stack.closed(self, source, by_us=bool(by_us))
+
+    def connectionLost(self, reason=connectionDone) -> None:
+        super().connectionLost(reason)
+        # autobahn fires ``is_closed`` with the protocol itself, so the protocol and the
+        # Deferred it holds refer to each other: a cycle per connection, freed only by the
+        # collector's rare full pass (gcpolicy). Nothing in sipgw waits on it, and autobahn
+        # touches it no more once the connection is closed.
+        self.is_closed = None
 
     def _no_register(self) -> None:
         self._unregistered = None
