@@ -14,9 +14,10 @@ needed only for garbage in reference cycles, and the route script makes none
 * a young collection runs every ``YOUNG_THRESHOLD`` net allocations, as usual, and what
   survives it is frozen (``gc.freeze``): moved out of the collector's sight for good,
   still freed by reference counting when it dies;
-* a full collection unfreezes everything, collects cycles anywhere (what a library keeps
-  in cycles: a closed connection's objects, a failed Deferred), and freezes the survivors
-  again. It walks every live object (0.6 s with the 32,000 calls a 1,000 calls/s load
+* a full collection unfreezes everything, collects cycles anywhere (a Failure's
+  traceback, a library's internals; sipgw's own connections make none,
+  tests/proxy/test_connection_cycles.py), and freezes the survivors again. It walks
+  every live object (0.6 s with the 32,000 calls a 1,000 calls/s load
   keeps in their 32 s wait), so it runs only when the memory Python holds has grown by a
   quarter since the last one (checked every ``CHECK_INTERVAL`` s), or ``FULL_INTERVAL``
   has passed: a steady load is never paused, garbage that accumulates is still found.
