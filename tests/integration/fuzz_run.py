@@ -2,8 +2,9 @@
 and WebSocket by ``sipgw.tools.fuzz.Sender``, then judged from the outside. Messages come
 in chunks alternately from 127.0.0.1 (challenged: the AUTH step parses the credentials) and
 127.0.0.2 (trusted: what parses is relayed to the backend and its answers come back).
-RSS keeps its peak (the allocator keeps freed memory); ``core.memory``'s python_blocks, read
-at the start and after each pass, shows whether anything accumulates.
+``core.memory``'s python_blocks, read at the start and after each pass, shows whether
+anything accumulates; the RSS read after the last ``core.memory`` (which collects and
+trims, as sipgw does by itself once a minute) shows what the run left resident.
 
 The sipgw has UDP+TCP on one port, WS on another, digest auth on (a SQLite store in its
 work directory, realm sipgw.test; no bans, so the fuzzing address keeps reaching the AUTH
@@ -116,9 +117,10 @@ def fuzz_running_sipgw(workdir: Path, count: int, *, seed: int = 1, passes: int 
     """Start a FuzzSipgw, throw ``count`` mutated messages at it ``passes`` times (new
     messages each time), judge it, stop it.
 
-    RSS after a pass is read once every transaction has ended. Python rarely gives freed
-    memory back to the system, so RSS stays near the peak of what was in flight; a second
-    pass that ends where the first did is the sign that nothing accumulates."""
+    RSS after a pass is read once every transaction has ended, but before ``core.memory``
+    trims: the heap freed since the last once-a-minute trim may still be counted. The end
+    RSS is read after it, so it is what the run left; a second pass that ends where the
+    first did is the sign that nothing accumulates."""
     with Responder() as backend:
         gw = FuzzSipgw(workdir, backend=backend.address)
         with gw:

@@ -15,20 +15,28 @@ from tests.integration.wspeer import WsPeer
 pytestmark = pytest.mark.integration
 
 
-def test_two_thousand_mutated_messages_over_udp_tcp_and_ws_leave_sipgw_serving(
+# What a run may leave resident once its transactions have ended and core.memory has
+# trimmed (as the once-a-minute trim would): 20,000 messages left 340-460 kB in six runs.
+# Without malloc_trim the same run left 6,300 kB (the heap kept its peak), and with
+# transactions kept whole until their end timer (before the relay retired them) 4,200 kB
+# (the pymalloc arenas their peak needed stay, held by the state made among them).
+RSS_LEFT_KB = 2_500
+
+
+def test_twenty_thousand_mutated_messages_leave_sipgw_serving_near_its_start_memory(
     tmp_path: Path,
 ) -> None:
-    report = fuzz_running_sipgw(tmp_path / "gw", 2_000, seed=20261128)
+    report = fuzz_running_sipgw(tmp_path / "gw", 20_000, seed=20261128)
     summary = report.text()
-    assert sum(report.sent.sent.values()) == 2_000, summary
-    assert min(report.sent.sent[t] for t in ("udp", "tcp", "ws")) >= 666, summary
-    assert report.sent.probe_failures == 0 and report.sent.probes >= 10, summary
+    assert sum(report.sent.sent.values()) == 20_000, summary
+    assert min(report.sent.sent[t] for t in ("udp", "tcp", "ws")) >= 6_666, summary
+    assert report.sent.probe_failures == 0 and report.sent.probes >= 100, summary
     assert report.sent.replies["4xx"] > 100, summary  # refusals came back, not silence
     assert report.backend_answered > 0, summary  # and what parsed was relayed
     assert report.bad_log_lines == [], summary
     assert '"uptime"' in report.uptime_answer, summary
     assert report.inuse_transactions == 0, summary
-    assert report.rss_end_kb < report.rss_start_kb + 40_000, summary
+    assert report.rss_end_kb - report.rss_start_kb < RSS_LEFT_KB, summary
 
 
 @pytest.fixture
