@@ -6,6 +6,14 @@ its heap for reuse: after a flood or a registration storm the RSS stays at its p
 good, although the objects are gone. ``malloc_trim(0)`` (glibc) returns the free pages
 at the top of the heap and inside it. It walks the heap, so it runs once a minute, not
 per message; on a C library without it this is a no-op.
+
+Measured on the fuzz run (``bench/fuzz.py --parser 0 --proxy 100000``, 2 x 100,000
+messages): without the trim sipgw ends 21.7 MB above its start RSS, its peak; with it
+1.7-2.3 MB (/proc/PID/smaps: 0.7 MB of it in the heap, the rest in pymalloc's arenas,
+kept by the registrations, dialogs and bounded caches made during the run). Nothing
+else is worth tuning: sipgw runs one thread, so there are no other malloc arenas to cap
+(M_ARENA_MAX), and sending 64 kB and larger blocks to mmap (M_MMAP_THRESHOLD) lowered the
+peak but not the end (+1.77 MB), at the price of a system call per such buffer.
 """
 
 from __future__ import annotations
