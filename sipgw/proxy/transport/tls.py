@@ -19,7 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet import protocol
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from sipgw.proxy.config import ConfigError
 from sipgw.proxy.transport.stream import BACKLOG, StreamConnection, StreamTransport
@@ -100,6 +102,7 @@ def build_context(settings: TlsSettings) -> SSL.Context:
     return ctx
 
 
+@implementer(IOpenSSLContextFactory)
 class ServerTls:
     """The context factory Twisted's listenSSL asks on every new connection."""
 
