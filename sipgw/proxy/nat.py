@@ -118,7 +118,7 @@ def _first_contact_uri(msg: Message, values: list[str]) -> SipURI | None:
 def _force_rport(req: Request, source: Source) -> None:
     """RFC 3581 §4 with Kamailio's force_rport: received and rport on the top Via."""
     via = req.top_via.with_param("received", source.host).with_param("rport", str(source.port))
-    req.replace_first("via", str(via))
+    req.replace_top_via(via)
 
 
 def _alias_contacts(msg: Message, source: Source) -> None:

@@ -144,6 +144,21 @@ class Message:
                 return
         self.prepend(name, value)
 
+    def replace_top_via(self, via) -> None:
+        """Make ``via`` (a parsed ``Via``) the first Via value, keeping it parsed.
+
+        The server transaction key survives when only parameters changed (force_rport's
+        received and rport): it is made of the branch and sent-by (RFC 3261 §17.2.3).
+        """
+        cache = self._cache
+        key = cache.get("server_key")
+        old = cache.get("via")
+        self.replace_first("via", str(via))
+        cache["via"] = via
+        if (key is not None and old is not None and len(key) == 3  # type: ignore[arg-type]
+                and old.branch == via.branch and old.sent_by == via.sent_by):  # type: ignore[attr-defined]
+            cache["server_key"] = key
+
     def set(self, name: str, value: str) -> None:
         """Make ``value`` the only line of that header, in the first one's place."""
         key = header_key(name)

@@ -263,3 +263,23 @@ def test_parse_of_to_bytes_serialises_to_the_same_bytes(msg: Request | Response)
         assert parsed.cseq == msg.cseq
         assert parsed.top_via == msg.top_via
         assert (parsed.from_tag, parsed.to_tag) == (msg.from_tag, msg.to_tag)
+
+
+def test_replacing_the_top_via_keeps_it_parsed_and_the_transaction_key_when_only_params_change():
+    from sipgw.sip.transaction import server_key
+
+    req = parse_message(
+        b"REGISTER sip:example.com SIP/2.0\r\n"
+        b"Via: SIP/2.0/WS abc.invalid;branch=z9hG4bK-1, SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK-0\r\n"
+        b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\nCall-ID: c\r\n"
+        b"CSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n")
+    key = server_key(req)
+    via = req.top_via.with_param("received", "198.51.100.4").with_param("rport", "5070")
+    req.replace_top_via(via)
+    assert req.top_via is via and server_key(req) is key
+    assert req.values("via") == [
+        "SIP/2.0/WS abc.invalid;branch=z9hG4bK-1;received=198.51.100.4;rport=5070",
+        "SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK-0"]
+    # Another branch is another transaction: the key is computed again.
+    req.replace_top_via(via.with_param("branch", "z9hG4bK-2"))
+    assert server_key(req)[0] == "z9hG4bK-2"
