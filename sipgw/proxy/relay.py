@@ -338,12 +338,7 @@ class Relay:
                 if self.clients.get(ctx.key) is ctx:
                     del self.clients[ctx.key]
                     self._inuse()
-                if ctx.server is not None:
-                    try:
-                        ctx.server.branches.remove(ctx)
-                    except ValueError:
-                        pass
-                    ctx.server = None
+                self._detach(ctx)
         if ctx.retired or (ctx.tx.absorbing() and self._retire_client(ctx)):
             return
         self._arm(ctx, ctx.tx)
@@ -363,11 +358,7 @@ class Relay:
         self._disarm(ctx)
         self._stop_timer_c(ctx)
         ctx.retired = True
-        send = ctx.tx.repeat()
-        self.retired_servers.add(
-            Retired(ctx.key, ctx.request.method,
-                    None if send is None else send.message.to_bytes(), ctx.dest, None),
-            ctx.tx.next_deadline())  # type: ignore[arg-type]
+        self._keep(self.retired_servers, ctx, None)
         for branch in branches:
             if not branch.done:
                 self._retire_client(branch)
@@ -383,23 +374,32 @@ class Relay:
         self._disarm(ctx)
         ctx.retired = ctx.done = True
         server = ctx.server
-        upstream = None
-        if server is not None:
-            upstream = server.dest
-            try:
-                server.branches.remove(ctx)
-            except ValueError:
-                pass
-            ctx.server = None
-        send = ctx.tx.repeat()
-        self.retired_clients.add(
-            Retired(ctx.key, ctx.request.method,
-                    None if send is None else send.message.to_bytes(), ctx.dest, upstream),
-            ctx.tx.next_deadline())  # type: ignore[arg-type]
+        self._detach(ctx)
+        self._keep(self.retired_clients, ctx, None if server is None else server.dest)
         self._inuse()
         if server is not None and not server.retired and server.tx.absorbing():
             self._retire_server(server)  # it was waiting for this branch
         return True
+
+    @staticmethod
+    def _keep(table: RetiredTable, ctx, upstream: Destination | None) -> None:
+        """Put ``ctx``'s transaction in ``table``: its key, the bytes its repeat() sends
+        and where, until its end timer."""
+        send = ctx.tx.repeat()
+        table.add(Retired(ctx.key, ctx.request.method,
+                          None if send is None else send.message.to_bytes(), ctx.dest, upstream),
+                  ctx.tx.next_deadline())
+
+    @staticmethod
+    def _detach(branch: ClientCtx) -> None:
+        """The branch leaves its server context's list (and the cycle between them)."""
+        server = branch.server
+        if server is not None:
+            try:
+                server.branches.remove(branch)
+            except ValueError:
+                pass
+            branch.server = None
 
     def _retired_response(self, gone: Retired, response: Response) -> None:
         """What the retired client transaction would have done with ``response``."""
