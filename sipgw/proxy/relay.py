@@ -43,7 +43,7 @@ class ServerCtx:
 
     __slots__ = (
         "key", "tx", "request", "dest", "timer", "branches", "final_sent", "cancelled",
-        "timer_c", "on_branch_failed", "retired",
+        "timer_c", "on_branch_failed",
     )
 
     def __init__(self, key, tx, request: Request, dest: Destination) -> None:
@@ -56,7 +56,6 @@ class ServerCtx:
         self.final_sent = False
         self.cancelled = False
         self.timer_c = None
-        self.retired = False  # its transaction moved to Relay.retired_servers
         # The DISPATCH step's failover hook: ``(dest, status, local) -> bool``, called when
         # a branch ends with a final status >= 300 (``local``: our 408 timeout or 503
         # transport error); True means it sent the request on a new branch instead.
@@ -357,7 +356,6 @@ class Relay:
         del self.servers[ctx.key]
         self._disarm(ctx)
         self._stop_timer_c(ctx)
-        ctx.retired = True
         self._keep(self.retired_servers, ctx, None)
         for branch in branches:
             if not branch.done:
@@ -377,8 +375,8 @@ class Relay:
         self._detach(ctx)
         self._keep(self.retired_clients, ctx, None if server is None else server.dest)
         self._inuse()
-        if server is not None and not server.retired and server.tx.absorbing():
-            self._retire_server(server)  # it was waiting for this branch
+        if server is not None and server.tx.absorbing():
+            self._retire_server(server)  # it was waiting for this branch (or retiring now)
         return True
 
     @staticmethod

@@ -139,9 +139,7 @@ def message_address_list(msg, value: str) -> tuple[NameAddr, ...] | _Star:
     message: NAT detection, the contact alias and the registrar each read the Contact of a
     REGISTER. Kept in the message's cache by value, so a rewritten Contact is a new entry.
     """
-    cache = msg._cache.get("address_lists")
-    if cache is None:
-        cache = msg._cache["address_lists"] = {}
+    cache = _address_lists(msg)
     parsed = cache.get(value)
     if parsed is None:
         parsed = parse_address_list(value)
@@ -153,10 +151,11 @@ def message_address_list(msg, value: str) -> tuple[NameAddr, ...] | _Star:
 
 def remember_address_list(msg, value: str, parsed: list[NameAddr]) -> None:
     """Record what ``value``, written by sipgw from ``parsed``, parses to."""
-    cache = msg._cache.get("address_lists")
-    if cache is None:
-        cache = msg._cache["address_lists"] = {}
-    cache[value] = tuple(parsed)
+    _address_lists(msg)[value] = tuple(parsed)
+
+
+def _address_lists(msg) -> dict:
+    return msg._cache.setdefault("address_lists", {})
 
 
 def _lower_first(reason: str) -> str:
