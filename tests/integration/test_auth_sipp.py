@@ -235,7 +235,9 @@ def test_a_redis_stall_costs_only_the_requests_that_timed_out(sipgw, redis: Redi
             phone.register(phone.credentials(phone.challenge()))
             phone.peer.expect("503", timeout=3.0)  # this one waited the whole timeout
             phone.register(phone.credentials(phone.challenge()))
-            time.sleep(0.3)  # the stall goes on a little after the first timeout
+            # The stall goes on a little after the first timeout, with this REGISTER
+            # waiting on Redis: no answer meanwhile.
+            assert phone.peer.receive(0.3) is None
         assert backend.receive(1.5) is not None, gw.describe()
         assert phone.peer.receive(0.2) is None  # no 503 for the second REGISTER
 

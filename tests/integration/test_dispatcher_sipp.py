@@ -24,6 +24,7 @@ from tests.integration.sipgw_process import (
     build_request,
     run_cli,
 )
+from tests.helpers.poll import wait_until
 from tests.integration.sipp import SippProcess, SippRunner
 
 pytestmark = pytest.mark.integration
@@ -123,10 +124,8 @@ def test_round_robin_splits_evenly_a_dead_member_is_skipped_and_the_backup_takes
     # calls sent to it meanwhile fail over to the other one, and only a call that was up
     # on it at that instant may fail -- with a final response, not a timeout.
     flow = calls(sipp, gw, 300, rate=100)
-    deadline = time.monotonic() + 5.0
-    while invites(a) + invites(b) < 1000 + 60:
-        assert time.monotonic() < deadline, flow.describe()
-        time.sleep(0.05)
+    wait_until(lambda: invites(a) + invites(b) >= 1000 + 60, timeout=5.0,
+               what="calls not reaching the primaries", caller=flow)
     mark = len(gw.log_text())
     a.stop()
     died = time.monotonic()
@@ -215,10 +214,8 @@ def test_reload_while_calls_run_new_calls_use_the_new_list_and_a_bad_file_is_ref
 ) -> None:
     gw, (a, b, c), listfile = pool(sipp, sipgw, tmp_path, "1 {0}\n1 {1}\n", algorithm=4)
     running = calls(sipp, gw, 40, rate=20, pause_ms=1500)  # 2 s of new calls, 1.5 s each
-    deadline = time.monotonic() + 5.0
-    while invites(a) + invites(b) < 10:  # calls are up on the old list
-        assert time.monotonic() < deadline, running.describe()
-        time.sleep(0.05)
+    wait_until(lambda: invites(a) + invites(b) >= 10, timeout=5.0,  # up on the old list
+               what="calls not up on the old list", caller=running)
     mark = len(gw.log_text())
     listfile.write_text(f"# a and b retired\n1 {uri(c)}\n")
     gw.reload()

@@ -27,6 +27,7 @@ from tests.integration.sipgw_process import (
     control_toml,
     statistics,
 )
+from tests.helpers.poll import wait_until
 from tests.integration.sipp import SippProcess, SippRunner, all_of
 from tests.integration.test_dispatcher_sipp import (
     dispatcher_list,
@@ -77,13 +78,6 @@ def kill(backend: SippProcess) -> None:
     assert backend.pid is not None
     os.kill(backend.pid, signal.SIGKILL)
     backend.stop()  # reaps it
-
-
-def wait_until(predicate, *, timeout: float, what: str, caller: SippProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}\n{caller.describe()}"
-        time.sleep(0.05)  # the pause between looks at the backends' traces
 
 
 def test_a_backend_killed_with_calls_up_bye_to_it_gets_a_prompt_503_and_others_keep_calling(
