@@ -156,7 +156,7 @@ class Authenticator:
         a request that goes on, to the store or further, gets its server transaction from
         ``start`` first (retransmissions are absorbed while the store is asked)."""
         s = self.settings
-        if s.trusted and _in_networks(source.host, s.trusted):
+        if self.trusts(source.host):
             ctx = start(req, source)
             if ctx is not None:
                 proceed(ctx, req, source)
@@ -327,6 +327,11 @@ class Authenticator:
             self._answer(ctx, req, source, 401, "Unauthorized", extra)
         else:
             self._answer(ctx, req, source, 407, "Proxy Authentication Required", extra)
+
+    def trusts(self, host: str) -> bool:
+        """Is ``host`` in ``auth.trusted`` (never challenged, may route anywhere)?"""
+        trusted = self.settings.trusted
+        return bool(trusted) and _in_networks(host, trusted)
 
     def _ours(self, host: str) -> bool:
         s = self.settings

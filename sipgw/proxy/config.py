@@ -579,6 +579,7 @@ class ProxyConfig:
     aliases: tuple[str, ...] = _key(_StringList('a list of "host" or "host:port" strings', _alias), [], "more host names or addresses that mean sipgw itself (OPTIONS to self, loop detection)", in_effect=True)  # noqa: E501
     drain_timeout: float = _key(_Seconds(), 10, "on SIGTERM, how long requests already received may take to get their final answer before sipgw exits (seconds; new requests get 503 meanwhile)", in_effect=True)  # noqa: E501
     nat_uac_test: int = _key(_Integer(0, 511), 19, "Kamailio nat_uac_test flags for UDP/TCP/TLS clients (0 = off); WebSocket clients are always NATed", in_effect=True)  # noqa: E501
+    route_secret: str = _key(_Secret(), "", 'HMAC key that signs the Record-Route and contact aliases sipgw writes, the same on every node ("" = derived from auth.nonce_secret, or else a key kept in state.directory/route.key)', in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

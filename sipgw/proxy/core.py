@@ -21,6 +21,7 @@ from sipgw.proxy.nat import WEBSOCKET, Nat
 from sipgw.proxy.registrar import Registrar
 from sipgw.proxy.relay import Relay
 from sipgw.proxy.router import Router
+from sipgw.proxy.signing import RouteSigner
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import Destination, Source
 from sipgw.sip.errors import ParseError
@@ -63,6 +64,7 @@ class Proxy:
         server_header: str = "sipgw",
         timer_c: float = 180.0,
         max_transactions: int = 100_000,
+        route_key: bytes | None = None,
     ) -> None:
         self.clock = clock
         self.identity = identity
@@ -77,7 +79,9 @@ class Proxy:
         self.timer_c = timer_c
         self.max_transactions = max_transactions
         self.draining = False  # set on SIGTERM: new initial requests get 503
-        self.nat = Nat(is_client=self._is_client)  # the service gives it the flow table
+        # Signs our Record-Route and contact aliases (a key of this start unless given).
+        self.signer = RouteSigner(route_key or os.urandom(32))
+        self.nat = Nat(self.signer, is_client=self._is_client)  # the service gives it flows
         self.registrar = Registrar(clock, identity, boot=os.urandom(3).hex())
         # The pool of backends (sipgw.proxy.dispatcher.Dispatcher), set by the service;
         # without one, every request goes to ``backend``.

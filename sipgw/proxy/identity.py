@@ -72,25 +72,26 @@ class Identity:
         lst = self.listener(transport)
         return f"SIP/2.0/{transport.upper()} {_hostport(lst.host, lst.port)};branch={branch}"
 
-    def record_route(self, transport: str) -> str:
+    def record_route(self, transport: str, params: str = "") -> str:
+        """Our Record-Route for messages sent over ``transport``; ``params`` (such as
+        ``;sg=MAC``, ``sipgw.proxy.signing``) follow ``;lr``."""
         lst = self.listener(transport)
         # RFC 7118 §5.2: "ws" names both WS and WSS in URIs (with a sips: scheme for WSS
         # elsewhere; Kamailio writes transport=ws for both and browsers expect it).
         name = _URI_TRANSPORT.get(transport, transport)
         tparam = "" if transport == "udp" else f";transport={name}"
-        return f"<sip:{_hostport(lst.host, lst.port)}{tparam};lr>"
+        return f"<sip:{_hostport(lst.host, lst.port)}{tparam};lr{params}>"
 
-    def record_route_pair(self, inbound: str, outbound: str) -> list[str]:
+    def record_route_pair(self, inbound: str, outbound: str, params: str = "") -> list[str]:
         """One Record-Route, or two with ``r2=on`` when the transport changes.
 
         The first value faces the next hop (downstream uses it first), the second faces
         the previous hop (upstream's route set is the list reversed).
         """
         if inbound == outbound:
-            return [self.record_route(outbound)]
-        out_rr = self.record_route(outbound)[:-4] + ";lr;r2=on>"
-        in_rr = self.record_route(inbound)[:-4] + ";lr;r2=on>"
-        return [out_rr, in_rr]
+            return [self.record_route(outbound, params)]
+        params = ";r2=on" + params
+        return [self.record_route(outbound, params), self.record_route(inbound, params)]
 
 
 _URI_TRANSPORT = {"wss": "ws"}

@@ -18,7 +18,10 @@ from sipgw.proxy.transport import RELIABLE, Destination, FlowTable, Source
 from sipgw.sip.address import STAR, message_address_list, remember_address_list
 from sipgw.sip.errors import ParseError
 from sipgw.sip.message import Field, Message, Request
-from sipgw.sip.nat import NatTest, add_alias, nat_uac_test, needs_alias, take_alias
+from sipgw.proxy.signing import RouteSigner
+from sipgw.sip.nat import (
+    NatTest, add_alias, nat_uac_test, needs_alias, split_alias_mac, take_alias,
+)
 from sipgw.sip.uri import SipURI
 
 log = Logger(namespace="sipgw.nat")
@@ -36,13 +39,19 @@ class FlowGone(Exception):
         self.port = port
 
 
+class ForgedAlias(Exception):
+    """A client's request names an alias sipgw did not write (no MAC, or a wrong one)."""
+
+
 class Nat:
     def __init__(
         self,
+        signer: RouteSigner,
         flows: FlowTable | None = None,
         tests: NatTest = NatTest(19),
         is_client: Callable[[str, int], bool] = lambda host, port: False,
     ) -> None:
+        self.signer = signer
         self.flows = flows
         self.tests = tests  # for UDP/TCP/TLS clients; WebSocket adds its own test
         self.is_client = is_client
@@ -67,17 +76,20 @@ class Nat:
         if isinstance(msg, Request):
             _force_rport(msg, source)
         if contacts:
-            _alias_contacts(msg, source)
+            _alias_contacts(msg, source, self.signer.alias)
         return found
 
     # -- towards clients ----------------------------------------------------------------
 
-    def toward_client(self, req: Request, target: Destination) -> Destination:
+    def toward_client(self, req: Request, target: Destination, *,
+                      signed_only: bool = False) -> Destination:
         """handle_ruri_alias: the alias in the Request-URI, if any, is where it goes.
 
         The alias is removed from the Request-URI. A malformed one raises ``ParseError``
         (400); one naming a closed connection raises ``FlowGone``; one naming an address
-        that is not a client (ourselves, a backend) is not followed.
+        that is not a client (ourselves, a backend) is not followed. With ``signed_only``
+        (the request comes from a client), an alias without sipgw's MAC raises
+        ``ForgedAlias``: only what sipgw wrote may aim a client's request.
         """
         if "alias=" not in req.uri:
             return target
@@ -87,6 +99,8 @@ class Nat:
         bare, alias = take_alias(uri)
         if alias is None:
             return target  # "alias=" was in the user part or another parameter's name
+        if signed_only and not self.signer.alias_ok(*split_alias_mac(uri.param("alias") or "")):
+            raise ForgedAlias(uri.param("alias"))
         req.uri = str(bare)
         host, port, transport = alias
         if transport not in RELIABLE:
@@ -121,7 +135,7 @@ def _force_rport(req: Request, source: Source) -> None:
     req.replace_top_via(via)
 
 
-def _alias_contacts(msg: Message, source: Source) -> None:
+def _alias_contacts(msg: Message, source: Source, sign: Callable[[str], str]) -> None:
     """add_contact_alias on every Contact value (REGISTER may carry several)."""
     rewritten = []
     for value in msg.headers("contact"):
@@ -137,7 +151,7 @@ def _alias_contacts(msg: Message, source: Source) -> None:
             if isinstance(uri, SipURI) and needs_alias(uri, source.host, source.port,
                                                        source.transport):
                 addr = addr.replace(uri=add_alias(uri, source.host, source.port,
-                                                  source.transport))
+                                                  source.transport, sign))
             out.append(addr)
         text = ", ".join(str(addr) for addr in out)
         remember_address_list(msg, text, out)

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from sipgw.proxy.identity import BRANCH_PREFIX, loop_hash, make_branch
 from sipgw.proxy.limits import CapLog
 from sipgw.proxy.retired import Retired, RetiredTable
+from sipgw.proxy.signing import PARAM as SIGNATURE
 from sipgw.proxy.timerq import TimerQueue
 from sipgw.proxy.transport import Destination, Source, forbidden_target
 from sipgw.sip.effects import Deliver, Send, Terminated, Timeout, TransportError
@@ -187,7 +188,8 @@ class Relay:
         out = request.copy()
         _decrement_max_forwards(out, p.max_forwards)
         if record_route:
-            for rr in reversed(p.identity.record_route_pair(inbound, target.transport)):
+            sig = f";{SIGNATURE}={p.signer.dialog(request.call_id, request.from_tag)}"
+            for rr in reversed(p.identity.record_route_pair(inbound, target.transport, sig)):
                 out.prepend("record-route", rr)
         branch = make_branch(loop_hash(request), f"{next(self._ids):x}")
         out.prepend("via", p.identity.via(target.transport, branch))

@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from sipgw.proxy.identity import branch_loop_part, loop_hash
-from sipgw.proxy.nat import WEBSOCKET, FlowGone
+from sipgw.proxy.limits import CapLog
+from sipgw.proxy.nat import WEBSOCKET, FlowGone, ForgedAlias
 from sipgw.proxy.registrar import FlowFailed
+from sipgw.proxy.signing import PARAM as SIGNATURE
+from sipgw.proxy.stats import StatDef
 from sipgw.proxy.transport import Destination, Source
 from sipgw.sip.address import parse_name_addr
 from sipgw.sip.errors import ParseError
@@ -31,22 +34,34 @@ DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, PRACK, SUBSCRIBE, NOTIFY, PUBLISH, INFO, REFER, MESSAGE, UPDATE"
 
 
+ROUTER_STATS = (
+    StatDef(group="core", name="forbidden_relays", help="in-dialog requests from clients refused (403; an ACK dropped) because their Route was not one sipgw wrote for that dialog, or they would go neither to a backend nor to a client"),  # noqa: E501
+)
+
+
+class NotRelaying(Exception):
+    """A client's request that would make sipgw relay where it must not; says why."""
+
+
 class Router:
     def __init__(self, proxy: "Proxy") -> None:
         self.proxy = proxy
         self.relay = proxy.relay
         self.identity = proxy.identity
+        proxy.stats.declare(ROUTER_STATS)
+        self.refusals = CapLog(log, proxy.clock.seconds)
 
     def on_request(self, req: Request, source: Source) -> None:
         method = req.method
-        if method == "ACK":
-            self._ack(req, source)
-            return
-        # Retransmission of a request we are already handling (§17.2.3).
+        # Retransmission of a request we are already handling (§17.2.3), or the ACK of a
+        # non-2xx, which belongs to our INVITE server transaction (hop by hop).
         if self.relay.absorb(req, source):
             return
         ruri = self._reqinit(req, source)
         if ruri is None:
+            return
+        if method == "ACK":
+            self._ack(req, source)
             return
         nat = self.proxy.nat
         if source.transport in WEBSOCKET or (nat.tests and not self.proxy.is_backend(source)):
@@ -126,19 +141,20 @@ class Router:
     # -- ACK ----------------------------------------------------------------------------
 
     def _ack(self, req: Request, source: Source) -> None:
-        # The ACK of a non-2xx belongs to our INVITE server transaction (hop by hop).
-        if self.relay.absorb(req, source):
-            return
         # The ACK of a 2xx is a request of its own, routed end to end (§16.11). From a client
-        # it must name our Record-Route like any in-dialog request: an ACK that matches no
-        # transaction and no dialog of ours would otherwise be relayed, unauthenticated and
+        # it must name a Record-Route we wrote for its dialog like any in-dialog request: an
+        # ACK that matches no transaction would otherwise be relayed, unauthenticated and
         # with any body, to whatever its Request-URI names.
-        target = self._loose_route(req, require_ours=not self.proxy.is_backend(source))
-        if target is not None and not req.has("route"):  # handle_ruri_alias, as below
-            try:
-                target = self.proxy.nat.toward_client(req, target)
-            except (FlowGone, ParseError):
-                target = None  # an ACK is never answered
+        client = not self._trusted(source)
+        try:
+            target = self._loose_route(req, require_ours=client, signed=client)
+            if target is not None and not req.has("route"):  # handle_ruri_alias, as below
+                target = self._client_target(req, target, client)
+        except NotRelaying as refused:
+            self._not_relayed(req, source, refused)
+            target = None
+        except (FlowGone, ParseError):
+            target = None  # an ACK is never answered
         if target is None:
             self.proxy.stats.inc("core:drop_requests")
             return
@@ -147,15 +163,21 @@ class Router:
     # -- WITHINDLG ----------------------------------------------------------------------
 
     def _within_dialog(self, req: Request, source: Source) -> None:
+        client = not self._trusted(source)
+        try:
+            target = self._loose_route(req, require_ours=True, signed=client)
+            if target is None:
+                self.proxy.reply(req, source, 404, "Not Here")
+                return
+            target = self._toward_client(req, source, target, client)
+        except NotRelaying as refused:
+            self._not_relayed(req, source, refused)
+            self.proxy.reply(req, source, 403, "Not relaying")
+            return
+        if target is None:
+            return
         if req.method == "BYE":
             self._call_ended(req)
-        target = self._loose_route(req, require_ours=True)
-        if target is None:
-            self.proxy.reply(req, source, 404, "Not Here")
-            return
-        target = self._toward_client(req, source, target)
-        if target is None:
-            return
         ctx = self.relay.new_server(req, source)
         if ctx is None:
             return
@@ -168,13 +190,17 @@ class Router:
         if self.proxy.dispatcher is not None:
             self.proxy.dispatcher.call_ended(req)
 
-    def _loose_route(self, req: Request, *, require_ours: bool = False) -> Destination | None:
+    def _loose_route(self, req: Request, *, require_ours: bool = False,
+                     signed: bool = False) -> Destination | None:
         """RFC 3261 §16.4 and §16.6 step 6-7: consume our Route entries, find the next hop.
 
         With ``require_ours``, a request that names no Route of ours is refused: we do not
-        relay in-dialog requests for dialogs we never record-routed.
+        relay in-dialog requests for dialogs we never record-routed. With ``signed`` (a
+        client's request), the first URI of ours must carry the MAC we wrote for this
+        dialog (``sipgw.proxy.signing``), or ``NotRelaying`` is raised: anybody can write
+        our address in a Route.
         """
-        ours = False
+        ours: SipURI | None = None
         try:
             ruri = req.parsed_uri()
         except ParseError:
@@ -187,7 +213,7 @@ class Router:
             last = _route_uri(routes[-1])
             self._remove_last_route(req)
             req.uri = str(last)
-            ours = True
+            ours = ruri
         while True:
             first = req.values("route")[:1]
             if not first:
@@ -195,11 +221,15 @@ class Router:
             uri = _route_uri(first[0])
             if isinstance(uri, SipURI) and self.identity.is_us(uri.host.strip("[]"), uri.port):
                 req.pop_first("route")
-                ours = True
+                ours = ours or uri
                 continue
             break
-        if require_ours and not ours:
-            return None
+        if ours is None:
+            if require_ours:
+                return None
+        elif signed and not self.proxy.signer.dialog_ok(
+                ours.param(SIGNATURE), req.call_id, (req.from_tag, req.to_tag)):
+            raise NotRelaying("its Route is not one sipgw wrote for this dialog")
         remaining = req.values("route")
         if remaining:
             next_hop = _route_uri(remaining[0])
@@ -217,23 +247,60 @@ class Router:
             return None  # it would come straight back to us
         return dest
 
-    def _toward_client(self, req: Request, source: Source, target: Destination):
+    def _toward_client(self, req: Request, source: Source, target: Destination,
+                       client: bool = False):
         """handle_ruri_alias: the connection a client's alias names, or an answer.
 
         Only when no Route is left to follow (Kamailio: ``if (!isdsturiset())
         handle_ruri_alias()`` after ``loose_route()``): a request whose route set goes on
         through the backend (a record-routing registrar or B2BUA) goes there, alias and all.
+        A client's request must end up at a backend or a client (``_client_target``).
         """
-        if req.has("route"):
-            return target
         try:
-            return self.proxy.nat.toward_client(req, target)
+            if req.has("route"):
+                return self._checked_target(target, client)
+            return self._client_target(req, target, client)
         except ParseError as e:
             self.proxy.reply(req, source, 400, e.reason)
         except FlowGone as gone:
             failed = self.proxy.registrar.failure_for(gone.transport, gone.host, gone.port)
             self.proxy.reply(req, source, failed.status, failed.reason)
         return None
+
+    def _client_target(self, req: Request, target: Destination, client: bool) -> Destination:
+        """handle_ruri_alias, and for a client's request the check of where it goes."""
+        try:
+            aimed = self.proxy.nat.toward_client(req, target, signed_only=client)
+        except ForgedAlias:
+            raise NotRelaying("its Request-URI names an alias sipgw did not write") from None
+        if aimed is not target:
+            return aimed  # a client's flow (or address) that a signed alias names
+        return self._checked_target(target, client)
+
+    def _checked_target(self, target: Destination, client: bool) -> Destination:
+        """A client may reach a backend, or another client over a flow sipgw holds, and
+        nothing else: not a local service, not a host its Request-URI makes up."""
+        if not client or self.proxy.is_backend(target):  # type: ignore[arg-type]
+            return target
+        flows = self.proxy.nat.flows
+        if target.reliable and flows is not None:
+            flow = flows.find(target.transport, target.host, target.port)
+            if flow is not None:
+                return Destination(transport=target.transport, host=target.host,
+                                   port=target.port, flow_id=flow.flow_id)
+        raise NotRelaying(f"it would go to {target.transport}:{target.host}:{target.port}, "
+                          "which is neither a backend nor a client")
+
+    def _trusted(self, source: Source) -> bool:
+        """Backends and ``auth.trusted`` addresses may send in-dialog requests anywhere."""
+        auth = self.proxy.auth
+        return self.proxy.is_backend(source) or (auth is not None and auth.trusts(source.host))
+
+    def _not_relayed(self, req: Request, source: Source, refused: "NotRelaying") -> None:
+        self.proxy.stats.inc("core:forbidden_relays")
+        self.refusals.reached(
+            "not relayed", "{m} from {t}:{h}:{p} not relayed: {why}",
+            m=req.method, t=source.transport, h=source.host, p=source.port, why=refused)
 
     @staticmethod
     def _remove_last_route(req: Request) -> None:
@@ -345,21 +412,8 @@ class Router:
 
 
 def _route_uri(value: str):
-    """The URI of one Route entry. Ours (the Record-Route we put in every dialog) come back
-    on every in-dialog request as the same few strings: they are parsed once."""
-    uri = _ROUTE_URIS.get(value)
-    if uri is None:
-        uri = parse_name_addr(value, what="Route header").uri
-        if len(value) <= _ROUTE_CACHED_LEN:  # a cache of a few kB, whatever peers send
-            if len(_ROUTE_URIS) >= _ROUTE_CACHED:
-                _ROUTE_URIS.clear()
-            _ROUTE_URIS[value] = uri
-    return uri
-
-
-_ROUTE_URIS: dict[str, object] = {}
-_ROUTE_CACHED = 256
-_ROUTE_CACHED_LEN = 256
+    """The URI of one Route entry."""
+    return parse_name_addr(value, what="Route header").uri
 
 
 def uri_destination(uri: SipURI) -> Destination:

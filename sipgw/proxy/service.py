@@ -25,6 +25,7 @@ from sipgw.proxy.metrics import start_metrics
 from sipgw.proxy.memtrim import start_trimming
 from sipgw.proxy.dispatcher.build import build_dispatcher, reconfigure_dispatcher, resolve_uri
 from sipgw.proxy.identity import Identity, Listener
+from sipgw.proxy.signing import route_key
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.acl import Acl, acl_settings
 from sipgw.proxy.pike import Pike, pike_settings
@@ -209,6 +210,8 @@ class ProxyService(service.Service):
             backend=backend,
             send=self.send,
             stats=self.stats,
+            route_key=route_key(config.proxy.route_secret, config.auth.nonce_secret,
+                                config.state.directory),
         )
         _apply(proxy, config)
         proxy.dialogs = Dialogs(self.reactor, self.stats)
@@ -245,6 +248,9 @@ class ProxyService(service.Service):
         if new.config.subscribers != old.subscribers:
             log.warn("reload: [subscribers] changes need a restart; the running subscriber "
                      "store is kept")
+        if new.config.proxy.route_secret != old.proxy.route_secret:
+            log.warn("reload: proxy.route_secret changes need a restart; Record-Routes "
+                     "are still signed with the running key")
         if new.config.auth.nonce_secret != old.auth.nonce_secret:
             log.warn("reload: auth.nonce_secret changes need a restart; nonces are still "
                      "signed with the running secret")

@@ -31,6 +31,7 @@ import enum
 import functools
 import ipaddress
 import re
+from typing import Callable
 
 from sipgw.sip.errors import ParseError
 from sipgw.sip.uri import SipURI
@@ -166,9 +167,19 @@ def encode_alias(host: str, port: int, transport: str) -> str:
     return f"{shown}~{port}~{PROTO_DIGITS[transport.lower()]}"
 
 
+def split_alias_mac(value: str) -> tuple[str, str | None]:
+    """A signed alias ``ip~port~proto~mac`` as ``(ip~port~proto, mac)``; an unsigned one
+    as ``(value, None)``. The MAC is sipgw's own addition (``sipgw.proxy.signing``)."""
+    if value.count("~") == 3:
+        alias, _, mac = value.rpartition("~")
+        return alias, mac
+    return value, None
+
+
 def decode_alias(value: str) -> tuple[str, int, str]:
-    """``(host, port, transport)`` from an alias value; ``ParseError`` (400) if malformed."""
-    parts = value.split("~")
+    """``(host, port, transport)`` from an alias value, signed or not; ``ParseError`` (400)
+    if malformed."""
+    parts = split_alias_mac(value)[0].split("~")
     if len(parts) != 3:
         raise ParseError("Bad alias parameter: expected ip~port~proto")
     host, port_text, digit = parts
@@ -188,11 +199,15 @@ def decode_alias(value: str) -> tuple[str, int, str]:
     return host[1:-1] if bracketed else host, int(port_text), transport
 
 
-def add_alias(uri: SipURI, host: str, port: int, transport: str) -> SipURI:
+def add_alias(uri: SipURI, host: str, port: int, transport: str,
+              sign: Callable[[str], str] | None = None) -> SipURI:
     """The URI with our alias as its first parameter (right after host:port), replacing
-    an alias it already had."""
+    an alias it already had; ``sign`` gives the MAC appended to it as a fourth field."""
     rest = tuple((k, v) for k, v in uri.params if k.lower() != "alias")
-    return uri.replace(params=(("alias", encode_alias(host, port, transport)),) + rest)
+    value = encode_alias(host, port, transport)
+    if sign is not None:
+        value = f"{value}~{sign(value)}"
+    return uri.replace(params=(("alias", value),) + rest)
 
 
 def needs_alias(uri: SipURI, host: str, port: int, transport: str) -> bool:

@@ -18,6 +18,8 @@ from zope.interface.verify import verifyObject
 
 from sipgw.proxy.core import Backend, Proxy
 from sipgw.proxy.identity import Identity, Listener
+from sipgw.proxy.signing import PARAM as SIGNATURE
+from sipgw.proxy.signing import RouteSigner
 from sipgw.proxy.transport import Destination, Source
 from sipgw.sip.framing import PING, StreamFramer
 from sipgw.sip.message import Request, Response
@@ -64,6 +66,11 @@ class Sent:
         return parse_message(self.data)
 
 
+# A fixed signing key, so that tests can write the Record-Route sipgw writes for a dialog.
+ROUTE_KEY = b"the route key of the test proxies"
+SIGNER = RouteSigner(ROUTE_KEY)
+
+
 @dataclass
 class ProxyHarness:
     clock: Clock = field(default_factory=Clock)
@@ -81,6 +88,7 @@ class ProxyHarness:
             ),
             backend=Backend(uri=f"sip:{BACKEND.host}:{BACKEND.port}", destination=BACKEND),
             send=self._record,
+            route_key=ROUTE_KEY,
         )
         # These tests check that messages are relayed as received; the NAT fixes
         # (received/rport, contact alias) would rewrite them and have tests of their own.
@@ -145,3 +153,10 @@ def valid_invite(tag: str | None = None) -> bytes:
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("ascii") + body
+
+
+def our_route(proxy: Proxy, call_id: str, tag: str | None, transport: str = "udp") -> str:
+    """The Route line of a dialog's in-dialog requests: the Record-Route sipgw writes for
+    the dialog that ``tag`` (the creating request's From tag) opened, MAC and all."""
+    sig = f";{SIGNATURE}={proxy.signer.dialog(call_id, tag)}"
+    return f"Route: {proxy.identity.record_route(transport, sig)}\r\n"

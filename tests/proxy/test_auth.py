@@ -21,6 +21,7 @@ from sipgw.sip.parser import parse_message
 from sipgw.store import StoreError, StoreUnavailable, Subscriber, make_subscriber
 from sipgw.store.memory import MemoryStore
 from tests.helpers.digest_client import authorization, challenges
+from tests.helpers.fakes import our_route
 
 REALM = "sipgw.test"
 PHONE = Source(transport="udp", host="192.0.2.10", port=5070, local_host="127.0.0.1",
@@ -378,7 +379,7 @@ def test_a_foreign_request_uri_from_our_domain_is_challenged_not_relayed(rig):
 
 def test_an_in_dialog_request_through_our_record_route_is_not_rechallenged(rig):
     bye = sip_request("BYE", ruri="sip:5002@127.0.0.1:5080", to_tag="t1",
-                      extra="Route: <sip:127.0.0.1:5060;lr>\r\n")
+                      extra=our_route(rig.proxy, "c1@192.0.2.10", "f1"))
     rig.send(bye)
     assert [m.method for m in rig.link.to_backend()] == ["BYE"]
     assert rig.stat("challenged") == 0

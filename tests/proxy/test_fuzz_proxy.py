@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from sipgw.sip.parser import parse_message
 from sipgw.tools.fuzz import Mutator, load_seeds
-from tests.helpers.fakes import BACKEND
+from tests.helpers.fakes import BACKEND, our_route
 from tests.helpers.fuzzproxy import HOWS, FuzzProxy, contract_broken, fuzz_proxy
 from tests.helpers.torture import TORTURE_DIR
 
@@ -38,19 +39,27 @@ def test_reply_whose_top_via_rport_is_not_a_port_is_dropped_and_counted() -> Non
 
 
 def test_in_dialog_request_with_alias_in_the_user_part_is_routed_by_its_uri() -> None:
-    # "alias=" in the user part is no alias parameter: the request goes where its
-    # Request-URI says, unchanged.
+    # "alias=" in the user part is no alias parameter: from a trusted address the request
+    # goes where its Request-URI says, unchanged.
     with FuzzProxy() as h:
-        sent = h.feed((CORPUS / "bye-alias-in-user-part.sip").read_bytes(), "udp")
+        bye = (CORPUS / "bye-alias-in-user-part.sip").read_bytes()
+        sent = h.feed(bye, "trusted")
         (fwd,) = [s for s in sent if s.dest.host == "192.0.2.5"]
         assert fwd.dest.port == 5060 and fwd.start_line == b"BYE sip:alias=1@192.0.2.5 SIP/2.0"
+        # From a client, 192.0.2.5 is neither a backend nor a client: no relay.
+        from_client = bye.replace(b"branch=z9hG4bKa3", b"branch=z9hG4bKa4")
+        assert [s.status for s in h.feed(from_client, "udp")] == [403]
         stray_ack = (CORPUS / "ack-alias-in-user-part.sip").read_bytes()
         # As captured it names no Route of ours: from a client, that ACK is not relayed.
         assert h.feed(stray_ack, "udp") == []
-        # Within our dialog (our Record-Route as its Route) it goes where its URI says.
-        in_dialog = stray_ack.replace(b"\r\nFrom:", b"\r\nRoute: <sip:127.0.0.1:5060;lr>"
-                                                  b"\r\nFrom:", 1)
-        assert h.feed(in_dialog, "udp")[0].dest.host == "192.0.2.5"
+        # Within a dialog of ours (our signed Record-Route as its Route) it goes where its
+        # URI says when a trusted address sends it, and nowhere when a client does.
+        ack = parse_message(stray_ack)
+        in_dialog = stray_ack.replace(
+            b"\r\nFrom:", b"\r\n" + our_route(h.proxy, ack.call_id, ack.from_tag)
+            .rstrip("\r\n").encode() + b"\r\nFrom:", 1)
+        assert h.feed(in_dialog, "trusted")[0].dest.host == "192.0.2.5"
+        assert h.feed(in_dialog, "udp") == []
         assert not h.failures
 
 

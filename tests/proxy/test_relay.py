@@ -108,7 +108,8 @@ def test_invite_is_forwarded_with_our_via_record_route_and_max_forwards_decremen
     assert (via.host, via.port) == ("127.0.0.1", 5060)
     assert via.branch.startswith("z9hG4bK")
     assert fwd.values("via")[1].startswith("SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKcaller1")
-    assert fwd.values("record-route") == ["<sip:127.0.0.1:5060;lr>"]
+    sg = proxy.signer.dialog("call-1@192.0.2.10", "a1")  # signed for this dialog
+    assert fwd.values("record-route") == [f"<sip:127.0.0.1:5060;lr;sg={sg}>"]
     assert fwd.header("max-forwards") == "69"
     assert b"X-Unknown:   kept  as is\r\n" in fwd.to_bytes()
     assert fwd.body == b"v=0\r\n"
@@ -240,7 +241,7 @@ def test_2xx_ack_and_bye_follow_the_record_route_end_to_end(proxy, link):
     [fwd] = link.to_backend()
     proxy.receive(reply_from_backend(fwd, 200, "OK"), BACKEND_SRC)
     link.clear()
-    route = "Route: <sip:127.0.0.1:5060;lr>\r\n"
+    route = "".join(f"Route: {rr}\r\n" for rr in fwd.values("record-route"))  # the 200's
     ack = request("ACK", branch="z9hG4bKack1", to_tag="b1", ruri="sip:5002@127.0.0.1:5080",
                   extra=route, body=b"")
     proxy.receive(ack, CALLER)
@@ -282,7 +283,8 @@ def test_in_dialog_request_without_our_route_is_refused_404(proxy, link):
 
 def test_strict_router_before_us_puts_our_uri_in_the_request_uri(proxy, link):
     # §16.4: the Request-URI is our Record-Route; the real target is the last Route.
-    bye = request("BYE", to_tag="b1", ruri="sip:127.0.0.1:5060;lr",
+    sg = proxy.signer.dialog("call-1@192.0.2.10", "a1")
+    bye = request("BYE", to_tag="b1", ruri=f"sip:127.0.0.1:5060;lr;sg={sg}",
                   extra="Route: <sip:5002@127.0.0.1:5080>\r\n", body=b"")
     proxy.receive(bye, CALLER)
     [fwd] = link.to_backend()
@@ -368,9 +370,10 @@ def test_request_from_tcp_forwarded_over_udp_gets_a_double_record_route(proxy, l
                  local_port=5060, flow_id=7)
     proxy.receive(request(), tcp)
     [fwd] = link.to_backend()
+    sg = proxy.signer.dialog("call-1@192.0.2.10", "a1")
     assert fwd.values("record-route") == [
-        "<sip:127.0.0.1:5060;lr;r2=on>",
-        "<sip:127.0.0.1:5060;transport=tcp;lr;r2=on>",
+        f"<sip:127.0.0.1:5060;lr;r2=on;sg={sg}>",
+        f"<sip:127.0.0.1:5060;transport=tcp;lr;r2=on;sg={sg}>",
     ]
     # The reply goes back down the same connection.
     proxy.receive(reply_from_backend(fwd, 200, "OK"), BACKEND_SRC)

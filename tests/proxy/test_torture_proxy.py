@@ -37,8 +37,10 @@ from tests.helpers.fakes import (
     BACKEND_SOURCE,
     CLIENT_HOST,
     CLIENT_PORT,
+    SIGNER,
     ProxyHarness,
     Sent,
+    our_route,
     valid_invite,
 )
 from tests.helpers.strategies import mutated_torture
@@ -51,9 +53,20 @@ from tests.helpers.torture import (
 )
 
 OUR_VIA_HOST, OUR_VIA_PORT = "127.0.0.1", 5060
-RR_UDP = ["<sip:127.0.0.1:5060;lr>"]
-# A TCP client and a UDP backend: two Record-Routes (RFC 5658 r2=on), as identity.py writes.
-RR_TCP_TO_UDP = ["<sip:127.0.0.1:5060;lr;r2=on>", "<sip:127.0.0.1:5060;transport=tcp;lr;r2=on>"]
+
+
+def rr_udp(orig: Request) -> list[str]:
+    """Our Record-Route, signed for the dialog ``orig`` opens (its Call-ID and From tag)."""
+    return [f"<sip:127.0.0.1:5060;lr;sg={SIGNER.dialog(orig.call_id, orig.from_tag)}>"]
+
+
+def rr_tcp_to_udp(orig: Request) -> list[str]:
+    """A TCP client and a UDP backend: two Record-Routes (RFC 5658 r2=on)."""
+    sg = SIGNER.dialog(orig.call_id, orig.from_tag)
+    return [f"<sip:127.0.0.1:5060;lr;r2=on;sg={sg}>",
+            f"<sip:127.0.0.1:5060;transport=tcp;lr;r2=on;sg={sg}>"]
+
+
 TCP_REPLY = Destination(transport="tcp", host=CLIENT_HOST, port=CLIENT_PORT, flow_id=1)
 
 ExtraCheck = Callable[[Request, Request, bytes], None]  # (original, forwarded, wire)
@@ -110,7 +123,8 @@ def rfc2543_invite(orig: Request, fwd: Request, wire: bytes) -> None:
     assert fwd.header("max-forwards") == "70"
     assert fwd.header("content-length") == "105" and len(fwd.body) == 105
     assert fwd.values("via")[1] == "SIP/2.0/UDP iftgw.example.com"  # no branch, untouched
-    assert fwd.values("record-route") == [*RR_UDP, "<sip:UserB@example.com;maddr=ss1.example.com>"]
+    assert fwd.values("record-route") == [*rr_udp(orig),
+                                          "<sip:UserB@example.com;maddr=ss1.example.com>"]
 
 
 def vias_unchanged(orig: Request, fwd: Request, wire: bytes) -> None:
@@ -228,7 +242,8 @@ def untouched_lines(msg: Request, *, ours: list[str], added_cl: bool) -> list[st
     return out
 
 
-def assert_forwarded(data: bytes, sent: list[Sent], *, rr: list[str], datagram: bool,
+def assert_forwarded(data: bytes, sent: list[Sent], *, rr: Callable[[Request], list[str]],
+                     datagram: bool,
                      extra: ExtraCheck | None) -> None:
     orig = parse_message(data, datagram=datagram)
     assert isinstance(orig, Request)
@@ -242,7 +257,7 @@ def assert_forwarded(data: bytes, sent: list[Sent], *, rr: list[str], datagram: 
     assert top.branch.startswith(BRANCH_PREFIX)
     mf = orig.header("max-forwards")
     assert fwd.header("max-forwards") == ("70" if mf is None else str(int(mf) - 1))
-    ours = rr if orig.method == "INVITE" else []
+    ours = rr(orig) if orig.method == "INVITE" else []
     assert fwd.values("record-route")[: len(ours)] == ours
     assert fwd.values("record-route")[len(ours) :] == orig.values("record-route")
     assert fwd.body == orig.body and out.data.endswith(b"\r\n\r\n" + orig.body)
@@ -303,7 +318,7 @@ def check_verdict(name: str, data: bytes, sent: list[Sent], h: ProxyHarness, *,
             if stream:
                 assert sent[0].dest == TCP_REPLY
         assert len(sent) == (2 if orig.method == "INVITE" else 1)  # type: ignore[union-attr]
-        assert_forwarded(data, sent, rr=RR_TCP_TO_UDP if stream else RR_UDP,
+        assert_forwarded(data, sent, rr=rr_tcp_to_udp if stream else rr_udp,
                          datagram=not stream, extra=verdict.extra)
     elif isinstance(verdict, Answered):
         dest = TCP_REPLY if stream else Destination(
@@ -450,10 +465,12 @@ def test_noreason_100_answering_our_branch_is_not_forwarded() -> None:
 
 def test_wsinv_in_a_dialog_we_record_routed_is_forwarded_with_max_forwards_67() -> None:
     # RFC 4475 §3.1.1.1 "parse and forward": as it arrives in a dialog of ours, with our
-    # Route on top. The next hop is its own Route (loose), services.example.com.
+    # Route on top. The next hop is its own Route (loose), services.example.com: a client
+    # may not send us there (test_wsinv_from_a_client_...), a backend may.
     h = ProxyHarness()
-    data = insert_after_start_line(load("wsinv"), b"Route: <sip:127.0.0.1:5060;lr>")
-    sent = h.udp(data)
+    data = insert_after_start_line(load("wsinv"), our_route(h.proxy, *dialog_of("wsinv"))
+                                   .rstrip("\r\n").encode())
+    sent = h.udp(data, BACKEND_SOURCE)
     assert [s.status for s in sent] == [100, None]
     out = sent[1]
     assert out.dest == Destination(transport="udp", host="services.example.com", port=5060)
@@ -475,6 +492,21 @@ def test_wsinv_in_a_dialog_we_record_routed_is_forwarded_with_max_forwards_67() 
     assert untouched_lines(fwd, ours=[], added_cl=False) == [
         f.raw for f in orig.fields if f.key != "max-forwards"
     ]
+
+
+def dialog_of(name: str) -> tuple[str, str | None]:
+    """The Call-ID and From tag of a torture message: what sipgw signed its dialog with."""
+    msg = parse_message(load(name))
+    return msg.call_id, msg.from_tag
+
+
+def test_wsinv_from_a_client_to_a_host_that_is_neither_backend_nor_client_gets_403() -> None:
+    h = ProxyHarness()
+    data = insert_after_start_line(load("wsinv"), our_route(h.proxy, *dialog_of("wsinv"))
+                                   .rstrip("\r\n").encode())
+    (reply,) = h.udp(data)
+    assert (reply.status, reply.dest.host) == (403, CLIENT_HOST) and not h.to_backend()
+    assert h.proxy.stats.get("core:forbidden_relays") == 1
 
 
 def test_mpart01_with_a_route_to_us_is_forwarded_with_its_binary_body_intact() -> None:

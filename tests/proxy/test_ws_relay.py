@@ -8,6 +8,7 @@ from twisted.internet.task import Clock
 
 from sipgw.proxy.core import Backend, Proxy
 from sipgw.proxy.identity import Identity, Listener
+from sipgw.proxy.signing import RouteSigner
 from sipgw.proxy.transport import Destination, FlowTable, Source
 from sipgw.sip.address import parse_name_addr
 from sipgw.sip.parser import parse_message
@@ -17,9 +18,13 @@ WS = Source(transport="ws", host="192.0.2.1", port=40000, local_host="127.0.0.1"
 BACKEND_SRC = Source(transport="udp", host="127.0.0.1", port=5080, local_host="127.0.0.1",
                      local_port=5060)
 BACKEND = Destination(transport="udp", host="127.0.0.1", port=5080)
-ALIAS = "alias=192.0.2.1~40000~5"
-UDP_RR = "<sip:127.0.0.1:5060;lr;r2=on>"
-WS_RR = "<sip:127.0.0.1:8080;transport=ws;lr;r2=on>"
+KEY = b"route key of the tests, 32 bytes"
+SIGNER = RouteSigner(KEY)
+ALIAS = "alias=192.0.2.1~40000~5~" + SIGNER.alias("192.0.2.1~40000~5")
+# The browser's INVITE below opens the dialog: its Call-ID and From tag are signed.
+SG = "sg=" + SIGNER.dialog("1j9FpLxk3uxtm8tn@192.0.2.1", "hyh8")
+UDP_RR = f"<sip:127.0.0.1:5060;lr;r2=on;{SG}>"
+WS_RR = f"<sip:127.0.0.1:8080;transport=ws;lr;r2=on;{SG}>"
 
 
 class FakeFlow:
@@ -62,7 +67,8 @@ def proxy(link, flows) -> Proxy:
     identity = Identity(listeners=[Listener(transport="udp", host="127.0.0.1", port=5060),
                                    Listener(transport="ws", host="127.0.0.1", port=8080)])
     p = Proxy(clock=Clock(), identity=identity,
-              backend=Backend(uri="sip:127.0.0.1:5080", destination=BACKEND), send=link)
+              backend=Backend(uri="sip:127.0.0.1:5080", destination=BACKEND), send=link,
+              route_key=KEY)
     p.nat.flows = p.registrar.flows = flows
     return p
 
@@ -191,8 +197,10 @@ def test_a_udp_phone_behind_nat_gets_received_rport_and_the_alias(proxy, link):
     invite = next(m for m, d in link.take() if getattr(m, "method", None) == "INVITE")
     assert invite.headers("via")[1] == (
         "SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bKphone1;rport=5062;received=203.0.113.1")
-    assert invite.header("contact") == "<sip:5003@192.168.1.20:5060;alias=203.0.113.1~5062~1>"
-    assert invite.values("record-route") == ["<sip:127.0.0.1:5060;lr>"]  # no transport change
+    signed = "203.0.113.1~5062~1~" + SIGNER.alias("203.0.113.1~5062~1")
+    assert invite.header("contact") == f"<sip:5003@192.168.1.20:5060;alias={signed}>"
+    sg = SIGNER.dialog("phone-1", invite.from_tag)
+    assert invite.values("record-route") == [f"<sip:127.0.0.1:5060;lr;sg={sg}>"]  # one: udp
 
 
 def test_a_udp_phone_that_is_not_natted_is_relayed_untouched(proxy, link):
@@ -226,13 +234,14 @@ def test_a_browsers_answer_to_the_backend_gets_the_alias_on_its_contact(proxy, l
     proxy.receive(invite, BACKEND_SRC)
     sent = link.take()
     out = next(m for m, d in sent if getattr(m, "method", None) == "INVITE")
-    assert out.values("record-route")[:2] == [WS_RR, UDP_RR]
+    sg = "sg=" + SIGNER.dialog("in-1", "b1")  # the backend's INVITE opens this dialog
+    assert out.values("record-route")[:2] == [WS_RR.replace(SG, sg), UDP_RR.replace(SG, sg)]
     ok = reply(out, 200, "OK", "Contact: <sip:k5qq2d1o@df7jal23ls0d.invalid;transport=ws>\r\n")
     proxy.receive(ok, WS)
     (up, dest), = [(m, d) for m, d in link.take() if getattr(m, "status", 0) == 200]
     assert dest == BACKEND
     uri = parse_name_addr(up.header("contact")).uri
-    assert uri.param("alias") == "192.0.2.1~40000~5"
+    assert uri.param("alias") == ALIAS.removeprefix("alias=")
 
 
 def test_a_bye_from_the_browser_goes_to_the_backend_by_its_route_set(proxy, link):

@@ -7,7 +7,7 @@ import pytest
 from sipgw.sip.errors import ParseError
 from sipgw.sip.nat import (
     DEFAULT_TESTS, NatTest, add_alias, decode_alias, encode_alias, is_private, nat_uac_test,
-    needs_alias, take_alias,
+    needs_alias, split_alias_mac, take_alias,
 )
 from sipgw.sip.uri import parse_uri
 
@@ -81,8 +81,18 @@ def test_the_alias_goes_right_after_host_and_port_and_replaces_an_old_one():
     )
 
 
+def test_a_signed_alias_carries_its_mac_as_a_fourth_field_that_decoding_ignores():
+    uri = parse_uri("sip:u@192.168.0.5:5062;transport=tcp")
+    signed = add_alias(uri, "203.0.113.5", 40000, "tcp", sign=lambda value: f"m{len(value)}")
+    value = signed.param("alias")
+    assert value == "203.0.113.5~40000~2~m19"
+    assert split_alias_mac(value) == ("203.0.113.5~40000~2", "m19")
+    assert split_alias_mac("203.0.113.5~40000~2") == ("203.0.113.5~40000~2", None)
+    assert take_alias(signed) == (uri, ("203.0.113.5", 40000, "tcp"))
+
+
 @pytest.mark.parametrize("value", [
-    "192.0.2.7~5060", "192.0.2.7~5060~5~1", "host.example~5060~5", "192.0.2.7~0~5",
+    "192.0.2.7~5060", "192.0.2.7~5060~5~1~2", "host.example~5060~5", "192.0.2.7~0~5",
     "192.0.2.7~70000~5", "192.0.2.7~x~5", "192.0.2.7~5060~7", "192.0.2.7~5060~4",
     "2001:db8::1~5060~5", "[192.0.2.7]~5060~5", "", "~~",
 ])
