@@ -5,9 +5,10 @@ browser, enter credentials, click Register), so an operator can test the whole c
 any browser. The files live in ``sipgw/data/phone/``:
 
 - ``index.html`` and ``phone.js``: the page, in the repository;
-- ``vendor/jssip.js``: JsSIP bundled for browsers from npm's ``jssip`` by ``./scripts/setup``
-  (git-ignored). Without it :func:`phone_asset` answers ``None`` for it (a 404), and the page
-  says that the bundle is missing and how to build it.
+- ``vendor/jssip.js``: JsSIP bundled for browsers from npm's ``jssip`` by
+  ``tests/browser/build.mjs``, kept in the repository so that the wheel and the sdist carry
+  it (``./scripts/setup`` checks that it is what the locked npm packages build). Without it
+  :func:`phone_asset` answers ``None`` for it (a 404), and the page says that it is missing.
 
 :func:`phone_asset` is the whole interface: a request path in, the file's bytes and content
 type out, or ``None`` for anything that is not one of the page's files. Only plain names

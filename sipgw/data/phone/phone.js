@@ -271,7 +271,7 @@
   if (typeof window.JsSIP === 'undefined') {
     $('missing').style.display = 'block';
     buttons.forEach((button) => { button.disabled = true; });
-    status('This page cannot work: the JsSIP library (vendor/jssip.js) is missing. Run ./scripts/setup in the sipgw checkout.', 'bad');
+    status('This page cannot work: the JsSIP library (vendor/jssip.js) is missing from this sipgw installation: install sipgw again.', 'bad');
     return;
   }
   $('register').addEventListener('click', register);
