@@ -56,7 +56,7 @@ class Admin:
     def rpc_printi(self, *numbers: int) -> list[int]:
         for n in numbers:
             if isinstance(n, bool) or not isinstance(n, int):
-                raise RpcError(f"core.printi takes integers, not {n!r}")
+                raise RpcError(f"integers only, not {n!r}")
         return list(numbers)
 
     @rpc("core.info", help="Version, pid, config file, listeners, backend and control socket.")

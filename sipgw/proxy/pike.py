@@ -208,6 +208,10 @@ class Pike:
         self._evicted += 1
         self._forget(entry, "forgotten: pike.max_sources reached")
 
+    def memory_tables(self) -> dict[str, object]:
+        """What ``mod.stats pike`` measures: the addresses pike follows."""
+        return {"sources": self._table}
+
     # -- expiry -------------------------------------------------------------------------
 
     def start(self) -> None:
