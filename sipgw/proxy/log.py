@@ -217,6 +217,12 @@ def current_level() -> int:
     return _observer.level if _observer is not None else _level
 
 
+def debugging() -> bool:
+    """Whether debug lines are written now. A debug line on the message path checks this
+    first, so that with debug off not even its arguments are built."""
+    return current_level() >= LEVELS["debug"]
+
+
 class LogControl:
     """``log.level`` over the control socket (kamcmd's ``log.level`` / ``debug``)."""
 
