@@ -403,7 +403,7 @@ class Router:
         self._relay(ctx, req, source, attempt.target.address)
 
     def _relay(self, ctx, req: Request, source: Source, target: Destination) -> None:
-        if debugging():  # the Kamailio guide's grep: "Routing to Asterisk" (the backend)
+        if debugging() and self.proxy.is_backend_host(target.host):  # the guide's grep
             log.debug("Routing to Asterisk {d}: {m} {u} from {s}", d=transport_address(target.transport, target.host, target.port), m=req.method, u=req.uri, s=transport_address(source.transport, source.host, source.port))  # noqa: E501
         self.relay.forward(
             ctx,
