@@ -10,6 +10,8 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from sipgw.proxy import log as sipgw_log
 from sipgw.sip.nat import NatTest
 from tests.helpers.fakes import CLIENT_HOST, CLIENT_PORT, ProxyHarness, valid_invite
+from tests.proxy.test_registrar import backend_invite, register, token
+from tests.proxy.test_ws_relay import BACKEND_SRC, WS, flows, link, proxy  # noqa: F401
 
 
 @pytest.fixture
@@ -65,3 +67,20 @@ def test_a_client_that_is_not_natted_gets_no_nat_line(level):
     lines = lines_of(harness, valid_invite())
     assert [text for _, text in lines if "NAT detected" in text] == []
     assert len([text for _, text in lines if "Routing to Asterisk" in text]) == 1
+
+
+def test_a_browser_is_named_natted_and_a_backends_request_to_it_is_not_routing_to_asterisk(
+        level, proxy, link):
+    level(3)
+    with capturedLogs() as events:
+        proxy.receive(register(), WS)
+        proxy.receive(backend_invite(f"<sip:{token(proxy)}@127.0.0.1:5060;lr;ob>"), BACKEND_SRC)
+    sent = [m.method for m, _ in link.take() if hasattr(m, "method")]
+    assert sent == ["REGISTER", "INVITE"]  # the REGISTER up, the INVITE down the flow
+    lines = [formatEvent(e) for e in events]
+    assert [line for line in lines if "NAT detected" in line] == [
+        f"NAT detected for ws:{WS.host}:{WS.port} (VIA_RECEIVED|VIA_PORT|WEBSOCKET): "
+        "Via df7jal23ls0d.invalid, "
+        "Contact sip:k5qq2d1o@df7jal23ls0d.invalid;transport=ws"]
+    assert [line.split(":")[0] for line in lines if "Routing to Asterisk" in line] == [
+        "Routing to Asterisk udp"]  # the REGISTER's; the INVITE went to a client
