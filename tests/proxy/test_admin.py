@@ -6,6 +6,7 @@ import os
 import time
 
 import pytest
+from twisted.logger import capturedLogs, formatEvent
 from twisted.internet.testing import MemoryReactorClock
 
 from sipgw.proxy import log as sipgw_log
@@ -68,14 +69,16 @@ def test_core_printi_gives_the_integers_back_and_refuses_anything_else(service):
         admin.rpc_printi(1, "x")
 
 
-def test_the_listeners_of_core_info_put_ipv6_addresses_in_brackets(tmp_path):
+def test_listeners_are_shown_and_logged_with_ipv6_addresses_in_brackets(tmp_path):
     path = tmp_path / "sipgw.toml"
     path.write_text(CONFIG.format(dir=tmp_path).replace('"127.0.0.1:25070"',
                                                         '"127.0.0.1:25070", "[::1]:25071"'))
     svc = ProxyService(load_config(str(path)), MemoryReactorClock())
-    svc.startService()
+    with capturedLogs() as events:
+        svc.startService()
     try:
         assert Admin(svc).rpc_info()["listen"] == ["tcp:127.0.0.1:25070", "tcp:[::1]:25071"]
+        assert "listening on tcp:[::1]:25071" in [formatEvent(e) for e in events]
     finally:
         svc.stopService()
 
