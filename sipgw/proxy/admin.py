@@ -1,8 +1,9 @@
 """``core.*`` and ``cfg.*``: what the service knows about itself, over the control socket.
 
 The service owns the running config, the start time and the listeners; this is its RPC face
-(kamcmd's ``core.version``, ``core.uptime``, ``core.info``, ``cfg.get``, ``cfg.reload``),
-and ``core.connections``, the open connections by transport (what ``sipgw top`` shows).
+(kamcmd's ``core.version``, ``core.uptime``, ``core.info``, ``core.printi``, ``cfg.get``,
+``cfg.reload``), and ``core.connections``, the open connections by transport (what
+``sipgw top`` shows).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from sipgw import __version__
 from sipgw.proxy.config import ConfigError, config_to_dict, load_config
 from sipgw.proxy.gcpolicy import full_collection, last_full
+from sipgw.proxy.log import current_level
 from sipgw.proxy.memtrim import trim
+from sipgw.proxy.transport import transport_address
 from sipgw.rpc.registry import RpcError, rpc
 
 if TYPE_CHECKING:
@@ -41,10 +44,20 @@ class Admin:
     def rpc_version(self) -> str:
         return version_line()
 
-    @rpc("core.uptime", help="now, up_since (Unix times) and uptime in seconds.")
+    @rpc("core.uptime", help="now and up_since as local times (as ctime writes them: "
+                             "'Sun Dec  6 08:52:29 2026') and uptime in seconds, as Kamailio.")
     def rpc_uptime(self) -> dict[str, Any]:
         up = self.service.reactor.seconds() - self.started
-        return {"now": int(time.time()), "up_since": int(self.started_wall), "uptime": int(up)}
+        return {"now": time.ctime(), "up_since": time.ctime(self.started_wall),
+                "uptime": int(up)}
+
+    @rpc("core.printi", help="The integers given, back (kamcmd's check that the control "
+                             "socket answers).")
+    def rpc_printi(self, *numbers: int) -> list[int]:
+        for n in numbers:
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise RpcError(f"integers only, not {n!r}")
+        return list(numbers)
 
     @rpc("core.info", help="Version, pid, config file, listeners, backend and control socket.")
     def rpc_info(self) -> dict[str, Any]:
@@ -52,7 +65,7 @@ class Admin:
         proxy = svc.proxy
         listeners = []
         if proxy is not None:
-            listeners = [f"{lst.transport}:{lst.host}:{lst.port}"
+            listeners = [transport_address(lst.transport, lst.host, lst.port)
                          for lst in proxy.identity.listeners]
         control = getattr(svc, "control", None)
         return {
@@ -111,13 +124,17 @@ class Admin:
                 "total": sum(connections.values())}
 
     @rpc("cfg.get", help="The running config (secrets masked); with SECTION or SECTION.KEY "
-                         "(or SECTION KEY), just that.")
+                         "(or SECTION KEY), just that. Kamailio's 'core debug' is the log "
+                         "level now in effect, as a number.")
     def rpc_get(self, section: str | None = None, key: str | None = None) -> Any:
         data = config_to_dict(self.service.loaded.config)
         if section is None:
             return data
         if key is None and "." in section:
             section, key = section.split(".", 1)
+        if section == "core" and "core" not in data:
+            # Kamailio's cfg group of that name; its debug is what log.level sets.
+            data["core"] = {"debug": current_level()}
         if section not in data:
             raise RpcError(f"no config section {section!r}; sections: {', '.join(data)}")
         if key is None:

@@ -86,6 +86,10 @@ class Bans:
 
     # -- for the control plane (auth.bans, auth.unban) -----------------------------------
 
+    def memory_tables(self) -> dict[str, object]:
+        """What ``mod.stats auth`` measures: failures being counted, bans in force."""
+        return {"failures": self._failures, "bans": self._banned}
+
     def listing(self) -> list[dict]:
         now = self.now()
         return [{"TYPE": kind, "NAME": name, "EXPIRES": round(until - now)}

@@ -315,7 +315,8 @@ def _tracer(service):
 
 def start_control(service) -> ControlServer | None:
     """Open the control socket of ``service`` (the one call ``service.py`` makes), with
-    the owners only the control plane has: core/cfg (``Admin``), ``log.level``, the tracer.
+    the owners only the control plane has: core/cfg (``Admin``), ``log.level``, ``mod.stats``,
+    the tracer.
 
     Owners are found on the service, the proxy and its relay and router each time a method
     is looked up, so a capability that hangs its owner there is served without more wiring.
@@ -323,10 +324,11 @@ def start_control(service) -> ControlServer | None:
     """
     from sipgw.proxy.admin import Admin
     from sipgw.proxy.log import LogControl
+    from sipgw.proxy.modstats import ModStats
     from sipgw.rpc.client import server_socket_path
 
     config = service.loaded.config
-    fixed = [Admin(service), LogControl(), _tracer(service)]
+    fixed = [Admin(service), LogControl(), ModStats(service), _tracer(service)]
 
     def owners() -> list[object]:
         proxy = getattr(service, "proxy", None)

@@ -15,6 +15,7 @@ reader that stops reading costs log lines, never a reactor stuck in ``write``.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 import time
@@ -63,18 +64,21 @@ _SYSLOG = {3: 7, 2: 6, 1: 5, 0: 4, -1: 3, -2: 2, -3: 2, -4: 1, -5: 1}
 
 
 def level_number(level: str | int) -> int:
-    """``"info"`` or ``2`` (or ``"2"``) → 2; ValueError names what is accepted."""
-    if isinstance(level, int) and not isinstance(level, bool):
-        if -5 <= level <= 3:
-            return level
-    elif isinstance(level, str):
+    """``"info"`` or ``2`` (or ``"2"``) → 2; ValueError names what is accepted.
+
+    As in Kamailio, any number above 3 is debug (``kamcmd log.level 4``, as guides write it).
+    """
+    if isinstance(level, str):
         text = level.strip().lower()
-        if text.lstrip("-").isdigit() and -5 <= int(text) <= 3:
-            return int(text)
         if text in LEVELS:
             return LEVELS[text]
+        if re.fullmatch(r"-?\d+", text):
+            level = int(text)
+    if isinstance(level, int) and not isinstance(level, bool) and level >= -5:
+        return min(level, LEVELS["debug"])
     raise ValueError(
-        f"bad log level {level!r}: use one of error, warning, notice, info, debug or -5..3"
+        f"bad log level {level!r}: use one of error, warning, notice, info, debug or a "
+        "number from -5 (3 and above: debug)"
     )
 
 
@@ -213,11 +217,17 @@ def current_level() -> int:
     return _observer.level if _observer is not None else _level
 
 
+def debugging() -> bool:
+    """Whether debug lines are written now. A debug line on the message path checks this
+    first, so that with debug off not even its arguments are built."""
+    return current_level() >= LEVELS["debug"]
+
+
 class LogControl:
     """``log.level`` over the control socket (kamcmd's ``log.level`` / ``debug``)."""
 
-    @rpc("log.level", help="The log level; with LEVEL (name or -5..3), set it until the next "
-                           "reload.")
+    @rpc("log.level", help="The log level; with LEVEL (a name, or a number from -5; 3 and "
+                           "above are debug), set it until the next reload.")
     def rpc_level(self, level: str | int | None = None) -> dict:
         if level is not None:
             try:

@@ -14,7 +14,8 @@ from typing import Callable
 
 from twisted.logger import Logger
 
-from sipgw.proxy.transport import RELIABLE, Destination, FlowTable, Source
+from sipgw.proxy.log import debugging
+from sipgw.proxy.transport import RELIABLE, Destination, FlowTable, Source, transport_address
 from sipgw.sip.address import STAR, message_address_list, remember_address_list
 from sipgw.sip.errors import ParseError
 from sipgw.sip.message import Field, Message, Request
@@ -73,6 +74,8 @@ class Nat:
         )  # fmt: skip
         if not found:
             return found
+        if debugging():  # the Kamailio guide's grep: "NAT detected"
+            log.debug("NAT detected for {a} ({why}): Via {v}, Contact {c}", a=transport_address(source.transport, source.host, source.port), why=found.name or int(found), v=via.sent_by, c=uri)  # noqa: E501
         if isinstance(msg, Request):
             _force_rport(msg, source)
         if contacts:

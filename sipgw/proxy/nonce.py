@@ -106,5 +106,9 @@ class Nonces:
                 if self.on_forget is not None:
                     self.on_forget()
 
+    def memory_tables(self) -> dict[str, object]:
+        """What ``mod.stats auth`` measures: the nonces whose nonce-count is followed."""
+        return {"nonces": self._counts}
+
     def __len__(self) -> int:
         return len(self._counts)

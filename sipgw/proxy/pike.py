@@ -33,7 +33,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from sipgw.proxy.stats import StatDef, Stats
-from sipgw.proxy.transport import Source
+from sipgw.proxy.transport import Source, transport_address
 from sipgw.rpc.registry import RpcError, rpc
 
 log = Logger(namespace="sipgw.pike")
@@ -147,7 +147,7 @@ class Pike:
         entry.last = now
         entry.hits += 1
         if entry.hits > self.density and not entry.exempt:
-            return self._block(entry, now)
+            return self._block(entry, now, source)
         return True
 
     def blocked(self, host: str) -> bool:
@@ -174,7 +174,7 @@ class Pike:
         entry.window_end = self._window_end(now)
         self._table.move_to_end(entry.host)  # keeps the table ordered by activity
 
-    def _block(self, entry: _Entry, now: float) -> bool:
+    def _block(self, entry: _Entry, now: float, source: Source) -> bool:
         if self.exempt(entry.host):  # a backend added since it was first seen
             entry.exempt = True
             return True
@@ -184,9 +184,12 @@ class Pike:
         self._blocked += 1
         self.stats.values["pike:blocked_ips"] = self._blocked
         self.stats.values["pike:dropped_msgs"] += 1
-        log.warn("blocking {host}: more than {n} messages in {unit:g}s; dropping "
-                 "everything it sends until it is quiet for {latency:g}s",
-                 host=entry.host, n=self.density, unit=self.unit, latency=self.latency)
+        # "pike blocking": the words of the Kamailio guide's xlog line, which operators grep.
+        log.warn("pike blocking {host} ({src}): more than {n} messages in {unit:g}s; "
+                 "dropping everything it sends until it is quiet for {latency:g}s",
+                 host=entry.host, src=transport_address(source.transport, source.host,
+                                                        source.port),
+                 n=self.density, unit=self.unit, latency=self.latency)
         return False
 
     def _release(self, entry: _Entry, why: str) -> None:
@@ -207,6 +210,10 @@ class Pike:
         _, entry = next(iter(self._table.items()))
         self._evicted += 1
         self._forget(entry, "forgotten: pike.max_sources reached")
+
+    def memory_tables(self) -> dict[str, object]:
+        """What ``mod.stats pike`` measures: the addresses pike follows."""
+        return {"sources": self._table}
 
     # -- expiry -------------------------------------------------------------------------
 

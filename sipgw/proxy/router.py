@@ -15,9 +15,10 @@ from sipgw.proxy.identity import branch_loop_part, loop_hash
 from sipgw.proxy.limits import CapLog
 from sipgw.proxy.nat import WEBSOCKET, FlowGone, ForgedAlias
 from sipgw.proxy.registrar import FlowFailed
+from sipgw.proxy.log import debugging
 from sipgw.proxy.signing import PARAM as SIGNATURE
 from sipgw.proxy.stats import StatDef
-from sipgw.proxy.transport import Destination, Source
+from sipgw.proxy.transport import Destination, Source, transport_address
 from sipgw.sip.address import parse_name_addr
 from sipgw.sip.errors import ParseError
 from sipgw.sip.message import Request
@@ -402,6 +403,8 @@ class Router:
         self._relay(ctx, req, source, attempt.target.address)
 
     def _relay(self, ctx, req: Request, source: Source, target: Destination) -> None:
+        if debugging() and self.proxy.is_backend_host(target.host):  # the guide's grep
+            log.debug("Routing to Asterisk {d}: {m} {u} from {s}", d=transport_address(target.transport, target.host, target.port), m=req.method, u=req.uri, s=transport_address(source.transport, source.host, source.port))  # noqa: E501
         self.relay.forward(
             ctx,
             req,

@@ -29,7 +29,8 @@ from sipgw.proxy.signing import route_key
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.acl import Acl, acl_settings
 from sipgw.proxy.pike import Pike, pike_settings
-from sipgw.proxy.transport import Destination, FlowTable, Source, in_networks, is_ip
+from sipgw.proxy.transport import (Destination, FlowTable, Source, in_networks, is_ip,
+                                   transport_address)
 from sipgw.proxy.transport.stream import StreamSettings, StreamTransport
 from sipgw.proxy.transport.udp import UdpListener
 from sipgw.proxy.transport.tls import ServerTls, TlsSettings, TlsTransport
@@ -102,7 +103,7 @@ class ProxyService(service.Service):
         self.proxy.pike.start()
         for addr in config.listen.tcp:
             self.ports.append(self.stream.listen(addr.host, addr.port))
-            log.info("listening on tcp:{host}:{port}", host=addr.host, port=addr.port)
+            log.info("listening on {a}", a=transport_address("tcp", addr.host, addr.port))
         if config.listen.tls:
             self.tls_stream = TlsTransport(
                 self.reactor, self.reactor, self.flows, self.proxy.receive,

@@ -51,6 +51,20 @@ CORE_STATS = (
 )
 
 
+# Group names that Kamailio guides write for ours: the websocket module's statistics are
+# often given as ``ws.ws_current_connections``.
+GROUP_ALIASES = {"ws": "websocket"}
+
+
+def _our_name(what: str) -> str:
+    """``ws.ws_current_connections`` → ``websocket:ws_current_connections``; ``ws:`` →
+    ``websocket:``; anything else unchanged."""
+    if "." in what and ":" not in what:
+        what = what.replace(".", ":", 1)
+    group, colon, name = what.partition(":")
+    return f"{GROUP_ALIASES.get(group, group)}:{name}" if colon else what
+
+
 class Stats:
     """A flat dict of counters; cheap enough to bump on every message."""
 
@@ -93,13 +107,14 @@ class Stats:
     # -- RPC (kamcmd stats.*) -------------------------------------------------------------
 
     def _selected(self, names: tuple[str, ...]) -> dict[str, int]:
-        """Each argument by Kamailio's rules; "group.name" (as in many guides) works too."""
+        """Each argument by Kamailio's rules; "group.name" and the group names of
+        ``GROUP_ALIASES`` (as in many guides: ``ws.ws_current_connections``) work too."""
         out: dict[str, int] = {}
         for what in names or ("all",):
             what = str(what)
             found = self.select(what)
-            if not found and "." in what and ":" not in what:
-                found = self.select(what.replace(".", ":", 1))
+            if not found:
+                found = self.select(_our_name(what))
             if not found:
                 raise RpcError(f"no statistic matches {what!r} (try all, a group such as core:, "
                                "or a name such as rcv_requests)")
@@ -107,7 +122,8 @@ class Stats:
         return out
 
     @rpc("stats.get_statistics",
-         help="Statistics as 'group:name = value' lines; arguments: all, group:, or names.")
+         help="Statistics as 'group:name = value' lines; arguments: all, group:, or names "
+              "(group.name and ws. for websocket: as well).")
     def rpc_get_statistics(self, *names: str) -> list[str]:
         return [f"{k} = {v}" for k, v in self._selected(names).items()]
 

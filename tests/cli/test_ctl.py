@@ -38,15 +38,17 @@ def test_rows_become_a_table_and_a_flat_object_a_key_value_list(run, control):
         {"id": 3, "remote": "198.51.100.7:50112", "user": "5001", "idle": 2},
         {"id": 4, "remote": "198.51.100.9:40001", "user": "[bold]x[/]", "idle": 0},
     ]
-    control.answers["core.uptime"] = {"now": 10, "up_since": 4, "uptime": 6}
+    control.answers["core.uptime"] = {"now": "Sun Dec  6 08:52:35 2026",
+                                      "up_since": "Sun Dec  6 08:52:29 2026", "uptime": 6}
     code, out, _ = run("ctl", "-c", str(control.config), "ws.dump")
     lines = out.splitlines()
     assert lines[0].split() == ["id", "remote", "user", "idle"]
     assert lines[1].split() == ["3", "198.51.100.7:50112", "5001", "2"]
     assert "[bold]x[/]" in lines[2]  # user data is never read as markup
     code, out, _ = run("ctl", "-c", str(control.config), "core.uptime")
-    assert [line.split() for line in out.splitlines()] == [["now", "10"], ["up_since", "4"],
-                                                          ["uptime", "6"]]
+    assert [line.split() for line in out.splitlines()] == [
+        ["now", "Sun", "Dec", "6", "08:52:35", "2026"],
+        ["up_since", "Sun", "Dec", "6", "08:52:29", "2026"], ["uptime", "6"]]
 
 
 def test_a_summary_with_a_list_of_records_prints_pairs_then_a_table(run, control):

@@ -144,9 +144,9 @@ def test_a_flooding_address_is_blocked_and_released_while_another_is_served(
         flood.read(2.0)
         assert flood.answers == answered + 1
         log = gw.log_text()
-        assert log.count(f"pike: blocking {FLOODER}") == 1
+        assert log.count(f"pike: pike blocking {FLOODER} (udp:{FLOODER}:") == 1
         assert log.count(f"pike: releasing {FLOODER}") == 1
-        assert "pike: blocking 127.0.0.1" not in log
+        assert "pike blocking 127.0.0.1" not in log
     finally:
         flood.stop()
         flood.close()

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
+from twisted.logger import capturedLogs, formatEvent
 from twisted.internet.testing import MemoryReactorClock
 
 from sipgw.proxy import log as sipgw_log
 from sipgw.proxy.admin import Admin
 from sipgw.proxy.config import load_config
 from sipgw.proxy.service import ProxyService
-from sipgw.proxy.stats import Stats
+from sipgw.proxy.stats import StatDef, Stats
 from sipgw.rpc.registry import RpcError
 
 CONFIG = """
@@ -46,6 +48,54 @@ def test_core_methods_say_what_runs_where(service):
     assert info["listen"] == ["tcp:127.0.0.1:25070"]
     assert info["backend"] == "sip:127.0.0.1:5080"
     assert info["config"] == service.loaded.path
+
+
+def test_core_uptime_gives_now_and_up_since_as_ctime_strings_as_kamailio_does(service):
+    admin = Admin(service)
+    service.reactor.advance(75)
+    up = admin.rpc_uptime()
+    assert up["uptime"] == 75
+    now = time.mktime(time.strptime(up["now"], "%a %b %d %H:%M:%S %Y"))
+    since = time.mktime(time.strptime(up["up_since"], "%a %b %d %H:%M:%S %Y"))
+    assert abs(now - time.time()) < 5 and 0 <= now - since < 5  # the wall clock did not run
+
+
+def test_core_printi_gives_the_integers_back_and_refuses_anything_else(service):
+    admin = Admin(service)
+    assert admin.rpc_printi(42) == [42]
+    assert admin.rpc_printi(1, -2, 3) == [1, -2, 3]
+    assert admin.rpc_printi() == []
+    with pytest.raises(RpcError, match="integers only, not 'x'"):
+        admin.rpc_printi(1, "x")
+
+
+def test_listeners_are_shown_and_logged_with_ipv6_addresses_in_brackets(tmp_path):
+    path = tmp_path / "sipgw.toml"
+    path.write_text(CONFIG.format(dir=tmp_path).replace('"127.0.0.1:25070"',
+                                                        '"127.0.0.1:25070", "[::1]:25071"'))
+    svc = ProxyService(load_config(str(path)), MemoryReactorClock())
+    with capturedLogs() as events:
+        svc.startService()
+    try:
+        assert Admin(svc).rpc_info()["listen"] == ["tcp:127.0.0.1:25070", "tcp:[::1]:25071"]
+        assert "listening on tcp:[::1]:25071" in [formatEvent(e) for e in events]
+    finally:
+        svc.stopService()
+
+
+def test_cfg_get_core_debug_is_the_log_level_in_effect(service):
+    admin = Admin(service)
+    before = sipgw_log.current_level()
+    try:
+        sipgw_log.LogControl().rpc_level(4)
+        assert admin.rpc_get("core", "debug") == admin.rpc_get("core.debug") == 3
+        sipgw_log.set_level(1)
+        assert admin.rpc_get("core") == {"debug": 1}
+        with pytest.raises(RpcError, match="no key core.dbug; keys: debug"):
+            admin.rpc_get("core", "dbug")
+    finally:
+        sipgw_log.set_level(before)
+    assert "core" not in admin.rpc_get()
 
 
 def test_cfg_get_masks_secrets_and_narrows_to_a_section_or_key(service):
@@ -83,6 +133,14 @@ def test_log_level_is_read_and_set_by_name_or_kamailio_number():
         assert control.rpc_level() == {"level": 0, "name": "warning"}
         with pytest.raises(RpcError, match="bad log level 'loud'"):
             control.rpc_level("loud")
+        # Kamailio's rule, and the guide's "kamcmd log.level 4": above 3 is debug.
+        assert control.rpc_level(4) == {"level": 3, "name": "debug"}
+        assert control.rpc_level("7") == {"level": 3, "name": "debug"}
+        assert control.rpc_level("-5")["level"] == -5
+        with pytest.raises(RpcError, match="bad log level -6"):
+            control.rpc_level(-6)
+        with pytest.raises(RpcError, match="bad log level True"):
+            control.rpc_level(True)
     finally:
         sipgw_log.set_level(before)
 
@@ -97,6 +155,14 @@ def test_statistics_follow_kamailio_argument_rules_and_lines():
     # "group.name", as the Kamailio guide writes them, works too.
     assert stats.rpc_get_statistics("core.rcv_requests") == ["core:rcv_requests = 4"]
     assert stats.rpc_fetch("core:rcv_requests") == {"core.rcv_requests": 4}
+    # Kamailio guides name the websocket group "ws".
+    stats.declare((StatDef(group="websocket", name="ws_current_connections", help="x"),))
+    stats.set("websocket:ws_current_connections", 2)
+    expected = ["websocket:ws_current_connections = 2"]
+    assert stats.rpc_get_statistics("ws.ws_current_connections") == expected
+    assert stats.rpc_get_statistics("ws:ws_current_connections") == expected
+    assert stats.rpc_get_statistics("ws:") == expected
+    assert stats.rpc_fetch("ws.ws_current_connections") == {"websocket.ws_current_connections": 2}
     with pytest.raises(RpcError, match="no statistic matches 'nothing'"):
         stats.rpc_get_statistics("nothing")
 

@@ -62,7 +62,7 @@ def test_one_message_over_the_density_in_a_unit_blocks_the_source_and_drops_sile
     assert pike.blocked("192.0.2.1")
     # One line for the block, none per dropped message.
     lines = messages(logs)
-    assert len(lines) == 1 and "blocking 192.0.2.1" in lines[0]
+    assert len(lines) == 1 and "pike blocking 192.0.2.1 (udp:192.0.2.1:5060)" in lines[0]
     # Another address is not affected.
     assert send(pike, 5, source("192.0.2.2")) == 5
 

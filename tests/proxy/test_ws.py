@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionDone
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import FlowTable
@@ -431,6 +432,21 @@ def test_a_plain_get_of_slash_serves_the_phone_page_and_closes(stack):
     assert b"<title>sipgw test phone</title>" in body
     assert c.closing
     assert stack.stat("ws_failed_handshakes") == 0
+
+
+def test_plain_gets_of_the_page_or_of_a_missing_file_log_no_warning(stack):
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for path in ("/", "/favicon.ico"):
+            c = Client(stack)
+            c.proto.dataReceived(wf.handshake(path=path, **PLAIN)[0])
+            assert c.closing
+            c.lose()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn] == []
+    assert "refused: 404 Not Found" in " ".join(formatEvent(e) for e in events)
 
 
 def test_the_phone_page_can_be_turned_off():

@@ -225,6 +225,11 @@ class Dispatcher:
         # Set by the service: notices ICMP unreachable for UDP destinations (icmp.py).
         self.detector = None
 
+    def memory_tables(self) -> dict[str, object]:
+        """What ``mod.stats dispatcher`` measures: the destinations by set, and the calls
+        counted towards their load (algorithm 10)."""
+        return {"destinations": self.sets, "call_load": self._calls}
+
     # -- the list ---------------------------------------------------------------------
 
     def load(self, dlist: DispatcherList) -> None:

@@ -50,6 +50,12 @@ class Destination:
         return self.transport in RELIABLE
 
 
+def transport_address(transport: str, host: str, port: int) -> str:
+    """``udp:10.0.0.5:5060``, ``tcp:[::1]:5060``: a listener or peer as Kamailio writes it
+    (an IPv6 address in brackets, else its colons run into the port's)."""
+    return f"{transport}:[{host}]:{port}" if ":" in host else f"{transport}:{host}:{port}"
+
+
 class Flow(Protocol):
     """What the flow table needs from a connection."""
 

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sipgw.proxy.config import ConfigError
+from sipgw.proxy.transport import transport_address
 from sipgw.proxy.transport.stream import BACKLOG, StreamConnection, StreamTransport
 from sipgw.rpc.registry import rpc
 
@@ -186,7 +187,7 @@ class TlsTransport(StreamTransport):
     def listen_tls(self, host: str, port: int, tls: ServerTls):
         listening = self.reactor.listenSSL(port, _TlsServerFactory(self), tls, backlog=BACKLOG,
                                            interface=host)
-        log.info("listening on tls:{host}:{port}", host=host, port=port)
+        log.info("listening on {a}", a=transport_address("tls", host, port))
         return listening
 
     def send(self, data: bytes, host: str, port: int, flow_id: int | None) -> None:

@@ -7,7 +7,7 @@ import socket
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from sipgw.proxy.transport import ReceiveCallback, Source
+from sipgw.proxy.transport import ReceiveCallback, Source, transport_address
 
 log = Logger(namespace="sipgw.udp")
 
@@ -41,8 +41,8 @@ class UdpListener(DatagramProtocol):
         bound = self.transport.getHost()
         self.port = bound.port
         rcvbuf = _grow_receive_buffer(self.transport.socket)
-        log.info("listening on udp:{host}:{port} (receive buffer {kb} kB)", host=self.host,
-                 port=self.port, kb=rcvbuf // 1024)
+        log.info("listening on {a} (receive buffer {kb} kB)",
+                 a=transport_address("udp", self.host, self.port), kb=rcvbuf // 1024)
 
     def datagramReceived(self, data: bytes, addr: tuple) -> None:
         key = (addr[0], addr[1])

@@ -43,7 +43,8 @@ from twisted.logger import Logger
 from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tell_slow_reader
 from sipgw.proxy.log import LEVELS, current_level
 from sipgw.proxy.stats import StatDef, Stats
-from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source, in_networks, wslog
+from sipgw.proxy.transport import (FlowTable, ReceiveCallback, Source, in_networks,
+                                   transport_address, wslog)
 from sipgw.proxy.transport.wsfast import FastPaths, protocol_options
 from sipgw.rpc.registry import RpcError, rpc
 from sipgw.tools.phone import phone_asset
@@ -317,7 +318,15 @@ class WsConnection(FastPaths, WebSocketServerProtocol):
                 f"Content-Length: {len(body)}\r\nCache-Control: no-cache\r\n"
                 "Connection: close\r\n\r\n").encode()
         self.sendData(head + body)
+        self.wasClean = True  # an HTTP exchange that ended as it should: no warning
         self.dropConnection(abort=False)
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders=None) -> None:
+        # sipgw logs each refusal itself (_refuse, the caps' CapLog); autobahn would add a
+        # WARNING "dropping connection ... abort=False" to every one, a browser's GET of
+        # /favicon.ico included. The HTTP answer is a clean end of that exchange.
+        self.wasClean = True
+        super().failHandshake(reason, code, responseHeaders)
 
     def onConnect(self, request):
         return SUBPROTOCOL  # check_handshake made sure the client offered it
@@ -551,8 +560,8 @@ class WsTransport:
         else:
             listening = self.reactor.listenSSL(port, self.factory(secure=True), tls,
                                                backlog=BACKLOG, interface=host)
-        log.info("listening on {t}:{host}:{port}", t="ws" if tls is None else "wss",
-                 host=host, port=port)
+        log.info("listening on {a}",
+                 a=transport_address("ws" if tls is None else "wss", host, port))
         return listening
 
     def reconfigure(self, settings: WsSettings) -> None:
