@@ -128,7 +128,7 @@ def main() -> None:
             f'[listen]\nudp = ["127.0.0.1:{proxy_port}"]\ntcp = []\nws = []\n'
             f'[dispatcher]\ndestinations = ["sip:127.0.0.1:{uas_port}"]\nping_interval = 0\n'
             f'[subscribers]\nurl = "redis://127.0.0.1:{redis_port}/2"\n'
-            f'[auth]\nrealm = "{REALM}"\nalgorithms = ["MD5"]\n'  # SIPp reads the first only
+            f'[auth]\nrealm = "{REALM}"\n'
             f'[control]\nsocket = "{work}/sipgw.ctl"\n'
             f'[pike]\nenabled = false\n'
             f'[log]\nlevel = "warning"\n')

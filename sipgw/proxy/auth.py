@@ -10,8 +10,8 @@ What it decides, in order:
 2. user (From) or source banned → 403;
 3. no open relay: From domain *and* Request-URI both foreign → ``403 Not relaying``.
    "Ours" is ``auth.realm``, the hosts of ``proxy.aliases``, and sipgw's own addresses;
-4. no credentials for our realm → 401 (REGISTER) / 407 (others), offering SHA-256 and MD5
-   (``auth.algorithms``) with one stateless nonce, ``qop="auth"``;
+4. no credentials for our realm → 401 (REGISTER) / 407 (others), one challenge per
+   ``auth.algorithms`` (MD5 alone by default) with one stateless nonce, ``qop="auth"``;
 5. credentials that cannot be right without looking anything up (unknown algorithm or
    qop, foreign or expired nonce, nc not growing) → a new challenge (``stale=true`` when
    only the nonce expired); user not the From user (and To user for REGISTER) → 403;
@@ -64,11 +64,11 @@ AUTH_STATS = (
 )
 
 # RFC 8760 §2.4: one challenge per algorithm, in order of preference, and a client uses
-# the first it supports. SHA-256 first, MD5 last: JsSIP 3 keeps only the last
-# WWW-Authenticate of a reply (its parser replaces each by the next) and knows only MD5, so
-# it answers MD5. SIPp 3.6 reads only the first and knows only MD5: its tests configure
-# ``auth.algorithms = ["MD5"]``.
-ALGORITHMS = ("SHA-256", "MD5")
+# the first it supports. Few do: SIPp 3.6 and sipsak 0.9 read only the first challenge,
+# JsSIP 3 and SIP.js 0.21 only the last (their parsers replace each by the next), baresip
+# 1.0 gives up on any that is not MD5, and all of them know only MD5. So MD5 alone by
+# default, as Kamailio, Asterisk and FreeSWITCH offer; SHA-256 is one setting away.
+ALGORITHMS = ("MD5",)
 RETRY_AFTER = "5"
 STORE_WARN_INTERVAL = 10.0  # seconds between log lines about a failing store
 

@@ -44,8 +44,8 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def auth_toml(url: str, subscribers: str = "", **auth: str) -> str:
-    # SIPp 3.6 reads only the first challenge and knows only MD5.
-    auth.setdefault("algorithms", '["MD5"]')
+    """``[subscribers]`` and ``[auth]`` with the default algorithms (MD5 alone): what SIPp,
+    which reads only the first challenge and knows only MD5, can answer."""
     extra = "".join(f"{k} = {v}\n" for k, v in auth.items())
     return (f'[subscribers]\nurl = "{url}"\n{subscribers}\n[auth]\nrealm = "{REALM}"\n{extra}\n'
             f"[timers]\nt1 = 0.1\n")

@@ -13,7 +13,8 @@ import itertools
 import pytest
 from twisted.internet.task import Clock
 
-from sipgw.proxy.auth import AuthSettings, Authenticator
+from sipgw.proxy.auth import AuthSettings, Authenticator, auth_settings
+from sipgw.proxy.config import default_config
 from sipgw.proxy.core import Backend, Proxy
 from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.transport import Destination, Source
@@ -107,11 +108,15 @@ def sip_request(method: str = "REGISTER", *, user: str = "5001", to_user: str | 
 
 
 def answer(challenge_reply, *, method: str = "REGISTER", user: str = "5001",
-           password: str = "secret", algorithm: str = "MD5", nc: int = 1,
+           password: str = "secret", algorithm: str | None = None, nc: int = 1,
            qop: str | None = "auth", uri: str | None = None) -> str:
+    """Credentials for the first challenge, as phones answer (SIPp, sipsak); with
+    ``algorithm``, for the challenge of that algorithm (or, if none, the first one's nonce
+    with that algorithm)."""
     name = "WWW-Authenticate" if challenge_reply.status == 401 else "Proxy-Authenticate"
     offered = challenges(challenge_reply, name)
     ch = next((c for c in offered if c.params["algorithm"] == algorithm), offered[0])
+    algorithm = algorithm or ch.params["algorithm"]
     uri = uri or ("sip:127.0.0.1:5060" if method == "REGISTER" else "sip:5002@127.0.0.1:5060")
     return authorization(username=user, password=password, realm=ch.params["realm"],
                          nonce=ch.params["nonce"], method=method, uri=uri,
@@ -123,6 +128,12 @@ def rig() -> Rig:
     return Rig()
 
 
+@pytest.fixture
+def sha256_rig() -> Rig:
+    """``[auth] algorithms = ["SHA-256", "MD5"]``."""
+    return Rig(AuthSettings(realm=REALM, algorithms=("SHA-256", "MD5")))
+
+
 def register_ok(rig: Rig, **kw) -> None:
     challenge = rig.send(sip_request())
     rig.send(sip_request(auth=answer(challenge, **kw), cseq=2))
@@ -132,21 +143,28 @@ def register_ok(rig: Rig, **kw) -> None:
 # --- challenges --------------------------------------------------------------------------
 
 
-def test_register_without_credentials_is_challenged_401_with_sha256_then_md5_and_one_nonce(rig):
+def test_register_without_credentials_is_challenged_401_with_md5_alone_by_default(rig):
+    """One challenge, MD5: what phones that read only the first challenge (SIPp, sipsak)
+    or only the last (JsSIP, SIP.js) and know only MD5 can all answer."""
     reply = rig.send(sip_request())
     assert reply.status == 401
-    offered = challenges(reply, "WWW-Authenticate")
-    assert [c.params["algorithm"] for c in offered] == ["SHA-256", "MD5"]
-    assert {c.params["nonce"] for c in offered} == {offered[0].params["nonce"]}
-    assert all(c.params["realm"] == REALM and c.params["qop"] == "auth" for c in offered)
+    [offered] = challenges(reply, "WWW-Authenticate")
+    assert offered.params["algorithm"] == "MD5"
+    assert offered.params["realm"] == REALM and offered.params["qop"] == "auth"
     assert rig.link.to_backend() == []
     assert rig.stat("challenged") == 1
 
 
-def test_md5_alone_can_be_offered_for_clients_that_read_only_the_first_challenge():
-    rig = Rig(AuthSettings(realm=REALM, algorithms=("MD5",)))
-    reply = rig.send(sip_request())
-    assert [c.params["algorithm"] for c in challenges(reply, "WWW-Authenticate")] == ["MD5"]
+def test_the_configured_default_is_md5_alone():
+    assert auth_settings(default_config()).algorithms == ("MD5",)
+
+
+def test_sha256_can_be_offered_first_with_md5_after_it_under_one_nonce(sha256_rig):
+    reply = sha256_rig.send(sip_request())
+    offered = challenges(reply, "WWW-Authenticate")
+    assert [c.params["algorithm"] for c in offered] == ["SHA-256", "MD5"]
+    assert {c.params["nonce"] for c in offered} == {offered[0].params["nonce"]}
+    assert all(c.params["realm"] == REALM and c.params["qop"] == "auth" for c in offered)
 
 
 def test_an_algorithm_not_offered_is_rechallenged():
@@ -159,7 +177,7 @@ def test_an_algorithm_not_offered_is_rechallenged():
 def test_invite_without_credentials_is_challenged_407_with_proxy_authenticate(rig):
     reply = rig.send(sip_request("INVITE"))
     assert reply.status == 407
-    assert len(challenges(reply, "Proxy-Authenticate")) == 2
+    assert len(challenges(reply, "Proxy-Authenticate")) == 1
     assert reply.headers("WWW-Authenticate") == []
 
 
@@ -178,8 +196,9 @@ def test_the_realm_is_the_from_domain_when_none_is_configured():
 
 @pytest.mark.parametrize("algorithm", ["MD5", "SHA-256"])
 def test_register_with_the_right_password_reaches_the_backend_without_our_credentials(
-    rig, algorithm
+    sha256_rig, algorithm
 ):
+    rig = sha256_rig
     challenge = rig.send(sip_request())
     other = 'Digest username="x", realm="elsewhere", nonce="n", uri="sip:a", response="00"'
     rig.send(sip_request(auth=answer(challenge, algorithm=algorithm), cseq=2,
@@ -207,10 +226,12 @@ def test_username_as_user_at_domain_is_checked_against_ha1b(rig):
     assert len(rig.link.to_backend()) == 1
 
 
-def test_a_legacy_record_with_only_a_plaintext_password_still_authenticates(rig):
+@pytest.mark.parametrize("algorithm", ["MD5", "SHA-256"])
+def test_a_legacy_record_with_only_a_plaintext_password_still_authenticates(sha256_rig, algorithm):
+    rig = sha256_rig
     rig.store.records[("5001", REALM)] = Subscriber(username="5001", domain=REALM,
                                                    password="secret")
-    register_ok(rig, algorithm="SHA-256")
+    register_ok(rig, algorithm=algorithm)
 
 
 def test_a_changed_password_counts_from_the_next_request_nothing_is_cached(rig):
@@ -235,8 +256,7 @@ def test_unknown_user_and_wrong_password_get_the_same_answer_and_cost_one_lookup
     unknown = attempt("7777", "guess")
     for reply in (wrong, unknown):
         assert (reply.status, reply.reason) == (401, "Unauthorized")
-        assert [c.params["algorithm"] for c in challenges(reply, "WWW-Authenticate")] == [
-            "SHA-256", "MD5"]
+        assert [c.params["algorithm"] for c in challenges(reply, "WWW-Authenticate")] == ["MD5"]
         assert "stale" not in challenges(reply, "WWW-Authenticate")[0].params
     assert sorted(f.name for f in wrong.fields) == sorted(f.name for f in unknown.fields)
     assert rig.store.lookups == 2
@@ -427,7 +447,8 @@ def test_an_invite_cancelled_during_its_lookup_gets_487_and_is_never_relayed(rig
 
 
 def test_a_browser_over_websocket_is_challenged_and_authenticated_like_any_phone(rig):
-    """JsSIP's REGISTER over a WebSocket flow; JsSIP keeps the last challenge: MD5."""
+    """JsSIP's REGISTER over a WebSocket flow; JsSIP keeps the last challenge and knows
+    only MD5."""
     browser = Source(transport="ws", host="192.0.2.20", port=50000, local_host="127.0.0.1",
                      local_port=8080, flow_id=7)
     jssip = dict(extra="Supported: path,gruu,outbound\r\n")

@@ -123,6 +123,7 @@ def test_the_embedded_default_has_the_documented_values_of_every_section():
     assert config.websocket.phone_page is True
     assert config.websocket.keepalive_interval == 25.0
     assert config.auth.nonce_expire == 300.0
+    assert config.auth.algorithms == ("MD5",)  # what every common phone can answer
     assert config.dispatcher.algorithm == 4
     assert config.pike.reqs_density_per_unit == 30
     assert config.control.socket == "/run/sipgw/sipgw.ctl"
@@ -130,6 +131,13 @@ def test_the_embedded_default_has_the_documented_values_of_every_section():
     assert config.control.group == ""
     assert config.metrics.listen is None
     assert config.log.level == 2 and config.log.level_name == "info"
+
+
+def test_sha256_is_one_line_away_and_an_unknown_algorithm_is_refused():
+    config = load('[auth]\nalgorithms = ["sha-256", "MD5"]\n').config
+    assert config.auth.algorithms == ("SHA-256", "MD5")
+    assert error_of('[auth]\nalgorithms = ["SHA-512-256"]\n') == (
+        'sipgw.toml:2: auth.algorithms: "SHA-512-256": expected "MD5" or "SHA-256" (RFC 8760)')
 
 
 def test_durations_are_floats_even_when_the_file_writes_integers():
