@@ -584,8 +584,10 @@ def build_request(
     return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
 
 
-def build_response(request: SippMessage, status: int, reason: str, *, to_tag: str = "") -> bytes:
-    """A response to ``request`` copying its Via, From, To, Call-ID and CSeq (§8.2.6.2)."""
+def build_response(request: SippMessage, status: int, reason: str, *, to_tag: str = "",
+                   headers: Iterable[str] = ()) -> bytes:
+    """A response to ``request`` copying its Via, From, To, Call-ID and CSeq (§8.2.6.2),
+    with ``headers`` after them."""
     lines = [f"SIP/2.0 {status} {reason}"]
     lines += [f"Via: {via}" for via in request.headers("Via")]
     to = request.header("To") or ""
@@ -596,6 +598,7 @@ def build_response(request: SippMessage, status: int, reason: str, *, to_tag: st
         f"To: {to}",
         f"Call-ID: {request.header('Call-ID')}",
         f"CSeq: {request.header('CSeq')}",
+        *headers,
         "Content-Length: 0",
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()

@@ -152,10 +152,12 @@ class Phone:
         return self.peer.expect("401")
 
     def credentials(self, challenge, password: str = "pw", nc: int = 1) -> str:
+        """An answer to the first challenge, as phones that read only the first do."""
         ch = challenges(challenge, "WWW-Authenticate")[0]
         return authorization(username="raw", password=password, realm=REALM,
                              nonce=ch.params["nonce"], method="REGISTER",
-                             uri=f"sip:{self.gw.address}", nc=nc)
+                             uri=f"sip:{self.gw.address}", nc=nc,
+                             algorithm=ch.params.get("algorithm", "MD5"))
 
     def close(self) -> None:
         self.peer.close()
