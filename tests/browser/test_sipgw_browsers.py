@@ -9,8 +9,10 @@ the Asterisk stand-in that routes by Path), with WebRTC audio both ways.
          ^                               │  <──UDP── (INVITE by the Path, in-dialog by RR)
          └──────── the callee's flow ────┘
 
-One Kamailio and one sipgw (WS, digest auth on SQLite, its control socket) serve the whole
-module: every test uses users of its own. The WSS test starts a sipgw of its own with a
+One Kamailio and one sipgw (WS, digest auth on SQLite with the default algorithms, its
+control socket) serve the whole module: every test uses users of its own. JsSIP and SIP.js
+keep only the last challenge of a 401/407 and know only MD5; the default, MD5 alone, is what
+they answer (``tests/integration/test_default_clients.py`` has the other phones). The WSS test starts a sipgw of its own with a
 certificate made at test time; the nginx test an nginx of its own from the shipped
 ``etc/nginx/sipgw.conf``. Each test has its own Chromium.
 """
@@ -169,6 +171,7 @@ def start_edge(workdir: Path, backend: KamailioProcess, control_dir: Path, users
                imported: list[str] = (), **options) -> EdgeSipgw:
     gw = EdgeSipgw(workdir, ws_port=free_port("tcp"), backend=f"{LOOPBACK}:{backend.udp_port}",
                    control_dir=control_dir, **options)
+    assert "algorithms" not in gw.config_text()  # the default digest settings
     gw.start()
     try:
         gw.add_users(users, imported)
