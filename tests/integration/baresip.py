@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -34,10 +33,6 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 class BaresipError(Exception):
     """baresip could not be started or did not answer; the message has its log."""
-
-
-def baresip_executable() -> str | None:
-    return shutil.which("baresip")
 
 
 class Baresip:

@@ -12,13 +12,28 @@ from tests.integration.sipgw_process import SipgwRunner
 from tests.integration.sipp import SippRunner
 
 
+def _installed(program: str, package: str) -> str:
+    """The path of ``program``; a missing one fails the test (``./scripts/setup`` installs
+    it with the Debian ``package``)."""
+    path = shutil.which(program)
+    if path is None:
+        pytest.fail(f"{program} is not installed (Debian package {package}): run ./scripts/setup")
+    return path
+
+
 @pytest.fixture(scope="session")
 def sipp_executable() -> str:
-    """The ``sipp`` binary; a missing one fails the test (``./scripts/setup`` installs it)."""
-    path = shutil.which("sipp")
-    if path is None:
-        pytest.fail("sipp is not installed (Debian package sip-tester): run ./scripts/setup")
-    return path
+    return _installed("sipp", "sip-tester")
+
+
+@pytest.fixture(scope="session")
+def sipsak_executable() -> str:
+    return _installed("sipsak", "sipsak")
+
+
+@pytest.fixture(scope="session")
+def baresip_executable() -> str:
+    return _installed("baresip", "baresip-core")
 
 
 @pytest.fixture

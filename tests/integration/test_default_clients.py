@@ -12,14 +12,13 @@ default.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.digest_client import challenges
-from tests.integration.baresip import Baresip, baresip_executable
+from tests.integration.baresip import Baresip
 from tests.integration.sipgw_process import SipgwProcess, UdpPeer, build_response
 from tests.integration.sipp import SippMessage, SippRunner
 from tests.integration.test_auth_sipp import REALM, Phone, add_user, credentials_file, start_gw
@@ -82,14 +81,6 @@ def test_sipp_registers_and_calls_through_the_default_configuration(
 # --- sipsak ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def sipsak_executable() -> str:
-    path = shutil.which("sipsak")
-    if path is None:
-        pytest.fail("sipsak is not installed (Debian package sipsak): run ./scripts/setup")
-    return path
-
-
 def sipsak(executable: str, gw: SipgwProcess, *args: str) -> subprocess.Popen[str]:
     """sipsak as user 5001 (``-u``, ``-a``) toward sipgw, printing what it sends and
     receives (``-vvv``). In usrloc mode (``-U``) sipsak 0.9.8 writes the REGISTER's
@@ -106,7 +97,22 @@ def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
     return process.returncode, out
 
 
-def answer_invite_file(path: Path, gw: SipgwProcess) -> Path:
+def sipsak_answered(executable: str, gw: SipgwProcess, backend: UdpPeer, method: str,
+                    *args: str, contact: str | None = None) -> tuple[SippMessage, str]:
+    """Run sipsak with ``args``; the backend answers the ``method`` request sipgw relays
+    with a 200 whose Contact is ``contact`` (default: the request's, as a registrar lists
+    the binding). That request, and sipsak's output once it exited 0."""
+    running = sipsak(executable, gw, *args)
+    request = backend.expect(method, timeout=CLIENT_TIMEOUT)
+    contact = contact or request.header("Contact")
+    backend.send(build_response(request, 200, "OK", to_tag="backend",
+                                headers=[f"Contact: {contact}"]), gw.address)
+    code, out = finish(running)
+    assert code == 0, out
+    return request, out
+
+
+def invite_file(path: Path, gw: SipgwProcess) -> Path:
     """The INVITE sipsak sends (shoot mode, ``-f``): 5001 calls 5002, with an offer; sipsak
     adds its Via, and answers the 407 itself."""
     sdp = ("v=0\r\no=5001 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -131,25 +137,13 @@ def test_sipsak_registers_and_calls_through_the_default_configuration(
     with UdpPeer() as backend:
         gw = default_gw(sipgw, backend.address, tmp_path)
 
-        registering = sipsak(sipsak_executable, gw, "-U")
-        register = backend.expect("REGISTER", timeout=CLIENT_TIMEOUT)
-        backend.send(build_response(register, 200, "OK", to_tag="registrar",
-                                    headers=[f"Contact: {register.header('Contact')};expires=15"]),
-                     gw.address)
-        code, out = finish(registering)
-        assert code == 0, out
-        assert "401 Unauthorized" in out and 'algorithm=MD5' in out, out
+        register, out = sipsak_answered(sipsak_executable, gw, backend, "REGISTER", "-U")
+        assert "401 Unauthorized" in out and "algorithm=MD5" in out, out
 
-        calling = sipsak(sipsak_executable, gw, "-f", str(answer_invite_file(tmp_path / "invite",
-                                                                              gw)))
-        invite = backend.expect("INVITE", timeout=CLIENT_TIMEOUT)
-        backend.send(build_response(invite, 200, "OK", to_tag="callee",
-                                    headers=[f"Contact: <sip:5002@{backend.address}>"]),
-                     gw.address)
-        code, out = finish(calling)
-        assert code == 0, out
+        invite, out = sipsak_answered(sipsak_executable, gw, backend, "INVITE",
+                                      "-f", str(invite_file(tmp_path / "invite", gw)),
+                                      contact=f"<sip:5002@{backend.address}>")
         assert "407 Proxy Authentication Required" in out, out
-
 
     assert_without_our_credentials([register, invite])
     assert invite.header("From").startswith(f"<sip:5001@{REALM}>")
@@ -158,16 +152,8 @@ def test_sipsak_registers_and_calls_through_the_default_configuration(
 # --- baresip -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def baresip_program() -> str:
-    path = baresip_executable()
-    if path is None:
-        pytest.fail("baresip is not installed (Debian package baresip-core): run ./scripts/setup")
-    return path
-
-
 def test_baresip_registers_and_calls_through_the_default_configuration(
-    sipgw, sipp: SippRunner, baresip_program: str, tmp_path: Path
+    sipgw, sipp: SippRunner, baresip_executable: str, tmp_path: Path
 ):
     # baresip unregisters as it quits, with its REGISTER's Call-ID: -deadcall_wait 0 makes
     # that a new call of the backend's, answered.
@@ -175,7 +161,7 @@ def test_baresip_registers_and_calls_through_the_default_configuration(
                        extra_args=["-deadcall_wait", "0"])
     gw = default_gw(sipgw, backend.address, tmp_path)
     phone = Baresip(tmp_path / "baresip", aor=f"sip:5001@{REALM}", password=PASSWORD,
-                    outbound=f"sip:{gw.address}", executable=baresip_program)
+                    outbound=f"sip:{gw.address}", executable=baresip_executable)
     with phone:
         assert phone.registration() == "OK", phone.describe()
         phone.command("dial", f"sip:5002@{REALM}")
