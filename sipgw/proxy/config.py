@@ -631,7 +631,7 @@ class AuthConfig:
     max_failures_source: int = _key(_Integer(1, 1_000_000), 20, "failed authentications from one address, within failure_window, before the address is banned", in_effect=True)  # noqa: E501
     failure_window: float = _key(_Seconds(0, above=True), 300, "seconds over which failed authentications are counted", in_effect=True)  # noqa: E501
     ban_time: float = _key(_Seconds(0, above=True), 900, "seconds a banned user or address is refused 403", in_effect=True)  # noqa: E501
-    algorithms: tuple[str, ...] = _key(_StringList('a list of "MD5" and "SHA-256"', _digest_algorithm), ["MD5"], "digest algorithms offered, one challenge each, in this order (MD5 alone by default: SIPp, sipsak, baresip, JsSIP and SIP.js know only MD5 and read only one challenge)", in_effect=True)  # noqa: E501
+    algorithms: tuple[str, ...] = _key(_StringList('a list of "MD5" and "SHA-256"', _digest_algorithm), ["MD5"], "digest algorithms offered, one challenge each, in this order (MD5 alone by default: SIPp, sipsak, baresip, JsSIP and SIP.js know only MD5, and none of them picks among several challenges)", in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
