@@ -33,7 +33,7 @@ from tests.helpers.loadflows import HeapClock, one_call, one_register  # noqa: E
 def run(calls: int, flow=one_call) -> float:
     """CPU seconds inside Proxy.receive for ``calls`` calls, timers run as they fall due."""
     h = FuzzProxy(clock=HeapClock())
-    h.proxy.trace_in = None  # nobody tracing, as in production
+    h.tap.inbound = None  # nobody tracing, as in production
     spent = [0.0]
     for n in range(calls):
         flow(h, n, spent)

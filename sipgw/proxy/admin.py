@@ -74,7 +74,7 @@ class Admin:
             "pid": os.getpid(),
             "config": svc.loaded.path or "embedded default",
             "listen": listeners,
-            "backend": proxy.backend.uri if proxy is not None else None,
+            "backend": proxy.backends.backend.uri if proxy is not None else None,
             "control": control.path if control is not None and control.port else None,
             "up_since": int(self.started_wall),
         }

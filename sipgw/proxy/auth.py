@@ -32,13 +32,17 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sipgw.proxy.bans import Bans
+from sipgw.proxy.identity import Identity
 from sipgw.proxy.identity import _split_alias as split_alias
 from sipgw.proxy.limits import CapLog
 from sipgw.proxy.nonce import Nonces, NonceState
-from sipgw.proxy.stats import StatDef
+from sipgw.proxy.relay import Relay
+from sipgw.proxy.replies import Replies
+from sipgw.proxy.stats import StatDef, Stats
 from sipgw.proxy.transport import Source, in_networks
 from sipgw.rpc.registry import RpcError, rpc
 from sipgw.sip import digest
@@ -50,7 +54,6 @@ from sipgw.store import StoreUnavailable, Subscriber, SubscriberStore, open_stor
 
 if TYPE_CHECKING:
     from sipgw.proxy.config import Config
-    from sipgw.proxy.core import Proxy
 
 log = Logger(namespace="sipgw.auth")
 
@@ -107,12 +110,17 @@ class _Attempt:
 
 
 class Authenticator:
-    def __init__(self, proxy: "Proxy", store: SubscriberStore, settings: AuthSettings,
-                 secret: bytes, *, random: Callable[[int], bytes] = os.urandom) -> None:
-        self.proxy = proxy
+    def __init__(self, *, clock: IReactorTime, stats: Stats, identity: Identity, relay: Relay,
+                 replies: Replies, store: SubscriberStore, settings: AuthSettings,
+                 secret: bytes, random: Callable[[int], bytes] = os.urandom) -> None:
+        self.clock = clock
+        self.stats = stats
+        self.identity = identity
+        self.relay = relay
+        self.replies = replies
         self.store = store
         self.random = random
-        now = proxy.clock.seconds
+        now = clock.seconds
         self.nonces = Nonces(secret, settings.nonce_expire, now, random=random)
         self.bans = Bans(now)
         self.cap_log = CapLog(log, now)
@@ -120,7 +128,7 @@ class Authenticator:
         self.bans.on_forget = self._failures_forgotten
         self.settings = settings
         self.configure(settings)
-        proxy.stats.declare(AUTH_STATS)
+        stats.declare(AUTH_STATS)
         # Checked against when the user is unknown: the same work as a wrong password.
         self._decoy = random(16).hex()
         self._store_warned = float("-inf")
@@ -173,7 +181,7 @@ class Authenticator:
         from_host = from_uri.host.strip("[]").lower()
         realm = s.realm or from_host
         if self.bans.is_banned(f"{from_user}@{realm}", source.host):
-            self.proxy.stats.inc("auth:banned")
+            self.stats.inc("auth:banned")
             respond(403, "Forbidden")
             return
         if not self._ours(from_host) and not self._ours_uri(req):
@@ -211,7 +219,7 @@ class Authenticator:
         state = self.nonces.check(creds.nonce or "")
         if state is not NonceState.VALID:
             if state is NonceState.STALE:
-                self.proxy.stats.inc("auth:stale")
+                self.stats.inc("auth:stale")
             self._challenge(None, req, source, realm, stale=state is NonceState.STALE)
             return None
         user, at, domain = username.partition("@")
@@ -241,17 +249,17 @@ class Authenticator:
         if ctx.final_sent:
             return
         if ctx.cancelled:
-            self.proxy.relay.respond(ctx, 487, "Request Terminated")
+            self.relay.respond(ctx, 487, "Request Terminated")
             return
         req = attempt.req
         if not self._verify(subscriber, attempt):
-            self.proxy.stats.inc("auth:failed")
+            self.stats.inc("auth:failed")
             self.bans.failure(attempt.ban_key, attempt.source.host)
             log.info("auth: failed for {u} from {h}:{p}", u=attempt.ban_key,
                      h=attempt.source.host, p=attempt.source.port)
             self._challenge(ctx, req, attempt.source, attempt.realm)
             return
-        self.proxy.stats.inc("auth:authorized")
+        self.stats.inc("auth:authorized")
         self.bans.success(attempt.ban_key)
         _remove_credentials(req, attempt.header, attempt.raw)
         proceed(ctx, req, attempt.source)
@@ -275,21 +283,21 @@ class Authenticator:
     def _store_failed(self, failure, ctx) -> None:
         if ctx.final_sent:
             return
-        now = self.proxy.clock.seconds()
+        now = self.clock.seconds()
         if now - self._store_warned >= STORE_WARN_INTERVAL:
             # An outage fails every request: one line per interval, not one per request.
             self._store_warned = now
             log.warn("auth: subscriber store failed: {err}", err=failure.getErrorMessage())
         if failure.check(StoreUnavailable):
-            self.proxy.relay.respond(ctx, 503, "Service Unavailable",
+            self.relay.respond(ctx, 503, "Service Unavailable",
                                      [("Retry-After", RETRY_AFTER)])
         else:
-            self.proxy.relay.respond(ctx, 500, "Server Error")
+            self.relay.respond(ctx, 500, "Server Error")
 
     def _bug(self, failure, ctx) -> None:
         log.failure("auth: internal error", failure)
         if not ctx.final_sent:
-            self.proxy.relay.respond(ctx, 500, "Server Internal Error")
+            self.relay.respond(ctx, 500, "Server Internal Error")
 
     # -- control plane ------------------------------------------------------------------
 
@@ -311,9 +319,9 @@ class Authenticator:
                 extra=None) -> None:
         """Within a transaction (after a store lookup) statefully; before one, statelessly."""
         if ctx is None:
-            self.proxy.reply(req, source, status, reason, extra)
+            self.replies.reply(req, source, status, reason, extra)
         else:
-            self.proxy.relay.respond(ctx, status, reason, extra)
+            self.relay.respond(ctx, status, reason, extra)
 
     def _challenge(self, ctx, req: Request, source: Source, realm: str, *,
                    stale: bool = False) -> None:
@@ -322,7 +330,7 @@ class Authenticator:
         name = "WWW-Authenticate" if register else "Proxy-Authenticate"
         extra = [(name, digest.format_challenge(realm, nonce, algorithm, "auth", stale))
                  for algorithm in self.settings.algorithms]
-        self.proxy.stats.inc("auth:challenged")
+        self.stats.inc("auth:challenged")
         if register:
             self._answer(ctx, req, source, 401, "Unauthorized", extra)
         else:
@@ -335,14 +343,14 @@ class Authenticator:
 
     def _ours(self, host: str) -> bool:
         s = self.settings
-        return host == s.realm or host in s.domains or self.proxy.identity.is_our_host(host)
+        return host == s.realm or host in s.domains or self.identity.is_our_host(host)
 
     def _ours_uri(self, req: Request) -> bool:
         ruri = req.parsed_uri()
         if not isinstance(ruri, SipURI):
             return False
         host = ruri.host.strip("[]").lower()
-        return self._ours(host) or self.proxy.identity.is_us(host, ruri.port)
+        return self._ours(host) or self.identity.is_us(host, ruri.port)
 
 
 def _sip_uri(value: str | None) -> SipURI | None:
@@ -423,16 +431,17 @@ def auth_settings(config: "Config") -> AuthSettings:
     )
 
 
-def build_authenticator(proxy: "Proxy", config: "Config", *,
-                        random: Callable[[int], bytes] = os.urandom) -> Authenticator:
-    """The AUTH step with its store, as ``[subscribers]`` and ``[auth]`` say."""
+def open_subscribers(config: "Config", clock: IReactorTime) -> SubscriberStore:
+    """The subscriber store ``[subscribers]`` names."""
     s = config.subscribers
-    store = open_store(s.url, key_template=s.key_template, connect_timeout=s.connect_timeout,
-                       command_timeout=s.command_timeout, clock=proxy.clock)
-    # "" = random per start: nonces of another node (or of before a restart) are refused.
-    secret = config.auth.nonce_secret.encode("utf-8") or random(32)
     log.info("auth: subscribers in {url}", url=_shown_url(s.url))
-    return Authenticator(proxy, store, auth_settings(config), secret, random=random)
+    return open_store(s.url, key_template=s.key_template, connect_timeout=s.connect_timeout,
+                      command_timeout=s.command_timeout, clock=clock)
+
+
+def nonce_secret(config: "Config", random: Callable[[int], bytes] = os.urandom) -> bytes:
+    # "" = random per start: nonces of another node (or of before a restart) are refused.
+    return config.auth.nonce_secret.encode("utf-8") or random(32)
 
 
 def _shown_url(url: str) -> str:

@@ -294,7 +294,7 @@ def _alive(path: str) -> bool:
 
 
 def _tracer(service):
-    """The live trace's taps on the proxy (in) and the service (out), and HEP export."""
+    """The live trace, on the service's ``Tap`` (messages in and out), and HEP export."""
     from sipgw.proxy.trace import Tracer
 
     proxy = service.proxy
@@ -305,8 +305,9 @@ def _tracer(service):
                 return lst.host, lst.port
         return None
 
-    tracer = Tracer(max_streams=lambda: service.loaded.config.limits.max_trace_subscribers)
-    tracer.install(proxy, service, local_of)
+    tracer = Tracer(service.tap,
+                    max_streams=lambda: service.loaded.config.limits.max_trace_subscribers,
+                    local_of=local_of)
     from sipgw.proxy.hep import start_hep
 
     tracer.hep = start_hep(service, tracer)  # trace.hep: a permanent subscriber

@@ -8,93 +8,90 @@ malformed response is dropped, and both are counted.
 
 from __future__ import annotations
 
-import hashlib
-import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
-
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from sipgw.proxy.acl import Acl
+from sipgw.proxy.auth import Authenticator
+from sipgw.proxy.backends import Backends
+from sipgw.proxy.config import LimitsConfig
+from sipgw.proxy.dialogs import Dialogs
 from sipgw.proxy.identity import Identity
 from sipgw.proxy.nat import WEBSOCKET, Nat
+from sipgw.proxy.pike import Pike
 from sipgw.proxy.registrar import Registrar
 from sipgw.proxy.relay import Relay
+from sipgw.proxy.replies import Replies
 from sipgw.proxy.router import Router
 from sipgw.proxy.signing import RouteSigner
 from sipgw.proxy.stats import Stats
-from sipgw.proxy.transport import Destination, Source
+from sipgw.proxy.trace import Tap
+from sipgw.proxy.transport import FlowTable, Source
 from sipgw.sip.errors import ParseError
-from sipgw.sip.message import Field, Request, Response, make_response
-from sipgw.sip.parser import Limits, parse_message
 from sipgw.sip.headers import header_key
-from sipgw.sip.timers import TimerConfig
-from sipgw.sip.uri import parse_port
-
-if TYPE_CHECKING:
-    from sipgw.proxy.auth import Authenticator
+from sipgw.sip.message import Field, Request
+from sipgw.sip.parser import Limits, parse_message
 
 log = Logger(namespace="sipgw.core")
 
-SendFunction = Callable[[bytes, Destination], None]
 STREAMS = frozenset({"tcp", "tls"})  # framed by Content-Length (RFC 3261 §18.3)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Backend:
-    """The single backend of the foundation (the dispatcher replaces it later)."""
-
-    uri: str
-    destination: Destination
-
-
 class Proxy:
+    """The assembled core: the entry point and the components it routes through.
+
+    Built by ``sipgw.proxy.service.build_core``, bottom-up, each component with what it
+    needs; this class only takes messages in.
+    """
+
     def __init__(
         self,
         *,
         clock: IReactorTime,
+        stats: Stats,
         identity: Identity,
-        backend: Backend,
-        send: SendFunction,
-        stats: Stats | None = None,
-        timers: TimerConfig | None = None,
-        limits: Limits | None = None,
-        max_forwards: int = 70,
-        record_route: bool = True,
-        server_header: str = "sipgw",
-        timer_c: float = 180.0,
-        max_transactions: int = 100_000,
-        route_key: bytes | None = None,
+        signer: RouteSigner,
+        replies: Replies,
+        relay: Relay,
+        router: Router,
+        nat: Nat,
+        registrar: Registrar,
+        backends: Backends,
+        flows: FlowTable,
+        tap: Tap,
+        limits: LimitsConfig,
+        dialogs: Dialogs | None = None,
+        auth: Authenticator | None = None,
+        pike: Pike | None = None,
+        acl: Acl | None = None,
     ) -> None:
         self.clock = clock
+        self.stats = stats
         self.identity = identity
-        self.backend = backend
-        self.send = send
-        self.stats = stats or Stats()
-        self.timers = timers or TimerConfig()
-        self.limits = limits or Limits()
-        self.max_forwards = max_forwards
-        self.record_route = record_route
-        self.server_header = server_header
-        self.timer_c = timer_c
-        self.max_transactions = max_transactions
-        self.draining = False  # set on SIGTERM: new initial requests get 503
-        # Signs our Record-Route and contact aliases (a key of this start unless given).
-        self.signer = RouteSigner(route_key or os.urandom(32))
-        self.nat = Nat(self.signer, is_client=self._is_client)  # the service gives it flows
-        self.registrar = Registrar(clock, identity, boot=os.urandom(3).hex())
-        # The pool of backends (sipgw.proxy.dispatcher.Dispatcher), set by the service;
-        # without one, every request goes to ``backend``.
-        self.dispatcher = None
-        self.relay = Relay(self)
-        self.router = Router(self)
-        self.auth: Authenticator | None = None  # the AUTH step; set by the service
-        self.trace_in = None  # set by the tracer while somebody listens (sipgw trace)
-        self.dialogs = None  # dialog tracking for dlg.* (proxy.dialogs), set by the service
-        self.pike = None  # flood detection (sipgw.proxy.pike.Pike), set by the service
-        self.acl = None  # REQINIT policy (sipgw.proxy.acl.Acl): User-Agents, addresses
-        self.admits = None  # acl.admits when [acl] lists addresses, else None (no cost)
-        self.max_ruri_length = 1024  # limits.max_ruri_length
+        self.signer = signer
+        self.replies = replies
+        self.relay = relay
+        self.router = router
+        self.nat = nat
+        self.registrar = registrar
+        self.backends = backends
+        self.dispatcher = backends.dispatcher
+        self.flows = flows
+        self.tap = tap
+        self.dialogs = dialogs
+        self.auth = auth
+        self.pike = pike
+        self.acl = acl
+        self.configure(limits)
+
+    def configure(self, limits: LimitsConfig) -> None:
+        """[limits] message sizes, and whether the [acl] lists name any address."""
+        self.limits = Limits(max_message_size=limits.max_message_size,
+                             max_headers=limits.max_headers,
+                             max_body_size=limits.max_message_size)
+        acl = self.acl
+        # The check before parsing costs nothing when no address is listed.
+        self.admits = acl.admits if acl is not None and acl.settings.by_address else None
 
     # -- entry point --------------------------------------------------------------------
 
@@ -111,8 +108,9 @@ class Proxy:
             return
         if not data.strip(b"\r\n\t "):
             return  # a UDP keepalive (CRLF or empty)
-        if self.trace_in is not None:
-            self.trace_in(data, source)
+        trace = self.tap.inbound
+        if trace is not None:
+            trace(data, source)
         try:
             # RFC 7118 §5: a WebSocket message is one SIP message, framed like a datagram.
             msg = parse_message(data, datagram=source.transport not in STREAMS,
@@ -128,7 +126,7 @@ class Proxy:
                 self.stats.inc("core:rcv_replies")
                 self.stats.inc(_REPLY_CLASS[msg.status // 100 % 7])  # type: ignore[union-attr]
                 if source.transport in WEBSOCKET or (self.nat.tests and
-                                                     not self.is_backend(source)):
+                                                     not self.backends.is_backend(source)):
                     self.nat.from_client(msg, source)  # a browser's 200 names .invalid
                 self.relay.on_response(msg, source)  # type: ignore[arg-type]
         except ParseError as e:
@@ -141,7 +139,8 @@ class Proxy:
             log.failure("internal error handling a message from {h}:{p}", h=source.host,
                         p=source.port)
             if type(msg) is Request and msg.method != "ACK":  # type: ignore[union-attr]
-                self.reply(msg, source, 500, "Server Internal Error")  # type: ignore[arg-type]
+                self.replies.reply(msg, source, 500,  # type: ignore[arg-type]
+                                   "Server Internal Error")
 
     def refuse(self, data: bytes, source: Source, error: ParseError) -> None:
         """A message that could not be parsed or framed: answer it if possible, count it."""
@@ -161,17 +160,7 @@ class Proxy:
         self.stats.inc("core:err_requests")
         status = error.status or 400
         reason = error.reason if status == 400 else _REASONS.get(status, error.reason)
-        # Our reply goes straight back to the source: the Via may be what was broken.
-        dest = Destination(
-            transport=source.transport, host=source.host, port=source.port,
-            flow_id=source.flow_id,
-        )
-        self._send_local(req, status, reason, None, dest)
-
-    def _is_client(self, host: str, port: int) -> bool:
-        """May a contact alias send us there? Anywhere but ourselves and our backends."""
-        probe = Source(transport="udp", host=host, port=port, local_host="", local_port=0)
-        return not self.identity.is_us(host, port) and not self.is_backend(probe)
+        self.replies.reply_to_source(req, source, status, reason)
 
     def pending_requests(self) -> int:
         """Requests received that have not had their final answer yet (for draining)."""
@@ -180,88 +169,22 @@ class Proxy:
     def screen(self, transport: str, host: str) -> str:
         """Why a new connection from ``host`` is closed unheard ("" when it is not): the
         [acl] lists refuse the address, or pike has blocked it."""
-        if self.admits is not None and not self.acl.allowed(transport, host):
+        if self.admits is not None and not self.acl.allowed(transport, host):  # type: ignore[union-attr]
             return "address refused by [acl]"
         if self.pike is not None and self.pike.blocked(host):
             return "address blocked by pike"
         return ""
 
     def close_flow(self, flow_id: int) -> None:
-        flows = self.nat.flows
-        flow = flows.get(flow_id) if flows is not None else None
+        flow = self.flows.get(flow_id)
         if flow is not None:
             flow.close()
 
-    def is_backend_host(self, host: str) -> bool:
-        """Is ``host`` the address of a backend, whatever the port it sends from?"""
-        if self.dispatcher is not None:
-            return self.dispatcher.is_backend_host(host)
-        return host == self.backend.destination.host
-
     def is_backend(self, source: Source) -> bool:
-        """Did this come from a backend (trusted: no auth, routed towards clients)?"""
-        if self.dispatcher is not None:
-            return self.dispatcher.is_backend(source)
-        dest = self.backend.destination
-        return source.host == dest.host and source.port == dest.port
+        return self.backends.is_backend(source)
 
-    # -- replies generated by sipgw -----------------------------------------------------
-
-    def local_response(
-        self, request: Request, status: int, reason: str, extra=None
-    ) -> Response:
-        # A deterministic To tag: retransmissions of the request get the same reply.
-        tag = None
-        if status > 100:
-            seed = f"{request.call_id}|{request.from_tag}|{request.header('via')}"
-            tag = hashlib.blake2s(seed.encode("latin-1"), digest_size=8).hexdigest()
-        headers = list(extra or ())
-        if self.server_header:
-            headers.append(("Server", self.server_header))
-        resp = make_response(request, status, reason, to_tag=tag, extra=headers)
-        self.stats.inc("sl:sent_replies")
-        cls = f"sl:{status // 100}xx_replies"
-        if cls in self.stats.values:
-            self.stats.inc(cls)
-        return resp
-
-    def reply(self, request: Request, source: Source, status: int, reason: str, extra=None):
-        """A stateless reply (Kamailio's ``sl_send_reply``)."""
-        if request.method == "ACK":
-            return
-        self._send_local(request, status, reason, extra, self.response_destination(request, source))
-
-    def _send_local(self, request, status, reason, extra, dest: Destination) -> None:
-        resp = self.local_response(request, status, reason, extra)
-        self.send(resp.to_bytes(), dest)
-
-    # -- where replies go (RFC 3261 §18.2.2, RFC 3581) ----------------------------------
-
-    def response_destination(self, request: Request, source: Source) -> Destination:
-        if source.reliable:
-            return Destination(
-                transport=source.transport, host=source.host, port=source.port,
-                flow_id=source.flow_id,
-            )
-        via = request.top_via
-        port = source.port if via.rport is not None else (via.port or 5060)
-        return Destination(transport="udp", host=source.host, port=port)
-
-    def via_destination(self, response: Response) -> Destination | None:
-        """Where a response goes when no transaction remembers: by its top Via."""
-        try:
-            via = response.top_via
-            # RFC 3581 §4: rport is a port number; a reply naming anything else is dropped.
-            rport = parse_port(via.rport) if via.rport else None
-        except ParseError:
-            return None
-        transport = via.transport.lower()
-        host = via.received or via.host
-        if rport:
-            port = rport
-        else:
-            port = via.port or (5061 if transport == "tls" else 5060)
-        return Destination(transport=transport, host=host.strip("[]"), port=port)
+    def is_backend_host(self, host: str) -> bool:
+        return self.backends.is_backend_host(host)
 
 
 # Kamailio's core:rcv_replies_Nxx, by the first digit of the status (0 for nonsense).

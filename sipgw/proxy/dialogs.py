@@ -92,6 +92,10 @@ class Dialogs:
 
     # -- hooks from the relay ---------------------------------------------------------
 
+    def configure(self, max_dialogs: int) -> None:
+        """limits.max_dialogs, at reload."""
+        self.max_dialogs = max_dialogs
+
     def confirmed(self, invite: Request, response: Response) -> None:
         """A 2xx to ``invite`` goes upstream: the dialog is active (retransmissions and
         2xx from further forks of an existing dialog change nothing)."""

@@ -57,6 +57,10 @@ class Nat:
         self.tests = tests  # for UDP/TCP/TLS clients; WebSocket adds its own test
         self.is_client = is_client
 
+    def configure(self, tests: NatTest) -> None:
+        """proxy.nat_uac_test, at start and reload."""
+        self.tests = tests
+
     # -- from clients -------------------------------------------------------------------
 
     def from_client(self, msg: Message, source: Source) -> NatTest:

@@ -101,7 +101,7 @@ def attach_notify(service, reactor, *, started=lambda: True,
         listen = service.loaded.config.listen
         count = sum(len(getattr(listen, t)) for t in ("udp", "tcp", "tls", "ws", "wss"))
         notifier.ready(status=f"running: {count} listeners, relaying to "
-                              f"{service.proxy.backend.uri if service.proxy else '-'}")
+                              f"{service.proxy.backends.backend.uri if service.proxy else '-'}")
         notifier.start_watchdog(reactor)
 
     def stopping() -> None:

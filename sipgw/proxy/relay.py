@@ -12,18 +12,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-from typing import TYPE_CHECKING
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sipgw.proxy.identity import BRANCH_PREFIX, loop_hash, make_branch
+from sipgw.proxy.config import LimitsConfig, ProxyConfig, TimersConfig
+from sipgw.proxy.dialogs import Dialogs
+from sipgw.proxy.identity import BRANCH_PREFIX, Identity, loop_hash, make_branch
 from sipgw.proxy.limits import CapLog
+from sipgw.proxy.replies import Replies, SendFunction, response_destination, via_destination
 from sipgw.proxy.retired import Retired, RetiredTable
 from sipgw.proxy.signing import PARAM as SIGNATURE
+from sipgw.proxy.signing import RouteSigner
+from sipgw.proxy.stats import Stats
 from sipgw.proxy.timerq import TimerQueue
 from sipgw.proxy.transport import Destination, Source, forbidden_target
 from sipgw.sip.effects import Deliver, Send, Terminated, Timeout, TransportError
 from sipgw.sip.message import Request, Response, build_cancel
+from sipgw.sip.timers import TimerConfig
 from sipgw.sip.transaction import (
     InviteClientTransaction,
     InviteServerTransaction,
@@ -32,9 +38,6 @@ from sipgw.sip.transaction import (
     invite_key_for_cancel,
     server_key,
 )
-
-if TYPE_CHECKING:
-    from sipgw.proxy.core import Proxy
 
 log = Logger(namespace="sipgw.relay")
 
@@ -87,19 +90,37 @@ class ClientCtx:
 
 
 class Relay:
-    def __init__(self, proxy: "Proxy") -> None:
-        self.proxy = proxy
-        self.clock = proxy.clock
+    def __init__(self, *, clock: IReactorTime, stats: Stats, send: SendFunction,
+                 identity: Identity, signer: RouteSigner, replies: Replies,
+                 dialogs: Dialogs | None, timers: TimersConfig, proxy: ProxyConfig,
+                 limits: LimitsConfig) -> None:
+        self.clock = clock
+        self.stats = stats
+        self.send = send
+        self.identity = identity
+        self.signer = signer
+        self.replies = replies
+        self.dialogs = dialogs
+        self.configure(timers, proxy, limits)
         self.servers: dict[tuple, ServerCtx] = {}
         self.clients: dict[tuple, ClientCtx] = {}
         self._ids = itertools.count(1)
-        self.cap_log = CapLog(log, proxy.clock.seconds)
+        self.cap_log = CapLog(log, clock.seconds)
         # Each transaction's one timer, and timer C of each INVITE being forwarded.
         self.timers = TimerQueue(self.clock, self._fire)
         self.timers_c = TimerQueue(self.clock, self._timer_c_fired)
         # Transactions past their last decision, until their end timer (sipgw.proxy.retired).
         self.retired_servers = RetiredTable(self.clock, self._inuse)
         self.retired_clients = RetiredTable(self.clock, self._inuse)
+
+    def configure(self, timers: TimersConfig, proxy: ProxyConfig, limits: LimitsConfig) -> None:
+        """[timers], proxy.max_forwards and limits.max_transactions, at start and reload:
+        transactions already running keep the timers they started with."""
+        self.timer_config = TimerConfig(t1=timers.t1, t2=timers.t2, t4=timers.t4,
+                                        timer_b=timers.timer_b, timer_f=timers.timer_f)
+        self.timer_c = timers.timer_c
+        self.max_forwards = proxy.max_forwards
+        self.max_transactions = limits.max_transactions
 
     # -- server side ------------------------------------------------------------------
 
@@ -115,32 +136,32 @@ class Relay:
             if gone is None:
                 return False
             if gone.resend is not None:
-                self.proxy.send(gone.resend, gone.dest)  # type: ignore[arg-type]
+                self.send(gone.resend, gone.dest)  # type: ignore[arg-type]
             return True
         self._run_server(ctx, ctx.tx.on_request(request, self.clock.seconds()))
         return True
 
     def new_server(self, request: Request, source: Source) -> ServerCtx | None:
         """Create the server transaction, or answer 503 when the table is full."""
-        p = self.proxy
-        if len(self.servers) + len(self.clients) >= p.max_transactions:
-            p.reply(request, source, 503, "Service Unavailable", [("Retry-After", "5")])
+        if len(self.servers) + len(self.clients) >= self.max_transactions:
+            self.replies.reply(request, source, 503, "Service Unavailable",
+                               [("Retry-After", "5")])
             self.cap_log.reached("limits.max_transactions",
                                  "transaction table full ({n}); {m} from {h} refused with 503",
-                                 n=p.max_transactions, m=request.method, h=source.host)
+                                 n=self.max_transactions, m=request.method, h=source.host)
             return None
         cls = InviteServerTransaction if request.method == "INVITE" else NonInviteServerTransaction
-        tx = cls(request, reliable=source.reliable, timers=p.timers)
+        tx = cls(request, reliable=source.reliable, timers=self.timer_config)
         key = server_key(request)
-        ctx = ServerCtx(key, tx, request, p.response_destination(request, source))
+        ctx = ServerCtx(key, tx, request, response_destination(request, source))
         self.servers[key] = ctx
-        p.stats.inc("tm:UAS_transactions")
+        self.stats.inc("tm:UAS_transactions")
         self._inuse()
         return ctx
 
     def respond(self, ctx: ServerCtx, status: int, reason: str, extra=None) -> None:
         """Answer a request from sipgw itself, through its server transaction."""
-        resp = self.proxy.local_response(ctx.request, status, reason, extra)
+        resp = self.replies.local_response(ctx.request, status, reason, extra)
         if status >= 200:
             ctx.final_sent = True
             self._stop_timer_c(ctx)
@@ -150,7 +171,7 @@ class Relay:
         for e in effects:
             t = type(e)
             if t is Send:
-                self.proxy.send(e.message.to_bytes(), ctx.dest)
+                self.send(e.message.to_bytes(), ctx.dest)
             elif t is Terminated:
                 if self.servers.get(ctx.key) is ctx:
                     del self.servers[ctx.key]
@@ -179,23 +200,22 @@ class Relay:
         record_route: bool,
     ) -> None:
         """Send a copy of ``request`` on a new branch to ``target``."""
-        p = self.proxy
         if forbidden_target(target.host):
             self.respond(ctx, 400, "Bad Destination Address")
             return
-        if request.method == "BYE" and p.dialogs is not None:
-            p.dialogs.ended(request)
+        if request.method == "BYE" and self.dialogs is not None:
+            self.dialogs.ended(request)
         out = request.copy()
-        _decrement_max_forwards(out, p.max_forwards)
+        _decrement_max_forwards(out, self.max_forwards)
         if record_route:
-            sig = f";{SIGNATURE}={p.signer.dialog(request.call_id, request.from_tag)}"
-            for rr in reversed(p.identity.record_route_pair(inbound, target.transport, sig)):
+            sig = f";{SIGNATURE}={self.signer.dialog(request.call_id, request.from_tag)}"
+            for rr in reversed(self.identity.record_route_pair(inbound, target.transport, sig)):
                 out.prepend("record-route", rr)
         branch = make_branch(loop_hash(request), f"{next(self._ids):x}")
-        out.prepend("via", p.identity.via(target.transport, branch))
+        out.prepend("via", self.identity.via(target.transport, branch))
         self._start_branch(ctx, out, branch, target, cancel=False)
-        p.stats.inc("core:fwd_requests")
-        if request.method == "INVITE" and p.timer_c:
+        self.stats.inc("core:fwd_requests")
+        if request.method == "INVITE" and self.timer_c:
             self._restart_timer_c(ctx)
 
     def _start_branch(
@@ -209,17 +229,16 @@ class Relay:
         timers=None,
         on_result=None,
     ) -> ClientCtx:
-        p = self.proxy
         cls = InviteClientTransaction if out.method == "INVITE" else NonInviteClientTransaction
         key = (branch_id, out.method)
-        tx = cls(out, reliable=target.reliable, timers=timers or p.timers, key=key)
+        tx = cls(out, reliable=target.reliable, timers=timers or self.timer_config, key=key)
         branch = ClientCtx(key, tx, out, target, ctx)
         branch.is_cancel = cancel
         branch.on_result = on_result
         self.clients[key] = branch
         if ctx is not None and not cancel:
             ctx.branches.append(branch)
-        p.stats.inc("tm:UAC_transactions")
+        self.stats.inc("tm:UAC_transactions")
         self._inuse()
         self._run_client(branch, tx.start(self.clock.seconds()))
         return branch
@@ -232,29 +251,28 @@ class Relay:
             on_result(503, True)
             return
         branch = make_branch(loop_hash(request), f"{next(self._ids):x}")
-        request.prepend("via", self.proxy.identity.via(target.transport, branch))
-        timers = dataclasses.replace(self.proxy.timers, timer_f=timeout)
+        request.prepend("via", self.identity.via(target.transport, branch))
+        timers = dataclasses.replace(self.timer_config, timer_f=timeout)
         self._start_branch(None, request, branch, target, cancel=False, timers=timers,
                            on_result=on_result)
 
     def forward_stateless(self, request: Request, target: Destination) -> None:
         """§16.11: an ACK for a 2xx goes end to end, without a transaction."""
-        p = self.proxy
         if forbidden_target(target.host):
             return
         out = request.copy()
-        _decrement_max_forwards(out, p.max_forwards)
+        _decrement_max_forwards(out, self.max_forwards)
         # The same incoming branch must give the same outgoing branch (§16.11).
         incoming = request.top_via.branch or request.header("via") or ""
         txid = hashlib.blake2s(incoming.encode("latin-1"), digest_size=6).hexdigest()
-        out.prepend("via", p.identity.via(target.transport, make_branch(loop_hash(request), txid)))
-        p.send(out.to_bytes(), target)
-        p.stats.inc("core:fwd_requests")
+        out.prepend("via", self.identity.via(target.transport,
+                                             make_branch(loop_hash(request), txid)))
+        self.send(out.to_bytes(), target)
+        self.stats.inc("core:fwd_requests")
 
     # -- CANCEL (§16.10) ----------------------------------------------------------------
 
     def cancel(self, request: Request, source: Source) -> None:
-        p = self.proxy
         invite_key = invite_key_for_cancel(request)
         invite = self.servers.get(invite_key)
         if invite is None and self.retired_servers.get(invite_key) is not None:
@@ -264,7 +282,7 @@ class Relay:
                 self.respond(ctx, 200, "OK")
             return
         if invite is None or invite.request.method != "INVITE":
-            p.reply(request, source, 481, "Call/Transaction Does Not Exist")
+            self.replies.reply(request, source, 481, "Call/Transaction Does Not Exist")
             return
         ctx = self.new_server(request, source)
         if ctx is None:
@@ -290,12 +308,11 @@ class Relay:
     # -- responses (§16.7) --------------------------------------------------------------
 
     def on_response(self, response: Response, source: Source) -> None:
-        p = self.proxy
         via = response.top_via
         branch = via.branch or ""
-        if not branch.startswith(BRANCH_PREFIX) or not p.identity.is_us(via.host, via.port):
+        if not branch.startswith(BRANCH_PREFIX) or not self.identity.is_us(via.host, via.port):
             # §16.7 step 1 / §18.1.2: not ours; a proxy drops it.
-            p.stats.inc("core:drop_replies")
+            self.stats.inc("core:drop_replies")
             return
         key = (branch, response.cseq[1])
         ctx = self.clients.get(key)
@@ -310,24 +327,23 @@ class Relay:
 
     def _forward_response_stateless(self, response: Response) -> None:
         """§16.11: late 2xx retransmissions and strays, routed by the next Via."""
-        p = self.proxy
         up = response.copy()
         up.pop_first("via")
         if not up.has("via"):
-            p.stats.inc("core:drop_replies")
+            self.stats.inc("core:drop_replies")
             return
-        dest = p.via_destination(up)
+        dest = via_destination(up)
         if dest is None or forbidden_target(dest.host):
-            p.stats.inc("core:drop_replies")
+            self.stats.inc("core:drop_replies")
             return
-        p.send(up.to_bytes(), dest)
-        p.stats.inc("core:fwd_replies")
+        self.send(up.to_bytes(), dest)
+        self.stats.inc("core:fwd_replies")
 
     def _run_client(self, ctx: ClientCtx, effects) -> None:
         for e in effects:
             t = type(e)
             if t is Send:
-                self.proxy.send(e.message.to_bytes(), ctx.dest)
+                self.send(e.message.to_bytes(), ctx.dest)
             elif t is Deliver:
                 self._branch_response(ctx, e.response)
             elif t is Timeout:
@@ -413,10 +429,10 @@ class Relay:
                 return
             up = response.copy()
             up.pop_first("via")
-            self.proxy.stats.inc("core:fwd_replies")
-            self.proxy.send(up.to_bytes(), gone.upstream)
+            self.stats.inc("core:fwd_replies")
+            self.send(up.to_bytes(), gone.upstream)
         elif gone.resend is not None and status >= 300:
-            self.proxy.send(gone.resend, gone.dest)  # the ACK again (§17.1.1.2)
+            self.send(gone.resend, gone.dest)  # the ACK again (§17.1.1.2)
 
     def _branch_response(self, ctx: ClientCtx, response: Response) -> None:
         server = ctx.server
@@ -448,13 +464,13 @@ class Relay:
                     return  # sent to the next destination; the caller never sees this one
             self._stop_timer_c(server)
             server.final_sent = True
-        if 200 <= status < 300 and self.proxy.dialogs is not None and (
+        if 200 <= status < 300 and self.dialogs is not None and (
             server.request.method == "INVITE"
         ):
-            self.proxy.dialogs.confirmed(server.request, response)
+            self.dialogs.confirmed(server.request, response)
         up = response.copy()
         up.pop_first("via")  # §16.7 step 9: our Via is ours alone
-        self.proxy.stats.inc("core:fwd_replies")
+        self.stats.inc("core:fwd_replies")
         self._run_server(server, server.tx.respond(up, self.clock.seconds()))
 
     def _branch_failed(self, ctx: ClientCtx, status: int, reason: str) -> None:
@@ -462,7 +478,7 @@ class Relay:
             ctx.on_result(status, True)
             return
         server = ctx.server
-        self.proxy.stats.inc("tm:timeouts")
+        self.stats.inc("tm:timeouts")
         log.info(
             "{m} to {h}:{p} failed ({why})",
             m=ctx.request.method, h=ctx.dest.host, p=ctx.dest.port, why=reason,
@@ -487,7 +503,7 @@ class Relay:
 
     def _restart_timer_c(self, ctx: ServerCtx) -> None:
         self._stop_timer_c(ctx)
-        ctx.timer_c = self.timers_c.at(self.clock.seconds() + self.proxy.timer_c, ctx)
+        ctx.timer_c = self.timers_c.at(self.clock.seconds() + self.timer_c, ctx)
 
     def _stop_timer_c(self, ctx: ServerCtx) -> None:
         if ctx.timer_c is not None:
@@ -499,7 +515,7 @@ class Relay:
         if ctx.final_sent:
             return
         log.info("timer C fired for {cid}", cid=ctx.request.call_id)
-        self.proxy.stats.inc("tm:timeouts")
+        self.stats.inc("tm:timeouts")
         for branch in ctx.branches:
             if branch.done:
                 continue
@@ -536,11 +552,11 @@ class Relay:
             self._run_server(ctx, effects)
             return
         if any(type(e) is Send for e in effects):
-            self.proxy.stats.inc("tm:retransmissions")
+            self.stats.inc("tm:retransmissions")
         self._run_client(ctx, effects)
 
     def _inuse(self) -> None:
-        self.proxy.stats.set("tm:inuse_transactions", len(self.servers) + len(self.clients)
+        self.stats.set("tm:inuse_transactions", len(self.servers) + len(self.clients)
                              + len(self.retired_servers) + len(self.retired_clients))
 
     def transport_failed(self, host: str, port: int, transport: str) -> None:

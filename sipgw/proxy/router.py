@@ -7,26 +7,29 @@ Later capabilities (NATDETECT, AUTH, REGISTRAR, the dispatcher) slot in as more 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sipgw.proxy.identity import branch_loop_part, loop_hash
+from sipgw.proxy.acl import Acl
+from sipgw.proxy.auth import Authenticator
+from sipgw.proxy.backends import Backends
+from sipgw.proxy.config import LimitsConfig, ProxyConfig
+from sipgw.proxy.identity import Identity, branch_loop_part, loop_hash
 from sipgw.proxy.limits import CapLog
-from sipgw.proxy.nat import WEBSOCKET, FlowGone, ForgedAlias
-from sipgw.proxy.registrar import FlowFailed
 from sipgw.proxy.log import debugging
+from sipgw.proxy.nat import WEBSOCKET, FlowGone, ForgedAlias, Nat
+from sipgw.proxy.registrar import FlowFailed, Registrar
+from sipgw.proxy.relay import Relay
+from sipgw.proxy.replies import Replies
 from sipgw.proxy.signing import PARAM as SIGNATURE
-from sipgw.proxy.stats import StatDef
-from sipgw.proxy.transport import Destination, Source, transport_address
+from sipgw.proxy.signing import RouteSigner
+from sipgw.proxy.stats import StatDef, Stats
+from sipgw.proxy.transport import Destination, Source, transport_address, uri_destination
 from sipgw.sip.address import parse_name_addr
 from sipgw.sip.errors import ParseError
 from sipgw.sip.message import Request
 from sipgw.sip.uri import SipURI
 from sipgw.sip.via import parse_via
-
-if TYPE_CHECKING:
-    from sipgw.proxy.core import Proxy
 
 log = Logger(namespace="sipgw.router")
 
@@ -45,12 +48,34 @@ class NotRelaying(Exception):
 
 
 class Router:
-    def __init__(self, proxy: "Proxy") -> None:
-        self.proxy = proxy
-        self.relay = proxy.relay
-        self.identity = proxy.identity
-        proxy.stats.declare(ROUTER_STATS)
-        self.refusals = CapLog(log, proxy.clock.seconds)
+    def __init__(self, *, clock: IReactorTime, stats: Stats, relay: Relay, replies: Replies,
+                 identity: Identity, signer: RouteSigner, nat: Nat, registrar: Registrar,
+                 backends: Backends,
+                 auth: Authenticator | None = None, acl: Acl | None = None,
+                 proxy: ProxyConfig, limits: LimitsConfig) -> None:
+        self.stats = stats
+        self.relay = relay
+        self.replies = replies
+        self.identity = identity
+        self.signer = signer
+        self.nat = nat
+        self.registrar = registrar
+        self.backends = backends
+        self.dispatcher = backends.dispatcher
+        self.auth = auth
+        self.acl = acl
+        self.draining = False  # SIGTERM: new initial requests get 503 (``drain``)
+        self.configure(proxy, limits)
+        stats.declare(ROUTER_STATS)
+        self.refusals = CapLog(log, clock.seconds)
+
+    def configure(self, proxy: ProxyConfig, limits: LimitsConfig) -> None:
+        self.record_route = proxy.record_route
+        self.max_ruri_length = limits.max_ruri_length
+
+    def drain(self) -> None:
+        """SIGTERM: requests already here finish, new ones go to another node."""
+        self.draining = True
 
     def on_request(self, req: Request, source: Source) -> None:
         method = req.method
@@ -64,8 +89,8 @@ class Router:
         if method == "ACK":
             self._ack(req, source)
             return
-        nat = self.proxy.nat
-        if source.transport in WEBSOCKET or (nat.tests and not self.proxy.is_backend(source)):
+        nat = self.nat
+        if source.transport in WEBSOCKET or (nat.tests and not self.backends.is_backend(source)):
             nat.from_client(req, source)  # NATDETECT (browsers are always NATed)
         if method == "CANCEL":
             self._call_ended(req)
@@ -79,40 +104,39 @@ class Router:
     # -- REQINIT ------------------------------------------------------------------------
 
     def _reqinit(self, req: Request, source: Source) -> SipURI | None:
-        p = self.proxy
-        if p.acl is not None and p.acl.denied_agent(req, source):
+        if self.acl is not None and self.acl.denied_agent(req, source):
             return None  # a scanner: dropped without an answer, so it learns nothing
-        if len(req.uri) > p.max_ruri_length:
+        if len(req.uri) > self.max_ruri_length:
             self.relay.cap_log.reached("limits.max_ruri_length", "{m} from {h}:{port}: "
                                        "Request-URI of {n} bytes refused with 414",
                                        m=req.method, h=source.host, port=source.port,
                                        n=len(req.uri))
-            p.reply(req, source, 414, "Request-URI Too Long")
+            self.replies.reply(req, source, 414, "Request-URI Too Long")
             return None
         mf = req.header("max-forwards")
         if mf is not None and int(mf) == 0:
-            p.reply(req, source, 483, "Too Many Hops")
+            self.replies.reply(req, source, 483, "Too Many Hops")
             return None
         try:
             ruri = req.parsed_uri()
         except ParseError:
-            p.reply(req, source, 400, "Bad Request-URI")
+            self.replies.reply(req, source, 400, "Bad Request-URI")
             return None
         if not isinstance(ruri, SipURI):
-            p.reply(req, source, 416, "Unsupported URI Scheme")
+            self.replies.reply(req, source, 416, "Unsupported URI Scheme")
             return None
         if ruri.headers:
             # RFC 4475 §3.1.2.11: headers in a Request-URI must never become real headers,
             # nor be forwarded; refusing is the safe choice.
-            p.reply(req, source, 400, "Bad Request-URI: headers not allowed")
+            self.replies.reply(req, source, 400, "Bad Request-URI: headers not allowed")
             return None
         # We support no extension a client may require of proxies (§16.3 step 5).
         required = [t for t in req.values("proxy-require") if t]
         if required and req.method != "CANCEL":
-            p.reply(req, source, 420, "Bad Extension", [("Unsupported", ", ".join(required))])
+            self.replies.reply(req, source, 420, "Bad Extension", [("Unsupported", ", ".join(required))])
             return None
         if self._looped(req):
-            p.reply(req, source, 482, "Loop Detected")
+            self.replies.reply(req, source, 482, "Loop Detected")
             return None
         if (
             req.method == "OPTIONS"
@@ -121,7 +145,7 @@ class Router:
             and self.identity.is_us(ruri.host.strip("[]"), ruri.port)
         ):
             # A keepalive addressed to sipgw itself.
-            p.reply(req, source, 200, "OK", [("Allow", ALLOW), ("Accept", "application/sdp"),
+            self.replies.reply(req, source, 200, "OK", [("Allow", ALLOW), ("Accept", "application/sdp"),
                                              ("Supported", "path, outbound")])
             return None
         return ruri
@@ -157,7 +181,7 @@ class Router:
         except (FlowGone, ParseError):
             target = None  # an ACK is never answered
         if target is None:
-            self.proxy.stats.inc("core:drop_requests")
+            self.stats.inc("core:drop_requests")
             return
         self.relay.forward_stateless(req, target)
 
@@ -168,12 +192,12 @@ class Router:
         try:
             target = self._loose_route(req, require_ours=True, signed=client)
             if target is None:
-                self.proxy.reply(req, source, 404, "Not Here")
+                self.replies.reply(req, source, 404, "Not Here")
                 return
             target = self._toward_client(req, source, target, client)
         except NotRelaying as refused:
             self._not_relayed(req, source, refused)
-            self.proxy.reply(req, source, 403, "Not relaying")
+            self.replies.reply(req, source, 403, "Not relaying")
             return
         if target is None:
             return
@@ -188,8 +212,8 @@ class Router:
 
     def _call_ended(self, req: Request) -> None:
         """The dispatcher counts calls per backend (algorithm 10) until BYE or CANCEL."""
-        if self.proxy.dispatcher is not None:
-            self.proxy.dispatcher.call_ended(req)
+        if self.dispatcher is not None:
+            self.dispatcher.call_ended(req)
 
     def _loose_route(self, req: Request, *, require_ours: bool = False,
                      signed: bool = False) -> Destination | None:
@@ -228,7 +252,7 @@ class Router:
         if ours is None:
             if require_ours:
                 return None
-        elif signed and not self.proxy.signer.dialog_ok(
+        elif signed and not self.signer.dialog_ok(
                 ours.param(SIGNATURE), req.call_id, (req.from_tag, req.to_tag)):
             raise NotRelaying("its Route is not one sipgw wrote for this dialog")
         remaining = req.values("route")
@@ -262,16 +286,16 @@ class Router:
                 return self._checked_target(target, client)
             return self._client_target(req, target, client)
         except ParseError as e:
-            self.proxy.reply(req, source, 400, e.reason)
+            self.replies.reply(req, source, 400, e.reason)
         except FlowGone as gone:
-            failed = self.proxy.registrar.failure_for(gone.transport, gone.host, gone.port)
-            self.proxy.reply(req, source, failed.status, failed.reason)
+            failed = self.registrar.failure_for(gone.transport, gone.host, gone.port)
+            self.replies.reply(req, source, failed.status, failed.reason)
         return None
 
     def _client_target(self, req: Request, target: Destination, client: bool) -> Destination:
         """handle_ruri_alias, and for a client's request the check of where it goes."""
         try:
-            aimed = self.proxy.nat.toward_client(req, target, signed_only=client)
+            aimed = self.nat.toward_client(req, target, signed_only=client)
         except ForgedAlias:
             raise NotRelaying("its Request-URI names an alias sipgw did not write") from None
         if aimed is not target:
@@ -281,9 +305,9 @@ class Router:
     def _checked_target(self, target: Destination, client: bool) -> Destination:
         """A client may reach a backend, or another client over a flow sipgw holds, and
         nothing else: not a local service, not a host its Request-URI makes up."""
-        if not client or self.proxy.is_backend(target):  # type: ignore[arg-type]
+        if not client or self.backends.is_backend(target):  # type: ignore[arg-type]
             return target
-        flows = self.proxy.nat.flows
+        flows = self.nat.flows
         if target.reliable and flows is not None:
             flow = flows.find(target.transport, target.host, target.port)
             if flow is not None:
@@ -294,11 +318,11 @@ class Router:
 
     def _trusted(self, source: Source) -> bool:
         """Backends and ``auth.trusted`` addresses may send in-dialog requests anywhere."""
-        auth = self.proxy.auth
-        return self.proxy.is_backend(source) or (auth is not None and auth.trusts(source.host))
+        auth = self.auth
+        return self.backends.is_backend(source) or (auth is not None and auth.trusts(source.host))
 
     def _not_relayed(self, req: Request, source: Source, refused: "NotRelaying") -> None:
-        self.proxy.stats.inc("core:forbidden_relays")
+        self.stats.inc("core:forbidden_relays")
         self.refusals.reached(
             "not relayed", "{m} from {t}:{h}:{p} not relayed: {why}",
             m=req.method, t=source.transport, h=source.host, p=source.port, why=refused)
@@ -313,23 +337,22 @@ class Router:
     # -- initial requests: RECORD-ROUTE → DISPATCH → RELAY -------------------------------
 
     def _initial(self, req: Request, source: Source, ruri: SipURI) -> None:
-        p = self.proxy
-        if p.draining:
+        if self.draining:
             # SIGTERM: requests already here finish, new ones go to another node. Dialogs
             # in progress keep working (in-dialog requests do not come through here).
-            p.reply(req, source, 503, "Service Unavailable", [("Retry-After", "10")])
+            self.replies.reply(req, source, 503, "Service Unavailable", [("Retry-After", "10")])
             return
-        if p.is_backend(source):
+        if self.backends.is_backend(source):
             # Towards a client, by our Path token, Route or Request-URI and the alias.
             # Backends are trusted: no AUTH step.
             try:
-                flow = p.registrar.route_target(req)
+                flow = self.registrar.route_target(req)
             except FlowFailed as e:
-                p.reply(req, source, e.status, e.reason)
+                self.replies.reply(req, source, e.status, e.reason)
                 return
             target = self._loose_route(req)
             if target is None:
-                p.reply(req, source, 404, "Not Found")
+                self.replies.reply(req, source, 404, "Not Found")
                 return
             target = self._toward_client(req, source, target)
             if target is None:
@@ -344,7 +367,7 @@ class Router:
         if req.has("route"):
             self._loose_route(req)
             if req.has("route"):
-                p.reply(req, source, 403, "Not relaying")
+                self.replies.reply(req, source, 403, "Not relaying")
                 return
         self._auth(req, source)
 
@@ -361,7 +384,7 @@ class Router:
         """AUTH step (``sipgw.proxy.auth``): a challenge or refusal is stateless; a request
         that goes on gets its transaction (``_start``), and may finish later (a store
         lookup) with an answer through it or with ``_registrar``."""
-        auth = self.proxy.auth
+        auth = self.auth
         if auth is None:  # a Proxy built without a store (unit tests of the relay)
             ctx = self._start(req, source)
             if ctx is not None:
@@ -374,7 +397,7 @@ class Router:
     def _registrar(self, ctx, req: Request, source: Source) -> None:
         """REGISTRAR step: a REGISTER gets our Path to its flow (``sipgw.proxy.registrar``)."""
         if req.method == "REGISTER":
-            self.proxy.registrar.on_register(req, source, self.proxy.backend.destination.transport)
+            self.registrar.on_register(req, source, self.backends.backend.destination.transport)
         self._dispatch(ctx, req, source)
 
     # -- DISPATCH → RELAY -----------------------------------------------------------------
@@ -382,9 +405,9 @@ class Router:
     def _dispatch(self, ctx, req: Request, source: Source) -> None:
         """DISPATCH step: a backend from the dispatcher set, failing over to the next one
         when a branch fails; none usable → 503 with Retry-After."""
-        dispatcher = self.proxy.dispatcher
+        dispatcher = self.dispatcher
         if dispatcher is None:
-            self._relay(ctx, req, source, self.proxy.backend.destination)
+            self._relay(ctx, req, source, self.backends.backend.destination)
             return
         attempt = dispatcher.begin(req)
         if attempt is None:
@@ -403,27 +426,17 @@ class Router:
         self._relay(ctx, req, source, attempt.target.address)
 
     def _relay(self, ctx, req: Request, source: Source, target: Destination) -> None:
-        if debugging() and self.proxy.is_backend_host(target.host):  # the guide's grep
+        if debugging() and self.backends.is_backend_host(target.host):  # the guide's grep
             log.debug("Routing to Asterisk {d}: {m} {u} from {s}", d=transport_address(target.transport, target.host, target.port), m=req.method, u=req.uri, s=transport_address(source.transport, source.host, source.port))  # noqa: E501
         self.relay.forward(
             ctx,
             req,
             target,
             inbound=source.transport,
-            record_route=self.proxy.record_route and req.method in DIALOG_CREATING,
+            record_route=self.record_route and req.method in DIALOG_CREATING,
         )
 
 
 def _route_uri(value: str):
     """The URI of one Route entry."""
     return parse_name_addr(value, what="Route header").uri
-
-
-def uri_destination(uri: SipURI) -> Destination:
-    """RFC 3263 without DNS SRV: transport param, else UDP (TLS for sips); port default."""
-    transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
-    if transport == "sctp":
-        transport = "udp"
-    host = (uri.param("maddr") or uri.host).strip("[]")
-    port = uri.port or (5061 if transport == "tls" else 5060)
-    return Destination(transport=transport, host=host, port=port)

@@ -1,13 +1,19 @@
-"""The only wiring: config → listeners, proxy, signals. Everything else takes arguments.
+"""The only wiring: config → the core, the listeners, signals. Everything else takes
+arguments.
 
-``ProxyService`` is a Twisted ``Service``: ``startService`` opens the listeners,
-``stopService`` closes them (SIGTERM). ``reload`` (SIGHUP) re-reads the config file and
-keeps the running one when the new one is bad.
+``build_core`` assembles the SIP core bottom-up (the relay before the dispatcher that
+probes through it, both before the AUTH step that answers through the relay, the route
+script last), each component given what it needs in its constructor; ``reconfigure_core``
+hands each its new config sections on SIGHUP. ``ProxyService`` is a Twisted ``Service``:
+``startService`` builds the core and opens the listeners, ``stopService`` drains and
+closes them (SIGTERM). ``reload`` (SIGHUP) re-reads the config file and keeps the running
+one when the new one is bad.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
 import socket
 
@@ -16,28 +22,33 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sipgw.proxy import log as sipgw_log
-from sipgw.proxy.auth import auth_settings, build_authenticator
+from sipgw.proxy.acl import Acl, acl_settings
+from sipgw.proxy.auth import Authenticator, auth_settings, nonce_secret, open_subscribers
+from sipgw.proxy.backends import Backend, Backends
 from sipgw.proxy.config import Config, ConfigError, LoadedConfig, load_config
 from sipgw.proxy.control import ControlServer, start_control
-from sipgw.proxy.core import Backend, Proxy
+from sipgw.proxy.core import Proxy
 from sipgw.proxy.dialogs import Dialogs
-from sipgw.proxy.metrics import start_metrics
-from sipgw.proxy.memtrim import start_trimming
 from sipgw.proxy.dispatcher.build import build_dispatcher, reconfigure_dispatcher, resolve_uri
 from sipgw.proxy.identity import Identity, Listener
-from sipgw.proxy.signing import route_key
-from sipgw.proxy.stats import Stats
-from sipgw.proxy.acl import Acl, acl_settings
+from sipgw.proxy.memtrim import start_trimming
+from sipgw.proxy.metrics import start_metrics
+from sipgw.proxy.nat import Nat
 from sipgw.proxy.pike import Pike, pike_settings
-from sipgw.proxy.transport import (Destination, FlowTable, Source, in_networks, is_ip,
-                                   transport_address)
+from sipgw.proxy.registrar import Registrar
+from sipgw.proxy.relay import Relay
+from sipgw.proxy.replies import Replies, SendFunction
+from sipgw.proxy.router import Router
+from sipgw.proxy.signing import RouteSigner, route_key
+from sipgw.proxy.stats import Stats
+from sipgw.proxy.trace import Tap
+from sipgw.proxy.transport import Destination, FlowTable, Source, is_ip, transport_address
 from sipgw.proxy.transport.stream import StreamSettings, StreamTransport
 from sipgw.proxy.transport.udp import UdpListener
 from sipgw.proxy.transport.tls import ServerTls, TlsSettings, TlsTransport
 from sipgw.proxy.transport.ws import WsSettings, WsTransport
 from sipgw.sip.nat import NatTest
-from sipgw.sip.parser import Limits
-from sipgw.sip.timers import TimerConfig
+from sipgw.store import SubscriberStore
 
 log = Logger(namespace="sipgw.service")
 
@@ -48,9 +59,13 @@ FLOW_ONLY = frozenset({"ws", "wss"})
 class ProxyService(service.Service):
     name = "sipgw"
 
-    def __init__(self, loaded: LoadedConfig, reactor) -> None:
+    def __init__(self, loaded: LoadedConfig, reactor, *,
+                 send: SendFunction | None = None) -> None:
+        """``send``: where the core's messages go instead of the listeners (tests that
+        run the service on a memory reactor)."""
         self.loaded = loaded
         self.reactor = reactor
+        self._core_send = send or self.send
         self.stats = Stats()
         sipgw_log.count_dropped_lines_in(self.stats)
         self.flows = FlowTable()
@@ -63,7 +78,7 @@ class ProxyService(service.Service):
         self.tls_stream: TlsTransport | None = None
         self._resolved: dict[str, str] = {}
         self.control: ControlServer | None = None
-        self.trace_out = None  # set by the tracer while somebody listens (sipgw trace)
+        self.tap = Tap()  # the live trace's taps (sipgw trace), on while somebody listens
         self._udp_ports: list = []  # kept open while draining: answers arrive on them
 
     # -- start and stop -----------------------------------------------------------------
@@ -76,9 +91,9 @@ class ProxyService(service.Service):
         if config.listen.tls or config.listen.wss:
             # Before any listener opens: a bad certificate is a start-up error (TlsError).
             self.tls = ServerTls(_tls_settings(config))
-        self.proxy = self._build_proxy(config)
-        self.proxy.nat.flows = self.flows
-        self.proxy.registrar.flows = self.flows
+        self.proxy = build_core(config, clock=self.reactor, send=self._core_send, stats=self.stats,
+                                flows=self.flows, tap=self.tap,
+                                store=open_subscribers(config, self.reactor))
         self.stream = StreamTransport(
             self.reactor,
             self.reactor,
@@ -90,8 +105,8 @@ class ProxyService(service.Service):
             on_send_failed=self._send_failed,
             refuse=self.proxy.refuse,
             on_closed=self.proxy.registrar.flow_closed,
+            screen=self.proxy.screen,
         )
-        self.stream.screen = self.proxy.screen
         for addr in config.listen.udp:
             lst = UdpListener(addr.host, addr.port, self.proxy.receive)
             port = self.reactor.listenUDP(addr.port, lst, interface=addr.host,
@@ -111,22 +126,22 @@ class ProxyService(service.Service):
                 on_send_failed=self._send_failed, refuse=self.proxy.refuse,
                 on_closed=self.proxy.registrar.flow_closed,
                 caps=self.stream.caps,  # the caps count TCP and TLS together
+                screen=self.proxy.screen,
             )
-            self.tls_stream.screen = self.proxy.screen
             for addr in config.listen.tls:
                 self.ports.append(self.tls_stream.listen_tls(addr.host, addr.port, self.tls))
         if config.listen.ws or config.listen.wss:
             self.ws = WsTransport(self.reactor, self.reactor, self.flows, self.proxy.receive,
                                   self.stats, _ws_settings(config),
-                                  on_closed=self.proxy.registrar.flow_closed)
-            self.ws.users_of = self.proxy.registrar.users_on
-            self.ws.flows_of = self.proxy.registrar.flows_of
-            self.ws.screen = self.proxy.screen
+                                  on_closed=self.proxy.registrar.flow_closed,
+                                  users_of=self.proxy.registrar.users_on,
+                                  flows_of=self.proxy.registrar.flows_of,
+                                  screen=self.proxy.screen)
             for addr in config.listen.ws:
                 self.ports.append(self.ws.listen(addr.host, addr.port))
             for addr in config.listen.wss:
                 self.ports.append(self.ws.listen(addr.host, addr.port, tls=self.tls))
-        log.info("relaying to {uri}", uri=self.proxy.backend.uri)
+        log.info("relaying to {uri}", uri=self.proxy.backends.backend.uri)
         self.control = start_control(self)
         self.metrics_port = start_metrics(self)
         self._trimmer = start_trimming(self.reactor)
@@ -147,7 +162,7 @@ class ProxyService(service.Service):
         proxy = self.proxy
         if proxy is None or proxy.pending_requests() == 0:
             return defer.succeed(None)
-        proxy.draining = True
+        proxy.router.drain()
         stream_ports = [p for p in self.ports if p not in self._udp_ports]
         for port in stream_ports:
             defer.maybeDeferred(port.stopListening)
@@ -201,36 +216,6 @@ class ProxyService(service.Service):
 
     # -- building the proxy from a config -----------------------------------------------
 
-    def _build_proxy(self, config: Config) -> Proxy:
-        backend = _backend(config)
-        identity = Identity(listeners=_listeners(config, backend.destination.host),
-                            aliases=_aliases(config))
-        proxy = Proxy(
-            clock=self.reactor,
-            identity=identity,
-            backend=backend,
-            send=self.send,
-            stats=self.stats,
-            route_key=route_key(config.proxy.route_secret, config.auth.nonce_secret,
-                                config.state.directory),
-        )
-        _apply(proxy, config)
-        proxy.dialogs = Dialogs(self.reactor, self.stats)
-        proxy.auth = build_authenticator(proxy, config)
-        proxy.dispatcher = build_dispatcher(proxy, config)
-        _bound_tables(proxy, config)
-        proxy.pike = Pike(self.reactor, self.stats, pike_settings(config),
-                          exempt=self._pike_exempt)
-        proxy.acl = Acl(self.stats, acl_settings(config), now=self.reactor.seconds,
-                        is_backend_host=proxy.is_backend_host)
-        _apply_acl(proxy, config)
-        return proxy
-
-    def _pike_exempt(self, host: str) -> bool:
-        """Never blocked by pike: auth.trusted (as now configured) and the backends."""
-        return (in_networks(host, self.loaded.config.auth.trusted)
-                or (self.proxy is not None and self.proxy.is_backend_host(host)))
-
     def reload(self) -> None:
         """SIGHUP: read the file again; a bad file changes nothing."""
         path = self.loaded.path
@@ -257,24 +242,14 @@ class ProxyService(service.Service):
                      "signed with the running secret")
         self.loaded = new
         assert self.proxy is not None
-        self.proxy.backend = backend
-        self.proxy.identity.aliases = _aliases(new.config)
-        self.proxy.identity.refresh()
-        _apply(self.proxy, new.config)
-        if self.proxy.auth is not None:
-            self.proxy.auth.configure(auth_settings(new.config))
-        reconfigure_dispatcher(self.proxy.dispatcher, new.config)
-        _bound_tables(self.proxy, new.config)
-        if self.proxy.pike is not None:
-            self.proxy.pike.configure(pike_settings(new.config))
-        if self.proxy.acl is not None:
-            _apply_acl(self.proxy, new.config)
+        reconfigure_core(self.proxy, new.config, backend)
+        sipgw_log.set_level(new.config.log.level)
         if self.ws is not None:
             self.ws.reconfigure(_ws_settings(new.config))
         for stream in (self.stream, self.tls_stream):
             if stream is not None:
-                stream.reconfigure(_stream_settings(new.config))
-                stream.limits = self.proxy.limits  # new connections frame with the new sizes
+                # New connections frame with the new sizes.
+                stream.reconfigure(_stream_settings(new.config), self.proxy.limits)
         if self.tls is not None:
             # New connections get the re-read certificate; live ones keep theirs.
             self.tls.reload(_tls_settings(new.config))
@@ -285,8 +260,9 @@ class ProxyService(service.Service):
     # -- sending ------------------------------------------------------------------------
 
     def send(self, data: bytes, dest: Destination) -> None:
-        if self.trace_out is not None:
-            self.trace_out(data, dest)
+        trace = self.tap.outbound
+        if trace is not None:
+            trace(data, dest)
         if dest.transport in FLOW_ONLY:
             # A browser cannot be connected to: its flow, or the flow from that address.
             flow = self.flows.get(dest.flow_id) or self.flows.find(dest.transport, dest.host,
@@ -349,37 +325,81 @@ class ProxyService(service.Service):
         self.proxy.receive(data, source)
 
 
-def _apply(proxy: Proxy, config: Config) -> None:
-    """The settings that may change on reload."""
-    t = config.timers
-    proxy.timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4, timer_b=t.timer_b, timer_f=t.timer_f)
-    proxy.timer_c = t.timer_c
-    proxy.max_forwards = config.proxy.max_forwards
-    proxy.record_route = config.proxy.record_route
-    proxy.server_header = config.proxy.server_header
-    proxy.nat.tests = NatTest(config.proxy.nat_uac_test)
-    proxy.max_transactions = config.limits.max_transactions
-    proxy.max_ruri_length = config.limits.max_ruri_length
-    proxy.limits = Limits(
-        max_message_size=config.limits.max_message_size,
-        max_headers=config.limits.max_headers,
-        max_body_size=config.limits.max_message_size,
-    )
-    sipgw_log.set_level(config.log.level)
+def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows: FlowTable,
+               tap: Tap, store: SubscriberStore | None, identity: Identity | None = None,
+               route_secret_key: bytes | None = None, dispatch: bool = True,
+               icmp: bool = True) -> Proxy:
+    """The SIP core, bottom-up, each component built with what it needs.
+
+    ``store`` None: no AUTH step (unit tests of the relay); ``dispatch`` False: every
+    request goes to the first destination, with no dispatcher (the same); ``icmp`` False:
+    the dispatcher opens no sockets of its own. ``identity`` and ``route_secret_key``
+    replace what the config would give (tests).
+    """
+    backend = _backend(config)
+    if identity is None:
+        identity = Identity(listeners=_listeners(config, backend.destination.host),
+                            aliases=_aliases(config))
+    if route_secret_key is None:
+        route_secret_key = route_key(config.proxy.route_secret, config.auth.nonce_secret,
+                                     config.state.directory)
+    signer = RouteSigner(route_secret_key)
+    replies = Replies(stats=stats, send=send, server_header=config.proxy.server_header)
+    dialogs = Dialogs(clock, stats, max_dialogs=config.limits.max_dialogs)
+    relay = Relay(clock=clock, stats=stats, send=send, identity=identity, signer=signer,
+                  replies=replies, dialogs=dialogs, timers=config.timers, proxy=config.proxy,
+                  limits=config.limits)
+    dispatcher = build_dispatcher(clock, stats, relay, config, icmp=icmp) if dispatch else None
+    backends = Backends(backend, dispatcher)
+
+    def is_client(host: str, port: int) -> bool:
+        """May a contact alias send us there? Anywhere but ourselves and our backends."""
+        return not identity.is_us(host, port) and not backends.is_backend(
+            Destination(transport="udp", host=host, port=port))
+
+    nat = Nat(signer, flows, NatTest(config.proxy.nat_uac_test), is_client)
+    registrar = Registrar(clock, identity, boot=os.urandom(3).hex(), flows=flows)
+    auth = None
+    if store is not None:
+        auth = Authenticator(clock=clock, stats=stats, identity=identity, relay=relay,
+                             replies=replies, store=store, settings=auth_settings(config),
+                             secret=nonce_secret(config))
+
+    def pike_exempt(host: str) -> bool:
+        """Never blocked by pike: auth.trusted (as now configured) and the backends."""
+        return (auth is not None and auth.trusts(host)) or backends.is_backend_host(host)
+
+    pike = Pike(clock, stats, pike_settings(config), exempt=pike_exempt)
+    acl = Acl(stats, acl_settings(config), now=clock.seconds,
+              is_backend_host=backends.is_backend_host)
+    router = Router(clock=clock, stats=stats, relay=relay, replies=replies, identity=identity,
+                    signer=signer, nat=nat, registrar=registrar, backends=backends, auth=auth,
+                    acl=acl, proxy=config.proxy, limits=config.limits)
+    return Proxy(clock=clock, stats=stats, identity=identity, signer=signer, replies=replies, relay=relay,
+                 router=router, nat=nat, registrar=registrar, backends=backends, flows=flows,
+                 tap=tap, limits=config.limits, dialogs=dialogs, auth=auth, pike=pike, acl=acl)
 
 
-def _bound_tables(proxy: Proxy, config: Config) -> None:
-    """Caps on the tables that grow with calls (limits.max_dialogs)."""
+def reconfigure_core(proxy: Proxy, config: Config, backend: Backend) -> None:
+    """SIGHUP: each component of the core gets its new sections; state survives."""
+    proxy.backends.configure(backend)
+    proxy.identity.aliases = _aliases(config)
+    proxy.identity.refresh()
+    proxy.replies.configure(config.proxy.server_header)
+    proxy.relay.configure(config.timers, config.proxy, config.limits)
+    proxy.router.configure(config.proxy, config.limits)
+    proxy.nat.configure(NatTest(config.proxy.nat_uac_test))
     if proxy.dialogs is not None:
-        proxy.dialogs.max_dialogs = config.limits.max_dialogs
+        proxy.dialogs.configure(config.limits.max_dialogs)
+    if proxy.auth is not None:
+        proxy.auth.configure(auth_settings(config))
     if proxy.dispatcher is not None:
-        proxy.dispatcher.max_calls = config.limits.max_dialogs
-
-
-def _apply_acl(proxy: Proxy, config: Config) -> None:
-    """The [acl] lists; the check before parsing costs nothing when no address is listed."""
-    proxy.acl.configure(acl_settings(config))
-    proxy.admits = proxy.acl.admits if proxy.acl.settings.by_address else None
+        reconfigure_dispatcher(proxy.dispatcher, config)
+    if proxy.pike is not None:
+        proxy.pike.configure(pike_settings(config))
+    if proxy.acl is not None:
+        proxy.acl.configure(acl_settings(config))
+    proxy.configure(config.limits)
 
 
 def _tls_settings(config: Config) -> TlsSettings:

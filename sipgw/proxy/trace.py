@@ -1,9 +1,10 @@
 """Live SIP trace: every message in and out, to whoever subscribed (``trace.subscribe``).
 
 Two taps, one in ``Proxy.receive`` (every message in, before parsing) and one in the
-service's ``send`` (every message out). Each tap is an attribute that is ``None`` while
-nobody listens, so tracing costs one attribute test per message then; the first subscriber
-sets the taps, the last one to leave clears them.
+outbound ``send`` (every message out), both on the one ``Tap`` they are built with. Each
+tap is ``None`` while nobody listens, so tracing costs an attribute test per message then;
+the tracer, which owns the ``Tap``, sets them for the first subscriber and clears them
+when the last one leaves.
 
 A message is summarised with plain text operations (it may be malformed: the trace shows
 what arrived, even what the parser refuses), filtered per subscriber, and sent as a
@@ -127,33 +128,36 @@ class Subscriber:
     sent: int = field(default=0)
 
 
-class Tracer:
-    """The taps and the subscribers. ``install(proxy, service)`` gives it the taps."""
+class Tap:
+    """Where the message paths look for a tracer: ``None`` while nobody listens."""
 
-    def __init__(self, clock: Callable[[], float] = time.time,
-                 max_streams: Callable[[], int] = lambda: 8) -> None:
+    __slots__ = ("inbound", "outbound")
+
+    def __init__(self) -> None:
+        self.inbound: Callable[[bytes, Any], None] | None = None
+        self.outbound: Callable[[bytes, Any], None] | None = None
+
+
+class Tracer:
+    """The subscribers, and the ``Tap`` it turns on while there are any."""
+
+    def __init__(self, tap: Tap, clock: Callable[[], float] = time.time,
+                 max_streams: Callable[[], int] = lambda: 8,
+                 local_of: Callable[[Any], tuple[str, int] | None] = lambda dest: None) -> None:
+        self.tap = tap
         self.clock = clock
         self.max_streams = max_streams  # limits.max_trace_subscribers, read at each call
         self.streams = 0  # trace.subscribe calls not yet stopped (HEP is not one)
         self.cap_log = CapLog(log, clock)
         self.subscribers: list[Subscriber] = []
-        self._tap_owners: list[tuple[object, str, Callable]] = []
-        self._local_of: Callable[[Any], tuple[str, int] | None] = lambda dest: None
-        self.hep = None  # the HEP exporter, when trace.hep is set
-
-    def install(self, inbound_owner: object, outbound_owner: object,
-                local_of: Callable[[Any], tuple[str, int] | None] = lambda dest: None) -> None:
-        """Where the taps go: ``inbound_owner.trace_in`` and ``outbound_owner.trace_out``;
-        ``local_of(destination)`` is our address a message to it leaves from."""
+        # ``local_of(destination)``: our address a message to it leaves from.
         self._local_of = local_of
-        self._tap_owners = [(inbound_owner, "trace_in", self.on_in),
-                            (outbound_owner, "trace_out", self.on_out)]
-        self._set_taps()
+        self.hep = None  # the HEP exporter, when trace.hep is set
 
     def _set_taps(self) -> None:
         on = bool(self.subscribers)
-        for owner, attr, fn in self._tap_owners:
-            setattr(owner, attr, fn if on else None)
+        self.tap.inbound = self.on_in if on else None
+        self.tap.outbound = self.on_out if on else None
 
     # -- subscribers ------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ cut into messages by a ``StreamFramer``, as ``StreamConnection`` does.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -16,14 +17,18 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from sipgw.proxy.core import Backend, Proxy
+from sipgw.proxy.config import Config, default_config
+from sipgw.proxy.core import Proxy
 from sipgw.proxy.identity import Identity, Listener
+from sipgw.proxy.service import build_core
 from sipgw.proxy.signing import PARAM as SIGNATURE
 from sipgw.proxy.signing import RouteSigner
-from sipgw.proxy.transport import Destination, Source
+from sipgw.proxy.stats import Stats
+from sipgw.proxy.trace import Tap
+from sipgw.proxy.transport import Destination, FlowTable, Source
 from sipgw.sip.framing import PING, StreamFramer
 from sipgw.sip.message import Request, Response
-from sipgw.sip.nat import NatTest
+from sipgw.store import SubscriberStore
 from sipgw.sip.parser import parse_message
 
 PROXY_HOST, PROXY_PORT = "127.0.0.1", 5060
@@ -71,6 +76,34 @@ ROUTE_KEY = b"the route key of the test proxies"
 SIGNER = RouteSigner(ROUTE_KEY)
 
 
+def config_with(**sections: dict) -> Config:
+    """The embedded default configuration with ``section={key: value, ...}`` changed
+    (values as the config gives them), for a core built by ``core``. Pike is off (tests
+    send many messages from one address) and the dispatcher does not probe."""
+    config = default_config()
+    changes: dict[str, dict] = {"pike": {"enabled": False}, "dispatcher": {"ping_interval": 0}}
+    for name, values in sections.items():
+        changes[name] = {**changes.get(name, {}), **values}
+    return dataclasses.replace(config, **{
+        name: dataclasses.replace(getattr(config, name), **values)
+        for name, values in changes.items()})
+
+
+def core(*, clock: IReactorTime, send, config: Config | None = None,
+         identity: Identity | None = None, flows: FlowTable | None = None,
+         store: SubscriberStore | None = None, dispatch: bool = False,
+         stats: Stats | None = None, tap: Tap | None = None) -> Proxy:
+    """The core as ``sipgw serve`` assembles it (``build_core``), for tests: one UDP
+    listener on 127.0.0.1:5060 unless ``identity`` says otherwise, the fixed route key, no
+    AUTH step unless a ``store`` is given, no dispatcher unless ``dispatch``."""
+    return build_core(
+        config or config_with(), clock=clock, send=send, stats=stats or Stats(),
+        flows=flows or FlowTable(), tap=tap or Tap(), store=store,
+        identity=identity or Identity(
+            listeners=[Listener(transport="udp", host=PROXY_HOST, port=PROXY_PORT)]),
+        route_secret_key=ROUTE_KEY, dispatch=dispatch, icmp=False)
+
+
 @dataclass
 class ProxyHarness:
     clock: Clock = field(default_factory=Clock)
@@ -78,24 +111,23 @@ class ProxyHarness:
     proxy: Proxy = field(init=False)
     framer: StreamFramer = field(default_factory=StreamFramer)
     pings: int = 0
+    tap: Tap = field(default_factory=Tap)  # the live trace's, in and out as in sipgw serve
 
     def __post_init__(self) -> None:
         verifyObject(IReactorTime, self.clock)
-        self.proxy = Proxy(
-            clock=self.clock,
-            identity=Identity(
-                listeners=[Listener(transport="udp", host=PROXY_HOST, port=PROXY_PORT)]
-            ),
-            backend=Backend(uri=f"sip:{BACKEND.host}:{BACKEND.port}", destination=BACKEND),
-            send=self._record,
-            route_key=ROUTE_KEY,
-        )
+        self.proxy = self.build()
+
+    def build(self) -> Proxy:
         # These tests check that messages are relayed as received; the NAT fixes
         # (received/rport, contact alias) would rewrite them and have tests of their own.
-        self.proxy.nat.tests = NatTest(0)
+        return core(clock=self.clock, send=self._record, tap=self.tap,
+                    config=config_with(proxy={"nat_uac_test": 0}))
 
     def _record(self, data: bytes, dest: Destination) -> None:
         assert isinstance(data, bytes) and isinstance(dest, Destination)
+        trace = self.tap.outbound
+        if trace is not None:
+            trace(data, dest)
         self.sent.append(Sent(data=data, dest=dest))
 
     # -- feeding ------------------------------------------------------------------------

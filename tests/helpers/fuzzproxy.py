@@ -20,15 +20,11 @@ from ipaddress import ip_network
 
 from twisted.logger import globalLogPublisher
 
-from sipgw.proxy.auth import AuthSettings, Authenticator
-from sipgw.proxy.config import parse_config
-from sipgw.proxy.dialogs import Dialogs
-from sipgw.proxy.dispatcher.build import build_dispatcher
+from sipgw.proxy.core import Proxy
 from sipgw.proxy.trace import summarize
 from sipgw.proxy.transport import FlowTable, Source
 from sipgw.sip.errors import FramingError
 from sipgw.sip.framing import PING, StreamFramer
-from sipgw.sip.nat import NatTest
 from sipgw.store import make_subscriber
 from sipgw.store.memory import MemoryStore
 from sipgw.tools.fuzz import NONCE
@@ -42,6 +38,8 @@ from tests.helpers.fakes import (
     UDP_SOURCE,
     ProxyHarness,
     Sent,
+    config_with,
+    core,
     valid_invite,
 )
 
@@ -52,11 +50,6 @@ TRUSTED = Source(transport="udp", host="198.51.100.7", port=5060, local_host=PRO
                  local_port=PROXY_PORT)
 SOURCES = {"udp": UDP_SOURCE, "tcp": TCP_SOURCE, "ws": WS_SOURCE, "backend": BACKEND_SOURCE,
            "trusted": TRUSTED}
-_CONFIG = f"""
-[dispatcher]
-destinations = ["sip:{BACKEND.host}:{BACKEND.port}"]
-ping_interval = 0
-"""
 
 
 class _OpenFlow:
@@ -77,27 +70,27 @@ class _OpenFlow:
 class FuzzProxy(ProxyHarness):
     failures: list[dict] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        p = self.proxy
-        self.proxy.nat.tests = NatTest(19)  # as configured by default
+    def build(self) -> Proxy:
         self.clock.advance(1_700_000_000)
         store = MemoryStore()
         store.records[("5001", REALM)] = make_subscriber("5001", REALM, "secret")
-        # No bans: one fuzzing source fails auth all the time, and must keep reaching it.
-        settings = AuthSettings(realm=REALM, trusted=(ip_network(TRUSTED.host),),
-                                max_failures_user=1 << 30, max_failures_source=1 << 30)
-        p.auth = Authenticator(p, store, settings, b"k" * 32)
-        p.dispatcher = build_dispatcher(p, parse_config(_CONFIG).config)
-        p.dialogs = Dialogs(self.clock, p.stats)
         flows = FlowTable()
         for source in (TCP_SOURCE, WS_SOURCE):
             flows.add(_OpenFlow(source.flow_id, source.transport), source.transport,
                       source.host, source.port)
-        p.nat.flows = p.registrar.flows = flows
-        p.trace_in = lambda data, source: summarize(data)
+        # No bans: one fuzzing source fails auth all the time, and must keep reaching it.
+        # NAT detection as configured by default; a live trace subscriber.
+        config = config_with(
+            auth={"realm": REALM, "trusted": (ip_network(TRUSTED.host),),
+                  "max_failures_user": 1 << 30, "max_failures_source": 1 << 30,
+                  "nonce_secret": "k" * 32},
+            dispatcher={"destinations": (f"sip:{BACKEND.host}:{BACKEND.port}",)})
+        self.tap.inbound = lambda data, source: summarize(data)
+        proxy = core(clock=self.clock, send=self._record, config=config, flows=flows,
+                     store=store, dispatch=True, tap=self.tap)
         self.nonce = b""
         self.stream_framer = StreamFramer()
+        return proxy
 
     def __enter__(self) -> FuzzProxy:
         globalLogPublisher.addObserver(self._observe)

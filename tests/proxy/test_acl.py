@@ -16,9 +16,10 @@ class Gateway:
 
     def __init__(self, tmp_path, extra: str = "") -> None:
         self.path = tmp_path / "sipgw.toml"
-        self.svc, self.reactor, _ = start(tmp_path, BASE + extra)
         self.sent: list = []
-        self.svc.proxy.send = lambda data, dest: self.sent.append((parse_message(data), dest))
+        self.svc, self.reactor, _ = start(
+            tmp_path, BASE + extra,
+            send=lambda data, dest: self.sent.append((parse_message(data), dest)))
         self._n = 0
 
     def reload(self, extra: str) -> None:

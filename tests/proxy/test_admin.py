@@ -116,12 +116,12 @@ def test_cfg_reload_applies_a_good_file_and_refuses_a_bad_one_with_its_error(ser
     with open(path, "w") as f:
         f.write(text + "[proxy]\nmax_forwards = 5\n")
     assert admin.rpc_reload()["reloaded"] == path
-    assert service.proxy.max_forwards == 5
+    assert service.proxy.relay.max_forwards == 5
     with open(path, "w") as f:
         f.write(text + "[proxy]\nmax_forwards = 0\n")
     with pytest.raises(RpcError, match=r"reload refused.*sipgw.toml:\d+: proxy.max_forwards"):
         admin.rpc_reload()
-    assert service.proxy.max_forwards == 5
+    assert service.proxy.relay.max_forwards == 5
 
 
 def test_log_level_is_read_and_set_by_name_or_kamailio_number():

@@ -13,16 +13,14 @@ import itertools
 import pytest
 from twisted.internet.task import Clock
 
-from sipgw.proxy.auth import AuthSettings, Authenticator, auth_settings
+from sipgw.proxy.auth import AuthSettings, auth_settings
 from sipgw.proxy.config import default_config
-from sipgw.proxy.core import Backend, Proxy
-from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.transport import Destination, Source
 from sipgw.sip.parser import parse_message
 from sipgw.store import StoreError, StoreUnavailable, Subscriber, make_subscriber
 from sipgw.store.memory import MemoryStore
 from tests.helpers.digest_client import authorization, challenges
-from tests.helpers.fakes import our_route
+from tests.helpers.fakes import config_with, core, our_route
 
 REALM = "sipgw.test"
 PHONE = Source(transport="udp", host="192.0.2.10", port=5070, local_host="127.0.0.1",
@@ -66,13 +64,11 @@ class Rig:
         self.store = MemoryStore()
         self.store.records[("5001", REALM)] = make_subscriber("5001", REALM, "secret")
         self.store.records[("5002", REALM)] = make_subscriber("5002", REALM, "other")
-        identity = Identity(listeners=[Listener(transport="udp", host="127.0.0.1", port=5060)])
-        self.proxy = Proxy(clock=self.clock, identity=identity,
-                           backend=Backend(uri="sip:127.0.0.1:5080", destination=BACKEND),
-                           send=self.link)
-        self.auth = Authenticator(self.proxy, self.store,
-                                  settings or AuthSettings(realm=REALM), secret)
-        self.proxy.auth = self.auth
+        self.proxy = core(clock=self.clock, send=self.link, store=self.store,
+                          config=config_with(auth={"nonce_secret": secret.decode()}))
+        self.auth = self.proxy.auth
+        assert self.auth is not None
+        self.auth.configure(settings or AuthSettings(realm=REALM))  # as a reload would
 
     def send(self, data: bytes, source: Source = PHONE):
         self.link.clear()

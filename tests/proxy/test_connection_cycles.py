@@ -20,6 +20,8 @@ import pytest
 from twisted.internet import tcp
 from zope.interface.declarations import InstanceDeclarations
 
+from sipgw.proxy.control import ControlServer
+from sipgw.proxy.service import ProxyService
 from sipgw.proxy.transport.stream import StreamConnection
 from sipgw.proxy.transport.ws import WsConnection
 
@@ -308,6 +310,15 @@ def _twisted_client_cycle(members: list[object]) -> bool:
         isinstance(o, (tcp.Client, tcp.Connector, dict, MethodType)) for o in members)
 
 
+def _earlier_service(members: list[object]) -> bool:
+    """A whole service an earlier test left behind: the live one is reachable, so a
+    service the collector finds is not the live one. It becomes unreachable when
+    something else lets go of it (Twisted's buffer of the last log events, holding events
+    that name its objects, drops the oldest as new ones come), which may be during the
+    measured run."""
+    return any(isinstance(o, (ProxyService, ControlServer)) for o in members)
+
+
 def _alive(kinds: tuple) -> int:
     return sum(isinstance(o, kinds) for o in gc.get_objects())
 
@@ -337,7 +348,8 @@ def test_a_connection_s_life_leaves_nothing_for_the_cyclic_collector(live, trans
         if was_enabled:
             gc.enable()
     del declarations
-    cycles = [c for c in cycles_in(unreachable) if not _twisted_client_cycle(c)]
+    cycles = [c for c in cycles_in(unreachable)
+              if not _twisted_client_cycle(c) and not _earlier_service(c)]
     assert len(cycles) == 0, (f"{len(cycles)} reference cycles after {RUNS} {transport} "
                               f"connections ({life.__name__}):\n{describe(cycles)}")
     ours = [o for o in unreachable if isinstance(o, CONNECTIONS)]

@@ -90,7 +90,6 @@ def test_a_relayed_call_is_counted_and_its_bye_uncounts_it():
 
     harness = ProxyHarness()
     stats = harness.proxy.stats
-    harness.proxy.dialogs = Dialogs(harness.clock, stats)
     harness.udp(valid_invite("d1"))
     out = parse_message(harness.to_backend()[-1].data)
     ok = (f"SIP/2.0 200 OK\r\n"

@@ -3,17 +3,16 @@ none is left, the operations API. A fake link and ``task.Clock``, as in test_rel
 
 from __future__ import annotations
 
-import random
+import os
+import tempfile
 
 import pytest
 
-from sipgw.proxy.core import Backend, Proxy
-from sipgw.proxy.dispatcher import Dispatcher, Settings, StatusCodes
-from sipgw.proxy.dispatcher.build import resolve_uri
-from sipgw.proxy.dispatcher.listfile import parse_list
-from sipgw.proxy.identity import Identity, Listener
-from sipgw.proxy.transport import Destination, Source
+from sipgw.proxy.core import Proxy
+from sipgw.proxy.dispatcher import Settings
+from sipgw.proxy.transport import Source
 from sipgw.rpc.registry import RpcError, methods_of
+from tests.helpers.fakes import config_with, core
 from tests.proxy import test_relay
 from tests.proxy.test_relay import CALLER, Link, reply_from_backend, request
 
@@ -34,16 +33,16 @@ def src(hostport) -> Source:
 
 
 def build(clock, link, text: str = LIST, **settings) -> Proxy:
-    identity = Identity(listeners=[Listener(transport="udp", host="127.0.0.1", port=5060)])
-    proxy = Proxy(clock=clock, identity=identity, send=link,
-                  backend=Backend(uri="sip:127.0.0.1:5081",
-                                  destination=Destination(transport="udp", host=A[0], port=A[1])))
-    defaults = dict(ping_interval=10.0, ping_timeout=2.0, algorithm=4)
-    proxy.dispatcher = Dispatcher(
-        clock=clock, stats=proxy.stats, settings=Settings(**{**defaults, **settings}),
-        inline=parse_list(text, "ds.list"), resolve=resolve_uri,
-        send_request=proxy.relay.send_request, rng=random.Random(1))
-    proxy.dispatcher.reload()
+    """A core with the dispatcher of ``[dispatcher]`` list_file = ``text`` and
+    ``settings`` (config keys), probes every 10 s with a 2 s timeout, round robin."""
+    fd, path = tempfile.mkstemp(suffix=".list")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    section = dict(ping_interval=10.0, ping_timeout=2.0, algorithm=4, list_file=path,
+                   destinations=("sip:127.0.0.1:5081",))
+    proxy = core(clock=clock, send=link, dispatch=True,
+                 config=config_with(dispatcher={**section, **settings}))
+    os.unlink(path)  # read once at load; a reload would need it again
     return proxy
 
 
@@ -171,7 +170,7 @@ def test_thresholds_need_that_many_failures_to_go_down_and_answers_to_come_back(
 
 
 def test_reply_codes_that_count_as_alive_are_configurable(clock, link):
-    proxy = build(clock, link, ping_reply_codes=StatusCodes(["2xx"]))
+    proxy = build(clock, link, ping_reply_codes=("2xx",))
     proxy.dispatcher.start()
     proxy.clock.advance(0)  # the first round goes out once the reactor runs
     answer_probes(proxy, link, A, B, BACKUP, status=404)

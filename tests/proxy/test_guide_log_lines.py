@@ -39,7 +39,7 @@ def lines_of(harness: ProxyHarness, data: bytes) -> list[tuple[LogLevel, str]]:
 def test_at_debug_a_natted_client_and_the_backend_it_is_routed_to_are_logged_once(level):
     level(3)
     harness = ProxyHarness()
-    harness.proxy.nat.tests = NatTest(19)
+    harness.proxy.nat.configure(NatTest(19))
     lines = lines_of(harness, natted_invite())
     nat = [text for lvl, text in lines if "NAT detected" in text]
     route = [text for lvl, text in lines if "Routing to Asterisk" in text]
@@ -55,7 +55,7 @@ def test_at_debug_a_natted_client_and_the_backend_it_is_routed_to_are_logged_onc
 def test_below_debug_the_lines_are_not_even_emitted(level):
     level(2)
     harness = ProxyHarness()
-    harness.proxy.nat.tests = NatTest(19)
+    harness.proxy.nat.configure(NatTest(19))
     lines = lines_of(harness, natted_invite())
     assert [text for _, text in lines if "NAT detected" in text or "Routing" in text] == []
 
@@ -63,7 +63,7 @@ def test_below_debug_the_lines_are_not_even_emitted(level):
 def test_a_client_that_is_not_natted_gets_no_nat_line(level):
     level(3)
     harness = ProxyHarness()
-    harness.proxy.nat.tests = NatTest(19)
+    harness.proxy.nat.configure(NatTest(19))
     lines = lines_of(harness, valid_invite())
     assert [text for _, text in lines if "NAT detected" in text] == []
     assert len([text for _, text in lines if "Routing to Asterisk" in text]) == 1

@@ -37,27 +37,13 @@ def test_ipv6_and_stream_transports_are_told_apart():
 
 def test_the_exporter_sends_every_message_in_and_out_and_counts_failures():
     harness = ProxyHarness()
-    tracer = Tracer(clock=lambda: 5.5)
-
-    class Out:
-        trace_out = None
-
-    out = Out()
-    record = harness.proxy.send
-
-    def send(data, dest):
-        if out.trace_out is not None:
-            out.trace_out(data, dest)
-        record(data, dest)
-
-    harness.proxy.send = send
-    tracer.install(harness.proxy, out, lambda dest: ("127.0.0.1", 5060))
+    tracer = Tracer(harness.tap, clock=lambda: 5.5, local_of=lambda dest: ("127.0.0.1", 5060))
     stats = Stats()
     sent: list[bytes] = []
     exporter = HepExporter(("127.0.0.1", 9060), stats, agent_id=7)
     exporter.send = sent.append
     exporter.attach(tracer)
-    assert harness.proxy.trace_in is not None  # HEP keeps the taps on
+    assert harness.tap.inbound is not None  # HEP keeps the taps on
     harness.udp(valid_invite("hep"))
     kinds = [decode(p)["payload"].split(b" ", 2)[:2] for p in sent]
     assert [k[0] for k in kinds] == [b"INVITE", b"SIP/2.0", b"INVITE"]
@@ -71,4 +57,4 @@ def test_the_exporter_sends_every_message_in_and_out_and_counts_failures():
     harness.udp(valid_invite("hep2"))
     assert stats.get("trace:hep_send_errors") == 3
     exporter.detach(tracer)
-    assert harness.proxy.trace_in is None
+    assert harness.tap.inbound is None

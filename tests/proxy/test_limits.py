@@ -6,6 +6,8 @@ Protocol level: StringTransport connections, ``task.Clock`` time, the real proxy
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -18,14 +20,14 @@ from sipgw.proxy.limits import CapLog, ConnectionCaps
 from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.registrar import MAX_BINDINGS_PER_FLOW, FlowFailed, Registrar
 from sipgw.proxy.stats import Stats
-from sipgw.proxy.trace import Tracer
+from sipgw.proxy.trace import Tap, Tracer
 from sipgw.proxy.transport import FlowTable, Source
 from sipgw.proxy.transport.stream import StreamSettings, _ServerFactory
 from sipgw.rpc.registry import RpcError
 from sipgw.sip.message import Request, Response
 from sipgw.sip.parser import Limits, parse_message
 from tests.helpers import wsframes as wf
-from tests.helpers.fakes import ProxyHarness, valid_invite
+from tests.helpers.fakes import ProxyHarness, config_with, valid_invite
 from tests.proxy.test_auth import Rig, answer, fail_once, sip_request
 from tests.proxy.test_dispatcher_algorithms import invite as dispatcher_invite
 from tests.proxy.test_dispatcher_algorithms import make as make_dispatcher
@@ -96,7 +98,9 @@ def test_connection_caps_name_the_key_that_refuses():
 
 def test_a_full_transaction_table_answers_503_with_retry_after_and_logs_once_per_interval():
     h = ProxyHarness()
-    h.proxy.max_transactions = 10
+    config = config_with()
+    h.proxy.relay.configure(config.timers, config.proxy,
+                            dataclasses.replace(config.limits, max_transactions=10))
     lines = capture(h.proxy.relay)
     answers = [s for _ in range(500) for s in h.udp(valid_invite()) if s.status is not None]
     refused = [s.parse() for s in answers if s.status == 503]
@@ -309,7 +313,7 @@ def test_failure_counters_are_capped_with_the_oldest_forgotten():
 
 
 def test_trace_subscribers_beyond_the_cap_get_an_rpc_error_until_one_leaves():
-    tracer = Tracer(clock=Clock().seconds, max_streams=lambda: 2)
+    tracer = Tracer(Tap(), clock=Clock().seconds, max_streams=lambda: 2)
     lines = capture(tracer)
     first = tracer.rpc_subscribe()
     tracer.rpc_subscribe()

@@ -238,9 +238,8 @@ class ClosableFlow:
 
 @pytest.fixture
 def service(tmp_path):
-    svc, reactor, _ = start(tmp_path, SERVICE)
     sent: list = []
-    svc.proxy.send = lambda data, dest: sent.append(dest.host)
+    svc, reactor, _ = start(tmp_path, SERVICE, send=lambda data, dest: sent.append(dest.host))
     yield svc, reactor, sent
     svc.stopService()
 

@@ -6,14 +6,17 @@ Every test checks what each side would have received.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from twisted.internet.task import Clock
 
-from sipgw.proxy.core import Backend, Proxy
+from sipgw.proxy.core import Proxy
 from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.transport import Destination, Source
 from sipgw.sip.message import Response
 from sipgw.sip.parser import parse_message
+from tests.helpers.fakes import config_with, core
 
 CALLER = Source(transport="udp", host="192.0.2.10", port=5070, local_host="127.0.0.1",
                 local_port=5060)
@@ -58,8 +61,7 @@ def link() -> Link:
 def proxy(clock: Clock, link: Link) -> Proxy:
     identity = Identity(listeners=[Listener(transport="udp", host="127.0.0.1", port=5060),
                                    Listener(transport="tcp", host="127.0.0.1", port=5060)])
-    return Proxy(clock=clock, identity=identity,
-                 backend=Backend(uri="sip:127.0.0.1:5080", destination=BACKEND), send=link)
+    return core(clock=clock, send=link, identity=identity)
 
 
 def request(method: str = "INVITE", *, branch: str = "z9hG4bKcaller1", cseq: int = 1,
@@ -381,7 +383,9 @@ def test_request_from_tcp_forwarded_over_udp_gets_a_double_record_route(proxy, l
 
 
 def test_transaction_table_full_gets_503_with_retry_after(proxy, link):
-    proxy.max_transactions = 2
+    proxy_config = config_with()
+    proxy.relay.configure(proxy_config.timers, proxy_config.proxy,
+                          dataclasses.replace(proxy_config.limits, max_transactions=2))
     proxy.receive(request("MESSAGE", branch="z9hG4bK1"), CALLER)  # server + client
     proxy.receive(request("MESSAGE", branch="z9hG4bK2"), CALLER)
     [r] = link.to_caller()

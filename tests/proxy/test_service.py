@@ -34,11 +34,11 @@ class _Port:
         return None
 
 
-def start(tmp_path, text=GOOD):
+def start(tmp_path, text=GOOD, send=None):
     path = tmp_path / "sipgw.toml"
     path.write_text(text)
     reactor = Reactor()
-    svc = ProxyService(load_config(str(path)), reactor)
+    svc = ProxyService(load_config(str(path)), reactor, send=send)
     svc.startService()
     return svc, reactor, path
 
@@ -47,7 +47,7 @@ def test_listeners_and_backend_come_from_the_config(tmp_path):
     svc, reactor, _ = start(tmp_path)
     assert reactor.udpPorts[25060][1:] == ("127.0.0.1", 65535)
     assert [(port, iface) for port, _, _, iface in reactor.tcpServers] == [(25060, "127.0.0.1")]
-    assert svc.proxy.backend.destination.port == 25080
+    assert svc.proxy.backends.backend.destination.port == 25080
     assert svc.proxy.identity.is_us("127.0.0.1", 25060)
     assert not svc.proxy.identity.is_us("127.0.0.1", 25080)
 
@@ -56,11 +56,11 @@ def test_reload_with_a_bad_file_keeps_the_running_config(tmp_path):
     svc, _, path = start(tmp_path)
     path.write_text(GOOD.replace('destinations = ["sip:127.0.0.1:25080"]', "destinations = 5"))
     svc.reload()
-    assert svc.proxy.backend.destination.port == 25080
+    assert svc.proxy.backends.backend.destination.port == 25080
     path.write_text(GOOD.replace("25080", "25081") + '[proxy]\nmax_forwards = 20\n')
     svc.reload()
-    assert svc.proxy.backend.destination.port == 25081
-    assert svc.proxy.max_forwards == 20
+    assert svc.proxy.backends.backend.destination.port == 25081
+    assert svc.proxy.relay.max_forwards == 20
 
 
 def test_wildcard_listeners_advertise_a_real_address(tmp_path):
@@ -85,9 +85,9 @@ def _drain_setup(tmp_path, timeout="5"):
 
     text = GOOD + f'[auth]\ntrusted = ["127.0.0.0/8"]\n[proxy]\ndrain_timeout = {timeout}\n'
     text = text.replace("[dispatcher]\n", "[dispatcher]\nping_interval = 0\n")
-    svc, reactor, _ = start(tmp_path, text)
     sent = []
-    svc.proxy.send = lambda data, dest: sent.append((parse_message(data), dest))
+    svc, reactor, _ = start(tmp_path, text,
+                            send=lambda data, dest: sent.append((parse_message(data), dest)))
     caller = Source(transport="udp", host="127.0.0.1", port=5070, local_host="127.0.0.1",
                     local_port=25060)
     svc.proxy.receive(INVITE.format(branch="one").encode(), caller)

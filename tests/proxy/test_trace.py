@@ -5,31 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from sipgw.proxy.trace import Tracer, summarize
+from sipgw.proxy.trace import Tap, Tracer, summarize
 from sipgw.rpc.registry import RpcError
 from tests.helpers.fakes import BACKEND_SOURCE, ProxyHarness, valid_invite
-
-
-class Out:
-    trace_out = None
 
 
 @pytest.fixture
 def rig():
     harness = ProxyHarness()
-    out = Out()
-    record = harness.proxy.send
-
-    def send(data, dest):
-        if out.trace_out is not None:
-            out.trace_out(data, dest)
-        record(data, dest)
-
-    harness.proxy.send = send
-    harness.proxy.relay.proxy.send = send
-    tracer = Tracer(clock=lambda: 1000.25)
-    tracer.install(harness.proxy, out, lambda dest: ("127.0.0.1", 5060))
-    return harness, out, tracer
+    tracer = Tracer(harness.tap, clock=lambda: 1000.25,
+                    local_of=lambda dest: ("127.0.0.1", 5060))
+    return harness, harness.tap, tracer
 
 
 def subscribe(tracer, **filters):
@@ -44,15 +30,15 @@ def records(got):
 
 
 def test_nobody_listening_leaves_both_taps_empty_and_the_last_to_leave_empties_them(rig):
-    harness, out, tracer = rig
-    assert harness.proxy.trace_in is None and out.trace_out is None
+    harness, tap, tracer = rig
+    assert tap.inbound is None and tap.outbound is None
     one, _ = subscribe(tracer)
     two, _ = subscribe(tracer)
-    assert harness.proxy.trace_in is not None and out.trace_out is not None
+    assert tap.inbound is not None and tap.outbound is not None
     one.stop()
-    assert harness.proxy.trace_in is not None
+    assert tap.inbound is not None
     two.stop()
-    assert harness.proxy.trace_in is None and out.trace_out is None
+    assert tap.inbound is None and tap.outbound is None
 
 
 def test_an_invite_is_seen_coming_in_and_going_out_with_its_100(rig):
@@ -99,7 +85,7 @@ def test_filters_by_status_class_address_user_and_call_id(rig):
 
 def test_a_bad_status_filter_is_refused_with_what_to_write():
     with pytest.raises(RpcError, match="use a class such as 4xx"):
-        Tracer().rpc_subscribe(status="client errors")
+        Tracer(Tap()).rpc_subscribe(status="client errors")
 
 
 def test_raw_messages_go_only_to_who_asked_and_even_unparseable_ones_are_shown(rig):

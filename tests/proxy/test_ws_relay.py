@@ -6,20 +6,18 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from sipgw.proxy.core import Backend, Proxy
+from sipgw.proxy.core import Proxy
 from sipgw.proxy.identity import Identity, Listener
-from sipgw.proxy.signing import RouteSigner
 from sipgw.proxy.transport import Destination, FlowTable, Source
 from sipgw.sip.address import parse_name_addr
 from sipgw.sip.parser import parse_message
+from tests.helpers.fakes import SIGNER, core
 
 WS = Source(transport="ws", host="192.0.2.1", port=40000, local_host="127.0.0.1",
             local_port=8080, flow_id=7)
 BACKEND_SRC = Source(transport="udp", host="127.0.0.1", port=5080, local_host="127.0.0.1",
                      local_port=5060)
 BACKEND = Destination(transport="udp", host="127.0.0.1", port=5080)
-KEY = b"route key of the tests, 32 bytes"
-SIGNER = RouteSigner(KEY)
 ALIAS = "alias=192.0.2.1~40000~5~" + SIGNER.alias("192.0.2.1~40000~5")
 # The browser's INVITE below opens the dialog: its Call-ID and From tag are signed.
 SG = "sg=" + SIGNER.dialog("1j9FpLxk3uxtm8tn@192.0.2.1", "hyh8")
@@ -66,11 +64,7 @@ def flows() -> FlowTable:
 def proxy(link, flows) -> Proxy:
     identity = Identity(listeners=[Listener(transport="udp", host="127.0.0.1", port=5060),
                                    Listener(transport="ws", host="127.0.0.1", port=8080)])
-    p = Proxy(clock=Clock(), identity=identity,
-              backend=Backend(uri="sip:127.0.0.1:5080", destination=BACKEND), send=link,
-              route_key=KEY)
-    p.nat.flows = p.registrar.flows = flows
-    return p
+    return core(clock=Clock(), identity=identity, send=link, flows=flows)
 
 
 def browser_invite() -> bytes:
@@ -213,7 +207,7 @@ def test_a_udp_phone_that_is_not_natted_is_relayed_untouched(proxy, link):
 def test_nat_tests_set_to_zero_leave_udp_phones_alone_but_not_browsers(proxy, link):
     from sipgw.sip.nat import NatTest
 
-    proxy.nat.tests = NatTest(0)
+    proxy.nat.configure(NatTest(0))  # as a reload to proxy.nat_uac_test = 0 does
     proxy.receive(phone_invite("192.168.1.20:5060", "192.168.1.20:5060"), UDP_NATED)
     invite = next(m for m, d in link.take() if getattr(m, "method", None) == "INVITE")
     assert "alias" not in invite.header("contact")

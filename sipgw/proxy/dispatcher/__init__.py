@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from twisted.logger import Logger
 
 from sipgw.proxy.dispatcher.algorithms import HASHED, SUPPORTED, Keys, SetSelector
+from sipgw.proxy.dispatcher.icmp import UnreachableDetector
 from sipgw.proxy.dispatcher.health import (
     Prober,
     StatusCodes,
@@ -198,6 +199,8 @@ class Dispatcher:
         resolve: Callable[[str], Destination],
         send_request: Callable[..., None] | None = None,
         rng: random.Random | None = None,
+        detector: UnreachableDetector | None = None,
+        max_calls: int = 100_000,
     ) -> None:
         """``inline`` is the list from ``[dispatcher] destinations`` (used without a list
         file); ``resolve`` turns a destination URI into an address (and may raise
@@ -217,13 +220,13 @@ class Dispatcher:
         self._backend_hosts: set[str] = set()
         self._pending: set[int] = set()  # id() of targets with a probe in flight
         self._calls: dict[str, tuple[Target, float]] = {}
-        self.max_calls = 100_000  # limits.max_dialogs: calls counted for algorithm 10
+        self.max_calls = max_calls  # limits.max_dialogs: calls counted for algorithm 10
         self.cap_log = CapLog(log, clock.seconds)
         self._probe_ids = 0
         self.prober = Prober(clock, self.probe_all)
         self._running = False  # probing, between start() and stop()
-        # Set by the service: notices ICMP unreachable for UDP destinations (icmp.py).
-        self.detector = None
+        # Notices ICMP unreachable for UDP destinations (icmp.py).
+        self.detector = detector
 
     def memory_tables(self) -> dict[str, object]:
         """What ``mod.stats dispatcher`` measures: the destinations by set, and the calls
@@ -272,10 +275,13 @@ class Dispatcher:
             return load_list(self.settings.list_file)
         return self.inline
 
-    def configure(self, settings: Settings, inline: DispatcherList | None = None) -> None:
+    def configure(self, settings: Settings, inline: DispatcherList | None = None, *,
+                  max_calls: int | None = None) -> None:
         """New settings (start, config reload); the list is (re)read by the caller."""
         algorithm_changed = settings.algorithm != self.settings.algorithm
         self.settings = settings
+        if max_calls is not None:
+            self.max_calls = max_calls
         if inline is not None:
             self.inline = inline
         if algorithm_changed:

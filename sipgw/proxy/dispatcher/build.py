@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sipgw.proxy.config import Config
@@ -20,8 +21,9 @@ from sipgw.proxy.dispatcher.listfile import (
     from_destinations,
     load_list,
 )
-from sipgw.proxy.router import uri_destination
-from sipgw.proxy.transport import Destination, is_ip
+from sipgw.proxy.relay import Relay
+from sipgw.proxy.stats import Stats
+from sipgw.proxy.transport import Destination, is_ip, uri_destination
 
 log = Logger(namespace="sipgw.dispatcher")
 
@@ -52,23 +54,26 @@ def settings_from(config: Config) -> Settings:
     )  # fmt: skip
 
 
-def build_dispatcher(proxy, config: Config) -> Dispatcher:
-    """A loaded dispatcher for ``proxy``; ListFileError when the list is bad."""
-    dispatcher = Dispatcher(
-        clock=proxy.clock,
-        stats=proxy.stats,
-        settings=settings_from(config),
-        inline=from_destinations(config.dispatcher.destinations, config.dispatcher.setid),
-        resolve=resolve_uri,
-        send_request=proxy.relay.send_request,
-    )
+def build_dispatcher(clock: IReactorTime, stats: Stats, relay: Relay, config: Config, *,
+                     icmp: bool = True) -> Dispatcher:
+    """A loaded dispatcher probing through ``relay``; ListFileError when the list is bad.
+    ``icmp``: also notice ICMP unreachable with sockets of its own (not in unit tests)."""
 
     def unreachable(dest: Destination) -> None:
         # Branches waiting on it fail over now; then it is marked down (if not already).
-        proxy.relay.transport_failed(dest.host, dest.port, dest.transport)
+        relay.transport_failed(dest.host, dest.port, dest.transport)
         dispatcher.transport_error(dest.host, dest.port)
 
-    dispatcher.detector = UnreachableDetector(proxy.clock, unreachable)
+    dispatcher = Dispatcher(
+        clock=clock,
+        stats=stats,
+        settings=settings_from(config),
+        inline=from_destinations(config.dispatcher.destinations, config.dispatcher.setid),
+        resolve=resolve_uri,
+        send_request=relay.send_request,
+        detector=UnreachableDetector(clock, unreachable) if icmp else None,
+        max_calls=config.limits.max_dialogs,
+    )
     dispatcher.reload()
     return dispatcher
 
@@ -78,6 +83,7 @@ def reconfigure_dispatcher(dispatcher: Dispatcher, config: Config) -> None:
     dispatcher.configure(
         settings_from(config),
         from_destinations(config.dispatcher.destinations, config.dispatcher.setid),
+        max_calls=config.limits.max_dialogs,
     )
     try:
         dispatcher.reload()

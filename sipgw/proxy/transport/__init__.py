@@ -12,6 +12,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from sipgw.sip.uri import SipURI
+
 RELIABLE = frozenset({"tcp", "tls", "ws", "wss"})
 
 
@@ -144,3 +146,13 @@ def forbidden_target(host: str) -> bool:
 
 
 ReceiveCallback = Callable[[bytes, Source], None]
+
+
+def uri_destination(uri: SipURI) -> Destination:
+    """RFC 3263 without DNS SRV: transport param, else UDP (TLS for sips); port default."""
+    transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
+    if transport == "sctp":
+        transport = "udp"
+    host = (uri.param("maddr") or uri.host).strip("[]")
+    port = uri.port or (5061 if transport == "tls" else 5060)
+    return Destination(transport=transport, host=host, port=port)

@@ -258,6 +258,7 @@ class StreamTransport:
         refuse: Callable[[bytes, Source, FramingError], None] | None = None,
         on_closed: Callable[[int, Source], None] | None = None,
         caps: ConnectionCaps | None = None,
+        screen: Callable[[str, str], str] | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock = clock
@@ -277,12 +278,15 @@ class StreamTransport:
         self.cap_log = CapLog(log, clock.seconds)
         self._connecting: dict[tuple[str, int], StreamConnection] = {}
         # (transport, client address) → why its connections are closed at once, "" if not
-        # (Proxy.screen: the [acl] lists and pike); set by the service.
-        self.screen: Callable[[str, str], str] | None = None
+        # (Proxy.screen: the [acl] lists and pike).
+        self.screen = screen
 
-    def reconfigure(self, settings: StreamSettings) -> None:
-        """Reload: new caps and timeouts; live connections keep their write bound."""
+    def reconfigure(self, settings: StreamSettings, limits: Limits | None = None) -> None:
+        """Reload: new caps and timeouts, and the message limits new connections frame
+        with; live connections keep their write bound and framer."""
         self.settings = settings
+        if limits is not None:
+            self.limits = limits
         self.caps.max_total = settings.max_connections
         self.caps.max_per_address = settings.max_per_address
 

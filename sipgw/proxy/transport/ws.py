@@ -521,6 +521,9 @@ class WsTransport:
         settings: WsSettings,
         *,
         on_closed: Callable[[int, Source], None] | None = None,
+        users_of: Callable[[int], list[str]] = lambda flow_id: [],
+        flows_of: Callable[[str], list[int]] = lambda user: [],
+        screen: Callable[[str, str], str] | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock = clock
@@ -537,11 +540,11 @@ class WsTransport:
         self.cap_log = CapLog(log, clock.seconds)
         self.factories: list[_Factory] = []
         # From the registrar: who registered on a flow, and the flows of a user.
-        self.users_of: Callable[[int], list[str]] = lambda flow_id: []
-        self.flows_of: Callable[[str], list[int]] = lambda user: []
+        self.users_of = users_of
+        self.flows_of = flows_of
         # (transport, client address) → why its handshake is dropped, "" if not
-        # (Proxy.screen: the [acl] lists and pike); set by the service.
-        self.screen: Callable[[str, str], str] | None = None
+        # (Proxy.screen: the [acl] lists and pike).
+        self.screen = screen
         stats.declare(WS_STATS)
         stats.declare(TCP_STATS)  # tcp:sendq_full counts WebSocket slow readers too
 
