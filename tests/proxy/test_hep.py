@@ -7,7 +7,7 @@ import struct
 from sipgw.proxy.hep import HepExporter
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tracer
-from sipgw.tools.hep import decode, encode
+from sipgw.wire.hep import decode, encode
 from tests.helpers.fakes import ProxyHarness, valid_invite
 
 MSG = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: hep-1\r\n\r\n"
