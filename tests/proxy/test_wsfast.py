@@ -200,14 +200,6 @@ def test_a_message_sent_is_the_frame_autobahn_would_write(monkeypatch, size):
     _same(monkeypatch, scenario)
 
 
-def test_the_fast_frame_path_decodes_what_the_client_masked():
-    payload = bytes(range(256)) * 3
-    key = b"\x01\x80\xfe\x7f"
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    assert wsfast.unmask(masked, key) == payload
-    assert wsfast.unmask(b"", key) == b""
-
-
 # --- write_now over a real socket ------------------------------------------------------
 
 
