@@ -21,6 +21,8 @@ import ipaddress
 import struct
 from typing import BinaryIO
 
+from sipgw.wire import websocket
+
 LINKTYPE_RAW = 101
 SNAPLEN = 262144
 _MAX_SEGMENT = 65000  # under the IP total length limit, with room for headers
@@ -35,24 +37,11 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-_UPGRADE = (b"GET / HTTP/1.1\r\nHost: sipgw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            b"Sec-WebSocket-Protocol: sip\r\n\r\n")
-_SWITCHED = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-             b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
-             b"Sec-WebSocket-Protocol: sip\r\n\r\n")
-
-
-def _ws_frame(payload: bytes) -> bytes:
-    """One unmasked, final text frame (RFC 6455 §5.2)."""
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x81, n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x81, 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x81, 127, n)
-    return head + payload
+# The handshake opening every WebSocket flow: sipgw did not keep the real one, and a
+# dissector only needs to see one (the key is RFC 6455's sample nonce).
+_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+_UPGRADE = websocket.handshake_request(host="sipgw", key=_KEY)
+_SWITCHED = websocket.handshake_response(_KEY)
 
 
 def split_hostport(text: str) -> tuple[str, int]:
@@ -91,7 +80,7 @@ class PcapWriter:
                 self._upgraded.add((client, server))
                 for a, b, text in ((client, server, _UPGRADE), (server, client, _SWITCHED)):
                     self._packet(time, a[0], b[0], 6, self._tcp(a[0], b[0], a[1], b[1], text))
-            payload = _ws_frame(payload)
+            payload = websocket.encode_frame(websocket.TEXT, payload)  # unmasked: as sipgw saw it
         for start in range(0, max(len(payload), 1), _MAX_SEGMENT):
             chunk = payload[start:start + _MAX_SEGMENT]
             self._packet(time, sip, dip, 6, self._tcp(sip, dip, sport, dport, chunk))
