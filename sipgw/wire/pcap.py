@@ -27,11 +27,15 @@ LINKTYPE_RAW = 101
 SNAPLEN = 262144
 _MAX_SEGMENT = 65000  # under the IP total length limit, with room for headers
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Flow = tuple[Address, int, Address, int]  # source, port, destination, port
+_End = tuple[Address, int]
+
 
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -53,8 +57,8 @@ def split_hostport(text: str) -> tuple[str, int]:
 class PcapWriter:
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
-        self._seq: dict[tuple, int] = {}
-        self._upgraded: set[tuple] = set()
+        self._seq: dict[_Flow, int] = {}  # the next sequence number of each direction
+        self._upgraded: set[tuple[_End, _End]] = set()  # WebSocket flows, client first
         out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, SNAPLEN, LINKTYPE_RAW))
 
     def write(self, *, time: float, transport: str, src: str, dst: str, payload: bytes,
@@ -85,13 +89,13 @@ class PcapWriter:
             chunk = payload[start:start + _MAX_SEGMENT]
             self._packet(time, sip, dip, 6, self._tcp(sip, dip, sport, dport, chunk))
 
-    def _udp(self, sip, dip, sport: int, dport: int, payload: bytes) -> bytes:
+    def _udp(self, sip: Address, dip: Address, sport: int, dport: int, payload: bytes) -> bytes:
         length = 8 + len(payload)
         header = struct.pack("!HHHH", sport, dport, length, 0)
         checksum = _checksum(self._pseudo(sip, dip, 17, length) + header + payload) or 0xFFFF
         return struct.pack("!HHHH", sport, dport, length, checksum) + payload
 
-    def _tcp(self, sip, dip, sport: int, dport: int, payload: bytes) -> bytes:
+    def _tcp(self, sip: Address, dip: Address, sport: int, dport: int, payload: bytes) -> bytes:
         key = (sip, sport, dip, dport)
         back = (dip, dport, sip, sport)
         seq = self._seq.get(key, 1)
@@ -105,12 +109,12 @@ class PcapWriter:
         return header + payload
 
     @staticmethod
-    def _pseudo(sip, dip, proto: int, length: int) -> bytes:
+    def _pseudo(sip: Address, dip: Address, proto: int, length: int) -> bytes:
         if sip.version == 4:
             return sip.packed + dip.packed + struct.pack("!BBH", 0, proto, length)
         return sip.packed + dip.packed + struct.pack("!I3xB", length, proto)
 
-    def _packet(self, time: float, sip, dip, proto: int, segment: bytes) -> None:
+    def _packet(self, time: float, sip: Address, dip: Address, proto: int, segment: bytes) -> None:
         if sip.version == 4:
             header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(segment), 0, 0x4000, 64,
                                  proto, 0, sip.packed, dip.packed)
