@@ -1,10 +1,12 @@
 """RFC 6455 for tests: opening handshakes and frames, well-formed or deliberately not.
 
-Built on sipgw's own codec (``sipgw.wire.websocket``, tested against the RFC's examples in
-tests/wire/), not on autobahn, which sipgw's server uses, so the tests do not check
-autobahn against itself. ``frame`` builds any frame a misbehaving client could send
-(unmasked, reserved opcodes, fragmented control frames); ``FrameReader`` reads the
-server's answer and then its frames, refusing any frame a server may not send.
+Built on sipgw's own codec (``sipgw.wire.websocket``), not on autobahn, which sipgw's
+server uses, so the tests do not check autobahn against itself. The proxy's fast path
+shares the codec; so that a bug in it cannot hide on both ends, tests/wire/ holds it to
+RFC 6455's own example bytes and tests/proxy/test_wsfast.py holds the fast path to
+autobahn's results. ``frame`` builds any frame a misbehaving client could send (unmasked,
+reserved opcodes, fragmented control frames); ``FrameReader`` reads the server's answer
+and then its frames, refusing any frame a server may not send.
 """
 
 from __future__ import annotations
