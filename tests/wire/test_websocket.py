@@ -68,12 +68,29 @@ def test_every_opcode_round_trips(opcode, mask):
     assert frame.close_code == (1000 if opcode == CLOSE else None)
 
 
-def test_a_given_masking_key_is_the_one_on_the_wire():
-    key = b"\x37\xfa\x21\x3d"
-    data = ws.encode_frame(TEXT, b"Hello", mask=key)
-    # RFC 6455 §5.7: "A single-frame masked text message" containing "Hello".
-    assert data == b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"
-    assert ws.encode_frame(TEXT, b"Hello") == b"\x81\x05\x48\x65\x6c\x6c\x6f"
+# RFC 6455 §5.7's examples, byte for byte: (what, frame, its bytes).
+_KEY = b"\x37\xfa\x21\x3d"
+RFC_EXAMPLES = [
+    ("unmasked text", dict(opcode=TEXT, payload=b"Hello"), "81 05 48 65 6c 6c 6f"),
+    ("masked text", dict(opcode=TEXT, payload=b"Hello", mask=_KEY),
+     "81 85 37 fa 21 3d 7f 9f 4d 51 58"),
+    ("first fragment", dict(opcode=TEXT, payload=b"Hel", fin=False), "01 03 48 65 6c"),
+    ("last fragment", dict(opcode=CONTINUATION, payload=b"lo"), "80 02 6c 6f"),
+    ("unmasked ping", dict(opcode=PING, payload=b"Hello"), "89 05 48 65 6c 6c 6f"),
+    ("masked pong", dict(opcode=PONG, payload=b"Hello", mask=_KEY),
+     "8a 85 37 fa 21 3d 7f 9f 4d 51 58"),
+    ("256 bytes", dict(opcode=BINARY, payload=b"\xab" * 256), "82 7e 01 00" + " ab" * 256),
+    ("64 KiB", dict(opcode=BINARY, payload=b"\xab" * 65536),
+     "82 7f 00 00 00 00 00 01 00 00" + " ab" * 65536),
+]
+
+
+@pytest.mark.parametrize("what,frame,wire", RFC_EXAMPLES, ids=[e[0] for e in RFC_EXAMPLES])
+def test_the_rfc_examples_encode_and_decode_byte_for_byte(what, frame, wire):
+    data = bytes.fromhex(wire)
+    assert ws.encode_frame(**frame) == data
+    assert ws.decode_frame(data) == (Frame(frame["opcode"], frame["payload"],
+                                           frame.get("fin", True)), len(data))
 
 
 def test_masking_is_the_xor_with_the_key_repeated_and_undoes_itself():
