@@ -84,7 +84,7 @@ def trace(app: App, config_path: str | None, methods: tuple[str, ...], user: str
     try:
         stream = client.stream("trace.subscribe", params)
         if pcap_path:
-            from sipgw.tools.pcap import PcapWriter
+            from sipgw.wire.pcap import PcapWriter
 
             pcap_file = open(pcap_path, "wb")
             writer = PcapWriter(pcap_file)

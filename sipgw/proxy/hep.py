@@ -1,7 +1,7 @@
 """HEP v3 export to a Homer collector (``trace.hep``), from the proxy itself.
 
 The exporter is a permanent subscriber of the live trace: every SIP message in and out is
-encoded (``sipgw.tools.hep``) and sent in one UDP datagram to the collector. A full socket
+encoded (``sipgw.wire.hep``) and sent in one UDP datagram to the collector. A full socket
 buffer or an unreachable collector loses captures, never SIP: the send cannot block and
 its errors are counted (``trace:hep_send_errors``), not raised.
 """
@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.proxy.trace import Filters, Tracer
-from sipgw.tools.hep import encode
+from sipgw.wire.hep import encode
 
 log = Logger(namespace="sipgw.hep")
 

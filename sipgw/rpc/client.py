@@ -134,8 +134,15 @@ class Client:
         return line
 
     def stream(self, method: str, params: Any = None) -> Iterator[dict[str, Any]]:
-        """Call a streaming method; yield the params of each notification that follows."""
+        """Call a streaming method; the params of each notification that follows.
+
+        The call is answered before this returns (not at the first ``next``, as a
+        generator would), so the stream is open once it does: ``sipgw trace`` says
+        "tracing" then, and nothing sent after that line is missed."""
         self.call(method, params)
+        return self._notifications()
+
+    def _notifications(self) -> Iterator[dict[str, Any]]:
         while True:
             message = self.read_message(timeout=None)
             if "method" in message and "id" not in message:

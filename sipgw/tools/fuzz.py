@@ -26,7 +26,6 @@ wraps it with a sipgw process, a backend, memory and log checks.
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import os
 import random
@@ -50,7 +49,7 @@ from sipgw.sip.message import Request, Response, make_response
 from sipgw.sip.parser import parse_message
 from sipgw.sip.uri import SipURI
 from sipgw.sip.via import parse_via
-from sipgw.tools.wsload import encode_frame, parse_frame
+from sipgw.wire import websocket
 
 CRLF = b"\r\n"
 # A placeholder a harness may replace with a nonce its proxy issued, so that mutated
@@ -684,6 +683,13 @@ def _opcode(data: bytes) -> int:
     return 0x1
 
 
+def _answer(data: bytes) -> tuple[websocket.Response, bytes] | None:
+    try:
+        return websocket.parse_response(data)
+    except websocket.ProtocolError as e:
+        raise OSError(f"WebSocket handshake refused: {e}") from None
+
+
 class _Stream:
     """One TCP or WebSocket connection to the proxy, whose answers are read and dropped."""
 
@@ -691,29 +697,31 @@ class _Stream:
         self.ws = ws
         self.sock = socket.create_connection(address, timeout=timeout,
                                              source_address=(local, 0))
-        self.buf = b""
+        # The proxy's frames are read only to be dropped, so one frame waiting for its end
+        # is all that is ever kept.
+        self.frames = websocket.FrameDecoder(masked=False)
         if ws:
-            key = base64.b64encode(os.urandom(16)).decode()
-            self.sock.sendall((f"GET / HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\n"
-                               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                               "Sec-WebSocket-Protocol: sip\r\n\r\n").encode())
+            key = websocket.new_key()
+            self.sock.sendall(websocket.handshake_request(host=f"{address[0]}:{address[1]}",
+                                                          key=key))
             deadline = time.monotonic() + timeout
-            while b"\r\n\r\n" not in self.buf:
+            buf = b""
+            while (answer := _answer(buf)) is None:
                 if time.monotonic() > deadline:
                     raise OSError("no WebSocket handshake answer")
                 chunk = self.sock.recv(65536)
                 if not chunk:
                     raise OSError("closed during the WebSocket handshake")
-                self.buf += chunk
-            head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 101"):
-                raise OSError(f"WebSocket handshake refused: {head[:40]!r}")
+                buf += chunk
+            head, rest = answer
+            if not head.accepts(key):
+                raise OSError(f"WebSocket handshake refused: {head.head[:40]!r}")
+            self.frames.feed(rest)
         self.sock.setblocking(False)
 
     def send(self, data: bytes) -> bool:
         """False when the proxy closed the connection (as it does after a framing error)."""
-        payload = encode_frame(_opcode(data), data) if self.ws else data
+        payload = websocket.encode_frame(_opcode(data), data, mask=True) if self.ws else data
         try:
             self.sock.setblocking(True)
             self.sock.settimeout(5)
@@ -737,10 +745,10 @@ class _Stream:
                 return None
             got += chunk.count(b"SIP/2.0 ")
             if self.ws:
-                self.buf += chunk
-                while (frame := parse_frame(self.buf)) is not None:
-                    self.buf = self.buf[frame[3] :]
-                self.buf = self.buf[-65536:]
+                try:
+                    self.frames.feed(chunk)
+                except websocket.ProtocolError:
+                    return None  # no telling where its next frame starts: as good as closed
 
     def close(self) -> None:
         self.sock.close()

@@ -12,9 +12,6 @@ side (``sipgw doctor`` asks ``ws.dump`` which client address sipgw recorded).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import os
 import socket
 import ssl
 import time
@@ -23,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from sipgw.wire import websocket
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,16 +61,11 @@ def ws_session(url: str, *, timeout: float = 3.0, verify: bool = True,
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise HandshakeFailed(f"{url}: expected ws://HOST[:PORT][/PATH] or wss://...")
     port = parts.port or (443 if parts.scheme == "wss" else 80)
-    key = base64.b64encode(os.urandom(16)).decode()
-    host_header = parts.netloc.rsplit("@", 1)[-1]
-    lines = [f"GET {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
-             f"Host: {host_header}", "Upgrade: websocket", "Connection: Upgrade",
-             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
-             "Sec-WebSocket-Protocol: sip"]
-    if origin:
-        lines.append(f"Origin: {origin}")
-    lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    key = websocket.new_key()
+    request = websocket.handshake_request(
+        host=parts.netloc.rsplit("@", 1)[-1], key=key, origin=origin or None,
+        path=f"{parts.path or '/'}{'?' + parts.query if parts.query else ''}",
+        headers=[f"{name}: {value}" for name, value in (headers or {}).items()])
     start = time.monotonic()
     try:
         raw = socket.create_connection((parts.hostname, port), timeout=timeout,
@@ -130,18 +122,14 @@ def _exchange(sock: socket.socket, request: bytes, timeout: float) -> bytes:
 
 
 def _answer(data: bytes, key: str, start: float, **extra) -> Handshake:
-    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
-    first, *rest = head.split("\r\n")
-    bits = first.split(" ", 2)
-    if len(bits) < 2 or not bits[1].isdigit():
-        raise HandshakeFailed(f"not an HTTP answer: {first[:80]!r}")
-    headers = {}
-    for line in rest:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    expected = base64.b64encode(hashlib.sha1((key + _GUID).encode()).digest()).decode()
-    return Handshake(status=int(bits[1]), reason=bits[2] if len(bits) > 2 else "",
-                     protocol=headers.get("sec-websocket-protocol"),
-                     accept_ok=headers.get("sec-websocket-accept") == expected,
+    try:
+        answer = websocket.parse_response(data)
+    except websocket.ProtocolError as e:
+        raise HandshakeFailed(str(e)) from None
+    assert answer is not None  # _exchange read up to the blank line
+    head = answer[0]
+    return Handshake(status=head.status, reason=head.reason,
+                     protocol=head.header("Sec-WebSocket-Protocol"),
+                     accept_ok=head.header("Sec-WebSocket-Accept")
+                     == websocket.accept_key(key),
                      latency_ms=(time.monotonic() - start) * 1000, **extra)

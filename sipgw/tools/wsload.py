@@ -19,20 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import collections
-import hashlib
 import os
 import resource
-import struct
 import sys
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from sipgw.sip.digest import ha1, parse_challenge, response
-
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from sipgw.wire import websocket as ws
 
 
 @dataclass(slots=True, kw_only=True)
@@ -57,54 +53,6 @@ class LoadResult:
                 f"({100 * self.cpu_seconds / max(self.seconds, 1e-9):.0f} % of one core)")
 
 
-def _mask(payload: bytes) -> bytes:
-    key = os.urandom(4)
-    n = len(payload)
-    # XOR with the repeated key as one big integer: far cheaper than a byte loop.
-    stream = (key * (n // 4 + 1))[:n]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
-    return key + masked
-
-
-def encode_frame(opcode: int, payload: bytes) -> bytes:
-    """A masked client frame (RFC 6455 §5.2)."""
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    return head + _mask(payload)
-
-
-def parse_frame(buf: bytes) -> tuple[bool, int, bytes, int] | None:
-    """The first whole frame in ``buf``: ``(fin, opcode, payload unmasked, bytes used)``,
-    or None until more bytes come (RFC 6455 §5.2)."""
-    if len(buf) < 2:
-        return None
-    fin, opcode = bool(buf[0] & 0x80), buf[0] & 0x0F
-    masked, n, pos = bool(buf[1] & 0x80), buf[1] & 0x7F, 2
-    if n == 126:
-        if len(buf) < 4:
-            return None
-        n, pos = struct.unpack("!H", buf[2:4])[0], 4
-    elif n == 127:
-        if len(buf) < 10:
-            return None
-        n, pos = struct.unpack("!Q", buf[2:10])[0], 10
-    key = buf[pos:pos + 4] if masked else b""
-    pos += len(key)
-    if len(buf) < pos + n:
-        return None
-    payload = buf[pos:pos + n]
-    if masked and n:
-        stream = (key * (n // 4 + 1))[:n]
-        payload = (int.from_bytes(payload, "big")
-                   ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
-    return fin, opcode, payload, pos + n
-
-
 @dataclass(slots=True)
 class _Account:
     user: str
@@ -122,8 +70,9 @@ class _Client(asyncio.Protocol):
         self.index = index
         self.expires = expires
         self.done = done  # resolves with None (registered) or a failure reason
-        self.key = base64.b64encode(os.urandom(16)).decode()
-        self.buffer = b""
+        self.key = ws.new_key()
+        self.buffer = b""  # the 101 until it is whole
+        self.frames = ws.FrameDecoder(masked=False)
         self.upgraded = False
         self.transport: asyncio.Transport | None = None
         self.cseq = 0
@@ -135,56 +84,48 @@ class _Client(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        transport.write(
-            (f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-             f"Sec-WebSocket-Key: {self.key}\r\nSec-WebSocket-Version: 13\r\n"
-             "Sec-WebSocket-Protocol: sip\r\n\r\n").encode()
-        )
+        transport.write(ws.handshake_request(host=f"{self.host}:{self.port}", key=self.key,
+                                             path=self.path))
 
     def connection_lost(self, exc) -> None:
         self.closed = True
         self._finish("closed before 200")
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
         if not self.upgraded:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
+            self.buffer += data
+            try:
+                answer = ws.parse_response(self.buffer)
+            except ws.ProtocolError:
+                self._fail("handshake ?")
                 return
-            head, self.buffer = self.buffer[:end], self.buffer[end + 4:]
-            status = head.split(b" ", 2)[1:2]
-            if status != [b"101"]:
-                self._fail(f"handshake {status[0].decode() if status else '?'}")
+            if answer is None:
                 return
-            accept = base64.b64encode(hashlib.sha1(self.key.encode() + _GUID).digest())
-            if accept not in head:
+            head, data = answer
+            self.buffer = b""
+            if head.status != 101:
+                self._fail(f"handshake {head.status}")
+                return
+            if not head.accepts(self.key):
                 self._fail("bad Sec-WebSocket-Accept")
                 return
             self.upgraded = True
             self._register(None)
-        while True:
-            frame = self._next_frame()
-            if frame is None:
-                return
-            opcode, payload = frame
-            if opcode in (1, 2):
-                self._sip(payload)
-            elif opcode == 9:
-                self.transport.write(encode_frame(0xA, payload))  # pong
-            elif opcode == 8:
+        try:
+            frames = self.frames.feed(data)
+        except ws.ProtocolError as e:
+            self._fail(f"bad frame: {e}")
+            return
+        for frame in frames:
+            if frame.opcode in (ws.TEXT, ws.BINARY):
+                self._sip(frame.payload)
+            elif frame.opcode == ws.PING:
+                self.transport.write(ws.encode_frame(ws.PONG, frame.payload, mask=True))
+            elif frame.opcode == ws.CLOSE:
                 self.transport.close()
                 return
 
-    # -- frames and SIP -----------------------------------------------------------------
-
-    def _next_frame(self) -> tuple[int, bytes] | None:
-        frame = parse_frame(self.buffer)
-        if frame is None:
-            return None
-        _, opcode, payload, used = frame
-        self.buffer = self.buffer[used:]
-        return opcode, payload
+    # -- SIP ----------------------------------------------------------------------------
 
     def _register(self, authorization: str | None) -> None:
         a = self.account
@@ -206,7 +147,8 @@ class _Client(asyncio.Protocol):
         if authorization:
             lines.append(authorization)
         lines.append("Content-Length: 0")
-        self.transport.write(encode_frame(1, ("\r\n".join(lines) + "\r\n\r\n").encode()))
+        message = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        self.transport.write(ws.encode_frame(ws.TEXT, message, mask=True))
 
     def _sip(self, payload: bytes) -> None:
         head = payload.split(b"\r\n\r\n", 1)[0].decode("latin-1")

@@ -1,24 +1,21 @@
-"""RFC 6455 by hand, for tests: opening handshakes and frames, well-formed or deliberately not.
+"""RFC 6455 for tests: opening handshakes and frames, well-formed or deliberately not.
 
-Written independently of autobahn (which sipgw uses), so the tests do not check autobahn
-against itself. ``frame`` builds any frame a misbehaving client could send (unmasked,
-reserved opcodes, fragmented control frames); ``FrameReader`` parses what the server sends,
-with the frame parser of sipgw's load client (``sipgw.tools.wsload``).
+Built on sipgw's own codec (``sipgw.wire.websocket``), not on autobahn, which sipgw's
+server uses, so the tests do not check autobahn against itself. The proxy's fast path
+shares the codec; so that a bug in it cannot hide on both ends, tests/wire/ holds it to
+RFC 6455's own example bytes and tests/proxy/test_wsfast.py holds the fast path to
+autobahn's results. ``frame`` builds any frame a misbehaving client could send (unmasked,
+reserved opcodes, fragmented control frames); ``FrameReader`` reads the server's answer
+and then its frames, refusing any frame a server may not send.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import os
-import struct
-from dataclasses import dataclass
-
-from sipgw.tools.wsload import parse_frame
-
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-TEXT, BINARY, CLOSE, PING, PONG, CONTINUATION = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
+from sipgw.wire import websocket as ws
+from sipgw.wire.websocket import (  # noqa: F401 - the names the tests use
+    BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, Frame,
+)
+from sipgw.wire.websocket import accept_key as accept_for  # noqa: F401
 
 
 def handshake(
@@ -36,98 +33,55 @@ def handshake(
     """An opening handshake request (any header may be left out with None) and its key
     (``key=""``, the default, makes a fresh one)."""
     if key == "":
-        key = base64.b64encode(os.urandom(16)).decode()
-    lines = [f"GET {path} HTTP/1.1"]
-    for name, value in (
-        ("Host", host), ("Upgrade", upgrade), ("Connection", connection),
-        ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", version),
-        ("Sec-WebSocket-Protocol", protocol), ("Origin", origin),
-    ):  # fmt: skip
-        if value is not None:
-            lines.append(f"{name}: {value}")
-    lines += extra
-    return ("\r\n".join(lines) + "\r\n\r\n").encode(), key or ""
-
-
-def accept_for(key: str) -> str:
-    return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
+        key = ws.new_key()
+    request = ws.handshake_request(host=host, key=key, path=path, protocol=protocol,
+                                   origin=origin, version=version, upgrade=upgrade,
+                                   connection=connection, headers=extra)
+    return request, key or ""
 
 
 def frame(
     opcode: int, payload: bytes, *, mask: bool = True, fin: bool = True, rsv: int = 0
 ) -> bytes:
     """One frame; clients must mask (RFC 6455 §5.3), so ``mask=False`` is a violation."""
-    first = (0x80 if fin else 0) | (rsv << 4) | opcode
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", first, (0x80 if mask else 0) | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", first, (0x80 if mask else 0) | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, (0x80 if mask else 0) | 127, n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return head + key + masked
+    return ws.encode_frame(opcode, payload, fin=fin, rsv=rsv, mask=mask)
 
 
 def close_frame(code: int, reason: bytes = b"", *, mask: bool = True) -> bytes:
-    return frame(CLOSE, struct.pack("!H", code) + reason, mask=mask)
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    fin: bool
-    opcode: int
-    payload: bytes
-
-    @property
-    def close_code(self) -> int | None:
-        if self.opcode != CLOSE or len(self.payload) < 2:
-            return None
-        return struct.unpack("!H", self.payload[:2])[0]
+    return frame(CLOSE, ws.close_payload(code, reason), mask=mask)
 
 
 class FrameReader:
-    """Parses server frames (unmasked) from a byte stream, after the HTTP response."""
+    """What a client reads: the server's HTTP answer, then (after a 101) its frames."""
 
     def __init__(self) -> None:
-        self.buffer = b""
-        self.http: bytes | None = None
+        self.response: ws.Response | None = None
+        self.body = b""  # what follows an answer other than 101 (an error page)
+        self._pending = b""
+        self._frames = ws.FrameDecoder(masked=False)
 
     def feed(self, data: bytes) -> list[Frame]:
-        self.buffer += data
-        if self.http is None:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
+        if self.response is None:
+            self._pending += data
+            answer = ws.parse_response(self._pending)
+            if answer is None:
                 return []
-            self.http, self.buffer = self.buffer[: end + 4], self.buffer[end + 4 :]
-        out = []
-        while True:
-            f = self._one()
-            if f is None:
-                return out
-            out.append(f)
+            self.response, data = answer
+            self._pending = b""
+        if self.response.status != 101:
+            self.body += data
+            return []
+        return self._frames.feed(data)
 
-    def _one(self) -> Frame | None:
-        frame = parse_frame(self.buffer)
-        if frame is None:
-            return None
-        fin, opcode, payload, used = frame
-        self.buffer = self.buffer[used:]
-        return Frame(fin, opcode, payload)
+    @property
+    def http(self) -> bytes | None:
+        """The answer's head as received, blank line included."""
+        return self.response.head if self.response is not None else None
 
     @property
     def status(self) -> int | None:
-        if self.http is None:
-            return None
-        return int(self.http.split(b" ", 2)[1])
+        return self.response.status if self.response is not None else None
 
     def header(self, name: str) -> str | None:
-        assert self.http is not None
-        for line in self.http.decode("latin-1").split("\r\n")[1:]:
-            k, _, v = line.partition(":")
-            if k.strip().lower() == name.lower():
-                return v.strip()
-        return None
+        assert self.response is not None
+        return self.response.header(name)

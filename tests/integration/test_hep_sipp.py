@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sipgw.tools.hep import decode
+from sipgw.wire.hep import decode
 from tests.integration.sipgw_process import SipgwRunner, UdpPeer, build_request
 
 pytestmark = pytest.mark.integration

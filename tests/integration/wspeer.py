@@ -1,7 +1,9 @@
 """A hand-driven SIP-over-WebSocket client (RFC 7118) on a real socket, for integration tests.
 
-It speaks RFC 6455 with ``tests.helpers.wsframes`` (not autobahn, which sipgw uses), so a
-bug shared by both ends cannot hide. Like the UDP and TCP peers, every read is bounded by a
+It speaks RFC 6455 with ``tests.helpers.wsframes``, over sipgw's own codec, which the
+proxy's fast path shares: what keeps a bug from hiding on both ends is that the codec is
+tested on RFC 6455's own bytes (tests/wire/) and the fast path against autobahn's results
+(tests/proxy/test_wsfast.py). Like the UDP and TCP peers, every read is bounded by a
 deadline; pings from sipgw are answered with pongs.
 """
 

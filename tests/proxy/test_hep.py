@@ -1,38 +1,13 @@
-"""HEP v3: packets Homer can read, sent for every message while trace.hep is set."""
+"""HEP v3 export: every message in and out sent while trace.hep is set (the packets' own
+tests are tests/wire/test_hep.py)."""
 
 from __future__ import annotations
-
-import struct
 
 from sipgw.proxy.hep import HepExporter
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tracer
-from sipgw.tools.hep import decode, encode
+from sipgw.wire.hep import decode
 from tests.helpers.fakes import ProxyHarness, valid_invite
-
-MSG = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: hep-1\r\n\r\n"
-
-
-def test_a_packet_carries_addresses_ports_time_agent_and_the_message():
-    packet = encode(time=1795705527.25, transport="udp", src="192.0.2.7:5060",
-                    dst="198.51.100.1:5080", payload=MSG, agent_id=42, password="pw",
-                    correlation="hep-1")
-    assert packet[:4] == b"HEP3"
-    assert struct.unpack("!H", packet[4:6])[0] == len(packet)
-    fields = decode(packet)
-    assert fields == {"family": 2, "ip_proto": 17, "src_ip": "192.0.2.7",
-                      "dst_ip": "198.51.100.1", "src_port": 5060, "dst_port": 5080,
-                      "time_sec": 1795705527, "time_usec": 250000, "proto_type": 1,
-                      "agent_id": 42, "password": "pw", "correlation": "hep-1",
-                      "payload": MSG}
-
-
-def test_ipv6_and_stream_transports_are_told_apart():
-    fields = decode(encode(time=1, transport="wss", src="[2001:db8::1]:443",
-                           dst="[2001:db8::2]:50000", payload=MSG))
-    assert (fields["family"], fields["ip_proto"]) == (10, 6)
-    assert fields["src_ip"] == "2001:db8::1"
-    assert "password" not in fields and "correlation" not in fields
 
 
 def test_the_exporter_sends_every_message_in_and_out_and_counts_failures():

@@ -25,10 +25,7 @@ the same results.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
-import struct
 from collections import deque
 from functools import cached_property
 from urllib import parse
@@ -42,8 +39,9 @@ from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol, WebSocketServerProtocol
 from autobahn.websocket.utf8validator import Utf8Validator
 
+from sipgw.wire.websocket import ProtocolError, accept_key, apply_mask, frame_head, parse_header
+
 OPEN = WebSocketProtocol.STATE_OPEN
-_WS_MAGIC = WebSocketProtocol._WS_MAGIC
 _KEY = re.compile(r"[A-Za-z0-9+/]{22}==\Z")
 # Headers autobahn refuses to see twice in a handshake.
 _SINGLE = frozenset({"host", "sec-websocket-version", "sec-websocket-key", "origin",
@@ -69,23 +67,6 @@ _FRESH = {
 def protocol_options(factory) -> dict:
     """The options a server connection copies from its factory when it starts."""
     return {name: getattr(factory, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
-
-
-def unmask(payload: bytes, key: bytes) -> bytes:
-    """RFC 6455 §5.3: XOR with the 4-byte key repeated, as one big integer (no byte loop)."""
-    n = len(payload)
-    stream = key * (n // 4 + 1)
-    return (int.from_bytes(payload, "little")
-            ^ int.from_bytes(stream[:n], "little")).to_bytes(n, "little")
-
-
-def frame_head(opcode: int, length: int) -> bytes:
-    """A final, unmasked frame's header (a server's, RFC 6455 §5.2)."""
-    if length < 126:
-        return bytes((0x80 | opcode, length))
-    if length < 65536:
-        return struct.pack("!BBH", 0x80 | opcode, 126, length)
-    return struct.pack("!BBQ", 0x80 | opcode, 127, length)
 
 
 class FastPaths:
@@ -189,7 +170,7 @@ class FastPaths:
         self.websocket_protocol_in_use = "sip"
         self.websocket_extensions_in_use = []
         factory = self.factory
-        accept = base64.b64encode(hashlib.sha1(key.encode() + _WS_MAGIC).digest()).decode()
+        accept = accept_key(key)
         lines = ["HTTP/1.1 101 Switching Protocols"]
         if factory.server:
             lines.append(f"Server: {factory.server}")
@@ -222,19 +203,17 @@ class FastPaths:
         if (self.current_frame is None and not self.inside_message and self.state == OPEN
                 and len(data) > 6 and (data[0] == 0x81 or data[0] == 0x82)
                 and data[1] & 0x80 and not self.logFrames):
-            length = data[1] & 0x7F
-            start = 6
-            if length == 126:
-                length = (data[2] << 8) | data[3]
-                start = 8
-                usual = length >= 126  # else not minimal: autobahn's protocol error
-            else:
-                usual = 0 < length < 126
+            try:
+                _, _, length, start = parse_header(data) or (0, 0, 0, 0)
+            except ProtocolError:  # a length not in its shortest form: autobahn's 1002
+                length = start = 0
             end = start + length
-            if (usual and len(data) >= end
+            # Not empty, in the 7- or 16-bit length form (the frames test_wsfast.py holds
+            # to autobahn's results), whole, and within the size limits.
+            if (0 < length < 65536 and len(data) >= end
                     and not 0 < self.maxFramePayloadSize < length
                     and not 0 < self.maxMessagePayloadSize < length):
-                payload = unmask(data[start:end], data[start - 4:start])
+                payload = apply_mask(data[start:end], data[start - 4:start])
                 binary = data[0] == 0x82
                 if binary or _utf8(payload):
                     self.data = data[end:]
@@ -263,7 +242,7 @@ class FastPaths:
         stats.outgoingWebSocketFrames += 1
         stats.outgoingOctetsAppLevel += n
         stats.outgoingOctetsWebSocketLevel += n
-        frame = frame_head(2 if binary else 1, n) + payload
+        frame = frame_head(2 if binary else 1, n) + payload  # final, unmasked: a server's
         stats.outgoingOctetsWireLevel += len(frame)
         write_now(self.transport, frame)
 

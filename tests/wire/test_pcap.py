@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from sipgw.tools.pcap import LINKTYPE_RAW, PcapWriter, _checksum
+from sipgw.wire.pcap import LINKTYPE_RAW, PcapWriter, _checksum
 
 INVITE = (b"INVITE sip:5002@example.com SIP/2.0\r\n"
           b"Via: SIP/2.0/UDP 10.0.0.1:40000;branch=z9hG4bK1\r\n"

@@ -21,38 +21,31 @@ import ipaddress
 import struct
 from typing import BinaryIO
 
+from sipgw.wire import websocket
+
 LINKTYPE_RAW = 101
 SNAPLEN = 262144
 _MAX_SEGMENT = 65000  # under the IP total length limit, with room for headers
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Flow = tuple[Address, int, Address, int]  # source, port, destination, port
+_End = tuple[Address, int]
 
 
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
 
 
-_UPGRADE = (b"GET / HTTP/1.1\r\nHost: sipgw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            b"Sec-WebSocket-Protocol: sip\r\n\r\n")
-_SWITCHED = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-             b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
-             b"Sec-WebSocket-Protocol: sip\r\n\r\n")
-
-
-def _ws_frame(payload: bytes) -> bytes:
-    """One unmasked, final text frame (RFC 6455 §5.2)."""
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x81, n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x81, 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x81, 127, n)
-    return head + payload
+# The handshake opening every WebSocket flow: sipgw did not keep the real one, and a
+# dissector only needs to see one (the key is RFC 6455's sample nonce).
+_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+_UPGRADE = websocket.handshake_request(host="sipgw", key=_KEY)
+_SWITCHED = websocket.handshake_response(_KEY)
 
 
 def split_hostport(text: str) -> tuple[str, int]:
@@ -64,8 +57,8 @@ def split_hostport(text: str) -> tuple[str, int]:
 class PcapWriter:
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
-        self._seq: dict[tuple, int] = {}
-        self._upgraded: set[tuple] = set()
+        self._seq: dict[_Flow, int] = {}  # the next sequence number of each direction
+        self._upgraded: set[tuple[_End, _End]] = set()  # WebSocket flows, client first
         out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, SNAPLEN, LINKTYPE_RAW))
 
     def write(self, *, time: float, transport: str, src: str, dst: str, payload: bytes,
@@ -91,18 +84,18 @@ class PcapWriter:
                 self._upgraded.add((client, server))
                 for a, b, text in ((client, server, _UPGRADE), (server, client, _SWITCHED)):
                     self._packet(time, a[0], b[0], 6, self._tcp(a[0], b[0], a[1], b[1], text))
-            payload = _ws_frame(payload)
+            payload = websocket.encode_frame(websocket.TEXT, payload)  # unmasked: as sipgw saw it
         for start in range(0, max(len(payload), 1), _MAX_SEGMENT):
             chunk = payload[start:start + _MAX_SEGMENT]
             self._packet(time, sip, dip, 6, self._tcp(sip, dip, sport, dport, chunk))
 
-    def _udp(self, sip, dip, sport: int, dport: int, payload: bytes) -> bytes:
+    def _udp(self, sip: Address, dip: Address, sport: int, dport: int, payload: bytes) -> bytes:
         length = 8 + len(payload)
         header = struct.pack("!HHHH", sport, dport, length, 0)
         checksum = _checksum(self._pseudo(sip, dip, 17, length) + header + payload) or 0xFFFF
         return struct.pack("!HHHH", sport, dport, length, checksum) + payload
 
-    def _tcp(self, sip, dip, sport: int, dport: int, payload: bytes) -> bytes:
+    def _tcp(self, sip: Address, dip: Address, sport: int, dport: int, payload: bytes) -> bytes:
         key = (sip, sport, dip, dport)
         back = (dip, dport, sip, sport)
         seq = self._seq.get(key, 1)
@@ -116,12 +109,12 @@ class PcapWriter:
         return header + payload
 
     @staticmethod
-    def _pseudo(sip, dip, proto: int, length: int) -> bytes:
+    def _pseudo(sip: Address, dip: Address, proto: int, length: int) -> bytes:
         if sip.version == 4:
             return sip.packed + dip.packed + struct.pack("!BBH", 0, proto, length)
         return sip.packed + dip.packed + struct.pack("!I3xB", length, proto)
 
-    def _packet(self, time: float, sip, dip, proto: int, segment: bytes) -> None:
+    def _packet(self, time: float, sip: Address, dip: Address, proto: int, segment: bytes) -> None:
         if sip.version == 4:
             header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(segment), 0, 0x4000, 64,
                                  proto, 0, sip.packed, dip.packed)
