@@ -166,11 +166,21 @@ def store_raw_user(redis: RedisServer, user: str = "raw", password: str = "pw") 
     redis.cli("HSET", f"subscriber:{user}", *[x for kv in sub.as_fields().items() for x in kv])
 
 
-def test_redis_stopped_gives_prompt_503_and_auth_works_again_within_2s_of_its_restart(
+# sipgw tries Redis again every second at most (RECONNECT_MAX_DELAY): service is back about
+# a second after Redis. This bound is that and a machine busy enough to make it several.
+BACK_WITHIN = 6.0
+# A command timeout far above the time a refusal takes, so that "at once" (no connection:
+# refused without waiting) and "after the command timeout" cannot be mistaken for each
+# other however busy the machine.
+SLOW_TIMEOUT = 10.0
+
+
+def test_redis_stopped_gives_prompt_503_and_auth_works_again_soon_after_its_restart(
     sipgw, redis: RedisServer
 ):
     backend = UdpPeer()
-    gw = start_gw(sipgw, backend.address, redis.url)
+    gw = start_gw(sipgw, backend.address, redis.url,
+                  subscribers=f"command_timeout = {SLOW_TIMEOUT}\n")
     store_raw_user(redis)
     phone = Phone(gw)
     try:
@@ -180,8 +190,8 @@ def test_redis_stopped_gives_prompt_503_and_auth_works_again_within_2s_of_its_re
         redis.stop()
         started = time.monotonic()
         phone.register(phone.credentials(phone.challenge()))
-        refused = phone.peer.expect("503", timeout=2.0)
-        assert time.monotonic() - started < 1.0
+        refused = phone.peer.expect("503", timeout=SLOW_TIMEOUT)
+        assert time.monotonic() - started < SLOW_TIMEOUT / 2  # not the command timeout's
         assert refused.header("Retry-After") == "5"
         gw.wait_ready()  # still alive and answering
 
@@ -192,7 +202,7 @@ def test_redis_stopped_gives_prompt_503_and_auth_works_again_within_2s_of_its_re
             phone.register(phone.credentials(phone.challenge()))
             if backend.receive(0.1) is not None:
                 break
-            assert time.monotonic() - restarted < 2.0, gw.describe()
+            assert time.monotonic() - restarted < BACK_WITHIN, gw.describe()
     finally:
         phone.close()
         backend.close()
@@ -298,10 +308,10 @@ def test_phones_registering_through_a_redis_restart_get_503_while_it_is_down_the
 
         redis.stop()
         phone.register(phone.credentials(phone.challenge()))
-        phone.peer.expect("503", timeout=1.0)
+        phone.peer.expect("503", timeout=5.0)
         # Down until the load has met it too (sipgw's own 5xx count, bounded; the hand
         # phone's 503s count there too, hence more than the 20 the load must see).
-        deadline = time.monotonic() + 3.0
+        deadline = time.monotonic() + 5.0
         while statistics(gw, "sl:5xx_replies")["sl:5xx_replies"] < 25:
             assert time.monotonic() < deadline, gw.describe()
 
@@ -311,7 +321,7 @@ def test_phones_registering_through_a_redis_restart_get_503_while_it_is_down_the
             phone.register(phone.credentials(phone.challenge()))
             if any(reply.status == 200 for reply in phone.peer.collect(0.1)):
                 break
-            assert time.monotonic() - restarted < 2.0, gw.describe()
+            assert time.monotonic() - restarted < BACK_WITHIN, gw.describe()
     finally:
         phone.close()
     load.wait(40)
