@@ -18,7 +18,9 @@ from types import SimpleNamespace
 import pytest
 
 from tests.helpers.poll import wait_until
-from tests.integration.sipgw_process import SipgwProcess, build_request, run_cli, statistics
+from tests.integration.sipgw_process import (
+    SipgwProcess, build_request, kernel_udp_drops, run_cli, statistics,
+)
 from tests.integration.sipp import SippRunner, assert_all_calls_succeeded
 
 pytestmark = pytest.mark.integration
@@ -106,18 +108,6 @@ def pike_stats(gw: SipgwProcess) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split(" = ") for line in lines)}
 
 
-def kernel_drops(hostport: tuple[str, int]) -> int:
-    """Datagrams the kernel dropped for the UDP socket(s) bound to ``hostport`` because
-    its receive buffer was full (the last column of /proc/net/udp): on a busy machine part
-    of a burst never reaches sipgw at all."""
-    host, port = hostport
-    local = f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{port:04X}"
-    rows = [line.split() for line in Path("/proc/net/udp").read_text().splitlines()[1:]]
-    bound = [int(row[-1]) for row in rows if row[1] == local]
-    assert bound, f"no UDP socket on {host}:{port} in /proc/net/udp"
-    return sum(bound)
-
-
 def test_a_flooding_address_is_blocked_and_released_while_another_is_served(
         tmp_path: Path, sipp: SippRunner):
     gw = SipgwProcess(tmp_path / "sipgw", backend="127.0.0.9:5999", auth=True,
@@ -135,7 +125,7 @@ def test_a_flooding_address_is_blocked_and_released_while_another_is_served(
 
         def accounted() -> bool:
             counts.update(statistics(gw, "sl:2xx_replies", "pike:dropped_msgs"),
-                          kernel=kernel_drops(gw.hostport))
+                          kernel=kernel_udp_drops(gw))
             counts["answered"] = counts["sl:2xx_replies"] - answered_before
             return counts["answered"] + counts["pike:dropped_msgs"] + counts["kernel"] >= FLOOD
 
