@@ -300,7 +300,9 @@ def test_phones_registering_through_a_redis_restart_get_503_while_it_is_down_the
         store_raw_user(redis, user, "pw")
     assert redis.cli("SAVE").startswith(b"+OK")  # the restart loads it back
     inf = phones_file(tmp_path / "phones.csv", phones, "pw")
-    calls = 500
+    # 10 s of load: the outage (about 1 s when idle) must end well before it does, on a
+    # busy machine too, for the 200s after it to be seen.
+    calls = 1000
     load = sipp.uac("uac_register_auth", remote=gw.address, inf=inf, calls=calls, rate=100,
                     timeout=30)
     phone = Phone(gw)
