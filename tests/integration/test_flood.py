@@ -137,7 +137,8 @@ def test_flood_of_ten_times_capacity_from_one_address_is_blocked_and_50_phones_s
     dropped = statistics(gw, "pike:dropped_msgs")["pike:dropped_msgs"]
     unread = kernel_udp_drops(gw)  # a full receive buffer on a busy machine: never read
     print(f"\nflood: {flood.sent} datagrams from {FLOODER} in {FLOOD_SECONDS:g} s, "
-          f"{dropped} dropped by pike, {unread} by the kernel; legitimate: {done} of {done + failed} succeeded "
+          f"{dropped} dropped by pike, {unread} by the kernel; legitimate: {done} of "
+          f"{done + failed} succeeded "
           f"({100 * done / (done + failed):.2f} %); sipgw RSS kB start {rss[0]} "
           f"peak {flood_rss} end {rss[-1]}")
 
