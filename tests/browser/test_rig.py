@@ -189,7 +189,8 @@ def test_a_driver_that_dies_fails_waits_at_once_and_its_chromium_is_still_killed
             page.wait("registered", timeout=30)
         with pytest.raises(RigError, match="driver is gone"):
             page.call(uri("nobody"))
-        assert time.monotonic() - started < 5
+        # At once, not after the wait's 30 s (with room for a busy machine).
+        assert time.monotonic() - started < 10
     finally:
         rig.close()
     assert not _running(chromium)

@@ -525,6 +525,11 @@ def flows_of(gw: EdgeSipgw) -> dict[str, int]:
     return {user: conn["id"] for conn in gw.ctl("ws.dump")["connections"] for user in conn["users"]}
 
 
+# "At once" against the alternative, a BYE sent toward the gone flow and answered 408 by
+# timer F (32 s): a bound with room for a busy machine running Chromium and Kamailio.
+AT_ONCE = 10.0
+
+
 def test_a_tab_closed_mid_call_makes_the_backends_bye_get_430_or_480_at_once(
     browser: BrowserRig, pages: PageServer, edge: Edge
 ) -> None:
@@ -555,11 +560,11 @@ def test_a_tab_closed_mid_call_makes_the_backends_bye_get_430_or_480_at_once(
             return (record.get("dir") == "out" and record.get("status") in (430, 480)
                     and record.get("dst") == backend)
 
-        records = read_trace_until(trace, answered_from_here, timeout=5)
+        records = read_trace_until(trace, answered_from_here, timeout=AT_ONCE)
         elapsed = time.monotonic() - started
     finally:
         trace.close()
     # The BYE came from the backend, toward B, and sipgw answered it itself, promptly.
     assert any(r.get("dir") == "in" and r.get("method") == "BYE" and r.get("src") == backend
                for r in records), records
-    assert elapsed < 2.0, elapsed
+    assert elapsed < AT_ONCE, elapsed

@@ -631,3 +631,15 @@ def statistics(gw: SipgwProcess, *names: str) -> dict[str, int]:
     done = run_cli("ctl", "-c", str(gw.config_path), "--json", "stats.fetch", *names)
     assert done.returncode == 0, done.stderr
     return {name.replace(".", ":", 1): value for name, value in json.loads(done.stdout).items()}
+
+
+def kernel_udp_drops(gw: SipgwProcess) -> int:
+    """Datagrams the kernel dropped for ``gw``'s UDP socket because its receive buffer was
+    full (the last column of /proc/net/udp): on a busy machine part of a burst never
+    reaches sipgw at all, and a test that counts what sipgw did with it must know."""
+    host, port = gw.hostport
+    local = f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{port:04X}"
+    rows = [line.split() for line in Path("/proc/net/udp").read_text().splitlines()[1:]]
+    bound = [int(row[-1]) for row in rows if row[1] == local]
+    assert bound, f"no UDP socket on {host}:{port} in /proc/net/udp"
+    return sum(bound)

@@ -132,8 +132,8 @@ def test_round_robin_splits_evenly_a_dead_member_is_skipped_and_the_backup_takes
     wait_state(gw, a, "AP", "IP", after=mark, timeout=5.0)
     detected = time.monotonic() - died
     # Measured 0.46 s; the margin is the keepalive check (0.1 s), the 50 ms log poll and
-    # a loaded CI machine.
-    assert detected <= PING_INTERVAL * THRESHOLD + 0.5, detected
+    # a busy machine: a few probe rounds.
+    assert detected <= PING_INTERVAL * THRESHOLD + 2.0, detected
     flow.wait(60)
     stats = flow.stats()
     assert stats.successful >= 300 - 3, (stats.failures, flow.describe())

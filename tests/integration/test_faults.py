@@ -96,7 +96,7 @@ def test_a_backend_killed_with_calls_up_bye_to_it_gets_a_prompt_503_and_others_k
     mark = len(gw.log_text())
     killed = time.monotonic()
     kill(a)
-    wait_state(gw, a, "AP", "IP", after=mark, timeout=2.0)
+    wait_state(gw, a, "AP", "IP", after=mark, timeout=5.0)
 
     # Every BYE got a final answer: 200 through b, 503 at once for the calls on a (not
     # a 408 after timer F, and no BYE left unanswered).
@@ -108,8 +108,9 @@ def test_a_backend_killed_with_calls_up_bye_to_it_gets_a_prompt_503_and_others_k
               if m.direction == "received" and m.header("CSeq") == "2 BYE" and m.status >= 200}
     assert sorted(finals.values()) == [200] * (calls // 2) + [503] * (calls // 2), finals
     assert {cid for cid, status in finals.items() if status == 503} == on_a
-    # The BYEs went out 3 s after the ACKs; each refusal came within a probe interval.
-    assert ended < 3.0 + PING_INTERVAL + 1.0, ended
+    # The BYEs went out 3 s after the ACKs; each refusal came at once, not after timer F
+    # (6.4 s here: 9.4 s in all), with room for a busy machine.
+    assert ended < 3.0 + 5.0, ended
     stats = caller.stats()
     assert stats.successful == calls // 2, (stats.failures, caller.describe())
     assert "FailedMaxUDPRetrans(C)" not in stats.failures, stats.failures
@@ -139,12 +140,12 @@ def test_invites_ringing_on_a_backend_that_dies_fail_over_to_the_next_one(
     mark = len(gw.log_text())
     killed = time.monotonic()
     kill(ringing)
-    wait_state(gw, ringing, "AP", "IP", after=mark, timeout=2.0)
+    wait_state(gw, ringing, "AP", "IP", after=mark, timeout=5.0)
 
     # The pending INVITEs were sent on to b, which answered: every call succeeded, at
     # once rather than after timer C (180 s).
     assert caller.wait(30) == 0, caller.describe()
-    assert time.monotonic() - killed < PING_INTERVAL + 2.0
+    assert time.monotonic() - killed < 20.0  # far from timer C's 180 s
     assert invites(b) == calls
     got = caller.messages()
     assert len(all_of(got, "received", "180")) >= calls // 2  # they did ring first

@@ -27,6 +27,7 @@ from tests.integration.sipgw_process import (
     SipgwRunner,
     build_request,
     control_toml,
+    kernel_udp_drops,
     run_cli,
     statistics,
 )
@@ -134,15 +135,19 @@ def test_flood_of_ten_times_capacity_from_one_address_is_blocked_and_50_phones_s
     failed = sum(p.stats().failed for p in legit)
     rss.append(rss_kb(gw.pid))
     dropped = statistics(gw, "pike:dropped_msgs")["pike:dropped_msgs"]
+    unread = kernel_udp_drops(gw)  # a full receive buffer on a busy machine: never read
     print(f"\nflood: {flood.sent} datagrams from {FLOODER} in {FLOOD_SECONDS:g} s, "
-          f"{dropped} dropped by pike; legitimate: {done} of {done + failed} succeeded "
+          f"{dropped} dropped by pike, {unread} by the kernel; legitimate: {done} of "
+          f"{done + failed} succeeded "
           f"({100 * done / (done + failed):.2f} %); sipgw RSS kB start {rss[0]} "
           f"peak {flood_rss} end {rss[-1]}")
 
     assert flood.sent >= FLOOD_RATE * FLOOD_SECONDS * 0.95
     assert blocked_seen == 1, top
     assert FLOODER in top
-    assert dropped >= flood.sent - 100  # all but the first unit's few, unread
+    # All but the first unit's few were dropped unread: by pike, or, the ones that never
+    # reached it, by the kernel (those count legitimate datagrams too: a looser bound).
+    assert dropped >= flood.sent - unread - 100, (dropped, unread)
     assert done + failed == 2 * ROUNDS * len(SITES)
     assert done >= 0.99 * (done + failed), [p.describe() for p in legit if p.stats().failed]
     # Bounded: the flood costs no memory per datagram (it is dropped before parsing).

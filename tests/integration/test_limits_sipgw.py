@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from sipgw.proxy.limits import LOG_INTERVAL
 from tests.helpers import wsframes as wf
 from tests.helpers.certs import CertAuthority
 from tests.integration.sipgw_process import (
@@ -148,6 +149,13 @@ def test_a_client_that_stops_reading_is_closed_and_another_keeps_being_served(
 
 # --- peers gone without a FIN --------------------------------------------------------------
 
+# A timer of sipgw's may fire this much before our clock says it is due (two clocks, and
+# the peer's REGISTER reaching sipgw a moment after we start ours is only in our favour).
+EARLY = 0.1
+# Closing takes seconds with the limits of this test; this bound is for a machine so busy
+# that they take several times that, and still far from the defaults (25 s, 300 s).
+HALF_OPEN_BOUND = 15.0
+
 
 def test_half_open_websocket_and_tcp_clients_are_closed_by_keepalive_and_idle_timeout(
     tmp_path: Path,
@@ -158,25 +166,31 @@ def test_half_open_websocket_and_tcp_clients_are_closed_by_keepalive_and_idle_ti
                           "[limits]\ntcp_idle_timeout = 2\n")
         with gw, WsPeer(gw.ws_address) as ws, TcpPeer(gw.address) as tcp, \
                 WsPeer(gw.ws_address) as alive:
+            # Each clock starts before the peer's REGISTER, so before the last thing sipgw
+            # heard from it: a close measured from there is never early by our lateness.
+            last_heard = {"ws": time.monotonic()}
             ws_path = register(ws, backend, gw, "ws-gone", 1)
+            last_heard["tcp"] = time.monotonic()
             tcp_path = register(tcp, backend, gw, "tcp-gone", 2)
             alive_path = register(alive, backend, gw, "alive", 3)
             # Two vanish: nothing they send, nothing read (no pong, no ACK of data). The
             # third keeps answering sipgw's pings meanwhile.
-            started = time.monotonic()
             gone: dict[str, float] = {}
             wanted = {"ws": r"ws flow \d+: no pong; dropped",
                       "tcp": r"tcp flow \d+ from 127\.0\.0\.1:\d+: idle; closed"}
-            while len(gone) < 2 and time.monotonic() - started < 6:
+            deadline = time.monotonic() + HALF_OPEN_BOUND
+            while len(gone) < 2 and time.monotonic() < deadline:
                 alive.collect(0.05)
                 log = gw.log_text()
-                gone |= {k: time.monotonic() - started for k, pattern in wanted.items()
+                gone |= {k: time.monotonic() - last_heard[k] for k, pattern in wanted.items()
                          if k not in gone and re.search(pattern, log)}
-            assert len(gone) == 2, gw.describe()
+            assert len(gone) == 2, (gone, gw.describe())
             ws_gone, tcp_gone = gone["ws"], gone["tcp"]
             print(f"\nhalf-open: ws dropped after {ws_gone:.2f} s (keepalive_interval 1 s), "
                   f"tcp closed after {tcp_gone:.2f} s (tcp_idle_timeout 2 s)")
-            assert 1.5 < ws_gone < 4 and 1.5 < tcp_gone < 4
+            # Not before the limits allow: a ping after 1 s idle, then 1 s for its pong; 2 s
+            # idle for TCP. (Within HALF_OPEN_BOUND, not the 300 s default: the loop above.)
+            assert ws_gone > 2 * 1.0 - EARLY and tcp_gone > 2.0 - EARLY, gone
             # Their registrations now answer 430 at once (TCP as WebSocket: issue 4).
             for n, (peer, path) in enumerate(((ws, ws_path), (tcp, tcp_path))):
                 backend.send(request_to(peer, path, backend, n, method="OPTIONS"),
@@ -196,6 +210,9 @@ IDLE_WS = 3000
 IDLE_TCP = 500
 TIMEOUT = 3.0  # ws_register_timeout and tcp_first_message_timeout in this test
 CALLS = 20
+# All of them closed within this, on a machine so busy that connecting 3,500 takes many
+# seconds; far below forever, which is what a broken limit gives.
+CROWD_BOUND = 60.0
 
 
 def raise_fd_limit(needed: int) -> None:
@@ -209,13 +226,14 @@ def raise_fd_limit(needed: int) -> None:
 
 
 async def idle_ws(host: str, port: int, gate: asyncio.Semaphore) -> float:
-    """Handshake, then never a REGISTER; seconds from the 101 until sipgw closes."""
+    """Handshake, then never a REGISTER; seconds from before connecting until sipgw closes
+    (a start before sipgw's, so the time is never short by how late we read its 101)."""
     async with gate:
+        opened = time.monotonic()
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(wf.handshake(host=f"{host}:{port}")[0])
         head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
-    opened = time.monotonic()
     close = b""
     try:
         while chunk := await reader.read(4096):  # the 1008 close frame, then the end
@@ -228,11 +246,11 @@ async def idle_ws(host: str, port: int, gate: asyncio.Semaphore) -> float:
 
 
 async def idle_tcp(host: str, port: int, gate: asyncio.Semaphore) -> float:
-    """Half a SIP message, then silence; seconds until sipgw closes."""
+    """Half a SIP message, then silence; seconds from before connecting until sipgw closes."""
     async with gate:
+        opened = time.monotonic()
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1;br")
-        opened = time.monotonic()
     assert await reader.read() == b""
     writer.close()
     return time.monotonic() - opened
@@ -243,7 +261,7 @@ async def crowd(gw: WsSipgw, ws_port: int) -> tuple[list[float], list[float], fl
     started = time.monotonic()
     ws = [idle_ws(LOOPBACK, ws_port, gate) for _ in range(IDLE_WS)]
     tcp = [idle_tcp(LOOPBACK, gw.port, gate) for _ in range(IDLE_TCP)]
-    times = await asyncio.wait_for(asyncio.gather(*ws, *tcp), timeout=20)
+    times = await asyncio.wait_for(asyncio.gather(*ws, *tcp), timeout=CROWD_BOUND)
     return times[:IDLE_WS], times[IDLE_WS:], time.monotonic() - started
 
 
@@ -268,14 +286,16 @@ def test_thousands_of_idle_connections_are_closed_by_the_limits_while_a_user_reg
               f"after their 101, {IDLE_TCP} tcp closed {min(tcp_times):.2f}-"
               f"{max(tcp_times):.2f} s after connecting; all done in {took:.2f} s; "
               f"{CALLS}/{CALLS} register+call by SIPp over TCP meanwhile")
-        # Closed by the limit, not before (the client's clock starts a little after
-        # sipgw's); the 1008 close waits up to 1 s for an echo that never comes.
-        assert TIMEOUT - 0.5 < min(ws_times) and max(ws_times) < TIMEOUT + 5
-        assert TIMEOUT - 0.5 < min(tcp_times) and max(tcp_times) < TIMEOUT + 5
+        # Closed by the limit, not before (each client's clock starts before sipgw's).
+        # The upper bound is the whole crowd's (CROWD_BOUND): how late the last one is
+        # closed is how busy this machine is.
+        assert TIMEOUT - EARLY < min(ws_times) and TIMEOUT - EARLY < min(tcp_times)
         log = gw.log_text()
-        # Thousands of closes, a handful of lines (one per cap per 10 s).
-        assert 1 <= log.count("[limits.ws_register_timeout]") <= 2
-        assert 1 <= log.count("[limits.tcp_first_message_timeout]") <= 2
+        # Thousands of closes, a handful of lines: one per cap per LOG_INTERVAL, so at
+        # most one more than the intervals the crowd's closes spanned (within ``took``).
+        most = 1 + int(took // LOG_INTERVAL)
+        assert 1 <= log.count("[limits.ws_register_timeout]") <= most, (most, took)
+        assert 1 <= log.count("[limits.tcp_first_message_timeout]") <= most, (most, took)
         got = statistics(gw, "websocket:ws_current_connections", "tcp:con_timeout",
                     "tcp:current_opened_connections")
         assert got["websocket:ws_current_connections"] == 0

@@ -472,7 +472,7 @@ def test_invite_to_a_silent_backend_is_retransmitted_then_answered_408_after_tim
             sent_at = time.monotonic()
             caller.send(invite)
             trying = caller.expect("100")
-            timeout = caller.expect("408", method="INVITE", timeout=5.0)
+            timeout = caller.expect("408", method="INVITE", timeout=10.0)
             elapsed = time.monotonic() - sent_at
             caller.send(
                 build_request(
@@ -483,7 +483,9 @@ def test_invite_to_a_silent_backend_is_retransmitted_then_answered_408_after_tim
         received = silent.collect(0.3)
 
     assert trying.header("Server") == "sipgw"
-    assert 0.9 <= elapsed <= 3.0, f"408 after {elapsed:.2f}s; timer B is 1.0s"
+    # After timer B, not before; and by it, not by the default 32 s (the bound above
+    # leaves a busy machine room).
+    assert 0.9 <= elapsed <= 10.0, f"408 after {elapsed:.2f}s; timer B is 1.0s"
     assert values(timeout, "Via") == [f"SIP/2.0/UDP {caller.address};branch=z9hG4bK-silent"]
     invites = [m for m in received if m.kind == "INVITE"]
     assert len(invites) >= 2, [m.start_line for m in received]

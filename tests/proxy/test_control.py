@@ -5,8 +5,14 @@ from __future__ import annotations
 import grp
 import json
 import os
+import pwd
+import shutil
 import socket
 import stat
+import tempfile
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from twisted.internet import defer
@@ -254,26 +260,73 @@ def test_a_socket_left_by_a_dead_proxy_is_replaced_but_a_live_one_is_not_stolen(
         server.port.socket.close()
 
 
+NOBODY = "nobody"  # the user a root test run checks what a user who is not root gets
+
+
+@pytest.fixture
+def users_directory(tmp_path) -> Iterator[Path]:
+    """A directory the user who is not root owns: ``tmp_path``, or, for a root run (CI),
+    a new one of ``nobody``'s outside pytest's root-only tree."""
+    if os.geteuid() != 0:
+        yield tmp_path
+        return
+    directory = Path(tempfile.mkdtemp(prefix="sipgw-test-"))
+    nobody = pwd.getpwnam(NOBODY)
+    os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def as_a_user(check: Callable[[], None]) -> None:
+    """``check()`` as a user who is not root: here, or for a root run in a child process
+    as ``nobody`` (root may write anywhere, so what a user gets cannot be seen as root)."""
+    if os.geteuid() != 0:
+        check()
+        return
+    nobody = pwd.getpwnam(NOBODY)
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            check()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, f"failed as {NOBODY}: its traceback above"
+
+
 def test_without_root_an_unwritable_run_directory_sends_the_socket_to_the_state_directory(
-    tmp_path,
+    users_directory,
 ):
-    locked = tmp_path / "run"
+    locked = users_directory / "run"
     locked.mkdir()
     locked.chmod(0o500)
     configured = str(locked / "sipgw" / "sipgw.ctl")
-    state = str(tmp_path / "state")
+    state = str(users_directory / "state")
     assert server_socket_path(configured, state, is_root=True) == configured
-    expected = str(tmp_path / "state" / "sipgw.ctl")
-    if os.geteuid() != 0:
+    expected = str(users_directory / "state" / "sipgw.ctl")
+    writable = str(users_directory / "elsewhere" / "sipgw.ctl")
+
+    def as_user() -> None:  # as ``sipgw serve`` run by its own user decides
+        assert server_socket_path(configured, state) == expected
         assert server_socket_path(configured, state, is_root=False) == expected
+        assert server_socket_path(writable, state) == writable
+
+    as_a_user(as_user)
     assert socket_candidates(configured, state) == [configured, expected]
     # The client looks where the server could have put it: the file that exists.
     assert find_socket(configured, state) == configured
-    (tmp_path / "state").mkdir()
-    (tmp_path / "state" / "sipgw.ctl").write_text("")
+    (users_directory / "state").mkdir()
+    (users_directory / "state" / "sipgw.ctl").write_text("")
     assert find_socket(configured, state) == expected
-    writable = str(tmp_path / "elsewhere" / "sipgw.ctl")
-    assert server_socket_path(writable, state, is_root=False) == writable
 
 
 def test_the_service_opens_its_control_socket_from_the_config_and_closes_it(tmp_path):

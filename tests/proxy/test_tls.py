@@ -15,17 +15,48 @@ def ca(tmp_path) -> CertAuthority:
     return CertAuthority(tmp_path / "ca")
 
 
+def handshake(server_ctx: SSL.Context, ca: CertAuthority) -> SSL.Connection:
+    """A TLS handshake in memory between a server on ``server_ctx`` and a client that
+    trusts only ``ca``'s root (and so needs the whole chain); the client's end."""
+    client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    client_ctx.load_verify_locations(str(ca.root_path))
+    client_ctx.set_verify(SSL.VERIFY_PEER, lambda conn, cert, errno, depth, ok: bool(ok))
+    server, client = SSL.Connection(server_ctx, None), SSL.Connection(client_ctx, None)
+    server.set_accept_state()
+    client.set_connect_state()
+    done = {server: False, client: False}
+    for _ in range(10):  # a handshake is a few flights each way
+        for end, other in ((client, server), (server, client)):
+            try:
+                end.do_handshake()
+                done[end] = True
+            except SSL.WantReadError:
+                pass
+            while True:
+                try:
+                    other.bio_write(end.bio_read(65536))
+                except SSL.WantReadError:
+                    break
+        if all(done.values()):
+            return client
+    raise AssertionError("the handshake did not complete")
+
+
 def test_a_chain_and_its_key_make_a_tls_1_2_context(ca):
-    chain, key, _ = ca.issue()
+    chain, key, serial = ca.issue()
     ctx = build_context(TlsSettings(certificate=str(chain), private_key=str(key)))
-    assert isinstance(ctx, SSL.Context)
+    client = handshake(ctx, ca)
+    assert client.get_peer_certificate().get_serial_number() == serial
+    assert client.get_protocol_version_name() in ("TLSv1.2", "TLSv1.3")
 
 
 def test_the_key_may_be_in_the_certificate_file(ca, tmp_path):
-    chain, key, _ = ca.issue()
+    chain, key, serial = ca.issue()
     both = tmp_path / "both.pem"
     both.write_bytes(chain.read_bytes() + key.read_bytes())
-    build_context(TlsSettings(certificate=str(both)))
+    client = handshake(build_context(TlsSettings(certificate=str(both))), ca)
+    # A client that verifies gets the issued certificate from it, proved by its key.
+    assert client.get_peer_certificate().get_serial_number() == serial
 
 
 def test_a_missing_certificate_is_an_error_naming_the_file_and_key(tmp_path):
