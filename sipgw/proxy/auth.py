@@ -114,7 +114,7 @@ class Authenticator:
         self.random = random
         now = proxy.clock.seconds
         self.nonces = Nonces(secret, settings.nonce_expire, now, random=random)
-        self.bans = Bans(now)
+        self.bans = Bans(proxy.clock)
         self.cap_log = CapLog(log, now)
         self.nonces.on_forget = self._nonce_forgotten
         self.bans.on_forget = self._failures_forgotten

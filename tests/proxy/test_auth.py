@@ -12,6 +12,7 @@ import itertools
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from sipgw.proxy.auth import AuthSettings, Authenticator, auth_settings
 from sipgw.proxy.config import default_config
@@ -364,6 +365,45 @@ def test_a_source_is_banned_only_after_twenty_failures_across_users(rig):
     assert rig.send(sip_request(user="5002")).status == 403
     assert rig.auth.rpc_unban("192.0.2.10") == {"REMOVED": 1}
     assert rig.send(sip_request(user="5002")).status == 401
+
+
+def warnings_of(logs) -> list[str]:
+    return [formatEvent(e) for e in logs if e.get("log_namespace") == "sipgw.auth"
+            and e["log_level"] is LogLevel.warn]
+
+
+def test_a_ban_is_logged_at_warning_when_it_starts_and_by_its_timer_when_it_ends(rig):
+    with capturedLogs() as logs:
+        for _ in range(3):
+            fail_once(rig)
+        assert warnings_of(logs) == [
+            "auth: user 5001@sipgw.test banned for 900 s after 3 failed authentications in "
+            "0 s (the last from 192.0.2.10); requests refused 403 until then (sipgw ctl "
+            "auth.unban 5001@sipgw.test lifts it)"]
+        rig.clock.advance(899)
+        assert len(warnings_of(logs)) == 1
+        rig.clock.advance(1)  # no request needed: the end is told when it comes
+        assert warnings_of(logs)[1:] == [
+            "auth: ban of user 5001@sipgw.test ended: its 900 s are over"]
+    assert rig.auth.rpc_bans() == {"BANS": []}
+    register_ok(rig)
+
+
+def test_a_source_ban_names_the_address_and_its_lifting_is_logged(rig):
+    with capturedLogs() as logs:
+        for i in range(20):
+            fail_once(rig, user=f"u{i}")
+        started = [w for w in warnings_of(logs) if "address" in w]
+        assert started == [
+            "auth: address 192.0.2.10 banned for 900 s after 20 failed authentications in "
+            "0 s (the last for u19@sipgw.test); requests refused 403 until then (sipgw ctl "
+            "auth.unban 192.0.2.10 lifts it)"]
+        rig.clock.advance(100)
+        rig.auth.rpc_unban("192.0.2.10")
+        assert warnings_of(logs)[-1] == ("auth: ban of address 192.0.2.10 lifted "
+                                         "(auth.unban) 800 s early")
+        rig.clock.advance(800)  # its timer was cancelled with it: no second end
+        assert sum("192.0.2.10 ended" in w for w in warnings_of(logs)) == 0
 
 
 def test_a_trusted_network_is_neither_challenged_nor_banned():
