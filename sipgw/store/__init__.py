@@ -102,6 +102,10 @@ class SubscriberStore(Protocol):
     def all(self) -> Deferred:
         """Fires with every ``Subscriber``, sorted by (domain, username)."""
 
+    def has_domain(self, domain: str) -> Deferred:
+        """Fires with True when at least one subscriber has ``domain`` (one cheap query:
+        the proxy asks it for requests whose domain is not configured as ours)."""
+
     def close(self) -> Deferred:
         """Release connections; fires once done."""
 

@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS subscriber (
     PRIMARY KEY (username, domain)
 )
 """
+# has_domain: the primary key serves lookups by username first, not by domain alone.
+_INDEX = "CREATE INDEX IF NOT EXISTS subscriber_domain ON subscriber (domain)"
 _COLUMNS = ", ".join(FIELDS)
 
 
@@ -58,6 +60,7 @@ class SqliteStore:
                                  check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+            db.execute(_INDEX)
         except (OSError, sqlite3.Error) as e:
             raise StoreUnavailable(f"cannot open the subscriber database {self.path}: {e}") from e
         self._db = db
@@ -126,6 +129,13 @@ class SqliteStore:
             rows = db.execute(f"SELECT {_COLUMNS} FROM subscriber ORDER BY domain, username")
             return [subscriber_from_fields(dict(zip(FIELDS, row)), row[0], row[1])
                     for row in rows]
+
+        return self._run(read)
+
+    def has_domain(self, domain: str) -> defer.Deferred:
+        def read(db: sqlite3.Connection) -> bool:
+            return db.execute("SELECT 1 FROM subscriber WHERE domain = ? LIMIT 1",
+                              (domain,)).fetchone() is not None
 
         return self._run(read)
 

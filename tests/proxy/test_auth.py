@@ -434,6 +434,86 @@ def test_a_foreign_request_uri_from_our_domain_is_challenged_not_relayed(rig):
     assert reply.status == 407 and rig.link.to_backend() == []
 
 
+def infos_of(logs) -> list[str]:
+    return [formatEvent(e) for e in logs if e.get("log_namespace") == "sipgw.auth"
+            and e["log_level"] is LogLevel.info]
+
+
+def store_domain_rig() -> Rig:
+    """The embedded default: no auth.realm, no aliases; 5001 added for example.com."""
+    rig = Rig(AuthSettings(realm=""))
+    rig.store.records[("5001", "example.com")] = make_subscriber("5001", "example.com", "pw")
+    return rig
+
+
+def test_without_a_realm_a_domain_with_users_in_the_store_is_ours_and_registers():
+    rig = store_domain_rig()
+    register = dict(domain="example.com", ruri="sip:example.com")
+    challenge = rig.send(sip_request(**register))
+    assert challenge.status == 401
+    assert challenges(challenge, "WWW-Authenticate")[0].params["realm"] == "example.com"
+    rig.send(sip_request(**register, cseq=2,
+                         auth=answer(challenge, password="pw", uri="sip:example.com")))
+    assert [m.method for m in rig.link.to_backend()] == ["REGISTER"]
+
+
+def test_a_foreign_domain_gets_403_not_relaying_and_why_is_logged_at_info_once_per_interval():
+    rig = store_domain_rig()
+    foreign = dict(domain="evil.example", ruri="sip:victim@elsewhere.example")
+    with capturedLogs() as logs:
+        for _ in range(3):
+            reply = rig.send(sip_request("INVITE", **foreign))
+            assert (reply.status, reply.reason) == (403, "Not relaying")
+        assert infos_of(logs) == [
+            "auth: 403 Not relaying INVITE from 192.0.2.10:5070: neither the From domain "
+            "evil.example nor the Request-URI sip:victim@elsewhere.example is ours "
+            "(auth.realm, proxy.aliases, sipgw's own addresses, or a domain with users in "
+            "the subscriber store)"]
+        rig.clock.advance(10)
+        rig.send(sip_request("INVITE", **foreign))
+        assert infos_of(logs)[-1].endswith("(2 more since the last line)")
+    assert rig.stat("challenged") == 0 and rig.link.to_backend() == []
+
+
+def test_a_call_from_outside_to_a_user_of_a_store_domain_is_challenged_not_refused():
+    rig = store_domain_rig()
+    reply = rig.send(sip_request("INVITE", domain="elsewhere.example",
+                                 ruri="sip:5001@example.com"))
+    assert reply.status == 407
+
+
+def test_a_user_added_to_a_new_domain_works_within_seconds_and_a_flood_asks_the_store_once():
+    rig = store_domain_rig()
+    new = dict(domain="new.example", ruri="sip:new.example")
+    for _ in range(50):
+        assert rig.send(sip_request(**new)).reason == "Not relaying"
+    assert rig.store.domain_lookups == 1
+    rig.store.records[("7001", "new.example")] = make_subscriber("7001", "new.example", "pw")
+    assert rig.send(sip_request(**new)).reason == "Not relaying"  # the no is remembered...
+    rig.clock.advance(5)
+    assert rig.send(sip_request(**new)).status == 401  # ...for 5 s
+    for _ in range(50):
+        assert rig.send(sip_request(**new)).status == 401
+    assert rig.store.domain_lookups == 2
+
+
+def test_lookups_of_one_domain_in_flight_are_one_and_each_request_is_answered():
+    rig = store_domain_rig()
+    rig.store.hold = True
+    rig.send(sip_request(domain="example.com", ruri="sip:example.com"))
+    rig.proxy.receive(sip_request(domain="example.com", ruri="sip:example.com"), PHONE)
+    assert rig.link.sent == [] and rig.store.domain_lookups == 1
+    rig.store.release()
+    assert [m.status for m, _ in rig.link.sent] == [401, 401]
+
+
+def test_a_domain_lookup_in_a_store_that_is_down_gets_503_at_once():
+    rig = store_domain_rig()
+    rig.store.down = StoreUnavailable("redis down")
+    reply = rig.send(sip_request(domain="example.com", ruri="sip:example.com"))
+    assert (reply.status, reply.header("retry-after")) == (503, "5")
+
+
 # --- in dialog ---------------------------------------------------------------------------
 
 

@@ -62,6 +62,27 @@ def test_all_lists_every_account_sorted_by_domain_then_user(store):
         ("x", "z"), ("y", "a"), ("y", "b")]
 
 
+def test_a_domain_is_known_while_it_has_a_subscriber_and_not_after_its_last_is_deleted(store):
+    assert result(store.has_domain("example.com")) is False
+    result(store.put(make_subscriber("5001", "example.com", "pw")))
+    result(store.put(make_subscriber("5002", "example.com", "pw")))
+    assert result(store.has_domain("example.com")) is True
+    assert result(store.has_domain("example.org")) is False
+    result(store.delete("5001", "example.com"))
+    assert result(store.has_domain("example.com")) is True
+    result(store.delete("5002", "example.com"))
+    assert result(store.has_domain("example.com")) is False
+
+
+def test_the_domain_lookup_of_sqlite_uses_an_index_not_a_table_scan(tmp_path):
+    store = SqliteStore(str(tmp_path / "subs.db"))
+    result(store.has_domain("example.com"))
+    with sqlite3.connect(tmp_path / "subs.db") as db:
+        plan = db.execute("EXPLAIN QUERY PLAN SELECT 1 FROM subscriber WHERE domain = ? "
+                          "LIMIT 1", ("example.com",)).fetchall()
+    assert "USING COVERING INDEX subscriber_domain" in " ".join(str(row[-1]) for row in plan)
+
+
 def test_an_empty_password_is_refused():
     with pytest.raises(ValueError):
         make_subscriber("5001", "d", "")
