@@ -59,6 +59,8 @@ class Subscriber:
 
 
 FIELDS = ("username", "domain", "ha1", "ha1b", "ha1_sha256", "password")
+# Redis: + domain, the set of the domain's user names (has_domain; not a subscriber hash).
+DOMAIN_INDEX = "sipgw:domain:"
 
 
 def subscriber_from_fields(fields: dict[str, str], username: str, domain: str) -> Subscriber:

@@ -40,7 +40,8 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
-from sipgw.store import StoreError, StoreUnavailable, Subscriber, subscriber_from_fields
+from sipgw.store import (DOMAIN_INDEX, StoreError, StoreUnavailable, Subscriber,
+                          subscriber_from_fields)
 
 log = Logger(namespace="sipgw.store.redis")
 
@@ -49,7 +50,6 @@ KAMAILIO_TEMPLATE = "subscriber:entry::{username}:{domain}"
 RECONNECT_MAX_DELAY = 1.0  # seconds between reconnection attempts, at most
 RECONNECT_FIRST_DELAY = 0.2
 DEAD_AFTER = 5  # command timeouts without an answer before the connection is dropped
-DOMAIN_INDEX = "sipgw:domain:"  # + domain: the set of its user names
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
