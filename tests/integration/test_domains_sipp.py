@@ -25,8 +25,7 @@ def default_toml(url: str, tmp_path: Path) -> str:
     """The embedded default but for where the store is (not /var/lib/sipgw, which the
     systemd unit creates: here its stand-in exists too, before any user)."""
     (tmp_path / "state").mkdir(exist_ok=True)
-    # SIPp 3.6 reads only the first challenge and knows only MD5.
-    return f'[subscribers]\nurl = "{url}"\n\n[auth]\nalgorithms = ["MD5"]\n'
+    return f'[subscribers]\nurl = "{url}"\n'
 
 
 def phone_file(path: Path, user: str, domain: str, password: str) -> Path:
