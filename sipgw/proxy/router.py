@@ -344,6 +344,10 @@ class Router:
         if req.has("route"):
             self._loose_route(req)
             if req.has("route"):
+                self.refusals.once("preloaded route", "{m} from {t}:{h}:{p}: 403 Not "
+                                   "relaying: its Route {r} names another host than sipgw",
+                                   m=req.method, t=source.transport, h=source.host,
+                                   p=source.port, r=req.values("route")[0])
                 p.reply(req, source, 403, "Not relaying")
                 return
         self._auth(req, source)

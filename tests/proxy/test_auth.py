@@ -446,6 +446,16 @@ def store_domain_rig() -> Rig:
     return rig
 
 
+def test_a_preloaded_route_to_another_host_gets_403_not_relaying_and_a_line_saying_so(rig):
+    with capturedLogs() as logs:
+        reply = rig.send(sip_request("INVITE", ruri="sip:5002@sipgw.test",
+                                     extra="Route: <sip:192.0.2.99;lr>\r\n"))
+    assert (reply.status, reply.reason) == (403, "Not relaying")
+    assert [formatEvent(e) for e in logs if e.get("log_namespace") == "sipgw.router"] == [
+        "INVITE from udp:192.0.2.10:5070: 403 Not relaying: its Route <sip:192.0.2.99;lr> "
+        "names another host than sipgw"]
+
+
 def test_without_a_realm_a_domain_with_users_in_the_store_is_ours_and_registers():
     rig = store_domain_rig()
     register = dict(domain="example.com", ruri="sip:example.com")
