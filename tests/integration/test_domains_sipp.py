@@ -7,14 +7,16 @@ domain with no users is still refused ``403 Not relaying``, and the log says why
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.poll import wait_until
-from tests.integration.sipgw_process import SipgwProcess, UdpPeer, build_request
+from tests.helpers.redis_server import RedisServer
+from tests.integration.sipgw_process import SipgwProcess, UdpPeer, build_request, run_cli
 from tests.integration.sipp import SippRunner
-from tests.integration.test_auth_sipp import store_url, users  # noqa: F401 - a fixture
+from tests.integration.test_auth_sipp import redis, store_url, users  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -87,3 +89,31 @@ def test_a_domain_without_users_is_refused_not_relaying_and_the_log_says_why(
     assert ("neither the From domain foreign.example nor the Request-URI "
             "sip:foreign.example is ours") in line
     assert [m for m in backend.messages() if m.direction == "received"] == []
+
+
+def test_redis_keeps_a_set_of_each_domain_s_users_beside_their_hashes(
+    redis: RedisServer, tmp_path: Path  # noqa: F811 - the fixture
+):
+    """What ``has_domain`` asks (one EXISTS), kept by ``sipgw users`` as accounts come,
+    move between domains (the default key has no domain) and go."""
+    config = tmp_path / "sipgw.toml"
+    config.write_text(f'[subscribers]\nurl = "{redis.url}"\n')
+
+    def cli(*args: str) -> None:
+        done = run_cli("users", *args, "-c", str(config), input="pw\n")
+        assert done.returncode == 0, done.stderr
+
+    cli("add", "5001@example.com", "--password-stdin")
+    cli("add", "5002@example.com", "--password-stdin")
+    assert redis.cli("SCARD", "sipgw:domain:example.com") == b":2\r\n"
+    cli("del", "5001@example.com")
+    assert redis.cli("SMEMBERS", "sipgw:domain:example.com") == b"*1\r\n$4\r\n5002\r\n"
+    # The default key is subscriber:USER, one per user whatever the domain: it moves.
+    cli("passwd", "5002@example.org", "--password-stdin")
+    assert redis.cli("EXISTS", "sipgw:domain:example.com") == b":0\r\n"
+    assert redis.cli("EXISTS", "sipgw:domain:example.org") == b":1\r\n"
+    listed = run_cli("users", "list", "--json", "-c", str(config))
+    assert [(u["username"], u["domain"]) for u in json.loads(listed.stdout)] == [
+        ("5002", "example.org")]
+    cli("del", "5002@example.org")
+    assert redis.cli("EXISTS", "sipgw:domain:example.org") == b":0\r\n"
