@@ -137,5 +137,5 @@ class Bans:
                          kind=_NAMES[key[0]], name=key[1], left=until - now)
         if name == "all" and keys:
             # One line, not one per ban: "all" may lift thousands.
-            log.warn("auth: all {n} bans lifted (auth.unban all)", n=len(keys))
+            log.warn("auth: every ban lifted (auth.unban all): {n} of them", n=len(keys))
         return len(keys)

@@ -404,6 +404,10 @@ def test_a_source_ban_names_the_address_and_its_lifting_is_logged(rig):
                                          "(auth.unban) 800 s early")
         rig.clock.advance(800)  # its timer was cancelled with it: no second end
         assert sum("192.0.2.10 ended" in w for w in warnings_of(logs)) == 0
+        for _ in range(3):
+            fail_once(rig, user="5002")
+        rig.auth.rpc_unban("all")  # one line, however many
+        assert warnings_of(logs)[-1] == "auth: every ban lifted (auth.unban all): 1 of them"
 
 
 def test_a_trusted_network_is_neither_challenged_nor_banned():
