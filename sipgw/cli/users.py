@@ -40,15 +40,16 @@ MAX_DOMAIN = 253  # RFC 1035: the longest DNS name
 USER_CHARS = "letters, digits, - _ . ! ~ * ' ( ) & = + $ , ; ? / and %HH escapes"
 
 
-def account(name: str, domain: str | None, default_domain: str) -> tuple[str, str]:
-    """(user, domain) of ``name`` (USER or USER@DOMAIN) and ``--domain``, checked;
-    ValueError says what is wrong, in one line."""
+def account(name: str, domain: str | None, default_domain: str, *,
+            given_as: str = "--domain") -> tuple[str, str]:
+    """(user, domain) of ``name`` (USER or USER@DOMAIN) and ``domain`` (``--domain``, or
+    what ``given_as`` names), checked; ValueError says what is wrong, in one line."""
     user, at, named = name.partition("@")
     if at:
         if not named:
             raise ValueError(f"{name!r}: nothing after @ (give USER@DOMAIN or USER)")
         if domain and domain.lower() != named.lower():
-            raise ValueError(f"{name!r} is in domain {named}, but --domain says {domain}: "
+            raise ValueError(f"{name!r} is in domain {named}, but {given_as} says {domain}: "
                              f"give the domain once (sipgw users ... {user} --domain DOMAIN)")
     if not user:
         raise ValueError("an empty user name")
@@ -374,7 +375,7 @@ def _parse_csv(stream, session: _Session) -> tuple[list[Subscriber], list[str]]:
         try:
             username, domain = account((row.get("username") or "").strip(),
                                        (row.get("domain") or "").strip(),
-                                       session.config.auth.realm)
+                                       session.config.auth.realm, given_as="its domain column")
         except ValueError as e:
             problems.append(f"{where}: {e}")
             continue

@@ -203,7 +203,8 @@ def test_import_refuses_a_bad_name_by_its_line_and_splits_user_at_domain(run, co
     code, _, err = run("users", "import", str(bad), "-c", config)
     assert code == 1
     assert f"{bad}:3: 'bad name' is not a SIP user name" in err
-    assert f"{bad}:4: '6003@x.test' is in domain x.test, but --domain says y.test" in err
+    assert f"{bad}:4: '6003@x.test' is in domain x.test, but its domain column says y.test" \
+        in err
     good = tmp_path / "good.csv"
     good.write_text("username,password\n6001@x.test,pw\n")
     assert run("users", "import", str(good), "-c", config)[0] == 0
