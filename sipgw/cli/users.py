@@ -6,6 +6,13 @@ Redis is shared anyway. Only digest hashes are stored (``ha1``, ``ha1b``, ``ha1_
 computed over the realm the proxy will challenge with: ``auth.realm``, else the domain.
 Passwords come from a hidden prompt (typed twice) or ``--password-stdin``, never from the
 command line where ``ps`` would show them; an empty one is refused.
+
+Names are checked before anything is stored (``account``): ``5001@example.com`` is user
+5001 in domain example.com (``--domain`` may repeat the domain, not contradict it); the
+user must be an RFC 3261 user part of at most ``MAX_USER`` characters, its %HH escapes
+decoded (the account is the name phones authenticate with), and the domain a host name,
+an IPv4 address or an [IPv6] address of at most ``MAX_DOMAIN``. ``del`` and ``show`` still
+find an account stored under an unchecked name by an earlier release.
 """
 
 from __future__ import annotations
@@ -24,13 +31,50 @@ from rich.text import Text
 from sipgw.cli.app import EXIT_USAGE, App, pass_app
 from sipgw.cli.options import config_option
 from sipgw.proxy.config import Config, ConfigError, config_path_from_env, load_config
+from sipgw.sip.uri import check_host, check_user, unescape
 from sipgw.store import StoreError, Subscriber, make_subscriber, open_store
 
 CSV_FIELDS = ("username", "domain", "ha1", "ha1b", "ha1_sha256")
+MAX_USER = 64  # characters as typed; phone numbers and e-mail-like names fit
+MAX_DOMAIN = 253  # RFC 1035: the longest DNS name
+USER_CHARS = "letters, digits, - _ . ! ~ * ' ( ) & = + $ , ; ? / and %HH escapes"
+
+
+def account(name: str, domain: str | None, default_domain: str, *,
+            given_as: str = "--domain") -> tuple[str, str]:
+    """(user, domain) of ``name`` (USER or USER@DOMAIN) and ``domain`` (``--domain``, or
+    what ``given_as`` names), checked; ValueError says what is wrong, in one line."""
+    user, at, named = name.partition("@")
+    if at:
+        if not named:
+            raise ValueError(f"{name!r}: nothing after @ (give USER@DOMAIN or USER)")
+        if domain and domain.lower() != named.lower():
+            raise ValueError(f"{name!r} is in domain {named}, but {given_as} says {domain}: "
+                             f"give the domain once (sipgw users ... {user} --domain DOMAIN)")
+    if not user:
+        raise ValueError("an empty user name")
+    if len(user) > MAX_USER:
+        raise ValueError(f"a user name of {len(user)} characters (at most {MAX_USER})")
+    if not check_user(user):
+        raise ValueError(f"{user!r} is not a SIP user name (RFC 3261: {USER_CHARS})")
+    plain = unescape(user)
+    if "@" in plain or not all(" " <= c <= "~" for c in plain):
+        raise ValueError(f"{user!r}: its escapes must stand for printable ASCII, not @")
+    domain = (named or domain or default_domain).lower()
+    if not domain:
+        raise ValueError("no domain: give --domain DOMAIN (auth.realm is not set)")
+    if len(domain) > MAX_DOMAIN:
+        raise ValueError(f"a domain of {len(domain)} characters (at most {MAX_DOMAIN})")
+    if not check_host(domain):
+        raise ValueError(f"{domain!r} is not a SIP domain (a host name, an IPv4 address or "
+                         "an [IPv6] address)")
+    # The proxy compares the From host without its brackets.
+    return plain, domain.strip("[]")
+
 
 domain_option = click.option(
     "--domain", "-d", metavar="DOMAIN", default=None,
-    help="The user's domain (default: auth.realm from the config).",
+    help="The user's domain (default: the one of USER@DOMAIN, else auth.realm).",
 )
 password_stdin_option = click.option(
     "--password-stdin", is_flag=True,
@@ -76,11 +120,28 @@ class _Session:
                 break
             reactor.iterate(0.01)
 
-    def domain(self, given: str | None) -> str:
-        domain = (given or self.config.auth.realm).lower()
-        if not domain:
-            self.app.fail("no domain: give --domain DOMAIN (auth.realm is not set)", EXIT_USAGE)
-        return domain
+    def account(self, name: str, domain: str | None) -> tuple[str, str]:
+        """(user, domain) to store, or exit 2 saying what is wrong with them."""
+        try:
+            return account(name, domain, self.config.auth.realm)
+        except ValueError as e:
+            self.app.fail(str(e), EXIT_USAGE)
+
+    def existing(self, name: str, domain: str | None) -> tuple[str, str]:
+        """(user, domain) of an account to show or delete: a checked name, or one stored
+        unchecked by an earlier release (``5001@example.com`` in domain example.com)."""
+        try:
+            checked, error = account(name, domain, self.config.auth.realm), None
+        except ValueError as e:
+            checked, error = None, e
+        if checked is not None and self.run(lambda store: store.get(*checked)) is not None:
+            return checked
+        raw = (name, (domain or self.config.auth.realm).lower())
+        if "@" in name and raw[1] and self.run(lambda store: store.get(*raw)) is not None:
+            return raw
+        if checked is None:
+            self.app.fail(str(error), EXIT_USAGE)
+        return checked
 
     def realm(self, domain: str) -> str:
         return self.config.auth.realm or domain
@@ -164,7 +225,7 @@ def _set_password(app: App, config_path, domain, password_stdin, username, *,
                   new: bool) -> None:
     """add (``new``: the account must not exist) and passwd (it must)."""
     session = _Session(app, config_path)
-    domain = session.domain(domain)
+    username, domain = session.account(username, domain)
     exists = session.run(lambda store: store.get(username, domain)) is not None
     if new and exists:
         app.fail(f"{username}@{domain} already exists (change its password with passwd)")
@@ -184,7 +245,7 @@ def _set_password(app: App, config_path, domain, password_stdin, username, *,
 @click.argument("username")
 @pass_app
 def add(app: App, config_path, domain, password_stdin, username) -> None:
-    """Create USER; the password is prompted twice (or read from stdin)."""
+    """Create USER (or USER@DOMAIN); the password is prompted twice (or read from stdin)."""
     _set_password(app, config_path, domain, password_stdin, username, new=True)
 
 
@@ -205,9 +266,9 @@ def passwd(app: App, config_path, domain, password_stdin, username) -> None:
 @click.argument("username")
 @pass_app
 def delete(app: App, config_path, domain, username) -> None:
-    """Delete USER."""
+    """Delete USER (or USER@DOMAIN)."""
     session = _Session(app, config_path)
-    domain = session.domain(domain)
+    username, domain = session.existing(username, domain)
     if not session.run(lambda store: store.delete(username, domain)):
         app.fail(f"no such user: {username}@{domain}")
     app.err.print(f"deleted {username}@{domain}")
@@ -222,7 +283,7 @@ def delete(app: App, config_path, domain, username) -> None:
 def show(app: App, config_path, domain, as_json, username) -> None:
     """Show USER: domain and which hashes the record has (never the hashes)."""
     session = _Session(app, config_path)
-    domain = session.domain(domain)
+    username, domain = session.existing(username, domain)
     sub = session.run(lambda store: store.get(username, domain))
     if sub is None:
         app.fail(f"no such user: {username}@{domain}")
@@ -311,10 +372,12 @@ def _parse_csv(stream, session: _Session) -> tuple[list[Subscriber], list[str]]:
     subs, problems = [], []
     for row in reader:
         where = f"{name}:{reader.line_num}"
-        username = (row.get("username") or "").strip()
-        domain = (row.get("domain") or "").strip().lower() or session.config.auth.realm
-        if not username or not domain:
-            problems.append(f"{where}: username and domain are needed")
+        try:
+            username, domain = account((row.get("username") or "").strip(),
+                                       (row.get("domain") or "").strip(),
+                                       session.config.auth.realm, given_as="its domain column")
+        except ValueError as e:
+            problems.append(f"{where}: {e}")
             continue
         password = row.get("password") or ""
         if password:

@@ -8,8 +8,10 @@ What it decides, in order:
 
 1. trusted source (``auth.trusted``) → proceed, unchallenged and never banned;
 2. user (From) or source banned → 403;
-3. no open relay: From domain *and* Request-URI both foreign → ``403 Not relaying``.
-   "Ours" is ``auth.realm``, the hosts of ``proxy.aliases``, and sipgw's own addresses;
+3. no open relay: From domain *and* Request-URI both foreign → ``403 Not relaying``,
+   logged at info with why (once per interval). "Ours" is ``auth.realm``, the hosts of
+   ``proxy.aliases``, sipgw's own addresses, and a domain with subscribers in the store
+   (``sipgw.proxy.domains``: asked only when the others do not match, and remembered);
 4. no credentials for our realm → 401 (REGISTER) / 407 (others), one challenge per
    ``auth.algorithms`` (MD5 alone by default) with one stateless nonce, ``qop="auth"``;
 5. credentials that cannot be right without looking anything up (unknown algorithm or
@@ -33,9 +35,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from sipgw.proxy.bans import Bans
+from sipgw.proxy.domains import StoreDomains
 from sipgw.proxy.identity import Identity
 from sipgw.proxy.identity import _split_alias as split_alias
 from sipgw.proxy.limits import CapLog
@@ -122,8 +125,10 @@ class Authenticator:
         self.random = random
         now = clock.seconds
         self.nonces = Nonces(secret, settings.nonce_expire, now, random=random)
-        self.bans = Bans(now)
+        self.bans = Bans(clock)
         self.cap_log = CapLog(log, now)
+        self.refusal_log = CapLog(log, now, level=LogLevel.info)
+        self.domains = StoreDomains(store, now)
         self.nonces.on_forget = self._nonce_forgotten
         self.bans.on_forget = self._failures_forgotten
         self.settings = settings
@@ -170,28 +175,57 @@ class Authenticator:
                 proceed(ctx, req, source)
             return
 
-        def respond(status: int, reason: str) -> None:
-            self._answer(None, req, source, status, reason)
-
         from_uri = _sip_uri(req.header("from"))
         if from_uri is None:
-            respond(403, "Forbidden: From must be a SIP URI")
+            self._answer(None, req, source, 403, "Forbidden: From must be a SIP URI")
             return
         from_user = from_uri.unescaped_user or ""
         from_host = from_uri.host.strip("[]").lower()
         realm = s.realm or from_host
         if self.bans.is_banned(f"{from_user}@{realm}", source.host):
             self.stats.inc("auth:banned")
-            respond(403, "Forbidden")
+            self._answer(None, req, source, 403, "Forbidden")
             return
-        if not self._ours(from_host) and not self._ours_uri(req):
-            respond(403, "Not relaying")
+        args = (req, source, start, proceed, from_user, from_host, realm)
+        if self._ours(from_host) or self._ours_uri(req):
+            self._authenticate(*args)
             return
+        # Neither is ours by configuration: a domain with subscribers in the store is.
+        domains = [from_host]
+        ruri_host = _ruri_host(req)
+        if ruri_host and ruri_host != from_host:
+            domains.append(ruri_host)
+        d = self.domains.any_ours(domains)
+        d.addCallbacks(self._domain_known, self._domain_unknown, callbackArgs=args,
+                       errbackArgs=(req, source))
+        d.addErrback(lambda failure: log.failure("auth: internal error", failure))
+
+    def _domain_known(self, ours: bool, *args) -> None:
+        if ours:
+            self._authenticate(*args)
+            return
+        req, source, _, _, _, from_host, _ = args
+        # An operator's first question when a phone gets this ("example.com is mine!"):
+        # said at info, once per interval however hard a scanner tries.
+        self.refusal_log.once(
+            "not-relaying", "auth: 403 Not relaying {m} from {h}:{p}: neither the From "
+            "domain {f} nor the Request-URI {r} is ours (auth.realm, proxy.aliases, sipgw's "
+            "own addresses, or a domain with users in the subscriber store)",
+            m=req.method, h=source.host, p=source.port, f=from_host, r=req.uri)
+        self._answer(None, req, source, 403, "Not relaying")
+
+    def _domain_unknown(self, failure, req: Request, source: Source) -> None:
+        self._answer(None, req, source, *self._store_trouble(failure))
+
+    def _authenticate(self, req: Request, source: Source, start: Callable, proceed: Callable,
+                      from_user: str, from_host: str, realm: str) -> None:
+        """The request is for us or from one of ours: a challenge, or its credentials
+        checked against the store."""
         header = "authorization" if req.method == "REGISTER" else "proxy-authorization"
         try:
             creds, raw = _credentials_for(req, header, realm)
         except ParseError as e:
-            respond(400, e.reason)
+            self._answer(None, req, source, 400, e.reason)
             return
         if creds is None:
             self._challenge(None, req, source, realm)
@@ -281,18 +315,19 @@ class Authenticator:
         )
 
     def _store_failed(self, failure, ctx) -> None:
-        if ctx.final_sent:
-            return
+        if not ctx.final_sent:
+            self.relay.respond(ctx, *self._store_trouble(failure))
+
+    def _store_trouble(self, failure) -> tuple:
+        """The answer to a request the store failed: status, reason, extra headers."""
         now = self.clock.seconds()
         if now - self._store_warned >= STORE_WARN_INTERVAL:
             # An outage fails every request: one line per interval, not one per request.
             self._store_warned = now
             log.warn("auth: subscriber store failed: {err}", err=failure.getErrorMessage())
         if failure.check(StoreUnavailable):
-            self.relay.respond(ctx, 503, "Service Unavailable",
-                                     [("Retry-After", RETRY_AFTER)])
-        else:
-            self.relay.respond(ctx, 500, "Server Error")
+            return 503, "Service Unavailable", [("Retry-After", RETRY_AFTER)]
+        return 500, "Server Error", None
 
     def _bug(self, failure, ctx) -> None:
         log.failure("auth: internal error", failure)
@@ -361,6 +396,11 @@ def _sip_uri(value: str | None) -> SipURI | None:
     except ParseError:
         return None
     return uri if isinstance(uri, SipURI) else None
+
+
+def _ruri_host(req: Request) -> str | None:
+    ruri = req.parsed_uri()
+    return ruri.host.strip("[]").lower() if isinstance(ruri, SipURI) else None
 
 
 def _to_matches(req: Request, user: str) -> bool:

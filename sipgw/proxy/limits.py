@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Callable
 
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from sipgw.proxy.stats import StatDef, Stats
@@ -35,26 +35,32 @@ TCP_STATS = (
 
 
 class CapLog:
-    """One warning per cap per ``interval`` seconds, however often the cap is hit."""
+    """One line per key per ``interval`` seconds, however often it comes: a cap reached
+    (``reached``, its config key named) or a refusal said at ``level`` (``once``)."""
 
     def __init__(self, log: Logger, now: Callable[[], float],
-                 interval: float = LOG_INTERVAL) -> None:
+                 interval: float = LOG_INTERVAL, level: LogLevel = LogLevel.warn) -> None:
         self.log = log
         self.now = now
         self.interval = interval
-        self._last: dict[str, tuple[float, int]] = {}  # cap → (time of the line, unsaid)
+        self.level = level
+        self._last: dict[str, tuple[float, int]] = {}  # key → (time of the line, unsaid)
 
     def reached(self, cap: str, format: str, **fields: object) -> None:
         """``cap`` (the config key) was hit; ``format`` says what happened this time."""
+        self.once(cap, format + " [{cap}]", cap=cap, **fields)
+
+    def once(self, key: str, format: str, **fields: object) -> None:
+        """``format`` logged, unless a line of ``key`` was within ``interval``."""
         now = self.now()
-        last = self._last.get(cap)
+        last = self._last.get(key)
         if last is not None and now - last[0] < self.interval:
-            self._last[cap] = (last[0], last[1] + 1)
+            self._last[key] = (last[0], last[1] + 1)
             return
         unsaid = last[1] if last is not None else 0
         more = f" ({unsaid} more since the last line)" if unsaid else ""
-        self.log.warn(format + " [{cap}]{more}", cap=cap, more=more, **fields)
-        self._last[cap] = (now, 0)
+        self.log.emit(self.level, format + "{more}", more=more, **fields)
+        self._last[key] = (now, 0)
 
 
 class ConnectionCaps:

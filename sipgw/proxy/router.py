@@ -323,7 +323,7 @@ class Router:
 
     def _not_relayed(self, req: Request, source: Source, refused: "NotRelaying") -> None:
         self.stats.inc("core:forbidden_relays")
-        self.refusals.reached(
+        self.refusals.once(
             "not relayed", "{m} from {t}:{h}:{p} not relayed: {why}",
             m=req.method, t=source.transport, h=source.host, p=source.port, why=refused)
 
@@ -367,6 +367,10 @@ class Router:
         if req.has("route"):
             self._loose_route(req)
             if req.has("route"):
+                self.refusals.once("preloaded route", "{m} from {t}:{h}:{p}: 403 Not "
+                                   "relaying: its Route {r} names another host than sipgw",
+                                   m=req.method, t=source.transport, h=source.host,
+                                   p=source.port, r=req.values("route")[0])
                 self.replies.reply(req, source, 403, "Not relaying")
                 return
         self._auth(req, source)

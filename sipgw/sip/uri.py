@@ -68,6 +68,11 @@ def unescape(text: str) -> str:
     return _ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), text)
 
 
+def check_user(user: str) -> bool:
+    """True if ``user`` is a §25.1 user part: unreserved, user-unreserved and escapes."""
+    return _USER_RE.match(user) is not None
+
+
 def check_host(host: str) -> bool:
     """True if ``host`` is a host name, a dotted quad or a bracketed IPv6 reference."""
     if not host:

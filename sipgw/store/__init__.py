@@ -59,6 +59,8 @@ class Subscriber:
 
 
 FIELDS = ("username", "domain", "ha1", "ha1b", "ha1_sha256", "password")
+# Redis: + domain, the set of the domain's user names (has_domain; not a subscriber hash).
+DOMAIN_INDEX = "sipgw:domain:"
 
 
 def subscriber_from_fields(fields: dict[str, str], username: str, domain: str) -> Subscriber:
@@ -101,6 +103,10 @@ class SubscriberStore(Protocol):
 
     def all(self) -> Deferred:
         """Fires with every ``Subscriber``, sorted by (domain, username)."""
+
+    def has_domain(self, domain: str) -> Deferred:
+        """Fires with True when at least one subscriber has ``domain`` (one cheap query:
+        the proxy asks it for requests whose domain is not configured as ours)."""
 
     def close(self) -> Deferred:
         """Release connections; fires once done."""

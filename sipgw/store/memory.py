@@ -19,13 +19,16 @@ class MemoryStore:
         self.down: Exception | None = None
         self.hold = False
         self.lookups = 0
-        self._pending: list[tuple[defer.Deferred, Subscriber | None]] = []
+        self.domain_lookups = 0
+        self._pending: list[tuple[defer.Deferred, object]] = []
 
     def get(self, username: str, domain: str) -> defer.Deferred:
         self.lookups += 1
         if self.down is not None:
             return defer.fail(self.down)
-        found = self.records.get((username, domain))
+        return self._answer(self.records.get((username, domain)))
+
+    def _answer(self, found) -> defer.Deferred:
         if self.hold:
             d: defer.Deferred = defer.Deferred()
             self._pending.append((d, found))
@@ -53,6 +56,12 @@ class MemoryStore:
         if self.down is not None:
             return defer.fail(self.down)
         return defer.succeed(sorted(self.records.values(), key=lambda s: (s.domain, s.username)))
+
+    def has_domain(self, domain: str) -> defer.Deferred:
+        self.domain_lookups += 1
+        if self.down is not None:
+            return defer.fail(self.down)
+        return self._answer(any(d == domain for _, d in self.records))
 
     def close(self) -> defer.Deferred:
         return defer.succeed(None)

@@ -6,6 +6,13 @@ fields ``username``, ``domain``, ``ha1``, ``ha1b``, ``ha1_sha256`` (and, in lega
 ``password``). A lookup is one ``HGETALL``: one round trip per authenticated request, and
 nothing cached, so a ``sipgw users passwd`` takes effect on the next request.
 
+Which domains have subscribers (``has_domain``: is a request's domain ours?) cannot be
+asked of that layout without scanning every key, so sipgw keeps an index beside it: a set
+``sipgw:domain:<domain>`` of the domain's user names, kept by ``put`` and ``delete``
+(Redis drops a set once empty). Records written by other tools are not in it: their
+domains go in ``auth.realm`` or ``proxy.aliases``, or ``sipgw users export`` then
+``import`` writes the index.
+
 Failure handling, so that a Redis outage costs prompt errors and never a hang:
 
 * ``connect_timeout`` bounds each connection attempt; txredisapi reconnects forever, and
@@ -33,7 +40,8 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
-from sipgw.store import StoreError, StoreUnavailable, Subscriber, subscriber_from_fields
+from sipgw.store import (DOMAIN_INDEX, StoreError, StoreUnavailable, Subscriber,
+                          subscriber_from_fields)
 
 log = Logger(namespace="sipgw.store.redis")
 
@@ -168,22 +176,33 @@ class RedisStore:
 
         return self._call(lambda r: r.hgetall(self.key(username, domain))).addCallback(found)
 
-    def put(self, subscriber: Subscriber) -> defer.Deferred:
+    def domain_key(self, domain: str) -> str:
+        return DOMAIN_INDEX + domain
+
+    @defer.inlineCallbacks
+    def put(self, subscriber: Subscriber):
         key = self.key(subscriber.username, subscriber.domain)
         fields = subscriber.as_fields()
         stale = [n for n in ("ha1", "ha1b", "ha1_sha256", "password") if n not in fields]
+        # A key without {domain} may hold the user of another domain: it moves.
+        before = yield self._call(lambda r: r.hget(key, "domain"))
+        yield self._call(lambda r: r.hmset(key, fields))
+        if stale:
+            # A new password must not leave an old hash (or a plaintext one) behind.
+            yield self._call(lambda r: r.hdel(key, stale))
+        if before and before != subscriber.domain:
+            yield self._call(lambda r: r.srem(self.domain_key(before), subscriber.username))
+        yield self._call(lambda r: r.sadd(self.domain_key(subscriber.domain),
+                                          subscriber.username))
 
-        def write(r):
-            d = r.hmset(key, fields)
-            if stale:
-                # A new password must not leave an old hash (or a plaintext one) behind.
-                d.addCallback(lambda _: r.hdel(key, stale))
-            return d
+    @defer.inlineCallbacks
+    def delete(self, username: str, domain: str):
+        removed = yield self._call(lambda r: r.delete(self.key(username, domain)))
+        yield self._call(lambda r: r.srem(self.domain_key(domain), username))
+        return int(removed) > 0
 
-        return self._call(write).addCallback(lambda _: None)
-
-    def delete(self, username: str, domain: str) -> defer.Deferred:
-        return self._call(lambda r: r.delete(self.key(username, domain))).addCallback(
+    def has_domain(self, domain: str) -> defer.Deferred:
+        return self._call(lambda r: r.exists(self.domain_key(domain))).addCallback(
             lambda n: int(n) > 0)
 
     @defer.inlineCallbacks
@@ -198,6 +217,8 @@ class RedisStore:
                 break
         out = []
         for key in sorted(set(keys)):
+            if key.startswith(DOMAIN_INDEX):  # a template without a prefix matches it
+                continue
             fields = yield self._call(lambda r, k=key: r.hgetall(k))
             if fields.get("username"):
                 out.append(subscriber_from_fields(fields, fields["username"],

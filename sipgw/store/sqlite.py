@@ -11,6 +11,13 @@ local WAL database takes microseconds (a thread hop via ``deferToThread`` costs 
 the read, and the thread pool would serialise on the one connection anyway). What could
 block longer -- a missing directory, a locked or corrupt file -- fails fast instead
 (``busy_timeout`` 100 ms) and becomes ``StoreUnavailable``/``StoreError``.
+
+The file holds HA1 hashes, which are as good as passwords for digest authentication: a
+new file is created 0600 (SQLite gives its -wal and -shm files the same mode) and a
+directory ``sipgw users`` makes, 0700. Created by root (``sudo sipgw users add``) in a
+directory owned by another user (the systemd unit's /var/lib/sipgw, owned by sipgw), the
+file is given to that directory's owner and group, so the service can open it. An existing
+file is left as it is; ``sipgw doctor`` says when others can read it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ CREATE TABLE IF NOT EXISTS subscriber (
     PRIMARY KEY (username, domain)
 )
 """
+# has_domain: the primary key serves lookups by username first, not by domain alone.
+_INDEX = "CREATE INDEX IF NOT EXISTS subscriber_domain ON subscriber (domain)"
 _COLUMNS = ", ".join(FIELDS)
 
 
@@ -53,11 +62,13 @@ class SqliteStore:
             return self._db
         try:
             if self.create_directory:
-                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+                os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+            _create_private(self.path)
             db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                  check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+            db.execute(_INDEX)
         except (OSError, sqlite3.Error) as e:
             raise StoreUnavailable(f"cannot open the subscriber database {self.path}: {e}") from e
         self._db = db
@@ -129,6 +140,30 @@ class SqliteStore:
 
         return self._run(read)
 
+    def has_domain(self, domain: str) -> defer.Deferred:
+        def read(db: sqlite3.Connection) -> bool:
+            return db.execute("SELECT 1 FROM subscriber WHERE domain = ? LIMIT 1",
+                              (domain,)).fetchone() is not None
+
+        return self._run(read)
+
     def close(self) -> defer.Deferred:
         self._drop()
         return defer.succeed(None)
+
+
+def _create_private(path: str) -> None:
+    """Create ``path`` 0600 if it does not exist (SQLite would make it 0644 by the umask),
+    owned as its directory is when made by root."""
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        if os.geteuid() == 0:
+            directory = os.stat(os.path.dirname(path) or ".")
+            os.fchown(fd, directory.st_uid, directory.st_gid)
+    finally:
+        os.close(fd)

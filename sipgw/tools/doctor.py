@@ -11,9 +11,9 @@ answers an OPTIONS to sipgw itself; each ws/wss listener completes the handshake
 for it, neither nginx's nor one the client made up; trusted proxies are neither everyone
 nor missing in front of loopback listeners; each backend answers OPTIONS (with its latency)
 and is active in the dispatcher; the TLS certificate is readable, valid (days left) and
-names the advertised host; the subscriber store answers (Redis PING, SQLite table) and
-keeps no plaintext password; a nonce secret is set when the subscriber store is a shared
-Redis.
+names the advertised host; the subscriber store answers (Redis PING, SQLite table), keeps
+no plaintext password, and (SQLite) is a file only its owner can read; a nonce secret is
+set when the subscriber store is a shared Redis.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import datetime
 import ipaddress
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -396,6 +397,8 @@ class Doctor:
             path = url[len("sqlite://"):]
             check = self._check_sqlite(path)
             yield check
+            if os.path.exists(path):
+                yield _store_mode(path)
             if check.status == PASS:
                 yield self._plaintext(lambda: sqlite_plaintext(path, self.timeout))
 
@@ -505,6 +508,24 @@ class Doctor:
                                "auth.nonce_secret is empty: each node makes its own",
                         fix="set the same auth.nonce_secret on every node, or a client "
                             "answering another node's challenge is refused")
+
+
+def _store_mode(path: str) -> Check:
+    """The store keeps HA1 hashes: as good as the passwords for digest authentication,
+    so nobody but its owner (the service user) should read the file or its -wal/-shm."""
+    name = "subscriber store file mode"
+    files = [f for f in (path, f"{path}-wal", f"{path}-shm") if os.path.exists(f)]
+    shown = {f: stat.S_IMODE(os.stat(f).st_mode) for f in files}
+    readable = [f for f, mode in shown.items() if mode & 0o044]
+    if not readable:
+        return Check(name=name, status=PASS,
+                     detail=f"{path} is {shown[path]:04o}: only its owner reads it")
+    who = {0o040: "its group", 0o004: "everyone", 0o044: "its group and everyone"}
+    mode = shown[readable[0]]
+    return Check(name=name, status=WARN,
+                 detail=f"{readable[0]} is {mode:04o}: {who[mode & 0o044]} can read the HA1 "
+                        "hashes in it, as good as the passwords for digest authentication",
+                 fix=f"chmod 600 {' '.join(readable)} (sipgw creates it 0600)")
 
 
 def _reachable(addr) -> str:

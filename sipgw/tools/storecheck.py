@@ -12,7 +12,7 @@ import socket
 import sqlite3
 from urllib.parse import urlsplit
 
-from sipgw.store import FIELDS, Subscriber, subscriber_from_fields
+from sipgw.store import DOMAIN_INDEX, FIELDS, Subscriber, subscriber_from_fields
 
 SCAN_BATCH = 500
 
@@ -140,6 +140,7 @@ def redis_plaintext(redis: RedisLink, key_template: str) -> list[Subscriber]:
     cursor = "0"
     while True:
         cursor, keys = redis.call("SCAN", cursor, "MATCH", pattern, "COUNT", str(SCAN_BATCH))
+        keys = [k for k in keys if not k.startswith(DOMAIN_INDEX)]  # a template "{username}"
         answers = redis.pipeline([["HMGET", key, *FIELDS] for key in keys]) if keys else []
         for key, values in zip(keys, answers):
             fields = {n: v for n, v in zip(FIELDS, values or []) if v}

@@ -108,3 +108,104 @@ def test_without_a_domain_or_realm_the_command_is_a_usage_error(run, tmp_path):
     code, _, err = run("users", "add", "5001", "--password-stdin", "-c", str(path),
                        input="pw\n")
     assert code == 2 and "--domain" in err
+
+
+# --- names are checked before anything is stored ----------------------------------------
+
+
+def test_user_at_domain_is_split_into_the_user_and_its_domain(run, config, tmp_path):
+    code, _, err = run("users", "add", "5001@Example.COM", "--password-stdin", "-c", config,
+                       input="pw\n")
+    assert code == 0 and "added 5001@example.com" in err
+    assert [(u, d) for u, d, *_ in rows(tmp_path)] == [("5001", "example.com")]
+    assert rows(tmp_path)[0][2] == digest.ha1("5001", "sipgw.test", "pw")  # auth.realm
+    # --domain may repeat the same domain; show, passwd and del take either form.
+    assert run("users", "show", "5001", "--domain", "example.com", "-c", config)[0] == 0
+    assert run("users", "passwd", "5001@example.com", "--domain", "EXAMPLE.com",
+               "--password-stdin", "-c", config, input="pw2\n")[0] == 0
+    assert run("users", "del", "5001@example.com", "-c", config)[0] == 0
+    assert rows(tmp_path) == []
+
+
+def test_user_at_domain_contradicted_by_domain_is_refused_with_a_hint(run, config, tmp_path):
+    code, out, err = run("users", "add", "5001@example.com", "--domain", "other.com",
+                         "--password-stdin", "-c", config, input="pw\n")
+    assert (code, out) == (2, "")
+    assert err == ("sipgw: '5001@example.com' is in domain example.com, but --domain says "
+                   "other.com: give the domain once (sipgw users ... 5001 --domain DOMAIN)\n")
+    assert not (tmp_path / "state" / "subs.db").exists() or rows(tmp_path) == []
+
+
+@pytest.mark.parametrize(("name", "extra", "message"), [
+    ("", (), "sipgw: an empty user name"),
+    ("@example.com", (), "sipgw: an empty user name"),
+    ("5001@", (), "sipgw: '5001@': nothing after @ (give USER@DOMAIN or USER)"),
+    ("alice smith", (), "sipgw: 'alice smith' is not a SIP user name (RFC 3261: letters, "
+                        "digits, - _ . ! ~ * ' ( ) & = + $ , ; ? / and %HH escapes)"),
+    ("a<b>", (), "sipgw: 'a<b>' is not a SIP user name"),
+    ("50%2", (), "sipgw: '50%2' is not a SIP user name"),
+    ("a%40b", (), "sipgw: 'a%40b': its escapes must stand for printable ASCII, not @"),
+    ("a%0Ab", (), "sipgw: 'a%0Ab': its escapes must stand for printable ASCII, not @"),
+    ("x" * 65, (), "sipgw: a user name of 65 characters (at most 64)"),
+    ("5001", ("--domain", "bad domain"),
+     "sipgw: 'bad domain' is not a SIP domain (a host name, an IPv4 address or an [IPv6] "
+     "address)"),
+    ("5001", ("--domain", "example.com;x"), "sipgw: 'example.com;x' is not a SIP domain"),
+    ("5001", ("--domain", "10.0.0.300"), "sipgw: '10.0.0.300' is not a SIP domain"),
+    ("5001", ("--domain", "[::g]"), "sipgw: '[::g]' is not a SIP domain"),
+    ("5001", ("--domain", ("a" * 62 + ".") * 4 + "com"),
+     "sipgw: a domain of 255 characters (at most 253)"),
+])
+def test_a_bad_name_is_refused_with_exit_2_and_one_line_and_nothing_stored(
+    run, config, tmp_path, name, extra, message
+):
+    code, out, err = run("users", "add", name, *extra, "--password-stdin", "-c", config,
+                         input="pw\n")
+    assert (code, out) == (2, "")
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "state" / "subs.db").exists() or rows(tmp_path) == []
+
+
+@pytest.mark.parametrize(("name", "domain", "stored"), [
+    ("+49301234567", "example.com", ("+49301234567", "example.com")),
+    ("alice.o'neil", "example.com", ("alice.o'neil", "example.com")),
+    ("5001;x=1", "example.com", ("5001;x=1", "example.com")),
+    ("a%20b", "example.com", ("a b", "example.com")),
+    ("x" * 64, "example.com", ("x" * 64, "example.com")),
+    ("5001", "192.0.2.7", ("5001", "192.0.2.7")),
+    ("5001", "[2001:DB8::1]", ("5001", "2001:db8::1")),
+    ("5001", "sip-gw_1.example.com.", ("5001", "sip-gw_1.example.com.")),
+    ("5001", ("a" * 61 + ".") * 4 + "abcde", ("5001", ("a" * 61 + ".") * 4 + "abcde")),
+])
+def test_rfc_3261_user_and_host_forms_are_accepted(run, config, tmp_path, name, domain, stored):
+    code, _, err = run("users", "add", name, "--domain", domain, "--password-stdin", "-c",
+                       config, input="pw\n")
+    assert code == 0, err
+    assert [(u, d) for u, d, *_ in rows(tmp_path)] == [stored]
+
+
+def test_an_account_stored_unchecked_by_an_earlier_release_can_still_be_shown_and_deleted(
+    run, config, tmp_path
+):
+    run("users", "add", "5001", "--password-stdin", "-c", config, input="pw\n")
+    with sqlite3.connect(tmp_path / "state" / "subs.db") as db:
+        db.execute("INSERT INTO subscriber (username, domain, ha1) "
+                   "VALUES ('5001@example.com', 'sipgw.test', 'x')")
+    code, out, _ = run("users", "show", "5001@example.com", "-c", config, "--json")
+    assert (code, json.loads(out)["username"]) == (0, "5001@example.com")
+    assert run("users", "del", "5001@example.com", "-c", config)[0] == 0
+    assert [(u, d) for u, d, *_ in rows(tmp_path)] == [("5001", "sipgw.test")]
+
+
+def test_import_refuses_a_bad_name_by_its_line_and_splits_user_at_domain(run, config, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("username,domain,password\n6001,,pw\nbad name,,pw\n6003@x.test,y.test,pw\n")
+    code, _, err = run("users", "import", str(bad), "-c", config)
+    assert code == 1
+    assert f"{bad}:3: 'bad name' is not a SIP user name" in err
+    assert f"{bad}:4: '6003@x.test' is in domain x.test, but its domain column says y.test" \
+        in err
+    good = tmp_path / "good.csv"
+    good.write_text("username,password\n6001@x.test,pw\n")
+    assert run("users", "import", str(good), "-c", config)[0] == 0
+    assert [(u, d) for u, d, *_ in rows(tmp_path)] == [("6001", "x.test")]

@@ -12,6 +12,7 @@ import itertools
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from sipgw.proxy.auth import AuthSettings, auth_settings
 from sipgw.proxy.config import default_config
@@ -362,6 +363,49 @@ def test_a_source_is_banned_only_after_twenty_failures_across_users(rig):
     assert rig.send(sip_request(user="5002")).status == 401
 
 
+def warnings_of(logs) -> list[str]:
+    return [formatEvent(e) for e in logs if e.get("log_namespace") == "sipgw.auth"
+            and e["log_level"] is LogLevel.warn]
+
+
+def test_a_ban_is_logged_at_warning_when_it_starts_and_by_its_timer_when_it_ends(rig):
+    with capturedLogs() as logs:
+        for _ in range(3):
+            fail_once(rig)
+        assert warnings_of(logs) == [
+            "auth: user 5001@sipgw.test banned for 900 s after 3 failed authentications in "
+            "0 s (the last from 192.0.2.10); requests refused 403 until then (sipgw ctl "
+            "auth.unban 5001@sipgw.test lifts it)"]
+        rig.clock.advance(899)
+        assert len(warnings_of(logs)) == 1
+        rig.clock.advance(1)  # no request needed: the end is told when it comes
+        assert warnings_of(logs)[1:] == [
+            "auth: ban of user 5001@sipgw.test ended: its 900 s are over"]
+    assert rig.auth.rpc_bans() == {"BANS": []}
+    register_ok(rig)
+
+
+def test_a_source_ban_names_the_address_and_its_lifting_is_logged(rig):
+    with capturedLogs() as logs:
+        for i in range(20):
+            fail_once(rig, user=f"u{i}")
+        started = [w for w in warnings_of(logs) if "address" in w]
+        assert started == [
+            "auth: address 192.0.2.10 banned for 900 s after 20 failed authentications in "
+            "0 s (the last for u19@sipgw.test); requests refused 403 until then (sipgw ctl "
+            "auth.unban 192.0.2.10 lifts it)"]
+        rig.clock.advance(100)
+        rig.auth.rpc_unban("192.0.2.10")
+        assert warnings_of(logs)[-1] == ("auth: ban of address 192.0.2.10 lifted "
+                                         "(auth.unban) 800 s early")
+        rig.clock.advance(800)  # its timer was cancelled with it: no second end
+        assert sum("192.0.2.10 ended" in w for w in warnings_of(logs)) == 0
+        for _ in range(3):
+            fail_once(rig, user="5002")
+        rig.auth.rpc_unban("all")  # one line, however many
+        assert warnings_of(logs)[-1] == "auth: every ban lifted (auth.unban all): 1 of them"
+
+
 def test_a_trusted_network_is_neither_challenged_nor_banned():
     rig = Rig(AuthSettings(realm=REALM, trusted=(ipaddress.ip_network("192.0.2.0/24"),)))
     rig.send(sip_request("INVITE"))
@@ -388,6 +432,96 @@ def test_foreign_from_and_foreign_request_uri_are_refused_not_relaying(rig):
 def test_a_foreign_request_uri_from_our_domain_is_challenged_not_relayed(rig):
     reply = rig.send(sip_request("INVITE", ruri="sip:0044123@pstn.example"))
     assert reply.status == 407 and rig.link.to_backend() == []
+
+
+def infos_of(logs) -> list[str]:
+    return [formatEvent(e) for e in logs if e.get("log_namespace") == "sipgw.auth"
+            and e["log_level"] is LogLevel.info]
+
+
+def store_domain_rig() -> Rig:
+    """The embedded default: no auth.realm, no aliases; 5001 added for example.com."""
+    rig = Rig(AuthSettings(realm=""))
+    rig.store.records[("5001", "example.com")] = make_subscriber("5001", "example.com", "pw")
+    return rig
+
+
+def test_a_preloaded_route_to_another_host_gets_403_not_relaying_and_a_line_saying_so(rig):
+    with capturedLogs() as logs:
+        reply = rig.send(sip_request("INVITE", ruri="sip:5002@sipgw.test",
+                                     extra="Route: <sip:192.0.2.99;lr>\r\n"))
+    assert (reply.status, reply.reason) == (403, "Not relaying")
+    assert [formatEvent(e) for e in logs if e.get("log_namespace") == "sipgw.router"] == [
+        "INVITE from udp:192.0.2.10:5070: 403 Not relaying: its Route <sip:192.0.2.99;lr> "
+        "names another host than sipgw"]
+
+
+def test_without_a_realm_a_domain_with_users_in_the_store_is_ours_and_registers():
+    rig = store_domain_rig()
+    register = dict(domain="example.com", ruri="sip:example.com")
+    challenge = rig.send(sip_request(**register))
+    assert challenge.status == 401
+    assert challenges(challenge, "WWW-Authenticate")[0].params["realm"] == "example.com"
+    rig.send(sip_request(**register, cseq=2,
+                         auth=answer(challenge, password="pw", uri="sip:example.com")))
+    assert [m.method for m in rig.link.to_backend()] == ["REGISTER"]
+
+
+def test_a_foreign_domain_gets_403_not_relaying_and_why_is_logged_at_info_once_per_interval():
+    rig = store_domain_rig()
+    foreign = dict(domain="evil.example", ruri="sip:victim@elsewhere.example")
+    with capturedLogs() as logs:
+        for _ in range(3):
+            reply = rig.send(sip_request("INVITE", **foreign))
+            assert (reply.status, reply.reason) == (403, "Not relaying")
+        assert infos_of(logs) == [
+            "auth: 403 Not relaying INVITE from 192.0.2.10:5070: neither the From domain "
+            "evil.example nor the Request-URI sip:victim@elsewhere.example is ours "
+            "(auth.realm, proxy.aliases, sipgw's own addresses, or a domain with users in "
+            "the subscriber store)"]
+        rig.clock.advance(10)
+        rig.send(sip_request("INVITE", **foreign))
+        assert infos_of(logs)[-1].endswith("(2 more since the last line)")
+    assert rig.stat("challenged") == 0 and rig.link.to_backend() == []
+
+
+def test_a_call_from_outside_to_a_user_of_a_store_domain_is_challenged_not_refused():
+    rig = store_domain_rig()
+    reply = rig.send(sip_request("INVITE", domain="elsewhere.example",
+                                 ruri="sip:5001@example.com"))
+    assert reply.status == 407
+
+
+def test_a_user_added_to_a_new_domain_works_within_seconds_and_a_flood_asks_the_store_once():
+    rig = store_domain_rig()
+    new = dict(domain="new.example", ruri="sip:new.example")
+    for _ in range(50):
+        assert rig.send(sip_request(**new)).reason == "Not relaying"
+    assert rig.store.domain_lookups == 1
+    rig.store.records[("7001", "new.example")] = make_subscriber("7001", "new.example", "pw")
+    assert rig.send(sip_request(**new)).reason == "Not relaying"  # the no is remembered...
+    rig.clock.advance(5)
+    assert rig.send(sip_request(**new)).status == 401  # ...for 5 s
+    for _ in range(50):
+        assert rig.send(sip_request(**new)).status == 401
+    assert rig.store.domain_lookups == 2
+
+
+def test_lookups_of_one_domain_in_flight_are_one_and_each_request_is_answered():
+    rig = store_domain_rig()
+    rig.store.hold = True
+    rig.send(sip_request(domain="example.com", ruri="sip:example.com"))
+    rig.proxy.receive(sip_request(domain="example.com", ruri="sip:example.com"), PHONE)
+    assert rig.link.sent == [] and rig.store.domain_lookups == 1
+    rig.store.release()
+    assert [m.status for m, _ in rig.link.sent] == [401, 401]
+
+
+def test_a_domain_lookup_in_a_store_that_is_down_gets_503_at_once():
+    rig = store_domain_rig()
+    rig.store.down = StoreUnavailable("redis down")
+    reply = rig.send(sip_request(domain="example.com", ruri="sip:example.com"))
+    assert (reply.status, reply.header("retry-after")) == (503, "5")
 
 
 # --- in dialog ---------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+from twisted.internet.task import Clock
+
 from sipgw.proxy.bans import Bans
 from sipgw.proxy.nonce import NONCE_LENGTH, Nonces, NonceState
 
@@ -86,8 +88,7 @@ def test_expired_entries_leave_the_replay_table():
 
 
 def test_the_failure_and_ban_tables_are_bounded():
-    now = Now()
-    bans = Bans(now, max_failures_user=1, max_failures_source=1_000_000, max_entries=50)
+    bans = Bans(Clock(), max_failures_user=1, max_failures_source=1_000_000, max_entries=50)
     for i in range(500):
         bans.failure(f"user{i}@d", f"10.0.{i // 250}.{i % 250}")
     assert len(bans.listing()) == 50

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 
 import pytest
@@ -60,6 +62,73 @@ def test_all_lists_every_account_sorted_by_domain_then_user(store):
         result(store.put(make_subscriber(user, domain, "pw")))
     assert [(s.domain, s.username) for s in result(store.all())] == [
         ("x", "z"), ("y", "a"), ("y", "b")]
+
+
+def test_a_domain_is_known_while_it_has_a_subscriber_and_not_after_its_last_is_deleted(store):
+    assert result(store.has_domain("example.com")) is False
+    result(store.put(make_subscriber("5001", "example.com", "pw")))
+    result(store.put(make_subscriber("5002", "example.com", "pw")))
+    assert result(store.has_domain("example.com")) is True
+    assert result(store.has_domain("example.org")) is False
+    result(store.delete("5001", "example.com"))
+    assert result(store.has_domain("example.com")) is True
+    result(store.delete("5002", "example.com"))
+    assert result(store.has_domain("example.com")) is False
+
+
+def test_the_domain_lookup_of_sqlite_uses_an_index_not_a_table_scan(tmp_path):
+    store = SqliteStore(str(tmp_path / "subs.db"))
+    result(store.has_domain("example.com"))
+    with sqlite3.connect(tmp_path / "subs.db") as db:
+        plan = db.execute("EXPLAIN QUERY PLAN SELECT 1 FROM subscriber WHERE domain = ? "
+                          "LIMIT 1", ("example.com",)).fetchall()
+    assert "USING COVERING INDEX subscriber_domain" in " ".join(str(row[-1]) for row in plan)
+
+
+@pytest.fixture
+def umask_022():
+    """The usual umask, under which SQLite alone makes a world-readable file."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def modes(*paths) -> list[str]:
+    return [oct(stat.S_IMODE(os.stat(p).st_mode)) for p in paths]
+
+
+def test_a_new_database_and_its_directory_are_private_to_their_owner(tmp_path, umask_022):
+    path = tmp_path / "state" / "subs.db"
+    store = SqliteStore(str(path), create_directory=True)
+    result(store.put(make_subscriber("5001", "d", "pw")))
+    wal, shm = f"{path}-wal", f"{path}-shm"
+    assert modes(tmp_path / "state", path, wal, shm) == ["0o700", "0o600", "0o600", "0o600"]
+
+
+def test_a_database_made_by_root_belongs_to_the_owner_of_its_directory(tmp_path, umask_022):
+    """``sudo sipgw users add`` in the service's /var/lib/sipgw (owned by sipgw): the
+    service must still open the file (as non-root, the directory is the test's own)."""
+    directory = tmp_path / "state"
+    directory.mkdir()
+    if os.geteuid() == 0:
+        os.chown(directory, 4242, 4343)
+    path = directory / "subs.db"
+    result(SqliteStore(str(path)).put(make_subscriber("5001", "d", "pw")))
+    owner = os.stat(directory)
+    for made in (path, f"{path}-wal", f"{path}-shm"):
+        st = os.stat(made)
+        assert (st.st_uid, st.st_gid) == (owner.st_uid, owner.st_gid), made
+
+
+def test_an_existing_database_and_directory_keep_their_modes(tmp_path, umask_022):
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o750)
+    path = directory / "subs.db"
+    result(SqliteStore(str(path)).all())
+    os.chmod(path, 0o640)  # an operator's choice: a group of readers
+    store = SqliteStore(str(path), create_directory=True)
+    result(store.put(make_subscriber("5001", "d", "pw")))
+    assert modes(directory, path) == ["0o750", "0o640"]
 
 
 def test_an_empty_password_is_refused():

@@ -292,3 +292,23 @@ def test_trusted_proxies_that_cover_everyone_fail_and_a_proxy_left_untrusted_war
     assert unchecked.status == WARN and "websocket.public_urls" in unchecked.fix
     direct = trust(tmp_path, "", ws="0.0.0.0")
     assert direct.status == PASS and "each connection's own address" in direct.detail
+
+
+def test_a_store_file_others_can_read_is_a_warning_naming_the_file_and_the_chmod(tmp_path):
+    """Modes read with os.stat, not by failing to open: CI runs as root, who reads all."""
+    import os
+
+    path = user_store(tmp_path)
+    db = tmp_path / "subs.db"
+    os.chmod(db, 0o644)
+    check = by_name(Doctor(path, timeout=0.2).run())["subscriber store file mode"]
+    assert check.status == WARN
+    assert check.detail == (f"{db} is 0644: its group and everyone can read the HA1 hashes "
+                            "in it, as good as the passwords for digest authentication")
+    assert check.fix == f"chmod 600 {db} (sipgw creates it 0600)"
+    os.chmod(db, 0o640)
+    check = by_name(Doctor(path, timeout=0.2).run())["subscriber store file mode"]
+    assert check.status == WARN and "0640: its group can read" in check.detail
+    os.chmod(db, 0o600)
+    check = by_name(Doctor(path, timeout=0.2).run())["subscriber store file mode"]
+    assert (check.status, check.detail) == (PASS, f"{db} is 0600: only its owner reads it")
