@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sipgw.proxy import gcpolicy  # noqa: E402
 from sipgw.proxy.config import load_config  # noqa: E402
-from sipgw.proxy.service import ProxyService  # noqa: E402
+from sipgw.proxy.service import make_service  # noqa: E402
 from sipgw.tools.wsload import _Account, _Client  # noqa: E402
 from tests.helpers.loadflows import HeapClock, uas_answer  # noqa: E402
 
@@ -109,7 +109,7 @@ class Bench:
         (work / "sipgw.toml").write_text(
             CONFIG + f'[control]\nsocket = "{work}/sipgw.ctl"\n[state]\ndirectory = "{work}"\n')
         self.reactor = Reactor()
-        self.service = ProxyService(load_config(str(work / "sipgw.toml")), self.reactor)
+        self.service = make_service(load_config(str(work / "sipgw.toml")), self.reactor)
         self.service.startService()
         self.udp = self.reactor.udp[SIP_PORT]
         self.udp.transport = self.datagrams = Datagrams()

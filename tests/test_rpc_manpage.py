@@ -7,7 +7,7 @@ from pathlib import Path
 from twisted.internet.testing import MemoryReactorClock
 
 from sipgw.proxy.config import parse_config
-from sipgw.proxy.service import ProxyService
+from sipgw.proxy.service import make_service
 
 MAN = Path(__file__).resolve().parent.parent / "man"
 
@@ -24,7 +24,7 @@ def served_methods(tmp_path) -> list[str]:
         '[listen]\nudp = []\ntcp = ["127.0.0.1:25098"]\n'
         f'[control]\nsocket = "{tmp_path}/sipgw.ctl"\n[state]\ndirectory = "{tmp_path}"\n'
     )
-    svc = ProxyService(loaded, MemoryReactorClock())
+    svc = make_service(loaded, MemoryReactorClock())
     svc.startService()
     try:
         return svc.control.rpc_list_methods()
@@ -46,7 +46,7 @@ def test_sipgw_stats_7_names_every_statistic_a_fully_built_service_declares(tmp_
         f'[control]\nsocket = "{tmp_path}/sipgw.ctl"\n[state]\ndirectory = "{tmp_path}"\n'
         '[trace]\nhep = "127.0.0.1:9060"\n'
     )
-    svc = ProxyService(loaded, UdpMemoryReactor())
+    svc = make_service(loaded, UdpMemoryReactor())
     svc.startService()
     try:
         names = list(svc.stats.defs)

@@ -42,14 +42,19 @@ def _run(loaded) -> int:
     from sipgw import __version__
     from sipgw.proxy import gcpolicy
     from sipgw.proxy import log as sipgw_log
-    from sipgw.proxy.notify import attach_notify
-    from sipgw.proxy.service import ProxyService
+    from sipgw.proxy.service import make_service
 
     sipgw_log.start_logging(loaded.config.log.level)
     log = Logger(namespace="sipgw.serve")
     log.info("sipgw {v} starting ({cfg})", v=__version__,
              cfg=loaded.path or "embedded default config")
-    svc = ProxyService(loaded, reactor)
+    try:
+        svc = make_service(loaded, reactor)
+    except (ConfigError, ListFileError) as e:
+        # A certificate missing or not matching its key, or a dispatcher list that
+        # changed since it was checked.
+        log.critical("cannot start: {err}", err=e)
+        return EXIT_FAILED
     status = {"code": EXIT_OK}
 
     def start() -> None:
@@ -60,16 +65,9 @@ def _run(loaded) -> int:
                          port=e.port, err=e.socketError)
             status["code"] = EXIT_FAILED
             reactor.stop()
-        except (ConfigError, ListFileError) as e:
-            # A certificate missing or not matching its key, or a dispatcher list that
-            # changed since it was checked.
-            log.critical("cannot start: {err}", err=e)
-            status["code"] = EXIT_FAILED
-            reactor.stop()
 
     reactor.callWhenRunning(start)
     reactor.callWhenRunning(gcpolicy.start, reactor)  # once start-up garbage is gone
-    attach_notify(svc, reactor, started=lambda: status["code"] == EXIT_OK)  # Type=notify
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
     svc.install_signal_handlers()
     reactor.run()

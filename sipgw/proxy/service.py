@@ -16,6 +16,7 @@ import ipaddress
 import os
 import signal
 import socket
+from collections.abc import Callable, Mapping
 
 from twisted.application import service
 from twisted.internet import defer
@@ -33,6 +34,8 @@ from sipgw.proxy.dispatcher.build import build_dispatcher, reconfigure_dispatche
 from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.memtrim import start_trimming
 from sipgw.proxy.metrics import start_metrics
+from sipgw.proxy.notify import Notifier
+from sipgw.proxy.outbound import Outbound
 from sipgw.proxy.nat import Nat
 from sipgw.proxy.pike import Pike, pike_settings
 from sipgw.proxy.registrar import Registrar
@@ -42,7 +45,7 @@ from sipgw.proxy.router import Router
 from sipgw.proxy.signing import RouteSigner, route_key
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap
-from sipgw.proxy.transport import Destination, FlowTable, Source, is_ip, transport_address
+from sipgw.proxy.transport import Destination, FlowTable, transport_address
 from sipgw.proxy.transport.stream import StreamSettings, StreamTransport
 from sipgw.proxy.transport.udp import UdpListener
 from sipgw.proxy.transport.tls import ServerTls, TlsSettings, TlsTransport
@@ -53,104 +56,259 @@ from sipgw.store import SubscriberStore
 log = Logger(namespace="sipgw.service")
 
 WILDCARDS = ("0.0.0.0", "::", "")
-FLOW_ONLY = frozenset({"ws", "wss"})
 
 
-class ProxyService(service.Service):
+def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = None,
+                 environ: Mapping[str, str] | None = None) -> ProxyService:
+    """``sipgw serve`` as one Twisted service, every component built here, bottom-up.
+
+    Its children start in this order and stop in the reverse one: the listeners, the
+    dispatcher's probes, pike's sweep, the control socket, metrics, the memory trim, and
+    systemd's notifications (READY=1 once everything before it listens; STOPPING=1 first
+    when stopping). ``send``: where the core's messages go instead of the listeners (tests
+    on a memory reactor). Raises ConfigError (TLS certificate) and ListFileError
+    (dispatcher list) before anything listens.
+    """
+    config = loaded.config
+    stats = Stats()
+    sipgw_log.count_dropped_lines_in(stats)
+    flows = FlowTable()
+    tap = Tap()
+    outbound = Outbound(reactor, flows, tap)
+    proxy = build_core(config, clock=reactor, send=send or outbound.send, stats=stats,
+                       flows=flows, tap=tap, store=open_subscribers(config, reactor))
+    # A bad certificate is a start-up error (TlsError), before any listener opens.
+    tls = ServerTls(_tls_settings(config)) if (config.listen.tls or config.listen.wss) else None
+    stream = StreamTransport(
+        reactor,
+        reactor,
+        flows,
+        proxy.receive,
+        limits=proxy.limits,
+        settings=_stream_settings(config),
+        stats=stats,
+        on_send_failed=outbound.failed,
+        refuse=proxy.refuse,
+        on_closed=proxy.registrar.flow_closed,
+        screen=proxy.screen,
+    )
+    tls_stream = None
+    if config.listen.tls:
+        tls_stream = TlsTransport(
+            reactor, reactor, flows, proxy.receive,
+            limits=proxy.limits, settings=_stream_settings(config), stats=stats,
+            on_send_failed=outbound.failed, refuse=proxy.refuse,
+            on_closed=proxy.registrar.flow_closed,
+            caps=stream.caps,  # the caps count TCP and TLS together
+            screen=proxy.screen,
+        )
+    ws = None
+    if config.listen.ws or config.listen.wss:
+        ws = WsTransport(reactor, reactor, flows, proxy.receive,
+                         stats, _ws_settings(config),
+                         on_closed=proxy.registrar.flow_closed,
+                         users_of=proxy.registrar.users_on,
+                         flows_of=proxy.registrar.flows_of,
+                         screen=proxy.screen)
+    udp = [UdpListener(addr.host, addr.port, proxy.receive) for addr in config.listen.udp]
+    failure: list = [proxy.relay.transport_failed]
+    if proxy.dispatcher is not None:
+        dispatcher = proxy.dispatcher
+        failure.append(lambda host, port, transport: dispatcher.transport_error(host, port))
+    outbound.attach(udp=udp, streams={name: t for name, t in (("tcp", stream),
+                                                              ("tls", tls_stream)) if t},
+                    on_failure=failure)
+    listeners = Listeners(reactor, config.listen, udp=udp, stream=stream,
+                          tls_stream=tls_stream, ws=ws, tls=tls)
+    notifier = Notifier(environ)
+    root = ProxyService(loaded=loaded, reactor=reactor, stats=stats, flows=flows, tap=tap,
+                        proxy=proxy, listeners=listeners, notifier=notifier)
+    listeners.setServiceParent(root)
+    if proxy.dispatcher is not None:
+        Running("dispatcher probes", _started(proxy.dispatcher)).setServiceParent(root)
+    if proxy.pike is not None:
+        Running("pike", _started(proxy.pike)).setServiceParent(root)
+    ControlSocket(root).setServiceParent(root)
+    Running("metrics", lambda: _stopper(start_metrics(root))).setServiceParent(root)
+    Running("memory trim", lambda: start_trimming(reactor).stop).setServiceParent(root)
+    Notify(notifier, reactor, root.status_line).setServiceParent(root)
+    return root
+
+
+class Running(service.Service):
+    """A child service from one function: ``start()`` starts it and returns what stops it
+    (or None when there is nothing to stop)."""
+
+    def __init__(self, name: str, start: Callable[[], Callable[[], object] | None]) -> None:
+        self.setName(name)
+        self._start = start
+        self._stop: Callable[[], object] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._stop = self._start()
+
+    def stopService(self):
+        super().stopService()
+        stop, self._stop = self._stop, None
+        return defer.maybeDeferred(stop) if stop is not None else None
+
+
+def _started(component) -> Callable[[], Callable[[], object]]:
+    """For a component with start() and stop()."""
+
+    def start() -> Callable[[], object]:
+        component.start()
+        return component.stop
+
+    return start
+
+
+def _stopper(port) -> Callable[[], object] | None:
+    return port.stopListening if port is not None else None
+
+
+class ControlSocket(service.Service):
+    """The control socket (``sipgw ctl``) of ``root``; None while stopped or when it could
+    not be opened (SIP runs on without it)."""
+
+    name = "control"
+
+    def __init__(self, root: ProxyService) -> None:
+        self.root = root
+        self.server: ControlServer | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.server = start_control(self.root)
+
+    def stopService(self):
+        super().stopService()
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
+
+
+class Notify(service.Service):
+    """systemd's notify protocol: READY=1 and the watchdog once everything listens
+    (STOPPING=1 and RELOADING=1 are the root's to say, when it starts doing either)."""
+
+    name = "systemd notify"
+
+    def __init__(self, notifier: Notifier, reactor, status: Callable[[], str]) -> None:
+        self.notifier = notifier
+        self.reactor = reactor
+        self.status = status
+
+    def startService(self) -> None:
+        super().startService()
+        self.notifier.ready(status=self.status())
+        self.notifier.start_watchdog(self.reactor)
+
+    def stopService(self):
+        super().stopService()
+        self.notifier.stop_watchdog()  # fed until the end: draining may take a while
+
+
+class Listeners(service.Service):
+    """The sockets: opened on start (a port in use fails the start), closed on stop; the
+    stream ports stop accepting first when draining."""
+
+    name = "listeners"
+
+    def __init__(self, reactor, listen, *, udp: list[UdpListener], stream: StreamTransport,
+                 tls_stream: TlsTransport | None, ws: WsTransport | None,
+                 tls: ServerTls | None) -> None:
+        self.reactor = reactor
+        self.listen = listen
+        self.udp = udp
+        self.stream = stream
+        self.tls_stream = tls_stream
+        self.ws = ws
+        self.tls = tls
+        self.udp_ports: list = []  # kept open while draining: answers arrive on them
+        self.stream_ports: list = []
+
+    def startService(self) -> None:
+        super().startService()
+        listen = self.listen
+        for lst in self.udp:
+            self.udp_ports.append(self.reactor.listenUDP(lst.port, lst, interface=lst.host,
+                                                         maxPacketSize=65535))
+        for addr in listen.tcp:
+            self.stream_ports.append(self.stream.listen(addr.host, addr.port))
+            log.info("listening on {a}", a=transport_address("tcp", addr.host, addr.port))
+        if self.tls_stream is not None:
+            for addr in listen.tls:
+                self.stream_ports.append(self.tls_stream.listen_tls(addr.host, addr.port,
+                                                                    self.tls))
+        if self.ws is not None:
+            for addr in listen.ws:
+                self.stream_ports.append(self.ws.listen(addr.host, addr.port))
+            for addr in listen.wss:
+                self.stream_ports.append(self.ws.listen(addr.host, addr.port, tls=self.tls))
+
+    def stop_accepting(self) -> None:
+        ports, self.stream_ports = self.stream_ports, []
+        for port in ports:
+            defer.maybeDeferred(port.stopListening)
+
+    def stopService(self):
+        super().stopService()
+        for transport in (self.stream, self.ws, self.tls_stream):
+            if transport is not None:
+                transport.close_all()
+        ports = self.udp_ports + self.stream_ports
+        self.udp_ports, self.stream_ports = [], []
+        return defer.DeferredList(
+            [defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
+
+
+class ProxyService(service.MultiService):
+    """``sipgw serve``: the core and the services around it (``make_service``)."""
+
     name = "sipgw"
 
-    def __init__(self, loaded: LoadedConfig, reactor, *,
-                 send: SendFunction | None = None) -> None:
-        """``send``: where the core's messages go instead of the listeners (tests that
-        run the service on a memory reactor)."""
+    def __init__(self, *, loaded: LoadedConfig, reactor, stats: Stats, flows: FlowTable,
+                 tap: Tap, proxy: Proxy, listeners: Listeners, notifier: Notifier) -> None:
+        super().__init__()
         self.loaded = loaded
         self.reactor = reactor
-        self._core_send = send or self.send
-        self.stats = Stats()
-        sipgw_log.count_dropped_lines_in(self.stats)
-        self.flows = FlowTable()
-        self.udp: list[UdpListener] = []
-        self.ports: list = []
-        self.proxy: Proxy | None = None
-        self.stream: StreamTransport | None = None
-        self.ws: WsTransport | None = None
-        self.tls: ServerTls | None = None  # certificate for the tls and wss listeners
-        self.tls_stream: TlsTransport | None = None
-        self._resolved: dict[str, str] = {}
-        self.control: ControlServer | None = None
-        self.tap = Tap()  # the live trace's taps (sipgw trace), on while somebody listens
-        self._udp_ports: list = []  # kept open while draining: answers arrive on them
+        self.stats = stats
+        self.flows = flows
+        self.tap = tap
+        self.proxy = proxy
+        self.listeners = listeners
+        self.notifier = notifier
+        # What the control plane shows (core.connections, ws.dump, mod.stats).
+        self.stream = listeners.stream
+        self.tls_stream = listeners.tls_stream
+        self.ws = listeners.ws
+        self.tls = listeners.tls
+
+    @property
+    def control(self) -> ControlServer | None:
+        return self.getServiceNamed("control").server
+
+    def status_line(self) -> str:
+        listen = self.loaded.config.listen
+        count = sum(len(getattr(listen, t)) for t in ("udp", "tcp", "tls", "ws", "wss"))
+        return f"running: {count} listeners, relaying to {self.proxy.backends.backend.uri}"
 
     # -- start and stop -----------------------------------------------------------------
 
     def startService(self) -> None:
-        super().startService()
-        config = self.loaded.config
         for key in self.loaded.not_in_effect:
             log.warn("{key}: not in effect yet (set in {path})", key=key, path=self.loaded.path)
-        if config.listen.tls or config.listen.wss:
-            # Before any listener opens: a bad certificate is a start-up error (TlsError).
-            self.tls = ServerTls(_tls_settings(config))
-        self.proxy = build_core(config, clock=self.reactor, send=self._core_send, stats=self.stats,
-                                flows=self.flows, tap=self.tap,
-                                store=open_subscribers(config, self.reactor))
-        self.stream = StreamTransport(
-            self.reactor,
-            self.reactor,
-            self.flows,
-            self.proxy.receive,
-            limits=self.proxy.limits,
-            settings=_stream_settings(config),
-            stats=self.stats,
-            on_send_failed=self._send_failed,
-            refuse=self.proxy.refuse,
-            on_closed=self.proxy.registrar.flow_closed,
-            screen=self.proxy.screen,
-        )
-        for addr in config.listen.udp:
-            lst = UdpListener(addr.host, addr.port, self.proxy.receive)
-            port = self.reactor.listenUDP(addr.port, lst, interface=addr.host,
-                                          maxPacketSize=65535)
-            self.ports.append(port)
-            self._udp_ports.append(port)
-            self.udp.append(lst)
-        self.proxy.dispatcher.start()  # probes, now that there is a socket to send them
-        self.proxy.pike.start()
-        for addr in config.listen.tcp:
-            self.ports.append(self.stream.listen(addr.host, addr.port))
-            log.info("listening on {a}", a=transport_address("tcp", addr.host, addr.port))
-        if config.listen.tls:
-            self.tls_stream = TlsTransport(
-                self.reactor, self.reactor, self.flows, self.proxy.receive,
-                limits=self.proxy.limits, settings=_stream_settings(config), stats=self.stats,
-                on_send_failed=self._send_failed, refuse=self.proxy.refuse,
-                on_closed=self.proxy.registrar.flow_closed,
-                caps=self.stream.caps,  # the caps count TCP and TLS together
-                screen=self.proxy.screen,
-            )
-            for addr in config.listen.tls:
-                self.ports.append(self.tls_stream.listen_tls(addr.host, addr.port, self.tls))
-        if config.listen.ws or config.listen.wss:
-            self.ws = WsTransport(self.reactor, self.reactor, self.flows, self.proxy.receive,
-                                  self.stats, _ws_settings(config),
-                                  on_closed=self.proxy.registrar.flow_closed,
-                                  users_of=self.proxy.registrar.users_on,
-                                  flows_of=self.proxy.registrar.flows_of,
-                                  screen=self.proxy.screen)
-            for addr in config.listen.ws:
-                self.ports.append(self.ws.listen(addr.host, addr.port))
-            for addr in config.listen.wss:
-                self.ports.append(self.ws.listen(addr.host, addr.port, tls=self.tls))
+        super().startService()
         log.info("relaying to {uri}", uri=self.proxy.backends.backend.uri)
-        self.control = start_control(self)
-        self.metrics_port = start_metrics(self)
-        self._trimmer = start_trimming(self.reactor)
 
     def stopService(self):
-        """SIGTERM: drain, then close. Twisted waits for the Deferred before exiting."""
-        super().stopService()
+        """SIGTERM: drain, then stop the children (Twisted waits for the Deferred)."""
+        self.notifier.stopping()
         d = self._drain()
-        d.addCallback(lambda _: self._close())
+        d.addCallback(lambda _: service.MultiService.stopService(self))
+        d.addCallback(lambda _: self.proxy.auth.store.close() if self.proxy.auth else None)
         return d
 
     def _drain(self) -> defer.Deferred:
@@ -160,13 +318,10 @@ class ProxyService(service.Service):
         Datagram sockets stay open meanwhile: the answers arrive on them.
         """
         proxy = self.proxy
-        if proxy is None or proxy.pending_requests() == 0:
+        if not self.running or proxy.pending_requests() == 0:
             return defer.succeed(None)
         proxy.router.drain()
-        stream_ports = [p for p in self.ports if p not in self._udp_ports]
-        for port in stream_ports:
-            defer.maybeDeferred(port.stopListening)
-        self.ports = [p for p in self.ports if p not in stream_ports]
+        self.listeners.stop_accepting()
         deadline = self.reactor.seconds() + self.loaded.config.proxy.drain_timeout
         log.info("draining {n} request(s) before stopping", n=proxy.pending_requests())
         done: defer.Deferred = defer.Deferred()
@@ -183,41 +338,19 @@ class ProxyService(service.Service):
         poll()
         return done
 
-    def _close(self):
-        trimmer, self._trimmer = getattr(self, "_trimmer", None), None
-        if trimmer is not None and trimmer.running:
-            trimmer.stop()
-        control, self.control = self.control, None
-        if control is not None:
-            control.stop()
-        metrics, self.metrics_port = getattr(self, "metrics_port", None), None
-        if metrics is not None:
-            metrics.stopListening()
-        if self.proxy is not None and self.proxy.dispatcher is not None:
-            self.proxy.dispatcher.stop()
-        if self.proxy is not None and self.proxy.pike is not None:
-            self.proxy.pike.stop()
-        if self.stream is not None:
-            self.stream.close_all()
-        if self.ws is not None:
-            self.ws.close_all()
-        if self.tls_stream is not None:
-            self.tls_stream.close_all()
-        if self.proxy is not None and self.proxy.auth is not None:
-            self.proxy.auth.store.close()
-        ports, self.ports = self.ports, []
-        self.udp = []
-        return defer.DeferredList(
-            [defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True
-        )
-
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
 
-    # -- building the proxy from a config -----------------------------------------------
-
     def reload(self) -> None:
-        """SIGHUP: read the file again; a bad file changes nothing."""
+        """SIGHUP, announced to systemd (RELOADING=1, then READY=1 whatever the outcome)."""
+        self.notifier.reloading()
+        try:
+            self._reload()
+        finally:
+            self.notifier.ready(status="running")
+
+    def _reload(self) -> None:
+        """Read the file again; a bad file changes nothing."""
         path = self.loaded.path
         if path is None:
             log.info("reload: running on the embedded default config; nothing to read")
@@ -241,7 +374,6 @@ class ProxyService(service.Service):
             log.warn("reload: auth.nonce_secret changes need a restart; nonces are still "
                      "signed with the running secret")
         self.loaded = new
-        assert self.proxy is not None
         reconfigure_core(self.proxy, new.config, backend)
         sipgw_log.set_level(new.config.log.level)
         if self.ws is not None:
@@ -257,72 +389,6 @@ class ProxyService(service.Service):
             log.warn("{key}: not in effect yet", key=key)
         log.info("reloaded {path}", path=path)
 
-    # -- sending ------------------------------------------------------------------------
-
-    def send(self, data: bytes, dest: Destination) -> None:
-        trace = self.tap.outbound
-        if trace is not None:
-            trace(data, dest)
-        if dest.transport in FLOW_ONLY:
-            # A browser cannot be connected to: its flow, or the flow from that address.
-            flow = self.flows.get(dest.flow_id) or self.flows.find(dest.transport, dest.host,
-                                                                   dest.port)
-            if flow is None:
-                self._send_failed(dest.host, dest.port, dest.transport)
-            else:
-                flow.send(data)
-            return
-        host = dest.host
-        if not is_ip(host):
-            ip = self._resolved.get(host)
-            if ip is None:
-                self._resolve_then_send(data, dest)
-                return
-            host = ip
-        if dest.transport == "udp":
-            lst = self._udp_for(host)
-            if lst is None or not lst.send(data, host, dest.port):
-                self._send_failed(host, dest.port, "udp")
-        elif dest.transport == "tcp" and self.stream is not None:
-            self.stream.send(data, host, dest.port, dest.flow_id)
-        elif dest.transport == "tls" and self.tls_stream is not None:
-            self.tls_stream.send(data, host, dest.port, dest.flow_id)
-        else:
-            log.warn("cannot send to {t}:{h}:{p}: transport not available",
-                     t=dest.transport, h=host, p=dest.port)
-            self._send_failed(host, dest.port, dest.transport)
-
-    def _udp_for(self, host: str) -> UdpListener | None:
-        v6 = ":" in host
-        for lst in self.udp:
-            if (":" in lst.host) == v6:
-                return lst
-        return self.udp[0] if self.udp else None
-
-    def _resolve_then_send(self, data: bytes, dest: Destination) -> None:
-        def ok(ip: str) -> None:
-            if len(self._resolved) > 1024:
-                self._resolved.clear()
-            self._resolved[dest.host] = ip
-            self.send(data, Destination(transport=dest.transport, host=ip, port=dest.port,
-                                        flow_id=dest.flow_id))
-
-        def failed(f) -> None:
-            log.warn("cannot resolve {h}: {err}", h=dest.host, err=f.getErrorMessage())
-            self._send_failed(dest.host, dest.port, dest.transport)
-
-        self.reactor.resolve(dest.host).addCallbacks(ok, failed)
-
-    def _send_failed(self, host: str, port: int, transport: str) -> None:
-        if self.proxy is not None:
-            self.proxy.relay.transport_failed(host, port, transport)
-            if self.proxy.dispatcher is not None:
-                self.proxy.dispatcher.transport_error(host, port)
-
-    # for tests and tools: feed a message as if it came from a listener
-    def inject(self, data: bytes, source: Source) -> None:
-        assert self.proxy is not None
-        self.proxy.receive(data, source)
 
 
 def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows: FlowTable,

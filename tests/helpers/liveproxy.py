@@ -21,7 +21,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.runtime import seconds as wall_seconds
 
 from sipgw.proxy.config import load_config
-from sipgw.proxy.service import ProxyService
+from sipgw.proxy.service import make_service
 from tests.helpers import wsframes as wf
 from tests.helpers.certs import CertAuthority
 
@@ -134,12 +134,12 @@ directory = "{work}"
 [log]
 level = "warning"
 """)
-        self.service = ProxyService(load_config(str(work / "sipgw.toml")), self.reactor)
+        self.service = make_service(load_config(str(work / "sipgw.toml")), self.reactor)
         self.service.startService()
         self.client_tls = ssl.create_default_context(cafile=str(work / "ca" / "root.pem"))
 
     def stop(self) -> None:
-        self.service._close()
+        self.service.stopService()
         self.reactor.iterate(0)
         self.reactor.close()
         self.backend.sock.close()

@@ -12,7 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from sipgw.proxy import log as sipgw_log
 from sipgw.proxy.admin import Admin
 from sipgw.proxy.config import load_config
-from sipgw.proxy.service import ProxyService
+from sipgw.proxy.service import make_service
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.rpc.registry import RpcError
 
@@ -32,7 +32,7 @@ socket = "{dir}/sipgw.ctl"
 def service(tmp_path):
     path = tmp_path / "sipgw.toml"
     path.write_text(CONFIG.format(dir=tmp_path))
-    svc = ProxyService(load_config(str(path)), MemoryReactorClock())
+    svc = make_service(load_config(str(path)), MemoryReactorClock())
     svc.startService()
     yield svc
     svc.stopService()
@@ -73,7 +73,7 @@ def test_listeners_are_shown_and_logged_with_ipv6_addresses_in_brackets(tmp_path
     path = tmp_path / "sipgw.toml"
     path.write_text(CONFIG.format(dir=tmp_path).replace('"127.0.0.1:25070"',
                                                         '"127.0.0.1:25070", "[::1]:25071"'))
-    svc = ProxyService(load_config(str(path)), MemoryReactorClock())
+    svc = make_service(load_config(str(path)), MemoryReactorClock())
     with capturedLogs() as events:
         svc.startService()
     try:

@@ -256,10 +256,11 @@ def backend_refuses(live, transport, n):
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]  # bound, not listening: the connect is refused
-        failed = []
-        live.service.proxy.relay.transport_failed = lambda h, p, t: failed.append(p)
-        live.service.stream.send(_register(n, "tcp"), "127.0.0.1", port, None)
-        live.reactor.until(lambda: failed == [port], "the connect refused")
+        stream = live.service.stream
+        stream.send(_register(n, "tcp"), "127.0.0.1", port, None)
+        assert ("127.0.0.1", port) in stream._connecting
+        live.reactor.until(lambda: ("127.0.0.1", port) not in stream._connecting,
+                           "the connect refused")
 
 
 def _to_backend(live: Live, n: int) -> socket.socket:

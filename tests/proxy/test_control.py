@@ -21,7 +21,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from sipgw.proxy.config import load_config
 from sipgw.proxy.control import ControlServer, ControlSocketInUse, owners_in
-from sipgw.proxy.service import ProxyService
+from sipgw.proxy.service import make_service
 from sipgw.proxy.stats import Stats
 from sipgw.rpc.client import find_socket, server_socket_path, socket_candidates
 from sipgw.rpc.registry import RpcError, rpc
@@ -337,7 +337,7 @@ def test_the_service_opens_its_control_socket_from_the_config_and_closes_it(tmp_
         f'[control]\nsocket = "{sock}"\nmode = "0600"\n'
     )
     reactor = MemoryReactorClock()
-    svc = ProxyService(load_config(str(path)), reactor)
+    svc = make_service(load_config(str(path)), reactor)
     svc.startService()
     (unix,) = reactor.unixServers
     assert (unix[0], unix[3]) == (str(sock), 0o600)

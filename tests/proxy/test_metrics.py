@@ -7,7 +7,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from sipgw.proxy.config import parse_config
 from sipgw.proxy.metrics import MetricsPage, metric_name, registry_for
-from sipgw.proxy.service import ProxyService
+from sipgw.proxy.service import make_service
 from sipgw.proxy.stats import StatDef, Stats
 
 
@@ -52,12 +52,12 @@ def test_the_listener_is_off_by_default_and_opened_where_configured(tmp_path):
     base = ('[listen]\nudp = []\ntcp = ["127.0.0.1:25096"]\nws = []\n'
             f'[control]\nsocket = "{tmp_path}/c.ctl"\n')
     reactor = MemoryReactorClock()
-    svc = ProxyService(parse_config(base), reactor)
+    svc = make_service(parse_config(base), reactor)
     svc.startService()
     assert [p for p, *_ in reactor.tcpServers] == [25096]
     svc.stopService()
     reactor = MemoryReactorClock()
-    svc = ProxyService(parse_config(base + '[metrics]\nlisten = "127.0.0.1:29090"\n'), reactor)
+    svc = make_service(parse_config(base + '[metrics]\nlisten = "127.0.0.1:29090"\n'), reactor)
     svc.startService()
     ports = {(port, iface) for port, _, _, iface in reactor.tcpServers}
     assert (29090, "127.0.0.1") in ports

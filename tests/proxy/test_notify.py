@@ -6,7 +6,10 @@ import socket
 
 from twisted.internet.task import Clock
 
-from sipgw.proxy.notify import Notifier, notify_reload
+from sipgw.proxy.config import load_config
+from sipgw.proxy.notify import Notifier
+from sipgw.proxy.service import make_service
+from tests.proxy.test_service import GOOD, Reactor
 
 
 def listener(tmp_path, abstract: bool = False):
@@ -44,26 +47,25 @@ def test_an_abstract_socket_name_works_too(tmp_path):
         assert received(s) == {"STATUS": "hello"}
 
 
-def test_a_reload_is_announced_and_followed_by_ready_even_when_it_fails(tmp_path):
+def test_the_service_says_ready_when_it_listens_and_announces_reloads_even_bad_ones(tmp_path):
     s, env = listener(tmp_path)
-
-    class Service:
-        calls = 0
-
-        def reload(self):
-            Service.calls += 1
-            raise ValueError("bad file")
-
-    svc = Service()
+    path = tmp_path / "sipgw.toml"
+    path.write_text(GOOD + f'[state]\ndirectory = "{tmp_path}"\n')
+    reactor = Reactor()
     with s:
-        notify_reload(svc, Notifier(env))
-        try:
-            svc.reload()
-        except ValueError:
-            pass
+        svc = make_service(load_config(str(path)), reactor, environ=env)
+        svc.startService()
+        ready = received(s)
+        assert ready["READY"] == "1" and "relaying to sip:127.0.0.1:25080" in ready["STATUS"]
+        assert reactor.udpPorts  # READY=1 came once the listeners were open
+        path.write_text("[proxy]\nmax_forwards = 0\n")  # refused: the running one stays
+        svc.reload()
         first, second = received(s), received(s)
+        svc.stopService()
+        stopping = received(s)
     assert first["RELOADING"] == "1" and first["MONOTONIC_USEC"].isdigit()
-    assert second["READY"] == "1" and Service.calls == 1
+    assert second["READY"] == "1"
+    assert stopping["STOPPING"] == "1"
 
 
 def test_the_watchdog_pings_every_half_watchdog_usec_until_stopped(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.testing import MemoryReactorClock
 
 from sipgw.proxy.config import load_config
-from sipgw.proxy.service import ProxyService
+from sipgw.proxy.service import make_service
 
 GOOD = """
 [listen]
@@ -38,7 +38,7 @@ def start(tmp_path, text=GOOD, send=None):
     path = tmp_path / "sipgw.toml"
     path.write_text(text)
     reactor = Reactor()
-    svc = ProxyService(load_config(str(path)), reactor, send=send)
+    svc = make_service(load_config(str(path)), reactor, send=send)
     svc.startService()
     return svc, reactor, path
 
@@ -101,7 +101,8 @@ def test_sigterm_drains_new_requests_get_503_and_stop_waits_for_the_pending_answ
     [fwd] = [m for m, d in sent if getattr(m, "method", None) == "INVITE"]
     stopped = svc.stopService()
     assert not stopped.called  # the INVITE has no final answer yet
-    assert svc.ports == svc._udp_ports  # TCP listener closed; UDP open for the answers
+    # The TCP listener closed; UDP open for the answers.
+    assert svc.listeners.stream_ports == [] and svc.listeners.udp_ports
     sent.clear()
     svc.proxy.receive(INVITE.format(branch="two").encode(), caller)
     [(r, _)] = sent

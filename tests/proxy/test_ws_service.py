@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from tests.proxy.test_service import GOOD, start
-from sipgw.proxy.transport import Destination
+from sipgw.proxy.outbound import Outbound
+from sipgw.proxy.trace import Tap
+from sipgw.proxy.transport import Destination, FlowTable
+from tests.proxy.test_service import GOOD, Reactor, start
 
 
 WS_CONFIG = GOOD.replace("ws = []", 'ws = ["127.0.0.1:28080"]')
@@ -21,10 +23,11 @@ def test_ws_listeners_come_from_the_config_and_are_named_in_record_route(tmp_pat
 def test_a_message_for_a_ws_client_without_a_flow_fails_that_branch_instead_of_connecting(
     tmp_path,
 ):
-    svc, reactor, _ = start(tmp_path, WS_CONFIG)
+    reactor = Reactor()
     failed = []
-    svc.proxy.relay.transport_failed = lambda h, p, t: failed.append((t, h, p))
-    svc.send(b"x", Destination(transport="ws", host="abc.invalid", port=5060))
+    outbound = Outbound(reactor, FlowTable(), Tap())
+    outbound.attach(udp=[], streams={}, on_failure=[lambda h, p, t: failed.append((t, h, p))])
+    outbound.send(b"x", Destination(transport="ws", host="abc.invalid", port=5060))
     assert failed == [("ws", "abc.invalid", 5060)]
     assert reactor.tcpClients == []
 
