@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from sipgw.store import Subscriber
+from sipgw.store.base import Subscriber
 
 
 class MemoryStore:

@@ -40,7 +40,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
-from sipgw.store import (DOMAIN_INDEX, StoreError, StoreUnavailable, Subscriber,
+from sipgw.store.base import (DOMAIN_INDEX, StoreError, StoreUnavailable, Subscriber,
                           subscriber_from_fields)
 
 log = Logger(namespace="sipgw.store.redis")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sipgw.tools import phone
-from sipgw.tools.phone import phone_asset
+from sipgw.proxy.transport.phone import phone_asset
 
 
 @pytest.fixture

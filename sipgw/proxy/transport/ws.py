@@ -3,7 +3,7 @@
 The handshake follows Kamailio's websocket module, which our users' browsers already pass:
 
 * a plain HTTP GET (no ``Upgrade``, no ``Sec-WebSocket-Key``) is not a WebSocket: the
-  test phone page (``websocket.phone_page``, ``sipgw.tools.phone``) for its own paths,
+  test phone page (``websocket.phone_page``, ``sipgw.proxy.transport.phone``) for its own paths,
   404 for anything else;
 * a WebSocket request missing ``Host``, ``Upgrade: websocket``, ``Connection: upgrade``,
   ``Sec-WebSocket-Key`` or ``Sec-WebSocket-Version``, or not offering the ``sip``
@@ -47,7 +47,7 @@ from sipgw.proxy.transport import (FlowTable, ReceiveCallback, Source, in_networ
                                    transport_address, wslog)
 from sipgw.proxy.transport.wsfast import FastPaths, protocol_options
 from sipgw.rpc.registry import RpcError, rpc
-from sipgw.tools.phone import phone_asset
+from sipgw.proxy.transport.phone import phone_asset
 
 log = Logger(namespace="sipgw.ws")
 wslog.install()
