@@ -53,7 +53,7 @@ from sipgw.sip.uri import SipURI
 from sipgw.store import StoreUnavailable, Subscriber, SubscriberStore, open_store
 
 if TYPE_CHECKING:
-    from sipgw.proxy.config import Config
+    from sipgw.config import Config
 
 log = Logger(namespace="sipgw.auth")
 

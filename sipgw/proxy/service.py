@@ -21,11 +21,11 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from sipgw.config import Config, ConfigError, LoadedConfig, load_config
 from sipgw.proxy import log as sipgw_log
 from sipgw.proxy.acl import Acl, acl_settings
 from sipgw.proxy.auth import Authenticator, auth_settings, nonce_secret, open_subscribers
 from sipgw.proxy.backends import Backend, Backends
-from sipgw.proxy.config import Config, ConfigError, LoadedConfig, load_config
 from sipgw.proxy.control import ControlServer, start_control
 from sipgw.proxy.core import Proxy
 from sipgw.proxy.dialogs import Dialogs

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from sipgw.proxy.config import Config, default_config
+from sipgw.config import Config, default_config
 from sipgw.proxy.core import Proxy
 from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.service import build_core

@@ -13,8 +13,8 @@ import itertools
 import pytest
 from twisted.internet.task import Clock
 
+from sipgw.config import default_config
 from sipgw.proxy.auth import AuthSettings, auth_settings
-from sipgw.proxy.config import default_config
 from sipgw.proxy.transport import Destination, Source
 from sipgw.sip.parser import parse_message
 from sipgw.store import StoreError, StoreUnavailable, Subscriber, make_subscriber

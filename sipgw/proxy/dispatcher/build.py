@@ -11,7 +11,7 @@ import socket
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sipgw.proxy.config import Config
+from sipgw.config import Config
 from sipgw.proxy.dispatcher import Dispatcher, Settings
 from sipgw.proxy.dispatcher.health import StatusCodes
 from sipgw.proxy.dispatcher.icmp import UnreachableDetector

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sipgw.proxy.config import ConfigError
+from sipgw.config import ConfigError
 from sipgw.proxy.transport import transport_address
 from sipgw.proxy.transport.stream import BACKLOG, StreamConnection, StreamTransport
 from sipgw.rpc.registry import rpc

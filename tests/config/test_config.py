@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sipgw.proxy import config as config_module
-from sipgw.proxy.config import (
+from sipgw.config import (
     MASK,
     SCHEMA,
     SECTIONS,
@@ -28,6 +27,7 @@ from sipgw.proxy.config import (
     parse_config,
     parse_log_level,
 )
+from sipgw.config import schema as config_module
 
 ROOT = Path(__file__).resolve().parents[2]
 MAN_PAGE = ROOT / "man" / "sipgw.toml.5"
