@@ -1,26 +1,37 @@
-"""sipgw.toml: the schema (every key declared once), loading with FILE:LINE: key errors,
-and where the file is. Pure: no Twisted, nothing of sipgw above it."""
+"""sipgw.toml: its keys (``schema``, each declared once, with the kinds of ``kinds``),
+loading with FILE:LINE: key errors (``load``), and which file (``locate``).
 
-from sipgw.config.schema import (
-    CONFIG_ENV_VAR,
-    DEFAULT_CONFIG_PATH,
+Pure: no Twisted, nothing of sipgw above it, so the CLI, the tools and the tests use it too.
+"""
+
+from sipgw.config.kinds import (
     LOG_LEVEL_NAMES,
     MASK,
+    Address,
+    Advertise,
+    IPNetwork,
+    parse_log_level,
+)
+from sipgw.config.load import (
+    ConfigError,
+    LoadedConfig,
+    config_to_dict,
+    default_config,
+    load_config,
+    parse_config,
+)
+from sipgw.config.locate import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, config_path_from_env
+from sipgw.config.schema import (
     SCHEMA,
     SECTIONS,
     AclConfig,
-    Address,
-    Advertise,
     AuthConfig,
     Config,
-    ConfigError,
     ControlConfig,
     DispatcherConfig,
-    IPNetwork,
     Key,
     LimitsConfig,
     ListenConfig,
-    LoadedConfig,
     LogConfig,
     MetricsConfig,
     PikeConfig,
@@ -32,12 +43,6 @@ from sipgw.config.schema import (
     TlsConfig,
     TraceConfig,
     WebSocketConfig,
-    config_path_from_env,
-    config_to_dict,
-    default_config,
-    load_config,
-    parse_config,
-    parse_log_level,
 )
 
 __all__ = [
