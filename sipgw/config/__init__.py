@@ -2,6 +2,7 @@
 loading with FILE:LINE: key errors (``load``), and which file (``locate``).
 
 Pure: no Twisted, nothing of sipgw above it, so the CLI, the tools and the tests use it too.
+A section of ``Config`` is the settings of the component it configures.
 """
 
 from sipgw.config.kinds import (

@@ -2,9 +2,12 @@
 
 ``_key(...)`` gives a key its kind (``kinds.py``: how its value is checked and parsed), its
 default as written in TOML, one line of help, and ``in_effect`` -- whether the running code
-uses it yet. ``SCHEMA`` and ``SECTIONS`` are derived from these declarations; the tests
-check that sipgw.toml(5) and etc/sipgw.toml.example list every key with its default, so the
-documents cannot drift from the code.
+uses it yet. A section is the settings of the component it configures: ``Pike`` takes
+``PikeConfig``, ``WsTransport`` its ``WebSocketConfig`` and ``LimitsConfig``, and what
+they derive (a set of domains, compiled patterns) they compute themselves; no second class
+repeats the fields. ``SCHEMA`` and ``SECTIONS`` are derived from these declarations; the
+tests check that sipgw.toml(5) and etc/sipgw.toml.example list every key with its default,
+so the documents cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -56,7 +59,12 @@ class _Declaration:
 
 
 def _key(kind: Kind, default: object, help: str, *, in_effect: bool = False) -> Any:
-    return field(metadata={"sipgw": _Declaration(kind=kind, default=default, help=help,
+    # The parsed default is the field's too: a section built in code (``PikeConfig()``,
+    # ``LimitsConfig(max_dialogs=100)``) is the file's defaults, as a component's tests
+    # want it. Only subscribers.url differs: "" there, derived from state.directory when
+    # a whole file is loaded.
+    return field(default=kind.parse(default),
+                 metadata={"sipgw": _Declaration(kind=kind, default=default, help=help,
                                                  in_effect=in_effect)})  # fmt: skip
 
 
@@ -153,6 +161,11 @@ class AuthConfig:
     max_failures_source: int = _key(Integer(1, 1_000_000), 20, "failed authentications from one address, within failure_window, before the address is banned", in_effect=True)  # noqa: E501
     failure_window: float = _key(Seconds(0, above=True), 300, "seconds over which failed authentications are counted", in_effect=True)  # noqa: E501
     ban_time: float = _key(Seconds(0, above=True), 900, "seconds a banned user or address is refused 403", in_effect=True)  # noqa: E501
+    # RFC 8760 §2.4: one challenge per algorithm, in order of preference, and a client
+    # uses the first it supports. Few do: SIPp 3.6 and sipsak 0.9 read only the first
+    # challenge, JsSIP 3 and SIP.js 0.21 only the last (their parsers replace each by the
+    # next), baresip 1.0 gives up on any that is not MD5, and all of them know only MD5. So
+    # MD5 alone by default, as Kamailio, Asterisk and FreeSWITCH offer.
     algorithms: tuple[str, ...] = _key(StringList('a list of "MD5" and "SHA-256"', digest_algorithm), ["MD5"], "digest algorithms offered, one challenge each, in this order (MD5 alone by default: SIPp, sipsak, baresip, JsSIP and SIP.js know only MD5, and none of them picks among several challenges)", in_effect=True)  # noqa: E501
 
 

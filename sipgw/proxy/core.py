@@ -91,7 +91,7 @@ class Proxy:
                              max_body_size=limits.max_message_size)
         acl = self.acl
         # The check before parsing costs nothing when no address is listed.
-        self.admits = acl.admits if acl is not None and acl.settings.by_address else None
+        self.admits = acl.admits if acl is not None and acl.by_address else None
 
     # -- entry point --------------------------------------------------------------------
 

@@ -23,8 +23,8 @@ from twisted.logger import Logger
 
 from sipgw.config import Config, ConfigError, LoadedConfig, load_config
 from sipgw.proxy import log as sipgw_log
-from sipgw.proxy.acl import Acl, acl_settings
-from sipgw.proxy.auth import Authenticator, auth_settings, nonce_secret, open_subscribers
+from sipgw.proxy.acl import Acl
+from sipgw.proxy.auth import Authenticator, nonce_secret, open_subscribers
 from sipgw.proxy.backends import Backend, Backends
 from sipgw.proxy.control import ControlServer, start_control
 from sipgw.proxy.core import Proxy
@@ -34,7 +34,7 @@ from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.memtrim import start_trimming
 from sipgw.proxy.metrics import start_metrics
 from sipgw.proxy.nat import Nat
-from sipgw.proxy.pike import Pike, pike_settings
+from sipgw.proxy.pike import Pike
 from sipgw.proxy.registrar import Registrar
 from sipgw.proxy.relay import Relay
 from sipgw.proxy.replies import Replies, SendFunction
@@ -43,10 +43,10 @@ from sipgw.proxy.signing import RouteSigner, route_key
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap
 from sipgw.proxy.transport import Destination, FlowTable, Source, is_ip, transport_address
-from sipgw.proxy.transport.stream import StreamSettings, StreamTransport
+from sipgw.proxy.transport.stream import StreamTransport
 from sipgw.proxy.transport.udp import UdpListener
-from sipgw.proxy.transport.tls import ServerTls, TlsSettings, TlsTransport
-from sipgw.proxy.transport.ws import WsSettings, WsTransport
+from sipgw.proxy.transport.tls import ServerTls, TlsTransport
+from sipgw.proxy.transport.ws import WsTransport
 from sipgw.sip.nat import NatTest
 from sipgw.store import SubscriberStore
 
@@ -90,7 +90,7 @@ class ProxyService(service.Service):
             log.warn("{key}: not in effect yet (set in {path})", key=key, path=self.loaded.path)
         if config.listen.tls or config.listen.wss:
             # Before any listener opens: a bad certificate is a start-up error (TlsError).
-            self.tls = ServerTls(_tls_settings(config))
+            self.tls = ServerTls(config.tls)
         self.proxy = build_core(config, clock=self.reactor, send=self._core_send, stats=self.stats,
                                 flows=self.flows, tap=self.tap,
                                 store=open_subscribers(config, self.reactor))
@@ -100,7 +100,7 @@ class ProxyService(service.Service):
             self.flows,
             self.proxy.receive,
             limits=self.proxy.limits,
-            settings=_stream_settings(config),
+            settings=config.limits,
             stats=self.stats,
             on_send_failed=self._send_failed,
             refuse=self.proxy.refuse,
@@ -122,7 +122,7 @@ class ProxyService(service.Service):
         if config.listen.tls:
             self.tls_stream = TlsTransport(
                 self.reactor, self.reactor, self.flows, self.proxy.receive,
-                limits=self.proxy.limits, settings=_stream_settings(config), stats=self.stats,
+                limits=self.proxy.limits, settings=config.limits, stats=self.stats,
                 on_send_failed=self._send_failed, refuse=self.proxy.refuse,
                 on_closed=self.proxy.registrar.flow_closed,
                 caps=self.stream.caps,  # the caps count TCP and TLS together
@@ -132,7 +132,7 @@ class ProxyService(service.Service):
                 self.ports.append(self.tls_stream.listen_tls(addr.host, addr.port, self.tls))
         if config.listen.ws or config.listen.wss:
             self.ws = WsTransport(self.reactor, self.reactor, self.flows, self.proxy.receive,
-                                  self.stats, _ws_settings(config),
+                                  self.stats, config.websocket, config.limits,
                                   on_closed=self.proxy.registrar.flow_closed,
                                   users_of=self.proxy.registrar.users_on,
                                   flows_of=self.proxy.registrar.flows_of,
@@ -245,14 +245,14 @@ class ProxyService(service.Service):
         reconfigure_core(self.proxy, new.config, backend)
         sipgw_log.set_level(new.config.log.level)
         if self.ws is not None:
-            self.ws.reconfigure(_ws_settings(new.config))
+            self.ws.reconfigure(new.config.websocket, new.config.limits)
         for stream in (self.stream, self.tls_stream):
             if stream is not None:
                 # New connections frame with the new sizes.
-                stream.reconfigure(_stream_settings(new.config), self.proxy.limits)
+                stream.reconfigure(new.config.limits, self.proxy.limits)
         if self.tls is not None:
             # New connections get the re-read certificate; live ones keep theirs.
-            self.tls.reload(_tls_settings(new.config))
+            self.tls.reload(new.config.tls)
         for key in new.not_in_effect:
             log.warn("{key}: not in effect yet", key=key)
         log.info("reloaded {path}", path=path)
@@ -362,15 +362,16 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
     auth = None
     if store is not None:
         auth = Authenticator(clock=clock, stats=stats, identity=identity, relay=relay,
-                             replies=replies, store=store, settings=auth_settings(config),
+                             replies=replies, store=store, settings=config.auth,
+                             proxy=config.proxy, limits=config.limits,
                              secret=nonce_secret(config))
 
     def pike_exempt(host: str) -> bool:
         """Never blocked by pike: auth.trusted (as now configured) and the backends."""
         return (auth is not None and auth.trusts(host)) or backends.is_backend_host(host)
 
-    pike = Pike(clock, stats, pike_settings(config), exempt=pike_exempt)
-    acl = Acl(stats, acl_settings(config), now=clock.seconds,
+    pike = Pike(clock, stats, config.pike, exempt=pike_exempt)
+    acl = Acl(stats, config.acl, now=clock.seconds,
               is_backend_host=backends.is_backend_host)
     router = Router(clock=clock, stats=stats, relay=relay, replies=replies, identity=identity,
                     signer=signer, nat=nat, registrar=registrar, backends=backends, auth=auth,
@@ -392,48 +393,14 @@ def reconfigure_core(proxy: Proxy, config: Config, backend: Backend) -> None:
     if proxy.dialogs is not None:
         proxy.dialogs.configure(config.limits.max_dialogs)
     if proxy.auth is not None:
-        proxy.auth.configure(auth_settings(config))
+        proxy.auth.configure(config.auth, config.proxy, config.limits)
     if proxy.dispatcher is not None:
         reconfigure_dispatcher(proxy.dispatcher, config)
     if proxy.pike is not None:
-        proxy.pike.configure(pike_settings(config))
+        proxy.pike.configure(config.pike)
     if proxy.acl is not None:
-        proxy.acl.configure(acl_settings(config))
+        proxy.acl.configure(config.acl)
     proxy.configure(config.limits)
-
-
-def _tls_settings(config: Config) -> TlsSettings:
-    t = config.tls
-    return TlsSettings(certificate=t.certificate, private_key=t.private_key,
-                       min_version=t.min_version, ciphers=t.ciphers)
-
-
-def _stream_settings(config: Config) -> StreamSettings:
-    lim = config.limits
-    return StreamSettings(
-        idle_timeout=lim.tcp_idle_timeout,
-        first_message_timeout=lim.tcp_first_message_timeout,
-        max_connections=lim.tcp_max_connections,
-        max_per_address=lim.tcp_max_connections_per_address,
-        max_write_queue=lim.max_write_queue,
-    )
-
-
-def _ws_settings(config: Config) -> WsSettings:
-    w = config.websocket
-    return WsSettings(
-        max_message_size=config.limits.max_message_size,
-        keepalive_interval=w.keepalive_interval,
-        handshake_timeout=w.handshake_timeout,
-        allowed_origins=w.allowed_origins,
-        allowed_hosts=tuple(h.lower() for h in w.allowed_hosts),
-        trusted_proxies=w.trusted_proxies,
-        max_connections=config.limits.ws_max_connections,
-        max_per_address=config.limits.ws_max_connections_per_address,
-        register_timeout=config.limits.ws_register_timeout,
-        max_write_queue=config.limits.max_write_queue,
-        phone_page=w.phone_page,
-    )
 
 
 def _backend(config: Config) -> Backend:
