@@ -79,7 +79,8 @@ class _Locator:
             self.lines.setdefault(path[:end], line)
 
     def _scan(self) -> None:
-        text, i, table = self._text, 0, ()
+        text, i = self._text, 0
+        table: tuple[object, ...] = ()
         while True:
             i = self._skip_blank(i, newlines=True)
             if i >= len(text):
@@ -232,8 +233,8 @@ def _did_you_mean(section: str, name: str | None) -> str:
         known = [key.name for key in _SECTION_BY_NAME[section].keys]
         close = [f"{section}.{m}" for m in difflib.get_close_matches(name, known, n=1)]
         same = [key.dotted for key in SCHEMA if key.name == name]
-    guess = (close or same or [None])[0]
-    return f" (did you mean {guess}?)" if guess else ""
+    guesses = close or same
+    return f" (did you mean {guesses[0]}?)" if guesses else ""
 
 
 def _parse_raw(raw: dict[str, Any], where: _Where) -> tuple[Config, list[str]]:
