@@ -6,7 +6,7 @@ from pathlib import Path
 
 from twisted.internet.testing import MemoryReactorClock
 
-from sipgw.proxy.config import parse_config
+from sipgw.config import parse_config
 from sipgw.proxy.service import make_service
 
 MAN = Path(__file__).resolve().parent.parent / "man"

@@ -11,7 +11,7 @@ import tomllib
 from typing import Any
 
 from sipgw.cli.app import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, App
-from sipgw.proxy.config import SCHEMA, ConfigError, config_path_from_env, load_config
+from sipgw.config import SCHEMA, ConfigError, config_path_from_env, load_config
 from sipgw.rpc.client import Client, ProtocolError, RemoteError, Unreachable, find_socket
 
 

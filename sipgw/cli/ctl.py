@@ -41,7 +41,7 @@ def parse_arg(text: str) -> Any:
 
 def _complete_method(ctx: click.Context, param: click.Parameter, incomplete: str):
     """Shell completion: the methods the running proxy serves (nothing if it is down)."""
-    from sipgw.proxy.config import config_path_from_env, load_config
+    from sipgw.config import config_path_from_env, load_config
     from sipgw.rpc.client import Client, find_socket
 
     try:

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from sipgw.cli.app import App, pass_app
 from sipgw.cli.options import config_option
-from sipgw.proxy.config import config_path_from_env
+from sipgw.config import config_path_from_env
 from sipgw.tools.doctor import FAIL, PASS, WARN, Doctor, exit_code, summary
 
 STYLE = {PASS: "green", WARN: "yellow", FAIL: "bold red"}

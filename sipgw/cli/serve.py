@@ -6,7 +6,7 @@ import click
 
 from sipgw.cli.app import EXIT_FAILED, EXIT_OK, EXIT_USAGE, App, pass_app
 from sipgw.cli.options import config_option
-from sipgw.proxy.config import ConfigError, config_path_from_env, load_config
+from sipgw.config import ConfigError, config_path_from_env, load_config
 from sipgw.proxy.dispatcher.build import check_destinations
 from sipgw.proxy.dispatcher.listfile import ListFileError
 

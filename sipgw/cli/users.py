@@ -30,7 +30,7 @@ from rich.text import Text
 
 from sipgw.cli.app import EXIT_USAGE, App, pass_app
 from sipgw.cli.options import config_option
-from sipgw.proxy.config import Config, ConfigError, config_path_from_env, load_config
+from sipgw.config import Config, ConfigError, config_path_from_env, load_config
 from sipgw.sip.uri import check_host, check_user, unescape
 from sipgw.store import StoreError, Subscriber, make_subscriber, open_store
 

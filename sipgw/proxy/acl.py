@@ -25,11 +25,11 @@ Every refusal is logged, at most one line per 10 s per key however many there ar
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Callable
 
 from twisted.logger import Logger
 
+from sipgw.config import AclConfig
 from sipgw.proxy.limits import CapLog
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.proxy.transport import Source, in_networks
@@ -46,21 +46,8 @@ TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 _CACHE_MAX = 4096
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AclSettings:
-    allow: tuple = ()  # ip_network objects, every transport
-    deny: tuple = ()
-    by_transport: tuple = ()  # (transport, allow networks, deny networks)
-    user_agent_deny: tuple[str, ...] = ()
-
-    @property
-    def by_address(self) -> bool:
-        """Is there any address list at all (else the address check is skipped)?"""
-        return bool(self.allow or self.deny or any(a or d for _, a, d in self.by_transport))
-
-
 class Acl:
-    def __init__(self, stats: Stats, settings: AclSettings, *, now: Callable[[], float],
+    def __init__(self, stats: Stats, settings: AclConfig, *, now: Callable[[], float],
                  is_backend_host: Callable[[str], bool] = lambda host: False) -> None:
         self.stats = stats
         self.is_backend_host = is_backend_host
@@ -69,10 +56,15 @@ class Acl:
         stats.declare(ACL_STATS)
         self.configure(settings)
 
-    def configure(self, settings: AclSettings) -> None:
+    def configure(self, settings: AclConfig) -> None:
         self.settings = settings
         self._cache.clear()
-        self._lists = {t: (a, d) for t, a, d in settings.by_transport}
+        # transport -> (its allow list, its deny list)
+        self._lists = {t: (getattr(settings, f"{t}_allow"), getattr(settings, f"{t}_deny"))
+                       for t in TRANSPORTS}
+        # Is there any address list at all (else the address check is skipped)?
+        self.by_address = bool(settings.allow or settings.deny
+                               or any(a or d for a, d in self._lists.values()))
         agents = [re.escape(s) for s in settings.user_agent_deny if s]
         self._agents = re.compile("|".join(agents), re.IGNORECASE) if agents else None
 
@@ -121,13 +113,3 @@ class Acl:
         self.cap_log.reached("acl.user_agent_deny", "{m} from {h}:{p} dropped: User-Agent {ua!r}",
                              m=req.method, h=source.host, p=source.port, ua=ua[:80])
         return True
-
-
-def acl_settings(config) -> AclSettings:
-    a = config.acl
-    return AclSettings(
-        allow=a.allow, deny=a.deny,
-        by_transport=tuple((t, getattr(a, f"{t}_allow"), getattr(a, f"{t}_deny"))
-                           for t in TRANSPORTS),
-        user_agent_deny=a.user_agent_deny,
-    )

@@ -16,7 +16,7 @@ import tracemalloc
 from typing import TYPE_CHECKING, Any
 
 from sipgw import __version__
-from sipgw.proxy.config import ConfigError, config_to_dict, load_config
+from sipgw.config import ConfigError, config_to_dict, load_config
 from sipgw.proxy.gcpolicy import full_collection, last_full
 from sipgw.proxy.log import current_level
 from sipgw.proxy.memtrim import trim

@@ -32,11 +32,12 @@ import functools
 import hmac
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 
+from sipgw.config import AuthConfig, Config, LimitsConfig, ProxyConfig
 from sipgw.proxy.bans import Bans
 from sipgw.proxy.domains import StoreDomains
 from sipgw.proxy.identity import Identity
@@ -55,8 +56,6 @@ from sipgw.sip.message import Request
 from sipgw.sip.uri import SipURI
 from sipgw.store import StoreUnavailable, Subscriber, SubscriberStore, open_store
 
-if TYPE_CHECKING:
-    from sipgw.proxy.config import Config
 
 log = Logger(namespace="sipgw.auth")
 
@@ -69,29 +68,8 @@ AUTH_STATS = (
             "source address is banned after failed authentications"),
 )
 
-# RFC 8760 §2.4: one challenge per algorithm, in order of preference, and a client uses
-# the first it supports. Few do: SIPp 3.6 and sipsak 0.9 read only the first challenge,
-# JsSIP 3 and SIP.js 0.21 only the last (their parsers replace each by the next), baresip
-# 1.0 gives up on any that is not MD5, and all of them know only MD5. So MD5 alone by
-# default, as Kamailio, Asterisk and FreeSWITCH offer; SHA-256 is one setting away.
-ALGORITHMS = ("MD5",)
 RETRY_AFTER = "5"
 STORE_WARN_INTERVAL = 10.0  # seconds between log lines about a failing store
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuthSettings:
-    realm: str = ""  # "" = the From domain
-    domains: frozenset[str] = frozenset()  # more domains that are ours (aliases)
-    trusted: tuple = ()  # ip networks
-    nonce_expire: float = 300.0
-    algorithms: tuple[str, ...] = ALGORITHMS
-    max_failures_user: int = 3
-    max_failures_source: int = 20
-    failure_window: float = 300.0
-    ban_time: float = 900.0
-    max_nonces: int = 200_000  # limits.max_nonces
-    max_auth_failures: int = 100_000  # limits.max_auth_failures
 
 
 @dataclass(slots=True, kw_only=True)
@@ -114,8 +92,9 @@ class _Attempt:
 
 class Authenticator:
     def __init__(self, *, clock: IReactorTime, stats: Stats, identity: Identity, relay: Relay,
-                 replies: Replies, store: SubscriberStore, settings: AuthSettings,
-                 secret: bytes, random: Callable[[int], bytes] = os.urandom) -> None:
+                 replies: Replies, store: SubscriberStore, settings: AuthConfig,
+                 proxy: ProxyConfig, limits: LimitsConfig, secret: bytes,
+                 random: Callable[[int], bytes] = os.urandom) -> None:
         self.clock = clock
         self.stats = stats
         self.identity = identity
@@ -131,24 +110,28 @@ class Authenticator:
         self.domains = StoreDomains(store, now)
         self.nonces.on_forget = self._nonce_forgotten
         self.bans.on_forget = self._failures_forgotten
-        self.settings = settings
-        self.configure(settings)
+        self.configure(settings, proxy, limits)
         stats.declare(AUTH_STATS)
         # Checked against when the user is unknown: the same work as a wrong password.
         self._decoy = random(16).hex()
         self._store_warned = float("-inf")
 
-    def configure(self, settings: AuthSettings) -> None:
-        """Apply (re)loaded settings; nonces, counters and bans survive."""
+    def configure(self, settings: AuthConfig, proxy: ProxyConfig, limits: LimitsConfig) -> None:
+        """Apply (re)loaded [auth], proxy.aliases and the [limits] of nonces and failures;
+        nonces, counters and bans survive."""
         self.settings = settings
+        # Domains that are ours by configuration: the realm and the hosts of the aliases.
+        realm = {settings.realm.lower()} if settings.realm else set()
+        self.configured_domains = frozenset(
+            realm | {split_alias(alias.lower())[0] for alias in proxy.aliases})
         self.nonces.expire = settings.nonce_expire
         b = self.bans
         b.max_failures_user = settings.max_failures_user
         b.max_failures_source = settings.max_failures_source
         b.failure_window = settings.failure_window
         b.ban_time = settings.ban_time
-        b.max_entries = settings.max_auth_failures
-        self.nonces.max_tracked = settings.max_nonces
+        b.max_entries = limits.max_auth_failures
+        self.nonces.max_tracked = limits.max_nonces
 
     def _nonce_forgotten(self) -> None:
         # Never a replay opened: a forgotten nonce is stale, its client is re-challenged.
@@ -378,7 +361,8 @@ class Authenticator:
 
     def _ours(self, host: str) -> bool:
         s = self.settings
-        return host == s.realm or host in s.domains or self.identity.is_our_host(host)
+        return (host == s.realm or host in self.configured_domains
+                or self.identity.is_our_host(host))
 
     def _ours_uri(self, req: Request) -> bool:
         ruri = req.parsed_uri()
@@ -451,27 +435,7 @@ _in_networks = functools.lru_cache(maxsize=4096)(in_networks)
 # -- from the configuration (service.py calls these) ----------------------------------------
 
 
-def auth_settings(config: "Config") -> AuthSettings:
-    a = config.auth
-    domains = {a.realm.lower()} if a.realm else set()
-    for alias in config.proxy.aliases:
-        domains.add(split_alias(alias.lower())[0])
-    return AuthSettings(
-        realm=a.realm,
-        domains=frozenset(domains),
-        trusted=tuple(a.trusted),
-        nonce_expire=a.nonce_expire,
-        algorithms=tuple(a.algorithms),
-        max_failures_user=a.max_failures_user,
-        max_failures_source=a.max_failures_source,
-        failure_window=a.failure_window,
-        ban_time=a.ban_time,
-        max_nonces=config.limits.max_nonces,
-        max_auth_failures=config.limits.max_auth_failures,
-    )
-
-
-def open_subscribers(config: "Config", clock: IReactorTime) -> SubscriberStore:
+def open_subscribers(config: Config, clock: IReactorTime) -> SubscriberStore:
     """The subscriber store ``[subscribers]`` names."""
     s = config.subscribers
     log.info("auth: subscribers in {url}", url=_shown_url(s.url))
@@ -479,7 +443,7 @@ def open_subscribers(config: "Config", clock: IReactorTime) -> SubscriberStore:
                       command_timeout=s.command_timeout, clock=clock)
 
 
-def nonce_secret(config: "Config", random: Callable[[int], bytes] = os.urandom) -> bytes:
+def nonce_secret(config: Config, random: Callable[[int], bytes] = os.urandom) -> bytes:
     # "" = random per start: nonces of another node (or of before a restart) are refused.
     return config.auth.nonce_secret.encode("utf-8") or random(32)
 

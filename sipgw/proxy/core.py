@@ -11,10 +11,10 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from sipgw.config import LimitsConfig
 from sipgw.proxy.acl import Acl
 from sipgw.proxy.auth import Authenticator
 from sipgw.proxy.backends import Backends
-from sipgw.proxy.config import LimitsConfig
 from sipgw.proxy.dialogs import Dialogs
 from sipgw.proxy.identity import Identity
 from sipgw.proxy.nat import WEBSOCKET, Nat
@@ -91,7 +91,7 @@ class Proxy:
                              max_body_size=limits.max_message_size)
         acl = self.acl
         # The check before parsing costs nothing when no address is listed.
-        self.admits = acl.admits if acl is not None and acl.settings.by_address else None
+        self.admits = acl.admits if acl is not None and acl.by_address else None
 
     # -- entry point --------------------------------------------------------------------
 

@@ -25,13 +25,13 @@ are removed by a sweep every unit; a blocked one is released then, with a log li
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from sipgw.config import PikeConfig
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.proxy.transport import Source, transport_address
 from sipgw.rpc.registry import RpcError, rpc
@@ -44,15 +44,6 @@ PIKE_STATS = (
 )
 
 TOP_ROWS = 1000  # pike.top ALL lists at most this many addresses, the busiest first
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PikeSettings:
-    enabled: bool = True
-    sampling_time_unit: float = 2.0
-    reqs_density_per_unit: int = 30
-    remove_latency: float = 120.0
-    max_sources: int = 50_000
 
 
 class _Entry:
@@ -80,7 +71,7 @@ class Pike:
         self,
         clock: IReactorTime,
         stats: Stats,
-        settings: PikeSettings,
+        settings: PikeConfig,
         *,
         exempt: Callable[[str], bool] = lambda host: False,
     ) -> None:
@@ -94,8 +85,8 @@ class Pike:
         stats.declare(PIKE_STATS)
         self.configure(settings)
 
-    def configure(self, settings: PikeSettings) -> None:
-        """Apply (re)loaded settings; the table survives (unless pike is turned off), and
+    def configure(self, settings: PikeConfig) -> None:
+        """Apply (re)loaded [pike]; the table survives (unless pike is turned off), and
         exemptions are decided again."""
         self.settings = settings
         self.enabled = settings.enabled
@@ -304,10 +295,3 @@ class Pike:
         if not entries and address != "all":
             raise RpcError(f"{address} is not blocked")
         return len(entries)
-
-
-def pike_settings(config) -> PikeSettings:
-    p = config.pike
-    return PikeSettings(enabled=p.enabled, sampling_time_unit=p.sampling_time_unit,
-                        reqs_density_per_unit=p.reqs_density_per_unit,
-                        remove_latency=p.remove_latency, max_sources=p.max_sources)

@@ -16,7 +16,7 @@ import itertools
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sipgw.proxy.config import LimitsConfig, ProxyConfig, TimersConfig
+from sipgw.config import LimitsConfig, ProxyConfig, TimersConfig
 from sipgw.proxy.dialogs import Dialogs
 from sipgw.proxy.identity import BRANCH_PREFIX, Identity, loop_hash, make_branch
 from sipgw.proxy.limits import CapLog

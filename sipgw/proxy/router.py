@@ -10,10 +10,10 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from sipgw.config import LimitsConfig, ProxyConfig
 from sipgw.proxy.acl import Acl
 from sipgw.proxy.auth import Authenticator
 from sipgw.proxy.backends import Backends
-from sipgw.proxy.config import LimitsConfig, ProxyConfig
 from sipgw.proxy.identity import Identity, branch_loop_part, loop_hash
 from sipgw.proxy.limits import CapLog
 from sipgw.proxy.log import debugging

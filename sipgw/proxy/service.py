@@ -22,11 +22,11 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from sipgw.config import Config, ConfigError, LoadedConfig, load_config
 from sipgw.proxy import log as sipgw_log
-from sipgw.proxy.acl import Acl, acl_settings
-from sipgw.proxy.auth import Authenticator, auth_settings, nonce_secret, open_subscribers
+from sipgw.proxy.acl import Acl
+from sipgw.proxy.auth import Authenticator, nonce_secret, open_subscribers
 from sipgw.proxy.backends import Backend, Backends
-from sipgw.proxy.config import Config, ConfigError, LoadedConfig, load_config
 from sipgw.proxy.control import ControlServer, start_control
 from sipgw.proxy.core import Proxy
 from sipgw.proxy.dialogs import Dialogs
@@ -37,7 +37,7 @@ from sipgw.proxy.metrics import start_metrics
 from sipgw.proxy.notify import Notifier
 from sipgw.proxy.outbound import Outbound
 from sipgw.proxy.nat import Nat
-from sipgw.proxy.pike import Pike, pike_settings
+from sipgw.proxy.pike import Pike
 from sipgw.proxy.registrar import Registrar
 from sipgw.proxy.relay import Relay
 from sipgw.proxy.replies import Replies, SendFunction
@@ -46,10 +46,10 @@ from sipgw.proxy.signing import RouteSigner, route_key
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap
 from sipgw.proxy.transport import Destination, FlowTable, transport_address
-from sipgw.proxy.transport.stream import StreamSettings, StreamTransport
+from sipgw.proxy.transport.stream import StreamTransport
 from sipgw.proxy.transport.udp import UdpListener
-from sipgw.proxy.transport.tls import ServerTls, TlsSettings, TlsTransport
-from sipgw.proxy.transport.ws import WsSettings, WsTransport
+from sipgw.proxy.transport.tls import ServerTls, TlsTransport
+from sipgw.proxy.transport.ws import WsTransport
 from sipgw.sip.nat import NatTest
 from sipgw.store import SubscriberStore
 
@@ -78,14 +78,14 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     proxy = build_core(config, clock=reactor, send=send or outbound.send, stats=stats,
                        flows=flows, tap=tap, store=open_subscribers(config, reactor))
     # A bad certificate is a start-up error (TlsError), before any listener opens.
-    tls = ServerTls(_tls_settings(config)) if (config.listen.tls or config.listen.wss) else None
+    tls = ServerTls(config.tls) if (config.listen.tls or config.listen.wss) else None
     stream = StreamTransport(
         reactor,
         reactor,
         flows,
         proxy.receive,
         limits=proxy.limits,
-        settings=_stream_settings(config),
+        settings=config.limits,
         stats=stats,
         on_send_failed=outbound.failed,
         refuse=proxy.refuse,
@@ -96,7 +96,7 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     if config.listen.tls:
         tls_stream = TlsTransport(
             reactor, reactor, flows, proxy.receive,
-            limits=proxy.limits, settings=_stream_settings(config), stats=stats,
+            limits=proxy.limits, settings=config.limits, stats=stats,
             on_send_failed=outbound.failed, refuse=proxy.refuse,
             on_closed=proxy.registrar.flow_closed,
             caps=stream.caps,  # the caps count TCP and TLS together
@@ -105,7 +105,7 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     ws = None
     if config.listen.ws or config.listen.wss:
         ws = WsTransport(reactor, reactor, flows, proxy.receive,
-                         stats, _ws_settings(config),
+                         stats, config.websocket, config.limits,
                          on_closed=proxy.registrar.flow_closed,
                          users_of=proxy.registrar.users_on,
                          flows_of=proxy.registrar.flows_of,
@@ -377,14 +377,14 @@ class ProxyService(service.MultiService):
         reconfigure_core(self.proxy, new.config, backend)
         sipgw_log.set_level(new.config.log.level)
         if self.ws is not None:
-            self.ws.reconfigure(_ws_settings(new.config))
+            self.ws.reconfigure(new.config.websocket, new.config.limits)
         for stream in (self.stream, self.tls_stream):
             if stream is not None:
                 # New connections frame with the new sizes.
-                stream.reconfigure(_stream_settings(new.config), self.proxy.limits)
+                stream.reconfigure(new.config.limits, self.proxy.limits)
         if self.tls is not None:
             # New connections get the re-read certificate; live ones keep theirs.
-            self.tls.reload(_tls_settings(new.config))
+            self.tls.reload(new.config.tls)
         for key in new.not_in_effect:
             log.warn("{key}: not in effect yet", key=key)
         log.info("reloaded {path}", path=path)
@@ -428,15 +428,16 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
     auth = None
     if store is not None:
         auth = Authenticator(clock=clock, stats=stats, identity=identity, relay=relay,
-                             replies=replies, store=store, settings=auth_settings(config),
+                             replies=replies, store=store, settings=config.auth,
+                             proxy=config.proxy, limits=config.limits,
                              secret=nonce_secret(config))
 
     def pike_exempt(host: str) -> bool:
         """Never blocked by pike: auth.trusted (as now configured) and the backends."""
         return (auth is not None and auth.trusts(host)) or backends.is_backend_host(host)
 
-    pike = Pike(clock, stats, pike_settings(config), exempt=pike_exempt)
-    acl = Acl(stats, acl_settings(config), now=clock.seconds,
+    pike = Pike(clock, stats, config.pike, exempt=pike_exempt)
+    acl = Acl(stats, config.acl, now=clock.seconds,
               is_backend_host=backends.is_backend_host)
     router = Router(clock=clock, stats=stats, relay=relay, replies=replies, identity=identity,
                     signer=signer, nat=nat, registrar=registrar, backends=backends, auth=auth,
@@ -458,48 +459,14 @@ def reconfigure_core(proxy: Proxy, config: Config, backend: Backend) -> None:
     if proxy.dialogs is not None:
         proxy.dialogs.configure(config.limits.max_dialogs)
     if proxy.auth is not None:
-        proxy.auth.configure(auth_settings(config))
+        proxy.auth.configure(config.auth, config.proxy, config.limits)
     if proxy.dispatcher is not None:
         reconfigure_dispatcher(proxy.dispatcher, config)
     if proxy.pike is not None:
-        proxy.pike.configure(pike_settings(config))
+        proxy.pike.configure(config.pike)
     if proxy.acl is not None:
-        proxy.acl.configure(acl_settings(config))
+        proxy.acl.configure(config.acl)
     proxy.configure(config.limits)
-
-
-def _tls_settings(config: Config) -> TlsSettings:
-    t = config.tls
-    return TlsSettings(certificate=t.certificate, private_key=t.private_key,
-                       min_version=t.min_version, ciphers=t.ciphers)
-
-
-def _stream_settings(config: Config) -> StreamSettings:
-    lim = config.limits
-    return StreamSettings(
-        idle_timeout=lim.tcp_idle_timeout,
-        first_message_timeout=lim.tcp_first_message_timeout,
-        max_connections=lim.tcp_max_connections,
-        max_per_address=lim.tcp_max_connections_per_address,
-        max_write_queue=lim.max_write_queue,
-    )
-
-
-def _ws_settings(config: Config) -> WsSettings:
-    w = config.websocket
-    return WsSettings(
-        max_message_size=config.limits.max_message_size,
-        keepalive_interval=w.keepalive_interval,
-        handshake_timeout=w.handshake_timeout,
-        allowed_origins=w.allowed_origins,
-        allowed_hosts=tuple(h.lower() for h in w.allowed_hosts),
-        trusted_proxies=w.trusted_proxies,
-        max_connections=config.limits.ws_max_connections,
-        max_per_address=config.limits.ws_max_connections_per_address,
-        register_timeout=config.limits.ws_register_timeout,
-        max_write_queue=config.limits.max_write_queue,
-        phone_page=w.phone_page,
-    )
 
 
 def _backend(config: Config) -> Backend:

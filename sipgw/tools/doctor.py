@@ -85,7 +85,7 @@ class Doctor:
     # -- the checks -------------------------------------------------------------------
 
     def check_config(self) -> Check:
-        from sipgw.proxy.config import ConfigError, load_config
+        from sipgw.config import ConfigError, load_config
 
         shown = self.config_path or "embedded default config"
         try:

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from sipgw.proxy.config import Config, default_config
+from sipgw.config import Config, default_config
 from sipgw.proxy.core import Proxy
 from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.service import build_core
@@ -87,6 +87,19 @@ def config_with(**sections: dict) -> Config:
     return dataclasses.replace(config, **{
         name: dataclasses.replace(getattr(config, name), **values)
         for name, values in changes.items()})
+
+
+def sections(*names: str, **keys) -> tuple:
+    """The embedded default's sections ``names``, each key of ``keys`` set in the one of
+    them that has it: ``websocket, limits = sections("websocket", "limits",
+    keepalive_interval=0, ws_register_timeout=5)``, for a component that takes them."""
+    config = default_config()
+    found = [getattr(config, name) for name in names]
+    for key, value in keys.items():
+        owners = [i for i, section in enumerate(found) if key in section.__dataclass_fields__]
+        assert len(owners) == 1, f"{key} is in {len(owners)} of the sections {names}"
+        found[owners[0]] = dataclasses.replace(found[owners[0]], **{key: value})
+    return tuple(found)
 
 
 def core(*, clock: IReactorTime, send, config: Config | None = None,

@@ -20,7 +20,7 @@ from twisted.internet.epollreactor import EPollReactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.runtime import seconds as wall_seconds
 
-from sipgw.proxy.config import load_config
+from sipgw.config import load_config
 from sipgw.proxy.service import make_service
 from tests.helpers import wsframes as wf
 from tests.helpers.certs import CertAuthority

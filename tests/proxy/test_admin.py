@@ -9,9 +9,9 @@ import pytest
 from twisted.logger import capturedLogs, formatEvent
 from twisted.internet.testing import MemoryReactorClock
 
+from sipgw.config import load_config
 from sipgw.proxy import log as sipgw_log
 from sipgw.proxy.admin import Admin
-from sipgw.proxy.config import load_config
 from sipgw.proxy.service import make_service
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.rpc.registry import RpcError

@@ -14,8 +14,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from sipgw.proxy.auth import AuthSettings, auth_settings
-from sipgw.proxy.config import default_config
+from sipgw.config import default_config
 from sipgw.proxy.transport import Destination, Source
 from sipgw.sip.parser import parse_message
 from sipgw.store import StoreError, StoreUnavailable, Subscriber, make_subscriber
@@ -58,7 +57,7 @@ class Link:
 class Rig:
     """A proxy with the AUTH step, its clock, its link and its store."""
 
-    def __init__(self, settings: AuthSettings | None = None, secret: bytes = SECRET) -> None:
+    def __init__(self, secret: bytes = SECRET, **sections: dict) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.link = Link()
@@ -69,7 +68,13 @@ class Rig:
                           config=config_with(auth={"nonce_secret": secret.decode()}))
         self.auth = self.proxy.auth
         assert self.auth is not None
-        self.auth.configure(settings or AuthSettings(realm=REALM))  # as a reload would
+        self.reload(**sections)
+
+    def reload(self, **sections: dict) -> None:
+        """Configure the AUTH step as a reload would: the realm is REALM unless ``auth``
+        says otherwise, the rest ``config_with(**sections)``."""
+        config = config_with(**{**sections, "auth": {"realm": REALM, **sections.get("auth", {})}})
+        self.auth.configure(config.auth, config.proxy, config.limits)
 
     def send(self, data: bytes, source: Source = PHONE):
         self.link.clear()
@@ -128,7 +133,7 @@ def rig() -> Rig:
 @pytest.fixture
 def sha256_rig() -> Rig:
     """``[auth] algorithms = ["SHA-256", "MD5"]``."""
-    return Rig(AuthSettings(realm=REALM, algorithms=("SHA-256", "MD5")))
+    return Rig(auth={"algorithms": ("SHA-256", "MD5")})
 
 
 def register_ok(rig: Rig, **kw) -> None:
@@ -153,7 +158,7 @@ def test_register_without_credentials_is_challenged_401_with_md5_alone_by_defaul
 
 
 def test_the_configured_default_is_md5_alone():
-    assert auth_settings(default_config()).algorithms == ("MD5",)
+    assert default_config().auth.algorithms == ("MD5",)
 
 
 def test_sha256_can_be_offered_first_with_md5_after_it_under_one_nonce(sha256_rig):
@@ -165,7 +170,7 @@ def test_sha256_can_be_offered_first_with_md5_after_it_under_one_nonce(sha256_ri
 
 
 def test_an_algorithm_not_offered_is_rechallenged():
-    rig = Rig(AuthSettings(realm=REALM, algorithms=("SHA-256",)))
+    rig = Rig(auth={"algorithms": ("SHA-256",)})
     challenge = rig.send(sip_request())
     reply = rig.send(sip_request(auth=answer(challenge, algorithm="MD5"), cseq=2))
     assert reply.status == 401 and rig.link.to_backend() == []
@@ -179,7 +184,7 @@ def test_invite_without_credentials_is_challenged_407_with_proxy_authenticate(ri
 
 
 def test_the_realm_is_the_from_domain_when_none_is_configured():
-    rig = Rig(AuthSettings(realm=""))
+    rig = Rig(auth={"realm": ""})
     rig.store.records[("5001", "example.org")] = make_subscriber("5001", "example.org", "pw")
     reply = rig.send(sip_request(domain="example.org", ruri="sip:127.0.0.1:5060"))
     assert challenges(reply, "WWW-Authenticate")[0].params["realm"] == "example.org"
@@ -407,7 +412,7 @@ def test_a_source_ban_names_the_address_and_its_lifting_is_logged(rig):
 
 
 def test_a_trusted_network_is_neither_challenged_nor_banned():
-    rig = Rig(AuthSettings(realm=REALM, trusted=(ipaddress.ip_network("192.0.2.0/24"),)))
+    rig = Rig(auth={"trusted": (ipaddress.ip_network("192.0.2.0/24"),)})
     rig.send(sip_request("INVITE"))
     assert len(rig.link.to_backend()) == 1
     assert rig.stat("challenged") == 0
@@ -441,7 +446,7 @@ def infos_of(logs) -> list[str]:
 
 def store_domain_rig() -> Rig:
     """The embedded default: no auth.realm, no aliases; 5001 added for example.com."""
-    rig = Rig(AuthSettings(realm=""))
+    rig = Rig(auth={"realm": ""})
     rig.store.records[("5001", "example.com")] = make_subscriber("5001", "example.com", "pw")
     return rig
 
@@ -615,7 +620,7 @@ def test_bans_are_listed_and_lifted_over_the_control_plane(rig):
 def test_a_reload_applies_new_limits_and_keeps_nonces_and_bans(rig):
     challenge = rig.send(sip_request())
     fail_once(rig, user="5002")
-    rig.auth.configure(AuthSettings(realm=REALM, max_failures_user=2))
+    rig.reload(auth={"max_failures_user": 2})
     fail_once(rig, user="5002")
     assert rig.send(sip_request(user="5002")).status == 403  # two failures now ban
     rig.send(sip_request(auth=answer(challenge), cseq=2))  # a nonce from before the reload

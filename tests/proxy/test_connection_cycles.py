@@ -123,7 +123,7 @@ def ws_keepalive_then_no_pong(live, transport, n):
 def ws_no_register(live, transport, n):
     peer = live.connect(transport)
     peer.ws_open()
-    live.reactor.jump(live.service.ws.settings.register_timeout)
+    live.reactor.jump(live.service.ws.limits.ws_register_timeout)
     peer.reactor.until(lambda: any(f.close_code == 1008 for f in peer.ws_frames()), "1008")
     peer.send(wf.close_frame(1008))
     peer.wait_closed("a client that never registered closed")
@@ -193,14 +193,14 @@ def stream_closed_by_the_client(live, transport, n):
 
 def stream_idle(live, transport, n):
     peer = _registered(live, transport, n)
-    live.reactor.jump(live.service.stream.settings.idle_timeout)
+    live.reactor.jump(live.service.stream.settings.tcp_idle_timeout)
     peer.wait_closed("an idle connection closed")
 
 
 def stream_no_message(live, transport, n):
     peer = live.connect(transport)
     live.reactor.until(lambda: live.connections() == 1, "the connection accepted")
-    live.reactor.jump(live.service.stream.settings.first_message_timeout)
+    live.reactor.jump(live.service.stream.settings.tcp_first_message_timeout)
     peer.wait_closed("a connection that sent nothing closed")
 
 
@@ -247,7 +247,7 @@ def backend_closes(live, transport, n):
 
 def backend_idle(live, transport, n):
     conn = _to_backend(live, n)
-    live.reactor.jump(live.service.stream.settings.idle_timeout)
+    live.reactor.jump(live.service.stream.settings.tcp_idle_timeout)
     live.reactor.until(lambda: live.connections() == 0, "sipgw closing its idle connection")
     conn.close()
 

@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.internet.selectreactor import SelectReactor
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from sipgw.proxy.config import load_config
+from sipgw.config import load_config
 from sipgw.proxy.control import ControlServer, ControlSocketInUse, owners_in
 from sipgw.proxy.service import make_service
 from sipgw.proxy.stats import Stats

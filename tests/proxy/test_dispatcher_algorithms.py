@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 from twisted.internet.task import Clock
 
-from sipgw.proxy.dispatcher import Dispatcher, Settings
+from sipgw.config import DispatcherConfig
+from sipgw.proxy.dispatcher import Dispatcher
 from sipgw.proxy.dispatcher.build import resolve_uri
 from sipgw.proxy.dispatcher.listfile import parse_list
 from sipgw.proxy.dispatcher.state import INACTIVE
@@ -19,7 +20,8 @@ THREE = "1 sip:10.0.0.1:5060\n1 sip:10.0.0.2:5060\n1 sip:10.0.0.3:5060\n"
 
 
 def make(text: str = THREE, probes=None, **settings) -> Dispatcher:
-    d = Dispatcher(clock=Clock(), stats=Stats(), settings=Settings(**{"ping_interval": 0, **settings}),
+    d = Dispatcher(clock=Clock(), stats=Stats(),
+                   settings=DispatcherConfig(**{"ping_interval": 0, **settings}),
                    inline=parse_list(text), resolve=resolve_uri, rng=random.Random(5),
                    send_request=probes)
     d.reload()
@@ -179,4 +181,4 @@ def test_select_skips_excluded_destinations():
 
 def test_unsupported_algorithms_are_refused():
     with pytest.raises(ValueError, match="algorithm 7 is not supported"):
-        Settings(algorithm=7)
+        make(algorithm=7)

@@ -8,8 +8,8 @@ import tempfile
 
 import pytest
 
+from sipgw.config import DispatcherConfig
 from sipgw.proxy.core import Proxy
-from sipgw.proxy.dispatcher import Settings
 from sipgw.proxy.transport import Source
 from sipgw.rpc.registry import RpcError, methods_of
 from tests.helpers.fakes import config_with, core
@@ -250,7 +250,7 @@ def test_reload_keeps_states_of_destinations_still_listed_and_refuses_a_bad_file
     proxy.dispatcher.rpc_set_state("ip", 1, "sip:127.0.0.1:5082")
     path = tmp_path / "dispatcher.list"
     path.write_text("1 sip:127.0.0.1:5082 0 10\n1 sip:127.0.0.1:5083 0 10\n")
-    proxy.dispatcher.settings = Settings(list_file=str(path))
+    proxy.dispatcher.configure(DispatcherConfig(list_file=str(path)))
     proxy.dispatcher.rpc_reload()
     assert flags(proxy) == {"sip:127.0.0.1:5082": "IP", "sip:127.0.0.1:5083": "AP"}
     path.write_text("1 sip:127.0.0.1:5084\nbad line here\n")
@@ -271,10 +271,10 @@ def test_a_reload_that_turns_probes_on_starts_them_and_one_that_turns_them_off_s
     proxy.dispatcher.start()
     clock.advance(10)
     assert link.sent == []
-    proxy.dispatcher.configure(Settings(ping_interval=5))
+    proxy.dispatcher.configure(DispatcherConfig(ping_interval=5))
     clock.advance(0)
     assert {(d.host, d.port) for m, d in link.sent if m.method == "OPTIONS"} == {A, B, BACKUP}
     answer_probes(proxy, link, A, B, BACKUP)
-    proxy.dispatcher.configure(Settings(ping_interval=0))
+    proxy.dispatcher.configure(DispatcherConfig(ping_interval=0))
     clock.advance(20)
     assert link.sent == []

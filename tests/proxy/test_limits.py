@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, formatEvent
 
-from sipgw.proxy.auth import AuthSettings
+from sipgw.config import LimitsConfig
 from sipgw.proxy.dialogs import Dialogs
 from sipgw.proxy.limits import CapLog, ConnectionCaps
 from sipgw.proxy.identity import Identity, Listener
@@ -22,7 +22,7 @@ from sipgw.proxy.registrar import MAX_BINDINGS_PER_FLOW, FlowFailed, Registrar
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap, Tracer
 from sipgw.proxy.transport import FlowTable, Source
-from sipgw.proxy.transport.stream import StreamSettings, _ServerFactory
+from sipgw.proxy.transport.stream import _ServerFactory
 from sipgw.rpc.registry import RpcError
 from sipgw.sip.message import Request, Response
 from sipgw.sip.parser import Limits, parse_message
@@ -114,7 +114,7 @@ def test_a_full_transaction_table_answers_503_with_retry_after_and_logs_once_per
 
 
 def test_connections_beyond_the_per_address_cap_are_closed_at_once_and_others_still_come_in():
-    _, stack, _, _ = make_stack(max_per_address=2, max_connections=3)
+    _, stack, _, _ = make_stack(tcp_max_connections_per_address=2, tcp_max_connections=3)
     lines = capture(stack)
     kept = [connect(stack, port=40000 + i) for i in range(2)]
     proto, refused = connect(stack, port=40002)
@@ -135,7 +135,7 @@ def test_connections_beyond_the_per_address_cap_are_closed_at_once_and_others_st
 
 
 def test_a_client_that_never_sends_a_whole_message_is_closed_after_the_first_message_timeout():
-    reactor, stack, received, _ = make_stack(first_message_timeout=10)
+    reactor, stack, received, _ = make_stack(tcp_first_message_timeout=10)
     lines = capture(stack)
     quiet, t_quiet = connect(stack, port=40000)
     talker, t_talker = connect(stack, port=40001)
@@ -153,7 +153,7 @@ def test_a_client_that_never_sends_a_whole_message_is_closed_after_the_first_mes
 
 
 def test_a_connection_sipgw_opened_to_a_backend_has_no_first_message_timeout():
-    reactor, stack, _, _ = make_stack(first_message_timeout=1)
+    reactor, stack, _, _ = make_stack(tcp_first_message_timeout=1)
     stack.send(b"hello", "198.51.100.5", 5060, None)
     out = reactor.tcpClients[0][2].buildProtocol(None)
     t = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.5", 5060),
@@ -256,7 +256,7 @@ def test_a_websocket_client_that_stops_reading_is_dropped_and_the_other_keeps_it
 
 
 def test_hundreds_of_websocket_clients_that_never_register_are_closed_with_one_log_line():
-    stack = Stack(register_timeout=5, max_per_address=5000)
+    stack = Stack(ws_register_timeout=5, ws_max_connections_per_address=5000)
     lines = capture(stack.ws)
     idle = [Client(stack, port=20000 + i).open() for i in range(500)]
     user = Client(stack, port=40000).open()
@@ -272,7 +272,7 @@ def test_hundreds_of_websocket_clients_that_never_register_are_closed_with_one_l
 
 
 def test_websocket_handshakes_beyond_the_cap_get_503_and_one_log_line():
-    stack = Stack(max_connections=2)
+    stack = Stack(ws_max_connections=2)
     lines = capture(stack.ws)
     Client(stack, port=1).open()
     Client(stack, port=2).open()
@@ -288,7 +288,7 @@ def test_websocket_handshakes_beyond_the_cap_get_503_and_one_log_line():
 
 
 def test_the_nonce_table_is_capped_and_a_forgotten_nonce_is_rechallenged_stale():
-    rig = Rig(AuthSettings(realm="sipgw.test", max_nonces=2))
+    rig = Rig(auth={"realm": "sipgw.test"}, limits={"max_nonces": 2})
     lines = capture(rig.auth)
     challenges = [rig.send(sip_request(call_id=f"c{i}")) for i in range(3)]
     for i, ch in enumerate(challenges):
@@ -303,7 +303,8 @@ def test_the_nonce_table_is_capped_and_a_forgotten_nonce_is_rechallenged_stale()
 
 
 def test_failure_counters_are_capped_with_the_oldest_forgotten():
-    rig = Rig(AuthSettings(realm="sipgw.test", max_auth_failures=3, max_failures_source=1000))
+    rig = Rig(auth={"realm": "sipgw.test", "max_failures_source": 1000},
+              limits={"max_auth_failures": 3})
     lines = capture(rig.auth)
     for i in range(10):
         fail_once(rig, user=f"u{i}")
@@ -374,9 +375,9 @@ def test_bindings_remembered_per_flow_are_capped_and_routing_by_path_still_works
 
 
 def test_a_reload_changes_the_connection_caps_of_the_running_listeners():
-    _, stack, _, _ = make_stack(max_connections=10)
+    _, stack, _, _ = make_stack(tcp_max_connections=10)
     connect(stack, port=1)
-    stack.reconfigure(StreamSettings(max_connections=1))
+    stack.reconfigure(LimitsConfig(tcp_max_connections=1))
     assert connect(stack, port=2)[1].disconnecting
-    stack.reconfigure(StreamSettings(max_connections=5))
+    stack.reconfigure(LimitsConfig(tcp_max_connections=5))
     assert not connect(stack, port=3)[1].disconnecting

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web.test.requesthelper import DummyRequest
 
-from sipgw.proxy.config import parse_config
+from sipgw.config import parse_config
 from sipgw.proxy.metrics import MetricsPage, metric_name, registry_for
 from sipgw.proxy.service import make_service
 from sipgw.proxy.stats import StatDef, Stats

@@ -6,7 +6,7 @@ import socket
 
 from twisted.internet.task import Clock
 
-from sipgw.proxy.config import load_config
+from sipgw.config import load_config
 from sipgw.proxy.notify import Notifier
 from sipgw.proxy.service import make_service
 from tests.proxy.test_service import GOOD, Reactor

@@ -6,7 +6,8 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from sipgw.proxy.pike import Pike, PikeSettings
+from sipgw.config import PikeConfig
+from sipgw.proxy.pike import Pike
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import Source
 from sipgw.rpc.registry import RpcError
@@ -26,8 +27,8 @@ def make(exempt=lambda host: False, **changes) -> tuple[Pike, Clock, Stats]:
     clock = Clock()
     clock.advance(1000.0)  # on a unit boundary, as the tests below count on
     stats = Stats()
-    settings = PikeSettings(**{"sampling_time_unit": UNIT, "reqs_density_per_unit": DENSITY,
-                               "remove_latency": LATENCY, **changes})
+    settings = PikeConfig(**{"sampling_time_unit": UNIT, "reqs_density_per_unit": DENSITY,
+                             "remove_latency": LATENCY, **changes})
     pike = Pike(clock, stats, settings, exempt=exempt)
     pike.start()
     return pike, clock, stats
@@ -132,8 +133,8 @@ def test_disabled_pike_lets_everything_in():
 
 def test_a_new_density_from_a_reload_applies_at_once():
     pike, clock, stats = make()
-    pike.configure(PikeSettings(sampling_time_unit=UNIT, reqs_density_per_unit=5,
-                                remove_latency=LATENCY))
+    pike.configure(PikeConfig(sampling_time_unit=UNIT, reqs_density_per_unit=5,
+                              remove_latency=LATENCY))
     assert send(pike, 10) == 5
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.testing import MemoryReactorClock
 
-from sipgw.proxy.config import load_config
+from sipgw.config import load_config
 from sipgw.proxy.service import make_service
 
 GOOD = """

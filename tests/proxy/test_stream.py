@@ -5,8 +5,9 @@ from __future__ import annotations
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from sipgw.config import LimitsConfig
 from sipgw.proxy.transport import FlowTable
-from sipgw.proxy.transport.stream import StreamSettings, StreamTransport
+from sipgw.proxy.transport.stream import StreamTransport
 from sipgw.sip.parser import Limits
 
 OPTIONS = (
@@ -17,13 +18,14 @@ OPTIONS = (
 )
 
 
-def make_stack(idle: float = 300.0, **settings):
+def make_stack(**limits):
+    """A TCP transport on a memory reactor; ``limits``: [limits] keys changed."""
     reactor = MemoryReactorClock()
     received = []
     failed = []
     stack = StreamTransport(
         reactor, reactor, FlowTable(), lambda data, src: received.append((data, src)),
-        limits=Limits(), settings=StreamSettings(idle_timeout=idle, **settings),
+        limits=Limits(), settings=LimitsConfig(**limits),
         on_send_failed=lambda h, p, t: failed.append((h, p, t)),
         refuse=lambda data, src, err: failed.append((data, err.reason)),
     )
@@ -77,7 +79,7 @@ def test_a_broken_content_length_is_answered_then_the_connection_closed_and_forg
 
 
 def test_an_idle_connection_is_closed_after_the_timeout_and_traffic_resets_it():
-    reactor, stack, _, _ = make_stack(idle=10, first_message_timeout=0)
+    reactor, stack, _, _ = make_stack(tcp_idle_timeout=10, tcp_first_message_timeout=0)
     proto, transport = connect(stack)
     reactor.advance(9)
     proto.dataReceived(b"\r\n\r\n")

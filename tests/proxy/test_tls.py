@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from OpenSSL import SSL
 
-from sipgw.proxy.transport.tls import ServerTls, TlsError, TlsSettings, build_context
+from sipgw.config import TlsConfig
+from sipgw.proxy.transport.tls import ServerTls, TlsError, build_context
 from tests.helpers.certs import CertAuthority
 
 
@@ -44,7 +45,7 @@ def handshake(server_ctx: SSL.Context, ca: CertAuthority) -> SSL.Connection:
 
 def test_a_chain_and_its_key_make_a_tls_1_2_context(ca):
     chain, key, serial = ca.issue()
-    ctx = build_context(TlsSettings(certificate=str(chain), private_key=str(key)))
+    ctx = build_context(TlsConfig(certificate=str(chain), private_key=str(key)))
     client = handshake(ctx, ca)
     assert client.get_peer_certificate().get_serial_number() == serial
     assert client.get_protocol_version_name() in ("TLSv1.2", "TLSv1.3")
@@ -54,14 +55,14 @@ def test_the_key_may_be_in_the_certificate_file(ca, tmp_path):
     chain, key, serial = ca.issue()
     both = tmp_path / "both.pem"
     both.write_bytes(chain.read_bytes() + key.read_bytes())
-    client = handshake(build_context(TlsSettings(certificate=str(both))), ca)
+    client = handshake(build_context(TlsConfig(certificate=str(both))), ca)
     # A client that verifies gets the issued certificate from it, proved by its key.
     assert client.get_peer_certificate().get_serial_number() == serial
 
 
 def test_a_missing_certificate_is_an_error_naming_the_file_and_key(tmp_path):
     with pytest.raises(TlsError) as caught:
-        build_context(TlsSettings(certificate=str(tmp_path / "nope.pem")))
+        build_context(TlsConfig(certificate=str(tmp_path / "nope.pem")))
     assert "tls.certificate" in str(caught.value) and "nope.pem" in str(caught.value)
 
 
@@ -69,7 +70,7 @@ def test_a_key_that_is_not_the_certificates_is_refused(ca):
     chain, _, _ = ca.issue("a")
     _, other_key, _ = ca.issue("b")
     with pytest.raises(TlsError) as caught:
-        build_context(TlsSettings(certificate=str(chain), private_key=str(other_key)))
+        build_context(TlsConfig(certificate=str(chain), private_key=str(other_key)))
     assert "is not the key of" in str(caught.value)
 
 
@@ -77,21 +78,21 @@ def test_garbage_instead_of_pem_and_a_bad_cipher_string_are_refused(ca, tmp_path
     junk = tmp_path / "junk.pem"
     junk.write_text("hello")
     with pytest.raises(TlsError, match="no PEM certificate"):
-        build_context(TlsSettings(certificate=str(junk)))
+        build_context(TlsConfig(certificate=str(junk)))
     chain, key, _ = ca.issue()
     with pytest.raises(TlsError, match="tls.ciphers"):
-        build_context(TlsSettings(certificate=str(chain), private_key=str(key),
-                                  ciphers="NOTACIPHER"))
+        build_context(TlsConfig(certificate=str(chain), private_key=str(key),
+                                ciphers="NOTACIPHER"))
 
 
 def test_reload_swaps_the_context_and_keeps_the_old_one_when_the_new_files_are_bad(ca, tmp_path):
     chain, key, _ = ca.issue("one")
-    tls = ServerTls(TlsSettings(certificate=str(chain), private_key=str(key)))
+    tls = ServerTls(TlsConfig(certificate=str(chain), private_key=str(key)))
     first = tls.getContext()
-    assert not tls.reload(TlsSettings(certificate=str(tmp_path / "gone.pem")))
+    assert not tls.reload(TlsConfig(certificate=str(tmp_path / "gone.pem")))
     assert tls.getContext() is first
     chain2, key2, _ = ca.issue("two")
-    assert tls.reload(TlsSettings(certificate=str(chain2), private_key=str(key2)))
+    assert tls.reload(TlsConfig(certificate=str(chain2), private_key=str(key2)))
     assert tls.getContext() is not first
 
 
@@ -99,7 +100,7 @@ def test_tls_info_names_the_certificate_in_use_and_follows_a_reload(ca):
     from sipgw.rpc.registry import methods_of
 
     chain, key, serial = ca.issue("one", cn="phone.example.com")
-    tls = ServerTls(TlsSettings(certificate=str(chain), private_key=str(key)))
+    tls = ServerTls(TlsConfig(certificate=str(chain), private_key=str(key)))
     info = methods_of(tls)["tls.info"].handler()
     assert info["SUBJECT"] == "CN=phone.example.com"
     assert info["ISSUER"] == "CN=sipgw test intermediate"
@@ -107,6 +108,6 @@ def test_tls_info_names_the_certificate_in_use_and_follows_a_reload(ca):
     assert info["SERIAL"] == format(serial, "x")
     assert 0 <= info["DAYS_LEFT"] <= 1  # the test CA issues for one day
     chain2, key2, serial2 = ca.issue("two", cn="other.example.com")
-    assert tls.reload(TlsSettings(certificate=str(chain2), private_key=str(key2)))
+    assert tls.reload(TlsConfig(certificate=str(chain2), private_key=str(key2)))
     info = methods_of(tls)["tls.info"].handler()
     assert (info["SUBJECT"], info["SERIAL"]) == ("CN=other.example.com", format(serial2, "x"))

@@ -25,9 +25,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 
+from sipgw.config import LimitsConfig
 from sipgw.proxy.identity import BRANCH_PREFIX
 from sipgw.proxy.transport import Destination, FlowTable
-from sipgw.proxy.transport.stream import StreamConnection, StreamSettings, StreamTransport
+from sipgw.proxy.transport.stream import StreamConnection, StreamTransport
 from sipgw.sip.errors import FramingError
 from sipgw.sip.headers import header_key
 from sipgw.sip.message import Request, Response, make_response
@@ -387,7 +388,7 @@ def test_unframeable_torture_message_closes_the_tcp_connection(name: str) -> Non
     # RFC 4475 §3.1.2.3, §3.3.9: over TCP the framing cannot be recovered.
     h = ProxyHarness()
     stack = StreamTransport(MemoryReactorClock(), Clock(), FlowTable(), h.proxy.receive,
-                            limits=Limits(), settings=StreamSettings(idle_timeout=0))
+                            limits=Limits(), settings=LimitsConfig(tcp_idle_timeout=0))
     conn = StreamConnection(stack, outbound=False)
     transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 5060),
                                 peerAddress=IPv4Address("TCP", CLIENT_HOST, CLIENT_PORT))

@@ -15,9 +15,10 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import FlowTable
-from sipgw.proxy.transport.ws import WsSettings, WsTransport, client_address
+from sipgw.proxy.transport.ws import WsTransport, client_address
 from sipgw.rpc.registry import RpcError, methods_of
 from tests.helpers import wsframes as wf
+from tests.helpers.fakes import sections
 
 OPTIONS = (
     b"OPTIONS sip:127.0.0.1:8080;transport=ws SIP/2.0\r\n"
@@ -28,7 +29,8 @@ OPTIONS = (
 
 
 class Stack:
-    def __init__(self, **settings) -> None:
+    def __init__(self, **keys) -> None:
+        """``keys``: [websocket] and [limits] keys changed."""
         self.clock = Clock()
         self.flows = FlowTable()
         self.stats = Stats()
@@ -36,7 +38,7 @@ class Stack:
         self.closed: list = []
         self.ws = WsTransport(
             None, self.clock, self.flows, lambda d, s: self.received.append((d, s)),
-            self.stats, WsSettings(**settings),
+            self.stats, *sections("websocket", "limits", **keys),
             on_closed=lambda fid, src: self.closed.append(fid),
         )
 
@@ -278,7 +280,7 @@ def test_an_idle_connection_gets_a_ping_and_is_dropped_when_no_pong_comes():
 
 
 def test_a_pong_keeps_the_connection_and_traffic_postpones_the_ping():
-    stack = Stack(keepalive_interval=25.0, register_timeout=0)
+    stack = Stack(keepalive_interval=25.0, ws_register_timeout=0)
     c = Client(stack).open()
     stack.clock.advance(20)
     c.send(wf.frame(wf.TEXT, OPTIONS))  # traffic: the idle time starts again
@@ -383,7 +385,7 @@ def test_ws_close_by_user_closes_the_connections_the_registrar_names(stack):
 
 
 def test_beyond_the_connection_limit_handshakes_get_503_until_one_closes():
-    stack = Stack(max_connections=2)
+    stack = Stack(ws_max_connections=2)
     first = Client(stack, port=40001).open()
     Client(stack, port=40002).open()
     third = Client(stack, port=40003)
@@ -395,7 +397,7 @@ def test_beyond_the_connection_limit_handshakes_get_503_until_one_closes():
 
 
 def test_the_per_address_limit_counts_the_client_behind_a_trusted_proxy():
-    stack = Stack(max_per_address=1, trusted_proxies=NGINX)
+    stack = Stack(ws_max_connections_per_address=1, trusted_proxies=NGINX)
     Client(stack, peer="127.0.0.1", port=40001).open(extra=("X-Real-IP: 198.51.100.7",))
     again = Client(stack, peer="127.0.0.1", port=40002)
     again.send(wf.handshake(extra=("X-Real-IP: 198.51.100.7",))[0])
@@ -405,7 +407,7 @@ def test_the_per_address_limit_counts_the_client_behind_a_trusted_proxy():
 
 
 def test_a_connection_that_never_registers_is_closed_after_the_register_timeout():
-    stack = Stack(register_timeout=60.0, keepalive_interval=0)
+    stack = Stack(ws_register_timeout=60.0, keepalive_interval=0)
     silent = Client(stack, port=40001).open()
     registered = Client(stack, port=40002).open()
     registered.send(wf.frame(wf.TEXT, OPTIONS.replace(b"OPTIONS", b"REGISTER")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sipgw.tools import phone
+from sipgw.proxy.transport import phone
 from sipgw.proxy.transport.phone import phone_asset
 
 

@@ -18,10 +18,10 @@ import dataclasses
 import os
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
+from sipgw.config import DispatcherConfig
 from sipgw.proxy.dispatcher.algorithms import HASHED, SUPPORTED, Keys, SetSelector
 from sipgw.proxy.dispatcher.icmp import UnreachableDetector
 from sipgw.proxy.dispatcher.health import (
@@ -53,7 +53,7 @@ from sipgw.sip.digest import parse_credentials
 from sipgw.sip.errors import ParseError
 from sipgw.sip.message import Request
 
-__all__ = ["Attempt", "Dispatcher", "ListFileError", "Settings", "StatusCodes", "Target"]
+__all__ = ["Attempt", "Dispatcher", "ListFileError", "StatusCodes", "Target"]
 
 log = Logger(namespace="sipgw.dispatcher")
 
@@ -71,31 +71,6 @@ DISPATCHER_STATS = (
 
 # Calls tracked for algorithm 10 are forgotten after this (Kamailio's ds_hash_expire).
 CALL_EXPIRE = 7200.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settings:
-    """The ``[dispatcher]`` keys, as the dispatcher uses them."""
-
-    setid: int = 1
-    algorithm: int = 4
-    list_file: str = ""
-    ping_interval: float = 10.0
-    ping_timeout: float = 2.0
-    probing_mode: int = PROBE_ALL
-    probing_threshold: int = 1
-    inactive_threshold: int = 1
-    ping_from: str = "sip:dispatcher@localhost"
-    ping_reply_codes: StatusCodes = field(
-        default_factory=lambda: StatusCodes(["2xx", "403", "404", "405", "501"]))
-    failover_codes: StatusCodes = field(default_factory=lambda: StatusCodes(["408", "5xx"]))
-    max_failover: int = 2
-    retry_after: int = 10
-
-    def __post_init__(self) -> None:
-        if self.algorithm not in SUPPORTED:
-            raise ValueError(f"dispatcher.algorithm {self.algorithm} is not supported "
-                             f"(supported: {', '.join(map(str, sorted(SUPPORTED)))})")
 
 
 def request_keys(req: Request, algorithm: int) -> Keys:
@@ -168,7 +143,7 @@ class Attempt:
         if local:
             failed.failures += 1
             d._request_failed(failed, transport=status == 503)
-        elif status in d.settings.failover_codes:
+        elif status in d.failover_codes:
             failed.failures += 1
         else:
             d._call_done(self.call_id)  # a final answer (486, 404...): the call is over
@@ -194,7 +169,7 @@ class Dispatcher:
         *,
         clock,
         stats: Stats,
-        settings: Settings,
+        settings: DispatcherConfig,
         inline: DispatcherList,
         resolve: Callable[[str], Destination],
         send_request: Callable[..., None] | None = None,
@@ -209,7 +184,7 @@ class Dispatcher:
         self.clock = clock
         self.stats = stats
         stats.declare(DISPATCHER_STATS)
-        self.settings = settings
+        self._apply(settings)
         self.inline = inline
         self.resolve = resolve
         self.send_request = send_request
@@ -275,11 +250,11 @@ class Dispatcher:
             return load_list(self.settings.list_file)
         return self.inline
 
-    def configure(self, settings: Settings, inline: DispatcherList | None = None, *,
+    def configure(self, settings: DispatcherConfig, inline: DispatcherList | None = None, *,
                   max_calls: int | None = None) -> None:
         """New settings (start, config reload); the list is (re)read by the caller."""
         algorithm_changed = settings.algorithm != self.settings.algorithm
-        self.settings = settings
+        self._apply(settings)
         if max_calls is not None:
             self.max_calls = max_calls
         if inline is not None:
@@ -288,6 +263,15 @@ class Dispatcher:
             self.selectors = {s: SetSelector(settings.algorithm, self.rng) for s in self.sets}
         if self._running:
             self.prober.start(settings.ping_interval)
+
+    def _apply(self, settings: DispatcherConfig) -> None:
+        if settings.algorithm not in SUPPORTED:
+            raise ValueError(f"dispatcher.algorithm {settings.algorithm} is not supported "
+                             f"(supported: {', '.join(map(str, sorted(SUPPORTED)))})")
+        self.settings = settings
+        # The status-code patterns ("2xx", "408"), matched for every reply.
+        self.ping_reply_codes = StatusCodes(settings.ping_reply_codes)
+        self.failover_codes = StatusCodes(settings.failover_codes)
 
     def reload(self) -> None:
         """Read the list again; a bad list raises ListFileError and changes nothing."""
@@ -428,7 +412,7 @@ class Dispatcher:
                 t.failed(probing_threshold=s.probing_threshold,
                          probing=s.probing_mode != PROBE_ONLY_FLAGGED)
                 why = "probe timeout"
-        elif status in s.ping_reply_codes:
+        elif status in self.ping_reply_codes:
             t.latency.add(elapsed * 1000.0)
             t.answered(inactive_threshold=s.inactive_threshold,
                        keep_probing=s.probing_mode != 0)

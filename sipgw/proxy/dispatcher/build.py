@@ -1,4 +1,4 @@
-"""The dispatcher from ``[dispatcher]``: settings, the list, probes through the relay.
+"""The dispatcher from ``[dispatcher]``: the list, probes through the relay.
 
 Kept here so that ``service.py`` stays a list of calls: build at start (a bad list stops the
 start), reconfigure on SIGHUP (a bad list keeps the running one and says why).
@@ -11,9 +11,8 @@ import socket
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sipgw.proxy.config import Config
-from sipgw.proxy.dispatcher import Dispatcher, Settings
-from sipgw.proxy.dispatcher.health import StatusCodes
+from sipgw.config import Config
+from sipgw.proxy.dispatcher import Dispatcher
 from sipgw.proxy.dispatcher.icmp import UnreachableDetector
 from sipgw.proxy.dispatcher.listfile import (
     ListFileError,
@@ -41,19 +40,6 @@ def resolve_uri(text: str) -> Destination:
     return dest
 
 
-def settings_from(config: Config) -> Settings:
-    d = config.dispatcher
-    return Settings(
-        setid=d.setid, algorithm=d.algorithm, list_file=d.list_file,
-        ping_interval=d.ping_interval, ping_timeout=d.ping_timeout,
-        probing_mode=d.probing_mode, probing_threshold=d.probing_threshold,
-        inactive_threshold=d.inactive_threshold, ping_from=d.ping_from,
-        ping_reply_codes=StatusCodes(d.ping_reply_codes),
-        failover_codes=StatusCodes(d.failover_codes),
-        max_failover=d.max_failover, retry_after=d.retry_after,
-    )  # fmt: skip
-
-
 def build_dispatcher(clock: IReactorTime, stats: Stats, relay: Relay, config: Config, *,
                      icmp: bool = True) -> Dispatcher:
     """A loaded dispatcher probing through ``relay``; ListFileError when the list is bad.
@@ -67,7 +53,7 @@ def build_dispatcher(clock: IReactorTime, stats: Stats, relay: Relay, config: Co
     dispatcher = Dispatcher(
         clock=clock,
         stats=stats,
-        settings=settings_from(config),
+        settings=config.dispatcher,
         inline=from_destinations(config.dispatcher.destinations, config.dispatcher.setid),
         resolve=resolve_uri,
         send_request=relay.send_request,
@@ -81,7 +67,7 @@ def build_dispatcher(clock: IReactorTime, stats: Stats, relay: Relay, config: Co
 def reconfigure_dispatcher(dispatcher: Dispatcher, config: Config) -> None:
     """SIGHUP: new settings, the list read again; a bad list keeps the running one."""
     dispatcher.configure(
-        settings_from(config),
+        config.dispatcher,
         from_destinations(config.dispatcher.destinations, config.dispatcher.setid),
         max_calls=config.limits.max_dialogs,
     )

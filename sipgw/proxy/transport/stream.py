@@ -1,12 +1,13 @@
 """SIP over TCP (and TLS, ``tls.py``): connections as flows, framed by ``StreamFramer``.
 
-What a connection may cost is bounded (``StreamSettings``, from ``[limits]``):
+What a connection may cost is bounded (``[limits]``, the ``tcp_*`` keys and
+``max_write_queue``):
 
 * connections from clients at once, overall and per address: beyond them a new
   connection is closed as soon as it is accepted (``tcp:local_reject``);
 * a client connection that has not sent one complete SIP message within
-  ``first_message_timeout`` seconds, or that stays silent for ``idle_timeout``, is closed
-  (``tcp:con_timeout``): sockets held open for nothing are an attack, not a client;
+  ``tcp_first_message_timeout`` seconds, or that stays silent for ``tcp_idle_timeout``, is
+  closed (``tcp:con_timeout``): sockets held open for nothing are an attack, not a client;
 * a peer that stops reading: once ``max_write_queue`` bytes wait beyond the socket's
   buffers, the connection is aborted (``tcp:sendq_full``); the others are not slowed.
 
@@ -16,13 +17,13 @@ for users registered over it get 430/480 at once (as for WebSocket flows).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 
+from sipgw.config import LimitsConfig
 from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tell_slow_reader
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source
@@ -33,17 +34,6 @@ from sipgw.sip.parser import Limits
 log = Logger(namespace="sipgw.tcp")
 
 BACKLOG = 1024  # pending connections the kernel may queue for a listener
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamSettings:
-    """What the TCP and TLS listeners take from ``[limits]``; replaced whole on reload."""
-
-    idle_timeout: float = 300.0  # 0: never
-    first_message_timeout: float = 10.0  # client connections; 0: idle_timeout only
-    max_connections: int = 20000  # from clients, TCP and TLS together
-    max_per_address: int = 1000
-    max_write_queue: int = 262144
 
 
 class StreamConnection(protocol.Protocol):
@@ -92,8 +82,8 @@ class StreamConnection(protocol.Protocol):
                 return
             stack.caps.add(peer.host)
             self.counted = True
-            if stack.settings.first_message_timeout > 0:
-                self._first = stack.clock.callLater(stack.settings.first_message_timeout,
+            if stack.settings.tcp_first_message_timeout > 0:
+                self._first = stack.clock.callLater(stack.settings.tcp_first_message_timeout,
                                                     self._no_message)
         self.source = Source(
             transport=self.transport_name,
@@ -190,7 +180,7 @@ class StreamConnection(protocol.Protocol):
         self.transport.loseConnection()
 
     def _touch(self) -> None:
-        timeout = self.stack.settings.idle_timeout
+        timeout = self.stack.settings.tcp_idle_timeout
         if not timeout:
             return
         if self._idle is not None and self._idle.active():
@@ -252,7 +242,7 @@ class StreamTransport:
         receive: ReceiveCallback,
         *,
         limits: Limits,
-        settings: StreamSettings = StreamSettings(),
+        settings: LimitsConfig = LimitsConfig(),
         stats: Stats | None = None,
         on_send_failed: Callable[[str, int, str], None] | None = None,
         refuse: Callable[[bytes, Source, FramingError], None] | None = None,
@@ -260,6 +250,8 @@ class StreamTransport:
         caps: ConnectionCaps | None = None,
         screen: Callable[[str, str], str] | None = None,
     ) -> None:
+        """``settings``: ``[limits]`` (its tcp_* keys and max_write_queue); ``limits``: the
+        message sizes the framer accepts (``Proxy.limits``, from the same section)."""
         self.reactor = reactor
         self.clock = clock
         self.flows = flows
@@ -273,22 +265,22 @@ class StreamTransport:
         self.on_closed = on_closed
         self.caps = caps or ConnectionCaps("limits.tcp_max_connections",
                                            "limits.tcp_max_connections_per_address",
-                                           max_total=settings.max_connections,
-                                           max_per_address=settings.max_per_address)
+                                           max_total=settings.tcp_max_connections,
+                                           max_per_address=settings.tcp_max_connections_per_address)
         self.cap_log = CapLog(log, clock.seconds)
         self._connecting: dict[tuple[str, int], StreamConnection] = {}
         # (transport, client address) → why its connections are closed at once, "" if not
         # (Proxy.screen: the [acl] lists and pike).
         self.screen = screen
 
-    def reconfigure(self, settings: StreamSettings, limits: Limits | None = None) -> None:
+    def reconfigure(self, settings: LimitsConfig, limits: Limits | None = None) -> None:
         """Reload: new caps and timeouts, and the message limits new connections frame
         with; live connections keep their write bound and framer."""
         self.settings = settings
         if limits is not None:
             self.limits = limits
-        self.caps.max_total = settings.max_connections
-        self.caps.max_per_address = settings.max_per_address
+        self.caps.max_total = settings.tcp_max_connections
+        self.caps.max_per_address = settings.tcp_max_connections_per_address
 
     # -- limits reached -----------------------------------------------------------------
 

@@ -13,7 +13,6 @@ SIP over TLS connections are ``StreamConnection`` flows (``stream.py``) named "t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -23,7 +22,7 @@ from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sipgw.proxy.config import ConfigError
+from sipgw.config import ConfigError, TlsConfig
 from sipgw.proxy.transport import transport_address
 from sipgw.proxy.transport.stream import BACKLOG, StreamConnection, StreamTransport
 from sipgw.rpc.registry import rpc
@@ -45,14 +44,6 @@ class TlsError(ConfigError):
     """A certificate, key or TLS setting sipgw cannot use."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TlsSettings:
-    certificate: str
-    private_key: str = ""  # "" = in the certificate file
-    min_version: str = "1.2"
-    ciphers: str = ""
-
-
 def _read(path: str, key: str) -> bytes:
     if not path:
         raise TlsError("is not set (listen.tls and listen.wss need it)", key=key)
@@ -63,7 +54,7 @@ def _read(path: str, key: str) -> bytes:
         raise TlsError(f"cannot read {path}: {e.strerror or e}", key=key) from None
 
 
-def build_context(settings: TlsSettings) -> SSL.Context:
+def build_context(settings: TlsConfig) -> SSL.Context:
     """A server context from the settings; ``TlsError`` names what is wrong."""
     chain_pem = _read(settings.certificate, "tls.certificate")
     key_path = settings.private_key or settings.certificate
@@ -107,7 +98,7 @@ def build_context(settings: TlsSettings) -> SSL.Context:
 class ServerTls:
     """The context factory Twisted's listenSSL asks on every new connection."""
 
-    def __init__(self, settings: TlsSettings) -> None:
+    def __init__(self, settings: TlsConfig) -> None:
         self.settings = settings
         self._context = build_context(settings)
         self._leaf = _leaf(settings.certificate)
@@ -115,7 +106,7 @@ class ServerTls:
     def getContext(self) -> SSL.Context:
         return self._context
 
-    def reload(self, settings: TlsSettings) -> bool:
+    def reload(self, settings: TlsConfig) -> bool:
         """Read the files again; on error keep the running context and say why."""
         try:
             context = build_context(settings)
@@ -140,7 +131,7 @@ def _leaf(path: str) -> x509.Certificate:
         return x509.load_pem_x509_certificates(f.read())[0]
 
 
-def certificate_info(cert: x509.Certificate, settings: TlsSettings, now: float) -> dict:
+def certificate_info(cert: x509.Certificate, settings: TlsConfig, now: float) -> dict:
     """What an operator asks about a certificate, as JSON (``tls.info``)."""
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -40,6 +40,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 
+from sipgw.config import LimitsConfig, WebSocketConfig
 from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tell_slow_reader
 from sipgw.proxy.log import LEVELS, current_level
 from sipgw.proxy.stats import StatDef, Stats
@@ -67,23 +68,6 @@ WS_STATS = (
     StatDef(group="websocket", name="ws_received_frames", help="WebSocket frames received (messages, pings and pongs)"),  # noqa: E501
     StatDef(group="websocket", name="ws_transmitted_frames", help="WebSocket frames sent (messages and pings)"),  # noqa: E501
 )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WsSettings:
-    """What the listener takes from the config; replaced as a whole on reload."""
-
-    max_message_size: int = 65535
-    keepalive_interval: float = 25.0
-    handshake_timeout: float = 10.0
-    allowed_origins: tuple[str, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()  # lowercase "host" or "host:port"
-    trusted_proxies: tuple = ()  # ip_network objects
-    max_connections: int = 20000
-    max_per_address: int = 1000
-    register_timeout: float = 60.0  # 0: a connection may stay without a REGISTER
-    max_write_queue: int = 262144  # bytes unread by a client before it is dropped
-    phone_page: bool = True  # GET / (and its files) serves the test phone
 
 
 class HandshakeRefused(Exception):
@@ -257,7 +241,7 @@ class WsConnection(FastPaths, WebSocketServerProtocol):
         self._checked = False
         self._dropped_by_us = False
         self._unregistered = None  # the timer closing a connection that never registers
-        self.queue = SendQueue(stack.settings.max_write_queue)
+        self.queue = SendQueue(stack.limits.max_write_queue)
 
     # -- handshake ----------------------------------------------------------------------
 
@@ -269,9 +253,8 @@ class WsConnection(FastPaths, WebSocketServerProtocol):
                     self._refuse(HandshakeRefused(431, "Request Header Fields Too Large"))
                 return
             try:
-                settings = self.stack.settings
-                request = check_handshake(self.data[:end], settings.allowed_origins,
-                                          settings.allowed_hosts)
+                request = check_handshake(self.data[:end], self.stack.settings.allowed_origins,
+                                          self.stack.allowed_hosts)
             except PlainGet as get:
                 asset = phone_asset(get.path) if self.stack.settings.phone_page else None
                 if asset is None:
@@ -352,7 +335,7 @@ class WsConnection(FastPaths, WebSocketServerProtocol):
         self.queue.attach(self.transport)
         self.stack.opened(self)
         self._arm_keepalive()
-        timeout = self.stack.settings.register_timeout
+        timeout = self.stack.limits.ws_register_timeout
         if timeout > 0:
             self._unregistered = self.stack.clock.callLater(timeout, self._no_register)
 
@@ -400,7 +383,7 @@ class WsConnection(FastPaths, WebSocketServerProtocol):
             "limits.ws_register_timeout", "{t} flow {id} from {h}:{p}: no REGISTER within "
             "{s:g}s; closed with 1008", t=self.transport_name, id=self.flow_id,
             h=src.host if src else "?", p=src.port if src else 0,
-            s=self.stack.settings.register_timeout)
+            s=self.stack.limits.ws_register_timeout)
         # 1008, policy violation (RFC 6455 §7.4.1); autobahn's sendClose only takes
         # application codes, so the frame is sent as its own protocol errors are.
         self.sendCloseFrame(code=1008, reasonUtf8=b"no REGISTER", isReply=False)
@@ -483,16 +466,18 @@ class _Factory(WebSocketServerFactory):
         self.isSecure = secure
         self.transport_name = "wss" if secure else "ws"
         self._batched_timer = _ClockTimer(stack.clock)
-        self.apply(stack.settings)
+        self.apply()
 
-    def apply(self, settings: WsSettings) -> None:
+    def apply(self) -> None:
+        """The stack's settings as autobahn's options (at start and after a reload)."""
+        max_message_size = self.stack.limits.max_message_size
         self.setProtocolOptions(
             versions=[13],
             webStatus=False,
             failByDrop=False,  # answer protocol errors with a close frame (1002, 1009)
-            maxFramePayloadSize=settings.max_message_size,
-            maxMessagePayloadSize=settings.max_message_size,
-            openHandshakeTimeout=settings.handshake_timeout,
+            maxFramePayloadSize=max_message_size,
+            maxMessagePayloadSize=max_message_size,
+            openHandshakeTimeout=self.stack.settings.handshake_timeout,
             closeHandshakeTimeout=1,
             autoPingInterval=0,  # our own idle-based keepalive instead
             requireMaskedClientFrames=True,
@@ -518,7 +503,8 @@ class WsTransport:
         flows: FlowTable,
         receive: ReceiveCallback,
         stats: Stats,
-        settings: WsSettings,
+        settings: WebSocketConfig,
+        limits: LimitsConfig,
         *,
         on_closed: Callable[[int, Source], None] | None = None,
         users_of: Callable[[int], list[str]] = lambda flow_id: [],
@@ -530,15 +516,15 @@ class WsTransport:
         self.flows = flows
         self.receive = receive
         self.stats = stats
-        self.settings = settings
         self.on_closed = on_closed
         self.connections: dict[int, WsConnection] = {}
         self.caps = ConnectionCaps("limits.ws_max_connections",
                                    "limits.ws_max_connections_per_address",
-                                   max_total=settings.max_connections,
-                                   max_per_address=settings.max_per_address)
-        self.cap_log = CapLog(log, clock.seconds)
+                                   max_total=limits.ws_max_connections,
+                                   max_per_address=limits.ws_max_connections_per_address)
         self.factories: list[_Factory] = []
+        self.reconfigure(settings, limits)
+        self.cap_log = CapLog(log, clock.seconds)
         # From the registrar: who registered on a flow, and the flows of a user.
         self.users_of = users_of
         self.flows_of = flows_of
@@ -567,12 +553,16 @@ class WsTransport:
                  a=transport_address("ws" if tls is None else "wss", host, port))
         return listening
 
-    def reconfigure(self, settings: WsSettings) -> None:
+    def reconfigure(self, settings: WebSocketConfig, limits: LimitsConfig) -> None:
+        """``[websocket]`` and the ws_* keys, max_message_size and max_write_queue of
+        ``[limits]``, at start and reload (new connections get the new write bound)."""
         self.settings = settings
-        self.caps.max_total = settings.max_connections
-        self.caps.max_per_address = settings.max_per_address
+        self.limits = limits
+        self.allowed_hosts = tuple(host.lower() for host in settings.allowed_hosts)
+        self.caps.max_total = limits.ws_max_connections
+        self.caps.max_per_address = limits.ws_max_connections_per_address
         for f in self.factories:
-            f.apply(settings)
+            f.apply()
 
     # -- connections come and go --------------------------------------------------------
 
