@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sipgw.proxy import gcpolicy  # noqa: E402
+from sipgw.proxy.runtime import gcpolicy  # noqa: E402
 from tests.helpers.fuzzproxy import FuzzProxy  # noqa: E402
 from tests.helpers.loadflows import HeapClock, one_call, one_register  # noqa: E402
 

@@ -40,8 +40,8 @@ def _run(loaded) -> int:
     from twisted.logger import Logger
 
     from sipgw import __version__
-    from sipgw.proxy import gcpolicy
-    from sipgw.proxy import log as sipgw_log
+    from sipgw.proxy.runtime import gcpolicy
+    from sipgw.proxy.runtime import log as sipgw_log
     from sipgw.proxy.service import make_service
 
     sipgw_log.start_logging(loaded.config.log.level)

@@ -14,7 +14,7 @@ from typing import Callable
 
 from twisted.logger import Logger
 
-from sipgw.proxy.log import debugging
+from sipgw.proxy.runtime.log import debugging
 from sipgw.proxy.transport import RELIABLE, Destination, FlowTable, Source, transport_address
 from sipgw.sip.address import STAR, message_address_list, remember_address_list
 from sipgw.sip.errors import ParseError

@@ -16,7 +16,7 @@ from sipgw.proxy.auth import Authenticator
 from sipgw.proxy.backends import Backends
 from sipgw.proxy.identity import Identity, branch_loop_part, loop_hash
 from sipgw.proxy.limits import CapLog
-from sipgw.proxy.log import debugging
+from sipgw.proxy.runtime.log import debugging
 from sipgw.proxy.nat import WEBSOCKET, FlowGone, ForgedAlias, Nat
 from sipgw.proxy.registrar import FlowFailed, Registrar
 from sipgw.proxy.relay import Relay

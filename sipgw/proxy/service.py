@@ -23,7 +23,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sipgw.config import Config, ConfigError, LoadedConfig, load_config
-from sipgw.proxy import log as sipgw_log
+from sipgw.proxy.runtime import log as sipgw_log
 from sipgw.proxy.acl import Acl
 from sipgw.proxy.auth import Authenticator, nonce_secret, open_subscribers
 from sipgw.proxy.backends import Backend, Backends
@@ -32,9 +32,9 @@ from sipgw.proxy.core import Proxy
 from sipgw.proxy.dialogs import Dialogs
 from sipgw.proxy.dispatcher.build import build_dispatcher, reconfigure_dispatcher, resolve_uri
 from sipgw.proxy.identity import Identity, Listener
-from sipgw.proxy.memtrim import start_trimming
-from sipgw.proxy.metrics import start_metrics
-from sipgw.proxy.notify import Notifier
+from sipgw.proxy.runtime.memtrim import start_trimming
+from sipgw.proxy.control.metrics import start_metrics
+from sipgw.proxy.runtime.notify import Notifier
 from sipgw.proxy.outbound import Outbound
 from sipgw.proxy.nat import Nat
 from sipgw.proxy.pike import Pike

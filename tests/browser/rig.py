@@ -11,7 +11,7 @@ Chromium: the driver closes it, and whatever is left of its process group is kil
 - ``/pages/``: the rig's test pages (``pages/jssip.html``, ``pages/sipjs.html``), whose
   ``window.phone`` has the same methods and events for both libraries;
 - ``/phone/``: the phone page shipped in the package, through
-  :func:`sipgw.proxy.transport.phone.phone_asset`, as sipgw's WS listener serves it on ``/``;
+  :func:`sipgw.proxy.transport.ws.phone.phone_asset`, as sipgw's WS listener serves it on ``/``;
 - ``/build/``: the SIP.js bundle (``build/sip.js``).
 
 A :class:`Page` is one browser tab in its own browser context: one phone.
@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from sipgw.proxy.transport.phone import phone_asset
+from sipgw.proxy.transport.ws.phone import phone_asset
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

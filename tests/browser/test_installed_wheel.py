@@ -106,7 +106,7 @@ def test_the_wheel_installed_in_a_fresh_venv_serves_a_phone_page_that_registers(
     sipgw = install(wheel, tmp_path / "venv", tmp_path)
     # The page comes from the venv, not from the checkout.
     where = run(tmp_path / "venv" / "bin" / "python", "-c",
-                "from sipgw.proxy.transport.phone import phone_root; print(phone_root())", cwd=tmp_path)
+                "from sipgw.proxy.transport.ws.phone import phone_root; print(phone_root())", cwd=tmp_path)
     assert Path(where.strip()).is_relative_to(tmp_path / "venv"), where
 
     backend = kamailio("registrar.cfg")

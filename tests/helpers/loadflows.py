@@ -1,7 +1,7 @@
 """SIPp's bench call and bench/register.py's REGISTER, fed to an in-process ``FuzzProxy``.
 
 Shared by ``bench/core.py`` (CPU per call of the route script) and the tests that hold the
-route script to properties of whole flows (``tests/proxy/test_no_cycles.py``). The flows
+route script to properties of whole flows (``tests/proxy/relay/test_no_cycles.py``). The flows
 are the datagrams of bench/scenarios/uac.xml and uas.xml: INVITE, 100, 180, 200, ACK,
 BYE, 200 from a trusted caller; and a digest REGISTER (401, then authorized, then the
 backend's 200).

@@ -3,7 +3,7 @@
 Built on sipgw's own codec (``sipgw.wire.websocket``), not on autobahn, which sipgw's
 server uses, so the tests do not check autobahn against itself. The proxy's fast path
 shares the codec; so that a bug in it cannot hide on both ends, tests/wire/ holds it to
-RFC 6455's own example bytes and tests/proxy/test_wsfast.py holds the fast path to
+RFC 6455's own example bytes and tests/proxy/transport/ws/test_wsfast.py holds the fast path to
 autobahn's results. ``frame`` builds any frame a misbehaving client could send (unmasked,
 reserved opcodes, fragmented control frames); ``FrameReader`` reads the server's answer
 and then its frames, refusing any frame a server may not send.

@@ -3,7 +3,7 @@
 It speaks RFC 6455 with ``tests.helpers.wsframes``, over sipgw's own codec, which the
 proxy's fast path shares: what keeps a bug from hiding on both ends is that the codec is
 tested on RFC 6455's own bytes (tests/wire/) and the fast path against autobahn's results
-(tests/proxy/test_wsfast.py). Like the UDP and TCP peers, every read is bounded by a
+(tests/proxy/transport/ws/test_wsfast.py). Like the UDP and TCP peers, every read is bounded by a
 deadline; pings from sipgw are answered with pongs.
 """
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from sipgw.proxy import log as sipgw_log
+from sipgw.proxy.runtime import log as sipgw_log
 from sipgw.sip.nat import NatTest
 from tests.helpers.fakes import CLIENT_HOST, CLIENT_PORT, ProxyHarness, valid_invite
 from tests.proxy.test_registrar import backend_invite, register, token
-from tests.proxy.test_ws_relay import BACKEND_SRC, WS, flows, link, proxy  # noqa: F401
+from tests.proxy.transport.ws.test_ws_relay import BACKEND_SRC, WS, flows, link, proxy  # noqa: F401
 
 
 @pytest.fixture

@@ -28,11 +28,11 @@ from sipgw.sip.message import Request, Response
 from sipgw.sip.parser import Limits, parse_message
 from tests.helpers import wsframes as wf
 from tests.helpers.fakes import ProxyHarness, config_with, valid_invite
-from tests.proxy.test_auth import Rig, answer, fail_once, sip_request
-from tests.proxy.test_dispatcher_algorithms import invite as dispatcher_invite
-from tests.proxy.test_dispatcher_algorithms import make as make_dispatcher
-from tests.proxy.test_stream import OPTIONS, make_stack
-from tests.proxy.test_ws import Client, Stack
+from tests.proxy.auth.test_auth import Rig, answer, fail_once, sip_request
+from tests.proxy.dispatcher.test_dispatcher_algorithms import invite as dispatcher_invite
+from tests.proxy.dispatcher.test_dispatcher_algorithms import make as make_dispatcher
+from tests.proxy.transport.test_stream import OPTIONS, make_stack
+from tests.proxy.transport.ws.test_ws import Client, Stack
 
 
 class Lines:

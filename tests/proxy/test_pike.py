@@ -314,7 +314,7 @@ def test_websocket_clients_behind_a_trusted_proxy_are_counted_by_their_own_addre
     from twisted.internet.address import IPv4Address
 
     from tests.helpers import wsframes as wf
-    from tests.proxy.test_ws import Wire
+    from tests.proxy.transport.ws.test_ws import Wire
 
     text = SERVICE.replace("ws = []", 'ws = ["127.0.0.1:28080"]') + (
         '[websocket]\ntrusted_proxies = ["127.0.0.1/32"]\n')

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sipgw.proxy.transport import Source
-from tests.proxy.test_ws_relay import (  # noqa: F401 - fixtures
+from tests.proxy.transport.ws.test_ws_relay import (  # noqa: F401 - fixtures
     ALIAS, BACKEND, BACKEND_SRC, UDP_RR, WS, WS_RR, FakeFlow, Link, flows, link, proxy,
 )
 

@@ -1,0 +1,141 @@
+"""Brute-force defence: failed authentications counted per user and per source address.
+
+After ``max_failures_user`` failures (default 3, Kamailio's htable example) within
+``failure_window`` seconds, the user is refused 403 for ``ban_time`` seconds; a source
+address only after ``max_failures_source`` (default 20): a contact center puts dozens of
+agents behind one NAT address, and one agent's typo must never lock out the floor
+(DESIGN.md §5). Trusted addresses and backends never get here.
+
+Every ban is logged at warning when it starts (who, after how many failures, for how long)
+and when it ends: a timer ends it at its time, so the end is logged then, not at the next
+request; ``auth.unban`` ends it early. Without these lines an operator sees only "auth:
+failed" and a client refused 403 for a quarter of an hour.
+
+Memory is bounded: both tables hold at most ``max_entries`` keys (``limits.max_auth_failures``),
+the oldest dropped first
+(an attacker cycling through made-up user names only recycles the table).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+from twisted.logger import Logger
+
+from sipgw.proxy.relay.timerq import Entry, TimerQueue
+
+log = Logger(namespace="sipgw.auth")
+
+Key = tuple[str, str]  # ("user", "user@realm") or ("source", address)
+_NAMES = {"user": "user", "source": "address"}
+
+
+class Bans:
+    def __init__(
+        self,
+        clock,
+        *,
+        max_failures_user: int = 3,
+        max_failures_source: int = 20,
+        failure_window: float = 300.0,
+        ban_time: float = 900.0,
+        max_entries: int = 100_000,
+    ) -> None:
+        self.now = clock.seconds
+        self.max_failures_user = max_failures_user
+        self.max_failures_source = max_failures_source
+        self.failure_window = failure_window
+        self.ban_time = ban_time
+        self.max_entries = max_entries
+        self._failures: OrderedDict[Key, tuple[int, float]] = OrderedDict()
+        # → (until, the timer that ends it, ban_time when it started)
+        self._banned: OrderedDict[Key, tuple[float, Entry, float]] = OrderedDict()
+        self._ends = TimerQueue(clock, self._expired)
+        self.on_forget: Callable[[str], None] | None = None  # told "failures" or "bans"
+
+    def is_banned(self, user: str | None, source: str) -> bool:
+        return self._active(("source", source)) or (
+            user is not None and self._active(("user", user))
+        )
+
+    def _active(self, key: Key) -> bool:
+        ban = self._banned.get(key)
+        return ban is not None and ban[0] > self.now()
+
+    def failure(self, user: str, source: str) -> None:
+        """One failed authentication of ``user`` from ``source``."""
+        self._count(("user", user), self.max_failures_user, f"the last from {source}")
+        self._count(("source", source), self.max_failures_source, f"the last for {user}")
+
+    def success(self, user: str) -> None:
+        # A user who got the password right starts again from zero; the address does not
+        # (one good agent must not launder a neighbour's guessing).
+        self._failures.pop(("user", user), None)
+
+    def _count(self, key: Key, limit: int, last: str) -> None:
+        now = self.now()
+        count, since = self._failures.pop(key, (0, now))
+        if now - since > self.failure_window:
+            count, since = 0, now
+        count += 1
+        if count >= limit:
+            self._ban(key, count, now - since, last)
+            return
+        self._failures[key] = (count, since)
+        self._bound(self._failures, "failures")
+
+    def _ban(self, key: Key, count: int, within: float, last: str) -> None:
+        old = self._banned.pop(key, None)
+        if old is not None:
+            self._ends.cancel(old[1])
+        until = self.now() + self.ban_time
+        self._banned[key] = (until, self._ends.at(until, key), self.ban_time)
+        log.warn("auth: {kind} {name} banned for {t:.0f} s after {n} failed authentications "
+                 "in {w:.0f} s ({last}); requests refused 403 until then (sipgw ctl "
+                 "auth.unban {name} lifts it)", kind=_NAMES[key[0]], name=key[1],
+                 t=self.ban_time, n=count, w=within, last=last)
+        self._bound(self._banned, "bans")
+
+    def _expired(self, key: Key) -> None:
+        ban = self._banned.pop(key, None)
+        if ban is not None:
+            log.warn("auth: ban of {kind} {name} ended: its {t:.0f} s are over",
+                     kind=_NAMES[key[0]], name=key[1], t=ban[2])
+
+    def _bound(self, table: OrderedDict, what: str) -> None:
+        if len(table) <= self.max_entries:
+            return
+        while len(table) > self.max_entries:
+            _, value = table.popitem(last=False)
+            if table is self._banned:
+                self._ends.cancel(value[1])
+        if self.on_forget is not None:
+            self.on_forget(what)
+
+    # -- for the control plane (auth.bans, auth.unban) -----------------------------------
+
+    def memory_tables(self) -> dict[str, object]:
+        """What ``mod.stats auth`` measures: failures being counted, bans in force."""
+        return {"failures": self._failures, "bans": self._banned}
+
+    def listing(self) -> list[dict]:
+        now = self.now()
+        return [{"TYPE": kind, "NAME": name, "EXPIRES": round(until - now)}
+                for (kind, name), (until, _, _) in self._banned.items() if until > now]
+
+    def unban(self, name: str) -> int:
+        """Lift the bans named ``name`` (a user@domain or an address; "all": every one)."""
+        keys = [k for k in self._banned if name == "all" or k[1] == name]
+        now = self.now()
+        for key in keys:
+            until, entry, _ = self._banned.pop(key)
+            self._ends.cancel(entry)
+            self._failures.pop(key, None)
+            if name != "all":
+                log.warn("auth: ban of {kind} {name} lifted (auth.unban) {left:.0f} s early",
+                         kind=_NAMES[key[0]], name=key[1], left=until - now)
+        if name == "all" and keys:
+            # One line, not one per ban: "all" may lift thousands.
+            log.warn("auth: every ban lifted (auth.unban all): {n} of them", n=len(keys))
+        return len(keys)
