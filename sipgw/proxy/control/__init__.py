@@ -310,7 +310,7 @@ def _tracer(service):
                     local_of=local_of)
     from sipgw.proxy.trace.hep import start_hep
 
-    tracer.hep = start_hep(service, tracer)  # trace.hep: a permanent subscriber
+    start_hep(service, tracer)  # trace.hep: a permanent subscriber of the tracer
     return tracer
 
 

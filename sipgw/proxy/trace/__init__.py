@@ -152,7 +152,6 @@ class Tracer:
         self.subscribers: list[Subscriber] = []
         # ``local_of(destination)``: our address a message to it leaves from.
         self._local_of = local_of
-        self.hep = None  # the HEP exporter, when trace.hep is set
 
     def _set_taps(self) -> None:
         on = bool(self.subscribers)
