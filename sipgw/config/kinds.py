@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from sipgw.sip.hostport import join_hostport
+
 MASK = "***"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -33,11 +35,6 @@ class Invalid(ValueError):
 # --- values ---------------------------------------------------------------------------------
 
 
-def _join_host_port(host: str, port: int | None) -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return shown if port is None else f"{shown}:{port}"
-
-
 class Address(NamedTuple):
     """A "host:port" from the file; IPv6 hosts without their brackets."""
 
@@ -45,7 +42,7 @@ class Address(NamedTuple):
     port: int
 
     def __str__(self) -> str:
-        return _join_host_port(self.host, self.port)
+        return join_hostport(self.host, self.port)
 
 
 class Advertise(NamedTuple):
@@ -55,7 +52,7 @@ class Advertise(NamedTuple):
     port: int | None
 
     def __str__(self) -> str:
-        return _join_host_port(self.host, self.port)
+        return join_hostport(self.host, self.port)
 
 
 # Kamailio's debug levels (L_ALERT .. L_DBG) and their names; "error" rather than "err".

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from sipgw.sip.hostport import join_hostport, split_hostport
 from sipgw.sip.message import Request
 
 BRANCH_PREFIX = "z9hG4bKsg"  # RFC 3261 magic cookie + our mark
@@ -37,7 +38,7 @@ class Identity:
         self._ports = {lst.port for lst in self.listeners}
         self._hosts = {lst.host.lower() for lst in self.listeners}
         for alias in self.aliases:
-            host, port = _split_alias(alias.lower())
+            host, port = split_hostport(alias.lower())
             if port is None:
                 self._hosts.add(host)
             else:
@@ -70,7 +71,7 @@ class Identity:
 
     def via(self, transport: str, branch: str) -> str:
         lst = self.listener(transport)
-        return f"SIP/2.0/{transport.upper()} {_hostport(lst.host, lst.port)};branch={branch}"
+        return f"SIP/2.0/{transport.upper()} {join_hostport(lst.host, lst.port)};branch={branch}"
 
     def record_route(self, transport: str, params: str = "") -> str:
         """Our Record-Route for messages sent over ``transport``; ``params`` (such as
@@ -80,7 +81,7 @@ class Identity:
         # elsewhere; Kamailio writes transport=ws for both and browsers expect it).
         name = _URI_TRANSPORT.get(transport, transport)
         tparam = "" if transport == "udp" else f";transport={name}"
-        return f"<sip:{_hostport(lst.host, lst.port)}{tparam};lr{params}>"
+        return f"<sip:{join_hostport(lst.host, lst.port)}{tparam};lr{params}>"
 
     def record_route_pair(self, inbound: str, outbound: str, params: str = "") -> list[str]:
         """One Record-Route, or two with ``r2=on`` when the transport changes.
@@ -95,23 +96,6 @@ class Identity:
 
 
 _URI_TRANSPORT = {"wss": "ws"}
-
-
-def _split_alias(alias: str) -> tuple[str, int | None]:
-    """"host", "host:port", "[v6]:port" or a bare IPv6 address."""
-    if alias.startswith("["):
-        host, _, rest = alias[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
-    if alias.count(":") == 1:
-        host, _, port = alias.partition(":")
-        return host, int(port) if port.isdigit() else None
-    return alias, None
-
-
-def _hostport(host: str, port: int) -> str:
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"{host}:{port}"
 
 
 def loop_hash(request: Request) -> str:

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from sipgw.proxy.transport import in_networks
 from sipgw.rpc.client import Client, RemoteError, Unreachable, find_socket
+from sipgw.sip.hostport import split_hostport
 from sipgw.tools.options import NoAnswer, ping
 from sipgw.tools.storecheck import (RedisLink, RedisRefused, open_sqlite, read_record,
                                     redis_plaintext, sqlite_plaintext)
@@ -218,7 +219,7 @@ class Doctor:
             return Check(name=name, status=WARN, detail=f"ws.dump failed: {e}",
                          fix="is the control socket that of the proxy behind this URL?")
         new = [c for c in conns if c.get("id") not in before]
-        hosts = [str(c.get("src", "")).rsplit(":", 1)[0].strip("[]") for c in new]
+        hosts = [split_hostport(str(c.get("src", "")))[0] for c in new]
         mine = [h for h in hosts if h in (ours, SPOOFED)] or hosts
         if len(mine) != 1:
             return Check(name=name, status=WARN,

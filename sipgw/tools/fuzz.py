@@ -45,6 +45,7 @@ from sipgw.sip.address import parse_address_list, parse_name_addr
 from sipgw.sip.digest import parse_credentials
 from sipgw.sip.errors import FramingError, ParseError
 from sipgw.sip.framing import StreamFramer
+from sipgw.sip.hostport import split_address
 from sipgw.sip.message import Request, Response, make_response
 from sipgw.sip.parser import parse_message
 from sipgw.sip.uri import SipURI
@@ -667,11 +668,6 @@ def _parses(data: bytes) -> int:
 # -- against a running proxy -------------------------------------------------------------------
 
 
-def _hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _opcode(data: bytes) -> int:
     """Text frames for UTF-8 (as browsers send), binary for the rest (RFC 7118 §5.1
     allows both): a text frame that is not UTF-8 is refused by the WebSocket layer
@@ -788,11 +784,11 @@ class Sender:
                  probe_timeout: float = 5.0, local: str = "127.0.0.1") -> None:
         self.mutator = mutator
         self.local = local  # the address every message comes from
-        self.targets = [(t, _hostport(a)) for t, a in (("udp", udp), ("tcp", tcp), ("ws", ws))
+        self.targets = [(t, split_address(a)) for t, a in (("udp", udp), ("tcp", tcp), ("ws", ws))
                         if a]
         if not self.targets:
             raise ValueError("give at least one of udp, tcp, ws")
-        self.probe_address = _hostport(udp) if udp else None
+        self.probe_address = split_address(udp) if udp else None
         self.per_connection = per_connection
         self.probe_every = probe_every
         self.probe_timeout = probe_timeout

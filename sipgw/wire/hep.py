@@ -24,6 +24,8 @@ import ipaddress
 import struct
 from typing import Any
 
+from sipgw.sip.hostport import split_address
+
 _U8, _U16, _U32 = "!B", "!H", "!I"
 PROTO_SIP = 1
 _IPPROTO = {"udp": 17, "tcp": 6, "tls": 6, "ws": 6, "wss": 6}
@@ -36,10 +38,10 @@ def _chunk(kind: int, value: bytes) -> bytes:
 def encode(*, time: float, transport: str, src: str, dst: str, payload: bytes,
            agent_id: int = 0, password: str = "", correlation: str | None = None) -> bytes:
     """One SIP message ``src`` → ``dst`` ("host:port" each) as a HEP3 packet."""
-    shost, _, sport = src.rpartition(":")
-    dhost, _, dport = dst.rpartition(":")
-    sip = ipaddress.ip_address(shost.strip("[]"))
-    dip = ipaddress.ip_address(dhost.strip("[]"))
+    shost, sport = split_address(src)
+    dhost, dport = split_address(dst)
+    sip = ipaddress.ip_address(shost)
+    dip = ipaddress.ip_address(dhost)
     if sip.version != dip.version:  # an unknown local address of the other family
         sip, dip = (ipaddress.IPv6Address(f"::ffff:{a}") if a.version == 4 else a
                     for a in (sip, dip))

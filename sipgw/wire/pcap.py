@@ -21,6 +21,7 @@ import ipaddress
 import struct
 from typing import BinaryIO
 
+from sipgw.sip.hostport import split_address
 from sipgw.wire import websocket
 
 LINKTYPE_RAW = 101
@@ -48,12 +49,6 @@ _UPGRADE = websocket.handshake_request(host="sipgw", key=_KEY)
 _SWITCHED = websocket.handshake_response(_KEY)
 
 
-def split_hostport(text: str) -> tuple[str, int]:
-    """``"10.0.0.1:5060"`` or ``"[2001:db8::1]:5060"`` → (host, port)."""
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class PcapWriter:
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
@@ -65,8 +60,8 @@ class PcapWriter:
               inbound: bool = True) -> None:
         """One message ``src`` → ``dst`` ("host:port" each) at Unix time ``time``;
         ``inbound``: received by sipgw (for WS: the source is the client)."""
-        shost, sport = split_hostport(src)
-        dhost, dport = split_hostport(dst)
+        shost, sport = split_address(src)
+        dhost, dport = split_address(dst)
         sip, dip = ipaddress.ip_address(shost), ipaddress.ip_address(dhost)
         if sip.version != dip.version:
             # A v4 source with a v6 destination (unknown local address): map it.

@@ -41,7 +41,6 @@ from sipgw.config import AuthConfig, Config, LimitsConfig, ProxyConfig
 from sipgw.proxy.auth.bans import Bans
 from sipgw.proxy.auth.domains import StoreDomains
 from sipgw.proxy.identity import Identity
-from sipgw.proxy.identity import _split_alias as split_alias
 from sipgw.proxy.limits import CapLog
 from sipgw.proxy.auth.nonce import Nonces, NonceState
 from sipgw.proxy.relay import Relay
@@ -52,6 +51,7 @@ from sipgw.rpc.registry import RpcError, rpc
 from sipgw.sip import digest
 from sipgw.sip.address import parse_name_addr
 from sipgw.sip.errors import ParseError
+from sipgw.sip.hostport import split_hostport
 from sipgw.sip.message import Request
 from sipgw.sip.uri import SipURI
 from sipgw.store import StoreUnavailable, Subscriber, SubscriberStore, open_store
@@ -123,7 +123,7 @@ class Authenticator:
         # Domains that are ours by configuration: the realm and the hosts of the aliases.
         realm = {settings.realm.lower()} if settings.realm else set()
         self.configured_domains = frozenset(
-            realm | {split_alias(alias.lower())[0] for alias in proxy.aliases})
+            realm | {split_hostport(alias.lower())[0] for alias in proxy.aliases})
         self.nonces.expire = settings.nonce_expire
         b = self.bans
         b.max_failures_user = settings.max_failures_user

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from sipgw.proxy.limits import CapLog
 from sipgw.rpc.registry import RpcError, rpc
 from sipgw.rpc.stream import Emit, Stream
+from sipgw.sip.hostport import join_hostport, split_hostport
 
 log = Logger(namespace="sipgw.trace")
 
@@ -107,7 +108,7 @@ class Filters:
             hosts = set()
             for hostport in (rec["src"], rec["dst"]):
                 hosts.add(hostport)
-                hosts.add(hostport.rsplit(":", 1)[0].strip("[]"))
+                hosts.add(split_hostport(hostport)[0])
             if self.address not in hosts:
                 return False
         if self.status is not None:
@@ -206,15 +207,15 @@ class Tracer:
     # -- the taps ---------------------------------------------------------------------
 
     def on_in(self, data: bytes, source) -> None:
-        self._record(data, "in", source.transport, f"{_hp(source.host, source.port)}",
-                     _hp(source.local_host, source.local_port))
+        self._record(data, "in", source.transport, f"{join_hostport(source.host, source.port)}",
+                     join_hostport(source.local_host, source.local_port))
 
     def on_out(self, data: bytes, dest) -> None:
         if not _is_ip(dest.host):
             return  # sent again, and traced, once the name is resolved
         local = self._local_of(dest)
-        here = _hp(*local) if local else "0.0.0.0:0"
-        self._record(data, "out", dest.transport, here, _hp(dest.host, dest.port))
+        here = join_hostport(*local) if local else "0.0.0.0:0"
+        self._record(data, "out", dest.transport, here, join_hostport(dest.host, dest.port))
 
     def _record(self, data: bytes, direction: str, transport: str, src: str, dst: str) -> None:
         if not data.strip(b"\r\n\t "):
@@ -243,10 +244,6 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _hp(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _filters(method, user, call_id, address, status) -> Filters:

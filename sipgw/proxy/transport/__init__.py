@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from sipgw.sip.hostport import join_hostport
 from sipgw.sip.uri import SipURI
 
 RELIABLE = frozenset({"tcp", "tls", "ws", "wss"})
@@ -55,7 +56,7 @@ class Destination:
 def transport_address(transport: str, host: str, port: int) -> str:
     """``udp:10.0.0.5:5060``, ``tcp:[::1]:5060``: a listener or peer as Kamailio writes it
     (an IPv6 address in brackets, else its colons run into the port's)."""
-    return f"{transport}:[{host}]:{port}" if ":" in host else f"{transport}:{host}:{port}"
+    return f"{transport}:{join_hostport(host, port)}"
 
 
 class Flow(Protocol):
