@@ -33,6 +33,11 @@ class Identity:
     def __post_init__(self) -> None:
         self.refresh()
 
+    def configure(self, aliases: set[str]) -> None:
+        """proxy.aliases (and our own addresses when listening on a wildcard), on reload."""
+        self.aliases = aliases
+        self.refresh()
+
     def refresh(self) -> None:
         self._hostports = {(lst.host.lower(), lst.port) for lst in self.listeners}
         self._ports = {lst.port for lst in self.listeners}

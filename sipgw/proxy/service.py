@@ -450,8 +450,7 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
 def reconfigure_core(proxy: Proxy, config: Config, backend: Backend) -> None:
     """SIGHUP: each component of the core gets its new sections; state survives."""
     proxy.backends.configure(backend)
-    proxy.identity.aliases = _aliases(config)
-    proxy.identity.refresh()
+    proxy.identity.configure(_aliases(config))
     proxy.replies.configure(config.proxy.server_header)
     proxy.relay.configure(config.timers, config.proxy, config.limits)
     proxy.router.configure(config.proxy, config.limits)

@@ -103,13 +103,12 @@ class Authenticator:
         self.store = store
         self.random = random
         now = clock.seconds
-        self.nonces = Nonces(secret, settings.nonce_expire, now, random=random)
-        self.bans = Bans(clock)
+        self.nonces = Nonces(secret, settings.nonce_expire, now, random=random,
+                             max_tracked=limits.max_nonces, on_forget=self._nonce_forgotten)
+        self.bans = Bans(clock, settings, limits, on_forget=self._failures_forgotten)
         self.cap_log = CapLog(log, now)
         self.refusal_log = CapLog(log, now, level=LogLevel.info)
         self.domains = StoreDomains(store, now)
-        self.nonces.on_forget = self._nonce_forgotten
-        self.bans.on_forget = self._failures_forgotten
         self.configure(settings, proxy, limits)
         stats.declare(AUTH_STATS)
         # Checked against when the user is unknown: the same work as a wrong password.
@@ -124,14 +123,8 @@ class Authenticator:
         realm = {settings.realm.lower()} if settings.realm else set()
         self.configured_domains = frozenset(
             realm | {split_hostport(alias.lower())[0] for alias in proxy.aliases})
-        self.nonces.expire = settings.nonce_expire
-        b = self.bans
-        b.max_failures_user = settings.max_failures_user
-        b.max_failures_source = settings.max_failures_source
-        b.failure_window = settings.failure_window
-        b.ban_time = settings.ban_time
-        b.max_entries = limits.max_auth_failures
-        self.nonces.max_tracked = limits.max_nonces
+        self.nonces.configure(settings.nonce_expire, limits.max_nonces)
+        self.bans.configure(settings, limits)
 
     def _nonce_forgotten(self) -> None:
         # Never a replay opened: a forgotten nonce is stale, its client is re-challenged.

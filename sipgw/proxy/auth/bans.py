@@ -23,6 +23,7 @@ from typing import Callable
 
 from twisted.logger import Logger
 
+from sipgw.config import AuthConfig, LimitsConfig
 from sipgw.proxy.relay.timerq import Entry, TimerQueue
 
 log = Logger(namespace="sipgw.auth")
@@ -35,24 +36,27 @@ class Bans:
     def __init__(
         self,
         clock,
+        auth: AuthConfig = AuthConfig(),
+        limits: LimitsConfig = LimitsConfig(),
         *,
-        max_failures_user: int = 3,
-        max_failures_source: int = 20,
-        failure_window: float = 300.0,
-        ban_time: float = 900.0,
-        max_entries: int = 100_000,
+        on_forget: Callable[[str], None] | None = None,
     ) -> None:
         self.now = clock.seconds
-        self.max_failures_user = max_failures_user
-        self.max_failures_source = max_failures_source
-        self.failure_window = failure_window
-        self.ban_time = ban_time
-        self.max_entries = max_entries
+        self.configure(auth, limits)
         self._failures: OrderedDict[Key, tuple[int, float]] = OrderedDict()
         # → (until, the timer that ends it, ban_time when it started)
         self._banned: OrderedDict[Key, tuple[float, Entry, float]] = OrderedDict()
         self._ends = TimerQueue(clock, self._expired)
-        self.on_forget: Callable[[str], None] | None = None  # told "failures" or "bans"
+        self.on_forget = on_forget  # told "failures" or "bans" when one is dropped for room
+
+    def configure(self, auth: AuthConfig, limits: LimitsConfig) -> None:
+        """[auth] thresholds and ban time, limits.max_auth_failures; what is counted and
+        banned survives (a ban keeps the length it started with)."""
+        self.max_failures_user = auth.max_failures_user
+        self.max_failures_source = auth.max_failures_source
+        self.failure_window = auth.failure_window
+        self.ban_time = auth.ban_time
+        self.max_entries = limits.max_auth_failures
 
     def is_banned(self, user: str | None, source: str) -> bool:
         return self._active(("source", source)) or (

@@ -23,6 +23,8 @@ import os
 from collections import OrderedDict
 from typing import Callable
 
+from sipgw.config import LimitsConfig
+
 _TIME_DIGITS = 12
 _RANDOM_BYTES = 8
 _MAC_DIGITS = 32
@@ -44,16 +46,21 @@ class Nonces:
         now: Callable[[], float],
         *,
         random: Callable[[int], bytes] = os.urandom,
-        max_tracked: int = 200_000,
+        max_tracked: int = LimitsConfig().max_nonces,
+        on_forget: Callable[[], None] | None = None,
     ) -> None:
         self.secret = secret
-        self.expire = expire
         self.now = now
         self.random = random
-        self.max_tracked = max_tracked
+        self.configure(expire, max_tracked)
         self._counts: OrderedDict[str, tuple[int, int]] = OrderedDict()  # nonce → (nc, ms)
         self._floor = -1  # issue time (ms) of the newest entry ever dropped for room
-        self.on_forget: Callable[[], None] | None = None  # told when one is dropped for room
+        self.on_forget = on_forget  # told when one is dropped for room
+
+    def configure(self, expire: float, max_tracked: int) -> None:
+        """auth.nonce_expire and limits.max_nonces; the nonce counts kept survive."""
+        self.expire = expire
+        self.max_tracked = max_tracked
 
     def new(self) -> str:
         head = f"{int(self.now() * 1000):0{_TIME_DIGITS}x}{self.random(_RANDOM_BYTES).hex()}"

@@ -6,6 +6,7 @@ import itertools
 
 from twisted.internet.task import Clock
 
+from sipgw.config import AuthConfig, LimitsConfig
 from sipgw.proxy.auth.bans import Bans
 from sipgw.proxy.auth.nonce import NONCE_LENGTH, Nonces, NonceState
 
@@ -88,7 +89,8 @@ def test_expired_entries_leave_the_replay_table():
 
 
 def test_the_failure_and_ban_tables_are_bounded():
-    bans = Bans(Clock(), max_failures_user=1, max_failures_source=1_000_000, max_entries=50)
+    bans = Bans(Clock(), AuthConfig(max_failures_user=1, max_failures_source=1_000_000),
+                LimitsConfig(max_auth_failures=50))
     for i in range(500):
         bans.failure(f"user{i}@d", f"10.0.{i // 250}.{i % 250}")
     assert len(bans.listing()) == 50
