@@ -69,7 +69,7 @@ def wait_options_200(port: int, deadline: float) -> None:
             try:
                 if s.recv(65535).startswith(b"SIP/2.0 200"):
                     return
-            except socket.timeout:
+            except TimeoutError:
                 continue
     raise SystemExit("sipgw did not answer OPTIONS in time")
 

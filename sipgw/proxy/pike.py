@@ -25,7 +25,7 @@ are removed by a sweep every unit; a blocked one is released then, with a log li
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall

@@ -16,11 +16,11 @@ from sipgw.proxy.auth import Authenticator
 from sipgw.proxy.backends import Backends
 from sipgw.proxy.identity import Identity, branch_loop_part, loop_hash
 from sipgw.proxy.limits import CapLog
-from sipgw.proxy.runtime.log import debugging
 from sipgw.proxy.nat import WEBSOCKET, FlowGone, ForgedAlias, Nat
 from sipgw.proxy.registrar import FlowFailed, Registrar
 from sipgw.proxy.relay import Relay
 from sipgw.proxy.replies import Replies
+from sipgw.proxy.runtime.log import debugging
 from sipgw.proxy.signing import PARAM as SIGNATURE
 from sipgw.proxy.signing import RouteSigner
 from sipgw.proxy.stats import StatDef, Stats
@@ -321,7 +321,7 @@ class Router:
         auth = self.auth
         return self.backends.is_backend(source) or (auth is not None and auth.trusts(source.host))
 
-    def _not_relayed(self, req: Request, source: Source, refused: "NotRelaying") -> None:
+    def _not_relayed(self, req: Request, source: Source, refused: NotRelaying) -> None:
         self.stats.inc("core:forbidden_relays")
         self.refusals.once(
             "not relayed", "{m} from {t}:{h}:{p} not relayed: {why}",

@@ -120,7 +120,7 @@ class Client:
                     self._sock.settimeout(left)
                 try:
                     data = self._sock.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     raise TimeoutError("no answer from sipgw in time") from None
                 if not data:
                     raise Unreachable(self.path, "the proxy closed the connection",

@@ -10,7 +10,7 @@ lazily and cached; any mutation of a header drops its cached value.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from sipgw.sip.errors import ParseError
 from sipgw.sip.grammar import split_commas
@@ -287,7 +287,7 @@ class Request(Message):
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri} call-id={self.call_id!r}>"
 
-    def copy(self) -> "Request":
+    def copy(self) -> Request:
         """A copy whose header list can be changed without touching this one."""
         r = Request(
             self.method,
@@ -322,7 +322,7 @@ class Response(Message):
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason!r} call-id={self.call_id!r}>"
 
-    def copy(self) -> "Response":
+    def copy(self) -> Response:
         r = Response(
             self.status,
             self.reason,

@@ -15,9 +15,9 @@ from sipgw.sip.transaction import (
     Input,
     State,
     Transaction,
-    input_for_status,
     build_ack,
     client_key,
+    input_for_status,
 )
 
 __all__ = ["InviteClientTransaction", "NonInviteClientTransaction"]

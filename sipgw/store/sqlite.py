@@ -27,7 +27,13 @@ import sqlite3
 
 from twisted.internet import defer
 
-from sipgw.store.base import FIELDS, StoreError, StoreUnavailable, Subscriber, subscriber_from_fields
+from sipgw.store.base import (
+    FIELDS,
+    StoreError,
+    StoreUnavailable,
+    Subscriber,
+    subscriber_from_fields,
+)
 
 BUSY_TIMEOUT = 0.1  # seconds
 

@@ -31,8 +31,14 @@ from urllib.parse import urlsplit
 from sipgw.proxy.transport import in_networks
 from sipgw.rpc.client import Client, RemoteError, Unreachable, find_socket
 from sipgw.tools.options import NoAnswer, ping
-from sipgw.tools.storecheck import (RedisLink, RedisRefused, open_sqlite, read_record,
-                                    redis_plaintext, sqlite_plaintext)
+from sipgw.tools.storecheck import (
+    RedisLink,
+    RedisRefused,
+    open_sqlite,
+    read_record,
+    redis_plaintext,
+    sqlite_plaintext,
+)
 from sipgw.tools.wscheck import Handshake, HandshakeFailed, ws_session
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -165,7 +171,7 @@ class Doctor:
             from cryptography import x509
 
             served = x509.load_der_x509_certificate(hs.certificate)
-            now = datetime.datetime.now(datetime.timezone.utc)
+            now = datetime.datetime.now(datetime.UTC)
             if served.not_valid_after_utc < now:
                 return Check(name=name, status=FAIL,
                              detail=f"{url}: the certificate it serves "
@@ -339,7 +345,7 @@ class Doctor:
             return
         when = datetime.datetime.fromtimestamp(
             now if now is not None else datetime.datetime.now().timestamp(),
-            datetime.timezone.utc)
+            datetime.UTC)
         days = (cert.not_valid_after_utc - when).total_seconds() / 86400
         subject = cert.subject.rfc4514_string()
         if when < cert.not_valid_before_utc:

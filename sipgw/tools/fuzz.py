@@ -37,9 +37,9 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from sipgw.sip.address import parse_address_list, parse_name_addr
 from sipgw.sip.digest import parse_credentials

@@ -24,7 +24,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from sipgw.sip.digest import ha1, parse_challenge, response
@@ -240,13 +240,13 @@ async def run_load(
                 _, client = await asyncio.wait_for(loop.create_connection(
                     lambda: _Client(host, port, path, account, i, expires, done), host, port),
                     timeout)
-            except (OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError) as e:
                 failures[f"connect: {type(e).__name__}"] += 1
                 return
             clients.append(client)
             try:
                 outcome = await asyncio.wait_for(done, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 outcome = "timeout"
             if outcome is None:
                 stamps.append(time.monotonic())

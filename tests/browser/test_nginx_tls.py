@@ -19,8 +19,15 @@ import pytest
 from tests.browser.kamailio_process import KamailioRunner
 from tests.browser.rig import BrowserRig, PageServer, self_signed_certificate
 from tests.browser.test_sipgw_browsers import (  # noqa: F401 (trusting_browser: a fixture)
-    MEDIA_BYTES, NGINX_SITE, Nginx, control_directory, password, registered, start_edge,
-    trusting_browser, uri,
+    MEDIA_BYTES,
+    NGINX_SITE,
+    Nginx,
+    control_directory,
+    password,
+    registered,
+    start_edge,
+    trusting_browser,
+    uri,
 )
 from tests.integration.sipp import LOOPBACK, free_port
 

@@ -99,7 +99,7 @@ def test_ha1b_is_ha1_of_user_at_domain() -> None:
 
 
 def test_userhash_is_the_hash_of_username_and_realm() -> None:
-    expected = hashlib.sha256("Mufasa:http-auth@example.org".encode()).hexdigest()
+    expected = hashlib.sha256(b"Mufasa:http-auth@example.org").hexdigest()
     assert userhash("Mufasa", RFC7616_REALM, "SHA-256") == expected
 
 

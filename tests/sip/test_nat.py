@@ -6,8 +6,16 @@ import pytest
 
 from sipgw.sip.errors import ParseError
 from sipgw.sip.nat import (
-    DEFAULT_TESTS, NatTest, add_alias, decode_alias, encode_alias, is_private, nat_uac_test,
-    needs_alias, split_alias_mac, take_alias,
+    DEFAULT_TESTS,
+    NatTest,
+    add_alias,
+    decode_alias,
+    encode_alias,
+    is_private,
+    nat_uac_test,
+    needs_alias,
+    split_alias_mac,
+    take_alias,
 )
 from sipgw.sip.uri import parse_uri
 

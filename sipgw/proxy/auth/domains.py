@@ -16,7 +16,7 @@ flight (beyond, ``StoreUnavailable``: the request gets 503 and comes again).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.python.failure import Failure

@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import os
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 _TIME_DIGITS = 12
 _RANDOM_BYTES = 8

@@ -23,13 +23,13 @@ from twisted.logger import Logger
 
 from sipgw.config import DispatcherConfig
 from sipgw.proxy.dispatcher.algorithms import HASHED, SUPPORTED, Keys, SetSelector
-from sipgw.proxy.dispatcher.icmp import UnreachableDetector
 from sipgw.proxy.dispatcher.health import (
     Prober,
     StatusCodes,
     options_request,
     wants_probe,
 )
+from sipgw.proxy.dispatcher.icmp import UnreachableDetector
 from sipgw.proxy.dispatcher.listfile import (
     DispatcherList,
     ListFileError,

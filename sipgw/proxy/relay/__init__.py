@@ -20,12 +20,12 @@ from sipgw.config import LimitsConfig, ProxyConfig, TimersConfig
 from sipgw.proxy.dialogs import Dialogs
 from sipgw.proxy.identity import BRANCH_PREFIX, Identity, loop_hash, make_branch
 from sipgw.proxy.limits import CapLog
-from sipgw.proxy.replies import Replies, SendFunction, response_destination, via_destination
 from sipgw.proxy.relay.retired import Retired, RetiredTable
+from sipgw.proxy.relay.timerq import TimerQueue
+from sipgw.proxy.replies import Replies, SendFunction, response_destination, via_destination
 from sipgw.proxy.signing import PARAM as SIGNATURE
 from sipgw.proxy.signing import RouteSigner
 from sipgw.proxy.stats import Stats
-from sipgw.proxy.relay.timerq import TimerQueue
 from sipgw.proxy.transport import Destination, Source, forbidden_target
 from sipgw.sip.effects import Deliver, Send, Terminated, Timeout, TransportError
 from sipgw.sip.message import Request, Response, build_cancel

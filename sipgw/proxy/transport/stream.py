@@ -17,7 +17,7 @@ for users registered over it get 430/480 at once (as for WebSocket flows).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
@@ -41,7 +41,7 @@ class StreamConnection(protocol.Protocol):
 
     transport_name = "tcp"
 
-    def __init__(self, stack: "StreamTransport", outbound: bool) -> None:
+    def __init__(self, stack: StreamTransport, outbound: bool) -> None:
         self.stack = stack
         self.outbound = outbound
         self.flow_id = stack.flows.new_id()
@@ -199,7 +199,7 @@ class StreamConnection(protocol.Protocol):
 
 
 class _ServerFactory(protocol.ServerFactory):
-    def __init__(self, stack: "StreamTransport") -> None:
+    def __init__(self, stack: StreamTransport) -> None:
         self.stack = stack
 
     def buildProtocol(self, addr) -> StreamConnection:
@@ -211,7 +211,7 @@ class _ClientFactory(protocol.ClientFactory):
     # and, kept by a log buffer, keep the connection alive.
     noisy = False
 
-    def __init__(self, stack: "StreamTransport", conn: StreamConnection) -> None:
+    def __init__(self, stack: StreamTransport, conn: StreamConnection) -> None:
         self.stack = stack
         self.conn: StreamConnection | None = conn
 

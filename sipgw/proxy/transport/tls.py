@@ -159,7 +159,7 @@ class TlsConnection(StreamConnection):
 
 
 class _TlsServerFactory(protocol.ServerFactory):
-    def __init__(self, stack: "TlsTransport") -> None:
+    def __init__(self, stack: TlsTransport) -> None:
         self.stack = stack
 
     def buildProtocol(self, addr) -> TlsConnection:

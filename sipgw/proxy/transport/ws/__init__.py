@@ -30,8 +30,8 @@ interval (``sipgw.proxy.limits.CapLog``), whatever the number of connections.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket import protocol as _autobahn_protocol
@@ -227,7 +227,7 @@ class _ClockTimer:
 class WsConnection(FastPaths, WebSocketServerProtocol):
     """One WebSocket connection: a flow once its handshake succeeds."""
 
-    def __init__(self, stack: "WsTransport") -> None:
+    def __init__(self, stack: WsTransport) -> None:
         super().__init__()
         self.stack = stack
         self.flow_id = stack.flows.new_id()
@@ -460,7 +460,7 @@ class WsConnection(FastPaths, WebSocketServerProtocol):
 
 
 class _Factory(WebSocketServerFactory):
-    def __init__(self, stack: "WsTransport", secure: bool) -> None:
+    def __init__(self, stack: WsTransport, secure: bool) -> None:
         super().__init__(reactor=stack.reactor)
         self.stack = stack
         self.isSecure = secure

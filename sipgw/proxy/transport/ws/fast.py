@@ -31,13 +31,13 @@ from functools import cached_property
 from urllib import parse
 
 import txaio
-from twisted.internet.tcp import Server as _TcpServer
-from autobahn.wamp.types import TransportDetails
 from autobahn.twisted.util import create_transport_details
+from autobahn.wamp.types import TransportDetails
 from autobahn.websocket import protocol as _ab
 from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol, WebSocketServerProtocol
 from autobahn.websocket.utf8validator import Utf8Validator
+from twisted.internet.tcp import Server as _TcpServer
 
 from sipgw.wire.websocket import ProtocolError, accept_key, apply_mask, frame_head, parse_header
 

@@ -16,14 +16,14 @@ import pytest
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import TrafficStats
-from twisted.internet.base import DelayedCall
 from twisted.internet import tcp
+from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 
-from sipgw.proxy.transport.ws import fast as wsfast
 from sipgw.proxy.transport.ws import WsConnection
+from sipgw.proxy.transport.ws import fast as wsfast
 from sipgw.wire.websocket import apply_mask
 from tests.helpers import wsframes as wf
 from tests.proxy.transport.ws.test_ws import OPTIONS, Client, Stack
