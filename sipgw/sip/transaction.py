@@ -54,10 +54,10 @@ __all__ = [
     "INVITE_SERVER",
     "NON_INVITE_SERVER",
     "Transaction",
-    "InviteClientTransaction",
-    "NonInviteClientTransaction",
-    "InviteServerTransaction",
-    "NonInviteServerTransaction",
+    "InviteClientTransaction",  # noqa: F822 - from its module on first use (_MACHINES)
+    "NonInviteClientTransaction",  # noqa: F822 - from its module on first use (_MACHINES)
+    "InviteServerTransaction",  # noqa: F822 - from its module on first use (_MACHINES)
+    "NonInviteServerTransaction",  # noqa: F822 - from its module on first use (_MACHINES)
     "build_ack",
     "input_for_status",
     "client_key",

@@ -104,7 +104,7 @@ class SqliteStore:
                 f"SELECT {_COLUMNS} FROM subscriber WHERE username = ? AND domain = ?",
                 (username, domain),
             ).fetchone()
-            return None if row is None else subscriber_from_fields(dict(zip(FIELDS, row)),
+            return None if row is None else subscriber_from_fields(dict(zip(FIELDS, row, strict=True)),
                                                                    username, domain)
 
         return self._run(read)
@@ -141,7 +141,7 @@ class SqliteStore:
     def all(self) -> defer.Deferred:
         def read(db: sqlite3.Connection) -> list[Subscriber]:
             rows = db.execute(f"SELECT {_COLUMNS} FROM subscriber ORDER BY domain, username")
-            return [subscriber_from_fields(dict(zip(FIELDS, row)), row[0], row[1])
+            return [subscriber_from_fields(dict(zip(FIELDS, row, strict=True)), row[0], row[1])
                     for row in rows]
 
         return self._run(read)

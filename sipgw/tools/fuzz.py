@@ -576,7 +576,7 @@ def exercise(data: bytes, cut: int = -1) -> None:
             msg = parse_message(data, datagram=datagram)
         except ParseError as e:
             if not e.reason or not (e.status is None or 400 <= e.status <= 599):
-                raise AssertionError(f"ParseError without a reason or a 4xx/5xx: {e!r}")
+                raise AssertionError(f"ParseError without a reason or a 4xx/5xx: {e!r}") from e
             continue
         exercise_message(msg, datagram=datagram)
     framer = StreamFramer()

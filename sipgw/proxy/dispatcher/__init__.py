@@ -330,7 +330,7 @@ class Dispatcher:
     def _track_call(self, call_id: str, target: Target) -> None:
         now = self.clock.seconds()
         if len(self._calls) % 256 == 0:
-            for cid, (t, started) in list(self._calls.items()):
+            for cid, (_, started) in list(self._calls.items()):
                 if now - started > CALL_EXPIRE:
                     self._call_done(cid)
         self._call_done(call_id)

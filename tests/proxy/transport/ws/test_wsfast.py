@@ -94,7 +94,7 @@ def _same(monkeypatch, scenario) -> tuple:
     fast = _run(monkeypatch, True, scenario)
     slow = _run(monkeypatch, False, scenario)
     for name, a, b in zip(("state at connect", "bytes written", "messages", "state after",
-                           "closing"), fast, slow):
+                           "closing"), fast, slow, strict=True):
         assert a == b, name
     return fast
 
