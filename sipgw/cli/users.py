@@ -316,7 +316,8 @@ def list_(app: App, config_path, as_json) -> None:
         table.add_row(Text(sub.username), Text(sub.domain), Text(", ".join(_hashes(sub))),
                       Text("yes" if sub.legacy else ""))
     app.out.print(table)
-    app.err.print(f"{len(subs)} user{'s' if len(subs) != 1 else ''} in {session.url.split('@')[-1]}")
+    app.err.print(f"{len(subs)} user{'s' if len(subs) != 1 else ''} "
+                  f"in {session.url.split('@')[-1]}")
 
 
 @users.command("export")

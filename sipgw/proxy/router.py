@@ -35,7 +35,8 @@ log = Logger(namespace="sipgw.router")
 
 # Requests that may create a dialog and so get our Record-Route (RFC 3261 §16.6 step 4).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
-ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, PRACK, SUBSCRIBE, NOTIFY, PUBLISH, INFO, REFER, MESSAGE, UPDATE"
+ALLOW = ("INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, PRACK, SUBSCRIBE, NOTIFY, PUBLISH, INFO, "
+         "REFER, MESSAGE, UPDATE")
 
 
 ROUTER_STATS = (
@@ -133,7 +134,8 @@ class Router:
         # We support no extension a client may require of proxies (§16.3 step 5).
         required = [t for t in req.values("proxy-require") if t]
         if required and req.method != "CANCEL":
-            self.replies.reply(req, source, 420, "Bad Extension", [("Unsupported", ", ".join(required))])
+            self.replies.reply(req, source, 420, "Bad Extension",
+                               [("Unsupported", ", ".join(required))])
             return None
         if self._looped(req):
             self.replies.reply(req, source, 482, "Loop Detected")
@@ -145,8 +147,9 @@ class Router:
             and self.identity.is_us(ruri.host.strip("[]"), ruri.port)
         ):
             # A keepalive addressed to sipgw itself.
-            self.replies.reply(req, source, 200, "OK", [("Allow", ALLOW), ("Accept", "application/sdp"),
-                                             ("Supported", "path, outbound")])
+            self.replies.reply(req, source, 200, "OK", [("Allow", ALLOW),
+                                                        ("Accept", "application/sdp"),
+                                                        ("Supported", "path, outbound")])
             return None
         return ruri
 

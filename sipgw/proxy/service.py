@@ -442,9 +442,10 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
     router = Router(clock=clock, stats=stats, relay=relay, replies=replies, identity=identity,
                     signer=signer, nat=nat, registrar=registrar, backends=backends, auth=auth,
                     acl=acl, proxy=config.proxy, limits=config.limits)
-    return Proxy(clock=clock, stats=stats, identity=identity, signer=signer, replies=replies, relay=relay,
-                 router=router, nat=nat, registrar=registrar, backends=backends, flows=flows,
-                 tap=tap, limits=config.limits, dialogs=dialogs, auth=auth, pike=pike, acl=acl)
+    return Proxy(clock=clock, stats=stats, identity=identity, signer=signer, replies=replies,
+                 relay=relay, router=router, nat=nat, registrar=registrar, backends=backends,
+                 flows=flows, tap=tap, limits=config.limits, dialogs=dialogs, auth=auth, pike=pike,
+                 acl=acl)
 
 
 def reconfigure_core(proxy: Proxy, config: Config, backend: Backend) -> None:

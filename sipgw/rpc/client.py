@@ -52,7 +52,8 @@ def _writable_dir(path: str) -> bool:
     return os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK)
 
 
-def server_socket_path(configured: str, state_directory: str, *, is_root: bool | None = None) -> str:
+def server_socket_path(configured: str, state_directory: str, *,
+                       is_root: bool | None = None) -> str:
     """Where ``sipgw serve`` puts its socket: the configured path, unless we are not root
     and cannot write its directory; then under ``state.directory``."""
     root = (os.geteuid() == 0) if is_root is None else is_root

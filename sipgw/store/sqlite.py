@@ -104,8 +104,9 @@ class SqliteStore:
                 f"SELECT {_COLUMNS} FROM subscriber WHERE username = ? AND domain = ?",
                 (username, domain),
             ).fetchone()
-            return None if row is None else subscriber_from_fields(dict(zip(FIELDS, row, strict=True)),
-                                                                   username, domain)
+            if row is None:
+                return None
+            return subscriber_from_fields(dict(zip(FIELDS, row, strict=True)), username, domain)
 
         return self._run(read)
 

@@ -63,7 +63,8 @@ _WEBRTC_SDP = (b"v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0
                b"a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\n"
                b"m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\nc=IN IP4 0.0.0.0\r\n"
                b"a=rtcp:9 IN IP4 0.0.0.0\r\na=candidate:1 1 udp 2122260223 192.168.1.5 54400 "
-               b"typ host generation 0\r\na=ice-ufrag:Xx1y\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
+               b"typ host generation 0\r\na=ice-ufrag:Xx1y\r\n"
+               b"a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
                b"a=fingerprint:sha-256 AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:"
                b"CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99\r\na=setup:actpass\r\na=mid:0\r\n"
                b"a=sendrecv\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n")
@@ -132,7 +133,8 @@ BUILTIN_SEEDS: dict[str, bytes] = {
         "Call-ID: 6lv2hb9c8e1q0sk4ct0p", "CSeq: 7531 INVITE",
         f"Proxy-Authorization: {_DIGEST.replace('sip:sipgw.test', 'sip:5002@sipgw.test')}",
         f"Contact: <sip:q7rs2c1i@{_WS_HOST};transport=ws;ob>",
-        "Content-Type: application/sdp", "Session-Expires: 90", "Supported: timer,ice,replaces,outbound",
+        "Content-Type: application/sdp", "Session-Expires: 90",
+        "Supported: timer,ice,replaces,outbound",
         "User-Agent: JsSIP 3.13.0"], _WEBRTC_SDP),
     "jssip-options": _msg("OPTIONS sip:127.0.0.1:8080;transport=ws SIP/2.0", [
         f"Via: SIP/2.0/WS {_WS_HOST};branch=z9hG4bK555", "Max-Forwards: 70",
@@ -617,8 +619,9 @@ class ParserReport:
     def text(self) -> str:
         rate = self.count / self.seconds if self.seconds else 0.0
         lines = [f"{self.count} mutated messages (seed {self.seed}) in {self.seconds:.1f} s "
-                 f"({rate:.0f}/s); {self.parsed} parsed, {self.count - self.parsed - self.crash_count}"
-                 f" refused with a ParseError; {self.crash_count} broke the contract "
+                 f"({rate:.0f}/s); {self.parsed} parsed, "
+                 f"{self.count - self.parsed - self.crash_count} refused with a ParseError; "
+                 f"{self.crash_count} broke the contract "
                  f"({len(self.crashes)} kinds)"]
         for kind, c in self.crashes.items():
             lines.append(f"  {kind}  (message {c.index}): {c.detail}")

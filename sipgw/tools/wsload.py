@@ -274,7 +274,8 @@ def _cpu() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sipgw.tools.wsload", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sipgw.tools.wsload",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("url", help="ws://HOST:PORT/PATH of sipgw's ws listener")
     p.add_argument("-n", "--count", type=int, default=100, help="connections to open")
     p.add_argument("-c", "--concurrency", type=int, default=100,

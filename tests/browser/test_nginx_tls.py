@@ -56,9 +56,13 @@ class TlsNginx(Nginx):
         assert uncommented == len(TLS_LINES), f"{NGINX_SITE.name} lacks the commented TLS lines"
         site = "\n".join(lines) + "\n"
         site = re.sub(r"(?m)^(\s*)listen 80;", rf"\1listen {LOOPBACK}:{self.port};", site)
-        site = re.sub(r"(?m)^(\s*)listen 443 ssl;", rf"\1listen {LOOPBACK}:{self.tls_port} ssl;", site)
+        site = re.sub(
+            r"(?m)^(\s*)listen 443 ssl;", rf"\1listen {LOOPBACK}:{self.tls_port} ssl;", site
+        )
         site = re.sub(r"(?m)^(\s*ssl_certificate\s+)\S+;", rf"\g<1>{self.certificate[0]};", site)
-        site = re.sub(r"(?m)^(\s*ssl_certificate_key\s+)\S+;", rf"\g<1>{self.certificate[1]};", site)
+        site = re.sub(
+            r"(?m)^(\s*ssl_certificate_key\s+)\S+;", rf"\g<1>{self.certificate[1]};", site
+        )
         return site.replace("127.0.0.1:8080", f"{LOOPBACK}:{self.upstream_port}")
 
 

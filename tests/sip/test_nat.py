@@ -75,7 +75,10 @@ def test_the_alias_round_trips_for_every_address_family_and_transport(host, show
     uri = parse_uri("sip:abc@df7jal23ls0d.invalid;transport=ws")
     aliased = add_alias(uri, host, 5061, transport)
     text = str(aliased)
-    assert text == f"sip:abc@df7jal23ls0d.invalid;alias={shown}~5061~{TRANSPORTS[transport]};transport=ws"
+    assert (
+        text
+        == f"sip:abc@df7jal23ls0d.invalid;alias={shown}~5061~{TRANSPORTS[transport]};transport=ws"
+    )
     # What the backend sends back is what we wrote; taking the alias gives both back.
     bare, alias = take_alias(parse_uri(text))
     assert str(bare) == str(uri)

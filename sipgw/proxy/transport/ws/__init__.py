@@ -584,7 +584,8 @@ class WsTransport:
         current = s.get("websocket:ws_current_connections")
         if current > s.get("websocket:ws_max_concurrent_connections"):
             s.set("websocket:ws_max_concurrent_connections", current)
-        if current_level() >= LEVELS["debug"]:  # one event per connection costs when nobody reads it
+        # One event per connection costs when nobody reads it.
+        if current_level() >= LEVELS["debug"]:
             log.debug("flow {id} from {t}:{h}:{p}", id=conn.flow_id, t=src.transport,
                       h=src.host, p=src.port)
 

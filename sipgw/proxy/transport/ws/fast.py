@@ -19,8 +19,8 @@ For what browsers and phones send, ``FastPaths`` does the same work directly:
 * the 101 and the messages go to the socket at once when nothing waits (``write_now``).
 
 Anything else is left to autobahn as it is, so its answers to a strange handshake or a bad
-frame (400, 1002, 1007, 1009) stay its own; tests/proxy/transport/ws/test_wsfast.py holds both paths to
-the same results.
+frame (400, 1002, 1007, 1009) stay its own; tests/proxy/transport/ws/test_wsfast.py holds both
+paths to the same results.
 """
 
 from __future__ import annotations
