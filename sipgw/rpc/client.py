@@ -109,7 +109,7 @@ class Client:
 
     def read_line(self, timeout: float | None | bool = False) -> bytes:
         if timeout is not False:
-            self._sock.settimeout(timeout)  # type: ignore[arg-type]
+            self._sock.settimeout(timeout)
         deadline = None if self._sock.gettimeout() is None else (
             time.monotonic() + (self._sock.gettimeout() or 0.0))
         try:
