@@ -41,10 +41,15 @@ Decisions a TU must know (each also commented where it is made):
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 from sipgw.sip.effects import TERMINATED, TIMEOUT, TRANSPORT_ERROR, Effect, Send
 from sipgw.sip.message import Field, Request, Response
 from sipgw.sip.timers import TimerConfig
+
+if TYPE_CHECKING:  # at run time, from __getattr__ below
+    from sipgw.sip.transaction_client import InviteClientTransaction, NonInviteClientTransaction
+    from sipgw.sip.transaction_server import InviteServerTransaction, NonInviteServerTransaction
 
 __all__ = [
     "State",
@@ -54,10 +59,10 @@ __all__ = [
     "INVITE_SERVER",
     "NON_INVITE_SERVER",
     "Transaction",
-    "InviteClientTransaction",  # noqa: F822 - from its module on first use (_MACHINES)
-    "NonInviteClientTransaction",  # noqa: F822 - from its module on first use (_MACHINES)
-    "InviteServerTransaction",  # noqa: F822 - from its module on first use (_MACHINES)
-    "NonInviteServerTransaction",  # noqa: F822 - from its module on first use (_MACHINES)
+    "InviteClientTransaction",
+    "NonInviteClientTransaction",
+    "InviteServerTransaction",
+    "NonInviteServerTransaction",
     "build_ack",
     "input_for_status",
     "client_key",
