@@ -308,7 +308,7 @@ class Router:
     def _checked_target(self, target: Destination, client: bool) -> Destination:
         """A client may reach a backend, or another client over a flow sipgw holds, and
         nothing else: not a local service, not a host its Request-URI makes up."""
-        if not client or self.backends.is_backend(target):  # type: ignore[arg-type]
+        if not client or self.backends.is_backend(target):
             return target
         flows = self.nat.flows
         if target.reliable and flows is not None:
