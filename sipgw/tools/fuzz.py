@@ -39,6 +39,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from sipgw.sip.address import parse_address_list, parse_name_addr
@@ -551,15 +552,15 @@ def exercise_message(msg: Request | Response, *, datagram: bool) -> None:
         lambda: msg.call_id, lambda: msg.cseq, lambda: msg.top_via, lambda: msg.from_tag,
         lambda: msg.to_tag,
     ]
-    steps += [lambda v=v: _touch_via(v) for v in msg.headers("via")]
-    steps += [lambda n=name: _touch_route(msg, n) for name in ("route", "record-route", "path")]
+    steps += [partial(_touch_via, v) for v in msg.headers("via")]
+    steps += [partial(_touch_route, msg, n) for n in ("route", "record-route", "path")]
     for name in ("from", "to"):
         value = msg.header(name)
         if value is not None:
-            steps.append(lambda v=value: _touch_address(v))
-    steps += [lambda v=v: _touch_contacts(v) for v in msg.headers("contact")]
+            steps.append(partial(_touch_address, value))
+    steps += [partial(_touch_contacts, v) for v in msg.headers("contact")]
     for name in ("authorization", "proxy-authorization"):
-        steps += [lambda v=v: _touch_credentials(v) for v in msg.headers(name)]
+        steps += [partial(_touch_credentials, v) for v in msg.headers(name)]
     if isinstance(msg, Request):
         steps.append(lambda: _touch_uri(msg.parsed_uri()))
         steps += [lambda: msg.values("supported"), lambda: msg.values("proxy-require")]
@@ -986,13 +987,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(repr(data) + "\n")
         exercise(data, cut=args.only % (len(data) + 1))
         return 0
-    report = run_parser(mutator, args.count, start=args.start,
+    parsed = run_parser(mutator, args.count, start=args.start,
                         progress=lambda n: print(f"... {n}", file=sys.stderr, flush=True))
-    print(report.text())
+    print(parsed.text())
     if args.crash_dir is not None:
-        for path in _save(report.crashes.values(), args.crash_dir):
+        for path in _save(parsed.crashes.values(), args.crash_dir):
             print(f"  wrote {path}")
-    return 1 if report.crashes else 0
+    return 1 if parsed.crashes else 0
 
 
 if __name__ == "__main__":

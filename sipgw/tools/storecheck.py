@@ -101,6 +101,7 @@ def read_record(url: str, key_template: str, user: str, domain: str | None,
         db = open_sqlite(url[len("sqlite://"):], timeout)
         try:
             db.row_factory = sqlite3.Row
+            args: tuple[str, ...]
             query, args = "SELECT * FROM subscriber WHERE username = ?", (user,)
             if domain:
                 query, args = query + " AND domain = ?", (user, domain)

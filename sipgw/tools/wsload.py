@@ -74,7 +74,7 @@ class _Client(asyncio.Protocol):
         self.buffer = b""  # the 101 until it is whole
         self.frames = ws.FrameDecoder(masked=False)
         self.upgraded = False
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None  # None until connected
         self.cseq = 0
         self.call_id = f"wsload-{os.getpid()}-{index}-{os.urandom(4).hex()}"
         self.tag = os.urandom(4).hex()
@@ -92,6 +92,7 @@ class _Client(asyncio.Protocol):
         self._finish("closed before 200")
 
     def data_received(self, data: bytes) -> None:
+        assert self.transport is not None  # data comes once connected
         if not self.upgraded:
             self.buffer += data
             try:
@@ -128,6 +129,7 @@ class _Client(asyncio.Protocol):
     # -- SIP ----------------------------------------------------------------------------
 
     def _register(self, authorization: str | None) -> None:
+        assert self.transport is not None  # sent once upgraded
         a = self.account
         self.cseq += 1
         contact_host = f"{os.urandom(6).hex()}.invalid"
