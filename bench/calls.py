@@ -69,7 +69,7 @@ def wait_options_200(port: int, deadline: float) -> None:
             try:
                 if s.recv(65535).startswith(b"SIP/2.0 200"):
                     return
-            except socket.timeout:
+            except TimeoutError:
                 continue
     raise SystemExit("sipgw did not answer OPTIONS in time")
 
@@ -77,7 +77,7 @@ def wait_options_200(port: int, deadline: float) -> None:
 def last_stats(path: Path) -> dict[str, str]:
     with path.open() as f:
         rows = list(csv.reader(f, delimiter=";"))
-    return dict(zip(rows[0], rows[-1]))
+    return dict(zip(rows[0], rows[-1], strict=False))
 
 
 def run_step(

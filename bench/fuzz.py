@@ -57,7 +57,7 @@ def parser_run(count: int, seed: int, jobs: int, crash_dir: Path) -> int:
     if crashes:
         from sipgw.tools.fuzz import _save
 
-        for kind, path in zip(crashes, _save(crashes.values(), crash_dir)):
+        for kind, path in zip(crashes, _save(crashes.values(), crash_dir), strict=True):
             print(f"  {kind}: {path}")
     return len(crashes)
 

@@ -195,9 +195,11 @@ class Run:
 
     def row(self) -> str:
         fails = sum(self.rate.failures.values())
-        memory = f"{self.kb_per_connection:8.1f}" if self.kb_per_connection is not None else "       -"
+        kb = self.kb_per_connection
+        memory = f"{kb:8.1f}" if kb is not None else "       -"
+        cpu_percent = 100 * self.rate.cpu_seconds / max(self.rate.seconds, 1e-9)
         return (f"{self.target:<9}{self.round:>5}{self.rate.rate:>8.0f}{fails:>7}"
-                f"{self.cpu_ms:>10.3f}{100 * self.rate.cpu_seconds / max(self.rate.seconds, 1e-9):>9.0f}"
+                f"{self.cpu_ms:>10.3f}{cpu_percent:>9.0f}"
                 f"{memory}   {'yes' if self.uas_ok else 'NO':<5}{self.load}")
 
 

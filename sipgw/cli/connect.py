@@ -8,7 +8,7 @@ exit 3 with a one-line hint when nothing answers, exit 1 when a method refuses t
 from __future__ import annotations
 
 import tomllib
-from typing import Any
+from typing import Any, NoReturn
 
 from sipgw.cli.app import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, App
 from sipgw.config import SCHEMA, ConfigError, config_path_from_env, load_config
@@ -53,7 +53,7 @@ def connect(app: App, config_path: str | None, *, timeout: float | None = 10.0) 
         unreachable(app, e)
 
 
-def unreachable(app: App, e: Unreachable):
+def unreachable(app: App, e: Unreachable) -> NoReturn:
     app.fail(f"cannot reach sipgw at {e.path}: {e.why} ({e.hint})", EXIT_UNREACHABLE)
 
 

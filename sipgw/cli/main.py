@@ -9,15 +9,15 @@ import click
 from sipgw import __version__
 from sipgw.cli.app import EXIT_USAGE, App
 from sipgw.cli.ctl import ctl
-from sipgw.cli.log import log
-from sipgw.cli.serve import serve
-from sipgw.cli.users import users
-from sipgw.cli.stats import stats
 from sipgw.cli.dispatcher import dispatcher
 from sipgw.cli.doctor import doctor
+from sipgw.cli.log import log
+from sipgw.cli.serve import serve
+from sipgw.cli.stats import stats
 from sipgw.cli.tools import tools
 from sipgw.cli.top import top
 from sipgw.cli.trace import trace
+from sipgw.cli.users import users
 from sipgw.cli.ws import ws
 
 

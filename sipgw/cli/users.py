@@ -22,6 +22,7 @@ import io
 import json
 import sys
 from collections.abc import Callable
+from operator import methodcaller
 from typing import Any
 
 import click
@@ -175,7 +176,8 @@ def _wait(start: Callable[[], Any]) -> Any:
         # Iterated rather than run: one command may need the store more than once (add:
         # look up, prompt, write), and a stopped reactor cannot be started again.
         if not reactor.running:
-            reactor.startRunning(installSignalHandlers=False)
+            # A method of every Twisted reactor that no interface declares.
+            reactor.startRunning(installSignalHandlers=False)  # type: ignore[attr-defined]
         while not box:
             reactor.iterate(0.05)
     result = box[0]
@@ -316,7 +318,8 @@ def list_(app: App, config_path, as_json) -> None:
         table.add_row(Text(sub.username), Text(sub.domain), Text(", ".join(_hashes(sub))),
                       Text("yes" if sub.legacy else ""))
     app.out.print(table)
-    app.err.print(f"{len(subs)} user{'s' if len(subs) != 1 else ''} in {session.url.split('@')[-1]}")
+    app.err.print(f"{len(subs)} user{'s' if len(subs) != 1 else ''} "
+                  f"in {session.url.split('@')[-1]}")
 
 
 @users.command("export")
@@ -359,7 +362,7 @@ def import_(app: App, config_path, csv_file) -> None:
         session.run(lambda s: s.put_many(subs))
     else:
         for sub in subs:
-            session.run(lambda s, sub=sub: s.put(sub))
+            session.run(methodcaller("put", sub))
     app.err.print(f"imported {len(subs)} user{'s' if len(subs) != 1 else ''}")
 
 

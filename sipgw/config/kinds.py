@@ -400,7 +400,7 @@ class SubscriberUrl(Kind):
     def _redis_problem(url: str) -> str | None:
         parts = urlsplit(url)
         try:
-            parts.port
+            _ = parts.port  # reading it checks it
         except ValueError:
             return "the port must be a number between 1 and 65535"
         if not parts.hostname:

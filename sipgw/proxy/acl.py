@@ -25,7 +25,7 @@ Every refusal is logged, at most one line per 10 s per key however many there ar
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.logger import Logger
 

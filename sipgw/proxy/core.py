@@ -133,13 +133,13 @@ class Proxy:
             # A header parsed lazily by routing turned out bad.
             self.stats.inc("core:bad_msg")
             if type(msg) is Request:
-                self._reply_error(msg, source, e)  # type: ignore[arg-type]
+                self._reply_error(msg, source, e)
         except Exception:
             # A bug must cost one message, never the proxy.
             log.failure("internal error handling a message from {h}:{p}", h=source.host,
                         p=source.port)
-            if type(msg) is Request and msg.method != "ACK":  # type: ignore[union-attr]
-                self.replies.reply(msg, source, 500,  # type: ignore[arg-type]
+            if type(msg) is Request and msg.method != "ACK":
+                self.replies.reply(msg, source, 500,
                                    "Server Internal Error")
 
     def refuse(self, data: bytes, source: Source, error: ParseError) -> None:

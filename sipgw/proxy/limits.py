@@ -15,7 +15,7 @@ Pieces shared by the stream (TCP, TLS) and WebSocket transports:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger, LogLevel

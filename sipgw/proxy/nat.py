@@ -10,18 +10,23 @@ connection (or, over UDP, the right public address and port).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.logger import Logger
 
 from sipgw.proxy.runtime.log import debugging
+from sipgw.proxy.signing import RouteSigner
 from sipgw.proxy.transport import RELIABLE, Destination, FlowTable, Source, transport_address
 from sipgw.sip.address import STAR, message_address_list, remember_address_list
 from sipgw.sip.errors import ParseError
 from sipgw.sip.message import Field, Message, Request
-from sipgw.proxy.signing import RouteSigner
 from sipgw.sip.nat import (
-    NatTest, add_alias, nat_uac_test, needs_alias, split_alias_mac, take_alias,
+    NatTest,
+    add_alias,
+    nat_uac_test,
+    needs_alias,
+    split_alias_mac,
+    take_alias,
 )
 from sipgw.sip.uri import SipURI
 

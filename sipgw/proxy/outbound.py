@@ -15,7 +15,7 @@ registration ``make_service`` makes after construction, as a flow registers in t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.logger import Logger
 

@@ -25,7 +25,8 @@ are removed by a sweep every unit; a blocked one is released then, with a log li
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -262,7 +263,7 @@ class Pike:
         if wanted == ():
             raise RpcError("bad argument: HOT, WARM or ALL")
         now = self.clock.seconds()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for entry in self._table.values():
             if entry.exempt:
                 continue

@@ -49,7 +49,9 @@ class FlowFailed(Exception):
 
 def flow_failed(outbound: bool) -> FlowFailed:
     # RFC 5626 §5.3: 430 tells an outbound client to register its flow again.
-    return FlowFailed(430, "Flow Failed") if outbound else FlowFailed(480, "Temporarily Unavailable")
+    if outbound:
+        return FlowFailed(430, "Flow Failed")
+    return FlowFailed(480, "Temporarily Unavailable")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -87,7 +89,8 @@ class Registrar:
             lst = self.identity.listener(backend_transport)
             host = f"[{lst.host}]" if ":" in lst.host else lst.host
             tparam = "" if backend_transport == "udp" else f";transport={backend_transport}"
-            req.prepend("path", f"<sip:{self.token(source.flow_id)}@{host}:{lst.port}{tparam};lr;ob>")
+            req.prepend("path",
+                        f"<sip:{self.token(source.flow_id)}@{host}:{lst.port}{tparam};lr;ob>")
         try:
             self._remember(req, source)
         except ParseError:

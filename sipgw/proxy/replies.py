@@ -8,7 +8,7 @@ no transaction remembers goes by its top Via.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import Destination, Source

@@ -16,11 +16,11 @@ from sipgw.proxy.auth import Authenticator
 from sipgw.proxy.backends import Backends
 from sipgw.proxy.identity import Identity, branch_loop_part, loop_hash
 from sipgw.proxy.limits import CapLog
-from sipgw.proxy.runtime.log import debugging
 from sipgw.proxy.nat import WEBSOCKET, FlowGone, ForgedAlias, Nat
 from sipgw.proxy.registrar import FlowFailed, Registrar
 from sipgw.proxy.relay import Relay
 from sipgw.proxy.replies import Replies
+from sipgw.proxy.runtime.log import debugging
 from sipgw.proxy.signing import PARAM as SIGNATURE
 from sipgw.proxy.signing import RouteSigner
 from sipgw.proxy.stats import StatDef, Stats
@@ -35,7 +35,8 @@ log = Logger(namespace="sipgw.router")
 
 # Requests that may create a dialog and so get our Record-Route (RFC 3261 §16.6 step 4).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
-ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, PRACK, SUBSCRIBE, NOTIFY, PUBLISH, INFO, REFER, MESSAGE, UPDATE"
+ALLOW = ("INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, PRACK, SUBSCRIBE, NOTIFY, PUBLISH, INFO, "
+         "REFER, MESSAGE, UPDATE")
 
 
 ROUTER_STATS = (
@@ -133,7 +134,8 @@ class Router:
         # We support no extension a client may require of proxies (§16.3 step 5).
         required = [t for t in req.values("proxy-require") if t]
         if required and req.method != "CANCEL":
-            self.replies.reply(req, source, 420, "Bad Extension", [("Unsupported", ", ".join(required))])
+            self.replies.reply(req, source, 420, "Bad Extension",
+                               [("Unsupported", ", ".join(required))])
             return None
         if self._looped(req):
             self.replies.reply(req, source, 482, "Loop Detected")
@@ -145,8 +147,9 @@ class Router:
             and self.identity.is_us(ruri.host.strip("[]"), ruri.port)
         ):
             # A keepalive addressed to sipgw itself.
-            self.replies.reply(req, source, 200, "OK", [("Allow", ALLOW), ("Accept", "application/sdp"),
-                                             ("Supported", "path, outbound")])
+            self.replies.reply(req, source, 200, "OK", [("Allow", ALLOW),
+                                                        ("Accept", "application/sdp"),
+                                                        ("Supported", "path, outbound")])
             return None
         return ruri
 
@@ -305,7 +308,7 @@ class Router:
     def _checked_target(self, target: Destination, client: bool) -> Destination:
         """A client may reach a backend, or another client over a flow sipgw holds, and
         nothing else: not a local service, not a host its Request-URI makes up."""
-        if not client or self.backends.is_backend(target):  # type: ignore[arg-type]
+        if not client or self.backends.is_backend(target):
             return target
         flows = self.nat.flows
         if target.reliable and flows is not None:
@@ -321,7 +324,7 @@ class Router:
         auth = self.auth
         return self.backends.is_backend(source) or (auth is not None and auth.trusts(source.host))
 
-    def _not_relayed(self, req: Request, source: Source, refused: "NotRelaying") -> None:
+    def _not_relayed(self, req: Request, source: Source, refused: NotRelaying) -> None:
         self.stats.inc("core:forbidden_relays")
         self.refusals.once(
             "not relayed", "{m} from {t}:{h}:{p} not relayed: {why}",

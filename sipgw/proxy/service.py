@@ -23,32 +23,32 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sipgw.config import Config, ConfigError, LoadedConfig, load_config
-from sipgw.proxy.runtime import log as sipgw_log
 from sipgw.proxy.acl import Acl
 from sipgw.proxy.auth import Authenticator, nonce_secret, open_subscribers
 from sipgw.proxy.backends import Backend, Backends
 from sipgw.proxy.control import ControlServer, start_control
+from sipgw.proxy.control.metrics import start_metrics
 from sipgw.proxy.core import Proxy
 from sipgw.proxy.dialogs import Dialogs
 from sipgw.proxy.dispatcher.build import build_dispatcher, reconfigure_dispatcher, resolve_uri
 from sipgw.proxy.identity import Identity, Listener
-from sipgw.proxy.runtime.memtrim import start_trimming
-from sipgw.proxy.control.metrics import start_metrics
-from sipgw.proxy.runtime.notify import Notifier
-from sipgw.proxy.outbound import Outbound
 from sipgw.proxy.nat import Nat
+from sipgw.proxy.outbound import Outbound
 from sipgw.proxy.pike import Pike
 from sipgw.proxy.registrar import Registrar
 from sipgw.proxy.relay import Relay
 from sipgw.proxy.replies import Replies, SendFunction
 from sipgw.proxy.router import Router
+from sipgw.proxy.runtime import log as sipgw_log
+from sipgw.proxy.runtime.memtrim import start_trimming
+from sipgw.proxy.runtime.notify import Notifier
 from sipgw.proxy.signing import RouteSigner, route_key
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap
 from sipgw.proxy.transport import Destination, FlowTable, transport_address
 from sipgw.proxy.transport.stream import StreamTransport
-from sipgw.proxy.transport.udp import UdpListener
 from sipgw.proxy.transport.tls import ServerTls, TlsTransport
+from sipgw.proxy.transport.udp import UdpListener
 from sipgw.proxy.transport.ws import WsTransport
 from sipgw.sip.nat import NatTest
 from sipgw.store import SubscriberStore
@@ -172,7 +172,7 @@ class ControlSocket(service.Service):
     """The control socket (``sipgw ctl``) of ``root``; None while stopped or when it could
     not be opened (SIP runs on without it)."""
 
-    name = "control"
+    name = "control"  # type: ignore[assignment]  # Twisted types Service.name as None
 
     def __init__(self, root: ProxyService) -> None:
         self.root = root
@@ -193,7 +193,7 @@ class Notify(service.Service):
     """systemd's notify protocol: READY=1 and the watchdog once everything listens
     (STOPPING=1 and RELOADING=1 are the root's to say, when it starts doing either)."""
 
-    name = "systemd notify"
+    name = "systemd notify"  # type: ignore[assignment]  # Twisted types Service.name as None
 
     def __init__(self, notifier: Notifier, reactor, status: Callable[[], str]) -> None:
         self.notifier = notifier
@@ -214,7 +214,7 @@ class Listeners(service.Service):
     """The sockets: opened on start (a port in use fails the start), closed on stop; the
     stream ports stop accepting first when draining."""
 
-    name = "listeners"
+    name = "listeners"  # type: ignore[assignment]  # Twisted types Service.name as None
 
     def __init__(self, reactor, listen, *, udp: list[UdpListener], stream: StreamTransport,
                  tls_stream: TlsTransport | None, ws: WsTransport | None,
@@ -238,7 +238,7 @@ class Listeners(service.Service):
         for addr in listen.tcp:
             self.stream_ports.append(self.stream.listen(addr.host, addr.port))
             log.info("listening on {a}", a=transport_address("tcp", addr.host, addr.port))
-        if self.tls_stream is not None:
+        if self.tls_stream is not None and self.tls is not None:  # made together
             for addr in listen.tls:
                 self.stream_ports.append(self.tls_stream.listen_tls(addr.host, addr.port,
                                                                     self.tls))
@@ -267,7 +267,7 @@ class Listeners(service.Service):
 class ProxyService(service.MultiService):
     """``sipgw serve``: the core and the services around it (``make_service``)."""
 
-    name = "sipgw"
+    name = "sipgw"  # type: ignore[assignment]  # Twisted types Service.name as None
 
     def __init__(self, *, loaded: LoadedConfig, reactor, stats: Stats, flows: FlowTable,
                  tap: Tap, proxy: Proxy, listeners: Listeners, notifier: Notifier) -> None:
@@ -442,9 +442,10 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
     router = Router(clock=clock, stats=stats, relay=relay, replies=replies, identity=identity,
                     signer=signer, nat=nat, registrar=registrar, backends=backends, auth=auth,
                     acl=acl, proxy=config.proxy, limits=config.limits)
-    return Proxy(clock=clock, stats=stats, identity=identity, signer=signer, replies=replies, relay=relay,
-                 router=router, nat=nat, registrar=registrar, backends=backends, flows=flows,
-                 tap=tap, limits=config.limits, dialogs=dialogs, auth=auth, pike=pike, acl=acl)
+    return Proxy(clock=clock, stats=stats, identity=identity, signer=signer, replies=replies,
+                 relay=relay, router=router, nat=nat, registrar=registrar, backends=backends,
+                 flows=flows, tap=tap, limits=config.limits, dialogs=dialogs, auth=auth, pike=pike,
+                 acl=acl)
 
 
 def reconfigure_core(proxy: Proxy, config: Config, backend: Backend) -> None:
@@ -515,7 +516,7 @@ def _aliases(config: Config) -> set[str]:
         aliases |= {"127.0.0.1", "::1", "localhost", socket.gethostname().lower()}
         try:
             for info in socket.getaddrinfo(socket.gethostname(), None):
-                aliases.add(str(ipaddress.ip_address(info[4][0].split("%")[0])))
+                aliases.add(str(ipaddress.ip_address(str(info[4][0]).split("%")[0])))
         except OSError:
             pass
     return aliases

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from twisted.logger import Logger
 

@@ -52,7 +52,8 @@ def _writable_dir(path: str) -> bool:
     return os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK)
 
 
-def server_socket_path(configured: str, state_directory: str, *, is_root: bool | None = None) -> str:
+def server_socket_path(configured: str, state_directory: str, *,
+                       is_root: bool | None = None) -> str:
     """Where ``sipgw serve`` puts its socket: the configured path, unless we are not root
     and cannot write its directory; then under ``state.directory``."""
     root = (os.geteuid() == 0) if is_root is None else is_root
@@ -108,7 +109,7 @@ class Client:
 
     def read_line(self, timeout: float | None | bool = False) -> bytes:
         if timeout is not False:
-            self._sock.settimeout(timeout)  # type: ignore[arg-type]
+            self._sock.settimeout(timeout)
         deadline = None if self._sock.gettimeout() is None else (
             time.monotonic() + (self._sock.gettimeout() or 0.0))
         try:
@@ -120,7 +121,7 @@ class Client:
                     self._sock.settimeout(left)
                 try:
                     data = self._sock.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     raise TimeoutError("no answer from sipgw in time") from None
                 if not data:
                     raise Unreachable(self.path, "the proxy closed the connection",

@@ -13,8 +13,9 @@ Standard library only: the declarations are importable without Twisted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 _ATTR = "__sipgw_rpc__"
 

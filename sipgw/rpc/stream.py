@@ -8,7 +8,8 @@ reading). ``stop()`` is called once, when the client goes away. Standard library
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 Emit = Callable[[str, Any], None]
 

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final, cast
 
 from sipgw.sip.errors import ParseError
 from sipgw.sip.grammar import HasParams, parse_params, read_quoted, split_commas
 from sipgw.sip.uri import AbsoluteURI, SipURI, parse_uri
+
+if TYPE_CHECKING:
+    from sipgw.sip.message import Message
 
 _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 _LWS = "[ \t]"
@@ -134,7 +137,7 @@ def parse_address_list(value: str, *, what: str = "Contact header") -> list[Name
     return out
 
 
-def message_address_list(msg, value: str) -> tuple[NameAddr, ...] | _Star:
+def message_address_list(msg: Message, value: str) -> tuple[NameAddr, ...] | _Star:
     """``parse_address_list(value)`` for a Contact value of ``msg``, parsed once per
     message: NAT detection, the contact alias and the registrar each read the Contact of a
     REGISTER. Kept in the message's cache by value, so a rewritten Contact is a new entry.
@@ -142,20 +145,20 @@ def message_address_list(msg, value: str) -> tuple[NameAddr, ...] | _Star:
     cache = _address_lists(msg)
     parsed = cache.get(value)
     if parsed is None:
-        parsed = parse_address_list(value)
-        if parsed is not STAR:
-            parsed = tuple(parsed)
+        found = parse_address_list(value)
+        parsed = found if isinstance(found, _Star) else tuple(found)
         cache[value] = parsed
     return parsed
 
 
-def remember_address_list(msg, value: str, parsed: list[NameAddr]) -> None:
+def remember_address_list(msg: Message, value: str, parsed: list[NameAddr]) -> None:
     """Record what ``value``, written by sipgw from ``parsed``, parses to."""
     _address_lists(msg)[value] = tuple(parsed)
 
 
-def _address_lists(msg) -> dict:
-    return msg._cache.setdefault("address_lists", {})
+def _address_lists(msg: Message) -> dict[str, tuple[NameAddr, ...] | _Star]:
+    return cast(dict[str, tuple[NameAddr, ...] | _Star],
+                msg._cache.setdefault("address_lists", {}))
 
 
 def _lower_first(reason: str) -> str:

@@ -220,4 +220,4 @@ class HasParams:
 
     def replace(self: _P, **changes: object) -> _P:
         """A copy with fields changed, e.g. ``uri.replace(host="192.0.2.1", port=5080)``."""
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var, arg-type]
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]

@@ -10,11 +10,16 @@ lazily and cached; any mutation of a header drops its cached value.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from sipgw.sip.errors import ParseError
 from sipgw.sip.grammar import split_commas
 from sipgw.sip.headers import LIST_HEADERS, display_name, header_key
+
+if TYPE_CHECKING:  # imported where used: via and uri parse what this module holds
+    from sipgw.sip.uri import AbsoluteURI, SipURI
+    from sipgw.sip.via import Via
 
 CRLF = "\r\n"
 
@@ -144,7 +149,7 @@ class Message:
                 return
         self.prepend(name, value)
 
-    def replace_top_via(self, via) -> None:
+    def replace_top_via(self, via: Via) -> None:
         """Make ``via`` (a parsed ``Via``) the first Via value, keeping it parsed.
 
         The server transaction key survives when only parameters changed (force_rport's
@@ -202,8 +207,8 @@ class Message:
         return c  # type: ignore[return-value]
 
     @property
-    def top_via(self):
-        """The first Via, parsed (a ``sipgw.sip.via.Via``)."""
+    def top_via(self) -> Via:
+        """The first Via, parsed."""
         v = self._cache.get("via")
         if v is None:
             from sipgw.sip.via import parse_top_via
@@ -213,7 +218,7 @@ class Message:
                 raise ParseError("Missing Via header")
             v = parse_top_via(first)
             self._cache["via"] = v
-        return v
+        return v  # type: ignore[return-value]  # the cache holds what was put here
 
     @property
     def from_tag(self) -> str | None:
@@ -273,11 +278,11 @@ class Request(Message):
     def start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"
 
-    def parsed_uri(self):
+    def parsed_uri(self) -> SipURI | AbsoluteURI:
         """The Request-URI parsed (``SipURI`` or ``AbsoluteURI``), cached until it changes."""
         cached = self._cache.get("ruri")
         if cached is not None and cached[0] is self.uri:  # type: ignore[index]
-            return cached[1]  # type: ignore[index]
+            return cached[1]  # type: ignore[index, no-any-return]
         from sipgw.sip.uri import parse_uri
 
         parsed = parse_uri(self.uri)
@@ -287,7 +292,7 @@ class Request(Message):
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri} call-id={self.call_id!r}>"
 
-    def copy(self) -> "Request":
+    def copy(self) -> Request:
         """A copy whose header list can be changed without touching this one."""
         r = Request(
             self.method,
@@ -322,7 +327,7 @@ class Response(Message):
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason!r} call-id={self.call_id!r}>"
 
-    def copy(self) -> "Response":
+    def copy(self) -> Response:
         r = Response(
             self.status,
             self.reason,

@@ -31,7 +31,7 @@ import enum
 import functools
 import ipaddress
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from sipgw.sip.errors import ParseError
 from sipgw.sip.uri import SipURI

@@ -41,10 +41,15 @@ Decisions a TU must know (each also commented where it is made):
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 from sipgw.sip.effects import TERMINATED, TIMEOUT, TRANSPORT_ERROR, Effect, Send
 from sipgw.sip.message import Field, Request, Response
 from sipgw.sip.timers import TimerConfig
+
+if TYPE_CHECKING:  # at run time, from __getattr__ below
+    from sipgw.sip.transaction_client import InviteClientTransaction, NonInviteClientTransaction
+    from sipgw.sip.transaction_server import InviteServerTransaction, NonInviteServerTransaction
 
 __all__ = [
     "State",
@@ -224,14 +229,17 @@ def input_for_status(status: int) -> Input:
 BRANCH_COOKIE = "z9hG4bK"
 _COOKIE_LEN = len(BRANCH_COOKIE)
 
+# A transaction's key: a client's (branch, method), or one of server_key's two shapes.
+TransactionKey = tuple[object, ...]
 
-def client_key(message: Request | Response) -> tuple:
+
+def client_key(message: Request | Response) -> TransactionKey:
     """(top Via branch, CSeq method): the key of the client transaction a response
     belongs to (§17.1.3). On our own request it gives the transaction's key."""
     return (message.top_via.branch, message.cseq[1])
 
 
-def server_key(request: Request) -> tuple:
+def server_key(request: Request) -> TransactionKey:
     """The key of the server transaction ``request`` belongs to (§17.2.3).
 
     RFC 3261 branch (``z9hG4bK`` and more): ``(branch, sent-by lowercased, method)``.
@@ -255,7 +263,7 @@ def server_key(request: Request) -> tuple:
     return key  # type: ignore[return-value]
 
 
-def invite_key_for_cancel(cancel: Request) -> tuple:
+def invite_key_for_cancel(cancel: Request) -> TransactionKey:
     """The key of the INVITE server transaction that ``cancel`` refers to (§9.2).
 
     A CANCEL has its own server transaction (``server_key(cancel)`` has method CANCEL);
@@ -264,7 +272,7 @@ def invite_key_for_cancel(cancel: Request) -> tuple:
     return _server_key(cancel, "INVITE")
 
 
-def _server_key(request: Request, method: str) -> tuple:
+def _server_key(request: Request, method: str) -> TransactionKey:
     via = request.top_via
     branch = via.branch
     if branch is not None and len(branch) > _COOKIE_LEN and branch.startswith(BRANCH_COOKIE):
@@ -339,6 +347,9 @@ class Transaction:
         "_end_at",
         "_end_input",
     )
+    # Set by each machine's __init__.
+    key: TransactionKey
+    _table: dict[State, dict[Input, State]]
 
     def __init__(self, request: Request, reliable: bool, timers: TimerConfig) -> None:
         self.request = request

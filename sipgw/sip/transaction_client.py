@@ -15,9 +15,10 @@ from sipgw.sip.transaction import (
     Input,
     State,
     Transaction,
-    input_for_status,
+    TransactionKey,
     build_ack,
     client_key,
+    input_for_status,
 )
 
 __all__ = ["InviteClientTransaction", "NonInviteClientTransaction"]
@@ -27,7 +28,7 @@ class _ClientTransaction(Transaction):
     __slots__ = ("_started",)
 
     def __init__(self, request: Request, reliable: bool, timers: TimerConfig,
-                 key: tuple | None) -> None:
+                 key: TransactionKey | None) -> None:
         super().__init__(request, reliable, timers)
         # The TU that just wrote the top Via may pass the key instead of having it parsed.
         self.key = client_key(request) if key is None else key
@@ -59,7 +60,7 @@ class InviteClientTransaction(_ClientTransaction):
         return self._send_ack if self.absorbing() and self.state is State.COMPLETED else None
 
     def __init__(self, request: Request, *, reliable: bool, timers: TimerConfig,
-                 key: tuple | None = None) -> None:
+                 key: TransactionKey | None = None) -> None:
         if request.method != "INVITE":
             raise ValueError(f"InviteClientTransaction cannot carry {request.method}")
         super().__init__(request, reliable, timers, key)
@@ -112,7 +113,7 @@ class NonInviteClientTransaction(_ClientTransaction):
     _ABSORBING = frozenset({State.COMPLETED})  # response retransmissions absorbed
 
     def __init__(self, request: Request, *, reliable: bool, timers: TimerConfig,
-                 key: tuple | None = None) -> None:
+                 key: TransactionKey | None = None) -> None:
         if request.method in ("INVITE", "ACK"):
             raise ValueError(f"NonInviteClientTransaction cannot carry {request.method}")
         super().__init__(request, reliable, timers, key)

@@ -154,14 +154,15 @@ def _parse_one(text: str) -> Via:
         raise ParseError("Bad Via header: protocol is not SIP/x.y")
     if not check_host(host):
         raise ParseError("Bad Via header: bad sent-by host")
-    params = []
+    params: list[tuple[str, str | None]] = []
     pos = m.end()
     n = len(text)
     while pos < n:
         pm = _PARAM_RE.match(text, pos)
         if pm is None:
             break
-        params.append(pm.group(1, 2))
+        # (name, value or None): typeshed types group(1, 2) as a tuple of any length.
+        params.append(pm.group(1, 2))  # type: ignore[arg-type]
         pos = pm.end()
     if text[pos:].strip(" \t"):
         raise ParseError("Bad Via header: empty or malformed parameter")

@@ -40,8 +40,13 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
-from sipgw.store.base import (DOMAIN_INDEX, StoreError, StoreUnavailable, Subscriber,
-                          subscriber_from_fields)
+from sipgw.store.base import (
+    DOMAIN_INDEX,
+    StoreError,
+    StoreUnavailable,
+    Subscriber,
+    subscriber_from_fields,
+)
 
 log = Logger(namespace="sipgw.store.redis")
 

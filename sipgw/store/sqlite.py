@@ -27,7 +27,13 @@ import sqlite3
 
 from twisted.internet import defer
 
-from sipgw.store.base import FIELDS, StoreError, StoreUnavailable, Subscriber, subscriber_from_fields
+from sipgw.store.base import (
+    FIELDS,
+    StoreError,
+    StoreUnavailable,
+    Subscriber,
+    subscriber_from_fields,
+)
 
 BUSY_TIMEOUT = 0.1  # seconds
 
@@ -98,8 +104,9 @@ class SqliteStore:
                 f"SELECT {_COLUMNS} FROM subscriber WHERE username = ? AND domain = ?",
                 (username, domain),
             ).fetchone()
-            return None if row is None else subscriber_from_fields(dict(zip(FIELDS, row)),
-                                                                   username, domain)
+            if row is None:
+                return None
+            return subscriber_from_fields(dict(zip(FIELDS, row, strict=True)), username, domain)
 
         return self._run(read)
 
@@ -135,7 +142,7 @@ class SqliteStore:
     def all(self) -> defer.Deferred:
         def read(db: sqlite3.Connection) -> list[Subscriber]:
             rows = db.execute(f"SELECT {_COLUMNS} FROM subscriber ORDER BY domain, username")
-            return [subscriber_from_fields(dict(zip(FIELDS, row)), row[0], row[1])
+            return [subscriber_from_fields(dict(zip(FIELDS, row, strict=True)), row[0], row[1])
                     for row in rows]
 
         return self._run(read)

@@ -25,16 +25,25 @@ import sqlite3
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sipgw.proxy.transport import in_networks
 from sipgw.rpc.client import Client, RemoteError, Unreachable, find_socket
 from sipgw.sip.hostport import split_hostport
 from sipgw.tools.options import NoAnswer, ping
-from sipgw.tools.storecheck import (RedisLink, RedisRefused, open_sqlite, read_record,
-                                    redis_plaintext, sqlite_plaintext)
+from sipgw.tools.storecheck import (
+    RedisLink,
+    RedisRefused,
+    open_sqlite,
+    read_record,
+    redis_plaintext,
+    sqlite_plaintext,
+)
 from sipgw.tools.wscheck import Handshake, HandshakeFailed, ws_session
+
+if TYPE_CHECKING:
+    from sipgw.config import Config
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
@@ -64,12 +73,18 @@ class Doctor:
         self.user = user
         self.domain = domain
         self.password = password
-        self.config = None
+        self._config: Config | None = None
         self.client: Client | None = None
+
+    @property
+    def config(self) -> Config:
+        """The config check_config loaded; the other checks run only once it has."""
+        assert self._config is not None
+        return self._config
 
     def run(self) -> Iterator[Check]:
         yield self.check_config()
-        if self.config is None:
+        if self._config is None:
             return
         yield self.check_control()
         yield from self.check_listeners()
@@ -90,7 +105,7 @@ class Doctor:
 
         shown = self.config_path or "embedded default config"
         try:
-            self.config = load_config(self.config_path).config
+            self._config = load_config(self.config_path).config
         except ConfigError as e:
             return Check(name="config", status=FAIL, detail=str(e),
                          fix="correct the file at the line named; sipgw serve --check -c FILE "
@@ -166,7 +181,7 @@ class Doctor:
             from cryptography import x509
 
             served = x509.load_der_x509_certificate(hs.certificate)
-            now = datetime.datetime.now(datetime.timezone.utc)
+            now = datetime.datetime.now(datetime.UTC)
             if served.not_valid_after_utc < now:
                 return Check(name=name, status=FAIL,
                              detail=f"{url}: the certificate it serves "
@@ -214,7 +229,8 @@ class Doctor:
         name = f"client address via {url}"
         ours = hs.local[0] if hs.local else ""
         try:
-            conns = self.client.call("ws.dump").get("connections", [])
+            # None when the control check failed: the AttributeError is caught below.
+            conns = self.client.call("ws.dump").get("connections", [])  # type: ignore[union-attr]
         except (RemoteError, Unreachable, TimeoutError, AttributeError) as e:
             return Check(name=name, status=WARN, detail=f"ws.dump failed: {e}",
                          fix="is the control socket that of the proxy behind this URL?")
@@ -340,7 +356,7 @@ class Doctor:
             return
         when = datetime.datetime.fromtimestamp(
             now if now is not None else datetime.datetime.now().timestamp(),
-            datetime.timezone.utc)
+            datetime.UTC)
         days = (cert.not_valid_after_utc - when).total_seconds() / 86400
         subject = cert.subject.rfc4514_string()
         if when < cert.not_valid_before_utc:
@@ -462,6 +478,7 @@ class Doctor:
         password (--password-stdin), no plaintext password is stored."""
         from sipgw.sip import digest
 
+        assert self.user is not None  # run() checks a user only when given one
         name = f"user {self.user}"
         try:
             record = read_record(self.config.subscribers.url,

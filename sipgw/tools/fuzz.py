@@ -37,9 +37,10 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
 
 from sipgw.sip.address import parse_address_list, parse_name_addr
 from sipgw.sip.digest import parse_credentials
@@ -64,7 +65,8 @@ _WEBRTC_SDP = (b"v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0
                b"a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\n"
                b"m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\nc=IN IP4 0.0.0.0\r\n"
                b"a=rtcp:9 IN IP4 0.0.0.0\r\na=candidate:1 1 udp 2122260223 192.168.1.5 54400 "
-               b"typ host generation 0\r\na=ice-ufrag:Xx1y\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
+               b"typ host generation 0\r\na=ice-ufrag:Xx1y\r\n"
+               b"a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
                b"a=fingerprint:sha-256 AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:"
                b"CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99\r\na=setup:actpass\r\na=mid:0\r\n"
                b"a=sendrecv\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n")
@@ -133,7 +135,8 @@ BUILTIN_SEEDS: dict[str, bytes] = {
         "Call-ID: 6lv2hb9c8e1q0sk4ct0p", "CSeq: 7531 INVITE",
         f"Proxy-Authorization: {_DIGEST.replace('sip:sipgw.test', 'sip:5002@sipgw.test')}",
         f"Contact: <sip:q7rs2c1i@{_WS_HOST};transport=ws;ob>",
-        "Content-Type: application/sdp", "Session-Expires: 90", "Supported: timer,ice,replaces,outbound",
+        "Content-Type: application/sdp", "Session-Expires: 90",
+        "Supported: timer,ice,replaces,outbound",
         "User-Agent: JsSIP 3.13.0"], _WEBRTC_SDP),
     "jssip-options": _msg("OPTIONS sip:127.0.0.1:8080;transport=ws SIP/2.0", [
         f"Via: SIP/2.0/WS {_WS_HOST};branch=z9hG4bK555", "Max-Forwards: 70",
@@ -550,15 +553,15 @@ def exercise_message(msg: Request | Response, *, datagram: bool) -> None:
         lambda: msg.call_id, lambda: msg.cseq, lambda: msg.top_via, lambda: msg.from_tag,
         lambda: msg.to_tag,
     ]
-    steps += [lambda v=v: _touch_via(v) for v in msg.headers("via")]
-    steps += [lambda n=name: _touch_route(msg, n) for name in ("route", "record-route", "path")]
+    steps += [partial(_touch_via, v) for v in msg.headers("via")]
+    steps += [partial(_touch_route, msg, n) for n in ("route", "record-route", "path")]
     for name in ("from", "to"):
         value = msg.header(name)
         if value is not None:
-            steps.append(lambda v=value: _touch_address(v))
-    steps += [lambda v=v: _touch_contacts(v) for v in msg.headers("contact")]
+            steps.append(partial(_touch_address, value))
+    steps += [partial(_touch_contacts, v) for v in msg.headers("contact")]
     for name in ("authorization", "proxy-authorization"):
-        steps += [lambda v=v: _touch_credentials(v) for v in msg.headers(name)]
+        steps += [partial(_touch_credentials, v) for v in msg.headers(name)]
     if isinstance(msg, Request):
         steps.append(lambda: _touch_uri(msg.parsed_uri()))
         steps += [lambda: msg.values("supported"), lambda: msg.values("proxy-require")]
@@ -577,7 +580,7 @@ def exercise(data: bytes, cut: int = -1) -> None:
             msg = parse_message(data, datagram=datagram)
         except ParseError as e:
             if not e.reason or not (e.status is None or 400 <= e.status <= 599):
-                raise AssertionError(f"ParseError without a reason or a 4xx/5xx: {e!r}")
+                raise AssertionError(f"ParseError without a reason or a 4xx/5xx: {e!r}") from e
             continue
         exercise_message(msg, datagram=datagram)
     framer = StreamFramer()
@@ -618,8 +621,9 @@ class ParserReport:
     def text(self) -> str:
         rate = self.count / self.seconds if self.seconds else 0.0
         lines = [f"{self.count} mutated messages (seed {self.seed}) in {self.seconds:.1f} s "
-                 f"({rate:.0f}/s); {self.parsed} parsed, {self.count - self.parsed - self.crash_count}"
-                 f" refused with a ParseError; {self.crash_count} broke the contract "
+                 f"({rate:.0f}/s); {self.parsed} parsed, "
+                 f"{self.count - self.parsed - self.crash_count} refused with a ParseError; "
+                 f"{self.crash_count} broke the contract "
                  f"({len(self.crashes)} kinds)"]
         for kind, c in self.crashes.items():
             lines.append(f"  {kind}  (message {c.index}): {c.detail}")
@@ -979,13 +983,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(repr(data) + "\n")
         exercise(data, cut=args.only % (len(data) + 1))
         return 0
-    report = run_parser(mutator, args.count, start=args.start,
+    parsed = run_parser(mutator, args.count, start=args.start,
                         progress=lambda n: print(f"... {n}", file=sys.stderr, flush=True))
-    print(report.text())
+    print(parsed.text())
     if args.crash_dir is not None:
-        for path in _save(report.crashes.values(), args.crash_dir):
+        for path in _save(parsed.crashes.values(), args.crash_dir):
             print(f"  wrote {path}")
-    return 1 if report.crashes else 0
+    return 1 if parsed.crashes else 0
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def ping(uri_text: str, *, transport: str | None = None, timeout: float = 2.0) -
                     buffer = b""
                 else:
                     buffer = _after_first_message(buffer)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise NoAnswer(f"no answer within {timeout:g}s") from None
         except ConnectionRefusedError:
             raise NoAnswer("connection refused (nothing listens there)") from None

@@ -101,6 +101,7 @@ def read_record(url: str, key_template: str, user: str, domain: str | None,
         db = open_sqlite(url[len("sqlite://"):], timeout)
         try:
             db.row_factory = sqlite3.Row
+            args: tuple[str, ...]
             query, args = "SELECT * FROM subscriber WHERE username = ?", (user,)
             if domain:
                 query, args = query + " AND domain = ?", (user, domain)
@@ -112,7 +113,7 @@ def read_record(url: str, key_template: str, user: str, domain: str | None,
         items = redis.call("HGETALL", key_template.format(username=user, domain=domain or ""))
     if not items:
         return None
-    record = dict(zip(items[::2], items[1::2]))
+    record = dict(zip(items[::2], items[1::2], strict=False))
     record.setdefault("username", user)
     return record
 
@@ -129,7 +130,7 @@ def sqlite_plaintext(path: str, timeout: float) -> list[Subscriber]:
                           "WHERE password IS NOT NULL AND password != ''").fetchall()
     finally:
         db.close()
-    return [subscriber_from_fields(dict(zip(wanted, row)), "", "") for row in rows]
+    return [subscriber_from_fields(dict(zip(wanted, row, strict=True)), "", "") for row in rows]
 
 
 def redis_plaintext(redis: RedisLink, key_template: str) -> list[Subscriber]:
@@ -142,8 +143,8 @@ def redis_plaintext(redis: RedisLink, key_template: str) -> list[Subscriber]:
         cursor, keys = redis.call("SCAN", cursor, "MATCH", pattern, "COUNT", str(SCAN_BATCH))
         keys = [k for k in keys if not k.startswith(DOMAIN_INDEX)]  # a template "{username}"
         answers = redis.pipeline([["HMGET", key, *FIELDS] for key in keys]) if keys else []
-        for key, values in zip(keys, answers):
-            fields = {n: v for n, v in zip(FIELDS, values or []) if v}
+        for key, values in zip(keys, answers, strict=False):
+            fields = {n: v for n, v in zip(FIELDS, values or [], strict=False) if v}
             if fields.get("password"):
                 # A legacy record may lack the username field: the key still names it.
                 out.append(subscriber_from_fields(fields, fields.get("username") or key, ""))

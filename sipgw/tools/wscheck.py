@@ -96,7 +96,7 @@ def _secure(raw: socket.socket, hostname: str, verify: bool):
         sock = context.wrap_socket(raw, server_hostname=hostname)
     except ssl.SSLError as e:
         raise HandshakeFailed(f"TLS failed: {e.reason or e}") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise HandshakeFailed("no TLS handshake within the timeout") from None
     except OSError as e:
         raise HandshakeFailed(f"TLS failed: {e.strerror or e}") from None
@@ -114,7 +114,7 @@ def _exchange(sock: socket.socket, request: bytes, timeout: float) -> bytes:
             data += chunk
             if len(data) > 65536:
                 raise HandshakeFailed("no end to the answer's headers")
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise HandshakeFailed(f"no answer within {timeout:g}s") from None
     except OSError as e:
         raise HandshakeFailed(str(e.strerror or e)) from None

@@ -24,7 +24,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from sipgw.sip.digest import ha1, parse_challenge, response
@@ -74,7 +74,7 @@ class _Client(asyncio.Protocol):
         self.buffer = b""  # the 101 until it is whole
         self.frames = ws.FrameDecoder(masked=False)
         self.upgraded = False
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None  # None until connected
         self.cseq = 0
         self.call_id = f"wsload-{os.getpid()}-{index}-{os.urandom(4).hex()}"
         self.tag = os.urandom(4).hex()
@@ -92,6 +92,7 @@ class _Client(asyncio.Protocol):
         self._finish("closed before 200")
 
     def data_received(self, data: bytes) -> None:
+        assert self.transport is not None  # data comes once connected
         if not self.upgraded:
             self.buffer += data
             try:
@@ -128,6 +129,7 @@ class _Client(asyncio.Protocol):
     # -- SIP ----------------------------------------------------------------------------
 
     def _register(self, authorization: str | None) -> None:
+        assert self.transport is not None  # sent once upgraded
         a = self.account
         self.cseq += 1
         contact_host = f"{os.urandom(6).hex()}.invalid"
@@ -240,13 +242,13 @@ async def run_load(
                 _, client = await asyncio.wait_for(loop.create_connection(
                     lambda: _Client(host, port, path, account, i, expires, done), host, port),
                     timeout)
-            except (OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError) as e:
                 failures[f"connect: {type(e).__name__}"] += 1
                 return
             clients.append(client)
             try:
                 outcome = await asyncio.wait_for(done, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 outcome = "timeout"
             if outcome is None:
                 stamps.append(time.monotonic())
@@ -274,7 +276,8 @@ def _cpu() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sipgw.tools.wsload", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sipgw.tools.wsload",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("url", help="ws://HOST:PORT/PATH of sipgw's ws listener")
     p.add_argument("-n", "--count", type=int, default=100, help="connections to open")
     p.add_argument("-c", "--concurrency", type=int, default=100,

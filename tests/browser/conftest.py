@@ -41,7 +41,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture
-def browser(request: pytest.FixtureRequest, tmp_path: Path, browser_setup: None) -> Iterator[BrowserRig]:
+def browser(
+    request: pytest.FixtureRequest, tmp_path: Path, browser_setup: None
+) -> Iterator[BrowserRig]:
     """One Chromium for this test: ``browser.open("alice", url)`` gives a :class:`Page`.
     Chromium is killed when the test ends, whatever happened; the driver's log stays in
     the test's ``tmp_path`` (``browser/driver.log``). When the test fails, a screenshot of

@@ -48,8 +48,17 @@ class KamailioProcess:
     the config's ``#!define``s given with ``-A``; ``shm_mb``/``pkg_mb`` its memory pools
     (small for tests, large enough for the benchmark's thousands of connections)."""
 
-    def __init__(self, config: str, workdir: Path, *, ws: bool = False, executable: str = "kamailio",
-                 defines: dict[str, str] | None = None, shm_mb: int = 32, pkg_mb: int = 4):
+    def __init__(
+        self,
+        config: str,
+        workdir: Path,
+        *,
+        ws: bool = False,
+        executable: str = "kamailio",
+        defines: dict[str, str] | None = None,
+        shm_mb: int = 32,
+        pkg_mb: int = 4,
+    ):
         path = Path(config)
         self.config = path if path.parent != Path(".") else CONFIGS / path.name
         if not self.config.is_file():
@@ -130,7 +139,9 @@ class KamailioProcess:
             probe.settimeout(0.2)
             while time.monotonic() < deadline:
                 if self._process.poll() is not None:
-                    raise self._failure(f"exited with {self._process.returncode} before it was ready")
+                    raise self._failure(
+                        f"exited with {self._process.returncode} before it was ready"
+                    )
                 probe.sendto(options_request(probe.getsockname(), self.address), self.address)
                 try:
                     reply, _ = probe.recvfrom(65535)

@@ -85,7 +85,7 @@ def self_signed_certificate(directory: Path, host: str = LOOPBACK) -> tuple[Path
         alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         alt = x509.DNSName(host)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -98,8 +98,13 @@ def self_signed_certificate(directory: Path, host: str = LOOPBACK) -> tuple[Path
     directory.mkdir(parents=True, exist_ok=True)
     cert_file, key_file = directory / "cert.pem", directory / "key.pem"
     cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_file, key_file
 
 
@@ -164,7 +169,9 @@ class PageServer:
             self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True,
                                                      do_handshake_on_connect=False)
             self.scheme = "https"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="rig-pages", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="rig-pages", daemon=True
+        )
 
     @property
     def base_url(self) -> str:
@@ -203,8 +210,15 @@ class BrowserRig:
     profile. ``timeout`` bounds every request unless a call gives its own.
     """
 
-    def __init__(self, workdir: Path, *, chromium: str = CHROMIUM, node: str = "node", timeout: float = 15.0,
-                 ignore_certificate_errors: bool = False):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        chromium: str = CHROMIUM,
+        node: str = "node",
+        timeout: float = 15.0,
+        ignore_certificate_errors: bool = False,
+    ):
         self.workdir = workdir
         # For WSS (and HTTPS pages) with a test certificate: Chromium accepts any.
         self.ignore_certificate_errors = ignore_certificate_errors
@@ -309,7 +323,11 @@ class BrowserRig:
 
     def events(self, page: str | None = None, kind: str | None = None) -> list[Event]:
         with self._lock:
-            return [e for e in self._events if (page is None or e.page == page) and (kind is None or e.kind == kind)]
+            return [
+                e
+                for e in self._events
+                if (page is None or e.page == page) and (kind is None or e.kind == kind)
+            ]
 
     def wait_event(
         self,
@@ -338,7 +356,10 @@ class BrowserRig:
         if self._gone:
             raise RigError(f"page {page!r}: no {kind!r} event: the driver exited; its log ends:\n"
                            f"{self.driver_log_tail()}")
-        raise RigError(f"page {page!r}: no {kind!r} event within {timeout:.1f} s; it said:\n{self.describe(page)}")
+        raise RigError(
+            f"page {page!r}: no {kind!r} event within {timeout:.1f} s; "
+            f"it said:\n{self.describe(page)}"
+        )
 
     def describe(self, page: str | None, last: int = 25) -> str:
         """The page's last events and console lines, for failure messages."""
@@ -357,7 +378,9 @@ class BrowserRig:
             return "(no driver log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def open(self, name: str, url: str, *, block: Sequence[str] = (), timeout: float | None = None) -> Page:
+    def open(
+        self, name: str, url: str, *, block: Sequence[str] = (), timeout: float | None = None
+    ) -> Page:
         """A new tab, in a browser context of its own, at ``url``. URLs matching a ``block``
         pattern (playwright's globs: ``"**/vendor/jssip.js"``) get a 404, as if missing."""
         self.request("open", page=name, url=url, block=list(block), timeout=timeout)
@@ -397,7 +420,9 @@ class BrowserRig:
                 continue
             with self._lock:
                 if "event" in message:
-                    self._events.append(Event(message["event"], message.get("page"), message.get("detail") or {}))
+                    self._events.append(
+                        Event(message["event"], message.get("page"), message.get("detail") or {})
+                    )
                     self._lock.notify_all()
                 elif message.get("id") in self._replies:
                     self._replies[message["id"]].put(message)
@@ -448,8 +473,14 @@ class Page:
     def phone(self, fn: str, *args: Any, timeout: float | None = None) -> Any:
         return self.rig.request("eval", page=self.name, fn=fn, args=list(args), timeout=timeout)
 
-    def register(self, ws_url: str, uri: str, password: str | None = None, display_name: str | None = None,
-                 **extra: Any) -> None:
+    def register(
+        self,
+        ws_url: str,
+        uri: str,
+        password: str | None = None,
+        display_name: str | None = None,
+        **extra: Any,
+    ) -> None:
         """Connect to ``ws_url`` and register ``uri``; wait for it with :meth:`wait`."""
         self.phone("register", {"wsUrl": ws_url, "uri": uri, "password": password,
                                 "displayName": display_name, **extra})
@@ -474,19 +505,25 @@ class Page:
         """Bytes of audio received so far (getStats inbound-rtp bytesReceived)."""
         return int(self.rig.request("inbound_bytes", page=self.name, api=api))
 
-    def wait_inbound_bytes(self, above: int = 0, *, timeout: float = 10.0, api: str = "phone") -> int:
+    def wait_inbound_bytes(
+        self, above: int = 0, *, timeout: float = 10.0, api: str = "phone"
+    ) -> int:
         """Poll (in the driver, every 50 ms, bounded) until more than ``above`` bytes of audio
         have arrived; the count. RigError if they do not come in ``timeout`` seconds."""
         bytes_ = int(self.rig.request("wait_inbound", page=self.name, api=api, above=above,
                                       timeout_ms=timeout * 1000, timeout=timeout + 5))
         if bytes_ <= above:
-            raise RigError(f"page {self.name!r}: {bytes_} bytes of audio after {timeout:.0f} s, wanted more "
-                           f"than {above}; it said:\n{self.rig.describe(self.name)}")
+            raise RigError(
+                f"page {self.name!r}: {bytes_} bytes of audio after {timeout:.0f} s, wanted more "
+                f"than {above}; it said:\n{self.rig.describe(self.name)}"
+            )
         return bytes_
 
     # events
 
-    def wait(self, kind: str, timeout: float = 10.0, where: Callable[[Event], bool] | None = None) -> Event:
+    def wait(
+        self, kind: str, timeout: float = 10.0, where: Callable[[Event], bool] | None = None
+    ) -> Event:
         return self.rig.wait_event(kind, page=self.name, timeout=timeout, where=where)
 
     def events(self, kind: str | None = None) -> list[Event]:
@@ -513,7 +550,9 @@ class Page:
             return str(self.rig.request("wait_text", page=self.name, selector=selector, text=text,
                                         timeout_ms=timeout * 1000, timeout=timeout + 5))
         except RigError as error:
-            raise RigError(f"{error}\npage {self.name!r} said:\n{self.rig.describe(self.name)}") from None
+            raise RigError(
+                f"{error}\npage {self.name!r} said:\n{self.rig.describe(self.name)}"
+            ) from None
 
     def screenshot(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -61,9 +61,18 @@ def clean_clone(destination: Path) -> Path:
 
 def build_wheel(source: Path, dist: Path) -> Path:
     """sdist from ``source``, then the wheel pip builds from that sdist (so both carry it)."""
-    sdist = run(sys.executable, "-c",
-                "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))",
-                dist, cwd=source).strip().splitlines()[-1]
+    sdist = (
+        run(
+            sys.executable,
+            "-c",
+            "import sys; from setuptools import build_meta; "
+            "print(build_meta.build_sdist(sys.argv[1]))",
+            dist,
+            cwd=source,
+        )
+        .strip()
+        .splitlines()[-1]
+    )
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", dist,
         dist / sdist, cwd=dist)
     wheels = list(dist.glob("sipgw-*.whl"))
@@ -75,7 +84,9 @@ def install(wheel: Path, venv: Path, work: Path) -> Path:
     """A fresh venv with ``wheel`` and its dependencies, at .venv's versions; its ``sipgw``."""
     run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=work)
     constraints = work / "constraints.txt"
-    constraints.write_text(run(sys.executable, "-m", "pip", "freeze", "--exclude-editable", cwd=work))
+    constraints.write_text(
+        run(sys.executable, "-m", "pip", "freeze", "--exclude-editable", cwd=work)
+    )
     run(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "--quiet",
         "--constraint", constraints, wheel, cwd=work)
     return venv / "bin" / "sipgw"
@@ -105,8 +116,12 @@ def test_the_wheel_installed_in_a_fresh_venv_serves_a_phone_page_that_registers(
     wheel = build_wheel(clean_clone(tmp_path / "src"), tmp_path / "dist")
     sipgw = install(wheel, tmp_path / "venv", tmp_path)
     # The page comes from the venv, not from the checkout.
-    where = run(tmp_path / "venv" / "bin" / "python", "-c",
-                "from sipgw.proxy.transport.ws.phone import phone_root; print(phone_root())", cwd=tmp_path)
+    where = run(
+        tmp_path / "venv" / "bin" / "python",
+        "-c",
+        "from sipgw.proxy.transport.ws.phone import phone_root; print(phone_root())",
+        cwd=tmp_path,
+    )
     assert Path(where.strip()).is_relative_to(tmp_path / "venv"), where
 
     backend = kamailio("registrar.cfg")

@@ -54,8 +54,17 @@ def hostport(sock: socket.socket) -> str:
     return f"{host}:{port}"
 
 
-def request(sock: socket.socket, method: str, ruri: str, headers: list[str], cseq: int, call_id: str,
-            from_tag: str, to: str, to_tag: str | None = None) -> str:
+def request(
+    sock: socket.socket,
+    method: str,
+    ruri: str,
+    headers: list[str],
+    cseq: int,
+    call_id: str,
+    from_tag: str,
+    to: str,
+    to_tag: str | None = None,
+) -> str:
     lines = [
         f"{method} {ruri} SIP/2.0",
         f"Via: SIP/2.0/UDP {hostport(sock)};branch=z9hG4bK{uuid.uuid4().hex};rport",
@@ -139,8 +148,19 @@ def test_a_call_to_a_registered_user_goes_by_its_path_and_the_dialog_comes_back_
     assert register(edge, registrar, "path").startswith("SIP/2.0 200 ")
 
     call_id, from_tag = uuid.uuid4().hex, uuid.uuid4().hex[:8]
-    caller.sendto(request(caller, "INVITE", f"sip:bob@{DOMAIN}", [f"Contact: <sip:alice@{hostport(caller)}>"],
-                          1, call_id, from_tag, "bob").encode(), registrar.address)
+    caller.sendto(
+        request(
+            caller,
+            "INVITE",
+            f"sip:bob@{DOMAIN}",
+            [f"Contact: <sip:alice@{hostport(caller)}>"],
+            1,
+            call_id,
+            from_tag,
+            "bob",
+        ).encode(),
+        registrar.address,
+    )
 
     # By the Path: to the edge, for the binding's contact, with the Path as its Route.
     invite = receive(edge, "INVITE ")
@@ -151,8 +171,15 @@ def test_a_call_to_a_registered_user_goes_by_its_path_and_the_dialog_comes_back_
 
     # The edge record-routes too, and the browser answers.
     edge_rr = f"<sip:{hostport(edge)};lr>"
-    edge.sendto(reply_to(invite, "200 OK", [f"Record-Route: {edge_rr}, {backend_rr}", f"Contact: <{CONTACT}>"],
-                         "b0b").encode(), registrar.address)
+    edge.sendto(
+        reply_to(
+            invite,
+            "200 OK",
+            [f"Record-Route: {edge_rr}, {backend_rr}", f"Contact: <{CONTACT}>"],
+            "b0b",
+        ).encode(),
+        registrar.address,
+    )
     ok = receive(caller, "SIP/2.0 200 ")
     assert headers(ok, "Record-Route") == [edge_rr, backend_rr]
 
@@ -160,8 +187,10 @@ def test_a_call_to_a_registered_user_goes_by_its_path_and_the_dialog_comes_back_
     # the backend takes itself off and sends on to the edge, whatever loose_route() says.
     route = [f"Route: {backend_rr}", f"Route: {edge_rr}"]
     for cseq, method in ((1, "ACK"), (2, "BYE")):
-        caller.sendto(request(caller, method, CONTACT, route, cseq, call_id, from_tag, "bob", "b0b").encode(),
-                      registrar.address)
+        caller.sendto(
+            request(caller, method, CONTACT, route, cseq, call_id, from_tag, "bob", "b0b").encode(),
+            registrar.address,
+        )
         forwarded = receive(edge, f"{method} ")
         assert forwarded.split(" ")[1] == CONTACT
         assert headers(forwarded, "Route") == [edge_rr]
@@ -172,6 +201,17 @@ def test_a_call_to_a_registered_user_goes_by_its_path_and_the_dialog_comes_back_
 def test_a_call_to_a_user_nobody_registered_is_answered_404(
     registrar: KamailioProcess, caller: socket.socket
 ) -> None:
-    caller.sendto(request(caller, "INVITE", f"sip:nobody@{DOMAIN}", [f"Contact: <sip:alice@{hostport(caller)}>"],
-                          1, uuid.uuid4().hex, "a1", "nobody").encode(), registrar.address)
+    caller.sendto(
+        request(
+            caller,
+            "INVITE",
+            f"sip:nobody@{DOMAIN}",
+            [f"Contact: <sip:alice@{hostport(caller)}>"],
+            1,
+            uuid.uuid4().hex,
+            "a1",
+            "nobody",
+        ).encode(),
+        registrar.address,
+    )
     assert receive(caller, "SIP/2.0 ").startswith("SIP/2.0 404 ")

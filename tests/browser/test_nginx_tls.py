@@ -19,8 +19,15 @@ import pytest
 from tests.browser.kamailio_process import KamailioRunner
 from tests.browser.rig import BrowserRig, PageServer, self_signed_certificate
 from tests.browser.test_sipgw_browsers import (  # noqa: F401 (trusting_browser: a fixture)
-    MEDIA_BYTES, NGINX_SITE, Nginx, control_directory, password, registered, start_edge,
-    trusting_browser, uri,
+    MEDIA_BYTES,
+    NGINX_SITE,
+    Nginx,
+    control_directory,
+    password,
+    registered,
+    start_edge,
+    trusting_browser,
+    uri,
 )
 from tests.integration.sipp import LOOPBACK, free_port
 
@@ -49,9 +56,13 @@ class TlsNginx(Nginx):
         assert uncommented == len(TLS_LINES), f"{NGINX_SITE.name} lacks the commented TLS lines"
         site = "\n".join(lines) + "\n"
         site = re.sub(r"(?m)^(\s*)listen 80;", rf"\1listen {LOOPBACK}:{self.port};", site)
-        site = re.sub(r"(?m)^(\s*)listen 443 ssl;", rf"\1listen {LOOPBACK}:{self.tls_port} ssl;", site)
+        site = re.sub(
+            r"(?m)^(\s*)listen 443 ssl;", rf"\1listen {LOOPBACK}:{self.tls_port} ssl;", site
+        )
         site = re.sub(r"(?m)^(\s*ssl_certificate\s+)\S+;", rf"\g<1>{self.certificate[0]};", site)
-        site = re.sub(r"(?m)^(\s*ssl_certificate_key\s+)\S+;", rf"\g<1>{self.certificate[1]};", site)
+        site = re.sub(
+            r"(?m)^(\s*ssl_certificate_key\s+)\S+;", rf"\g<1>{self.certificate[1]};", site
+        )
         return site.replace("127.0.0.1:8080", f"{LOOPBACK}:{self.upstream_port}")
 
 

@@ -132,7 +132,8 @@ def test_the_phone_page_defaults_to_its_own_origin_and_takes_its_fields_from_its
     assert plain.value("#ws-url") == pages.base_url.replace("http://", "ws://") + "/ws"
     assert plain.value("#sip-uri") == ""
 
-    query = "ws=wss%3A%2F%2Fedge.example%3A8443%2Fws&user=5001&password=password5001&name=Desk&target=5002"
+    query = ("ws=wss%3A%2F%2Fedge.example%3A8443%2Fws&user=5001&password=password5001"
+             "&name=Desk&target=5002")
     filled = browser.open("filled", pages.url(f"/phone/?{query}"))
     assert filled.value("#ws-url") == "wss://edge.example:8443/ws"
     assert filled.value("#sip-uri") == "sip:5001@127.0.0.1"
@@ -150,7 +151,7 @@ def test_the_phone_page_says_plainly_when_the_jssip_bundle_is_missing(
     assert "install sipgw again" in phone.text("#missing")
 
 
-def test_a_rig_told_to_ignore_certificate_errors_opens_a_self_signed_https_page_and_others_refuse_it(
+def test_a_rig_told_to_ignore_certificate_errors_opens_a_self_signed_https_page_and_others_refuse_it(  # noqa: E501 - a test's name is its sentence
     tmp_path: Path, browser_setup: None
 ) -> None:
     server = PageServer(tls=self_signed_certificate(tmp_path / "tls")).start()
@@ -165,7 +166,9 @@ def test_a_rig_told_to_ignore_certificate_errors_opens_a_self_signed_https_page_
         server.stop()
 
 
-def test_closing_the_rig_leaves_no_chromium_running(tmp_path: Path, browser_setup: None, pages: PageServer) -> None:
+def test_closing_the_rig_leaves_no_chromium_running(
+    tmp_path: Path, browser_setup: None, pages: PageServer
+) -> None:
     rig = BrowserRig(tmp_path / "rig").start()
     rig.open("page", pages.url("/pages/jssip.html"))
     pid = rig.browser_pid

@@ -12,9 +12,9 @@ the Asterisk stand-in that routes by Path), with WebRTC audio both ways.
 One Kamailio and one sipgw (WS, digest auth on SQLite with the default algorithms, its
 control socket) serve the whole module: every test uses users of its own. JsSIP and SIP.js
 keep only the last challenge of a 401/407 and know only MD5; the default, MD5 alone, is what
-they answer (``tests/integration/test_default_clients.py`` has the other phones). The WSS test starts a sipgw of its own with a
-certificate made at test time; the nginx test an nginx of its own from the shipped
-``etc/nginx/sipgw.conf``. Each test has its own Chromium.
+they answer (``tests/integration/test_default_clients.py`` has the other phones). The WSS test
+starts a sipgw of its own with a certificate made at test time; the nginx test an nginx of its
+own from the shipped ``etc/nginx/sipgw.conf``. Each test has its own Chromium.
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ class EdgeSipgw(WsSipgw):
             '[websocket]\ntrusted_proxies = ["127.0.0.1/32"]\n'
         )
         if certificate is not None:
-            extra += f'\n[tls]\ncertificate = "{certificate[0]}"\nprivate_key = "{certificate[1]}"\n'
+            extra += (
+                f'\n[tls]\ncertificate = "{certificate[0]}"\nprivate_key = "{certificate[1]}"\n'
+            )
         super().__init__(workdir, ws_port=ws_port, backend=backend, auth=True, extra_toml=extra,
                          log_level="debug")
         self.wss_port = wss_port
@@ -110,7 +112,9 @@ class EdgeSipgw(WsSipgw):
         (WAL, busy timeout); every one with ``-c`` this sipgw's own config file."""
         if imported:
             csv = self.workdir / "users.csv"
-            csv.write_text("username,password\n" + "".join(f"{u},{password(u)}\n" for u in imported))
+            csv.write_text(
+                "username,password\n" + "".join(f"{u},{password(u)}\n" for u in imported)
+            )
             done = run_cli("users", "import", str(csv), "-c", str(self.config_path))
             assert done.returncode == 0, f"sipgw users import: {done.stdout}{done.stderr}"
         running = [(user, subprocess.Popen(
@@ -240,8 +244,11 @@ def two_jssip_calls(browser: BrowserRig, pages: PageServer, ws_url: str, a_user:
     for page in (a, b):
         assert not page.events("failed") and not page.events("pageerror")
     log = backend.log()[mark:]
-    assert re.search(r"INVITE \S+\} <script>: to \S+ at <sip:[^>]*;alias=127\.0\.0\.1~\d+~[56][^>]*> "
-                     r"via <sip:[0-9a-z]+-\d+@127\.0\.0\.1:\d+;lr;ob>", log), log
+    assert re.search(
+        r"INVITE \S+\} <script>: to \S+ at <sip:[^>]*;alias=127\.0\.0\.1~\d+~[56][^>]*> "
+        r"via <sip:[0-9a-z]+-\d+@127\.0\.0\.1:\d+;lr;ob>",
+        log,
+    ), log
     assert re.search(r"BYE \S+\} <script>: in dialog to <sip:[^>]*;alias=", log), log
     return a, b
 
@@ -249,7 +256,7 @@ def two_jssip_calls(browser: BrowserRig, pages: PageServer, ws_url: str, a_user:
 # --- 1. WS ---------------------------------------------------------------------------------
 
 
-def test_two_jssip_pages_register_over_ws_with_digest_and_call_each_other_through_sipgw_and_kamailio(
+def test_two_jssip_pages_register_over_ws_with_digest_and_call_each_other_through_sipgw_and_kamailio(  # noqa: E501 - a test's name is its sentence
     browser: BrowserRig, pages: PageServer, edge: Edge
 ) -> None:
     two_jssip_calls(browser, pages, edge.gw.ws_url, "5001", "5002", edge.backend)
@@ -264,7 +271,9 @@ def test_a_wrong_password_is_refused_and_the_right_one_then_registers(
     assert failed.detail["status"] in (401, 403), failed.detail
     assert not wrong.events("registered")
 
-    right = registered(browser.open("right", pages.url("/pages/jssip.html")), edge.gw.ws_url, "5011")
+    right = registered(
+        browser.open("right", pages.url("/pages/jssip.html")), edge.gw.ws_url, "5011"
+    )
     assert right.events("registered")[-1].detail["status"] == 200
 
 
@@ -340,8 +349,11 @@ class Nginx:
                 if not listen.group(2).startswith("["):
                     out.append(f"{listen.group(1)}listen {LOOPBACK}:{self.port}{listen.group(3)}")
                 continue
-            line = re.sub(r"\b(?:127\.0\.0\.1|localhost|0\.0\.0\.0):\d+", f"{LOOPBACK}:{self.upstream_port}",
-                          line)
+            line = re.sub(
+                r"\b(?:127\.0\.0\.1|localhost|0\.0\.0\.0):\d+",
+                f"{LOOPBACK}:{self.upstream_port}",
+                line,
+            )
             out.append(line)
         return "\n".join(out) + "\n"
 
@@ -357,8 +369,10 @@ class Nginx:
             "events { worker_connections 64; }\n"
             "http {\n"
             f"  access_log {self.workdir}/access.log;\n"
-            f"  client_body_temp_path {self.workdir}/body;\n  proxy_temp_path {self.workdir}/proxy;\n"
-            f"  fastcgi_temp_path {self.workdir}/fastcgi;\n  uwsgi_temp_path {self.workdir}/uwsgi;\n"
+            f"  client_body_temp_path {self.workdir}/body;\n"
+            f"  proxy_temp_path {self.workdir}/proxy;\n"
+            f"  fastcgi_temp_path {self.workdir}/fastcgi;\n"
+            f"  uwsgi_temp_path {self.workdir}/uwsgi;\n"
             f"  scgi_temp_path {self.workdir}/scgi;\n"
             f"  include {self.workdir}/site.conf;\n"
             "}\n"
@@ -366,7 +380,11 @@ class Nginx:
         with open(self.workdir / "stderr.log", "wb") as log:
             self._process = subprocess.Popen(
                 [executable, "-p", str(self.workdir), "-c", str(self.workdir / "nginx.conf")],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # bounded poll until it accepts connections
             if self._process.poll() is not None:
@@ -437,7 +455,9 @@ def test_two_jssip_pages_register_and_call_through_nginx_in_front_of_sipgw(
 def test_a_sipjs_page_registers_with_digest_and_calls_a_jssip_page_through_sipgw(
     browser: BrowserRig, pages: PageServer, edge: Edge
 ) -> None:
-    carol = registered(browser.open("carol", pages.url("/pages/sipjs.html")), edge.gw.ws_url, "5041")
+    carol = registered(
+        browser.open("carol", pages.url("/pages/sipjs.html")), edge.gw.ws_url, "5041"
+    )
     assert carol.library().startswith("SIP.js ")
     dave = registered(browser.open("dave", pages.url("/pages/jssip.html")), edge.gw.ws_url, "5042")
     call_with_media(carol, dave, "5042")
@@ -463,7 +483,9 @@ def test_the_phone_page_sipgw_serves_driven_as_a_person_calls_another_browser(
     phone.click("#register")
     phone.wait_text("#status", f"Registered as {uri('5051')}")
 
-    other = registered(browser.open("other", pages.url("/pages/jssip.html")), edge.gw.ws_url, "5052")
+    other = registered(
+        browser.open("other", pages.url("/pages/jssip.html")), edge.gw.ws_url, "5052"
+    )
     phone.fill("#target", uri("5052"))
     phone.click("#call")
     other.wait("incoming")
@@ -547,8 +569,13 @@ def test_a_tab_closed_mid_call_makes_the_backends_bye_get_430_or_480_at_once(
     assert uri("5062") not in after and after.get(uri("5061")) == flows[uri("5061")], after
     stats = poll(gw.ws_stats, lambda s: s["websocket:ws_current_connections"]
                  < during["websocket:ws_current_connections"])
-    assert stats["websocket:ws_current_connections"] < during["websocket:ws_current_connections"], stats
-    assert stats["websocket:ws_remote_closed_connections"] > during["websocket:ws_remote_closed_connections"]
+    assert stats["websocket:ws_current_connections"] < during["websocket:ws_current_connections"], (
+        stats
+    )
+    assert (
+        stats["websocket:ws_remote_closed_connections"]
+        > during["websocket:ws_remote_closed_connections"]
+    )
 
     trace = subscribe_trace(gw, method=["BYE"])
     try:

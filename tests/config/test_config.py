@@ -24,11 +24,11 @@ from sipgw.config import (
     config_to_dict,
     default_config,
     load_config,
+    locate,
     parse_config,
     parse_log_level,
 )
 from sipgw.config import load as loader
-from sipgw.config import locate
 
 ROOT = Path(__file__).resolve().parents[2]
 MAN_PAGE = ROOT / "man" / "sipgw.toml.5"
@@ -40,7 +40,8 @@ IN_EFFECT_NOW = {
     "timers.t1", "timers.t2", "timers.t4", "timers.timer_b", "timers.timer_f", "timers.timer_c",
     "limits.max_message_size", "limits.max_headers", "limits.max_transactions",
     "limits.tcp_idle_timeout",
-    "log.level", "dispatcher.destinations", "state.directory", "proxy.drain_timeout", "websocket.allowed_hosts",
+    "log.level", "dispatcher.destinations", "state.directory", "proxy.drain_timeout",
+    "websocket.allowed_hosts",
     "subscribers.url", "subscribers.key_template", "subscribers.connect_timeout",
     "subscribers.command_timeout", "auth.realm", "auth.nonce_secret", "auth.nonce_expire",
     "auth.trusted", "auth.max_failures_user", "auth.max_failures_source",

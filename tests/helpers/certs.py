@@ -29,7 +29,7 @@ class CertAuthority:
     directory: Path
 
     def __post_init__(self) -> None:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self._now = now
         self.root_key = ec.generate_private_key(ec.SECP256R1())
         self.root = self._cert(_name("sipgw test root"), self.root_key.public_key(),

@@ -1,12 +1,13 @@
 """The whole route script in-process, as ``sipgw serve`` assembles it, for fuzzing.
 
 ``FuzzProxy`` is a ``ProxyHarness`` (fake clock, recording link) with what the service adds
-around the core: the AUTH step over an in-memory store (account 5001 in realm sipgw.test; 198.51.100.7 trusted; no bans),
-the dispatcher (one backend, no probes), dialog tracking, a flow table with one open TCP and
-one open WebSocket flow, NAT detection on, and a live trace subscriber. ``feed`` hands it one
-input the way listeners do (UDP datagram, TCP bytes through a framer, WebSocket message, or
-a datagram from the backend); a nonce this proxy issued replaces ``NONCE-PLACEHOLDER``, so
-mutated credentials reach the code behind the nonce check.
+around the core: the AUTH step over an in-memory store (account 5001 in realm sipgw.test;
+198.51.100.7 trusted; no bans), the dispatcher (one backend, no probes), dialog tracking, a
+flow table with one open TCP and one open WebSocket flow, NAT detection on, and a live trace
+subscriber. ``feed`` hands it one input the way listeners do (UDP datagram, TCP bytes
+through a framer, WebSocket message, or a datagram from the backend); a nonce this proxy
+issued replaces ``NONCE-PLACEHOLDER``, so mutated credentials reach the code behind the nonce
+check.
 
 Its contract: nothing escapes ``Proxy.receive`` (a ``FramingError`` from the framer is the
 listener's to handle, and it closes the connection), nothing is logged as a failure, no 500

@@ -144,7 +144,7 @@ level = "warning"
         self.reactor.close()
         self.backend.sock.close()
 
-    def connect(self, transport: str, **kw) -> "Peer":
+    def connect(self, transport: str, **kw) -> Peer:
         return Peer(self, transport, **kw)
 
     def connections(self) -> int:

@@ -49,9 +49,9 @@ def uas_answer(forwarded: bytes, status: str, n: int, body: bytes = b"") -> byte
     """The UAS's response: its Vias, Record-Route and Call-ID/From/CSeq copied back."""
     head, _, _ = forwarded.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
-    keep = [l for l in lines[1:] if l.split(b":", 1)[0] in
+    keep = [line for line in lines[1:] if line.split(b":", 1)[0] in
             (b"Via", b"From", b"Call-ID", b"CSeq", b"Record-Route")]
-    to = next(l for l in lines if l.startswith(b"To:"))
+    to = next(line for line in lines if line.startswith(b"To:"))
     if b";tag=" not in to:
         to += b";tag=uas" + str(n).encode()
     out = [b"SIP/2.0 " + status.encode(), *keep, to,

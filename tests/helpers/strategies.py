@@ -42,7 +42,7 @@ hostnames = st.builds(lambda ls, top: ".".join([*ls, top]), st.lists(_labels, ma
 _octet = st.integers(0, 255)
 hosts = st.one_of(
     hostnames,
-    st.tuples(_octet, _octet, _octet, _octet).map(lambda t: "%d.%d.%d.%d" % t),
+    st.tuples(_octet, _octet, _octet, _octet).map(lambda t: "{}.{}.{}.{}".format(*t)),
     st.sampled_from(["[2001:db8::1]", "[::1]", "[fe80::1:2:3:4]", "[2001:db8:0:0:1:0:0:1]",
                      "[::ffff:192.0.2.1]"]),
 )

@@ -43,8 +43,13 @@ def request(method: str = "INVITE", *, host: str = "198.51.100.7", port: int = 5
 
 
 def _register(auth: str) -> dict:
-    return dict(method="REGISTER", ruri="sip:sipgw.test", from_="From: <sip:5001@sipgw.test>;tag=r1",
-                to="To: <sip:5001@sipgw.test>", extra=(f"Authorization: {auth}",))
+    return dict(
+        method="REGISTER",
+        ruri="sip:sipgw.test",
+        from_="From: <sip:5001@sipgw.test>;tag=r1",
+        to="To: <sip:5001@sipgw.test>",
+        extra=(f"Authorization: {auth}",),
+    )
 
 
 _SDP_EMPTY_LINES = b"v=0\r\n\r\n\r\nc=\r\nc=IN\r\nc=IN IP4\r\n=\r\na=\r\nm=\r\n"

@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from sipgw.wire import websocket as ws
 from sipgw.wire.websocket import (  # noqa: F401 - the names the tests use
-    BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, Frame,
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    PING,
+    PONG,
+    TEXT,
+    Frame,
 )
 from sipgw.wire.websocket import accept_key as accept_for  # noqa: F401
 

@@ -9,11 +9,11 @@ trims, as sipgw does by itself once a minute) shows what the run left resident.
 The sipgw has UDP+TCP on one port, WS on another, digest auth on (a SQLite store in its
 work directory, realm sipgw.test; no bans, so the fuzzing address keeps reaching the AUTH
 code; 127.0.0.2 trusted), pike off (one loopback source sending thousands of requests per
-second is what pike is for; this run is about hostile bytes, not floods), T1 = 100 ms so transactions end
-within seconds, and a ``Responder`` backend answering 200. Afterwards: no Traceback and no
-"internal error" in its log, ``sipgw ctl core.uptime`` answers, every transaction has ended
-(``tm:inuse_transactions`` = 0, a bounded poll), and its RSS is read from /proc: at start
-(once ready), peak (VmHWM) and at the end.
+second is what pike is for; this run is about hostile bytes, not floods), T1 = 100 ms so
+transactions end within seconds, and a ``Responder`` backend answering 200. Afterwards: no
+Traceback and no "internal error" in its log, ``sipgw ctl core.uptime`` answers, every
+transaction has ended (``tm:inuse_transactions`` = 0, a bounded poll), and its RSS is read
+from /proc: at start (once ready), peak (VmHWM) and at the end.
 
 Used by ``tests/integration/test_fuzz_sipgw.py`` (a bounded run in CI) and
 ``bench/fuzz.py`` (the 100,000-message run).
@@ -102,14 +102,17 @@ class ProxyFuzzReport:
     backend_answered: int = 0
 
     def text(self) -> str:
-        return (f"{self.sent.text()}\nbackend answered {self.backend_answered} requests; "
-                f"RSS start {self.rss_start_kb} kB, peak {self.rss_peak_kb} kB, end "
-                f"{self.rss_end_kb} kB (after each pass, settled: "
-                f"{', '.join(map(str, self.rss_after_kb))} kB); Python heap blocks at start "
-                f"and after each pass {', '.join(map(str, self.blocks))}; tm:inuse_transactions at the end "
-                f"{self.inuse_transactions}; core.uptime: {self.uptime_answer or 'NO ANSWER'};"
-                f" bad log lines: {len(self.bad_log_lines)}"
-                + "".join(f"\n  {line}" for line in self.bad_log_lines[:10]))
+        return (
+            f"{self.sent.text()}\nbackend answered {self.backend_answered} requests; "
+            f"RSS start {self.rss_start_kb} kB, peak {self.rss_peak_kb} kB, end "
+            f"{self.rss_end_kb} kB (after each pass, settled: "
+            f"{', '.join(map(str, self.rss_after_kb))} kB); Python heap blocks at start "
+            f"and after each pass {', '.join(map(str, self.blocks))}; "
+            "tm:inuse_transactions at the end "
+            f"{self.inuse_transactions}; core.uptime: {self.uptime_answer or 'NO ANSWER'};"
+            f" bad log lines: {len(self.bad_log_lines)}"
+            + "".join(f"\n  {line}" for line in self.bad_log_lines[:10])
+        )
 
 
 def fuzz_running_sipgw(workdir: Path, count: int, *, seed: int = 1, passes: int = 1,

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from sipgw.sip import digest
 from sipgw.store import make_subscriber
 from tests.helpers.digest_client import authorization, challenges
 from tests.helpers.redis_server import RedisServer

@@ -60,7 +60,9 @@ def test_stats_after_real_calls_count_what_was_relayed(calls_done: SipgwProcess)
     assert shown.returncode == 0, shown.stderr
     rows = [line.split() for line in shown.stdout.splitlines()]
     assert ["core", "fwd_requests", str(3 * CALLS)] in rows
-    assert ["tm", "inuse_transactions"] == [r[0:2] for r in rows if r[1:2] == ["inuse_transactions"]][0]
+    assert ["tm", "inuse_transactions"] == [
+        r[0:2] for r in rows if r[1:2] == ["inuse_transactions"]
+    ][0]
     kamailio = ctl(gw, "ctl", "--json", "stats.get_statistics", "fwd_replies")
     assert json.loads(kamailio.stdout) == [f"core:fwd_replies = {3 * CALLS}"]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.poll import wait_until
 from tests.integration.sipgw_process import (
     SipgwProcess,
     SipgwRunner,
@@ -24,7 +25,6 @@ from tests.integration.sipgw_process import (
     build_request,
     run_cli,
 )
-from tests.helpers.poll import wait_until
 from tests.integration.sipp import SippProcess, SippRunner
 
 pytestmark = pytest.mark.integration

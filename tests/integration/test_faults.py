@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.poll import wait_until
 from tests.integration.sipgw_process import (
     SipgwProcess,
     SipgwRunner,
@@ -27,7 +28,6 @@ from tests.integration.sipgw_process import (
     control_toml,
     statistics,
 )
-from tests.helpers.poll import wait_until
 from tests.integration.sipp import SippProcess, SippRunner, all_of
 from tests.integration.test_dispatcher_sipp import (
     dispatcher_list,

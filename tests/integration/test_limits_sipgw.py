@@ -23,10 +23,20 @@ from sipgw.proxy.limits import LOG_INTERVAL
 from tests.helpers import wsframes as wf
 from tests.helpers.certs import CertAuthority
 from tests.integration.sipgw_process import (
-    SipgwProcess, TcpPeer, UdpPeer, build_request, build_response, control_toml, statistics,
+    SipgwProcess,
+    TcpPeer,
+    UdpPeer,
+    build_request,
+    build_response,
+    control_toml,
+    statistics,
 )
 from tests.integration.sipp import (
-    LOOPBACK, SippMessage, SippRunner, assert_all_calls_succeeded, free_port,
+    LOOPBACK,
+    SippMessage,
+    SippRunner,
+    assert_all_calls_succeeded,
+    free_port,
 )
 from tests.integration.test_tls_sipgw import TlsPeer, TlsSipgw
 from tests.integration.test_ws_sipp import WsSipgw

@@ -35,8 +35,8 @@ class Victims:
         self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.tcp.bind(("127.0.0.1", free_port("tcp")))
         self.tcp.listen(8)
-        self.udp_address = "127.0.0.6:%d" % self.udp.getsockname()[1]
-        self.tcp_uri = "sip:127.0.0.1:%d;transport=tcp" % self.tcp.getsockname()[1]
+        self.udp_address = f"127.0.0.6:{self.udp.getsockname()[1]}"
+        self.tcp_uri = f"sip:127.0.0.1:{self.tcp.getsockname()[1]};transport=tcp"
 
     def reached(self) -> list[str]:
         """What reached either victim by now (waiting for nothing: the caller waited)."""

@@ -19,7 +19,11 @@ import pytest
 
 from tests.helpers.poll import wait_until
 from tests.integration.sipgw_process import (
-    SipgwProcess, build_request, kernel_udp_drops, run_cli, statistics,
+    SipgwProcess,
+    build_request,
+    kernel_udp_drops,
+    run_cli,
+    statistics,
 )
 from tests.integration.sipp import SippRunner, assert_all_calls_succeeded
 

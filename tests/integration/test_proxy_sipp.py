@@ -525,7 +525,9 @@ def test_malformed_datagrams_get_an_error_or_no_reply_and_sipgw_goes_on_relaying
                 for i, peer in enumerate(peers[len(torture) : len(torture) + 10])
             ]  # fmt: skip
             cuts = rng.sample(range(1, min(len(v) for v in valid)), 10)
-            inputs += [(f"INVITE cut at byte {cut}", v[:cut]) for cut, v in zip(cuts, valid)]
+            inputs += [
+                (f"INVITE cut at byte {cut}", v[:cut]) for cut, v in zip(cuts, valid, strict=False)
+            ]
             inputs += [
                 (f"random #{i}", rng.randbytes(rng.randint(1, 600))) for i in range(200)
             ]

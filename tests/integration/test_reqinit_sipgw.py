@@ -50,7 +50,7 @@ def read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, bool]:
 def test_raw_sip_over_tcp_to_the_websocket_port_is_refused_and_never_routed(gw_and_backend):
     gw, backend = gw_and_backend
     with socket.create_connection(("127.0.0.1", gw.ws_port), timeout=3) as raw:
-        peer = SimpleNamespace(transport="tcp", address="127.0.0.1:%d" % raw.getsockname()[1])
+        peer = SimpleNamespace(transport="tcp", address=f"127.0.0.1:{raw.getsockname()[1]}")
         raw.sendall(build_request("INVITE", f"sip:5002@{gw.address}", peer=peer,
                                   call_id="raw-on-ws", branch="z9hG4bKrawonws"))
         answer, closed = read_until_closed(raw, 5)

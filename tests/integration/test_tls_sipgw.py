@@ -33,10 +33,16 @@ class TlsSipgw(SipgwProcess):
         self.chain, self.key = chain, key
 
     def config_text(self, **kw) -> str:
-        text = super().config_text(**kw).replace(
-            "ws = []\n",
-            f'ws = []\ntls = ["{LOOPBACK}:{self.tls_port}"]\nwss = ["{LOOPBACK}:{self.wss_port}"]\n',
-            1)
+        text = (
+            super()
+            .config_text(**kw)
+            .replace(
+                "ws = []\n",
+                f'ws = []\ntls = ["{LOOPBACK}:{self.tls_port}"]\n'
+                f'wss = ["{LOOPBACK}:{self.wss_port}"]\n',
+                1,
+            )
+        )
         return text + (f'\n[tls]\ncertificate = "{self.chain}"\nprivate_key = "{self.key}"\n'
                        f'min_version = "{self.min_version}"\n')
 

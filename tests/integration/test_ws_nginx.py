@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from sipgw.sip.address import parse_name_addr
-from tests.integration.sipp import LOOPBACK, SippRunner, free_port
 from tests.integration.sipgw_process import build_request
+from tests.integration.sipp import LOOPBACK, SippRunner, free_port
 from tests.integration.test_ws_sipp import WsSipgw
 from tests.integration.wspeer import WsPeer
 

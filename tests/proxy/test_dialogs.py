@@ -92,7 +92,7 @@ def test_a_relayed_call_is_counted_and_its_bye_uncounts_it():
     stats = harness.proxy.stats
     harness.udp(valid_invite("d1"))
     out = parse_message(harness.to_backend()[-1].data)
-    ok = (f"SIP/2.0 200 OK\r\n"
+    ok = ("SIP/2.0 200 OK\r\n"
           + "".join(f"Via: {v}\r\n" for v in out.headers("via"))
           + f"From: {out.header('from')}\r\nTo: {out.header('to')};tag=callee\r\n"
           f"Call-ID: {out.call_id}\r\nCSeq: {out.header('cseq')}\r\n"

@@ -16,8 +16,8 @@ from twisted.logger import Logger, formatEvent
 
 from sipgw.config import LimitsConfig
 from sipgw.proxy.dialogs import Dialogs
-from sipgw.proxy.limits import CapLog, ConnectionCaps
 from sipgw.proxy.identity import Identity, Listener
+from sipgw.proxy.limits import CapLog, ConnectionCaps
 from sipgw.proxy.registrar import MAX_BINDINGS_PER_FLOW, FlowFailed, Registrar
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap, Tracer

@@ -7,7 +7,17 @@ import pytest
 
 from sipgw.proxy.transport import Source
 from tests.proxy.transport.ws.test_ws_relay import (  # noqa: F401 - fixtures
-    ALIAS, BACKEND, BACKEND_SRC, UDP_RR, WS, WS_RR, FakeFlow, Link, flows, link, proxy,
+    ALIAS,
+    BACKEND,
+    BACKEND_SRC,
+    UDP_RR,
+    WS,
+    WS_RR,
+    FakeFlow,
+    Link,
+    flows,
+    link,
+    proxy,
 )
 
 OUTBOUND = ';reg-id=1;+sip.instance="<urn:uuid:0d2f>"'

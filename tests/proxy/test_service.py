@@ -143,9 +143,11 @@ def test_a_raised_message_size_limit_reaches_new_tcp_connections_after_reload(tm
     conn.makeConnection(wire)
     body = b"x" * 3000
     conn.dataReceived(
-        b"MESSAGE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 192.0.2.9:40000;branch=z9hG4bKbig\r\n"
+        b"MESSAGE sip:bob@127.0.0.1 SIP/2.0\r\n"
+        b"Via: SIP/2.0/TCP 192.0.2.9:40000;branch=z9hG4bKbig\r\n"
         b"From: <sip:a@192.0.2.9>;tag=1\r\nTo: <sip:bob@127.0.0.1>\r\nCall-ID: big\r\n"
-        b"CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 3000\r\n\r\n" + body)
+        b"CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 3000\r\n\r\n" + body
+    )
     # Relayed (407: the proxy wants credentials), not refused as too large by the framer.
     assert not wire.value().startswith(b"SIP/2.0 513 "), wire.value()[:60]
     assert svc.proxy.stats.values["core:rcv_requests"] == 1

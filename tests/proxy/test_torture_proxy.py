@@ -15,8 +15,8 @@ its empty line; dblreq and inv2543 are datagram tests).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -62,7 +62,11 @@ def test_lws_around_semicolons_and_equals_is_allowed_rfc4475_wsinv() -> None:
     (to,) = torture_header("wsinv", "To")
     (frm,) = torture_header("wsinv", "From")
     a = parse_name_addr(to)
-    assert (str(a.uri), a.tag, a.bracketed) == ("sip:vivekg@chair-dnrc.example.com", "1918181833n", False)
+    assert (str(a.uri), a.tag, a.bracketed) == (
+        "sip:vivekg@chair-dnrc.example.com",
+        "1918181833n",
+        False,
+    )
     b = parse_name_addr(frm)
     assert b.display_name == 'J Rosenberg \\"'
     assert (str(b.uri), b.tag) == ("sip:jdrosen@example.com", "98asjd8")
@@ -134,7 +138,9 @@ def test_escaped_contact_header_name_is_not_a_contact_rfc4475_esc02() -> None:
 
 
 def test_other_uri_schemes_are_accepted_in_addresses_rfc4475_unksm2() -> None:
-    assert parse_name_addr(torture_header("unksm2", "To")[0]).uri == AbsoluteURI(scheme="isbn", opaque="2983792873")
+    assert parse_name_addr(torture_header("unksm2", "To")[0]).uri == AbsoluteURI(
+        scheme="isbn", opaque="2983792873"
+    )
     frm = parse_name_addr(torture_header("unksm2", "From")[0])
     assert (frm.uri, frm.tag) == (AbsoluteURI(scheme="http", opaque="//www.example.com"), "3234233")
     contact = parse_address_list(torture_header("unksm2", "Contact")[0])
@@ -157,7 +163,9 @@ def test_route_list_keeps_each_hop_with_its_lr_param() -> None:
     (hop,) = parse_address_list(value, what="Route header")
     assert isinstance(hop.uri, SipURI)
     assert hop.uri.param("lr") == ""
-    hops = parse_address_list("<sip:p1.example.com;lr>, <sip:p2.example.com;lr>,<sip:[2001:db8::5]:5070;lr>")
+    hops = parse_address_list(
+        "<sip:p1.example.com;lr>, <sip:p2.example.com;lr>,<sip:[2001:db8::5]:5070;lr>"
+    )
     assert [h.uri.host for h in hops] == ["p1.example.com", "p2.example.com", "[2001:db8::5]"]  # type: ignore[union-attr]
 
 
@@ -186,7 +194,9 @@ def test_contact_star_is_the_star_marker() -> None:
         ("sip:a@example.com", "sip:a@example.com"),
     ],
 )
-def test_addresses_serialise_compactly_and_reparse_to_the_same_value(text: str, canonical: str) -> None:
+def test_addresses_serialise_compactly_and_reparse_to_the_same_value(
+    text: str, canonical: str
+) -> None:
     a = parse_name_addr(text)
     assert str(a) == canonical
     assert parse_name_addr(canonical) == a
@@ -206,7 +216,10 @@ def test_with_param_without_param_and_replace_return_new_addresses() -> None:
     tagged = a.with_param("tag", "a6c85cf")
     assert str(tagged) == "<sip:bob@biloxi.example.com>;expires=60;tag=a6c85cf"
     # The name keeps the spelling it already had.
-    assert str(tagged.with_param("EXPIRES", "0")) == "<sip:bob@biloxi.example.com>;expires=0;tag=a6c85cf"
+    assert (
+        str(tagged.with_param("EXPIRES", "0"))
+        == "<sip:bob@biloxi.example.com>;expires=0;tag=a6c85cf"
+    )
     assert str(tagged.without_param("expires")) == "<sip:bob@biloxi.example.com>;tag=a6c85cf"
     moved = a.replace(uri=parse_uri("sip:bob@192.0.2.4"))
     assert str(moved) == "<sip:bob@192.0.2.4>;expires=60"
@@ -346,7 +359,9 @@ def test_arbitrary_text_parses_or_raises_parse_error(text: str) -> None:
             pass
 
 
-@given(name_addrs(), st.integers(0, 300), st.sampled_from(list('<>";,:@?%[]= \t\\') + ["\x00", "*"]))
+@given(
+    name_addrs(), st.integers(0, 300), st.sampled_from(list('<>";,:@?%[]= \t\\') + ["\x00", "*"])
+)
 def test_damaged_address_parses_or_raises_parse_error(a: NameAddr, at: int, junk: str) -> None:
     text = str(a)
     at %= len(text) + 1

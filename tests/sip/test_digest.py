@@ -60,7 +60,9 @@ def test_rfc2617_example_response_is_reproduced() -> None:
 )
 def test_rfc7616_example_responses_are_reproduced(algorithm: str, expected: str) -> None:
     key = ha1("Mufasa", RFC7616_REALM, "Circle of Life", algorithm)
-    got = response(key, "GET", "/dir/index.html", RFC7616_NONCE, "00000001", RFC7616_CNONCE, "auth", algorithm)
+    got = response(
+        key, "GET", "/dir/index.html", RFC7616_NONCE, "00000001", RFC7616_CNONCE, "auth", algorithm
+    )
     assert got == expected
 
 
@@ -79,7 +81,9 @@ def test_sess_algorithm_folds_nonce_and_cnonce_into_ha1() -> None:
     sess = md5(f"{key}:n1:c1")
     ha2 = md5("INVITE:sip:bob@biloxi.example.com")
     expected = md5(f"{sess}:n1:00000001:c1:auth:{ha2}")
-    got = response(key, "INVITE", "sip:bob@biloxi.example.com", "n1", "00000001", "c1", "auth", "MD5-sess")
+    got = response(
+        key, "INVITE", "sip:bob@biloxi.example.com", "n1", "00000001", "c1", "auth", "MD5-sess"
+    )
     assert got == expected
 
 
@@ -88,7 +92,9 @@ def test_auth_int_hashes_the_body_into_ha2() -> None:
     body = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\n"
     ha2 = md5(f"INVITE:sip:bob@biloxi.example.com:{hashlib.md5(body).hexdigest()}")
     expected = md5(f"{key}:n1:00000002:c1:auth-int:{ha2}")
-    got = response(key, "INVITE", "sip:bob@biloxi.example.com", "n1", "00000002", "c1", "auth-int", body=body)
+    got = response(
+        key, "INVITE", "sip:bob@biloxi.example.com", "n1", "00000002", "c1", "auth-int", body=body
+    )
     assert got == expected
 
 
@@ -99,7 +105,7 @@ def test_ha1b_is_ha1_of_user_at_domain() -> None:
 
 
 def test_userhash_is_the_hash_of_username_and_realm() -> None:
-    expected = hashlib.sha256("Mufasa:http-auth@example.org".encode()).hexdigest()
+    expected = hashlib.sha256(b"Mufasa:http-auth@example.org").hexdigest()
     assert userhash("Mufasa", RFC7616_REALM, "SHA-256") == expected
 
 
@@ -146,7 +152,8 @@ def test_rfc2617_credentials_parse_into_lowercased_unquoted_params() -> None:
 def test_quoted_values_may_hold_commas_and_escapes_and_lws_is_allowed() -> None:
     value = (
         'digest  USERNAME = "bob\\"s, phone" ,realm="biloxi.example.com",nonce="a,b", '
-        'uri="sip:bob@biloxi.example.com;transport=tcp",response="0123456789abcdef0123456789abcdef", '
+        'uri="sip:bob@biloxi.example.com;transport=tcp",'
+        'response="0123456789abcdef0123456789abcdef", '
         "algorithm=SHA-256"
     )
     creds = parse_credentials(value)
@@ -165,7 +172,11 @@ def test_unknown_scheme_keeps_its_raw_text_rfc4475_regaut01() -> None:
 
 def test_basic_credentials_with_token68_are_kept_raw() -> None:
     creds = parse_credentials("Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==")
-    assert (creds.scheme, creds.raw, creds.is_digest) == ("Basic", "QWxhZGRpbjpvcGVuIHNlc2FtZQ==", False)
+    assert (creds.scheme, creds.raw, creds.is_digest) == (
+        "Basic",
+        "QWxhZGRpbjpvcGVuIHNlc2FtZQ==",
+        False,
+    )
 
 
 @pytest.mark.parametrize(
@@ -177,7 +188,10 @@ def test_basic_credentials_with_token68_are_kept_raw() -> None:
         ("Digest", "empty or malformed parameter"),
         ('Digest username="a"', "missing realm, nonce, uri, response"),
         ('Digest realm="r", nonce="n", uri="/", response="x"', "missing username"),
-        ('Digest username="a", realm="r", nonce="n", uri="/", response="x", qop=auth', "missing cnonce, nc"),
+        (
+            'Digest username="a", realm="r", nonce="n", uri="/", response="x", qop=auth',
+            "missing cnonce, nc",
+        ),
         ('Digest username="a",,realm="r"', "empty or malformed parameter"),
         ('Digest username="a", realm="r', "empty or malformed parameter"),
         ('Digest username="a" realm="r"', "separated by commas"),
@@ -187,7 +201,9 @@ def test_basic_credentials_with_token68_are_kept_raw() -> None:
         ("Digest =x", "empty or malformed parameter"),
     ],
 )
-def test_incomplete_or_garbled_credentials_are_bad_authorization_headers(value: str, reason: str) -> None:
+def test_incomplete_or_garbled_credentials_are_bad_authorization_headers(
+    value: str, reason: str
+) -> None:
     with pytest.raises(ParseError, match="^Bad Authorization header: ") as info:
         parse_credentials(value)
     assert reason in info.value.reason
@@ -213,7 +229,9 @@ def test_challenge_is_formatted_in_rfc2617_order_with_quoted_values() -> None:
 
 
 def test_formatted_challenge_parses_back() -> None:
-    challenge = parse_challenge(format_challenge('we "quote"', "n0nce", "SHA-256", "auth,auth-int", True, "o"))
+    challenge = parse_challenge(
+        format_challenge('we "quote"', "n0nce", "SHA-256", "auth,auth-int", True, "o")
+    )
     assert challenge.params == {
         "realm": 'we "quote"',
         "nonce": "n0nce",

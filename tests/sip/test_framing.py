@@ -319,7 +319,7 @@ def test_any_chunking_of_a_stream_of_messages_yields_the_same_messages(
         stream += sep + wire
         expected += ([PING] if sep == b"\r\n\r\n" else []) + [wire]
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
-    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     framer = StreamFramer()
     assert feed_all(chunks, framer) == expected
     assert framer.buffered == 0
@@ -330,7 +330,7 @@ def test_any_chunking_of_a_stream_of_messages_yields_the_same_messages(
 
 def assert_frames_or_raises_a_protocol_error(data: bytes, cuts: list[int]) -> None:
     cuts = sorted(c % (len(data) + 1) for c in cuts)
-    chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
     framer = StreamFramer()
     try:
         out = feed_all(chunks, framer)

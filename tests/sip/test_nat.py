@@ -6,8 +6,16 @@ import pytest
 
 from sipgw.sip.errors import ParseError
 from sipgw.sip.nat import (
-    DEFAULT_TESTS, NatTest, add_alias, decode_alias, encode_alias, is_private, nat_uac_test,
-    needs_alias, split_alias_mac, take_alias,
+    DEFAULT_TESTS,
+    NatTest,
+    add_alias,
+    decode_alias,
+    encode_alias,
+    is_private,
+    nat_uac_test,
+    needs_alias,
+    split_alias_mac,
+    take_alias,
 )
 from sipgw.sip.uri import parse_uri
 
@@ -67,7 +75,10 @@ def test_the_alias_round_trips_for_every_address_family_and_transport(host, show
     uri = parse_uri("sip:abc@df7jal23ls0d.invalid;transport=ws")
     aliased = add_alias(uri, host, 5061, transport)
     text = str(aliased)
-    assert text == f"sip:abc@df7jal23ls0d.invalid;alias={shown}~5061~{TRANSPORTS[transport]};transport=ws"
+    assert (
+        text
+        == f"sip:abc@df7jal23ls0d.invalid;alias={shown}~5061~{TRANSPORTS[transport]};transport=ws"
+    )
     # What the backend sends back is what we wrote; taking the alias gives both back.
     bare, alias = take_alias(parse_uri(text))
     assert str(bare) == str(uri)

@@ -11,8 +11,8 @@ Files are read in binary and fed as one UDP datagram, as RFC 4475 §2 intends.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 

@@ -92,7 +92,12 @@ def test_common_uri_is_split_into_user_host_port_and_params() -> None:
 def test_scheme_is_lowercased_but_every_other_part_keeps_its_case() -> None:
     u = parse_uri("SIP:ALICE@AtLanTa.CoM;Transport=UDP")
     assert isinstance(u, SipURI)
-    assert (u.scheme, u.user, u.host, u.params) == ("sip", "ALICE", "AtLanTa.CoM", (("Transport", "UDP"),))
+    assert (u.scheme, u.user, u.host, u.params) == (
+        "sip",
+        "ALICE",
+        "AtLanTa.CoM",
+        (("Transport", "UDP"),),
+    )
 
 
 def test_ipv6_reference_keeps_its_brackets_and_is_followed_by_the_port() -> None:
@@ -169,9 +174,17 @@ def test_password_is_split_off_the_user_at_the_first_colon() -> None:
         ("isbn:2983792873", "isbn", "2983792873"),
         ("http://www.example.com", "http", "//www.example.com"),
         ("name:John_Smith", "name", "John_Smith"),
-        ("nobodyKnowsThisScheme:totallyopaquecontent", "nobodyKnowsThisScheme", "totallyopaquecontent"),
+        (
+            "nobodyKnowsThisScheme:totallyopaquecontent",
+            "nobodyKnowsThisScheme",
+            "totallyopaquecontent",
+        ),
         ("soap.beep://192.0.2.103:3002", "soap.beep", "//192.0.2.103:3002"),
-        ("urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6", "urn", "uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6"),
+        (
+            "urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+            "urn",
+            "uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+        ),
     ],
 )
 def test_other_schemes_parse_as_opaque_absolute_uris(text: str, scheme: str, opaque: str) -> None:

@@ -24,13 +24,24 @@ def test_typical_via_is_split_into_transport_sent_by_and_params() -> None:
         protocol="SIP/2.0", transport="UDP", host="192.0.2.1", port=5060,
         params=(("branch", "z9hG4bK776asdhds"), ("rport", None)),
     )
-    assert (v.branch, v.rport, v.received, v.maddr, v.ttl) == ("z9hG4bK776asdhds", "", None, None, None)
+    assert (v.branch, v.rport, v.received, v.maddr, v.ttl) == (
+        "z9hG4bK776asdhds",
+        "",
+        None,
+        None,
+        None,
+    )
     assert (v.sent_by, v.version) == ("192.0.2.1:5060", "2.0")
 
 
 def test_ipv6_sent_by_keeps_its_brackets() -> None:
     (v,) = parse_via("SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-111")
-    assert (v.host, v.port, v.branch, v.sent_by) == ("[2001:db8::9:1]", None, "z9hG4bKas3-111", "[2001:db8::9:1]")
+    assert (v.host, v.port, v.branch, v.sent_by) == (
+        "[2001:db8::9:1]",
+        None,
+        "z9hG4bKas3-111",
+        "[2001:db8::9:1]",
+    )
     (w,) = parse_via("SIP/2.0/TCP [2001:db8::9:255]:5061;branch=z9hG4bKas3")
     assert w.sent_by == "[2001:db8::9:255]:5061"
 
@@ -100,7 +111,9 @@ def test_quoted_param_value_with_a_comma_does_not_split_the_list() -> None:
 
 
 def test_several_vias_in_one_value_keep_their_order() -> None:
-    vias = parse_via("SIP/2.0/UDP p1.example.com;branch=z9hG4bK1,SIP/2.0/TCP p2.example.com:5070;branch=z9hG4bK2")
+    vias = parse_via(
+        "SIP/2.0/UDP p1.example.com;branch=z9hG4bK1,SIP/2.0/TCP p2.example.com:5070;branch=z9hG4bK2"
+    )
     assert [(v.transport, v.sent_by, v.branch) for v in vias] == [
         ("UDP", "p1.example.com", "z9hG4bK1"),
         ("TCP", "p2.example.com:5070", "z9hG4bK2"),
@@ -113,9 +126,15 @@ def test_several_vias_in_one_value_keep_their_order() -> None:
 def test_filling_in_received_and_rport_keeps_the_param_positions() -> None:
     (v,) = parse_via("SIP/2.0/UDP 10.0.0.5:5060;rport;branch=z9hG4bKabc")
     filled = v.with_param("rport", "40312").with_param("received", "203.0.113.9")
-    assert str(filled) == "SIP/2.0/UDP 10.0.0.5:5060;rport=40312;branch=z9hG4bKabc;received=203.0.113.9"
+    assert (
+        str(filled)
+        == "SIP/2.0/UDP 10.0.0.5:5060;rport=40312;branch=z9hG4bKabc;received=203.0.113.9"
+    )
     assert filled.rport == "40312"
-    assert str(filled.without_param("RPORT")) == "SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKabc;received=203.0.113.9"
+    assert (
+        str(filled.without_param("RPORT"))
+        == "SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKabc;received=203.0.113.9"
+    )
     assert v.rport == ""
 
 

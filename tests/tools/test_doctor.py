@@ -37,9 +37,12 @@ def test_a_bad_config_is_the_one_failure_reported_with_file_and_line(tmp_path):
 
 def test_no_proxy_backend_down_and_ws_port_closed_are_each_named(tmp_path):
     port, ws, backend = closed_port(), closed_port(), closed_port()
-    path = write(tmp_path, f'[listen]\nudp = []\ntcp = ["127.0.0.1:{port}"]\n'
-                           f'ws = ["127.0.0.1:{ws}"]\n'
-                           f'[dispatcher]\ndestinations = ["sip:127.0.0.1:{backend};transport=tcp"]')
+    path = write(
+        tmp_path,
+        f'[listen]\nudp = []\ntcp = ["127.0.0.1:{port}"]\n'
+        f'ws = ["127.0.0.1:{ws}"]\n'
+        f'[dispatcher]\ndestinations = ["sip:127.0.0.1:{backend};transport=tcp"]',
+    )
     checks = list(Doctor(path, timeout=0.5).run())
     found = by_name(checks)
     assert found["config"].status == PASS
@@ -115,7 +118,7 @@ def certificate(tmp_path, *, days: float, host: str = "sip.example.com"):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=400))

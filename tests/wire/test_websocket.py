@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from sipgw.wire import websocket as ws
 from sipgw.wire.websocket import (
-    BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, Frame, FrameDecoder, ProtocolError,
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    PING,
+    PONG,
+    TEXT,
+    Frame,
+    FrameDecoder,
+    ProtocolError,
 )
 
 # RFC 6455 §1.3: the sample nonce and the answer the RFC works out for it.

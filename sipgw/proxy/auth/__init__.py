@@ -31,8 +31,8 @@ from __future__ import annotations
 import functools
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
@@ -40,9 +40,9 @@ from twisted.logger import Logger, LogLevel
 from sipgw.config import AuthConfig, Config, LimitsConfig, ProxyConfig
 from sipgw.proxy.auth.bans import Bans
 from sipgw.proxy.auth.domains import StoreDomains
+from sipgw.proxy.auth.nonce import Nonces, NonceState
 from sipgw.proxy.identity import Identity
 from sipgw.proxy.limits import CapLog
-from sipgw.proxy.auth.nonce import Nonces, NonceState
 from sipgw.proxy.relay import Relay
 from sipgw.proxy.replies import Replies
 from sipgw.proxy.stats import StatDef, Stats
@@ -55,7 +55,6 @@ from sipgw.sip.hostport import split_hostport
 from sipgw.sip.message import Request
 from sipgw.sip.uri import SipURI
 from sipgw.store import StoreUnavailable, Subscriber, SubscriberStore, open_store
-
 
 log = Logger(namespace="sipgw.auth")
 

@@ -19,7 +19,7 @@ the oldest dropped first
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.logger import Logger
 

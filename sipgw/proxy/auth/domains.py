@@ -16,7 +16,7 @@ flight (beyond, ``StoreUnavailable``: the request gets 503 and comes again).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -61,7 +61,7 @@ class StoreDomains:
         the one before is not)."""
         d = self.ours(domains[0])
         for domain in domains[1:]:
-            d.addCallback(lambda ours, domain=domain: ours or self.ours(domain))
+            d.addCallback(lambda ours, domain: ours or self.ours(domain), domain)
         return d
 
     def _answered(self, result, domain: str) -> None:

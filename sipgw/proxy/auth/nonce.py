@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import os
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from sipgw.config import LimitsConfig
 

@@ -21,19 +21,22 @@ import inspect
 import os
 import socket
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from sipgw.rpc import codec
 from sipgw.rpc.codec import BadCall, Call
 from sipgw.rpc.registry import RpcError, RpcMethod, methods_of, rpc
 from sipgw.rpc.stream import Stream
+
+if TYPE_CHECKING:
+    from twisted.internet import unix
 
 log = Logger(namespace="sipgw.control")
 
@@ -193,6 +196,7 @@ class ControlServer:
 class ControlProtocol(LineOnlyReceiver):
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE
+    transport: unix.Server  # for mypy: Protocol says "ITransport | None" until connected
 
     def __init__(self) -> None:
         self.streams: list[Stream] = []
@@ -202,7 +206,7 @@ class ControlProtocol(LineOnlyReceiver):
 
     @property
     def server(self) -> ControlServer:
-        return self.factory.server  # type: ignore[attr-defined]
+        return self.factory.server
 
     def connectionMade(self) -> None:
         if len(self.server.clients) >= MAX_CLIENTS:
@@ -324,8 +328,8 @@ def start_control(service) -> ControlServer | None:
     A socket that cannot be created is logged and the proxy runs on without it.
     """
     from sipgw.proxy.control.admin import Admin
-    from sipgw.proxy.runtime.log import LogControl
     from sipgw.proxy.control.modstats import ModStats
+    from sipgw.proxy.runtime.log import LogControl
     from sipgw.rpc.client import server_socket_path
 
     config = service.loaded.config

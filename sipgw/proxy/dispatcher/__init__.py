@@ -23,13 +23,13 @@ from twisted.logger import Logger
 
 from sipgw.config import DispatcherConfig
 from sipgw.proxy.dispatcher.algorithms import HASHED, SUPPORTED, Keys, SetSelector
-from sipgw.proxy.dispatcher.icmp import UnreachableDetector
 from sipgw.proxy.dispatcher.health import (
     Prober,
     StatusCodes,
     options_request,
     wants_probe,
 )
+from sipgw.proxy.dispatcher.icmp import UnreachableDetector
 from sipgw.proxy.dispatcher.listfile import (
     DispatcherList,
     ListFileError,
@@ -330,7 +330,7 @@ class Dispatcher:
     def _track_call(self, call_id: str, target: Target) -> None:
         now = self.clock.seconds()
         if len(self._calls) % 256 == 0:
-            for cid, (t, started) in list(self._calls.items()):
+            for cid, (_, started) in list(self._calls.items()):
                 if now - started > CALL_EXPIRE:
                     self._call_done(cid)
         self._call_done(call_id)

@@ -36,7 +36,7 @@ def resolve_uri(text: str) -> Destination:
             info = socket.getaddrinfo(dest.host, dest.port, type=socket.SOCK_DGRAM)
         except socket.gaierror as e:
             raise ValueError(f"cannot resolve {dest.host}: {e.strerror}") from None
-        dest = Destination(transport=dest.transport, host=info[0][4][0], port=dest.port)
+        dest = Destination(transport=dest.transport, host=str(info[0][4][0]), port=dest.port)
     return dest
 
 

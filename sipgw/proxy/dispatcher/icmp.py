@@ -56,6 +56,7 @@ class UnreachableDetector:
     def _check(self, dest: Destination, sock: socket.socket) -> None:
         if self._sockets.get((dest.host, dest.port)) is not sock:
             return  # closed meanwhile
+        code: int | None
         try:
             code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             while True:  # a pong, if the peer answers keepalives: read and drop

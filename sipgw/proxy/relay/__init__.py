@@ -20,12 +20,12 @@ from sipgw.config import LimitsConfig, ProxyConfig, TimersConfig
 from sipgw.proxy.dialogs import Dialogs
 from sipgw.proxy.identity import BRANCH_PREFIX, Identity, loop_hash, make_branch
 from sipgw.proxy.limits import CapLog
-from sipgw.proxy.replies import Replies, SendFunction, response_destination, via_destination
 from sipgw.proxy.relay.retired import Retired, RetiredTable
+from sipgw.proxy.relay.timerq import Entry, TimerQueue
+from sipgw.proxy.replies import Replies, SendFunction, response_destination, via_destination
 from sipgw.proxy.signing import PARAM as SIGNATURE
 from sipgw.proxy.signing import RouteSigner
 from sipgw.proxy.stats import Stats
-from sipgw.proxy.relay.timerq import TimerQueue
 from sipgw.proxy.transport import Destination, Source, forbidden_target
 from sipgw.sip.effects import Deliver, Send, Terminated, Timeout, TransportError
 from sipgw.sip.message import Request, Response, build_cancel
@@ -59,7 +59,7 @@ class ServerCtx:
         self.branches: list[ClientCtx] = []
         self.final_sent = False
         self.cancelled = False
-        self.timer_c = None
+        self.timer_c: Entry | None = None
         # The DISPATCH step's failover hook: ``(dest, status, local) -> bool``, called when
         # a branch ends with a final status >= 300 (``local``: our 408 timeout or 503
         # transport error); True means it sent the request on a new branch instead.
@@ -431,7 +431,7 @@ class Relay:
             up.pop_first("via")
             self.stats.inc("core:fwd_replies")
             self.send(up.to_bytes(), gone.upstream)
-        elif gone.resend is not None and status >= 300:
+        elif gone.resend is not None and gone.dest is not None and status >= 300:
             self.send(gone.resend, gone.dest)  # the ACK again (§17.1.1.2)
 
     def _branch_response(self, ctx: ClientCtx, response: Response) -> None:

@@ -23,11 +23,13 @@ from typing import TextIO
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
     LogLevel,
     PredicateResult,
     formatEvent,
     globalLogBeginner,
 )
+from zope.interface import implementer
 
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.rpc.registry import RpcError, rpc
@@ -86,6 +88,7 @@ def level_name(number: int) -> str:
     return _NAMES.get(number, str(number)).lower()
 
 
+@implementer(ILogObserver)
 class LineObserver:
     """Writes each event as one line; the threshold can change while running."""
 
@@ -191,7 +194,8 @@ def start_logging(level: int, out: TextIO | None = None) -> LineObserver:
     out = out or sys.stderr
     journald = bool(os.environ.get("JOURNAL_STREAM"))
     _observer = LineObserver(out, level, journald)
-    filtered = FilteringLogObserver(_observer, [_observer.predicate])
+    # Any callable will do as a predicate; the interface cannot be declared on a method.
+    filtered = FilteringLogObserver(_observer, [_observer.predicate])  # type: ignore[list-item]
     globalLogBeginner.beginLoggingTo([filtered], redirectStandardIO=False)
     return _observer
 

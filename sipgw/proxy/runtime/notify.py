@@ -15,6 +15,10 @@ import os
 import socket
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from twisted.internet.task import LoopingCall
 
 
 class Notifier:
@@ -27,7 +31,7 @@ class Notifier:
         pid = env.get("WATCHDOG_PID", "")
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_interval = int(usec) / 2_000_000  # half the timeout, in seconds
-        self._watchdog = None
+        self._watchdog: LoopingCall | None = None
 
     @property
     def enabled(self) -> bool:

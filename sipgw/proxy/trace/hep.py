@@ -9,13 +9,17 @@ its errors are counted (``trace:hep_send_errors``), not raised.
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from sipgw.proxy.stats import StatDef, Stats
-from sipgw.proxy.trace import Filters, Tracer
+from sipgw.proxy.trace import Filters, Subscriber, Tracer
 from sipgw.wire.hep import encode
+
+if TYPE_CHECKING:
+    from twisted.internet import udp
 
 log = Logger(namespace="sipgw.hep")
 
@@ -27,13 +31,14 @@ HEP_STATS = (
 
 
 class HepExporter(DatagramProtocol):
+    transport: udp.Port | None  # for mypy: the protocol says "IUDPTransport | None"
     def __init__(self, collector: tuple[str, int], stats: Stats, *, agent_id: int = 0,
                  password: str = "") -> None:
         self.collector = collector
         self.stats = stats
         self.agent_id = agent_id
         self.password = password
-        self.subscription = None
+        self.subscription: Subscriber | None = None
         stats.declare(HEP_STATS)
 
     def attach(self, tracer: Tracer) -> None:
@@ -64,14 +69,14 @@ class HepExporter(DatagramProtocol):
 
 def resolve(host: str, port: int) -> tuple[str, int]:
     info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    return info[0][4][0], port
+    return str(info[0][4][0]), port
 
 
 def start_hep(service, tracer: Tracer) -> HepExporter | None:
     """``trace.hep`` on: a UDP socket and a permanent trace subscriber."""
     trace_config = getattr(service.loaded.config, "trace", None)
     address = getattr(trace_config, "hep", None)
-    if address is None:
+    if trace_config is None or address is None:
         return None
     try:
         collector = resolve(address.host, address.port)

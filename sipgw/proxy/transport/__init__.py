@@ -9,8 +9,9 @@ address. TCP (and later TLS and WebSocket) connections are flows with an id, kep
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from sipgw.sip.hostport import join_hostport
 from sipgw.sip.uri import SipURI
@@ -33,7 +34,7 @@ class Source:
     def reliable(self) -> bool:
         return self.transport in RELIABLE
 
-    def as_destination(self) -> "Destination":
+    def as_destination(self) -> Destination:
         return Destination(
             transport=self.transport, host=self.host, port=self.port, flow_id=self.flow_id
         )

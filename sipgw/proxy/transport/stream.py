@@ -17,10 +17,10 @@ for users registered over it get 430/480 at once (as for WebSocket flows).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime, ITCPTransport
 from twisted.logger import Logger
 
 from sipgw.config import LimitsConfig
@@ -40,8 +40,9 @@ class StreamConnection(protocol.Protocol):
     """One TCP connection: a flow in the table, its bytes framed into messages."""
 
     transport_name = "tcp"
+    transport: ITCPTransport  # for mypy: Protocol says "ITransport | None" until connected
 
-    def __init__(self, stack: "StreamTransport", outbound: bool) -> None:
+    def __init__(self, stack: StreamTransport, outbound: bool) -> None:
         self.stack = stack
         self.outbound = outbound
         self.flow_id = stack.flows.new_id()
@@ -52,8 +53,9 @@ class StreamConnection(protocol.Protocol):
         self.counted = False  # in the caps on client connections
         self.dropped = False  # closed by a limit: nothing more is written to it
         self.queue = SendQueue(stack.settings.max_write_queue)
-        self._idle = None
-        self._first = None  # the timer closing a client that never sends a whole message
+        self._idle: IDelayedCall | None = None
+        # The timer closing a client that never sends a whole message.
+        self._first: IDelayedCall | None = None
 
     # -- Twisted ------------------------------------------------------------------------
 
@@ -137,6 +139,7 @@ class StreamConnection(protocol.Protocol):
                 if self._first is not None:
                     self._first.cancel()
                     self._first = None
+                assert self.source is not None  # set in connectionMade, before any byte
                 self.stack.receive(item, self.source)
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
@@ -176,7 +179,7 @@ class StreamConnection(protocol.Protocol):
         """Close once what is written has gone. The write bound's producer goes first:
         Twisted's TLS layer puts off its close alert, and so the close itself, while a
         producer is registered, and ours never leaves by itself."""
-        self.transport.unregisterProducer()
+        self.transport.unregisterProducer()  # type: ignore[attr-defined]  # an IConsumer too
         self.transport.loseConnection()
 
     def _touch(self) -> None:
@@ -199,7 +202,7 @@ class StreamConnection(protocol.Protocol):
 
 
 class _ServerFactory(protocol.ServerFactory):
-    def __init__(self, stack: "StreamTransport") -> None:
+    def __init__(self, stack: StreamTransport) -> None:
         self.stack = stack
 
     def buildProtocol(self, addr) -> StreamConnection:
@@ -211,14 +214,15 @@ class _ClientFactory(protocol.ClientFactory):
     # and, kept by a log buffer, keep the connection alive.
     noisy = False
 
-    def __init__(self, stack: "StreamTransport", conn: StreamConnection) -> None:
+    def __init__(self, stack: StreamTransport, conn: StreamConnection) -> None:
         self.stack = stack
         self.conn: StreamConnection | None = conn
 
-    def buildProtocol(self, addr) -> StreamConnection:
+    def buildProtocol(self, addr) -> StreamConnection | None:
         return self.conn
 
     def clientConnectionFailed(self, connector, reason) -> None:
+        assert self.conn is not None  # let go of only once the connection is over
         self.stack.on_connect_failed(self.conn, reason)
         self.conn = None
 

@@ -86,7 +86,8 @@ def build_context(settings: TlsConfig) -> SSL.Context:
     for cert in certs[1:]:
         ctx.add_extra_chain_cert(cert)
     try:
-        ctx.use_privatekey(key)
+        # pyOpenSSL's annotation lists fewer key types than cryptography can load.
+        ctx.use_privatekey(key)  # type: ignore[arg-type]
         ctx.check_privatekey()
     except SSL.Error:
         raise TlsError(f"{key_path} is not the key of {settings.certificate}",
@@ -159,7 +160,7 @@ class TlsConnection(StreamConnection):
 
 
 class _TlsServerFactory(protocol.ServerFactory):
-    def __init__(self, stack: "TlsTransport") -> None:
+    def __init__(self, stack: TlsTransport) -> None:
         self.stack = stack
 
     def buildProtocol(self, addr) -> TlsConnection:
@@ -176,8 +177,9 @@ class TlsTransport(StreamTransport):
     transport_name = "tls"
 
     def listen_tls(self, host: str, port: int, tls: ServerTls):
-        listening = self.reactor.listenSSL(port, _TlsServerFactory(self), tls, backlog=BACKLOG,
-                                           interface=host)
+        # The reactor a TLS transport is given provides IReactorSSL as well as IReactorTCP.
+        listening = self.reactor.listenSSL(  # type: ignore[attr-defined]
+            port, _TlsServerFactory(self), tls, backlog=BACKLOG, interface=host)
         log.info("listening on {a}", a=transport_address("tls", host, port))
         return listening
 

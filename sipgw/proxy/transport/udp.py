@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from sipgw.proxy.transport import ReceiveCallback, Source, transport_address
+
+if TYPE_CHECKING:
+    from twisted.internet import udp
 
 log = Logger(namespace="sipgw.udp")
 
@@ -30,6 +34,8 @@ def _grow_receive_buffer(sock: socket.socket) -> int:
 
 class UdpListener(DatagramProtocol):
     """Feeds every datagram to the proxy; sends what the proxy asks for."""
+
+    transport: udp.Port  # for mypy: the protocol says "IUDPTransport | None" until started
 
     def __init__(self, host: str, port: int, receive: ReceiveCallback) -> None:
         self.host = host

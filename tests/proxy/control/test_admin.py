@@ -6,12 +6,12 @@ import os
 import time
 
 import pytest
-from twisted.logger import capturedLogs, formatEvent
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 
 from sipgw.config import load_config
-from sipgw.proxy.runtime import log as sipgw_log
 from sipgw.proxy.control.admin import Admin
+from sipgw.proxy.runtime import log as sipgw_log
 from sipgw.proxy.service import make_service
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.rpc.registry import RpcError

@@ -44,15 +44,25 @@ def test_a_set_is_ordered_by_priority_higher_first_and_file_order_among_equals()
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("1 sip:10.0.0.5\nfoo sip:10.0.0.6\n",
-         "ds.list:2: setid: expected a decimal or 0x hex integer, got 'foo'"),
+        (
+            "1 sip:10.0.0.5\nfoo sip:10.0.0.6\n",
+            "ds.list:2: setid: expected a decimal or 0x hex integer, got 'foo'",
+        ),
         ("1\n", "ds.list:1: expected 'setid uri [flags] [priority] [attrs]'"),
-        ("1 http://10.0.0.5\n", "ds.list:1: destination 'http://10.0.0.5' is not a sip: or sips: URI"),
+        (
+            "1 http://10.0.0.5\n",
+            "ds.list:1: destination 'http://10.0.0.5' is not a sip: or sips: URI",
+        ),
         ("1 sip:10.0.0.5 0x100\n", "ds.list:1: flags: unknown bits in 0x100 (known: 0x3f)"),
-        ("1 sip:10.0.0.5 0 0 weight=170\n",
-         "ds.list:1: attrs weight: must be between 0 and 100, got 170"),
+        (
+            "1 sip:10.0.0.5 0 0 weight=170\n",
+            "ds.list:1: attrs weight: must be between 0 and 100, got 170",
+        ),
         ("1 sip:10.0.0.5 0 0 weight\n", "ds.list:1: attrs: expected name=value, got 'weight'"),
-        ("1 sip:10.0.0.5\n1 sip:10.0.0.5\n", "ds.list:2: sip:10.0.0.5 is already in set 1 (line 1)"),
+        (
+            "1 sip:10.0.0.5\n1 sip:10.0.0.5\n",
+            "ds.list:2: sip:10.0.0.5 is already in set 1 (line 1)",
+        ),
         ("# nothing\n", "ds.list: no destinations"),
     ],
 )

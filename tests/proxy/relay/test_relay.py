@@ -263,13 +263,13 @@ def test_2xx_ack_and_bye_follow_the_record_route_end_to_end(proxy, link):
 
 def test_bye_from_the_callee_goes_to_the_callers_contact(proxy, link):
     bye = (
-        "BYE sip:5001@192.0.2.10:5070 SIP/2.0\r\n"
-        "Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKcallee1\r\n"
-        "Route: <sip:127.0.0.1:5060;lr>\r\n"
-        "From: <sip:5002@example.com>;tag=b1\r\nTo: <sip:5001@example.com>;tag=a1\r\n"
-        "Call-ID: call-1@192.0.2.10\r\nCSeq: 1 BYE\r\nMax-Forwards: 70\r\n"
-        "Content-Length: 0\r\n\r\n"
-    ).encode()
+        b"BYE sip:5001@192.0.2.10:5070 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKcallee1\r\n"
+        b"Route: <sip:127.0.0.1:5060;lr>\r\n"
+        b"From: <sip:5002@example.com>;tag=b1\r\nTo: <sip:5001@example.com>;tag=a1\r\n"
+        b"Call-ID: call-1@192.0.2.10\r\nCSeq: 1 BYE\r\nMax-Forwards: 70\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
     proxy.receive(bye, BACKEND_SRC)
     [fwd] = link.to_caller()
     assert fwd.method == "BYE" and not fwd.has("route")
@@ -327,11 +327,11 @@ def test_unsupported_scheme_and_proxy_require(proxy, link):
 
 def test_a_response_that_is_not_ours_is_dropped(proxy, link):
     stray = (
-        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 198.51.100.1;branch=z9hG4bKother\r\n"
-        "Via: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKx\r\n"
-        "From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n"
-        "Content-Length: 0\r\n\r\n"
-    ).encode()
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 198.51.100.1;branch=z9hG4bKother\r\n"
+        b"Via: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKx\r\n"
+        b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
     proxy.receive(stray, BACKEND_SRC)
     assert link.sent == []
     assert proxy.stats.get("core:drop_replies") == 1

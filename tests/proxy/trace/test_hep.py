@@ -3,9 +3,9 @@ tests are tests/wire/test_hep.py)."""
 
 from __future__ import annotations
 
-from sipgw.proxy.trace.hep import HepExporter
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tracer
+from sipgw.proxy.trace.hep import HepExporter
 from sipgw.wire.hep import decode
 from tests.helpers.fakes import ProxyHarness, valid_invite
 

@@ -22,7 +22,6 @@ from zope.interface.declarations import InstanceDeclarations
 
 from sipgw.proxy.transport.stream import StreamConnection
 from sipgw.proxy.transport.ws import WsConnection
-
 from tests.helpers import wsframes as wf
 from tests.helpers.cycles import cycles_in, describe, garbage
 from tests.helpers.liveproxy import Live, Peer

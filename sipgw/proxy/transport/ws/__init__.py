@@ -30,13 +30,13 @@ interval (``sipgw.proxy.limits.CapLog``), whatever the number of connections.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket import protocol as _autobahn_protocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 
@@ -208,7 +208,7 @@ def _is_ip(text: str) -> bool:
 # autobahn pretty-prints its whole option table for a debug log line on every new
 # connection, whether or not anyone logs debug: 0.6 ms per connection, half of what a
 # WebSocket REGISTER costs us (bench/ws.py profile). We never show autobahn's debug lines.
-_autobahn_protocol.pformat = lambda _options: ""
+_autobahn_protocol.pformat = lambda _options: ""  # type: ignore[assignment, misc]  # all it is given
 
 
 class _ClockTimer:
@@ -224,10 +224,11 @@ class _ClockTimer:
         return self.clock.callLater(delay, fn, *args, **kwargs)
 
 
-class WsConnection(FastPaths, WebSocketServerProtocol):
+# autobahn's own two bases disagree on the types of peer and _transport_details.
+class WsConnection(FastPaths, WebSocketServerProtocol):  # type: ignore[misc]
     """One WebSocket connection: a flow once its handshake succeeds."""
 
-    def __init__(self, stack: "WsTransport") -> None:
+    def __init__(self, stack: WsTransport) -> None:
         super().__init__()
         self.stack = stack
         self.flow_id = stack.flows.new_id()
@@ -236,11 +237,12 @@ class WsConnection(FastPaths, WebSocketServerProtocol):
         self.client_host: str | None = None
         self.opened_at = 0.0
         self.last_used = 0.0
-        self._idle = None
+        self._idle: IDelayedCall | None = None
         self._awaiting_pong = False
         self._checked = False
         self._dropped_by_us = False
-        self._unregistered = None  # the timer closing a connection that never registers
+        # The timer closing a connection that never registers.
+        self._unregistered: IDelayedCall | None = None
         self.queue = SendQueue(stack.limits.max_write_queue)
 
     # -- handshake ----------------------------------------------------------------------
@@ -347,6 +349,7 @@ class WsConnection(FastPaths, WebSocketServerProtocol):
             self._unregistered.cancel()
             self._unregistered = None
         self.stack.stats.inc("websocket:ws_received_frames")
+        assert self.source is not None  # set in onOpen, before any message
         self.stack.receive(payload, self.source)
 
     def onPing(self, payload: bytes) -> None:
@@ -364,7 +367,7 @@ class WsConnection(FastPaths, WebSocketServerProtocol):
                 call.cancel()
         self._idle = self._unregistered = None
         if self.source is not None:
-            self.source, source = None, self.source
+            source, self.source = self.source, None
             by_us = self.closedByMe or self.failedByMe or self._dropped_by_us
             self.stack.closed(self, source, by_us=bool(by_us))
 
@@ -460,7 +463,7 @@ class WsConnection(FastPaths, WebSocketServerProtocol):
 
 
 class _Factory(WebSocketServerFactory):
-    def __init__(self, stack: "WsTransport", secure: bool) -> None:
+    def __init__(self, stack: WsTransport, secure: bool) -> None:
         super().__init__(reactor=stack.reactor)
         self.stack = stack
         self.isSecure = secure
@@ -584,7 +587,8 @@ class WsTransport:
         current = s.get("websocket:ws_current_connections")
         if current > s.get("websocket:ws_max_concurrent_connections"):
             s.set("websocket:ws_max_concurrent_connections", current)
-        if current_level() >= LEVELS["debug"]:  # one event per connection costs when nobody reads it
+        # One event per connection costs when nobody reads it.
+        if current_level() >= LEVELS["debug"]:
             log.debug("flow {id} from {t}:{h}:{p}", id=conn.flow_id, t=src.transport,
                       h=src.host, p=src.port)
 

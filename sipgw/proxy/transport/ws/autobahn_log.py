@@ -11,7 +11,8 @@ debug logging is on.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import autobahn.twisted.websocket
 import autobahn.websocket.protocol

@@ -19,8 +19,8 @@ For what browsers and phones send, ``FastPaths`` does the same work directly:
 * the 101 and the messages go to the socket at once when nothing waits (``write_now``).
 
 Anything else is left to autobahn as it is, so its answers to a strange handshake or a bad
-frame (400, 1002, 1007, 1009) stay its own; tests/proxy/transport/ws/test_wsfast.py holds both paths to
-the same results.
+frame (400, 1002, 1007, 1009) stay its own; tests/proxy/transport/ws/test_wsfast.py holds both
+paths to the same results.
 """
 
 from __future__ import annotations
@@ -28,16 +28,18 @@ from __future__ import annotations
 import re
 from collections import deque
 from functools import cached_property
+from typing import TYPE_CHECKING, Any
 from urllib import parse
 
 import txaio
-from twisted.internet.tcp import Server as _TcpServer
-from autobahn.wamp.types import TransportDetails
 from autobahn.twisted.util import create_transport_details
+from autobahn.wamp.types import TransportDetails
 from autobahn.websocket import protocol as _ab
 from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol, WebSocketServerProtocol
 from autobahn.websocket.utf8validator import Utf8Validator
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.tcp import Server as _TcpServer
 
 from sipgw.wire.websocket import ProtocolError, accept_key, apply_mask, frame_head, parse_header
 
@@ -69,12 +71,32 @@ def protocol_options(factory) -> dict:
     return {name: getattr(factory, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
 
 
-class FastPaths:
+if TYPE_CHECKING:  # what FastPaths is mixed into, so that mypy knows what it uses of it
+    from autobahn.twisted.websocket import WebSocketServerProtocol as _Mixin
+else:
+    _Mixin = object
+
+
+class FastPaths(_Mixin):
     """Mixed in before autobahn's ``WebSocketServerProtocol``; see the module's text.
 
     The class using it calls ``accept_handshake`` once its own checks passed, with the
     parsed request, and falls back to autobahn's ``processHandshake`` when it says no.
     """
+
+    # For mypy: a TCP connection, and the options autobahn copies from its factory onto each
+    # connection (CONFIG_ATTRS), which it sets by name.
+    transport: ITCPTransport
+    tcpNoDelay: bool
+    openHandshakeTimeout: float
+    allowedOriginsPatterns: list[Any]
+    maxConnections: int
+    trustXForwardedFor: int
+    logOctets: bool
+    logFrames: bool
+    maskServerFrames: bool
+    maxMessagePayloadSize: int
+    autoFragmentSize: int
 
     # autobahn creates one per connection for its incremental check; only text messages
     # that leave the fast path need it.
@@ -188,11 +210,11 @@ class FastPaths:
             self.openHandshakeTimeoutCall.cancel()
             self.openHandshakeTimeoutCall = None
         self.inside_message = False
-        self.current_frame = None
+        self.current_frame = None  # type: ignore[assignment]  # autobahn starts it None too
         # autobahn's _onOpen reads the TLS channel binding of a WSS connection first; SIP
         # has no use for it.
         self.onOpen()
-        txaio.resolve(self.is_open, None)
+        txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]  # set at txaio.use_twisted()
         if self.data:
             self.consumeData()
 
@@ -276,7 +298,8 @@ def _none_accepted(proto, extensions: list) -> bool:
         pmce = PERMESSAGE_COMPRESSION_EXTENSION.get(name)
         if pmce is not None:
             try:
-                offers.append(pmce["Offer"].parse(params))
+                # The table's type says only "a class"; each Offer class has parse().
+                offers.append(pmce["Offer"].parse(params))  # type: ignore[attr-defined]
             except Exception:  # noqa: BLE001 - what autobahn refuses, with its reason
                 return False
     return not offers or proto.perMessageCompressionAccept(offers) is None

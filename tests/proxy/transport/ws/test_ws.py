@@ -7,11 +7,11 @@ import ipaddress
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionDone
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import FlowTable
@@ -78,7 +78,7 @@ class Client:
         self.frames += new
         return new
 
-    def open(self, **kw) -> "Client":
+    def open(self, **kw) -> Client:
         request, key = wf.handshake(**kw)
         self.send(request)
         assert self.reader.status == 101, self.reader.http

@@ -69,18 +69,19 @@ def proxy(link, flows) -> Proxy:
 
 def browser_invite() -> bytes:
     return (
-        "INVITE sip:5002@example.com SIP/2.0\r\n"
-        "Via: SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bK56sdasks\r\n"
-        "Max-Forwards: 69\r\n"
-        "To: <sip:5002@example.com>\r\n"
-        "From: \"5001\" <sip:5001@example.com>;tag=hyh8\r\n"
-        "Call-ID: 1j9FpLxk3uxtm8tn@192.0.2.1\r\n"
-        "CSeq: 1 INVITE\r\n"
-        "Contact: <sip:k5qq2d1o@df7jal23ls0d.invalid;transport=ws;ob>;+sip.instance=\"<urn:uuid:1>\"\r\n"
-        "Content-Type: application/sdp\r\n"
-        "\r\n"
-        "v=0\r\n"
-    ).encode()
+        b"INVITE sip:5002@example.com SIP/2.0\r\n"
+        b"Via: SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bK56sdasks\r\n"
+        b"Max-Forwards: 69\r\n"
+        b"To: <sip:5002@example.com>\r\n"
+        b'From: "5001" <sip:5001@example.com>;tag=hyh8\r\n'
+        b"Call-ID: 1j9FpLxk3uxtm8tn@192.0.2.1\r\n"
+        b"CSeq: 1 INVITE\r\n"
+        b"Contact: <sip:k5qq2d1o@df7jal23ls0d.invalid;transport=ws;ob>"
+        b';+sip.instance="<urn:uuid:1>"\r\n'
+        b"Content-Type: application/sdp\r\n"
+        b"\r\n"
+        b"v=0\r\n"
+    )
 
 
 def reply(req, status: int, reason: str, extra: str = "") -> bytes:

@@ -7,7 +7,6 @@ from sipgw.proxy.trace import Tap
 from sipgw.proxy.transport import Destination, FlowTable
 from tests.proxy.test_service import GOOD, Reactor, start
 
-
 WS_CONFIG = GOOD.replace("ws = []", 'ws = ["127.0.0.1:28080"]')
 
 

@@ -16,14 +16,14 @@ import pytest
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import TrafficStats
-from twisted.internet.base import DelayedCall
 from twisted.internet import tcp
+from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 
-from sipgw.proxy.transport.ws import fast as wsfast
 from sipgw.proxy.transport.ws import WsConnection
+from sipgw.proxy.transport.ws import fast as wsfast
 from sipgw.wire.websocket import apply_mask
 from tests.helpers import wsframes as wf
 from tests.proxy.transport.ws.test_ws import OPTIONS, Client, Stack
@@ -94,7 +94,7 @@ def _same(monkeypatch, scenario) -> tuple:
     fast = _run(monkeypatch, True, scenario)
     slow = _run(monkeypatch, False, scenario)
     for name, a, b in zip(("state at connect", "bytes written", "messages", "state after",
-                           "closing"), fast, slow):
+                           "closing"), fast, slow, strict=True):
         assert a == b, name
     return fast
 
@@ -163,8 +163,10 @@ def _longhand(payload: bytes, form: str, marker: int) -> bytes:
 FRAMES = [
     ("one text message", [wf.frame(wf.TEXT, OPTIONS)]),
     ("two messages in one read", [wf.frame(wf.TEXT, OPTIONS) + wf.frame(wf.BINARY, REGISTER)]),
-    ("a message split across reads", [wf.frame(wf.TEXT, OPTIONS)[:9],
-                                      wf.frame(wf.TEXT, OPTIONS)[9:]]),
+    (
+        "a message split across reads",
+        [wf.frame(wf.TEXT, OPTIONS)[:9], wf.frame(wf.TEXT, OPTIONS)[9:]],
+    ),
     ("the handshake and a message in one read", None),
     ("a 16-bit length", [wf.frame(wf.TEXT, OPTIONS + b"x" * 300)]),
     ("the largest message allowed", [wf.frame(wf.BINARY, b"x" * 65535)]),
@@ -172,10 +174,18 @@ FRAMES = [
     ("a 64-bit length", [wf.frame(wf.BINARY, b"x" * 70000)]),
     ("a short length in the 16-bit form", [_longhand(OPTIONS[:100], "!H", 126)]),
     ("a short length in the 64-bit form", [_longhand(OPTIONS, "!Q", 127)]),
-    ("continuation frames", [wf.frame(wf.TEXT, OPTIONS[:30], fin=False),
-                             wf.frame(wf.CONTINUATION, OPTIONS[30:])]),
-    ("a ping between fragments", [wf.frame(wf.TEXT, OPTIONS[:30], fin=False),
-                                  wf.frame(wf.PING, b"hi"), wf.frame(wf.CONTINUATION, OPTIONS[30:])]),
+    (
+        "continuation frames",
+        [wf.frame(wf.TEXT, OPTIONS[:30], fin=False), wf.frame(wf.CONTINUATION, OPTIONS[30:])],
+    ),
+    (
+        "a ping between fragments",
+        [
+            wf.frame(wf.TEXT, OPTIONS[:30], fin=False),
+            wf.frame(wf.PING, b"hi"),
+            wf.frame(wf.CONTINUATION, OPTIONS[30:]),
+        ],
+    ),
     ("text that is not UTF-8", [wf.frame(wf.TEXT, b"REGISTER \xff\xfe")]),
     ("a UTF-8 sequence cut at the end", [wf.frame(wf.TEXT, "é".encode()[:1])]),
     ("binary that is not UTF-8", [wf.frame(wf.BINARY, b"\xff\xfe")]),
