@@ -28,7 +28,7 @@ from sipgw.sip.framing import PING, StreamFramer
 from sipgw.store import make_subscriber
 from sipgw.store.memory import MemoryStore
 from sipgw.tools.fuzz import NONCE
-from tests.helpers.fakes import (
+from sipgw.tools.harness import (
     BACKEND,
     BACKEND_SOURCE,
     CLIENT_HOST,

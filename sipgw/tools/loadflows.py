@@ -1,7 +1,8 @@
 """SIPp's bench call and bench/register.py's REGISTER, fed to an in-process ``FuzzProxy``.
 
-Shared by ``bench/core.py`` (CPU per call of the route script) and the tests that hold the
-route script to properties of whole flows (``tests/proxy/relay/test_no_cycles.py``). The flows
+Shared by ``bench/core.py`` (CPU per call of the route script), ``bench/wscore.py`` (the
+backend's answer) and the tests that hold the route script to properties of whole flows
+(``tests/proxy/relay/test_no_cycles.py``). The flows
 are the datagrams of bench/scenarios/uac.xml and uas.xml: INVITE, 100, 180, 200, ACK,
 BYE, 200 from a trusted caller; and a digest REGISTER (401, then authorized, then the
 backend's 200).
@@ -17,9 +18,9 @@ from twisted.internet.base import DelayedCall
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from tests.helpers.digest_client import authorization
-from tests.helpers.fakes import BACKEND_SOURCE, CLIENT_HOST, CLIENT_PORT, UDP_SOURCE
-from tests.helpers.fuzzproxy import REALM, TRUSTED, FuzzProxy
+from sipgw.tools.digest_client import authorization
+from sipgw.tools.harness import BACKEND_SOURCE, CLIENT_HOST, CLIENT_PORT, UDP_SOURCE
+from sipgw.tools.fuzzproxy import REALM, TRUSTED, FuzzProxy
 
 CALLER = f"{TRUSTED.host}:{TRUSTED.port}"
 SDP = (b"v=0\r\no=user1 53655765 2353687637 IN IP4 198.51.100.7\r\ns=-\r\n"

@@ -19,7 +19,7 @@ import pytest
 
 from sipgw.sip import digest
 from sipgw.store import make_subscriber
-from tests.helpers.digest_client import authorization, challenges
+from sipgw.tools.digest_client import authorization, challenges
 from tests.helpers.redis_server import RedisServer
 from tests.integration.sipgw_process import (
     SipgwProcess,

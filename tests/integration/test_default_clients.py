@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.digest_client import challenges
+from sipgw.tools.digest_client import challenges
 from tests.integration.baresip import Baresip
 from tests.integration.sipgw_process import SipgwProcess, UdpPeer, build_response
 from tests.integration.sipp import SippMessage, SippProcess, SippRunner

@@ -18,7 +18,7 @@ from sipgw.proxy.transport import FlowTable
 from sipgw.proxy.transport.ws import WsTransport, client_address
 from sipgw.rpc.registry import RpcError, methods_of
 from tests.helpers import wsframes as wf
-from tests.helpers.fakes import sections
+from sipgw.tools.harness import sections
 
 OPTIONS = (
     b"OPTIONS sip:127.0.0.1:8080;transport=ws SIP/2.0\r\n"
