@@ -54,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from sipgw.tools.wsload import LoadResult, run_load  # noqa: E402
-from tests.browser.kamailio_process import KamailioProcess, kamailio_executable  # noqa: E402
+from sipgw.tools.kamailio import KamailioProcess, kamailio_executable  # noqa: E402
 
 SCENARIOS = HERE.parent / "tests" / "integration" / "scenarios"
 WARMUP = 200

@@ -1,20 +1,15 @@
-"""Run Debian's Kamailio 5.6 as a real SIP peer for the browser tests.
+"""Run Debian's Kamailio 5.6 as a real SIP peer on loopback, for tests and benchmarks.
 
-Two configurations, both in ``kamailio/``, neither with listen lines (the listeners are
-given on the command line, on free loopback ports):
-
-- ``registrar.cfg``: the Asterisk stand-in behind sipgw. A plain registrar on UDP that keeps
-  registrations with their Path (RFC 3327) and routes requests for registered users by it,
-  the way Asterisk does with ``support_path=yes``.
-- ``ws-proxy.cfg``: a WebSocket SIP proxy and registrar in one, for browsers that register
-  over WS straight to it. It proves the rig against a WebSocket SIP server that exists today.
+The browser tests run it as the registrar behind sipgw and as a WebSocket SIP server
+(``tests/browser/kamailio/``); ``bench/ws.py`` measures it beside sipgw as the equivalent
+gateway (``bench/kamailio/ws-gateway.cfg``). A configuration has no listen lines: the
+listeners are given on the command line, on free loopback ports.
 
 Kamailio runs in the foreground (``-DD -E``), logging to ``NAME.log`` in its work directory,
 with its own pid file, runtime directory and small memory pools. Readiness is a bounded
 poll: an OPTIONS over UDP until any reply comes. :meth:`KamailioProcess.stop` ends the whole
 process group (the main process and the workers it forked).
 """
-
 from __future__ import annotations
 
 import itertools
@@ -27,9 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.integration.sipp import LOOPBACK, free_port
+from sipgw.tools.loopback import LOOPBACK, free_port
 
-CONFIGS = Path(__file__).with_name("kamailio")
 _names = itertools.count(1)
 
 
@@ -43,15 +37,15 @@ def kamailio_executable() -> str | None:
 
 
 class KamailioProcess:
-    """One Kamailio on loopback: ``config`` (a name in ``kamailio/`` or a path), a UDP port,
+    """One Kamailio on loopback: ``config`` (a file), a UDP port,
     and with ``ws=True`` a TCP port for HTTP and WebSocket (``ws_url``). ``defines`` are
     the config's ``#!define``s given with ``-A``; ``shm_mb``/``pkg_mb`` its memory pools
     (small for tests, large enough for the benchmark's thousands of connections)."""
 
-    def __init__(self, config: str, workdir: Path, *, ws: bool = False, executable: str = "kamailio",
-                 defines: dict[str, str] | None = None, shm_mb: int = 32, pkg_mb: int = 4):
-        path = Path(config)
-        self.config = path if path.parent != Path(".") else CONFIGS / path.name
+    def __init__(self, config: str | Path, workdir: Path, *, ws: bool = False,
+                 executable: str = "kamailio", defines: dict[str, str] | None = None,
+                 shm_mb: int = 32, pkg_mb: int = 4):
+        self.config = Path(config)
         if not self.config.is_file():
             raise KamailioError(f"no Kamailio configuration at {self.config}")
         self.name = f"kamailio{next(_names)}-{self.config.stem}"
@@ -177,21 +171,3 @@ def options_request(local: tuple[str, int], remote: tuple[str, int]) -> bytes:
         "CSeq: 1 OPTIONS\r\n"
         "Content-Length: 0\r\n\r\n"
     ).encode()
-
-
-class KamailioRunner:
-    """Starts Kamailio processes for one test and stops every one of them at the end."""
-
-    def __init__(self, workdir: Path, executable: str = "kamailio"):
-        self.workdir = workdir
-        self.executable = executable
-        self.processes: list[KamailioProcess] = []
-
-    def __call__(self, config: str, *, ws: bool = False, timeout: float = 10.0) -> KamailioProcess:
-        process = KamailioProcess(config, self.workdir, ws=ws, executable=self.executable)
-        self.processes.append(process)
-        return process.start().wait_ready(timeout)
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            process.stop()
