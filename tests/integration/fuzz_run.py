@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sipgw.rpc.client import Client, RemoteError, Unreachable
 from sipgw.tools.fuzz import Mutator, Responder, Sender, SendReport, load_seeds
-from tests.integration.sipgw_process import SipgwProcess, run_cli
+from sipgw.tools.process import SipgwProcess, run_cli
 from tests.integration.sipp import LOOPBACK, free_port
 
 TORTURE = Path(__file__).resolve().parent.parent / "data" / "torture"

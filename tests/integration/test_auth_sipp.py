@@ -21,8 +21,8 @@ from sipgw.sip import digest
 from sipgw.store import make_subscriber
 from sipgw.tools.digest_client import authorization, challenges
 from tests.helpers.redis_server import RedisServer
+from sipgw.tools.process import SipgwProcess
 from tests.integration.sipgw_process import (
-    SipgwProcess,
     UdpPeer,
     build_request,
     build_response,

@@ -17,13 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.sipgw_process import (
-    SipgwProcess,
-    SipgwRunner,
-    UdpPeer,
-    build_request,
-    run_cli,
-)
+from sipgw.tools.process import SipgwProcess, run_cli
+from tests.integration.sipgw_process import SipgwRunner, UdpPeer, build_request
 from tests.helpers.poll import wait_until
 from tests.integration.sipp import SippProcess, SippRunner
 

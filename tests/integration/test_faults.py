@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from sipgw.tools.process import SipgwProcess
 from tests.integration.sipgw_process import (
-    SipgwProcess,
     SipgwRunner,
     UdpPeer,
     build_request,

@@ -22,8 +22,14 @@ import pytest
 from sipgw.proxy.limits import LOG_INTERVAL
 from tests.helpers import wsframes as wf
 from tests.helpers.certs import CertAuthority
+from sipgw.tools.process import SipgwProcess
 from tests.integration.sipgw_process import (
-    SipgwProcess, TcpPeer, UdpPeer, build_request, build_response, control_toml, statistics,
+    TcpPeer,
+    UdpPeer,
+    build_request,
+    build_response,
+    control_toml,
+    statistics,
 )
 from tests.integration.sipp import (
     LOOPBACK, SippMessage, SippRunner, assert_all_calls_succeeded, free_port,
