@@ -53,9 +53,9 @@ from register import stop
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from sipgw.tools.wsload import LoadResult, run_load  # noqa: E402
 from sipgw.tools.kamailio import KamailioProcess, kamailio_executable  # noqa: E402
 from sipgw.tools.loopback import free_port  # noqa: E402
+from sipgw.tools.wsload import LoadResult, run_load  # noqa: E402
 
 SCENARIOS = HERE.parent / "tests" / "integration" / "scenarios"
 WARMUP = 200

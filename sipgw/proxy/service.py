@@ -23,32 +23,32 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sipgw.config import Config, ConfigError, LoadedConfig, load_config
-from sipgw.proxy.runtime import log as sipgw_log
 from sipgw.proxy.acl import Acl
 from sipgw.proxy.auth import Authenticator, nonce_secret, open_subscribers
 from sipgw.proxy.backends import Backend, Backends
 from sipgw.proxy.control import ControlServer, start_control
+from sipgw.proxy.control.metrics import start_metrics
 from sipgw.proxy.core import Proxy
 from sipgw.proxy.dialogs import Dialogs
 from sipgw.proxy.dispatcher.build import build_dispatcher, reconfigure_dispatcher, resolve_uri
 from sipgw.proxy.identity import Identity, Listener
-from sipgw.proxy.runtime.memtrim import start_trimming
-from sipgw.proxy.control.metrics import start_metrics
-from sipgw.proxy.runtime.notify import Notifier
-from sipgw.proxy.outbound import Outbound
 from sipgw.proxy.nat import Nat
+from sipgw.proxy.outbound import Outbound
 from sipgw.proxy.pike import Pike
 from sipgw.proxy.registrar import Registrar
 from sipgw.proxy.relay import Relay
 from sipgw.proxy.replies import Replies, SendFunction
 from sipgw.proxy.router import Router
+from sipgw.proxy.runtime import log as sipgw_log
+from sipgw.proxy.runtime.memtrim import start_trimming
+from sipgw.proxy.runtime.notify import Notifier
 from sipgw.proxy.signing import RouteSigner, route_key
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap
 from sipgw.proxy.transport import Destination, FlowTable, transport_address
 from sipgw.proxy.transport.stream import StreamTransport
-from sipgw.proxy.transport.udp import UdpListener
 from sipgw.proxy.transport.tls import ServerTls, TlsTransport
+from sipgw.proxy.transport.udp import UdpListener
 from sipgw.proxy.transport.ws import WsTransport
 from sipgw.sip.nat import NatTest
 from sipgw.store import SubscriberStore

@@ -31,8 +31,14 @@ from urllib.parse import urlsplit
 from sipgw.proxy.transport import in_networks
 from sipgw.rpc.client import Client, RemoteError, Unreachable, find_socket
 from sipgw.tools.options import NoAnswer, ping
-from sipgw.tools.storecheck import (RedisLink, RedisRefused, open_sqlite, read_record,
-                                    redis_plaintext, sqlite_plaintext)
+from sipgw.tools.storecheck import (
+    RedisLink,
+    RedisRefused,
+    open_sqlite,
+    read_record,
+    redis_plaintext,
+    sqlite_plaintext,
+)
 from sipgw.tools.wscheck import Handshake, HandshakeFailed, ws_session
 
 PASS, WARN, FAIL = "pass", "warn", "fail"

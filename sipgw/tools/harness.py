@@ -31,8 +31,8 @@ from sipgw.proxy.trace import Tap
 from sipgw.proxy.transport import Destination, FlowTable, Source
 from sipgw.sip.framing import PING, StreamFramer
 from sipgw.sip.message import Request, Response
-from sipgw.store import SubscriberStore
 from sipgw.sip.parser import parse_message
+from sipgw.store import SubscriberStore
 
 PROXY_HOST, PROXY_PORT = "127.0.0.1", 5060
 BACKEND = Destination(transport="udp", host="127.0.0.1", port=5080)

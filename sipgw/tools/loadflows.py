@@ -19,8 +19,8 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from sipgw.tools.digest_client import authorization
-from sipgw.tools.harness import BACKEND_SOURCE, CLIENT_HOST, CLIENT_PORT, UDP_SOURCE
 from sipgw.tools.fuzzproxy import REALM, TRUSTED, FuzzProxy
+from sipgw.tools.harness import BACKEND_SOURCE, CLIENT_HOST, CLIENT_PORT, UDP_SOURCE
 
 CALLER = f"{TRUSTED.host}:{TRUSTED.port}"
 SDP = (b"v=0\r\no=user1 53655765 2353687637 IN IP4 198.51.100.7\r\ns=-\r\n"

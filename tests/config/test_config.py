@@ -24,11 +24,11 @@ from sipgw.config import (
     config_to_dict,
     default_config,
     load_config,
+    locate,
     parse_config,
     parse_log_level,
 )
 from sipgw.config import load as loader
-from sipgw.config import locate
 
 ROOT = Path(__file__).resolve().parents[2]
 MAN_PAGE = ROOT / "man" / "sipgw.toml.5"

@@ -20,8 +20,8 @@ import pytest
 from sipgw.sip import digest
 from sipgw.store import make_subscriber
 from sipgw.tools.digest_client import authorization, challenges
-from tests.helpers.redis_server import RedisServer
 from sipgw.tools.process import SipgwProcess
+from tests.helpers.redis_server import RedisServer
 from tests.integration.sipgw_process import (
     UdpPeer,
     build_request,

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from sipgw.tools.digest_client import challenges
-from tests.integration.baresip import Baresip
 from sipgw.tools.process import SipgwProcess
+from tests.integration.baresip import Baresip
 from tests.integration.sipgw_process import UdpPeer, build_response
 from tests.integration.sipp import SippMessage, SippProcess, SippRunner
 from tests.integration.test_auth_sipp import REALM, Phone, add_user, credentials_file, start_gw

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from sipgw.tools.process import SipgwProcess
+from tests.helpers.poll import wait_until
 from tests.integration.sipgw_process import (
     SipgwRunner,
     UdpPeer,
@@ -27,7 +28,6 @@ from tests.integration.sipgw_process import (
     control_toml,
     statistics,
 )
-from tests.helpers.poll import wait_until
 from tests.integration.sipp import SippProcess, SippRunner, all_of
 from tests.integration.test_dispatcher_sipp import (
     dispatcher_list,

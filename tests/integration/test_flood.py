@@ -21,8 +21,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers.redis_server import RedisServer, redis_fixture
 from sipgw.tools.process import SipgwProcess, run_cli
+from tests.helpers.redis_server import RedisServer, redis_fixture
 from tests.integration.sipgw_process import (
     SipgwRunner,
     build_request,

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from sipgw.proxy.limits import LOG_INTERVAL
+from sipgw.tools.process import SipgwProcess
 from tests.helpers import wsframes as wf
 from tests.helpers.certs import CertAuthority
-from sipgw.tools.process import SipgwProcess
 from tests.integration.sipgw_process import (
     TcpPeer,
     UdpPeer,
@@ -32,7 +32,11 @@ from tests.integration.sipgw_process import (
     statistics,
 )
 from tests.integration.sipp import (
-    LOOPBACK, SippMessage, SippRunner, assert_all_calls_succeeded, free_port,
+    LOOPBACK,
+    SippMessage,
+    SippRunner,
+    assert_all_calls_succeeded,
+    free_port,
 )
 from tests.integration.test_tls_sipgw import TlsPeer, TlsSipgw
 from tests.integration.test_ws_sipp import WsSipgw

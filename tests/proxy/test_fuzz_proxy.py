@@ -14,8 +14,8 @@ import pytest
 
 from sipgw.sip.parser import parse_message
 from sipgw.tools.fuzz import Mutator, load_seeds
-from sipgw.tools.harness import BACKEND, our_route
 from sipgw.tools.fuzzproxy import HOWS, FuzzProxy, contract_broken, fuzz_proxy
+from sipgw.tools.harness import BACKEND, our_route
 from tests.helpers.torture import TORTURE_DIR
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "fuzz-corpus"

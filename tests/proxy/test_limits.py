@@ -16,8 +16,8 @@ from twisted.logger import Logger, formatEvent
 
 from sipgw.config import LimitsConfig
 from sipgw.proxy.dialogs import Dialogs
-from sipgw.proxy.limits import CapLog, ConnectionCaps
 from sipgw.proxy.identity import Identity, Listener
+from sipgw.proxy.limits import CapLog, ConnectionCaps
 from sipgw.proxy.registrar import MAX_BINDINGS_PER_FLOW, FlowFailed, Registrar
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap, Tracer
@@ -26,8 +26,8 @@ from sipgw.proxy.transport.stream import _ServerFactory
 from sipgw.rpc.registry import RpcError
 from sipgw.sip.message import Request, Response
 from sipgw.sip.parser import Limits, parse_message
-from tests.helpers import wsframes as wf
 from sipgw.tools.harness import ProxyHarness, config_with, valid_invite
+from tests.helpers import wsframes as wf
 from tests.proxy.auth.test_auth import Rig, answer, fail_once, sip_request
 from tests.proxy.dispatcher.test_dispatcher_algorithms import invite as dispatcher_invite
 from tests.proxy.dispatcher.test_dispatcher_algorithms import make as make_dispatcher

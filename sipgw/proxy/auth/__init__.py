@@ -40,10 +40,10 @@ from twisted.logger import Logger, LogLevel
 from sipgw.config import AuthConfig, Config, LimitsConfig, ProxyConfig
 from sipgw.proxy.auth.bans import Bans
 from sipgw.proxy.auth.domains import StoreDomains
+from sipgw.proxy.auth.nonce import Nonces, NonceState
 from sipgw.proxy.identity import Identity
 from sipgw.proxy.identity import _split_alias as split_alias
 from sipgw.proxy.limits import CapLog
-from sipgw.proxy.auth.nonce import Nonces, NonceState
 from sipgw.proxy.relay import Relay
 from sipgw.proxy.replies import Replies
 from sipgw.proxy.stats import StatDef, Stats
@@ -55,7 +55,6 @@ from sipgw.sip.errors import ParseError
 from sipgw.sip.message import Request
 from sipgw.sip.uri import SipURI
 from sipgw.store import StoreUnavailable, Subscriber, SubscriberStore, open_store
-
 
 log = Logger(namespace="sipgw.auth")
 

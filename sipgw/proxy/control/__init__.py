@@ -24,11 +24,11 @@ import stat
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from sipgw.rpc import codec
 from sipgw.rpc.codec import BadCall, Call
@@ -324,8 +324,8 @@ def start_control(service) -> ControlServer | None:
     A socket that cannot be created is logged and the proxy runs on without it.
     """
     from sipgw.proxy.control.admin import Admin
-    from sipgw.proxy.runtime.log import LogControl
     from sipgw.proxy.control.modstats import ModStats
+    from sipgw.proxy.runtime.log import LogControl
     from sipgw.rpc.client import server_socket_path
 
     config = service.loaded.config

@@ -13,8 +13,8 @@ import re
 
 import pytest
 
-from sipgw.tools.harness import BACKEND_SOURCE
 from sipgw.tools.fuzzproxy import TRUSTED, FuzzProxy
+from sipgw.tools.harness import BACKEND_SOURCE
 from sipgw.tools.loadflows import (
     SDP,
     HeapClock,

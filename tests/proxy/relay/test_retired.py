@@ -11,8 +11,8 @@ from __future__ import annotations
 import gc
 import re
 
-from sipgw.tools.harness import BACKEND_SOURCE
 from sipgw.tools.fuzzproxy import TRUSTED, FuzzProxy
+from sipgw.tools.harness import BACKEND_SOURCE
 from sipgw.tools.loadflows import SDP, HeapClock, caller_request, one_call, uas_answer
 
 _URI = "sip:service@127.0.0.1:5060"

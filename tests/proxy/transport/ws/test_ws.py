@@ -7,18 +7,18 @@ import ipaddress
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionDone
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import FlowTable
 from sipgw.proxy.transport.ws import WsTransport, client_address
 from sipgw.rpc.registry import RpcError, methods_of
-from tests.helpers import wsframes as wf
 from sipgw.tools.harness import sections
+from tests.helpers import wsframes as wf
 
 OPTIONS = (
     b"OPTIONS sip:127.0.0.1:8080;transport=ws SIP/2.0\r\n"
