@@ -158,10 +158,10 @@ class ProxyHarness:
         """Bytes of a stream in (may raise ``FramingError``); returns what was sent."""
         before = len(self.sent)
         for item in self.framer.feed(data):
-            if item is PING:
-                self.pings += 1
-            else:
+            if isinstance(item, bytes):
                 self.proxy.receive(item, source)
+            elif item is PING:
+                self.pings += 1
         return self.sent[before:]
 
     def tcp_chunks(self, chunks: Iterable[bytes], source: Source = TCP_SOURCE) -> list[Sent]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import heapq
 import re
 import time
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.base import DelayedCall
 from twisted.internet.interfaces import IReactorTime
@@ -106,8 +108,9 @@ class HeapClock:
     def seconds(self) -> float:
         return self.now
 
-    def callLater(self, delay, f, *args, **kw) -> DelayedCall:
-        call = DelayedCall(self.now + delay, f, args, kw, self._cancelled, self._reset,
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: object,
+                  **kwargs: object) -> DelayedCall:
+        call = DelayedCall(self.now + delay, callable, args, kwargs, self._cancelled, self._reset,
                            seconds=self.seconds)
         heapq.heappush(self.heap, call)
         return call
@@ -151,7 +154,10 @@ def one_register(h: FuzzProxy, n: int, clock: list[float]) -> None:
         return feed_timed(h, head.encode(), UDP_SOURCE, clock)
 
     challenge = register(1)[-1].data
-    nonce = _NONCE.search(challenge).group(1).decode()
+    found = _NONCE.search(challenge)
+    if found is None:
+        raise ValueError(f"no nonce in the challenge to REGISTER {n}")
+    nonce = found.group(1).decode()
     auth = authorization(username=user, password="secret", realm=domain, nonce=nonce,
                          method="REGISTER", uri=f"sip:{domain}")
     forwarded = register(2, f"Authorization: {auth}\r\n")[-1].data

@@ -12,7 +12,8 @@ import socket
 
 LOOPBACK = "127.0.0.1"
 
-_SOCKET_KINDS = {"udp": (socket.SOCK_DGRAM,), "tcp": (socket.SOCK_STREAM,)}
+_SOCKET_KINDS: dict[str, tuple[socket.SocketKind, ...]] = {
+    "udp": (socket.SOCK_DGRAM,), "tcp": (socket.SOCK_STREAM,)}
 _SOCKET_KINDS["both"] = _SOCKET_KINDS["udp"] + _SOCKET_KINDS["tcp"]
 _handed_out: set[int] = set()
 
