@@ -124,7 +124,9 @@ class KamailioProcess:
             probe.settimeout(0.2)
             while time.monotonic() < deadline:
                 if self._process.poll() is not None:
-                    raise self._failure(f"exited with {self._process.returncode} before it was ready")
+                    raise self._failure(
+                        f"exited with {self._process.returncode} before it was ready"
+                    )
                 probe.sendto(options_request(probe.getsockname(), self.address), self.address)
                 try:
                     reply, _ = probe.recvfrom(65535)
