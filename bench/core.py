@@ -2,7 +2,7 @@
 """CPU time per call of the route script itself: no sockets, no other processes.
 
 The whole proxy as ``sipgw serve`` assembles it (auth over an in-memory store, dispatcher,
-dialogs, NAT detection; ``tests/helpers/fuzzproxy.py``) is fed the datagrams of SIPp's bench
+dialogs, NAT detection; ``sipgw.tools.fuzzproxy``) is fed the datagrams of SIPp's bench
 call (bench/scenarios/uac.xml and uas.xml: INVITE, 100, 180, 200, ACK, BYE, 200) from a
 trusted caller, on a fake clock. Only the time inside ``Proxy.receive`` is counted
 (``time.process_time``), so the number is the proxy's own cost per call whatever else the
@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sipgw.proxy.runtime import gcpolicy  # noqa: E402
-from tests.helpers.fuzzproxy import FuzzProxy  # noqa: E402
-from tests.helpers.loadflows import HeapClock, one_call, one_register  # noqa: E402
+from sipgw.tools.fuzzproxy import FuzzProxy  # noqa: E402
+from sipgw.tools.loadflows import HeapClock, one_call, one_register  # noqa: E402
 
 
 def run(calls: int, flow=one_call) -> float:

@@ -12,7 +12,7 @@ torture set, each checked against the contract (parsed or ParseError, every acce
 proxy uses works or raises ParseError, as a datagram and as a stream). Inputs that break it
 are written to --crash-dir, one file per kind, for tests/data/fuzz-corpus.
 
-Proxy: a real ``sipgw serve`` set up as tests/integration/fuzz_run.py says (auth on, pike
+Proxy: a real ``sipgw serve`` set up as ``sipgw.tools.fuzzrun`` says (auth on, pike
 off, a backend answering 200), with start/peak/end RSS, the log checked for tracebacks and
 internal errors, ``sipgw ctl core.uptime`` asked at the end. Everything listens on
 127.0.0.1 and stops by itself. Numbers go in notes, not in test asserts.
@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sipgw.tools.fuzz import Mutator, load_seeds, run_parser  # noqa: E402
-from tests.integration.fuzz_run import TORTURE, fuzz_running_sipgw  # noqa: E402
+from sipgw.tools.fuzzrun import fuzz_running_sipgw  # noqa: E402
+
+TORTURE = ROOT / "tests" / "data" / "torture"  # the RFC 4475 messages, as data
 
 
 def _parser_part(seed: int, start: int, count: int):
@@ -66,7 +68,7 @@ def proxy_run(count: int, seed: int, passes: int) -> bool:
     with tempfile.TemporaryDirectory(prefix="sipgw-fuzz-") as work:
         t0 = time.monotonic()
         report = fuzz_running_sipgw(
-            Path(work) / "gw", count, seed=seed, passes=passes,
+            Path(work) / "gw", count, seeds=[TORTURE], seed=seed, passes=passes,
             progress=lambda n, mem: print(f"  ... {n} sent, RSS {mem[0]} kB", flush=True))
         print(f"proxy ({time.monotonic() - t0:.0f} s with start and stop): {report.text()}")
     return (not report.bad_log_lines and report.uptime_answer != ""

@@ -26,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from calls import cpu_seconds, free_port, last_stats, wait_options_200
+from calls import cpu_seconds, last_stats, wait_options_200
+
+from sipgw.tools.loopback import free_port  # calls.py put the tree on sys.path
 
 HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE.parent / "tests" / "integration" / "scenarios"

@@ -47,14 +47,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from calls import cpu_seconds, free_port, last_stats, wait_options_200
+from calls import cpu_seconds, last_stats, wait_options_200
 from register import stop
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from sipgw.tools.kamailio import KamailioProcess, kamailio_executable  # noqa: E402
+from sipgw.tools.loopback import free_port  # noqa: E402
 from sipgw.tools.wsload import LoadResult, run_load  # noqa: E402
-from tests.browser.kamailio_process import KamailioProcess, kamailio_executable  # noqa: E402
 
 SCENARIOS = HERE.parent / "tests" / "integration" / "scenarios"
 WARMUP = 200

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sipgw.config import load_config  # noqa: E402
 from sipgw.proxy.runtime import gcpolicy  # noqa: E402
 from sipgw.proxy.service import make_service  # noqa: E402
+from sipgw.tools.loadflows import HeapClock, uas_answer  # noqa: E402
 from sipgw.tools.wsload import _Account, _Client  # noqa: E402
-from tests.helpers.loadflows import HeapClock, uas_answer  # noqa: E402
 
 SIP_PORT, WS_PORT, UAS_PORT = 25060, 28080, 25080
 UAS = ("127.0.0.1", UAS_PORT)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.kamailio_process import KamailioRunner, kamailio_executable
+from sipgw.tools.kamailio import kamailio_executable
+from tests.browser.kamailio_process import KamailioRunner
 from tests.browser.rig import ARTIFACTS, CHROMIUM, BrowserRig, PageServer, missing_setup_outputs
 
 

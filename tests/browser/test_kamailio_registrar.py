@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.browser.kamailio_process import KamailioProcess, KamailioRunner
+from sipgw.tools.kamailio import KamailioProcess
+from tests.browser.kamailio_process import KamailioRunner
 from tests.integration.sipp import LOOPBACK
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.kamailio_process import KamailioProcess, KamailioRunner
+from sipgw.tools.kamailio import KamailioProcess
+from tests.browser.kamailio_process import KamailioRunner
 from tests.browser.rig import BrowserRig, Page, PageServer, RigError, self_signed_certificate
 
 pytestmark = pytest.mark.integration

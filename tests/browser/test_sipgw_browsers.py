@@ -36,9 +36,10 @@ from pathlib import Path
 import pytest
 
 from sipgw.rpc.client import Client
-from tests.browser.kamailio_process import KamailioProcess, KamailioRunner, kamailio_executable
+from sipgw.tools.kamailio import KamailioProcess, kamailio_executable
+from sipgw.tools.process import run_cli
+from tests.browser.kamailio_process import KamailioRunner
 from tests.browser.rig import ARTIFACTS, ROOT, BrowserRig, Page, PageServer, self_signed_certificate
-from tests.integration.sipgw_process import run_cli
 from tests.integration.sipp import LOOPBACK, free_port
 from tests.integration.test_ws_sipp import WsSipgw
 

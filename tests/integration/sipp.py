@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-LOOPBACK = "127.0.0.1"
+from sipgw.tools.loopback import LOOPBACK, free_port
+
 SCENARIOS = Path(__file__).with_name("scenarios")
 
 # SIPp's documented exit codes.
@@ -48,41 +49,11 @@ EXIT_CODES = {
 }
 
 _TRANSPORTS = {"udp": "u1", "tcp": "t1"}
-_SOCKET_KINDS = {"udp": (socket.SOCK_DGRAM,), "tcp": (socket.SOCK_STREAM,)}
-_SOCKET_KINDS["both"] = _SOCKET_KINDS["udp"] + _SOCKET_KINDS["tcp"]
-# Ports handed out in this test run: a port stays free in the kernel until the process it
-# was meant for binds it, so without this two quick calls could return the same port.
-_handed_out: set[int] = set()
 _names = itertools.count(1)
 
 
 class SippError(Exception):
     """SIPp could not be run, did not become ready, or left no readable trace."""
-
-
-def free_port(kind: str = "both") -> int:
-    """A port on 127.0.0.1 that is free for ``kind``: "udp", "tcp" or "both" at once.
-
-    SIP listens on UDP and TCP on the same port, so "both" is the default. The port is
-    free when this returns; it is never handed out twice in one test run.
-    """
-    kinds = _SOCKET_KINDS[kind]
-    for _ in range(100):
-        sockets = [socket.socket(socket.AF_INET, k) for k in kinds]
-        try:
-            sockets[0].bind((LOOPBACK, 0))
-            port = sockets[0].getsockname()[1]
-            for other in sockets[1:]:
-                other.bind((LOOPBACK, port))
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-    raise SippError(f"no free {kind} port on {LOOPBACK} after 100 tries")
 
 
 def scenario_path(scenario: str | os.PathLike[str]) -> Path:

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from sipgw.store import make_subscriber
-from tests.helpers.digest_client import authorization, challenges
+from sipgw.tools.digest_client import authorization, challenges
+from sipgw.tools.process import SipgwProcess
 from tests.helpers.redis_server import RedisServer
 from tests.integration.sipgw_process import (
-    SipgwProcess,
     UdpPeer,
     build_request,
     build_response,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.sipgw_process import SipgwProcess, SipgwRunner, TcpPeer, run_cli
+from sipgw.tools.process import SipgwProcess, run_cli
+from tests.integration.sipgw_process import SipgwRunner, TcpPeer
 from tests.integration.sipp import SippRunner
 
 pytestmark = pytest.mark.integration

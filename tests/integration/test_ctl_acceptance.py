@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.sipgw_process import build_request, run_cli
+from sipgw.tools.process import run_cli
+from tests.integration.sipgw_process import build_request
 from tests.integration.sipp import SippRunner, free_port
 from tests.integration.test_trace_sipp import start_trace
 from tests.integration.test_ws_sipp import WsSipgw

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.digest_client import challenges
+from sipgw.tools.digest_client import challenges
+from sipgw.tools.process import SipgwProcess
 from tests.integration.baresip import Baresip
-from tests.integration.sipgw_process import SipgwProcess, UdpPeer, build_response
+from tests.integration.sipgw_process import UdpPeer, build_response
 from tests.integration.sipp import SippMessage, SippProcess, SippRunner
 from tests.integration.test_auth_sipp import REALM, Phone, add_user, credentials_file, start_gw
 

@@ -17,14 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from sipgw.tools.process import SipgwProcess, run_cli
 from tests.helpers.poll import wait_until
-from tests.integration.sipgw_process import (
-    SipgwProcess,
-    SipgwRunner,
-    UdpPeer,
-    build_request,
-    run_cli,
-)
+from tests.integration.sipgw_process import SipgwRunner, UdpPeer, build_request
 from tests.integration.sipp import SippProcess, SippRunner
 
 pytestmark = pytest.mark.integration

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from sipgw.store import make_subscriber
+from sipgw.tools.process import SipgwProcess, run_cli
 from tests.helpers.certs import CertAuthority
 from tests.helpers.redis_server import RedisServer
-from tests.integration.sipgw_process import SipgwProcess, SipgwRunner, run_cli
+from tests.integration.sipgw_process import SipgwRunner
 from tests.integration.sipp import LOOPBACK, SippRunner, free_port
 from tests.integration.test_auth_sipp import REALM, add_user, auth_toml, redis  # noqa: F401
 from tests.integration.test_tls_sipgw import TlsSipgw

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from sipgw.tools.process import SipgwProcess, run_cli
 from tests.helpers.poll import wait_until
 from tests.helpers.redis_server import RedisServer
-from tests.integration.sipgw_process import SipgwProcess, UdpPeer, build_request, run_cli
+from tests.integration.sipgw_process import UdpPeer, build_request
 from tests.integration.sipp import SippRunner
 from tests.integration.test_auth_sipp import redis, store_url, users  # noqa: F401 - fixtures
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from sipgw.tools.process import SipgwProcess
 from tests.helpers.poll import wait_until
 from tests.integration.sipgw_process import (
-    SipgwProcess,
     SipgwRunner,
     UdpPeer,
     build_request,

@@ -21,14 +21,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from sipgw.tools.process import SipgwProcess, run_cli
 from tests.helpers.redis_server import RedisServer, redis_fixture
 from tests.integration.sipgw_process import (
-    SipgwProcess,
     SipgwRunner,
     build_request,
     control_toml,
     kernel_udp_drops,
-    run_cli,
     statistics,
 )
 from tests.integration.sipp import SippProcess, SippRunner, assert_all_calls_succeeded

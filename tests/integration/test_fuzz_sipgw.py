@@ -1,5 +1,5 @@
 """Fuzzing a real sipgw over UDP, TCP and WebSocket, and other proxies' crash triggers sent
-to it over real sockets (``tests/integration/fuzz_run.py`` says how the sipgw is set up)."""
+to it over real sockets (``sipgw.tools.fuzzrun`` says how the sipgw is set up)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from sipgw.tools.fuzzrun import BAD_LOG, FuzzSipgw, fuzz_running_sipgw
+from tests.helpers.torture import TORTURE_DIR
 from tests.helpers.triggers import TRIGGERS, request
-from tests.integration.fuzz_run import BAD_LOG, FuzzSipgw, fuzz_running_sipgw
 from tests.integration.sipgw_process import TcpPeer, UdpPeer
 from tests.integration.wspeer import WsPeer
 
@@ -26,7 +27,7 @@ RSS_LEFT_KB = 2_500
 def test_twenty_thousand_mutated_messages_leave_sipgw_serving_near_its_start_memory(
     tmp_path: Path,
 ) -> None:
-    report = fuzz_running_sipgw(tmp_path / "gw", 20_000, seed=20261128)
+    report = fuzz_running_sipgw(tmp_path / "gw", 20_000, seeds=[TORTURE_DIR], seed=20261128)
     summary = report.text()
     assert sum(report.sent.sent.values()) == 20_000, summary
     assert min(report.sent.sent[t] for t in ("udp", "tcp", "ws")) >= 6_666, summary

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from sipgw.tools.process import run_cli
 from tests.helpers.guide import copied
-from tests.integration.sipgw_process import run_cli
 from tests.integration.sipp import LOOPBACK, SippRunner, assert_all_calls_succeeded, free_port
 from tests.integration.test_pike_sipp import FLOODER, Flooder
 from tests.integration.test_ws_sipp import WsSipgw

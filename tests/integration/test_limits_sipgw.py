@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from sipgw.proxy.limits import LOG_INTERVAL
+from sipgw.tools.process import SipgwProcess
 from tests.helpers import wsframes as wf
 from tests.helpers.certs import CertAuthority
 from tests.integration.sipgw_process import (
-    SipgwProcess,
     TcpPeer,
     UdpPeer,
     build_request,

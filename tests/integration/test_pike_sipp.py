@@ -17,14 +17,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from sipgw.tools.process import SipgwProcess, run_cli
 from tests.helpers.poll import wait_until
-from tests.integration.sipgw_process import (
-    SipgwProcess,
-    build_request,
-    kernel_udp_drops,
-    run_cli,
-    statistics,
-)
+from tests.integration.sipgw_process import build_request, kernel_udp_drops, statistics
 from tests.integration.sipp import SippRunner, assert_all_calls_succeeded
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """The foundation's acceptance tests: SIPp caller → sipgw → SIPp backend, all real processes.
 
-sipgw runs as ``python -m sipgw serve`` (``sipgw_process.py``), the peers are the SIPp
+sipgw runs as ``python -m sipgw serve`` (``sipgw.tools.process``), the peers are the SIPp
 scenarios proven against each other in ``test_sipp_harness.py``, or raw sockets where a
 test needs to control every byte or every moment (a retransmission, a silent backend, a
 malformed datagram). What each test checks is what the peers saw on the wire: RFC 3261
@@ -19,17 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from sipgw.tools.process import SipgwProcess, backend_uri, config_toml, run_cli
 from tests.integration.sipgw_process import (
-    SipgwProcess,
     SipgwRunner,
     TcpPeer,
     UdpPeer,
-    backend_uri,
     build_request,
     build_response,
     collect_from_many,
-    config_toml,
-    run_cli,
 )
 from tests.integration.sipp import (
     LOOPBACK,

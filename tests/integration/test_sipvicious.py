@@ -24,14 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from sipgw.tools.process import SipgwProcess, run_cli
 from tests.helpers import sipvicious
-from tests.integration.sipgw_process import (
-    SipgwProcess,
-    SipgwRunner,
-    UdpPeer,
-    control_toml,
-    run_cli,
-)
+from tests.integration.sipgw_process import SipgwRunner, UdpPeer, control_toml
 from tests.integration.sipp import free_port
 from tests.integration.test_auth_sipp import Phone, auth_toml
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from sipgw.tools.process import SipgwProcess
 from tests.helpers.certs import CertAuthority
-from tests.integration.sipgw_process import SipgwProcess, TcpPeer, build_request
+from tests.integration.sipgw_process import TcpPeer, build_request
 from tests.integration.sipp import LOOPBACK, SippRunner, free_port
 from tests.integration.wspeer import WsPeer
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from sipgw.sip.address import parse_name_addr
-from tests.integration.sipgw_process import SipgwProcess, build_request, build_response
+from sipgw.tools.process import SipgwProcess
+from tests.integration.sipgw_process import build_request, build_response
 from tests.integration.sipp import LOOPBACK, SippRunner, free_port
 from tests.integration.wspeer import WsPeer
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from sipgw.sip.parser import parse_message
-from tests.helpers.fakes import BACKEND
-from tests.helpers.fuzzproxy import SOURCES, FuzzProxy
+from sipgw.tools.fuzzproxy import SOURCES, FuzzProxy
+from sipgw.tools.harness import BACKEND
 from tests.helpers.triggers import TRIGGERS, request
 
 

@@ -86,7 +86,7 @@ def test_a_dialog_without_bye_expires_at_the_timeout_and_not_before():
 
 
 def test_a_relayed_call_is_counted_and_its_bye_uncounts_it():
-    from tests.helpers.fakes import BACKEND_SOURCE, ProxyHarness, valid_invite
+    from sipgw.tools.harness import BACKEND_SOURCE, ProxyHarness, valid_invite
 
     harness = ProxyHarness()
     stats = harness.proxy.stats

@@ -1,6 +1,6 @@
 """The fuzzer's finds and a bounded fuzz run through the whole route script in-process.
 
-``FuzzProxy`` (``tests/helpers/fuzzproxy.py``) is the proxy as ``sipgw serve`` assembles it
+``FuzzProxy`` (``sipgw/tools/fuzzproxy.py``) is the proxy as ``sipgw serve`` assembles it
 (AUTH, dispatcher, dialogs, flows, NAT, a trace subscriber) on a fake clock. Contract: no
 exception escapes ``Proxy.receive``, no failure is logged, no 500 is sent, and a plain
 INVITE is still forwarded afterwards.
@@ -14,8 +14,8 @@ import pytest
 
 from sipgw.sip.parser import parse_message
 from sipgw.tools.fuzz import Mutator, load_seeds
-from tests.helpers.fakes import BACKEND, our_route
-from tests.helpers.fuzzproxy import HOWS, FuzzProxy, contract_broken, fuzz_proxy
+from sipgw.tools.fuzzproxy import HOWS, FuzzProxy, contract_broken, fuzz_proxy
+from sipgw.tools.harness import BACKEND, our_route
 from tests.helpers.torture import TORTURE_DIR
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "fuzz-corpus"

@@ -9,7 +9,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from sipgw.proxy.runtime import log as sipgw_log
 from sipgw.sip.nat import NatTest
-from tests.helpers.fakes import CLIENT_HOST, CLIENT_PORT, ProxyHarness, valid_invite
+from sipgw.tools.harness import CLIENT_HOST, CLIENT_PORT, ProxyHarness, valid_invite
 from tests.proxy.test_registrar import backend_invite, register, token
 from tests.proxy.transport.ws.test_ws_relay import BACKEND_SRC, WS, flows, link, proxy  # noqa: F401
 

@@ -26,8 +26,8 @@ from sipgw.proxy.transport.stream import _ServerFactory
 from sipgw.rpc.registry import RpcError
 from sipgw.sip.message import Request, Response
 from sipgw.sip.parser import Limits, parse_message
+from sipgw.tools.harness import ProxyHarness, config_with, valid_invite
 from tests.helpers import wsframes as wf
-from tests.helpers.fakes import ProxyHarness, config_with, valid_invite
 from tests.proxy.auth.test_auth import Rig, answer, fail_once, sip_request
 from tests.proxy.dispatcher.test_dispatcher_algorithms import invite as dispatcher_invite
 from tests.proxy.dispatcher.test_dispatcher_algorithms import make as make_dispatcher

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.fakes import BACKEND, CLIENT_HOST, SIGNER, our_route
-from tests.helpers.fuzzproxy import FuzzProxy
+from sipgw.tools.fuzzproxy import FuzzProxy
+from sipgw.tools.harness import BACKEND, CLIENT_HOST, SIGNER, our_route
 
 VICTIM = "127.0.0.6:5099"
 CALL_ID, FROM_TAG, TO_TAG = "forged-1", "e1", "t1"

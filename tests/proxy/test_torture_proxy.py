@@ -1,7 +1,7 @@
 """RFC 4475 through the running proxy core: forwarded, answered, or dropped, file by file.
 
 Every torture message is fed to a real ``Proxy`` (fake clock, recording link; see
-``tests/helpers/fakes.py``) as one UDP datagram from 192.0.2.99:5999, and the table below
+``sipgw/tools/harness.py``) as one UDP datagram from 192.0.2.99:5999, and the table below
 says what must come out: the request at the backend (127.0.0.1:5080) with our Via, a
 decremented or added Max-Forwards, our Record-Route on an INVITE and every other line and
 the body byte-identical; or one response to the source with the expected status; or
@@ -33,7 +33,7 @@ from sipgw.sip.errors import FramingError
 from sipgw.sip.headers import header_key
 from sipgw.sip.message import Request, Response, make_response
 from sipgw.sip.parser import Limits, parse_message
-from tests.helpers.fakes import (
+from sipgw.tools.harness import (
     BACKEND,
     BACKEND_SOURCE,
     CLIENT_HOST,

@@ -19,8 +19,8 @@ from sipgw.proxy.transport import Destination, Source
 from sipgw.sip.parser import parse_message
 from sipgw.store import StoreError, StoreUnavailable, Subscriber, make_subscriber
 from sipgw.store.memory import MemoryStore
-from tests.helpers.digest_client import authorization, challenges
-from tests.helpers.fakes import config_with, core, our_route
+from sipgw.tools.digest_client import authorization, challenges
+from sipgw.tools.harness import config_with, core, our_route
 
 REALM = "sipgw.test"
 PHONE = Source(transport="udp", host="192.0.2.10", port=5070, local_host="127.0.0.1",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.helpers.fakes import CLIENT_HOST, CLIENT_PORT, UDP_SOURCE
-from tests.helpers.fuzzproxy import REALM, FuzzProxy
+from sipgw.tools.fuzzproxy import REALM, FuzzProxy
+from sipgw.tools.harness import CLIENT_HOST, CLIENT_PORT, UDP_SOURCE
 
 
 def request(method: str, branch: str, cseq: int = 1, to_tag: str = "") -> bytes:

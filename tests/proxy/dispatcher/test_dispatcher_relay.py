@@ -12,7 +12,7 @@ from sipgw.config import DispatcherConfig
 from sipgw.proxy.core import Proxy
 from sipgw.proxy.transport import Source
 from sipgw.rpc.registry import RpcError, methods_of
-from tests.helpers.fakes import config_with, core
+from sipgw.tools.harness import config_with, core
 from tests.proxy.relay import test_relay
 from tests.proxy.relay.test_relay import CALLER, Link, reply_from_backend, request
 

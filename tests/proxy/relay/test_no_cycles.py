@@ -13,9 +13,9 @@ import re
 
 import pytest
 
-from tests.helpers.fakes import BACKEND_SOURCE
-from tests.helpers.fuzzproxy import TRUSTED, FuzzProxy
-from tests.helpers.loadflows import (
+from sipgw.tools.fuzzproxy import TRUSTED, FuzzProxy
+from sipgw.tools.harness import BACKEND_SOURCE
+from sipgw.tools.loadflows import (
     SDP,
     HeapClock,
     caller_request,

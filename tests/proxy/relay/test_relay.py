@@ -16,7 +16,7 @@ from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.transport import Destination, Source
 from sipgw.sip.message import Response
 from sipgw.sip.parser import parse_message
-from tests.helpers.fakes import config_with, core
+from sipgw.tools.harness import config_with, core
 
 CALLER = Source(transport="udp", host="192.0.2.10", port=5070, local_host="127.0.0.1",
                 local_port=5060)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import gc
 import re
 
-from tests.helpers.fakes import BACKEND_SOURCE
-from tests.helpers.fuzzproxy import TRUSTED, FuzzProxy
-from tests.helpers.loadflows import SDP, HeapClock, caller_request, one_call, uas_answer
+from sipgw.tools.fuzzproxy import TRUSTED, FuzzProxy
+from sipgw.tools.harness import BACKEND_SOURCE
+from sipgw.tools.loadflows import SDP, HeapClock, caller_request, one_call, uas_answer
 
 _URI = "sip:service@127.0.0.1:5060"
 _RR = re.compile(rb"^Record-Route: (.*)$", re.M)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tracer
 from sipgw.proxy.trace.hep import HepExporter
+from sipgw.tools.harness import ProxyHarness, valid_invite
 from sipgw.wire.hep import decode
-from tests.helpers.fakes import ProxyHarness, valid_invite
 
 
 def test_the_exporter_sends_every_message_in_and_out_and_counts_failures():

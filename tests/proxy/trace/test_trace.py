@@ -7,7 +7,7 @@ import pytest
 
 from sipgw.proxy.trace import Tap, Tracer, summarize
 from sipgw.rpc.registry import RpcError
-from tests.helpers.fakes import BACKEND_SOURCE, ProxyHarness, valid_invite
+from sipgw.tools.harness import BACKEND_SOURCE, ProxyHarness, valid_invite
 
 
 @pytest.fixture

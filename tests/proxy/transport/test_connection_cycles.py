@@ -22,10 +22,10 @@ from zope.interface.declarations import InstanceDeclarations
 
 from sipgw.proxy.transport.stream import StreamConnection
 from sipgw.proxy.transport.ws import WsConnection
+from sipgw.tools.loadflows import uas_answer
 from tests.helpers import wsframes as wf
 from tests.helpers.cycles import cycles_in, describe, garbage
 from tests.helpers.liveproxy import Live, Peer
-from tests.helpers.loadflows import uas_answer
 
 RUNS = 20
 BIG = 30_000  # bytes per message pushed at a client that does not read

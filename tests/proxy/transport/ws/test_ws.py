@@ -17,8 +17,8 @@ from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import FlowTable
 from sipgw.proxy.transport.ws import WsTransport, client_address
 from sipgw.rpc.registry import RpcError, methods_of
+from sipgw.tools.harness import sections
 from tests.helpers import wsframes as wf
-from tests.helpers.fakes import sections
 
 OPTIONS = (
     b"OPTIONS sip:127.0.0.1:8080;transport=ws SIP/2.0\r\n"

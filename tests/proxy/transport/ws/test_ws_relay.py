@@ -11,7 +11,7 @@ from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.transport import Destination, FlowTable, Source
 from sipgw.sip.address import parse_name_addr
 from sipgw.sip.parser import parse_message
-from tests.helpers.fakes import SIGNER, core
+from sipgw.tools.harness import SIGNER, core
 
 WS = Source(transport="ws", host="192.0.2.1", port=40000, local_host="127.0.0.1",
             local_port=8080, flow_id=7)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import ip_network
+from typing import Any, cast
 
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 
 from sipgw.proxy.core import Proxy
 from sipgw.proxy.trace import summarize
@@ -29,7 +30,7 @@ from sipgw.sip.framing import PING, StreamFramer
 from sipgw.store import make_subscriber
 from sipgw.store.memory import MemoryStore
 from sipgw.tools.fuzz import NONCE
-from tests.helpers.fakes import (
+from sipgw.tools.harness import (
     BACKEND,
     BACKEND_SOURCE,
     CLIENT_HOST,
@@ -67,6 +68,11 @@ class _OpenFlow:
         pass
 
 
+def _summarize(data: bytes, source: Any) -> None:
+    """What the live trace does with each input (its summary line), with nobody reading."""
+    summarize(data)
+
+
 @dataclass
 class FuzzProxy(ProxyHarness):
     failures: list[dict] = field(default_factory=list)
@@ -77,6 +83,7 @@ class FuzzProxy(ProxyHarness):
         store.records[("5001", REALM)] = make_subscriber("5001", REALM, "secret")
         flows = FlowTable()
         for source in (TCP_SOURCE, WS_SOURCE):
+            assert source.flow_id is not None  # the sources of connections have one
             flows.add(_OpenFlow(source.flow_id, source.transport), source.transport,
                       source.host, source.port)
         # No bans: one fuzzing source fails auth all the time, and must keep reaching it.
@@ -86,7 +93,7 @@ class FuzzProxy(ProxyHarness):
                   "max_failures_user": 1 << 30, "max_failures_source": 1 << 30,
                   "nonce_secret": "k" * 32},
             dispatcher={"destinations": (f"sip:{BACKEND.host}:{BACKEND.port}",)})
-        self.tap.inbound = lambda data, source: summarize(data)
+        self.tap.inbound = _summarize
         proxy = core(clock=self.clock, send=self._record, config=config, flows=flows,
                      store=store, dispatch=True, tap=self.tap)
         self.nonce = b""
@@ -94,11 +101,11 @@ class FuzzProxy(ProxyHarness):
         return proxy
 
     def __enter__(self) -> FuzzProxy:
-        globalLogPublisher.addObserver(self._observe)
+        globalLogPublisher.addObserver(cast(ILogObserver, self._observe))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        globalLogPublisher.removeObserver(self._observe)
+        globalLogPublisher.removeObserver(cast(ILogObserver, self._observe))
 
     def _observe(self, event: dict) -> None:
         if event.get("log_failure") is not None:

@@ -1,7 +1,8 @@
 """SIPp's bench call and bench/register.py's REGISTER, fed to an in-process ``FuzzProxy``.
 
-Shared by ``bench/core.py`` (CPU per call of the route script) and the tests that hold the
-route script to properties of whole flows (``tests/proxy/relay/test_no_cycles.py``). The flows
+Shared by ``bench/core.py`` (CPU per call of the route script), ``bench/wscore.py`` (the
+backend's answer) and the tests that hold the route script to properties of whole flows
+(``tests/proxy/relay/test_no_cycles.py``). The flows
 are the datagrams of bench/scenarios/uac.xml and uas.xml: INVITE, 100, 180, 200, ACK,
 BYE, 200 from a trusted caller; and a digest REGISTER (401, then authorized, then the
 backend's 200).
@@ -12,14 +13,16 @@ from __future__ import annotations
 import heapq
 import re
 import time
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.base import DelayedCall
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from tests.helpers.digest_client import authorization
-from tests.helpers.fakes import BACKEND_SOURCE, CLIENT_HOST, CLIENT_PORT, UDP_SOURCE
-from tests.helpers.fuzzproxy import REALM, TRUSTED, FuzzProxy
+from sipgw.tools.digest_client import authorization
+from sipgw.tools.fuzzproxy import REALM, TRUSTED, FuzzProxy
+from sipgw.tools.harness import BACKEND_SOURCE, CLIENT_HOST, CLIENT_PORT, UDP_SOURCE
 
 CALLER = f"{TRUSTED.host}:{TRUSTED.port}"
 SDP = (b"v=0\r\no=user1 53655765 2353687637 IN IP4 198.51.100.7\r\ns=-\r\n"
@@ -105,8 +108,9 @@ class HeapClock:
     def seconds(self) -> float:
         return self.now
 
-    def callLater(self, delay, f, *args, **kw) -> DelayedCall:
-        call = DelayedCall(self.now + delay, f, args, kw, self._cancelled, self._reset,
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: object,
+                  **kwargs: object) -> DelayedCall:
+        call = DelayedCall(self.now + delay, callable, args, kwargs, self._cancelled, self._reset,
                            seconds=self.seconds)
         heapq.heappush(self.heap, call)
         return call
@@ -150,7 +154,10 @@ def one_register(h: FuzzProxy, n: int, clock: list[float]) -> None:
         return feed_timed(h, head.encode(), UDP_SOURCE, clock)
 
     challenge = register(1)[-1].data
-    nonce = _NONCE.search(challenge).group(1).decode()
+    found = _NONCE.search(challenge)
+    if found is None:
+        raise ValueError(f"no nonce in the challenge to REGISTER {n}")
+    nonce = found.group(1).decode()
     auth = authorization(username=user, password="secret", realm=domain, nonce=nonce,
                          method="REGISTER", uri=f"sip:{domain}")
     forwarded = register(2, f"Authorization: {auth}\r\n")[-1].data

@@ -5,6 +5,9 @@
 127.0.0.1:5080, and records every ``(bytes, Destination)`` the proxy sends instead of
 putting it on a socket. ``udp()`` hands it one datagram, ``tcp()`` a piece of a byte stream
 cut into messages by a ``StreamFramer``, as ``StreamConnection`` does.
+
+A tool for the tests and the benchmarks (``bench/core.py``): it needs no test framework,
+so that both can import it from ``sipgw`` and the bench depends on nothing in ``tests/``.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class Sent:
         return parse_message(self.data)
 
 
-# A fixed signing key, so that tests can write the Record-Route sipgw writes for a dialog.
+# A fixed signing key, so that a test can write the Record-Route sipgw writes for a dialog.
 ROUTE_KEY = b"the route key of the test proxies"
 SIGNER = RouteSigner(ROUTE_KEY)
 
@@ -155,10 +158,10 @@ class ProxyHarness:
         """Bytes of a stream in (may raise ``FramingError``); returns what was sent."""
         before = len(self.sent)
         for item in self.framer.feed(data):
-            if item is PING:
-                self.pings += 1
-            else:
+            if isinstance(item, bytes):
                 self.proxy.receive(item, source)
+            elif item is PING:
+                self.pings += 1
         return self.sent[before:]
 
     def tcp_chunks(self, chunks: Iterable[bytes], source: Source = TCP_SOURCE) -> list[Sent]:

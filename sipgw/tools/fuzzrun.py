@@ -16,7 +16,7 @@ transaction has ended (``tm:inuse_transactions`` = 0, a bounded poll), and its R
 from /proc: at start (once ready), peak (VmHWM) and at the end.
 
 Used by ``tests/integration/test_fuzz_sipgw.py`` (a bounded run in CI) and
-``bench/fuzz.py`` (the 100,000-message run).
+``bench/fuzz.py`` (the 100,000-message run); it needs no test framework.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ from pathlib import Path
 
 from sipgw.rpc.client import Client, RemoteError, Unreachable
 from sipgw.tools.fuzz import Mutator, Responder, Sender, SendReport, load_seeds
-from tests.integration.sipgw_process import SipgwProcess, run_cli
-from tests.integration.sipp import LOOPBACK, free_port
+from sipgw.tools.loopback import LOOPBACK, free_port
+from sipgw.tools.process import SipgwProcess, run_cli
 
-TORTURE = Path(__file__).resolve().parent.parent / "data" / "torture"
 TRUSTED = "127.0.0.2"
 CHUNK = 500
 BAD_LOG = re.compile(r"Traceback|internal error|Unhandled error", re.IGNORECASE)
@@ -115,10 +114,11 @@ class ProxyFuzzReport:
         )
 
 
-def fuzz_running_sipgw(workdir: Path, count: int, *, seed: int = 1, passes: int = 1,
-                       progress=None) -> ProxyFuzzReport:
+def fuzz_running_sipgw(workdir: Path, count: int, *, seeds: list[Path], seed: int = 1,
+                       passes: int = 1, progress=None) -> ProxyFuzzReport:
     """Start a FuzzSipgw, throw ``count`` mutated messages at it ``passes`` times (new
-    messages each time), judge it, stop it.
+    messages each time), judge it, stop it. The messages are mutations of the built-in ones
+    and of the files in ``seeds`` (the RFC 4475 torture set in ``tests/data/torture``).
 
     RSS after a pass is read once every transaction has ended, but before ``core.memory``
     trims: the heap freed since the last once-a-minute trim may still be counted. The end
@@ -130,7 +130,7 @@ def fuzz_running_sipgw(workdir: Path, count: int, *, seed: int = 1, passes: int 
             report = ProxyFuzzReport(sent=SendReport())
             report.rss_start_kb = gw.memory_kb()[0]
             report.blocks.append(gw.call("core.memory")["python_blocks"])
-            mutator = Mutator(load_seeds([TORTURE]), seed)
+            mutator = Mutator(load_seeds(seeds), seed)
             senders = [Sender(mutator, udp=gw.address, tcp=gw.address, ws=gw.ws_address,
                               local=local) for local in (LOOPBACK, TRUSTED)]
             try:

@@ -1,4 +1,5 @@
-"""The client side of digest authentication, for tests: answer a challenge as a phone does."""
+"""The client side of digest authentication, for tests and load flows: answer a challenge as
+a phone does."""
 
 from __future__ import annotations
 

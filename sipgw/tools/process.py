@@ -1,0 +1,314 @@
+"""Run ``sipgw serve`` as a child process on loopback, for tests and benchmarks.
+
+A :class:`SipgwProcess` is one ``python -m sipgw serve -c FILE`` in a work directory:
+
+- ``sipgw.toml``: the configuration it was started with (UDP and TCP on one free loopback
+  port, WebSocket off, one backend), which a test may rewrite before a SIGHUP;
+- ``sipgw.log``: everything the process wrote (stdout and stderr), read by
+  :meth:`SipgwProcess.log_text`.
+
+Nothing here sleeps to wait. Readiness is a bounded poll: an ``OPTIONS`` to sipgw itself
+(``sipgw.tools.options``) every 50 ms until its 200 comes back. Ends are ``Popen.wait``
+with a timeout. :func:`run_cli` runs one ``python -m sipgw`` command to its end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sipgw.tools.loopback import LOOPBACK, free_port
+from sipgw.tools.options import NoAnswer, ping
+
+READY_TIMEOUT = 10.0
+READY_POLL = 0.05
+STOP_TIMEOUT = 15.0  # above proxy.drain_timeout (10 s): SIGTERM may wait for answers
+
+
+
+class SipgwError(Exception):
+    """sipgw could not be started, did not become ready, or did not stop cleanly."""
+
+
+def backend_uri(backend: str, transport: str = "udp") -> str:
+    """``"127.0.0.1:5080"`` → ``"sip:127.0.0.1:5080"`` (``;transport=tcp`` for TCP).
+
+    A value that is already a URI (``"sip:..."``) is taken as it is.
+    """
+    if backend.startswith(("sip:", "sips:")):
+        return backend
+    if transport not in ("udp", "tcp"):
+        raise ValueError(f"transport must be 'udp' or 'tcp', not {transport!r}")
+    return f"sip:{backend}" + ("" if transport == "udp" else f";transport={transport}")
+
+
+def config_toml(
+    *, port: int, backend: str, extra_toml: str = "", log_level: str = "debug",
+    auth: bool = False, dispatcher: str | None = None,
+) -> str:
+    """The configuration of one test sipgw: UDP and TCP on ``port``, ws off, one backend.
+
+    ``extra_toml`` is appended as it is: it may add sections (``[timers]``, ``[proxy]``)
+    but not repeat ``[listen]``, ``[dispatcher]`` or ``[log]``. Without ``auth``, loopback
+    is trusted (``[auth] trusted``: tests of relaying are not about passwords); with it,
+    ``extra_toml`` brings ``[auth]`` and ``[subscribers]``.
+
+    ``dispatcher`` replaces the body of ``[dispatcher]``. By default it is the one backend
+    with probes off: SIPp scenarios do not answer OPTIONS, and a backend that never
+    answers its probes is rightly taken out of service after ``ping_timeout``.
+    """
+    if dispatcher is None:
+        dispatcher = f'destinations = ["{backend}"]\nping_interval = 0\n'
+
+    text = (
+        "# Written by sipgw.tools.process\n"
+        "[listen]\n"
+        f'udp = ["{LOOPBACK}:{port}"]\n'
+        f'tcp = ["{LOOPBACK}:{port}"]\n'
+        "ws = []\n"
+        "\n"
+        "[dispatcher]\n"
+        f"{dispatcher.strip()}\n"
+        "\n"
+        "[log]\n"
+        f'level = "{log_level}"\n'
+    )
+    if not auth:
+        text += '\n[auth]\ntrusted = ["127.0.0.0/8"]\n'
+    if extra_toml:
+        text += "\n" + extra_toml.strip("\n") + "\n"
+    return text
+
+
+class SipgwProcess:
+    """One sipgw on 127.0.0.1, UDP and TCP on the same free port, relaying to ``backend``.
+
+    ``backend`` is a "host:port" (made a URI with ``transport``) or a full SIP URI.
+    ``output`` is where its stdout and stderr go instead of ``sipgw.log`` (``/dev/full``).
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        *,
+        backend: str,
+        transport: str = "udp",
+        extra_toml: str = "",
+        log_level: str = "debug",
+        port: int | None = None,
+        python: str = sys.executable,
+        auth: bool = False,
+        dispatcher: str | None = None,
+        output: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.port = port if port is not None else free_port()
+        self.backend = backend_uri(backend, transport)
+        self.extra_toml = extra_toml
+        self.log_level = log_level
+        self.auth = auth
+        self.dispatcher = dispatcher
+        self.python = python
+        self.config_path = self.workdir / "sipgw.toml"
+        self.log_path = Path(output) if output is not None else self.workdir / "sipgw.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stopped = False
+
+    # -- addresses ----------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """Where callers send: ``127.0.0.1:PORT`` (UDP and TCP)."""
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def hostport(self) -> tuple[str, int]:
+        return (LOOPBACK, self.port)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.poll() if self._process else None
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    # -- configuration ------------------------------------------------------------------
+
+    def config_text(self, *, backend: str | None = None, extra_toml: str | None = None) -> str:
+        return config_toml(
+            port=self.port,
+            backend=self.backend if backend is None else backend,
+            extra_toml=self.extra_toml if extra_toml is None else extra_toml,
+            log_level=self.log_level,
+            auth=self.auth,
+            dispatcher=self.dispatcher,
+        )
+
+    def write_config(self, text: str) -> Path:
+        """Replace the file sipgw reads on SIGHUP (written whole, then renamed in place)."""
+        partial = self.config_path.with_suffix(".toml.new")
+        partial.write_text(text)
+        partial.replace(self.config_path)
+        return self.config_path
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        return [self.python, "-m", "sipgw", "serve", "-c", str(self.config_path)]
+
+    def start(self, ready_timeout: float = READY_TIMEOUT) -> SipgwProcess:
+        """Write the config, start the process, and return once it answers OPTIONS."""
+        if self._process is not None:
+            raise SipgwError("this sipgw was already started")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.write_config(self.config_text())
+        env = dict(os.environ)
+        env.pop("JOURNAL_STREAM", None)  # plain timestamped lines, not journald's
+        env.pop("SIPGW_CONFIG", None)
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(self.log_path, "wb") as log:
+            self._process = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=env,
+            )
+        try:
+            self.wait_ready(ready_timeout)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> SipgwProcess:
+        """Bounded poll: an OPTIONS to sipgw itself every 50 ms until its 200 arrives."""
+        process = self._require_started()
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise SipgwError(f"sipgw exited before it was ready\n{self.describe()}")
+            asked = time.monotonic()
+            try:
+                if ping(f"sip:{self.address}", timeout=READY_POLL).status == 200:
+                    return self
+            except (NoAnswer, OSError):
+                pass  # not listening yet: refused, or no answer in time
+            if time.monotonic() > deadline:
+                raise SipgwError(f"sipgw not ready after {timeout:g}s\n{self.describe()}")
+            try:  # the rest of the 50 ms (a refusal comes at once); returns early if it exits
+                process.wait(max(0.0, READY_POLL - (time.monotonic() - asked)))
+            except subprocess.TimeoutExpired:
+                pass
+
+    def reload(self) -> None:
+        """SIGHUP: sipgw reads its config file again."""
+        self._require_started().send_signal(signal.SIGHUP)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; asserts the process had run until now
+        and exited 0 on the SIGTERM."""
+        process = self._require_started()
+        if self._stopped:
+            return process.returncode if process.returncode is not None else process.wait()
+        self._stopped = True
+        code = process.poll()
+        if code is not None:
+            raise AssertionError(f"sipgw had already exited ({code})\n{self.describe()}")
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+            raise AssertionError(
+                f"sipgw still running {timeout:g}s after SIGTERM; killed\n{self.describe()}"
+            ) from None
+        assert code == 0, f"sipgw exited {code} on SIGTERM\n{self.describe()}"
+        return code
+
+    def kill(self) -> None:
+        """End the process at once, without judging how (a start that went wrong)."""
+        process = self._process
+        self._stopped = True
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(STOP_TIMEOUT)
+
+    # -- what it said -------------------------------------------------------------------
+
+    def log_text(self) -> str:
+        if not self.log_path.is_file():
+            return ""  # an output such as /dev/full: reading it never ends
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_for_log(self, pattern: str, *, after: int = 0, timeout: float = 5.0) -> str:
+        """The first log line matching regex ``pattern`` at or after character ``after``;
+        a bounded poll of the log file every 50 ms."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_text()[after:]
+            for line in text.splitlines():
+                if regex.search(line):
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"no log line matching {pattern!r} within {timeout:g}s\n{self.describe()}"
+                )
+            try:
+                self._require_started().wait(READY_POLL)
+            except subprocess.TimeoutExpired:
+                continue
+            raise AssertionError(f"sipgw exited while waiting for {pattern!r}\n{self.describe()}")
+
+    def describe(self) -> str:
+        code = self.returncode
+        state = "not started" if self._process is None else (
+            "running" if code is None else f"exit {code}"
+        )
+        tail = self.log_text()[-4000:]
+        return f"sipgw: {' '.join(self.command())} ({state})\n--- sipgw.log (end) ---\n{tail}"
+
+    def _require_started(self) -> subprocess.Popen[bytes]:
+        if self._process is None:
+            raise SipgwError("sipgw was not started")
+        return self._process
+
+    def __enter__(self) -> SipgwProcess:
+        return self.start() if self._process is None else self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._process is not None:
+            self.stop()
+
+    def __repr__(self) -> str:
+        return f"<SipgwProcess {self.address} -> {self.backend} pid={self.pid}>"
+
+
+def run_cli(*args: str, timeout: float = 20.0,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m sipgw ARGS``: its exit code, stdout and stderr; ``input`` is its stdin
+    (else none, so that a command waiting for a password fails instead of hanging)."""
+    return subprocess.run(
+        [sys.executable, "-m", "sipgw", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        stdin=subprocess.DEVNULL if input is None else None,
+        env={k: v for k, v in os.environ.items() if k not in ("SIPGW_CONFIG", "JOURNAL_STREAM")},
+    )
