@@ -1,8 +1,10 @@
 """The route script: what happens to a request, in the order Kamailio users know.
 
-REQINIT → (CANCEL, ACK, retransmissions) → WITHINDLG → RECORD-ROUTE → DISPATCH → RELAY.
-Later capabilities (NATDETECT, AUTH, REGISTRAR, the dispatcher) slot in as more steps of
-``on_request``; each step is a method that either answers the request or lets it through.
+REQINIT → retransmissions and ACK → NATDETECT → CANCEL → WITHINDLG → AUTH → REGISTRAR →
+DISPATCH → RELAY (with RECORD-ROUTE). Each step is a method that either answers the
+request or lets it through; ARCHITECTURE.md walks through them. A client's in-dialog
+request is relayed only along a Record-Route sipgw signed for that dialog
+(``sipgw.proxy.signing``), and only to a backend or a client sipgw holds.
 """
 
 from __future__ import annotations
@@ -316,8 +318,8 @@ class Router:
             if flow is not None:
                 return Destination(transport=target.transport, host=target.host,
                                    port=target.port, flow_id=flow.flow_id)
-        raise NotRelaying(f"it would go to {target.transport}:{target.host}:{target.port}, "
-                          "which is neither a backend nor a client")
+        where = transport_address(target.transport, target.host, target.port)
+        raise NotRelaying(f"it would go to {where}, which is neither a backend nor a client")
 
     def _trusted(self, source: Source) -> bool:
         """Backends and ``auth.trusted`` addresses may send in-dialog requests anywhere."""
