@@ -72,7 +72,7 @@ def test_top_draws_in_a_terminal_and_its_numbers_follow_the_traffic(
         tmux.start([sys.executable, "-m", "sipgw", "top", "-c", str(gw.config_path),
                     "--interval", "0.3"])
         screen = tmux.wait_for(lambda s: requests_count(s) is not None)
-        for panel in ("traffic", "transactions", "auth", "dialogs", "dispatcher"):
+        for panel in ("traffic", "transactions", "auth", "dialogs", "load", "dispatcher"):
             assert panel in screen
         before = requests_count(screen)
         with UdpPeer(gw.address) as peer:
