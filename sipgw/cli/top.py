@@ -184,7 +184,8 @@ def _down(where: str, why: str) -> Group:
 def top(app: App, config_path: str | None, interval: float, as_json: bool,
         iterations: int | None) -> None:
     """A live dashboard: traffic rates, transactions, connections, auth, dialogs, load
-    (queueing delay, loop lag) and dispatcher destinations. Reconnects when the proxy restarts; Ctrl-C stops."""
+    (queueing delay, loop lag) and dispatcher destinations. Reconnects when the proxy
+    restarts; Ctrl-C stops."""
     path = socket_path(app, config_path)
     client: Client | None = None
     prev = None

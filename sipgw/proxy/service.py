@@ -64,11 +64,11 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     """``sipgw serve`` as one Twisted service, every component built here, bottom-up.
 
     Its children start in this order and stop in the reverse one: the listeners, the
-    load signal's tick, the dispatcher's probes, pike's sweep, the control socket, metrics, the memory trim, and
-    systemd's notifications (READY=1 once everything before it listens; STOPPING=1 first
-    when stopping). ``send``: where the core's messages go instead of the listeners (tests
-    on a memory reactor). Raises ConfigError (TLS certificate) and ListFileError
-    (dispatcher list) before anything listens.
+    load signal's tick, the dispatcher's probes, pike's sweep, the control socket, metrics,
+    the memory trim, and systemd's notifications (READY=1 once everything before it
+    listens; STOPPING=1 first when stopping). ``send``: where the core's messages go
+    instead of the listeners (tests on a memory reactor). Raises ConfigError (TLS
+    certificate) and ListFileError (dispatcher list) before anything listens.
     """
     config = loaded.config
     stats = Stats()

@@ -113,7 +113,7 @@ class TimestampingPort(udp.Port):
             self.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         except OSError:
             log.warn("udp {a}: no kernel receive timestamps; no queueing delay measured",
-                     a=transport_address("udp", self.interface, self._realPortNumber))
+                     a=transport_address("udp", self.interface, self.getHost().port))
 
     def doRead(self) -> None:
         read = 0
