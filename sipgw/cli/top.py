@@ -136,9 +136,9 @@ def dashboard(snap: dict[str, Any], per_second: dict[str, float], where: str) ->
     grid = Table.grid(expand=True)
     for _ in range(3):
         grid.add_column(ratio=1)
-    grid.add_row(traffic, core, conns)
+    # Load under transactions: together as tall as traffic, so 24 lines still show it all.
+    grid.add_row(traffic, Group(core, load), conns)
     grid.add_row(auth, dlg, pike)
-    grid.add_row(load, "", "")
     stamp = time.strftime("%H:%M:%S", time.localtime(snap["time"]))
     return Group(Text(f"sipgw top  {where}  {stamp}", style="bold"), grid,
                  Panel(dest, title="dispatcher", title_align="left"))
