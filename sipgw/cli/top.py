@@ -1,6 +1,7 @@
 """``sipgw top``: a live dashboard of the running proxy, redrawn every interval.
 
-Each round asks the control socket for the statistics (``stats.fetch``), the active dialogs,
+Each round asks the control socket for the statistics (``stats.fetch``; the load panel is
+its ``load:`` gauges, sipgw-stats(7)), the active dialogs,
 and, when the proxy serves them, the dispatcher destinations, the bans and the open
 connections by transport (``core.connections``); rates are the
 change of a counter since the previous round. When the proxy goes away the dashboard says
@@ -114,6 +115,13 @@ def dashboard(snap: dict[str, Any], per_second: dict[str, float], where: str) ->
     ])
     pike = _pairs("pike", [("blocked now", g("pike.blocked_ips", "-")),
                            ("dropped", g("pike.dropped_msgs", "-"))])
+    load = _pairs("load", [
+        ("udp queue ms", _ms(g("load.udp_queue_delay_us"))),
+        ("udp queue max ms", _ms(g("load.udp_queue_delay_max_us"))),
+        ("loop lag ms", _ms(g("load.reactor_lag_us"))),
+        ("loop lag max ms", _ms(g("load.reactor_lag_max_us"))),
+        ("stream unread", g("load.stream_backlog_bytes", "-")),
+    ])
     dialogs = snap.get("dialogs") or {}
     dlg = _pairs("dialogs", [("active", dialogs.get("all", g("dialog.active_dialogs", 0))),
                              ("processed", g("dialog.processed_dialogs", 0))])
@@ -128,11 +136,17 @@ def dashboard(snap: dict[str, Any], per_second: dict[str, float], where: str) ->
     grid = Table.grid(expand=True)
     for _ in range(3):
         grid.add_column(ratio=1)
-    grid.add_row(traffic, core, conns)
+    # Load under transactions: together as tall as traffic, so 24 lines still show it all.
+    grid.add_row(traffic, Group(core, load), conns)
     grid.add_row(auth, dlg, pike)
     stamp = time.strftime("%H:%M:%S", time.localtime(snap["time"]))
     return Group(Text(f"sipgw top  {where}  {stamp}", style="bold"), grid,
                  Panel(dest, title="dispatcher", title_align="left"))
+
+
+def _ms(microseconds: Any) -> str:
+    """A load: delay, kept in microseconds, as milliseconds; "-" from a sipgw without it."""
+    return "-" if microseconds is None else f"{microseconds / 1000:.2f}"
 
 
 def _by_transport(info: Any) -> list[tuple[str, Any]]:
@@ -169,8 +183,9 @@ def _down(where: str, why: str) -> Group:
 @pass_app
 def top(app: App, config_path: str | None, interval: float, as_json: bool,
         iterations: int | None) -> None:
-    """A live dashboard: traffic rates, transactions, connections, auth, dialogs and
-    dispatcher destinations. Reconnects when the proxy restarts; Ctrl-C stops."""
+    """A live dashboard: traffic rates, transactions, connections, auth, dialogs, load
+    (queueing delay, loop lag) and dispatcher destinations. Reconnects when the proxy
+    restarts; Ctrl-C stops."""
     path = socket_path(app, config_path)
     client: Client | None = None
     prev = None

@@ -32,6 +32,7 @@ from sipgw.proxy.core import Proxy
 from sipgw.proxy.dialogs import Dialogs
 from sipgw.proxy.dispatcher.build import build_dispatcher, reconfigure_dispatcher, resolve_uri
 from sipgw.proxy.identity import Identity, Listener
+from sipgw.proxy.load import LoadMonitor
 from sipgw.proxy.nat import Nat
 from sipgw.proxy.outbound import Outbound
 from sipgw.proxy.pike import Pike
@@ -48,7 +49,7 @@ from sipgw.proxy.trace import Tap
 from sipgw.proxy.transport import Destination, FlowTable, transport_address
 from sipgw.proxy.transport.stream import StreamTransport
 from sipgw.proxy.transport.tls import ServerTls, TlsTransport
-from sipgw.proxy.transport.udp import UdpListener
+from sipgw.proxy.transport.udp import UdpListener, listen_udp
 from sipgw.proxy.transport.ws import WsTransport
 from sipgw.sip.nat import NatTest
 from sipgw.store import SubscriberStore
@@ -63,11 +64,11 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     """``sipgw serve`` as one Twisted service, every component built here, bottom-up.
 
     Its children start in this order and stop in the reverse one: the listeners, the
-    dispatcher's probes, pike's sweep, the control socket, metrics, the memory trim, and
-    systemd's notifications (READY=1 once everything before it listens; STOPPING=1 first
-    when stopping). ``send``: where the core's messages go instead of the listeners (tests
-    on a memory reactor). Raises ConfigError (TLS certificate) and ListFileError
-    (dispatcher list) before anything listens.
+    load signal's tick, the dispatcher's probes, pike's sweep, the control socket, metrics,
+    the memory trim, and systemd's notifications (READY=1 once everything before it
+    listens; STOPPING=1 first when stopping). ``send``: where the core's messages go
+    instead of the listeners (tests on a memory reactor). Raises ConfigError (TLS
+    certificate) and ListFileError (dispatcher list) before anything listens.
     """
     config = loaded.config
     stats = Stats()
@@ -118,12 +119,14 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     outbound.attach(udp=udp, streams={name: t for name, t in (("tcp", stream),
                                                               ("tls", tls_stream)) if t},
                     on_failure=failure)
+    load = LoadMonitor(reactor, stats, lambda: flows.by_id.values())
     listeners = Listeners(reactor, config.listen, udp=udp, stream=stream,
-                          tls_stream=tls_stream, ws=ws, tls=tls)
+                          tls_stream=tls_stream, ws=ws, tls=tls, on_udp_delay=load.udp.observe)
     notifier = Notifier(environ)
     root = ProxyService(loaded=loaded, reactor=reactor, stats=stats, flows=flows, tap=tap,
                         proxy=proxy, listeners=listeners, notifier=notifier)
     listeners.setServiceParent(root)
+    Running("load signal", _started(load)).setServiceParent(root)
     if proxy.dispatcher is not None:
         Running("dispatcher probes", _started(proxy.dispatcher)).setServiceParent(root)
     if proxy.pike is not None:
@@ -218,8 +221,9 @@ class Listeners(service.Service):
 
     def __init__(self, reactor, listen, *, udp: list[UdpListener], stream: StreamTransport,
                  tls_stream: TlsTransport | None, ws: WsTransport | None,
-                 tls: ServerTls | None) -> None:
+                 tls: ServerTls | None, on_udp_delay: Callable[[float], None]) -> None:
         self.reactor = reactor
+        self.on_udp_delay = on_udp_delay
         self.listen = listen
         self.udp = udp
         self.stream = stream
@@ -233,8 +237,7 @@ class Listeners(service.Service):
         super().startService()
         listen = self.listen
         for lst in self.udp:
-            self.udp_ports.append(self.reactor.listenUDP(lst.port, lst, interface=lst.host,
-                                                         maxPacketSize=65535))
+            self.udp_ports.append(listen_udp(self.reactor, lst, self.on_udp_delay))
         for addr in listen.tcp:
             self.stream_ports.append(self.stream.listen(addr.host, addr.port))
             log.info("listening on {a}", a=transport_address("tcp", addr.host, addr.port))

@@ -17,7 +17,10 @@ def serve_growing(control):
         return {"core.rcv_requests": 10 * counts["n"], "core.rcv_replies": 4 * counts["n"],
                 "tm.inuse_transactions": 2, "auth.authorized": 5, "auth.failed": 1,
                 "websocket.ws_current_connections": 3, "dialog.processed_dialogs": 9,
-                "pike.blocked_ips": 7, "pike.dropped_msgs": 4321}
+                "pike.blocked_ips": 7, "pike.dropped_msgs": 4321,
+                "load.udp_queue_delay_us": 1250, "load.udp_queue_delay_max_us": 48000,
+                "load.reactor_lag_us": 310, "load.reactor_lag_max_us": 2000,
+                "load.stream_backlog_bytes": 65536}
 
     control.answers["system.listMethods"] = ["stats.fetch", "dlg.stats_active",
                                              "dispatcher.list", "auth.bans", "core.connections"]
@@ -55,6 +58,11 @@ def test_the_dashboard_shows_traffic_connections_auth_dialogs_and_destinations(r
     assert rows == {"udp": "listening", "tcp": "2", "tls": "0", "ws": "3", "wss": "off"}
     # Pike: addresses blocked now and messages dropped.
     assert re.search(r"blocked now +7\b", out) and re.search(r"dropped +4321\b", out)
+    # Load: queueing delay and loop lag in milliseconds, unread stream bytes.
+    assert re.search(r"udp queue ms +1\.25\b", out)
+    assert re.search(r"udp queue max ms +48\.00\b", out)
+    assert re.search(r"loop lag ms +0\.31\b", out) and re.search(r"loop lag max ms +2\.00\b", out)
+    assert re.search(r"stream unread +65536\b", out)
 
 
 def test_a_proxy_that_is_not_there_is_shown_and_top_keeps_going(run, tmp_path):
