@@ -180,11 +180,6 @@ class Proxy:
         if flow is not None:
             flow.close()
 
-    def is_backend(self, source: Source) -> bool:
-        return self.backends.is_backend(source)
-
-    def is_backend_host(self, host: str) -> bool:
-        return self.backends.is_backend_host(host)
 
 
 # Kamailio's core:rcv_replies_Nxx, by the first digit of the status (0 for nonsense).

@@ -260,8 +260,8 @@ def test_reload_keeps_states_of_destinations_still_listed_and_refuses_a_bad_file
 
 
 def test_requests_from_any_destination_are_from_a_backend(proxy):
-    assert proxy.is_backend(src(BACKUP)) and proxy.is_backend(src(B))
-    assert not proxy.is_backend(src(("127.0.0.1", 5070)))
+    assert proxy.backends.is_backend(src(BACKUP)) and proxy.backends.is_backend(src(B))
+    assert not proxy.backends.is_backend(src(("127.0.0.1", 5070)))
 
 
 def test_a_reload_that_turns_probes_on_starts_them_and_one_that_turns_them_off_stops_them(
