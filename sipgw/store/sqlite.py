@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 from twisted.internet import defer
 
@@ -36,6 +37,7 @@ from sipgw.store.base import (
 )
 
 BUSY_TIMEOUT = 0.1  # seconds
+OPEN_RETRY = 0.005  # seconds between attempts to open a file another process is opening
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscriber (
@@ -66,18 +68,38 @@ class SqliteStore:
     def _connect(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                self._db = self._open()
+                return self._db
+            except sqlite3.OperationalError as e:
+                # Switching a new file to WAL takes an exclusive lock, and SQLite answers
+                # "locked" at once (its busy handler is not called there) when another
+                # process is opening the same file: two `sipgw users add` at once, or
+                # workers starting together. The open is retried until the busy timeout.
+                if _is_busy(e) and time.monotonic() < deadline:
+                    time.sleep(OPEN_RETRY)
+                    continue
+                raise StoreUnavailable(
+                    f"cannot open the subscriber database {self.path}: {e}") from e
+            except (OSError, sqlite3.Error) as e:
+                raise StoreUnavailable(
+                    f"cannot open the subscriber database {self.path}: {e}") from e
+
+    def _open(self) -> sqlite3.Connection:
+        if self.create_directory:
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        _create_private(self.path)
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                             check_same_thread=False)
         try:
-            if self.create_directory:
-                os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-            _create_private(self.path)
-            db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                 check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
             db.execute(_INDEX)
-        except (OSError, sqlite3.Error) as e:
-            raise StoreUnavailable(f"cannot open the subscriber database {self.path}: {e}") from e
-        self._db = db
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def _run(self, fn) -> defer.Deferred:
@@ -174,3 +196,8 @@ def _create_private(path: str) -> None:
             os.fchown(fd, directory.st_uid, directory.st_gid)
     finally:
         os.close(fd)
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    text = str(error)
+    return "locked" in text or "busy" in text
