@@ -12,6 +12,7 @@ from sipgw.cli.main import cli
 from sipgw.proxy.auth import AUTH_STATS
 from sipgw.proxy.dispatcher import DISPATCHER_STATS
 from sipgw.proxy.load import LOAD_STATS
+from sipgw.proxy.overload import OVERLOAD_STATS
 from sipgw.proxy.stats import CORE_STATS
 from sipgw.proxy.transport.ws import WS_STATS
 
@@ -39,7 +40,8 @@ def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tupl
 def test_sipgw_stats_7_names_every_statistic():
     text = (MAN / "sipgw-stats.7").read_text()
     missing = [d.full_name
-               for d in (*CORE_STATS, *WS_STATS, *DISPATCHER_STATS, *AUTH_STATS, *LOAD_STATS)
+               for d in (*CORE_STATS, *WS_STATS, *DISPATCHER_STATS, *AUTH_STATS, *LOAD_STATS,
+                         *OVERLOAD_STATS)
                if f".B {d.full_name}\n" not in text]
     assert missing == []
 

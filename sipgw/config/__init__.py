@@ -35,6 +35,7 @@ from sipgw.config.schema import (
     ListenConfig,
     LogConfig,
     MetricsConfig,
+    OverloadConfig,
     PikeConfig,
     ProxyConfig,
     Section,
@@ -50,8 +51,8 @@ __all__ = [
     "CONFIG_ENV_VAR", "DEFAULT_CONFIG_PATH", "LOG_LEVEL_NAMES", "MASK", "SCHEMA", "SECTIONS",
     "AclConfig", "Address", "Advertise", "AuthConfig", "Config", "ConfigError",
     "ControlConfig", "DispatcherConfig", "IPNetwork", "Key", "LimitsConfig", "ListenConfig",
-    "LoadedConfig", "LogConfig", "MetricsConfig", "PikeConfig", "ProxyConfig", "Section",
-    "StateConfig", "SubscribersConfig", "TimersConfig", "TlsConfig", "TraceConfig",
+    "LoadedConfig", "LogConfig", "MetricsConfig", "OverloadConfig", "PikeConfig", "ProxyConfig",
+    "Section", "StateConfig", "SubscribersConfig", "TimersConfig", "TlsConfig", "TraceConfig",
     "WebSocketConfig", "config_path_from_env", "config_to_dict", "default_config",
     "load_config", "parse_config", "parse_log_level",
 ]  # fmt: skip

@@ -274,11 +274,9 @@ def _parse_raw(raw: dict[str, Any], where: _Where) -> tuple[Config, list[str]]:
 
 def _check_together(values: dict[str, Any], in_file: set[str], where: _Where) -> None:
     """Rules that involve more than one key; the error names the key the file sets."""
-    t1, t2 = values["timers.t1"], values["timers.t2"]
-    if t2 < t1:
-        if "timers.t2" in in_file:
-            raise where.error("timers.t2", f"must not be less than timers.t1 ({t1:g}), got {t2:g}")
-        raise where.error("timers.t1", f"must not be more than timers.t2 ({t2:g}), got {t1:g}")
+    _in_order(values, in_file, where, "timers.t1", "timers.t2")
+    _in_order(values, in_file, where, "overload.shed_delay", "overload.drop_delay", strict=True)
+    _in_order(values, in_file, where, "overload.retry_after", "overload.retry_after_max")
     if values["dispatcher.algorithm"] in (7, 12, 13):
         raise where.error("dispatcher.algorithm", f"algorithm {values['dispatcher.algorithm']} is "
                           "not supported (0-6, 8-11 are)")
@@ -287,6 +285,19 @@ def _check_together(values: dict[str, Any], in_file: set[str], where: _Where) ->
             raise where.error(f"listen.{transport}", "needs tls.certificate, which is not set")
     if not any(values[f"listen.{t}"] for t in ("udp", "tcp", "tls", "ws", "wss")):
         raise where.error("listen", "every listener is off: sipgw would accept nothing")
+
+
+def _in_order(values: dict[str, Any], in_file: set[str], where: _Where, low: str, high: str,
+              *, strict: bool = False) -> None:
+    """``low`` must not be more than ``high`` (with ``strict``, must be less)."""
+    lo, hi = values[low], values[high]
+    if hi > lo or (hi == lo and not strict):
+        return
+    if high in in_file:
+        rule = "be more than" if strict else "not be less than"
+        raise where.error(high, f"must {rule} {low} ({lo:g}), got {hi:g}")
+    rule = "be less than" if strict else "not be more than"
+    raise where.error(low, f"must {rule} {high} ({hi:g}), got {lo:g}")
 
 
 def parse_config(text: str, path: str = "<string>") -> LoadedConfig:

@@ -18,6 +18,7 @@ from sipgw.proxy.backends import Backends
 from sipgw.proxy.dialogs import Dialogs
 from sipgw.proxy.identity import Identity
 from sipgw.proxy.nat import WEBSOCKET, Nat
+from sipgw.proxy.overload import Overload
 from sipgw.proxy.pike import Pike
 from sipgw.proxy.registrar import Registrar
 from sipgw.proxy.relay import Relay
@@ -60,6 +61,7 @@ class Proxy:
         flows: FlowTable,
         tap: Tap,
         limits: LimitsConfig,
+        overload: Overload,
         dialogs: Dialogs | None = None,
         auth: Authenticator | None = None,
         pike: Pike | None = None,
@@ -78,6 +80,7 @@ class Proxy:
         self.dispatcher = backends.dispatcher
         self.flows = flows
         self.tap = tap
+        self.overload = overload
         self.dialogs = dialogs
         self.auth = auth
         self.pike = pike
@@ -106,6 +109,10 @@ class Proxy:
             if source.flow_id is not None:
                 self.close_flow(source.flow_id)
             return
+        overload = self.overload
+        if overload.dropping and source.transport == "udp" and overload.drops_unread(data,
+                                                                                    source):
+            return  # far behind: a new request shed unread (``overload.py``)
         if not data.strip(b"\r\n\t "):
             return  # a UDP keepalive (CRLF or empty)
         trace = self.tap.inbound

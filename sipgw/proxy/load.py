@@ -20,7 +20,7 @@ import fcntl
 import socket
 import struct
 import termios
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from twisted.logger import Logger
 
@@ -56,16 +56,18 @@ LOAD_STATS = (
 class DelayGauge:
     """A weighted mean and a recent maximum of delays (seconds).
 
-    ``observe`` is on the hot path: two comparisons and a multiply. ``tick`` closes one
+    ``observe`` is on the hot path: a multiply and three comparisons at most. ``tick`` closes one
     tick: a tick with no sample counts as a zero (nothing waited: nothing came, or it was
-    read at once); ``roll`` closes one window of the maximum.
+    read at once), and ``tick_max`` is its worst; ``roll`` closes one window of the maximum.
     """
 
-    __slots__ = ("mean", "_seen", "_window_max", "_last_max")
+    __slots__ = ("mean", "tick_max", "_seen", "_tick_max", "_window_max", "_last_max")
 
     def __init__(self) -> None:
         self.mean = 0.0
+        self.tick_max = 0.0
         self._seen = False
+        self._tick_max = 0.0
         self._window_max = 0.0
         self._last_max = 0.0
 
@@ -73,14 +75,17 @@ class DelayGauge:
         if delay < 0.0:
             delay = 0.0  # the wall clock stepped back between the kernel and us
         self.mean += (delay - self.mean) * WEIGHT
-        if delay > self._window_max:
-            self._window_max = delay
+        if delay > self._tick_max:
+            self._tick_max = delay
+            if delay > self._window_max:
+                self._window_max = delay
         self._seen = True
 
     def tick(self) -> None:
         if not self._seen:
             self.mean -= self.mean * WEIGHT
         self._seen = False
+        self.tick_max, self._tick_max = self._tick_max, 0.0
 
     def roll(self) -> None:
         self._last_max, self._window_max = self._window_max, 0.0
@@ -119,13 +124,18 @@ class LoadMonitor:
     """Measures the load signal on ``clock`` and publishes it in ``stats``.
 
     ``connections()`` gives the open stream connections (the flow table's); ``udp`` is
-    what the UDP ports report their datagrams' queueing delays to.
+    what the UDP ports report their datagrams' queueing delays to. ``on_tick``, when
+    given, is told on every tick how late sipgw is: the longest a datagram waited in the
+    kernel during the tick, or how late the tick itself ran, whichever is more (seconds;
+    the overload control's signal, ``overload.py``).
     """
 
-    def __init__(self, clock, stats: Stats, connections) -> None:
+    def __init__(self, clock, stats: Stats, connections,
+                 on_tick: Callable[[float], None] | None = None) -> None:
         self.clock = clock
         self.stats = stats
         self.connections = connections
+        self.on_tick = on_tick
         stats.declare(LOAD_STATS)
         self.udp = DelayGauge()
         self.lag = DelayGauge()
@@ -145,7 +155,8 @@ class LoadMonitor:
 
     def _tick(self) -> None:
         now = self.clock.seconds()
-        self.lag.observe(now - self._due)
+        lag = now - self._due
+        self.lag.observe(lag)
         self.udp.tick()
         self.lag.tick()
         self._ticks += 1
@@ -154,6 +165,8 @@ class LoadMonitor:
             self.udp.roll()
             self.lag.roll()
         self._publish()
+        if self.on_tick is not None:
+            self.on_tick(max(self.udp.tick_max, lag))
         # The next tick is due a TICK after this one ran (not after it was due): a stall
         # is counted once, not again by every tick it made late.
         self._due = now + TICK

@@ -1,8 +1,8 @@
 """The route script: what happens to a request, in the order Kamailio users know.
 
-REQINIT → retransmissions and ACK → NATDETECT → CANCEL → WITHINDLG → AUTH → REGISTRAR →
-DISPATCH → RELAY (with RECORD-ROUTE). Each step is a method that either answers the
-request or lets it through; ARCHITECTURE.md walks through them. A client's in-dialog
+REQINIT → retransmissions and ACK → OVERLOAD → NATDETECT → CANCEL → WITHINDLG → AUTH →
+REGISTRAR → DISPATCH → RELAY (with RECORD-ROUTE). Each step is a method that either answers
+the request or lets it through; ARCHITECTURE.md walks through them. A client's in-dialog
 request is relayed only along a Record-Route sipgw signed for that dialog
 (``sipgw.proxy.signing``), and only to a backend or a client sipgw holds.
 """
@@ -19,6 +19,7 @@ from sipgw.proxy.backends import Backends
 from sipgw.proxy.identity import Identity, branch_loop_part, loop_hash
 from sipgw.proxy.limits import CapLog
 from sipgw.proxy.nat import WEBSOCKET, FlowGone, ForgedAlias, Nat
+from sipgw.proxy.overload import Overload
 from sipgw.proxy.registrar import FlowFailed, Registrar
 from sipgw.proxy.relay import Relay
 from sipgw.proxy.replies import Replies
@@ -53,7 +54,7 @@ class NotRelaying(Exception):
 class Router:
     def __init__(self, *, clock: IReactorTime, stats: Stats, relay: Relay, replies: Replies,
                  identity: Identity, signer: RouteSigner, nat: Nat, registrar: Registrar,
-                 backends: Backends,
+                 backends: Backends, overload: Overload,
                  auth: Authenticator | None = None, acl: Acl | None = None,
                  proxy: ProxyConfig, limits: LimitsConfig) -> None:
         self.stats = stats
@@ -65,6 +66,7 @@ class Router:
         self.registrar = registrar
         self.backends = backends
         self.dispatcher = backends.dispatcher
+        self.overload = overload
         self.auth = auth
         self.acl = acl
         self.draining = False  # SIGTERM: new initial requests get 503 (``drain``)
@@ -92,6 +94,10 @@ class Router:
         if method == "ACK":
             self._ack(req, source)
             return
+        overload = self.overload
+        if (overload.shedding and method != "CANCEL" and req.to_tag is None
+                and overload.refuses(req, source)):
+            return  # OVERLOAD: a new request refused, stateless, before anything costly
         nat = self.nat
         if source.transport in WEBSOCKET or (nat.tests and not self.backends.is_backend(source)):
             nat.from_client(req, source)  # NATDETECT (browsers are always NATed)

@@ -35,6 +35,7 @@ from sipgw.proxy.identity import Identity, Listener
 from sipgw.proxy.load import LoadMonitor
 from sipgw.proxy.nat import Nat
 from sipgw.proxy.outbound import Outbound
+from sipgw.proxy.overload import Overload
 from sipgw.proxy.pike import Pike
 from sipgw.proxy.registrar import Registrar
 from sipgw.proxy.relay import Relay
@@ -119,7 +120,8 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     outbound.attach(udp=udp, streams={name: t for name, t in (("tcp", stream),
                                                               ("tls", tls_stream)) if t},
                     on_failure=failure)
-    load = LoadMonitor(reactor, stats, lambda: flows.by_id.values())
+    load = LoadMonitor(reactor, stats, lambda: flows.by_id.values(),
+                       on_tick=proxy.overload.on_load)
     listeners = Listeners(reactor, config.listen, udp=udp, stream=stream,
                           tls_stream=tls_stream, ws=ws, tls=tls, on_udp_delay=load.udp.observe)
     notifier = Notifier(environ)
@@ -442,13 +444,15 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
     pike = Pike(clock, stats, config.pike, exempt=pike_exempt)
     acl = Acl(stats, config.acl, now=clock.seconds,
               is_backend_host=backends.is_backend_host)
+    overload = Overload(clock=clock, stats=stats, replies=replies, settings=config.overload)
     router = Router(clock=clock, stats=stats, relay=relay, replies=replies, identity=identity,
-                    signer=signer, nat=nat, registrar=registrar, backends=backends, auth=auth,
-                    acl=acl, proxy=config.proxy, limits=config.limits)
+                    signer=signer, nat=nat, registrar=registrar, backends=backends,
+                    overload=overload, auth=auth, acl=acl, proxy=config.proxy,
+                    limits=config.limits)
     return Proxy(clock=clock, stats=stats, identity=identity, signer=signer, replies=replies,
                  relay=relay, router=router, nat=nat, registrar=registrar, backends=backends,
-                 flows=flows, tap=tap, limits=config.limits, dialogs=dialogs, auth=auth, pike=pike,
-                 acl=acl)
+                 flows=flows, tap=tap, limits=config.limits, overload=overload, dialogs=dialogs,
+                 auth=auth, pike=pike, acl=acl)
 
 
 def reconfigure_core(proxy: Proxy, config: Config, backend: Backend) -> None:
@@ -469,6 +473,7 @@ def reconfigure_core(proxy: Proxy, config: Config, backend: Backend) -> None:
         proxy.pike.configure(config.pike)
     if proxy.acl is not None:
         proxy.acl.configure(config.acl)
+    proxy.overload.configure(config.overload)
     proxy.configure(config.limits)
 
 

@@ -67,6 +67,8 @@ IN_EFFECT_NOW = {
     "acl.allow", "acl.deny", "acl.udp_allow", "acl.udp_deny", "acl.tcp_allow", "acl.tcp_deny",
     "acl.tls_allow", "acl.tls_deny", "acl.ws_allow", "acl.ws_deny", "acl.wss_allow",
     "acl.wss_deny", "acl.user_agent_deny",
+    "overload.enabled", "overload.shed_delay", "overload.drop_delay", "overload.retry_after",
+    "overload.retry_after_max",
 }  # fmt: skip
 
 
@@ -434,6 +436,23 @@ def test_timer_t2_below_t1_is_refused_at_the_key_the_file_sets():
     assert error_of("[timers]\n\nt1 = 5\n") == (
         "sipgw.toml:3: timers.t1: must not be more than timers.t2 (4), got 5"
     )
+
+
+def test_overload_thresholds_out_of_order_are_refused_at_the_key_the_file_sets():
+    assert error_of("[overload]\ndrop_delay = 0.1\n") == (
+        "sipgw.toml:2: overload.drop_delay: must be more than overload.shed_delay (0.1), "
+        "got 0.1"
+    )
+    assert error_of("[overload]\nshed_delay = 1\n") == (
+        "sipgw.toml:2: overload.shed_delay: must be less than overload.drop_delay (0.4), got 1"
+    )
+    assert error_of("[overload]\nretry_after = 90\n") == (
+        "sipgw.toml:2: overload.retry_after: must not be more than overload.retry_after_max "
+        "(60), got 90"
+    )
+    config = load("[overload]\nshed_delay = 0.02\ndrop_delay = 0.05\nretry_after = 0\n"
+                  "retry_after_max = 0\n").config
+    assert (config.overload.shed_delay, config.overload.drop_delay) == (0.02, 0.05)
 
 
 def test_a_tls_listener_without_a_certificate_is_refused():

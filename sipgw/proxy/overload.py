@@ -1,0 +1,217 @@
+"""Overload control: past its capacity, sipgw sheds new work first (issue 16).
+
+The signal is the load monitor's (``load.py``): every tick (100 ms) ``on_load`` gets how
+late sipgw is, the longest a datagram waited in the kernel in that tick or how late the
+tick itself ran, whichever is worse. From it ``Overload`` keeps ``admit``, the share of
+new initial requests sipgw takes on, somewhat as TCP keeps its window:
+
+- later than ``overload.shed_delay`` two ticks in a row and not getting better: cut, by
+  up to half at once the further over it is;
+- less than half that late: grown back by ``INCREASE`` a tick, so that a whole refusal
+  takes a couple of seconds to wear off;
+- in between, or late but getting better (a backlog draining): held. That band is the
+  hysteresis: the share settles where sipgw keeps up instead of flapping on and off.
+
+What is never shed: responses, ACK, CANCEL and requests with a To tag (in-dialog, BYE
+among them); retransmissions of requests already being processed, which the route script
+hands to their transaction before it asks here; OPTIONS to sipgw itself, answered by
+REQINIT before. A new request is admitted when a hash of its Call-ID (salted anew every
+``ROTATION`` seconds) falls below the share: a request, its retransmissions and the
+authorized retry after a digest challenge (same Call-ID) get the same verdict, so the
+work spent on the challenge is not thrown away, and a client refused now draws again when
+it comes back. The others are refused statelessly, before AUTH looks anything up: 503
+with a Retry-After spread over a range that grows with the share refused (RFC 3261
+§21.5.4), from ``overload.retry_after`` up to ``overload.retry_after_max``, so the
+refused do not all come back at once.
+
+Later than ``overload.drop_delay``, even answering costs too much: a refused request over
+UDP is dropped unread, decided from the datagram's first bytes (method, To tag, Call-ID)
+before it is parsed; its sender retransmits and draws again. This holds until sipgw has
+been less than half that late for ``DROP_HOLD`` seconds. Over TCP, TLS and WebSocket a
+refused request is always answered: nobody retransmits on those.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from sipgw.config import OverloadConfig
+from sipgw.proxy.limits import CapLog
+from sipgw.proxy.replies import Replies
+from sipgw.proxy.stats import StatDef, Stats
+from sipgw.proxy.transport import Source
+from sipgw.sip.message import Request
+
+log = Logger(namespace="sipgw.overload")
+
+INCREASE = 0.05  # of the share, per tick (100 ms) once sipgw is on time again
+LOW_WATER = 0.5  # of a threshold: below it sipgw counts as on time
+LARGEST_CUT = 0.5  # one cut keeps at least half of the share,
+SMALLEST_CUT = 0.9  # and at most 90 % of it
+DROP_HOLD = 2.0  # seconds under half of drop_delay before refusals are answered again
+ROTATION = 4.0  # seconds between two salts of the Call-ID hash
+
+OVERLOAD_STATS = (
+    StatDef(group="core", name="shed_503",
+            help="new initial requests refused with 503 and a Retry-After because sipgw "
+                 "was late (overload.shed_delay)"),
+    StatDef(group="core", name="shed_dropped",
+            help="new initial requests dropped unread and unanswered because sipgw was "
+                 "very late (overload.drop_delay)"),
+    StatDef(group="core", name="shed_percent", gauge=True,
+            help="share of new initial requests being refused now, in percent (0 when "
+                 "sipgw keeps up)"),
+    StatDef(group="core", name="shed_dropping", gauge=True,
+            help="1 while refused requests over UDP are dropped unread instead of "
+                 "answered 503"),
+)
+
+# What may be dropped before parsing: requests that start something new. OPTIONS is not
+# among them (keepalives and probes of sipgw itself are always answered), nor anything
+# that lives in a dialog (BYE, ACK, CANCEL, PRACK, UPDATE, INFO); a NOTIFY or a re-INVITE
+# with a To tag is kept by the To tag.
+_NEW_WORK = frozenset({b"REGISTER", b"INVITE", b"SUBSCRIBE", b"MESSAGE", b"PUBLISH",
+                       b"REFER", b"NOTIFY"})
+# A To header (or its compact form t) with a tag parameter, folded lines included. A tag
+# inside a URI's angle brackets matches too: kept, the safe way to be wrong.
+_TO_TAG = re.compile(rb"\r\n(?:to|t)[ \t]*:(?:[^\r\n]|\r\n[ \t])*?;[ \t]*tag[ \t]*=", re.I)
+_CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.I)
+_HASH_SPAN = float(1 << 32)
+
+
+class Overload:
+    """The shedding decision of one process, on its own load signal."""
+
+    def __init__(self, *, clock: IReactorTime, stats: Stats, replies: Replies,
+                 settings: OverloadConfig) -> None:
+        self.clock = clock
+        self.stats = stats
+        self.replies = replies
+        stats.declare(OVERLOAD_STATS)
+        self.cap_log = CapLog(log, clock.seconds)
+        self.admit = 1.0
+        self.shedding = False  # admit < 1: some new requests are refused
+        self.dropping = False  # refusals over UDP are dropped unread
+        self.delay = 0.0  # the last tick's signal, seconds
+        self._over = False  # the tick before was over shed_delay
+        self._calm_since: float | None = None  # under half of drop_delay since, when dropping
+        self._salt = b""
+        self._salted_at = float("-inf")
+        self.configure(settings)
+
+    def configure(self, settings: OverloadConfig) -> None:
+        self.enabled = settings.enabled
+        self.shed_delay = settings.shed_delay
+        self.drop_delay = settings.drop_delay
+        self.retry_after = settings.retry_after
+        self.retry_after_max = settings.retry_after_max
+        if not self.enabled:
+            self._set(1.0, dropping=False)
+
+    # -- the signal -------------------------------------------------------------------
+
+    def on_load(self, delay: float) -> None:
+        """One tick of the load signal: how late sipgw is now (seconds)."""
+        if not self.enabled:
+            return
+        now = self.clock.seconds()
+        if now - self._salted_at >= ROTATION:
+            self._salted_at = now
+            self._salt = struct.pack("!d", now)
+        before, self.delay = self.delay, delay
+        admit = self.admit
+        over = delay > self.shed_delay
+        if over:
+            # A single late tick (a long collection pass, a slow disk) is not overload.
+            if self._over and delay >= before:
+                admit *= min(SMALLEST_CUT, max(LARGEST_CUT, self.shed_delay / delay))
+        elif delay < self.shed_delay * LOW_WATER:
+            admit = min(1.0, admit + INCREASE)
+        self._over = over
+        dropping = self.dropping
+        if delay > self.drop_delay:
+            dropping, self._calm_since = True, None
+        elif dropping:
+            if delay >= self.drop_delay * LOW_WATER:
+                self._calm_since = None
+            elif self._calm_since is None:
+                self._calm_since = now
+            elif now - self._calm_since >= DROP_HOLD:
+                dropping, self._calm_since = False, None
+        if self.shedding and admit >= 1.0:
+            self.cap_log.once("overload over", "overload over: sipgw takes on every new "
+                              "request again ({ms:.0f} ms late; shed so far: {a} answered "
+                              "503, {d} dropped)", ms=delay * 1e3,
+                              a=self.stats.get("core:shed_503"),
+                              d=self.stats.get("core:shed_dropped"))
+        self._set(admit, dropping=dropping)
+
+    def _set(self, admit: float, *, dropping: bool) -> None:
+        self.admit = admit
+        self.shedding = admit < 1.0
+        self.dropping = dropping and self.shedding
+        self.stats.set("core:shed_percent", round((1.0 - admit) * 100))
+        self.stats.set("core:shed_dropping", int(self.dropping))
+
+    # -- the decisions ------------------------------------------------------------------
+
+    def drops_unread(self, data: bytes, source: Source) -> bool:
+        """Before parsing, while ``dropping`` (a datagram): True when ``data`` is a new
+        request to drop unread, counted and logged."""
+        method = data[:data.find(b" ", 0, 10)]
+        if method not in _NEW_WORK or _TO_TAG.search(data) is not None:
+            return False
+        call_id = _CALL_ID.search(data)
+        if call_id is None or self._admitted(call_id.group(1).strip()):
+            return False  # no Call-ID: the parser will have something to say about it
+        self._dropped(method.decode("latin-1"), source)
+        return True
+
+    def refuses(self, req: Request, source: Source) -> bool:
+        """After REQINIT, for a new initial request while ``shedding``: True when it was
+        refused (503, or dropped over UDP while ``dropping``), counted and logged."""
+        if self._admitted(req.call_id.encode("latin-1")):
+            return False
+        if self.dropping and not source.reliable:
+            self._dropped(req.method, source)
+            return True
+        seconds = self._retry_after(req.call_id.encode("latin-1"))
+        self.stats.inc("core:shed_503")
+        self.replies.reply(req, source, 503, "Service Unavailable",
+                           [("Retry-After", str(seconds))])
+        self.cap_log.reached("overload.shed_delay", "overload: {m} from {h}:{p} refused "
+                             "with 503, Retry-After {s}: sipgw is {ms:.0f} ms late, taking "
+                             "on {pct:.0f} % of new requests", m=req.method, h=source.host,
+                             p=source.port, s=seconds, ms=self.delay * 1e3,
+                             pct=self.admit * 100)
+        return True
+
+    def _dropped(self, method: str, source: Source) -> None:
+        self.stats.inc("core:shed_dropped")
+        self.cap_log.reached("overload.drop_delay", "overload: {m} from {h}:{p} dropped "
+                             "unread: sipgw is {ms:.0f} ms late, taking on {pct:.0f} % of "
+                             "new requests", m=method, h=source.host, p=source.port,
+                             ms=self.delay * 1e3, pct=self.admit * 100)
+
+    def _share(self, call_id: bytes) -> float:
+        """Where ``call_id`` falls in [0, 1): the same for the same Call-ID until the salt
+        changes, spread evenly over different ones."""
+        return zlib.crc32(call_id, zlib.crc32(self._salt)) / _HASH_SPAN
+
+    def _admitted(self, call_id: bytes) -> bool:
+        return self._share(call_id) < self.admit
+
+    def _retry_after(self, call_id: bytes) -> int:
+        """Seconds, spread evenly over the refused by their hash: from retry_after up to
+        a bound that reaches retry_after_max when everything is refused."""
+        refused = 1.0 - self.admit
+        if refused <= 0.0:
+            return self.retry_after
+        place = (self._share(call_id) - self.admit) / refused  # in [0, 1) when refused
+        spread = (self.retry_after_max - self.retry_after) * refused
+        return self.retry_after + int(max(0.0, place) * (spread + 1))
