@@ -31,6 +31,7 @@ log = Logger(namespace="sipgw.load")
 TICK = 0.1  # seconds between ticks: the lag's resolution, and how fresh the statistics are
 WINDOW = 1.0  # seconds: the "recent" of a recent max, and the stream sampling period
 WEIGHT = 1 / 8  # of a new sample in the weighted mean (as TCP's smoothed RTT)
+_NONE = float("inf")  # the least delay of a tick with no sample yet
 
 LOAD_STATS = (
     StatDef(group="load", name="udp_queue_delay_us", gauge=True,
@@ -54,20 +55,21 @@ LOAD_STATS = (
 
 
 class DelayGauge:
-    """A weighted mean and a recent maximum of delays (seconds).
+    """A weighted mean, a recent maximum and the least of each tick, of delays (seconds).
 
-    ``observe`` is on the hot path: a multiply and three comparisons at most. ``tick`` closes one
+    ``observe`` is on the hot path: a multiply and three comparisons. ``tick`` closes one
     tick: a tick with no sample counts as a zero (nothing waited: nothing came, or it was
-    read at once), and ``tick_max`` is its worst; ``roll`` closes one window of the maximum.
+    read at once), and ``tick_min`` is its least delay (0 with no sample): more than zero
+    only when everything read in the tick had waited, a queue that stood the whole tick
+    rather than a burst; ``roll`` closes one window of the maximum.
     """
 
-    __slots__ = ("mean", "tick_max", "_seen", "_tick_max", "_window_max", "_last_max")
+    __slots__ = ("mean", "tick_min", "_tick_min", "_window_max", "_last_max")
 
     def __init__(self) -> None:
         self.mean = 0.0
-        self.tick_max = 0.0
-        self._seen = False
-        self._tick_max = 0.0
+        self.tick_min = 0.0
+        self._tick_min = _NONE
         self._window_max = 0.0
         self._last_max = 0.0
 
@@ -75,17 +77,18 @@ class DelayGauge:
         if delay < 0.0:
             delay = 0.0  # the wall clock stepped back between the kernel and us
         self.mean += (delay - self.mean) * WEIGHT
-        if delay > self._tick_max:
-            self._tick_max = delay
-            if delay > self._window_max:
-                self._window_max = delay
-        self._seen = True
+        if delay > self._window_max:
+            self._window_max = delay
+        if delay < self._tick_min:
+            self._tick_min = delay
 
     def tick(self) -> None:
-        if not self._seen:
+        if self._tick_min == _NONE:
             self.mean -= self.mean * WEIGHT
-        self._seen = False
-        self.tick_max, self._tick_max = self._tick_max, 0.0
+            self.tick_min = 0.0
+        else:
+            self.tick_min = self._tick_min
+        self._tick_min = _NONE
 
     def roll(self) -> None:
         self._last_max, self._window_max = self._window_max, 0.0
@@ -125,9 +128,10 @@ class LoadMonitor:
 
     ``connections()`` gives the open stream connections (the flow table's); ``udp`` is
     what the UDP ports report their datagrams' queueing delays to. ``on_tick``, when
-    given, is told on every tick how late sipgw is: the longest a datagram waited in the
-    kernel during the tick, or how late the tick itself ran, whichever is more (seconds;
-    the overload control's signal, ``overload.py``).
+    given, is told on every tick how late sipgw is: the least a datagram read during the
+    tick had waited in the kernel (the queue that stood all tick long), or how late the
+    tick itself ran, whichever is more (seconds; the overload control's signal,
+    ``overload.py``).
     """
 
     def __init__(self, clock, stats: Stats, connections,
@@ -166,7 +170,7 @@ class LoadMonitor:
             self.lag.roll()
         self._publish()
         if self.on_tick is not None:
-            self.on_tick(max(self.udp.tick_max, lag))
+            self.on_tick(max(self.udp.tick_min, lag))
         # The next tick is due a TICK after this one ran (not after it was due): a stall
         # is counted once, not again by every tick it made late.
         self._due = now + TICK

@@ -5,12 +5,15 @@ late sipgw is, the longest a datagram waited in the kernel in that tick or how l
 tick itself ran, whichever is worse. From it ``Overload`` keeps ``admit``, the share of
 new initial requests sipgw takes on, somewhat as TCP keeps its window:
 
-- later than ``overload.shed_delay`` two ticks in a row and not getting better: cut, by
-  up to half at once the further over it is;
+- later than ``overload.shed_delay`` two ticks in a row: cut, by up to half at once the
+  further over it is (four times over: half). Not again until what sipgw reads arrived
+  after that cut (what it reads meanwhile queued up before it and says nothing of it),
+  and only if sipgw is no less late than at the cut: a backlog draining shows the cut
+  was enough;
 - less than half that late: grown back by ``INCREASE`` a tick, so that a whole refusal
-  takes a couple of seconds to wear off;
-- in between, or late but getting better (a backlog draining): held. That band is the
-  hysteresis: the share settles where sipgw keeps up instead of flapping on and off.
+  takes a few seconds to wear off;
+- in between: held. That band is the hysteresis: the share settles where sipgw keeps up
+  instead of flapping on and off.
 
 What is never shed: responses, ACK, CANCEL and requests with a To tag (in-dialog, BYE
 among them); retransmissions of requests already being processed, which the route script
@@ -42,17 +45,18 @@ from twisted.logger import Logger
 
 from sipgw.config import OverloadConfig
 from sipgw.proxy.limits import CapLog
-from sipgw.proxy.replies import Replies
+from sipgw.proxy.replies import Replies, local_tag
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.proxy.transport import Source
 from sipgw.sip.message import Request
 
 log = Logger(namespace="sipgw.overload")
 
-INCREASE = 0.05  # of the share, per tick (100 ms) once sipgw is on time again
+INCREASE = 0.03  # of the share, per tick (100 ms) once sipgw is on time again
 LOW_WATER = 0.5  # of a threshold: below it sipgw counts as on time
 LARGEST_CUT = 0.5  # one cut keeps at least half of the share,
 SMALLEST_CUT = 0.9  # and at most 90 % of it
+DRAINING = 0.9  # of the delay at the last cut: less, and the backlog is draining
 DROP_HOLD = 2.0  # seconds under half of drop_delay before refusals are answered again
 ROTATION = 4.0  # seconds between two salts of the Call-ID hash
 
@@ -99,6 +103,8 @@ class Overload:
         self.dropping = False  # refusals over UDP are dropped unread
         self.delay = 0.0  # the last tick's signal, seconds
         self._over = False  # the tick before was over shed_delay
+        self._cut_at = float("-inf")  # when the share was last cut
+        self._cut_delay = 0.0  # and how late sipgw was then
         self._calm_since: float | None = None  # under half of drop_delay since, when dropping
         self._salt = b""
         self._salted_at = float("-inf")
@@ -123,15 +129,17 @@ class Overload:
         if now - self._salted_at >= ROTATION:
             self._salted_at = now
             self._salt = struct.pack("!d", now)
-        before, self.delay = self.delay, delay
+        self.delay = delay
         admit = self.admit
         over = delay > self.shed_delay
         if over:
             # A single late tick (a long collection pass, a slow disk) is not overload.
-            if self._over and delay >= before:
-                admit *= min(SMALLEST_CUT, max(LARGEST_CUT, self.shed_delay / delay))
+            if self._over and now - delay >= self._cut_at and delay >= self._cut_delay * DRAINING:
+                admit *= min(SMALLEST_CUT, max(LARGEST_CUT, (self.shed_delay / delay) ** 0.5))
+                self._cut_at, self._cut_delay = now, delay
         elif delay < self.shed_delay * LOW_WATER:
             admit = min(1.0, admit + INCREASE)
+            self._cut_delay = 0.0
         self._over = over
         dropping = self.dropping
         if delay > self.drop_delay:
@@ -189,6 +197,15 @@ class Overload:
                              "on {pct:.0f} % of new requests", m=req.method, h=source.host,
                              p=source.port, s=seconds, ms=self.delay * 1e3,
                              pct=self.admit * 100)
+        return True
+
+    def absorbs_ack(self, ack: Request) -> bool:
+        """While ``shedding``: True for the ACK of a reply sipgw made itself (a 503 of
+        ours, hop by hop), which needs nothing more, counted as dropped as the route
+        script would; before REQINIT, at a tenth of its cost."""
+        if ack.to_tag != local_tag(ack):
+            return False
+        self.stats.inc("core:drop_requests")
         return True
 
     def _dropped(self, method: str, source: Source) -> None:

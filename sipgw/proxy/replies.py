@@ -30,11 +30,7 @@ class Replies:
 
     def local_response(self, request: Request, status: int, reason: str,
                        extra=None) -> Response:
-        # A deterministic To tag: retransmissions of the request get the same reply.
-        tag = None
-        if status > 100:
-            seed = f"{request.call_id}|{request.from_tag}|{request.header('via')}"
-            tag = hashlib.blake2s(seed.encode("latin-1"), digest_size=8).hexdigest()
+        tag = local_tag(request) if status > 100 else None
         headers = list(extra or ())
         if self.server_header:
             headers.append(("Server", self.server_header))
@@ -62,6 +58,14 @@ class Replies:
     def send_to(self, request: Request, status: int, reason: str, extra,
                 dest: Destination) -> None:
         self.send(self.local_response(request, status, reason, extra).to_bytes(), dest)
+
+
+def local_tag(request: Request) -> str:
+    """The To tag of sipgw's own replies to ``request``: deterministic, so that its
+    retransmissions get the same reply, and the ACK of a non-2xx one (same Via, §17.1.1.3)
+    carries it back."""
+    seed = f"{request.call_id}|{request.from_tag}|{request.header('via')}"
+    return hashlib.blake2s(seed.encode("latin-1"), digest_size=8).hexdigest()
 
 
 def response_destination(request: Request, source: Source) -> Destination:

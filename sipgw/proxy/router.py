@@ -88,13 +88,15 @@ class Router:
         # non-2xx, which belongs to our INVITE server transaction (hop by hop).
         if self.relay.absorb(req, source):
             return
+        overload = self.overload
+        if method == "ACK" and overload.shedding and overload.absorbs_ack(req):
+            return  # the ACK of a 503 refusing a new INVITE
         ruri = self._reqinit(req, source)
         if ruri is None:
             return
         if method == "ACK":
             self._ack(req, source)
             return
-        overload = self.overload
         if (overload.shedding and method != "CANCEL" and req.to_tag is None
                 and overload.refuses(req, source)):
             return  # OVERLOAD: a new request refused, stateless, before anything costly

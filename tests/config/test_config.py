@@ -444,7 +444,7 @@ def test_overload_thresholds_out_of_order_are_refused_at_the_key_the_file_sets()
         "got 0.1"
     )
     assert error_of("[overload]\nshed_delay = 1\n") == (
-        "sipgw.toml:2: overload.shed_delay: must be less than overload.drop_delay (0.4), got 1"
+        "sipgw.toml:2: overload.shed_delay: must be less than overload.drop_delay (0.2), got 1"
     )
     assert error_of("[overload]\nretry_after = 90\n") == (
         "sipgw.toml:2: overload.retry_after: must not be more than overload.retry_after_max "

@@ -219,6 +219,10 @@ class SippProcess:
     ``-timeout`` with ``-timeout_error``: a safety bound, not a way to end a test.
     ``ip`` is the loopback address it binds and writes in Via and Contact (``-i``): one
     per SIPp makes them different sources, as phones behind different addresses are.
+    ``trace_messages=False`` leaves out ``-trace_msg`` (a load generator sending thousands
+    of messages a second would spend its time writing them); ``stats_period`` is
+    ``-fd``, how often the statistics file gets a row (seconds; SIPp's default is 60, and
+    the last row is always written when SIPp ends).
     """
 
     def __init__(
@@ -241,6 +245,8 @@ class SippProcess:
         extra_args: Sequence[str] = (),
         executable: str = "sipp",
         ip: str = LOOPBACK,
+        trace_messages: bool = True,
+        stats_period: int | None = None,
     ) -> None:
         if transport not in _TRANSPORTS:
             raise ValueError(f"transport must be one of {sorted(_TRANSPORTS)}, not {transport!r}")
@@ -262,6 +268,8 @@ class SippProcess:
         self.extra_args = list(extra_args)
         self.executable = executable
         self.ip = ip
+        self.trace_messages = trace_messages
+        self.stats_period = stats_period
         self.output_file = self.workdir / f"{self.name}.out"
         self.message_file = self.workdir / f"{self.name}_messages.log"
         self.stats_file = self.workdir / f"{self.name}_stats.csv"
@@ -290,11 +298,14 @@ class SippProcess:
             "-t", _TRANSPORTS[self.transport],
             "-m", str(self.calls),
             "-nostdin",
-            "-trace_msg", "-message_file", str(self.message_file),
             "-trace_stat", "-stf", str(self.stats_file),
             "-trace_err", "-error_file", str(self.error_file),
             "-timeout", f"{max(1, round(self.timeout))}s", "-timeout_error",
         ]  # fmt: skip
+        if self.trace_messages:
+            args += ["-trace_msg", "-message_file", str(self.message_file)]
+        if self.stats_period is not None:
+            args += ["-fd", str(self.stats_period)]
         if self.rate is not None:
             args += ["-r", f"{self.rate:g}"]
         if self.pause_ms is not None:

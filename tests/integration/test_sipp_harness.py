@@ -405,6 +405,14 @@ def test_sipp_command_carries_every_option(tmp_path: Path) -> None:
     assert command[-1] == "127.0.0.1:5060"
 
 
+def test_a_load_generator_sipp_writes_no_message_trace_and_frequent_statistics(
+        tmp_path: Path) -> None:
+    command = SippProcess("uac_call", workdir=tmp_path, remote="127.0.0.1:5060",
+                          trace_messages=False, stats_period=1).command()
+    assert "-trace_msg" not in command and "-message_file" not in command
+    assert command[command.index("-fd") + 1] == "1"
+
+
 def test_message_trace_is_parsed_by_byte_count_even_when_a_body_looks_like_a_record() -> None:
     ok = "SIP/2.0 200 OK\r\n\r\nab"
     separator = "-" * 47
