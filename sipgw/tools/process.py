@@ -134,6 +134,12 @@ class SipgwProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far, user and system (Linux /proc)."""
+        fields = Path(f"/proc/{self._require_started().pid}/stat").read_text()
+        user, system = fields.rsplit(")", 1)[1].split()[11:13]
+        return (int(user) + int(system)) / os.sysconf("SC_CLK_TCK")
+
     @property
     def returncode(self) -> int | None:
         return self._process.poll() if self._process else None

@@ -439,12 +439,12 @@ def test_timer_t2_below_t1_is_refused_at_the_key_the_file_sets():
 
 
 def test_overload_thresholds_out_of_order_are_refused_at_the_key_the_file_sets():
-    assert error_of("[overload]\ndrop_delay = 0.1\n") == (
-        "sipgw.toml:2: overload.drop_delay: must be more than overload.shed_delay (0.1), "
-        "got 0.1"
+    assert error_of("[overload]\ndrop_delay = 0.05\n") == (
+        "sipgw.toml:2: overload.drop_delay: must be more than overload.shed_delay (0.05), "
+        "got 0.05"
     )
     assert error_of("[overload]\nshed_delay = 1\n") == (
-        "sipgw.toml:2: overload.shed_delay: must be less than overload.drop_delay (0.2), got 1"
+        "sipgw.toml:2: overload.shed_delay: must be less than overload.drop_delay (0.15), got 1"
     )
     assert error_of("[overload]\nretry_after = 90\n") == (
         "sipgw.toml:2: overload.retry_after: must not be more than overload.retry_after_max "

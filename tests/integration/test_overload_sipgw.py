@@ -1,0 +1,142 @@
+"""Overload (issue 16): offered twice and four times what it can do, sipgw keeps completing
+calls at about its capacity, hangs up the calls already set up without delay, and is
+back to normal within seconds once the storm ends.
+
+Real SIPp processes on loopback: a backend answering calls, callers on four addresses
+(127.0.2.1-4, so that sipgw sees many sources) placing INVITE→200→ACK→BYE→200 calls, and
+one more (127.0.2.50) holding calls set up before each storm and hanging them up in its
+middle, timing each BYE. Pike is off: a storm from many phones is what overload control
+is for, not a flood from one address.
+
+The capacity is measured first, on this machine as it is now: sipgw's CPU time per call
+at a rate it keeps up with, hence the calls a second one core gives it. The storms are
+offered as multiples of that, and what is asserted is relative to it: a machine-dependent
+rate never appears. Each storm lasts ``STORM`` seconds; the whole test about 30.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from sipgw.tools.process import SipgwProcess
+from tests.helpers.poll import wait_until
+from tests.integration.sipgw_process import SipgwRunner, control_toml, statistics
+from tests.integration.sipp import SippProcess, SippRunner
+
+pytestmark = pytest.mark.integration
+
+CALLERS = [f"127.0.2.{n}" for n in range(1, 5)]
+HOLDER = "127.0.2.50"
+CALIBRATION_RATE = 300  # calls a second: well under what sipgw does on a loaded machine
+CALIBRATION_SECONDS = 2.0
+STORM = 4.0  # seconds each storm lasts
+HELD = 40  # calls set up before each storm, hung up in its middle
+HOLD_MS = 1500  # from each held call's ACK to its BYE
+# Of the capacity measured at the start, what the calls completed during a storm must
+# reach: the issue's targets are 90 % at 2x and 80 % at 4x (bench/overload.py measures
+# them); a shared CI machine gives sipgw less than a core while the SIPps run, so the
+# test holds half of those.
+GOODPUT_SHARE = {2: 0.45, 4: 0.4}
+BYE_WAIT = 2.5  # seconds a held call's BYE may take on average, there and back
+RECOVERY = 8.0  # seconds from the storm's end to sipgw taking every new call again
+BUCKETS = ("<100", "<200", "<500", "<1000", ">=1000")  # of the held calls' BYE times
+
+
+def calls(sipp: SippRunner, gw: SipgwProcess, *, ip: str, rate: float, count: int,
+          scenario: str = "uac_call", pause_ms: int = 0, timeout: float = 30.0) -> SippProcess:
+    """A caller without message trace; up to 10,000 calls open (SIPp's default limit,
+    three times the rate times the call's length, would throttle a storm)."""
+    return sipp.uac(scenario, remote=gw.address, ip=ip, calls=count, rate=rate,
+                    pause_ms=pause_ms, trace_messages=False, stats_period=1,
+                    timeout=timeout, extra_args=["-l", "10000"])
+
+
+def calibrate(sipp: SippRunner, gw: SipgwProcess) -> float:
+    """Calls a second sipgw completes per second of its CPU (its capacity on one core)."""
+    before = gw.cpu_seconds()
+    caller = calls(sipp, gw, ip=CALLERS[0], rate=CALIBRATION_RATE,
+                   count=int(CALIBRATION_RATE * CALIBRATION_SECONDS))
+    assert caller.wait() == 0, caller.describe()
+    return caller.stats().successful / (gw.cpu_seconds() - before)
+
+
+def storm(sipp: SippRunner, gw: SipgwProcess, rate: float) -> float:
+    """``rate`` calls a second from every caller address at once for STORM seconds;
+    the calls completed a second."""
+    per_caller = rate / len(CALLERS)
+    callers = [calls(sipp, gw, ip=ip, rate=per_caller, count=int(per_caller * STORM) + 1,
+                     timeout=STORM + 20) for ip in CALLERS]
+    started = time.monotonic()
+    time.sleep(STORM)  # the storm itself: what is measured is what sipgw does during it
+    for caller in callers:
+        caller.stop()  # SIPp writes its last statistics as it ends
+    elapsed = time.monotonic() - started
+    return sum(caller.stats().successful for caller in callers) / elapsed
+
+
+def seconds(sipp_time: str) -> float:
+    """SIPp's ``HH:MM:SS:mmmuuu`` as seconds."""
+    hours, minutes, secs, micros = (int(part) for part in sipp_time.split(":"))
+    return hours * 3600 + minutes * 60 + secs + micros / 1e6
+
+
+def shed(gw: SipgwProcess) -> dict[str, int]:
+    return statistics(gw, "core:shed_503", "core:shed_dropped", "core:shed_percent")
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_offered_a_multiple_of_its_capacity_sipgw_sheds_new_calls_and_serves_the_rest(
+        sipgw: SipgwRunner, sipp: SippRunner, tmp_path: Path, factor: int):
+    backend = sipp.uas("uas_load", calls=1_000_000, trace_messages=False, timeout=120,
+                       extra_args=["-buff_size", str(4 << 20)])
+    gw = sipgw(backend=backend.address, log_level="info",
+               extra_toml=control_toml(tmp_path) + "[pike]\nenabled = false\n")
+    capacity = calibrate(sipp, gw)
+
+    holder = calls(sipp, gw, ip=HOLDER, rate=HELD * 5, count=HELD,
+                   scenario="uac_call_timed_bye", pause_ms=HOLD_MS)
+    wait_until(lambda: statistics(gw, "dialog:active_dialogs")["dialog:active_dialogs"] >= HELD,
+               timeout=5, what=f"{HELD} calls set up before the storm", caller=holder)
+    before, cpu = shed(gw), gw.cpu_seconds()
+    goodput = storm(sipp, gw, factor * capacity)
+    during, cpu = shed(gw), (gw.cpu_seconds() - cpu) / STORM
+    ended = time.monotonic()
+
+    holder.wait()
+    held = holder.stats()
+    repartition = [held.count(f"ResponseTimeRepartition1_{bucket}") for bucket in BUCKETS]
+    refused = (during["core:shed_503"] - before["core:shed_503"],
+               during["core:shed_dropped"] - before["core:shed_dropped"])
+    told = (f"capacity {capacity:.0f} calls/s, offered {factor * capacity:.0f}/s, completed "
+            f"{goodput:.0f}/s, sipgw at {cpu:.0%} of a core; refused with 503 and dropped: "
+            f"{refused}; held calls: "
+            f"{held.successful} hung up, BYEs answered in {held.values['ResponseTime1(C)']} "
+            f"on average, {held.retransmissions} retransmitted, answered within 100, 200, "
+            f"500, 1000 ms and more: {repartition}")
+    assert sum(refused) > 0, f"sipgw shed nothing: {told}"
+    assert goodput >= GOODPUT_SHARE[factor] * capacity, told
+
+    # The calls set up before the storm were all hung up during it: every BYE answered,
+    # in under BYE_WAIT on average. A collapsed proxy takes many seconds: the kernel's
+    # 8 MB receive queue alone holds more than a second of datagrams, and whatever it
+    # loses waits for the callers' retransmissions.
+    assert (held.successful, held.failed) == (HELD, 0), (told, held.failures)
+    assert seconds(held.values["ResponseTime1(C)"]) < BYE_WAIT, told
+
+    # The storm over, sipgw takes every new call again within seconds.
+    wait_until(lambda: shed(gw)["core:shed_percent"] == 0, timeout=RECOVERY,
+               what=f"sipgw still shedding {RECOVERY} s after the storm ({told})", caller=gw)
+    after = calls(sipp, gw, ip=CALLERS[0], rate=50, count=20)
+    assert after.wait() == 0, after.describe()
+    assert time.monotonic() - ended < RECOVERY + 5
+    assert shed(gw)["core:shed_503"] == during["core:shed_503"]
+
+    # Said in the log, at most one line per kind and 10 seconds.
+    log = gw.log_text()
+    lines = [line for line in log.splitlines() if "overload: " in line]
+    assert lines, log[-2000:]
+    assert sum("refused with 503" in line for line in lines) <= 2
+    assert sum("dropped unread" in line for line in lines) <= 2
