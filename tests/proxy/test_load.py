@@ -111,3 +111,20 @@ def test_a_closed_socket_has_no_unread_bytes():
     s = socket.socket()
     s.close()
     assert unread_bytes(s.fileno()) == 0
+
+
+def test_each_tick_tells_how_late_sipgw_is_by_the_queue_that_stood_all_tick_or_its_lag():
+    told: list[float] = []
+    clock, stats = Clock(), Stats()
+    load = LoadMonitor(clock, stats, lambda: (), on_tick=told.append)
+    load.start()
+    load.udp.observe(0.300)  # a burst: one datagram waited, the next ones did not
+    load.udp.observe(0.001)
+    ticks(clock, 1)
+    load.udp.observe(0.200)  # a queue that stood: everything read had waited
+    load.udp.observe(0.150)
+    ticks(clock, 1)
+    ticks(clock, 1)  # nothing came
+    clock.advance(TICK + 0.250)  # a stall of the loop itself
+    assert [round(t, 3) for t in told] == [0.001, 0.150, 0.0, 0.250]
+    load.stop()
