@@ -1,7 +1,8 @@
 """``sipgw top``: a live dashboard of the running proxy, redrawn every interval.
 
 Each round asks the control socket for the statistics (``stats.fetch``; the load panel is
-its ``load:`` gauges, sipgw-stats(7)), the active dialogs,
+its ``load:`` gauges and the share overload control refuses, sipgw-stats(7)), the active
+dialogs,
 and, when the proxy serves them, the dispatcher destinations, the bans and the open
 connections by transport (``core.connections``); rates are the
 change of a counter since the previous round. When the proxy goes away the dashboard says
@@ -39,6 +40,8 @@ RATES = {
     "5xx/s": "core.rcv_replies_5xx",
     "6xx/s": "core.rcv_replies_6xx",
     "sipgw replies/s": "sl.sent_replies",
+    "shed 503/s": "core.shed_503",  # overload control: new requests refused
+    "shed dropped/s": "core.shed_dropped",
 }
 
 
@@ -121,6 +124,7 @@ def dashboard(snap: dict[str, Any], per_second: dict[str, float], where: str) ->
         ("loop lag ms", _ms(g("load.reactor_lag_us"))),
         ("loop lag max ms", _ms(g("load.reactor_lag_max_us"))),
         ("stream unread", g("load.stream_backlog_bytes", "-")),
+        ("shedding %", g("core.shed_percent", "-")),  # of new requests, refused now
     ])
     dialogs = snap.get("dialogs") or {}
     dlg = _pairs("dialogs", [("active", dialogs.get("all", g("dialog.active_dialogs", 0))),

@@ -20,7 +20,9 @@ def serve_growing(control):
                 "pike.blocked_ips": 7, "pike.dropped_msgs": 4321,
                 "load.udp_queue_delay_us": 1250, "load.udp_queue_delay_max_us": 48000,
                 "load.reactor_lag_us": 310, "load.reactor_lag_max_us": 2000,
-                "load.stream_backlog_bytes": 65536}
+                "load.stream_backlog_bytes": 65536,
+                "core.shed_percent": 75, "core.shed_503": 120 * counts["n"],
+                "core.shed_dropped": 3400 * counts["n"]}
 
     control.answers["system.listMethods"] = ["stats.fetch", "dlg.stats_active",
                                              "dispatcher.list", "auth.bans", "core.connections"]
@@ -41,6 +43,7 @@ def test_json_prints_one_object_per_round_with_rates_from_the_previous_round(run
     first, second = (json.loads(line) for line in out.splitlines())
     assert first["rates"]["requests/s"] == 0.0
     assert second["rates"]["requests/s"] > 0
+    assert second["rates"]["shed 503/s"] > 0 and second["rates"]["shed dropped/s"] > 0
     assert second["dialogs"]["all"] == 4
     assert second["dispatcher"][1] == {"set": 1, "uri": "sip:10.0.0.6:5060", "flags": "IP",
                                        "avg_ms": 0.0, "timeouts": 3}
@@ -63,6 +66,8 @@ def test_the_dashboard_shows_traffic_connections_auth_dialogs_and_destinations(r
     assert re.search(r"udp queue max ms +48\.00\b", out)
     assert re.search(r"loop lag ms +0\.31\b", out) and re.search(r"loop lag max ms +2\.00\b", out)
     assert re.search(r"stream unread +65536\b", out)
+    # Overload control: refusing 75 % of new requests now.
+    assert re.search(r"shedding % +75\b", out)
 
 
 def test_a_proxy_that_is_not_there_is_shown_and_top_keeps_going(run, tmp_path):
