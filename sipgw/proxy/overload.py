@@ -5,8 +5,9 @@ late sipgw is, the longest a datagram waited in the kernel in that tick or how l
 tick itself ran, whichever is worse. From it ``Overload`` keeps ``admit``, the share of
 new initial requests sipgw takes on, somewhat as TCP keeps its window:
 
-- later than ``overload.shed_delay`` two ticks in a row: cut, by up to half at once the
-  further over it is (four times over: half). Not again until what sipgw reads arrived
+- later than ``overload.shed_delay`` two ticks in a row, sipgw busy on the CPU at least
+  half the time: cut, by up to half at once the further over it is (four times over:
+  half). Not again until what sipgw reads arrived
   after that cut (what it reads meanwhile queued up before it and says nothing of it),
   and only if sipgw is no less late than at the cut: a backlog draining shows the cut
   was enough;
@@ -38,7 +39,9 @@ from __future__ import annotations
 
 import re
 import struct
+import time
 import zlib
+from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -57,6 +60,7 @@ LOW_WATER = 0.5  # of a threshold: below it sipgw counts as on time
 LARGEST_CUT = 0.5  # one cut keeps at least half of the share,
 SMALLEST_CUT = 0.9  # and at most 90 % of it
 DRAINING = 0.9  # of the delay at the last cut: less, and the backlog is draining
+BUSY = 0.5  # of a tick's wall time spent on the CPU: less, and sipgw is not the bottleneck
 DROP_HOLD = 2.0  # seconds under half of drop_delay before refusals are answered again
 ROTATION = 4.0  # seconds between two salts of the Call-ID hash
 
@@ -92,8 +96,10 @@ class Overload:
     """The shedding decision of one process, on its own load signal."""
 
     def __init__(self, *, clock: IReactorTime, stats: Stats, replies: Replies,
-                 settings: OverloadConfig) -> None:
+                 settings: OverloadConfig,
+                 cpu_seconds: Callable[[], float] = time.process_time) -> None:
         self.clock = clock
+        self.cpu_seconds = cpu_seconds
         self.stats = stats
         self.replies = replies
         stats.declare(OVERLOAD_STATS)
@@ -105,6 +111,7 @@ class Overload:
         self._over = False  # the tick before was over shed_delay
         self._cut_at = float("-inf")  # when the share was last cut
         self._cut_delay = 0.0  # and how late sipgw was then
+        self._ticked = (clock.seconds(), cpu_seconds())  # the last tick: wall and CPU time
         self._calm_since: float | None = None  # under half of drop_delay since, when dropping
         self._salt = b""
         self._salted_at = float("-inf")
@@ -130,11 +137,17 @@ class Overload:
             self._salted_at = now
             self._salt = struct.pack("!d", now)
         self.delay = delay
+        cpu = self.cpu_seconds()
+        (then, cpu_then), self._ticked = self._ticked, (now, cpu)
+        busy = now <= then or cpu - cpu_then >= BUSY * (now - then)
         admit = self.admit
         over = delay > self.shed_delay
         if over:
-            # A single late tick (a long collection pass, a slow disk) is not overload.
-            if self._over and now - delay >= self._cut_at and delay >= self._cut_delay * DRAINING:
+            # A single late tick (a long collection pass, a slow disk) is not overload, nor
+            # is lateness while sipgw had time to spare: other processes held the CPU,
+            # and refusing more work would not give it back.
+            if (self._over and busy and now - delay >= self._cut_at
+                    and delay >= self._cut_delay * DRAINING):
                 admit *= min(SMALLEST_CUT, max(LARGEST_CUT, (self.shed_delay / delay) ** 0.5))
                 self._cut_at, self._cut_delay = now, delay
         elif delay < self.shed_delay * LOW_WATER:

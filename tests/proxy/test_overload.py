@@ -19,13 +19,16 @@ from sipgw.tools.harness import BACKEND, ProxyHarness, our_route, valid_invite
 SETTINGS = OverloadConfig()  # shed_delay 0.05 s, drop_delay 0.15 s, Retry-After 5..60
 
 
-def overload(settings: OverloadConfig = SETTINGS) -> tuple[Clock, Overload]:
+def overload(settings: OverloadConfig = SETTINGS, *,
+             cpu_seconds=None) -> tuple[Clock, Overload]:
+    """An Overload on a fake clock; sipgw busy all the time unless ``cpu_seconds`` says
+    otherwise."""
     clock = Clock()
     clock.advance(1_000_000)
     stats = Stats()
     return clock, Overload(clock=clock, stats=stats,
                            replies=Replies(stats=stats, send=lambda data, dest: None),
-                           settings=settings)
+                           settings=settings, cpu_seconds=cpu_seconds or clock.seconds)
 
 
 def late(clock: Clock, shedder: Overload, *delays: float) -> None:
@@ -49,6 +52,19 @@ def test_one_late_tick_is_a_stall_not_overload_and_two_are():
     late(clock, shedder, 0.2, 0.2)  # four times shed_delay, twice in a row
     assert shedder.shedding and shed_percent(shedder) == 50
     assert not shedder.dropping or shedder.delay > SETTINGS.drop_delay
+
+
+def test_late_while_sipgw_had_time_to_spare_is_not_its_own_overload():
+    cpu = [0.0]
+    clock, shedder = overload(cpu_seconds=lambda: cpu[0])
+    for _ in range(30):  # other processes hold the CPU: sipgw runs 40 % of the time
+        cpu[0] += 0.4 * TICK
+        late(clock, shedder, 0.3)
+    assert not shedder.shedding
+    for _ in range(2):  # its own work: it was on the CPU 90 % of the time
+        cpu[0] += 0.9 * TICK
+        late(clock, shedder, 0.3)
+    assert shedder.shedding
 
 
 def test_a_backlog_draining_is_not_cut_again_and_a_standing_one_is():
@@ -120,6 +136,7 @@ def test_disabled_it_takes_everything_however_late():
 
 def shedding(h: ProxyHarness, *delays: float) -> Overload:
     shedder = h.proxy.overload
+    shedder.cpu_seconds = h.clock.seconds  # busy all the time
     for delay in delays:
         h.clock.advance(TICK)
         shedder.on_load(delay)
