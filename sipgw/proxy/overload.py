@@ -28,9 +28,11 @@ with a Retry-After spread over a range that grows with the share refused (RFC 32
 §21.5.4), from ``overload.retry_after`` up to ``overload.retry_after_max``, so the
 refused do not all come back at once.
 
-Later than ``overload.drop_delay``, even answering costs too much: a refused request over
-UDP is dropped unread, decided from the datagram's first bytes (method, To tag, Call-ID)
-before it is parsed; its sender retransmits and draws again. This holds until sipgw has
+Later than ``overload.drop_delay`` with half of new requests or more refused already,
+even answering costs too much (a 503 and its ACK cost about a tenth of a call; a late
+spike alone is no reason to drop, and the retransmissions of what is dropped add load): a
+refused request over UDP is dropped unread, decided from the datagram's first bytes
+(method, To tag, Call-ID) before it is parsed; its sender retransmits and draws again. This holds until sipgw has
 been less than half that late for ``DROP_HOLD`` seconds. Over TCP, TLS and WebSocket a
 refused request is always answered: nobody retransmits on those.
 """
@@ -60,6 +62,7 @@ LOW_WATER = 0.5  # of a threshold: below it sipgw counts as on time
 LARGEST_CUT = 0.5  # one cut keeps at least half of the share,
 SMALLEST_CUT = 0.9  # and at most 90 % of it
 DRAINING = 0.9  # of the delay at the last cut: less, and the backlog is draining
+DROP_SHARE = 0.5  # dropping starts only once at most this share is taken on
 BUSY = 0.5  # of a tick's wall time spent on the CPU: less, and sipgw is not the bottleneck
 DROP_HOLD = 2.0  # seconds under half of drop_delay before refusals are answered again
 ROTATION = 4.0  # seconds between two salts of the Call-ID hash
@@ -155,7 +158,7 @@ class Overload:
             self._cut_delay = 0.0
         self._over = over
         dropping = self.dropping
-        if delay > self.drop_delay:
+        if delay > self.drop_delay and (dropping or admit <= DROP_SHARE):
             dropping, self._calm_since = True, None
         elif dropping:
             if delay >= self.drop_delay * LOW_WATER:

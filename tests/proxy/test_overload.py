@@ -120,6 +120,12 @@ def test_dropping_starts_past_drop_delay_and_stops_only_after_two_calm_seconds()
     assert shedder.shedding  # still refusing some: answered with 503 again
 
 
+def test_a_late_spike_while_most_is_taken_on_is_answered_not_dropped():
+    clock, shedder = overload()
+    late(clock, shedder, 0.06, 0.06, 0.4)  # a little late, then a spike past drop_delay
+    assert shedder.admit > 0.5 and shedder.shedding and not shedder.dropping
+
+
 def test_disabled_it_takes_everything_however_late():
     clock, shedder = overload(dataclasses.replace(SETTINGS, enabled=False))
     late(clock, shedder, *[5.0] * 50)
