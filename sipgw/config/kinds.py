@@ -428,6 +428,27 @@ class FileMode(Kind):
         return f"{value:04o}"
 
 
+MAX_WORKERS = 64
+
+
+class WorkerCount(Kind):
+    """``"auto"`` (kept as 0: one worker per CPU, counted when the service starts) or 1..64."""
+
+    __slots__ = ()
+
+    def parse(self, value: object) -> Any:
+        if value == "auto":
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f'expected "auto" or a number of processes, got {show(value)}')
+        if not 1 <= value <= MAX_WORKERS:
+            raise Invalid(f'must be "auto" or between 1 and {MAX_WORKERS}, got {value}')
+        return value
+
+    def dump(self, value: Any) -> Any:
+        return value or "auto"
+
+
 class LogLevel(Kind):
     __slots__ = ()
 

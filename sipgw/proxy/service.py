@@ -12,6 +12,7 @@ one when the new one is bad.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import signal
@@ -23,6 +24,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sipgw.config import Config, ConfigError, LoadedConfig, load_config
+from sipgw.config.kinds import Address
 from sipgw.proxy.acl import Acl
 from sipgw.proxy.auth import Authenticator, nonce_secret, open_subscribers
 from sipgw.proxy.backends import Backend, Backends
@@ -51,6 +53,9 @@ from sipgw.proxy.transport.stream import StreamTransport
 from sipgw.proxy.transport.tls import ServerTls, TlsTransport
 from sipgw.proxy.transport.udp import UdpListener, listen_udp
 from sipgw.proxy.transport.ws import WsTransport
+from sipgw.proxy.workers.channel import WorkerChannel
+from sipgw.proxy.workers.spec import WorkerSpec
+from sipgw.proxy.workers.worker import WorkerLink
 from sipgw.sip.nat import NatTest
 from sipgw.store import SubscriberStore
 
@@ -60,7 +65,8 @@ WILDCARDS = ("0.0.0.0", "::", "")
 
 
 def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = None,
-                 environ: Mapping[str, str] | None = None) -> ProxyService:
+                 environ: Mapping[str, str] | None = None,
+                 worker: WorkerSpec | None = None) -> ProxyService:
     """``sipgw serve`` as one Twisted service, every component built here, bottom-up.
 
     Its children start in this order and stop in the reverse one: the listeners, the
@@ -69,7 +75,14 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     listens; STOPPING=1 first when stopping). ``send``: where the core's messages go
     instead of the listeners (tests on a memory reactor). Raises ConfigError (TLS
     certificate) and ListFileError (dispatcher list) before anything listens.
+
+    ``worker``: this process is one worker of several (``sipgw.proxy.workers``): it adopts
+    the sockets the supervisor opened, writes its own address toward the backends, serves
+    its control socket beside the service's, and says it is ready to the supervisor
+    instead of systemd.
     """
+    if worker is not None:
+        loaded = _with_inherited_ports(loaded, worker)
     config = loaded.config
     stats = Stats()
     sipgw_log.count_dropped_lines_in(stats)
@@ -77,7 +90,8 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     tap = Tap()
     outbound = Outbound(reactor, flows, tap)
     proxy = build_core(config, clock=reactor, send=send or outbound.send, stats=stats,
-                       flows=flows, tap=tap, store=open_subscribers(config, reactor))
+                       flows=flows, tap=tap, store=open_subscribers(config, reactor),
+                       worker=worker)
     # A bad certificate is a start-up error (TlsError), before any listener opens.
     tls = ServerTls(config.tls) if (config.listen.tls or config.listen.wss) else None
     stream = StreamTransport(
@@ -112,16 +126,20 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
                          flows_of=proxy.registrar.flows_of,
                          screen=proxy.screen)
     udp = [UdpListener(addr.host, addr.port, proxy.receive) for addr in config.listen.udp]
+    own = None
+    if worker is not None:
+        own = UdpListener(worker.backend.host, worker.backend.port, proxy.receive)
     failure: list = [proxy.relay.transport_failed]
     if proxy.dispatcher is not None:
         dispatcher = proxy.dispatcher
         failure.append(lambda host, port, transport: dispatcher.transport_error(host, port))
     outbound.attach(udp=udp, streams={name: t for name, t in (("tcp", stream),
                                                               ("tls", tls_stream)) if t},
-                    on_failure=failure)
+                    on_failure=failure, backend_udp=own, is_backend=proxy.backends.is_backend)
     load = LoadMonitor(reactor, stats, lambda: flows.by_id.values())
     listeners = Listeners(reactor, config.listen, udp=udp, stream=stream,
-                          tls_stream=tls_stream, ws=ws, tls=tls, on_udp_delay=load.udp.observe)
+                          tls_stream=tls_stream, ws=ws, tls=tls, on_udp_delay=load.udp.observe,
+                          worker=worker, own_udp=own)
     notifier = Notifier(environ)
     root = ProxyService(loaded=loaded, reactor=reactor, stats=stats, flows=flows, tap=tap,
                         proxy=proxy, listeners=listeners, notifier=notifier)
@@ -131,11 +149,29 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
         Running("dispatcher probes", _started(proxy.dispatcher)).setServiceParent(root)
     if proxy.pike is not None:
         Running("pike", _started(proxy.pike)).setServiceParent(root)
-    ControlSocket(root).setServiceParent(root)
-    Running("metrics", lambda: _stopper(start_metrics(root))).setServiceParent(root)
+    ControlSocket(root, worker.control_socket if worker else None).setServiceParent(root)
+    if worker is None:
+        Running("metrics", lambda: _stopper(start_metrics(root))).setServiceParent(root)
     Running("memory trim", lambda: start_trimming(reactor).stop).setServiceParent(root)
-    Notify(notifier, reactor, root.status_line).setServiceParent(root)
+    if worker is None:
+        Notify(notifier, reactor, root.status_line).setServiceParent(root)
+    else:
+        link = WorkerLink(root, worker, reactor)
+        root.channel = link.channel
+        link.setServiceParent(root)
     return root
+
+
+def _with_inherited_ports(loaded: LoadedConfig, worker: WorkerSpec) -> LoadedConfig:
+    """The config with the ports the supervisor bound (a listener on port 0 got one)."""
+    listen = loaded.config.listen
+    bound = {kind: tuple(Address(s.host, s.port) for s in worker.public(kind))
+             for kind in ("udp", "tcp", "tls", "ws", "wss")}
+    if all(bound[kind] == getattr(listen, kind) for kind in bound):
+        return loaded
+    config = dataclasses.replace(loaded.config,
+                                 listen=dataclasses.replace(listen, **bound))  # type: ignore[arg-type]
+    return dataclasses.replace(loaded, config=config)
 
 
 class Running(service.Service):
@@ -177,13 +213,14 @@ class ControlSocket(service.Service):
 
     name = "control"  # type: ignore[assignment]  # Twisted types Service.name as None
 
-    def __init__(self, root: ProxyService) -> None:
+    def __init__(self, root: ProxyService, path: str | None = None) -> None:
         self.root = root
+        self.path = path  # a worker's own socket; None: control.socket
         self.server: ControlServer | None = None
 
     def startService(self) -> None:
         super().startService()
-        self.server = start_control(self.root)
+        self.server = start_control(self.root, self.path)
 
     def stopService(self):
         super().stopService()
@@ -221,8 +258,11 @@ class Listeners(service.Service):
 
     def __init__(self, reactor, listen, *, udp: list[UdpListener], stream: StreamTransport,
                  tls_stream: TlsTransport | None, ws: WsTransport | None,
-                 tls: ServerTls | None, on_udp_delay: Callable[[float], None]) -> None:
+                 tls: ServerTls | None, on_udp_delay: Callable[[float], None],
+                 worker: WorkerSpec | None = None, own_udp: UdpListener | None = None) -> None:
         self.reactor = reactor
+        self.worker = worker
+        self.own_udp = own_udp
         self.on_udp_delay = on_udp_delay
         self.listen = listen
         self.udp = udp
@@ -236,20 +276,30 @@ class Listeners(service.Service):
     def startService(self) -> None:
         super().startService()
         listen = self.listen
-        for lst in self.udp:
-            self.udp_ports.append(listen_udp(self.reactor, lst, self.on_udp_delay))
-        for addr in listen.tcp:
-            self.stream_ports.append(self.stream.listen(addr.host, addr.port))
+        for n, lst in enumerate(self.udp):
+            self.udp_ports.append(listen_udp(self.reactor, lst, self.on_udp_delay,
+                                             self._fd("udp", n)))
+        if self.own_udp is not None and self.worker is not None:
+            self.udp_ports.append(listen_udp(self.reactor, self.own_udp, self.on_udp_delay,
+                                             self.worker.backend.fd))
+        for n, addr in enumerate(listen.tcp):
+            self.stream_ports.append(self.stream.listen(addr.host, addr.port, self._fd("tcp", n)))
             log.info("listening on {a}", a=transport_address("tcp", addr.host, addr.port))
         if self.tls_stream is not None and self.tls is not None:  # made together
-            for addr in listen.tls:
-                self.stream_ports.append(self.tls_stream.listen_tls(addr.host, addr.port,
-                                                                    self.tls))
+            for n, addr in enumerate(listen.tls):
+                self.stream_ports.append(self.tls_stream.listen_tls(
+                    addr.host, addr.port, self.tls, self._fd("tls", n)))
         if self.ws is not None:
-            for addr in listen.ws:
-                self.stream_ports.append(self.ws.listen(addr.host, addr.port))
-            for addr in listen.wss:
-                self.stream_ports.append(self.ws.listen(addr.host, addr.port, tls=self.tls))
+            for n, addr in enumerate(listen.ws):
+                self.stream_ports.append(self.ws.listen(addr.host, addr.port,
+                                                        fd=self._fd("ws", n)))
+            for n, addr in enumerate(listen.wss):
+                self.stream_ports.append(self.ws.listen(addr.host, addr.port, tls=self.tls,
+                                                        fd=self._fd("wss", n)))
+
+    def _fd(self, kind: str, n: int) -> int | None:
+        """A worker's inherited socket for the ``n``th listener of ``kind``."""
+        return self.worker.public(kind)[n].fd if self.worker is not None else None
 
     def stop_accepting(self) -> None:
         ports, self.stream_ports = self.stream_ports, []
@@ -283,6 +333,8 @@ class ProxyService(service.MultiService):
         self.proxy = proxy
         self.listeners = listeners
         self.notifier = notifier
+        self.worker = listeners.worker
+        self.channel: WorkerChannel | None = None  # a worker's link to the others
         # What the control plane shows (core.connections, ws.dump, mod.stats).
         self.stream = listeners.stream
         self.tls_stream = listeners.tls_stream
@@ -352,18 +404,28 @@ class ProxyService(service.MultiService):
         finally:
             self.notifier.ready(status="running")
 
-    def _reload(self) -> None:
-        """Read the file again; a bad file changes nothing."""
+    def reload_checked(self) -> str:
+        """A worker's reload, the file checked by the supervisor: "" or what went wrong."""
+        try:
+            return self._reload()
+        except Exception as e:  # noqa: BLE001 - told to the supervisor, which logs it
+            log.failure("reload")
+            return str(e)
+
+    def _reload(self) -> str:
+        """Read the file again; a bad file changes nothing (and is what is returned)."""
         path = self.loaded.path
         if path is None:
             log.info("reload: running on the embedded default config; nothing to read")
-            return
+            return ""
         try:
             new = load_config(path)
+            if self.worker is not None:
+                new = _with_inherited_ports(new, self.worker)
             backend = _backend(new.config)
         except (ConfigError, ValueError) as e:
             log.error("reload refused, keeping the running config: {err}", err=e)
-            return
+            return str(e)
         old = self.loaded.config
         if new.config.listen != old.listen:
             log.warn("reload: listen changes need a restart; listeners kept as they are")
@@ -391,24 +453,33 @@ class ProxyService(service.MultiService):
         for key in new.not_in_effect:
             log.warn("{key}: not in effect yet", key=key)
         log.info("reloaded {path}", path=path)
+        return ""
 
 
 
 def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows: FlowTable,
                tap: Tap, store: SubscriberStore | None, identity: Identity | None = None,
                route_secret_key: bytes | None = None, dispatch: bool = True,
-               icmp: bool = True) -> Proxy:
+               icmp: bool = True, worker: WorkerSpec | None = None) -> Proxy:
     """The SIP core, bottom-up, each component built with what it needs.
 
     ``store`` None: no AUTH step (unit tests of the relay); ``dispatch`` False: every
     request goes to the first destination, with no dispatcher (the same); ``icmp`` False:
     the dispatcher opens no sockets of its own. ``identity`` and ``route_secret_key``
-    replace what the config would give (tests).
+    replace what the config would give (tests). ``worker``: a worker's own address, written
+    toward the backends.
     """
     backend = _backend(config)
     if identity is None:
         identity = Identity(listeners=_listeners(config, backend.destination.host),
                             aliases=_aliases(config))
+        if worker is not None:
+            toward = backend.destination.host
+            identity.backend = Listener(transport="udp", port=worker.backend.port,
+                                        host=_advertised(config, worker.backend.host, toward))
+            identity.peers = tuple((_advertised(config, host, toward), port)
+                                   for host, port in worker.peers)
+            identity.refresh()
     if route_secret_key is None:
         route_secret_key = route_key(config.proxy.route_secret, config.auth.nonce_secret,
                                      config.state.directory)
@@ -417,7 +488,7 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
     dialogs = Dialogs(clock, stats, max_dialogs=config.limits.max_dialogs)
     relay = Relay(clock=clock, stats=stats, send=send, identity=identity, signer=signer,
                   replies=replies, dialogs=dialogs, timers=config.timers, proxy=config.proxy,
-                  limits=config.limits)
+                  limits=config.limits, is_backend=lambda peer: backends.is_backend(peer))
     dispatcher = build_dispatcher(clock, stats, relay, config, icmp=icmp) if dispatch else None
     backends = Backends(backend, dispatcher)
 
@@ -490,18 +561,21 @@ def _primary_address(toward: str) -> str:
             return "127.0.0.1" if family == socket.AF_INET else "::1"
 
 
+def _advertised(config: Config, host: str, backend_host: str) -> str:
+    """The address we write for a socket bound to ``host``."""
+    if config.listen.advertise is not None:
+        return config.listen.advertise.host
+    return _primary_address(backend_host) if host in WILDCARDS else host
+
+
 def _listeners(config: Config, backend_host: str) -> list[Listener]:
     adv = config.listen.advertise
     out: list[Listener] = []
     for transport in ("udp", "tcp", "ws", "tls", "wss"):
         for addr in getattr(config.listen, transport):
-            host = addr.host
-            port = addr.port
-            if adv is not None:
-                host, port = adv.host, adv.port or addr.port
-            elif host in WILDCARDS:
-                host = _primary_address(backend_host)
-            out.append(Listener(transport=transport, host=host, port=port))
+            port = adv.port or addr.port if adv is not None else addr.port
+            out.append(Listener(transport=transport, port=port,
+                                host=_advertised(config, addr.host, backend_host)))
     if not out:
         out.append(Listener(transport="udp", host=_primary_address(backend_host), port=5060))
     return out

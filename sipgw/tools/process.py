@@ -90,6 +90,8 @@ class SipgwProcess:
 
     ``backend`` is a "host:port" (made a URI with ``transport``) or a full SIP URI.
     ``output`` is where its stdout and stderr go instead of ``sipgw.log`` (``/dev/full``).
+    ``workers``: ``sipgw serve --workers`` (1, a single process, unless a test is about
+    several).
     """
 
     def __init__(
@@ -105,8 +107,10 @@ class SipgwProcess:
         auth: bool = False,
         dispatcher: str | None = None,
         output: str | os.PathLike[str] | None = None,
+        workers: int = 1,
     ) -> None:
         self.workdir = Path(workdir)
+        self.workers = workers
         self.port = port if port is not None else free_port()
         self.backend = backend_uri(backend, transport)
         self.extra_toml = extra_toml
@@ -163,7 +167,8 @@ class SipgwProcess:
     # -- life cycle ---------------------------------------------------------------------
 
     def command(self) -> list[str]:
-        return [self.python, "-m", "sipgw", "serve", "-c", str(self.config_path)]
+        return [self.python, "-m", "sipgw", "serve", "-c", str(self.config_path),
+                "--workers", str(self.workers)]
 
     def start(self, ready_timeout: float = READY_TIMEOUT) -> SipgwProcess:
         """Write the config, start the process, and return once it answers OPTIONS."""

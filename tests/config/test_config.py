@@ -53,7 +53,7 @@ IN_EFFECT_NOW = {
     "dispatcher.retry_after",
     "listen.ws", "websocket.trusted_proxies", "websocket.allowed_origins", "websocket.public_urls",
     "websocket.keepalive_interval", "websocket.handshake_timeout", "proxy.nat_uac_test",
-    "proxy.route_secret",
+    "proxy.route_secret", "proxy.workers", "proxy.worker_ports",
     "listen.tls", "listen.wss", "tls.certificate", "tls.private_key", "tls.min_version",
     "tls.ciphers", "limits.ws_max_connections", "limits.ws_max_connections_per_address",
     "limits.ws_register_timeout", "websocket.phone_page",

@@ -1,0 +1,120 @@
+"""The channel between the supervisor and one worker: Twisted's AMP over a socketpair.
+
+Commands and who sends them:
+
+* ``Ready`` (worker → supervisor): the worker listens on every socket it inherited.
+* ``Ping`` (supervisor → worker): the heartbeat, answered from the worker's reactor, so
+  a stuck reactor misses it (the supervisor then stops feeding systemd's watchdog).
+* ``Reload`` (supervisor → worker): re-read the config file the supervisor has checked.
+* ``Publish`` (worker → supervisor) and ``Deliver`` (supervisor → the other workers):
+  state that must hold across workers (a ban, a destination seen failing) sent to all.
+  A topic's payload is JSON text; ``Deliver`` says which worker it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+log = Logger(namespace="sipgw.workers")
+
+
+class Ready(amp.Command):
+    arguments = [(b"index", amp.Integer()), (b"pid", amp.Integer())]
+
+
+class Ping(amp.Command):
+    response = [(b"connections", amp.Integer()), (b"transactions", amp.Integer())]
+
+
+class Reload(amp.Command):
+    response = [(b"error", amp.Unicode())]  # "" when the worker applied it
+
+
+class Publish(amp.Command):
+    arguments = [(b"topic", amp.Unicode()), (b"data", amp.Unicode())]
+    requiresAnswer = False
+
+
+class Deliver(amp.Command):
+    arguments = [(b"topic", amp.Unicode()), (b"data", amp.Unicode()),
+                 (b"origin", amp.Integer())]
+    requiresAnswer = False
+
+
+Handler = Callable[[Any, int], None]  # (payload, index of the worker it came from)
+
+
+class WorkerChannel(amp.AMP):
+    """The worker's end. ``on(topic, handler)`` receives what other workers publish;
+    ``publish(topic, payload)`` sends to them."""
+
+    def __init__(self, *, index: int, pid: int, load: Callable[[], tuple[int, int]],
+                 reload: Callable[[], str], on_lost: Callable[[], None]) -> None:
+        super().__init__()
+        self.index = index
+        self.pid = pid
+        self._load = load
+        self._reload = reload
+        self._on_lost = on_lost
+        self._handlers: dict[str, list[Handler]] = {}
+
+    def ready(self):
+        return self.callRemote(Ready, index=self.index, pid=self.pid)
+
+    def on(self, topic: str, handler: Handler) -> None:
+        self._handlers.setdefault(topic, []).append(handler)
+
+    def publish(self, topic: str, payload: Any) -> None:
+        if self.transport is not None:
+            self.callRemote(Publish, topic=topic, data=json.dumps(payload))
+
+    @Ping.responder
+    def ping(self) -> dict:
+        connections, transactions = self._load()
+        return {"connections": connections, "transactions": transactions}
+
+    @Reload.responder
+    def reload(self) -> dict:
+        return {"error": self._reload()}
+
+    @Deliver.responder
+    def deliver(self, topic: str, data: str, origin: int) -> dict:
+        payload = json.loads(data)
+        for handler in self._handlers.get(topic, ()):
+            try:
+                handler(payload, origin)
+            except Exception:
+                log.failure("handling {topic} from worker {origin}", topic=topic, origin=origin)
+        return {}
+
+    def connectionLost(self, reason=None) -> None:
+        super().connectionLost(reason)
+        self._on_lost()
+
+
+class SupervisorChannel(amp.AMP):
+    """The supervisor's end of one worker's channel."""
+
+    def __init__(self, slot, on_ready: Callable, on_publish: Callable) -> None:
+        super().__init__()
+        self.slot = slot
+        self._on_ready = on_ready
+        self._on_publish = on_publish
+
+    @Ready.responder
+    def ready(self, index: int, pid: int) -> dict:
+        self._on_ready(self.slot, pid)
+        return {}
+
+    @Publish.responder
+    def publish(self, topic: str, data: str) -> dict:
+        self._on_publish(self.slot, topic, data)
+        return {}
+
+    def deliver(self, topic: str, data: str, origin: int) -> None:
+        self.callRemote(Deliver, topic=topic, data=data, origin=origin)
