@@ -250,6 +250,18 @@ class SipgwProcess:
             process.kill()
             process.wait(STOP_TIMEOUT)
 
+    def ctl(self, method: str, *params: object) -> object:
+        """One control call (``sipgw ctl METHOD PARAMS``) on the socket its config names."""
+        from sipgw.config import load_config
+        from sipgw.rpc.client import Client, server_socket_path
+
+        config = load_config(self.config_path).config
+        client = Client(server_socket_path(config.control.socket, config.state.directory))
+        try:
+            return client.call(method, list(params))
+        finally:
+            client.close()
+
     # -- what it said -------------------------------------------------------------------
 
     def log_text(self) -> str:
