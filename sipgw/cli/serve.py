@@ -58,6 +58,11 @@ def _supervise(loaded, count: int) -> int:
     log = Logger(namespace="sipgw.serve")
     log.info("sipgw {v} starting {n} workers ({cfg})", v=__version__, n=count,
              cfg=loaded.path or "embedded default config")
+    try:
+        _check_certificate(loaded.config)
+    except ConfigError as e:
+        log.critical("cannot start: {err}", err=e)
+        return EXIT_FAILED
     supervisor = Supervisor(loaded, reactor, count)
     status = {"code": EXIT_OK}
 
@@ -70,12 +75,39 @@ def _supervise(loaded, count: int) -> int:
             reactor.stop()
 
     reactor.callWhenRunning(start)
+    reactor.callWhenRunning(_stop_once_on_signals, reactor, worker=False)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: supervisor.stopService() if supervisor.running else None)
     supervisor.install_signal_handlers()
     reactor.run()
     log.info("sipgw stopped")
-    return status["code"]
+    return status["code"] or supervisor.exit_code
+
+
+def _stop_once_on_signals(reactor, *, worker: bool) -> None:
+    """SIGTERM (and SIGINT) stop the reactor once: a terminal's Ctrl-C or a group kill
+    reaches the supervisor and every worker, and then the supervisor passes SIGTERM on; a
+    second signal must not stop a reactor already stopping. A worker ignores SIGINT: it
+    stops when its supervisor says so."""
+    import signal
+
+    stopping = []
+
+    def stop_once(*_) -> None:
+        if not stopping:
+            stopping.append(True)
+            reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, stop_once)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if worker else stop_once)
+
+
+def _check_certificate(config) -> None:
+    """What a worker would fail on at start, said once by the supervisor instead."""
+    if config.listen.tls or config.listen.wss:
+        from sipgw.proxy.transport.tls import ServerTls
+
+        ServerTls(config.tls)
 
 
 def _run(loaded, worker=None) -> int:
@@ -116,6 +148,8 @@ def _run(loaded, worker=None) -> int:
 
     reactor.callWhenRunning(start)
     reactor.callWhenRunning(gcpolicy.start, reactor)  # once start-up garbage is gone
+    if worker is not None:
+        reactor.callWhenRunning(_stop_once_on_signals, reactor, worker=True)
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
     svc.install_signal_handlers()
     reactor.run()

@@ -101,6 +101,7 @@ class Supervisor(service.Service):
         self.sockets: SocketSet | None = None
         self.slots = [Slot(i) for i in range(count)]
         self.stopping = False
+        self.exit_code = 0  # what sipgw serve exits with
         self.started_at = time.time()
         self._announced = False
         self._heartbeat = LoopingCall(self._ping_all)
@@ -183,6 +184,14 @@ class Supervisor(service.Service):
         if waiting is not None:
             waiting.callback(None)
         if self.stopping:
+            return
+        if not self._announced:
+            # Never got as far as listening: a certificate, a file, a port -- the same for
+            # every restart. Give up as a single process would, rather than loop.
+            log.critical("worker {i} could not start ({why}); stopping the service",
+                         i=slot.index, why=slot.last_exit)
+            self.exit_code = 1
+            os.kill(os.getpid(), signal.SIGTERM)  # stops once, as any SIGTERM does
             return
         ran = time.monotonic() - slot.started
         if ran >= STABLE_AFTER:
