@@ -91,7 +91,7 @@ def _stop_once_on_signals(reactor, *, worker: bool) -> None:
     stops when its supervisor says so."""
     import signal
 
-    stopping = []
+    stopping: list[bool] = []
 
     def stop_once(*_) -> None:
         if not stopping:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sipgw.tools.loopback import LOOPBACK, free_port
 from sipgw.tools.options import NoAnswer, ping
@@ -250,7 +251,7 @@ class SipgwProcess:
             process.kill()
             process.wait(STOP_TIMEOUT)
 
-    def ctl(self, method: str, *params: object) -> object:
+    def rpc(self, method: str, *params: object) -> Any:
         """One control call (``sipgw ctl METHOD PARAMS``) on the socket its config names."""
         from sipgw.config import load_config
         from sipgw.rpc.client import Client, server_socket_path

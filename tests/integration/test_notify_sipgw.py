@@ -56,7 +56,7 @@ def test_with_workers_the_supervisor_alone_speaks_for_the_service(sipgw: SipgwRu
                    extra_toml=f'[control]\nsocket = "{tmp_path}/c.ctl"\n')
         ready = _messages_until(s, "READY")[-1]
         assert ready["STATUS"] == "running: 2/2 workers"
-        workers = gw.ctl("core.workers")
+        workers = gw.rpc("core.workers")
         assert [w["ready"] for w in workers] == [True, True]
         assert len({w["pid"] for w in workers} | {gw.pid}) == 3
         gw.reload()
