@@ -86,7 +86,7 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     config = loaded.config
     stats = Stats()
     sipgw_log.count_dropped_lines_in(stats)
-    flows = FlowTable()
+    flows = FlowTable(worker.index, worker.count) if worker is not None else FlowTable()
     tap = Tap()
     outbound = Outbound(reactor, flows, tap)
     proxy = build_core(config, clock=reactor, send=send or outbound.send, stats=stats,

@@ -4,7 +4,8 @@ Commands and who sends them:
 
 * ``Ready`` (worker → supervisor): the worker listens on every socket it inherited.
 * ``Ping`` (supervisor → worker): the heartbeat, answered from the worker's reactor, so
-  a stuck reactor misses it (the supervisor then stops feeding systemd's watchdog).
+  a stuck reactor misses it (the supervisor then stops feeding systemd's watchdog); the
+  answer carries the worker's load and counts for ``core.workers``.
 * ``Reload`` (supervisor → worker): re-read the config file the supervisor has checked.
 * ``Publish`` (worker → supervisor) and ``Deliver`` (supervisor → the other workers):
   state that must hold across workers (a ban, a destination seen failing) sent to all.
@@ -28,7 +29,10 @@ class Ready(amp.Command):
 
 
 class Ping(amp.Command):
-    response = [(b"connections", amp.Integer()), (b"transactions", amp.Integer())]
+    # What core.workers shows of each worker: its load (reactor lag and UDP queueing
+    # delay, microseconds, as the load: statistics) and what it holds.
+    response = [(b"connections", amp.Integer()), (b"transactions", amp.Integer()),
+                 (b"lag_us", amp.Integer()), (b"queue_us", amp.Integer())]
 
 
 class Reload(amp.Command):
@@ -53,7 +57,7 @@ class WorkerChannel(amp.AMP):
     """The worker's end. ``on(topic, handler)`` receives what other workers publish;
     ``publish(topic, payload)`` sends to them."""
 
-    def __init__(self, *, index: int, pid: int, load: Callable[[], tuple[int, int]],
+    def __init__(self, *, index: int, pid: int, load: Callable[[], dict[str, int]],
                  reload: Callable[[], str], on_lost: Callable[[], None]) -> None:
         super().__init__()
         self.index = index
@@ -75,8 +79,7 @@ class WorkerChannel(amp.AMP):
 
     @Ping.responder
     def ping(self) -> dict:
-        connections, transactions = self._load()
-        return {"connections": connections, "transactions": transactions}
+        return self._load()
 
     @Reload.responder
     def reload(self) -> dict:

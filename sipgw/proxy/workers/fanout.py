@@ -19,9 +19,11 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.protocols.basic import LineOnlyReceiver
 
 from sipgw.proxy.control import MAX_LINE
+from sipgw.proxy.workers.rules import EVERY, Rule, rule_for
 from sipgw.rpc import codec
 from sipgw.rpc.registry import RpcError, RpcMethod
 from sipgw.rpc.stream import Emit, Stream
@@ -94,30 +96,24 @@ class _CallFactory(ClientFactory):
                 f"worker {self.call.index} is not answering: {reason.getErrorMessage()}"))
 
 
-def merge(results: list[Any]) -> Any:
-    """One answer from the workers' answers (see the module's docstring)."""
-    if not results:
-        return None
-    if all(isinstance(r, bool) for r in results):
-        return results[0] if all(r == results[0] for r in results) else any(results)
-    if all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in results):
-        return sum(results)
-    if all(isinstance(r, list) for r in results):
-        return [item for r in results for item in r]
-    if all(isinstance(r, dict) for r in results):
-        keys = dict.fromkeys(k for r in results for k in r)
-        return {k: merge([r[k] for r in results if k in r]) for k in keys}
-    if all(r == results[0] for r in results):
-        return results[0]
-    return results
+class _Subscription:
+    """A stream the client holds: the calls to each worker, joined by a worker that
+    starts (again) while it runs."""
+
+    def __init__(self, name: str, params: Any, calls: list[_OneCall]) -> None:
+        self.name = name
+        self.params = params
+        self.calls = calls
+        self.emit: Emit | None = None
 
 
 class FanOut:
-    """Calls to every running worker's control socket, merged."""
+    """Calls to every running worker's control socket, merged by the method's rule."""
 
     def __init__(self, reactor, paths: Callable[[], list[tuple[int, str]]]) -> None:
         self.reactor = reactor
         self.paths = paths  # (index, socket path) of each worker that is running
+        self.subscriptions: list[_Subscription] = []
 
     def method(self, name: str) -> RpcMethod:
         def handler(*args, **kwargs):
@@ -126,48 +122,87 @@ class FanOut:
 
         return RpcMethod(name=name, help="(answered by every worker)", handler=handler)
 
-    def _start(self, name: str, params: Any) -> list[_OneCall]:
-        calls = []
-        for index, path in self.paths():
-            call = _OneCall(name, params, index)
-            self.reactor.connectUNIX(path, _CallFactory(call), timeout=2)
-            call.answered.addTimeout(CALL_TIMEOUT, self.reactor)
-            calls.append(call)
-        return calls
+    def _start(self, index: int, path: str, name: str, params: Any) -> _OneCall:
+        call = _OneCall(name, params, index)
+        self.reactor.connectUNIX(path, _CallFactory(call), timeout=2)
+        call.answered.addTimeout(CALL_TIMEOUT, self.reactor)
+        return call
 
-    def call(self, name: str, params: Any) -> defer.Deferred:
-        calls = self._start(name, params)
-        if not calls:
-            return defer.fail(RpcError("no worker is running", code=codec.INTERNAL_ERROR))
+    def answers(self, name: str, params: Any = None) -> defer.Deferred:
+        """Each running worker's answer: a list of (index, answer), or (index, Failure)
+        for a worker that refused or did not answer, in worker order."""
+        calls = [self._start(i, path, name, params if params is not None else [])
+                 for i, path in self.paths()]
         d = defer.DeferredList([c.answered for c in calls], consumeErrors=True)
-        d.addCallback(self._merged)
-        if name in STREAMING:
-            d.addCallback(lambda first: self._stream(first, calls))
-        else:
-            d.addBoth(lambda outcome: (self._close(calls), outcome)[1])
+        d.addCallback(lambda outcomes: [(c.index, value)
+                                        for c, (_ok, value) in zip(calls, outcomes, strict=True)])
+        d.addBoth(lambda outcome: (self._close(calls), outcome)[1])
         return d
 
-    @staticmethod
-    def _merged(outcomes: list[tuple[bool, Any]]) -> Any:
-        answers = [value for ok, value in outcomes if ok]
-        if answers:
-            return merge(answers)
-        failure = outcomes[0][1]
-        error = failure.value
-        if isinstance(error, WorkerCallFailed):
-            raise RpcError(error.message, code=error.code)
-        raise RpcError(f"workers did not answer: {failure.getErrorMessage()}",
-                       code=codec.INTERNAL_ERROR)
+    def call(self, name: str, params: Any) -> defer.Deferred:
+        """One answer for the service: the workers' answers merged by ``rules``."""
+        rule = rule_for(name)
+        if name in STREAMING:
+            return self._subscribe(name, params, rule)
+        if not self.paths():
+            return defer.fail(RpcError("no worker is running", code=codec.INTERNAL_ERROR))
+        return self.answers(name, params).addCallback(lambda got: merged(rule, got))
 
-    def _stream(self, first: Any, calls: list[_OneCall]) -> Stream:
+    def _subscribe(self, name: str, params: Any, rule: Rule) -> defer.Deferred:
+        calls = [self._start(i, path, name, params) for i, path in self.paths()]
+        if not calls:
+            return defer.fail(RpcError("no worker is running", code=codec.INTERNAL_ERROR))
+        sub = _Subscription(name, params, calls)
+        d = defer.DeferredList([c.answered for c in calls], consumeErrors=True)
+        d.addCallback(lambda outcomes: merged(rule, [
+            (c.index, value) for c, (_ok, value) in zip(calls, outcomes, strict=True)]))
+        d.addCallback(lambda first: self._stream(first, sub))
+        d.addErrback(lambda f: (self._close(calls), f)[1])
+        return d
+
+    def _stream(self, first: Any, sub: _Subscription) -> Stream:
         def start(emit: Emit) -> None:
-            for c in calls:
+            sub.emit = emit
+            for c in sub.calls:
                 c.notify = emit
+            self.subscriptions.append(sub)
 
-        return Stream(first, start, lambda: self._close(calls))
+        def stop() -> None:
+            if sub in self.subscriptions:
+                self.subscriptions.remove(sub)
+            self._close(sub.calls)
+
+        return Stream(first, start, stop)
+
+    def worker_started(self, index: int, path: str) -> None:
+        """A worker (re)started: the streams that run get its messages too."""
+        for sub in self.subscriptions:
+            sub.calls = [c for c in sub.calls if c.index != index]
+            call = self._start(index, path, sub.name, sub.params)
+            call.notify = sub.emit
+            call.answered.addErrback(lambda f, i=index: log.warn(
+                "worker {i} did not join a {m} stream: {why}", i=i, m=sub.name,
+                why=f.getErrorMessage()))
+            sub.calls.append(call)
 
     @staticmethod
     def _close(calls: list[_OneCall]) -> None:
         for c in calls:
             if c.transport is not None:
                 c.transport.loseConnection()
+
+
+def merged(rule: Rule, outcomes: list[tuple[int, Any]]) -> Any:
+    """The workers' outcomes (answers or Failures) as one answer, or the RpcError to give:
+    with ``EVERY`` any refusal is the answer, else only when no worker answered."""
+    answers = [(i, v) for i, v in outcomes if not isinstance(v, Failure)]
+    refusals = [(i, v) for i, v in outcomes if isinstance(v, Failure)]
+    if answers and not (rule.reach == EVERY and refusals):
+        return rule.merge(answers)
+    index, failure = refusals[0]
+    error = failure.value
+    prefix = f"worker {index}: " if answers else ""
+    if isinstance(error, WorkerCallFailed):
+        raise RpcError(prefix + error.message, code=error.code)
+    raise RpcError(f"worker {index} did not answer: {failure.getErrorMessage()}",
+                   code=codec.INTERNAL_ERROR)

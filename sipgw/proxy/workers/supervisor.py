@@ -12,8 +12,9 @@ SIP. It
   and counted (``core.workers``);
 * on SIGHUP checks the new config once and has every worker apply it (``Reload``), or
   none when it is bad; on SIGTERM has every worker drain and exit, then exits 0;
-* serves the one control socket (``fanout.py``) and relays what workers publish to the
-  others (``channel.py``).
+* serves the one control socket (``control.py``: its own methods, and the workers'
+  answers merged, ``fanout.py`` and ``rules.py``) and the one ``/metrics`` (``metrics.py``),
+  and relays what workers publish to the others (``channel.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from twisted.logger import Logger
 
 from sipgw.config import ConfigError, LoadedConfig, load_config
 from sipgw.proxy.control import ControlServer, ControlSocketInUse
+from sipgw.proxy.workers.control import ServiceControl
+from sipgw.proxy.workers.metrics import start_service_metrics
 from sipgw.proxy.runtime.notify import Notifier
 from sipgw.proxy.workers.channel import Ping, Reload, SupervisorChannel
 from sipgw.proxy.workers.fanout import FanOut
@@ -75,6 +78,8 @@ class Slot:
         self.last_answer = 0.0
         self.connections = 0
         self.transactions = 0
+        self.lag_us = 0
+        self.queue_us = 0
         self.last_exit = ""
 
 
@@ -108,6 +113,7 @@ class Supervisor(service.Service):
         self._heartbeat.clock = reactor
         self._stopped: dict[int, defer.Deferred] = {}
         self.control: ControlServer | None = None
+        self.metrics = None  # the listening port of metrics.listen
         self.fanout = FanOut(reactor, self._worker_sockets)
 
     # -- start ----------------------------------------------------------------------
@@ -117,6 +123,7 @@ class Supervisor(service.Service):
         self.sockets = SocketSet(self.loaded.config, self.count)
         super().startService()
         self._open_control()
+        self.metrics = start_service_metrics(self)
         for slot in self.slots:
             self._spawn(slot)
         self._heartbeat.start(HEARTBEAT, now=False)
@@ -161,6 +168,8 @@ class Supervisor(service.Service):
     def _ready(self, slot: Slot, pid: int) -> None:
         slot.ready = True
         slot.last_answer = time.monotonic()
+        self.fanout.worker_started(slot.index, worker_control_path(self.control_path,
+                                                                   slot.index))
         if not self._announced and all(s.ready for s in self.slots):
             self._announced = True
             self.notifier.ready(status=self.status_line())
@@ -180,6 +189,7 @@ class Supervisor(service.Service):
         slot.pid = None
         slot.ready = False
         slot.channel = None
+        slot.connections = slot.transactions = slot.lag_us = slot.queue_us = 0
         waiting = self._stopped.pop(slot.index, None)
         if waiting is not None:
             waiting.callback(None)
@@ -218,6 +228,8 @@ class Supervisor(service.Service):
         slot.last_answer = time.monotonic()
         slot.connections = answer["connections"]
         slot.transactions = answer["transactions"]
+        slot.lag_us = answer["lag_us"]
+        slot.queue_us = answer["queue_us"]
 
     def healthy(self) -> bool:
         """Every worker running and answering: only then is systemd's watchdog fed."""
@@ -311,6 +323,8 @@ class Supervisor(service.Service):
     def _closed(self) -> None:
         if self.control is not None:
             self.control.stop()
+        if self.metrics is not None:
+            self.metrics.stopListening()
         if self.sockets is not None:
             self.sockets.close()
         log.info("all workers stopped")
@@ -330,9 +344,9 @@ class Supervisor(service.Service):
 
     def _open_control(self) -> None:
         config = self.loaded.config
-        server = _SupervisorControl(self.reactor, self.control_path, owners=[self],
-                                    mode=config.control.mode, group=config.control.group,
-                                    fanout=self.fanout)
+        server = ServiceControl(self.reactor, self.control_path, supervisor=self,
+                                fanout=self.fanout, mode=config.control.mode,
+                                group=config.control.group)
         try:
             server.start()
         except (ControlSocketInUse, OSError) as e:
@@ -353,26 +367,10 @@ class Supervisor(service.Service):
             "uptime": round(now - s.started, 1) if s.process is not None else 0,
             "restarts": s.restarts, "last_exit": s.last_exit,
             "connections": s.connections, "transactions": s.transactions,
+            "reactor_lag_us": s.lag_us, "udp_queue_delay_us": s.queue_us,
             "backend_address": f"{own[s.index].host}:{own[s.index].port}",
             "heartbeat_age": round(now - s.last_answer, 1),
         } for s in self.slots]
-
-
-class _SupervisorControl(ControlServer):
-    """The supervisor's own methods, and every other one answered by the workers."""
-
-    def __init__(self, *args, fanout: FanOut, **kwargs) -> None:
-        self.fanout = fanout
-        super().__init__(*args, **kwargs)
-
-    def lookup(self, name: str):
-        return super().lookup(name) or self.fanout.method(name)
-
-    @rpc("system.listMethods", help="The names of every method this service serves.")
-    def rpc_list_methods(self):
-        own = set(self.methods)
-        d = self.fanout.call("system.listMethods", [])
-        return d.addCallback(lambda theirs: sorted(own | set(theirs)))
 
 
 class _Only(Factory):

@@ -42,8 +42,12 @@ class WorkerLink(service.Service):
             os.close(self.spec.channel_fd)
         self.channel.ready()
 
-    def _load(self) -> tuple[int, int]:
-        return len(self.root.flows.by_id), self.root.proxy.pending_requests()
+    def _load(self) -> dict[str, int]:
+        values = self.root.stats.values
+        return {"connections": len(self.root.flows.by_id),
+                "transactions": self.root.proxy.pending_requests(),
+                "lag_us": values.get("load:reactor_lag_us", 0),
+                "queue_us": values.get("load:udp_queue_delay_us", 0)}
 
     def _lost(self) -> None:
         if self.running and self.reactor.running:
