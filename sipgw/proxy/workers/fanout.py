@@ -1,14 +1,14 @@
 """The service's one control socket, answering for every worker.
 
 The supervisor serves ``sipgw ctl`` on ``control.socket``; each worker serves its own
-methods on a socket beside it (``control.sock.wN``, ``sipgw ctl -s`` reaches one worker
-there). A call the supervisor does not answer itself goes to every running worker over a
-connection of its own, and the answers are merged (``merge``): numbers summed, lists
-joined, tables merged key by key, the same answer from all given once. A call that
-fails in every worker fails with the first worker's error; one that some answer (``ws.close
-ID``: the worker holding that connection) succeeds with theirs. A streaming method
+methods on a socket beside it (``control.socket.wN``, ``sipgw ctl -w N`` reaches one worker
+there). A call the supervisor does not answer itself (``control.py``) goes to every running
+worker over a connection of its own, and the answers are merged by the method's rule
+(``rules.py``). A question fails only when no worker answers it (``ws.close ID``: the
+worker holding that connection answers, the others refuse); a command that must reach
+every worker (``log.level``) fails when one refuses it. A streaming method
 (``trace.subscribe``) keeps its connections open and forwards every worker's
-notifications until the client goes away.
+notifications until the client goes away; a worker that starts again meanwhile joins it.
 """
 
 from __future__ import annotations

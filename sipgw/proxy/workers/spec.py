@@ -55,6 +55,6 @@ def spec_from_environment(environ=None) -> WorkerSpec | None:
 
 
 def worker_control_path(path: str, index: int) -> str:
-    """Worker ``index``'s own control socket, beside the service's (``sipgw ctl -s`` can
+    """Worker ``index``'s own control socket, beside the service's (``sipgw ctl -w N`` can
     talk to one worker there)."""
     return f"{path}.w{index}"

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 
 from sipgw.config import ConfigError, LoadedConfig, load_config
 from sipgw.proxy.control import ControlServer, ControlSocketInUse
+from sipgw.proxy.runtime.log import set_level
 from sipgw.proxy.workers.control import ServiceControl
 from sipgw.proxy.workers.metrics import start_service_metrics
 from sipgw.proxy.runtime.notify import Notifier
@@ -275,6 +276,7 @@ class Supervisor(service.Service):
             log.warn("reload: proxy.workers changes need a restart; {n} workers kept",
                      n=self.count)
         self.loaded = new
+        set_level(new.config.log.level)  # as each worker does: log.level lasts to a reload
         running = [s for s in self.slots if s.channel is not None and s.ready]
         calls = [s.channel.callRemote(Reload) for s in running if s.channel is not None]
 
