@@ -19,8 +19,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
 
 from sipgw.proxy.control import MAX_LINE
 from sipgw.proxy.workers.rules import EVERY, Rule, rule_for
@@ -64,7 +64,10 @@ class _OneCall(LineOnlyReceiver):
         message = codec.decode_message(line)
         if "id" not in message:
             if self.notify is not None:
-                self.notify(message.get("method", ""), message.get("params"))
+                params = message.get("params")
+                if isinstance(params, dict):  # which worker handled the traced message
+                    params = {**params, "worker": self.index}
+                self.notify(message.get("method", ""), params)
             return
         if self.answered.called:
             return
@@ -180,8 +183,8 @@ class FanOut:
             sub.calls = [c for c in sub.calls if c.index != index]
             call = self._start(index, path, sub.name, sub.params)
             call.notify = sub.emit
-            call.answered.addErrback(lambda f, i=index: log.warn(
-                "worker {i} did not join a {m} stream: {why}", i=i, m=sub.name,
+            call.answered.addErrback(lambda f, i=index, m=sub.name: log.warn(
+                "worker {i} did not join a {m} stream: {why}", i=i, m=m,
                 why=f.getErrorMessage()))
             sub.calls.append(call)
 

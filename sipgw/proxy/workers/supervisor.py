@@ -35,11 +35,11 @@ from twisted.logger import Logger
 from sipgw.config import ConfigError, LoadedConfig, load_config
 from sipgw.proxy.control import ControlServer, ControlSocketInUse
 from sipgw.proxy.runtime.log import set_level
-from sipgw.proxy.workers.control import ServiceControl
-from sipgw.proxy.workers.metrics import start_service_metrics
 from sipgw.proxy.runtime.notify import Notifier
 from sipgw.proxy.workers.channel import Ping, Reload, SupervisorChannel
+from sipgw.proxy.workers.control import ServiceControl
 from sipgw.proxy.workers.fanout import FanOut
+from sipgw.proxy.workers.metrics import start_service_metrics
 from sipgw.proxy.workers.sockets import SocketSet
 from sipgw.proxy.workers.spec import (
     CHANNEL_FD,
