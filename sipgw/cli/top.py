@@ -143,8 +143,9 @@ def dashboard(snap: dict[str, Any], per_second: dict[str, float], where: str) ->
     grid.add_row(traffic, Group(core, load), conns)
     grid.add_row(auth, dlg, pike)
     stamp = time.strftime("%H:%M:%S", time.localtime(snap["time"]))
-    panels = [Text(f"sipgw top  {where}  {stamp}", style="bold"), grid,
-              Panel(dest, title="dispatcher", title_align="left")]
+    panels: list[Text | Table | Panel] = [
+        Text(f"sipgw top  {where}  {stamp}", style="bold"), grid,
+        Panel(dest, title="dispatcher", title_align="left")]
     if snap.get("workers"):
         panels.append(Panel(_workers(snap["workers"]), title="workers", title_align="left"))
     return Group(*panels)

@@ -18,7 +18,7 @@ from twisted.internet import defer
 
 from sipgw.config import ConfigError, load_config
 from sipgw.proxy.control import ControlServer
-from sipgw.proxy.control.admin import version_line
+from sipgw.proxy.control.admin import UPTIME_HELP, VERSION_HELP, uptime, version_line
 from sipgw.proxy.runtime.log import LogControl
 from sipgw.proxy.workers.fanout import FanOut
 from sipgw.rpc.registry import RpcError, rpc
@@ -54,16 +54,14 @@ class ServiceControl(ControlServer):
             return own.help
         return self.fanout.call("system.methodHelp", [method])
 
-    @rpc("core.version", help="The version line, as 'sipgw X.Y.Z (python .../linux)'.")
+    @rpc("core.version", help=VERSION_HELP)
     def rpc_version(self) -> str:
         return version_line()
 
-    @rpc("core.uptime", help="now and up_since as local times (as ctime writes them: "
-                             "'Sun Dec  6 08:52:29 2026') and uptime in seconds, as Kamailio.")
+    @rpc("core.uptime", help=UPTIME_HELP)
     def rpc_uptime(self) -> dict[str, Any]:
         started = self.supervisor.started_at
-        return {"now": time.ctime(), "up_since": time.ctime(started),
-                "uptime": int(time.time() - started)}
+        return uptime(started, time.time() - started)
 
     @rpc("core.info", help="Version, pid, config file, listeners, backend and control socket.")
     def rpc_info(self):

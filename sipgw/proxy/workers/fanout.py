@@ -183,10 +183,13 @@ class FanOut:
             sub.calls = [c for c in sub.calls if c.index != index]
             call = self._start(index, path, sub.name, sub.params)
             call.notify = sub.emit
-            call.answered.addErrback(lambda f, i=index, m=sub.name: log.warn(
-                "worker {i} did not join a {m} stream: {why}", i=i, m=m,
-                why=f.getErrorMessage()))
+            call.answered.addErrback(self._not_joined, index, sub.name)
             sub.calls.append(call)
+
+    @staticmethod
+    def _not_joined(failure: Failure, index: int, name: str) -> None:
+        log.warn("worker {i} did not join a {m} stream: {why}", i=index, m=name,
+                 why=failure.getErrorMessage())
 
     @staticmethod
     def _close(calls: list[_OneCall]) -> None:

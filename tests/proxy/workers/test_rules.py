@@ -6,10 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from sipgw.config import parse_config
 from sipgw.proxy.workers.fanout import WorkerCallFailed, merged
 from sipgw.proxy.workers.rules import RULES, rule_for
 from sipgw.rpc.registry import RpcError, methods_of
@@ -150,19 +148,10 @@ def test_a_command_for_every_worker_fails_when_one_refuses_and_says_which():
 
 
 def test_every_method_a_worker_serves_has_its_rule_or_the_supervisor_answers_it(tmp_path):
-    from sipgw.proxy.service import make_service
     from sipgw.proxy.workers.control import ServiceControl
+    from tests.test_rpc_manpage import served_methods
 
-    loaded = parse_config(
-        '[listen]\nudp = []\ntcp = ["127.0.0.1:25096"]\n'
-        f'[control]\nsocket = "{tmp_path}/sipgw.ctl"\n[state]\ndirectory = "{tmp_path}"\n'
-        )
-    svc = make_service(loaded, MemoryReactorClock())
-    svc.startService()
-    try:
-        served = svc.control.rpc_list_methods()
-    finally:
-        svc.stopService()
+    served = served_methods(tmp_path)
     own = {m for m in methods_of(ServiceControl.__new__(ServiceControl))}
     assert "core.uptime" in own and "cfg.reload" in own
     assert [m for m in served if m not in RULES and m not in own] == []
