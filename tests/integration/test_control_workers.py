@@ -28,6 +28,8 @@ from sipgw.tools.process import SipgwProcess, run_cli
 from tests.helpers.poll import wait_until
 from tests.integration.sipgw_process import SipgwRunner
 from tests.integration.sipp import SippRunner
+from tests.integration.test_ws_sipp import WsSipgw
+from tests.integration.wspeer import WsPeer
 
 pytestmark = pytest.mark.integration
 
@@ -175,6 +177,10 @@ def test_a_killed_worker_is_restarted_counted_and_traced_again(
         after = ctl(gw, "core.workers")
         assert (after[0]["pid"], after[0]["restarts"]) == (before[0]["pid"], 0)
         assert (after[1]["restarts"], after[1]["last_exit"]) == (1, "signal 9")
+        top = run_cli("top", "-c", str(gw.config_path), "--json", "-n", "1")
+        assert top.returncode == 0, top.stderr
+        assert [(w["index"], w["restarts"]) for w in json.loads(top.stdout)["workers"]] == [
+            (0, 0), (1, 1)]
         # The service is as old as it was: a worker's restart does not make it younger.
         assert ctl(gw, "core.uptime")["uptime"] >= uptime
 
@@ -216,3 +222,51 @@ def test_commands_reach_every_worker_and_answer_once(sipgw: SipgwRunner, tmp_pat
     assert ctl(gw, "cfg.get", "proxy", "max_forwards") == 70
     assert ctl(gw, "system.methodHelp", "dlg.list").startswith("Active dialogs")
     assert "core.workers" in ctl(gw, "system.listMethods")
+
+
+def test_websocket_connections_of_both_workers_are_listed_once_and_closed_one_by_id(
+    tmp_path: Path,
+):
+    gw = WsSipgw(tmp_path / "sipgw", ws_port=free_port("tcp"), backend="127.0.0.1:9",
+                 workers=2, log_level="info",
+                 extra_toml=f'[control]\nsocket = "{tmp_path}/sipgw.ctl"\n')
+    peers: list[WsPeer] = []
+    with gw:
+        try:
+            for _ in range(MAX_CALLERS):
+                peers.append(WsPeer(gw.ws_address))
+                held = [ctl(gw, "-w", str(w), "ws.dump")["info"]["wscounter"] for w in (0, 1)]
+                if all(held):
+                    break
+            assert all(held), f"{len(peers)} connections all went to one worker"
+            listed = run_cli("ws", "list", "-c", str(gw.config_path), "--json")
+            assert listed.returncode == 0, listed.stderr
+            dump = json.loads(listed.stdout)
+            assert dump["info"]["wscounter"] == len(peers)
+            by_port = {int(c["src"].rsplit(":", 1)[1]): c for c in dump["connections"]}
+            assert sorted(by_port) == sorted(p.port for p in peers)
+            assert len({c["id"] for c in dump["connections"]}) == len(peers)  # ids unique
+            for w in (0, 1):  # each entry names the worker that holds it
+                own = {c["id"] for c in ctl(gw, "-w", str(w), "ws.dump")["connections"]}
+                assert own == {c["id"] for c in dump["connections"] if c["worker"] == w}
+            assert ctl(gw, "core.connections")["connections"]["ws"] == len(peers)
+
+            # Closing one by its id closes that one, in the worker holding it, and no other.
+            victim = next(p for p in peers if by_port[p.port]["worker"] == 1)
+            closed = run_cli("ws", "close", "-c", str(gw.config_path),
+                             str(by_port[victim.port]["id"]))
+            assert closed.returncode == 0, closed.stderr
+            wait_until(lambda: victim.receive(0.1) is None and victim.closed is not None,
+                       timeout=5, what="the connection was not closed", caller=gw)
+            victim.close()  # as a browser does, on sipgw's close frame
+            others = sorted(p.port for p in peers if p is not victim)
+
+            def listed_ports() -> list[int]:
+                return sorted(int(c["src"].rsplit(":", 1)[1])
+                              for c in ctl(gw, "ws.dump")["connections"])
+
+            wait_until(lambda: listed_ports() == others, timeout=10, caller=gw,
+                       what="ws.dump did not list exactly the connections left")
+        finally:
+            for peer in peers:
+                peer.close()
