@@ -245,7 +245,7 @@ RULES: dict[str, Rule] = {
     "stats.fetch": Rule(statistics),
     "stats.describe": Rule(fields()),
     "stats.reset_statistics": Rule(first, EVERY),
-    "trace.subscribe": Rule(first),
+    "trace.subscribe": Rule(first, EVERY),  # a trace missing a worker's messages is wrong
     "dlg.list": Rule(labelled),
     "dlg.stats_active": Rule(summed),
     "dispatcher.list": Rule(destinations),
