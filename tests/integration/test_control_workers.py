@@ -218,6 +218,24 @@ def test_commands_reach_every_worker_and_answer_once(sipgw: SipgwRunner, tmp_pat
     assert refused.stderr.strip() == ("sipgw: dispatcher.set_state: destination not found: "
                                       "set 1 sip:192.0.2.1:5060")
 
+    # The service's own facts come from the supervisor: its pid, its socket.
+    info = ctl(gw, "core.info")
+    assert (info["pid"], info["workers"], info["control"]) == (gw.pid, 2,
+                                                               str(tmp_path / "sipgw.ctl"))
+
+    # cfg.reload: a bad file is refused once, with its line; a good one reaches both.
+    good = gw.config_path.read_text()
+    gw.write_config(good + "\n[proxy]\nmax_forwards = -1\n")
+    bad = run_cli("ctl", "-c", str(gw.config_path), "cfg.reload")
+    assert bad.returncode == 1
+    assert bad.stderr.count("max_forwards") == 1 and "sipgw.toml:" in bad.stderr, bad.stderr
+    gw.write_config(good.replace("[log]", "[timers]\nt1 = 0.6\n\n[log]"))
+    mark = len(gw.log_text())
+    assert ctl(gw, "cfg.reload")["reloaded"] == str(gw.config_path)
+    for w in (0, 1):
+        gw.wait_for_log(rf"w{w} INFO service: reloaded", after=mark)
+        assert ctl(gw, "-w", str(w), "cfg.get", "timers", "t1") == 0.6
+
     # What every worker holds the same is shown once; the help of a worker's method too.
     assert ctl(gw, "cfg.get", "proxy", "max_forwards") == 70
     assert ctl(gw, "system.methodHelp", "dlg.list").startswith("Active dialogs")
