@@ -1,0 +1,175 @@
+"""sipgw with two workers (issue 14) between real SIPp callers and real SIPp backends.
+
+Every caller is bound to a source the kernel is known to give to one worker
+(``workers.Workers.sources``), so each test drives both workers on purpose and can say
+which worker each call went through: what reaches a backend names the worker's own UDP
+address (``core.workers`` ``backend_address``) in its Via and Record-Route, and it is there
+that the backend's answers, retransmissions and in-dialog requests come back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sipgw.tools.process import SipgwProcess
+from tests.helpers.poll import wait_until
+from tests.integration.sipgw_process import SipgwRunner
+from tests.integration.sipp import (
+    LOOPBACK,
+    SippMessage,
+    SippProcess,
+    SippRunner,
+    all_of,
+    free_port,
+    uri_of,
+)
+from tests.integration.test_proxy_sipp import branch_of, values
+from tests.integration.workers import WORKERS, Workers, control_directory, control_toml
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def control_dir() -> Iterator[Path]:
+    with control_directory() as directory:
+        yield directory
+
+
+def start_workers(sipgw: SipgwRunner, control_dir: Path, *, backend: str, extra_toml: str = "",
+                  **options) -> tuple[SipgwProcess, Workers]:
+    gw = sipgw(backend=backend, workers=WORKERS, log_level="info",
+               extra_toml=control_toml(control_dir) + extra_toml, **options)
+    workers = Workers(gw, control_dir)
+    wait_until(lambda: all(w["ready"] for w in workers.table()), timeout=10,
+               what="both workers ready", caller=gw)
+    return gw, workers
+
+
+def call_ids(uac: SippProcess) -> set[str]:
+    return {m.header("Call-ID") or "" for m in all_of(uac.messages(), "sent", "INVITE")}
+
+
+def top_via_port(message: SippMessage) -> int:
+    match = re.match(r"SIP/2\.0/UDP [\d.]+:(\d+);", values(message, "Via")[0])
+    assert match, f"top Via is not sipgw's over UDP:\n{message.text}"
+    return int(match[1])
+
+
+def names_port(entry: str, port: int) -> bool:
+    return re.match(rf"sip:(?:[^@;>]*@)?{re.escape(LOOPBACK)}:{port}[;>]", uri_of(entry) + ">") \
+        is not None
+
+
+@dataclass
+class Phase:
+    """One kind of call: a caller scenario, and the backend's."""
+
+    uac: str
+    uas: str
+    uac_options: dict
+
+
+PHASES = {
+    # Over TCP SIPp takes a resent 200 for an unexpected message: the caller is not slow.
+    "call": Phase("uac_call_slow_ack.xml", "uas_call_slow_bye.xml", {}),
+    "cancel": Phase("uac_cancel.xml", "uas_cancel.xml", {}),
+    "reinvite": Phase("uac_reinvite.xml", "uas_reinvite.xml", {"pause_ms": 100}),
+}
+SOURCES_PER_WORKER = 2
+CALLS_PER_SOURCE = 2
+
+
+def run_phase(sipp: SippRunner, workers: Workers, gw: SipgwProcess, phase: Phase,
+              transport: str, backend_port: int) -> tuple[SippProcess, list[list[SippProcess]]]:
+    """The phase's backend on ``backend_port``, and its callers: ``SOURCES_PER_WORKER`` on
+    each worker, each placing ``CALLS_PER_SOURCE`` calls; all must succeed."""
+    sources = workers.sources(transport, SOURCES_PER_WORKER)
+    total = WORKERS * SOURCES_PER_WORKER * CALLS_PER_SOURCE
+    uas = sipp.uas(phase.uas, port=backend_port, calls=total, timeout=30)
+    scenario = "uac_call.xml" if transport == "tcp" and phase is PHASES["call"] else phase.uac
+    callers = [[sipp.uac(scenario, remote=gw.address, transport=transport, ip=host, port=port,
+                         calls=CALLS_PER_SOURCE, rate=10, timeout=30, **phase.uac_options)
+                for host, port in on_worker] for on_worker in sources]
+    for uac in (c for on_worker in callers for c in on_worker):
+        assert uac.wait(40) == 0, uac.describe()
+        stats = uac.stats()
+        assert (stats.successful, stats.failed) == (CALLS_PER_SOURCE, 0), stats.failures
+    assert uas.wait(40) == 0, uas.describe()
+    return uas, callers
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_calls_cancels_and_reinvites_through_two_workers_each_by_its_own_backend_address(
+    sipp: SippRunner, sipgw: SipgwRunner, control_dir: Path, transport: str
+) -> None:
+    backend_port = free_port("udp")
+    gw, workers = start_workers(sipgw, control_dir, backend=f"{LOOPBACK}:{backend_port}")
+    own = workers.backend_ports()
+    assert sorted(own.values()) == list(range(WORKERS)), own
+    assert gw.port not in own  # a port of its own, not the public one
+    port_of = {index: port for port, index in own.items()}
+
+    for name, phase in PHASES.items():
+        forwarded = [workers.statistic(i, "core:fwd_requests") for i in range(WORKERS)]
+        uas, callers = run_phase(sipp, workers, gw, phase, transport, backend_port)
+        at_uas = uas.messages()
+        for index, on_worker in enumerate(callers):
+            mine = set().union(*(call_ids(uac) for uac in on_worker))
+            got = [m for m in at_uas if m.direction == "received" and m.header("Call-ID") in mine]
+            assert got, f"{name}: nothing from worker {index}'s callers reached the backend"
+            # Everything the backend received for these calls came from the worker that
+            # holds them, from its own address, as its Via says (the answers go there).
+            for request in got:
+                assert top_via_port(request) == port_of[index], (name, index, request.text)
+            # The dialog's backend-side Record-Route names that address too, so the
+            # backend's in-dialog requests would reach that worker.
+            for invite in all_of(got, "received", "INVITE"):
+                if invite.header("CSeq") == "1 INVITE":
+                    toward_backend = values(invite, "Record-Route")[0]
+                    assert names_port(toward_backend, port_of[index]), (name, toward_backend)
+        after = [workers.statistic(i, "core:fwd_requests") for i in range(WORKERS)]
+        assert all(a > b for a, b in zip(after, forwarded, strict=True)), (name, forwarded, after)
+
+        if name == "call":
+            assert_retransmissions_landed(uas, callers, transport)
+        if name == "cancel":
+            for cancel in all_of(at_uas, "received", "CANCEL"):
+                invite = next(m for m in all_of(at_uas, "received", "INVITE")
+                              if m.header("Call-ID") == cancel.header("Call-ID"))
+                assert branch_of(values(cancel, "Via")[0]) == branch_of(values(invite, "Via")[0])
+        if name == "reinvite":
+            reinvites = [m for m in all_of(at_uas, "received", "INVITE")
+                         if m.header("CSeq") == "2 INVITE"]
+            assert len(reinvites) == WORKERS * SOURCES_PER_WORKER * CALLS_PER_SOURCE
+
+
+def assert_retransmissions_landed(uas: SippProcess, callers: list[list[SippProcess]],
+                                  transport: str) -> None:
+    """The backend was slow to answer the BYE, the callers (UDP) slow to acknowledge the
+    200: both sides retransmitted."""
+    at_uas = uas.messages()
+    for on_worker in callers:
+        for uac in on_worker:
+            at_uac = uac.messages()
+            for cid in call_ids(uac):
+                if transport == "udp":
+                    # The backend's 200, resent until the ACK, came back through the worker.
+                    oks = [m for m in all_of(at_uac, "received", "200")
+                           if m.header("Call-ID") == cid and m.method == "INVITE"]
+                    assert len(oks) >= 2, f"{cid}: the 200's retransmissions were not relayed"
+                # Each BYE the backend got is one transaction's: a caller's retransmission
+                # that reached the other worker would have come as a second branch.
+                # The worker resent its BYE to the slow backend (the copies), from its own
+                # address, and the caller's retransmissions stayed with that worker.
+                byes = [m.text for m in all_of(at_uas, "received", "BYE")
+                        if m.header("Call-ID") == cid]
+                assert len(byes) >= 2 and len(set(byes)) == 1, byes
+            if transport == "udp":
+                assert uac.stats().retransmissions >= CALLS_PER_SOURCE, uac.describe()
