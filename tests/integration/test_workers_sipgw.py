@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def control_dir() -> Iterator[Path]:
+    """Asked for first by each test, so that it goes last, after sipgw has stopped."""
     with control_directory() as directory:
         yield directory
 
@@ -74,6 +77,7 @@ class Phase:
     uac: str
     uas: str
     uac_options: dict
+    uas_options: dict | None = None
 
 
 PHASES = {
@@ -81,6 +85,8 @@ PHASES = {
     "call": Phase("uac_call_slow_ack.xml", "uas_call_slow_bye.xml", {}),
     "cancel": Phase("uac_cancel.xml", "uas_cancel.xml", {}),
     "reinvite": Phase("uac_reinvite.xml", "uas_reinvite.xml", {"pause_ms": 100}),
+    "bye from the backend": Phase("uac_call_callee_hangs_up.xml", "uas_bye_from_callee.xml", {},
+                                  {"pause_ms": 100}),
 }
 SOURCES_PER_WORKER = 2
 CALLS_PER_SOURCE = 2
@@ -92,7 +98,8 @@ def run_phase(sipp: SippRunner, workers: Workers, gw: SipgwProcess, phase: Phase
     each worker, each placing ``CALLS_PER_SOURCE`` calls; all must succeed."""
     sources = workers.sources(transport, SOURCES_PER_WORKER)
     total = WORKERS * SOURCES_PER_WORKER * CALLS_PER_SOURCE
-    uas = sipp.uas(phase.uas, port=backend_port, calls=total, timeout=30)
+    uas = sipp.uas(phase.uas, port=backend_port, calls=total, timeout=30,
+                   **(phase.uas_options or {}))
     scenario = "uac_call.xml" if transport == "tcp" and phase is PHASES["call"] else phase.uac
     callers = [[sipp.uac(scenario, remote=gw.address, transport=transport, ip=host, port=port,
                          calls=CALLS_PER_SOURCE, rate=10, timeout=30, **phase.uac_options)
@@ -107,7 +114,7 @@ def run_phase(sipp: SippRunner, workers: Workers, gw: SipgwProcess, phase: Phase
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_calls_cancels_and_reinvites_through_two_workers_each_by_its_own_backend_address(
-    sipp: SippRunner, sipgw: SipgwRunner, control_dir: Path, transport: str
+    control_dir: Path, sipp: SippRunner, sipgw: SipgwRunner, transport: str
 ) -> None:
     backend_port = free_port("udp")
     gw, workers = start_workers(sipgw, control_dir, backend=f"{LOOPBACK}:{backend_port}")
@@ -122,7 +129,8 @@ def test_calls_cancels_and_reinvites_through_two_workers_each_by_its_own_backend
         at_uas = uas.messages()
         for index, on_worker in enumerate(callers):
             mine = set().union(*(call_ids(uac) for uac in on_worker))
-            got = [m for m in at_uas if m.direction == "received" and m.header("Call-ID") in mine]
+            got = [m for m in at_uas if m.direction == "received" and not m.is_response
+                   and m.header("Call-ID") in mine]
             assert got, f"{name}: nothing from worker {index}'s callers reached the backend"
             # Everything the backend received for these calls came from the worker that
             # holds them, from its own address, as its Via says (the answers go there).
@@ -148,6 +156,14 @@ def test_calls_cancels_and_reinvites_through_two_workers_each_by_its_own_backend
             reinvites = [m for m in all_of(at_uas, "received", "INVITE")
                          if m.header("CSeq") == "2 INVITE"]
             assert len(reinvites) == WORKERS * SOURCES_PER_WORKER * CALLS_PER_SOURCE
+        if name == "bye from the backend":
+            # The backend's BYE went to the address in the Record-Route: the worker's own.
+            for index, on_worker in enumerate(callers):
+                mine = set().union(*(call_ids(uac) for uac in on_worker))
+                byes = [m for m in all_of(at_uas, "sent", "BYE") if m.header("Call-ID") in mine]
+                assert len(byes) == SOURCES_PER_WORKER * CALLS_PER_SOURCE
+                for bye in byes:
+                    assert names_port(values(bye, "Route")[0], port_of[index]), bye.text
 
 
 def assert_retransmissions_landed(uas: SippProcess, callers: list[list[SippProcess]],
@@ -173,3 +189,85 @@ def assert_retransmissions_landed(uas: SippProcess, callers: list[list[SippProce
                 assert len(byes) >= 2 and len(set(byes)) == 1, byes
             if transport == "udp":
                 assert uac.stats().retransmissions >= CALLS_PER_SOURCE, uac.describe()
+
+
+# --- a worker killed under load ------------------------------------------------------------
+
+# The head of one record of SIPp's -trace_msg file: when, which way, the first word.
+_RECORD = re.compile(
+    rb"^-{47} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n"
+    rb"[A-Z]+ message (sent|received) [^\n]*\n\n(\S+) [^\n]*\n(?:[^\n]+\n)*?Call-ID: *([^\r\n]+)",
+    re.MULTILINE,
+)
+
+
+def sent_times(uac: SippProcess, method: str) -> dict[str, list[float]]:
+    """When the caller sent each ``method`` request (retransmissions too), by Call-ID."""
+    times: dict[str, list[float]] = {}
+    for stamp, direction, word, cid in _RECORD.findall(uac.message_file.read_bytes()):
+        if direction == b"sent" and word == method.encode():
+            when = datetime.strptime(stamp.decode(), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            times.setdefault(cid.decode().strip(), []).append(when)
+    return times
+
+
+def test_kill_9_of_a_worker_under_load_leaves_the_other_workers_calls_alone_and_its_slot_restarts(
+    control_dir: Path, sipp: SippRunner, sipgw: SipgwRunner
+) -> None:
+    # The backend answers BYE after 1.2 s: callers retransmit their BYEs throughout.
+    uas = sipp.uas("uas_call_slow_bye.xml", calls=1_000_000, timeout=60)
+    # The restarted worker relays what callers resend of the dead one's transactions, and
+    # SIPp leaves a BYE of a call it has ended unanswered: no long drain for those.
+    gw, workers = start_workers(sipgw, control_dir, backend=uas.address,
+                                extra_toml="[proxy]\ndrain_timeout = 1\n")
+    port_of = {index: port for port, index in workers.backend_ports().items()}
+    victim, survivor = workers.table()
+    sources = workers.sources("udp", SOURCES_PER_WORKER)
+    calls = 12
+    callers = [[sipp.uac("uac_call.xml", remote=gw.address, ip=host, port=port, calls=calls,
+                         rate=4, pause_ms=300, timeout=30)
+                for host, port in on_worker] for on_worker in sources]
+    # Kill worker 0 once both workers hold calls.
+    wait_until(lambda: all(w["transactions"] > 0 for w in workers.table()), timeout=10,
+               what="both workers busy", caller=gw)
+    killed_at = time.time()
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    # Worker 1's callers lost nothing: every call succeeded, retransmissions included.
+    for uac in callers[1]:
+        assert uac.wait(40) == 0, uac.describe()
+        stats = uac.stats()
+        assert (stats.successful, stats.failed) == (calls, 0), stats.failures
+    # Among them, transactions that were pending when worker 0 died and whose
+    # retransmissions came after: they reached worker 1 still (one branch at the backend).
+    at_uas = uas.messages()
+    late = 0
+    for uac in callers[1]:
+        for cid, times in sent_times(uac, "BYE").items():
+            if len(times) > 1 and times[-1] > killed_at and times[0] < killed_at + 1.0:
+                late += 1
+            byes = [m for m in all_of(at_uas, "received", "BYE") if m.header("Call-ID") == cid]
+            assert byes and len({m.text for m in byes}) == 1, [m.text for m in byes]
+            assert top_via_port(byes[0]) == port_of[1]
+    assert late > 0, "no BYE of worker 1 was retransmitted across the kill"
+
+    # The slot was restarted: a new process, counted, the other worker untouched.
+    def restarted() -> bool:
+        now = workers.table()
+        return now[0]["ready"] and now[0]["pid"] not in (None, victim["pid"])
+
+    wait_until(restarted, timeout=10, what="worker 0 restarted", caller=gw)
+    after = workers.table()
+    assert (after[0]["restarts"], after[0]["last_exit"]) == (1, "signal 9"), after
+    assert (after[1]["pid"], after[1]["restarts"]) == (survivor["pid"], 0), after
+    assert after[0]["backend_address"] == victim["backend_address"]  # the same address
+    for uac in callers[0]:
+        uac.wait(40)  # some of its calls died with the worker: not judged
+    # The restarted worker serves its clients again, from the same sockets.
+    host, port = workers.sources("udp", 1)[0][0]
+    again = sipp.uac("uac_call.xml", remote=gw.address, ip=host, port=port, calls=2, rate=10,
+                     timeout=20)
+    assert again.wait(30) == 0, again.describe()
+    got = [m for m in all_of(uas.messages(), "received", "INVITE")
+           if m.header("Call-ID") in call_ids(again)]
+    assert got and all(top_via_port(m) == port_of[0] for m in got)
