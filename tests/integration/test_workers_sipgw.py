@@ -271,3 +271,66 @@ def test_kill_9_of_a_worker_under_load_leaves_the_other_workers_calls_alone_and_
     got = [m for m in all_of(uas.messages(), "received", "INVITE")
            if m.header("Call-ID") in call_ids(again)]
     assert got and all(top_via_port(m) == port_of[0] for m in got)
+
+
+# --- the dispatcher ------------------------------------------------------------------------
+
+
+def pool_member(sipp: SippRunner) -> SippProcess:
+    """A backend of the pool that answers calls and probes until stopped (probes count as
+    SIPp calls; ``-deadcall_wait 0``: a repeated probe's Call-ID is a new call)."""
+    return sipp.uas("uas_pool.xml", calls=1_000_000, timeout=60, pause_ms=None,
+                    extra_args=["-deadcall_wait", "0"])
+
+
+def flags(workers: Workers, worker: int) -> dict[str, str]:
+    """``dispatcher.list`` on one worker's own socket: destination URI → its flags."""
+    listing = workers.call("dispatcher.list", worker=worker)
+    return {t["DEST"]["URI"]: t["DEST"]["FLAGS"]
+            for record in listing["RECORDS"] for t in record["SET"]["TARGETS"]}
+
+
+def test_dispatcher_failover_on_two_workers_a_dead_backend_is_left_by_both_and_no_call_fails(
+    control_dir: Path, sipp: SippRunner, sipgw: SipgwRunner, tmp_path: Path
+) -> None:
+    a, b = pool_member(sipp), pool_member(sipp)
+    listfile = tmp_path / "dispatcher.list"
+    listfile.write_text(f"1 sip:{a.address} 0 10\n1 sip:{b.address} 0 10\n")
+    gw, workers = start_workers(
+        sipgw, control_dir, backend=a.address,
+        dispatcher=(f'list_file = "{listfile}"\nalgorithm = 4\nping_interval = 0.5\n'
+                    "ping_timeout = 0.5\nprobing_threshold = 1\n"))
+    port_of = {index: port for port, index in workers.backend_ports().items()}
+    sources = workers.sources("udp", SOURCES_PER_WORKER)
+
+    def calls_from_both_workers(n: int) -> list[list[SippProcess]]:
+        callers = [[sipp.uac("uac_call.xml", remote=gw.address, ip=host, port=port, calls=n,
+                             rate=20, pause_ms=0, timeout=30)
+                    for host, port in on_worker] for on_worker in sources]
+        for uac in (c for on_worker in callers for c in on_worker):
+            assert uac.wait(40) == 0, uac.describe()
+            assert uac.stats().successful == n
+        return callers
+
+    def invites(member: SippProcess, callers: list[SippProcess]) -> list[SippMessage]:
+        mine = set().union(*(call_ids(uac) for uac in callers))
+        return [m for m in all_of(member.messages(), "received", "INVITE")
+                if m.header("Call-ID") in mine]
+
+    # Round robin in each worker: both backends get calls from both workers.
+    before = calls_from_both_workers(4)
+    for member in (a, b):
+        for index in range(WORKERS):
+            got = invites(member, before[index])
+            assert got, f"{member.address} got nothing from worker {index}"
+            assert {top_via_port(m) for m in got} == {port_of[index]}
+
+    a.stop()  # gone without a word: what is sent to it meets ICMP port unreachable
+    after = calls_from_both_workers(4)  # at once: every call succeeds, on b
+    for index in range(WORKERS):
+        assert len(invites(b, after[index])) == SOURCES_PER_WORKER * 4
+    # Each worker has taken a out of service (probing), b stays in.
+    wait_until(lambda: all(flags(workers, i)[f"sip:{a.address}"] == "IP"
+                           for i in range(WORKERS)),
+               timeout=5, what="a inactive in both workers", caller=gw)
+    assert all(flags(workers, i)[f"sip:{b.address}"] == "AP" for i in range(WORKERS))
