@@ -480,6 +480,8 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
             identity.peers = tuple((_advertised(config, host, toward), port)
                                    for host, port in worker.peers)
             identity.refresh()
+    if route_secret_key is None and worker is not None and worker.route_key:
+        route_secret_key = bytes.fromhex(worker.route_key)  # the supervisor's, for all
     if route_secret_key is None:
         route_secret_key = route_key(config.proxy.route_secret, config.auth.nonce_secret,
                                      config.state.directory)

@@ -22,7 +22,7 @@ import pytest
 
 from sipgw.tools.process import SipgwProcess
 from tests.helpers.poll import wait_until
-from tests.integration.sipgw_process import SipgwRunner
+from tests.integration.sipgw_process import SipgwRunner, UdpPeer, build_request, build_response
 from tests.integration.sipp import (
     LOOPBACK,
     SippMessage,
@@ -32,7 +32,7 @@ from tests.integration.sipp import (
     free_port,
     uri_of,
 )
-from tests.integration.test_proxy_sipp import branch_of, values
+from tests.integration.test_proxy_sipp import SDP, branch_of, values
 from tests.integration.workers import WORKERS, Workers, control_directory, control_toml
 
 pytestmark = pytest.mark.integration
@@ -334,3 +334,36 @@ def test_dispatcher_failover_on_two_workers_a_dead_backend_is_left_by_both_and_n
                            for i in range(WORKERS)),
                timeout=5, what="a inactive in both workers", caller=gw)
     assert all(flags(workers, i)[f"sip:{b.address}"] == "AP" for i in range(WORKERS))
+
+
+# --- one route key for every worker --------------------------------------------------------
+
+
+def test_both_workers_sign_a_dialogs_record_route_alike_even_when_no_route_key_can_be_kept(
+    control_dir: Path, sipgw: SipgwRunner, tmp_path: Path
+) -> None:
+    """An in-dialog request may reach the other worker than the dialog's INVITE (a NAT
+    that gave the phone a new port, a TCP connection made again): it passes the check of
+    sipgw's Record-Route only if both workers sign with one key. Without a kept route.key
+    (state.directory cannot be made) the key is one of this start: one for the service."""
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    with UdpPeer() as backend:
+        gw, workers = start_workers(sipgw, control_dir, backend=backend.address,
+                                    extra_toml=f'[state]\ndirectory = "{blocked}/state"\n')
+        macs = []
+        for ((_, port),) in workers.sources("udp", 1, hosts=(LOOPBACK,)):
+            with UdpPeer(gw.address, port=port) as phone:
+                # The same dialog-forming INVITE (Call-ID, From tag) through each worker.
+                phone.send(build_request("INVITE", f"sip:service@{gw.address}", peer=phone,
+                                         call_id="one-key@test", from_tag="one-key",
+                                         branch=f"z9hG4bK-one-key-{port}", body=SDP))
+                relayed = backend.expect("INVITE")
+                macs.append(re.search(r";sg=(\w+)", values(relayed, "Record-Route")[0])[1])
+                backend.send(build_response(relayed, 486, "Busy Here", to_tag="busy"),
+                             f"{LOOPBACK}:{top_via_port(relayed)}")
+                busy = phone.expect("486")
+                phone.send(build_request("ACK", f"sip:service@{gw.address}", peer=phone,
+                                         call_id="one-key@test", from_tag="one-key",
+                                         branch=f"z9hG4bK-one-key-{port}", to=busy.header("To")))
+    assert len(macs) == WORKERS and macs[0] == macs[1], macs

@@ -28,6 +28,7 @@ WORKERS = 2
 # Loopback addresses the sources are taken from (all of 127/8 is the loopback interface).
 SOURCE_HOSTS = tuple(f"127.0.0.{n}" for n in range(2, 40))
 PROBE_TIMEOUT = 5.0
+PROBES = 200  # sources tried at most: the odds that they all go to one worker are nil
 
 
 @contextlib.contextmanager
@@ -82,13 +83,15 @@ class Workers:
         assert len(moved) == 1, f"OPTIONS from {host}:{port} counted by {moved}"
         return moved[0]
 
-    def sources(self, transport: str, per_worker: int) -> list[list[tuple[str, int]]]:
+    def sources(self, transport: str, per_worker: int,
+                hosts: tuple[str, ...] = SOURCE_HOSTS) -> list[list[tuple[str, int]]]:
         """``per_worker`` source ``(address, port)`` pairs for each worker, in worker order:
         what a client bound there sends over ``transport`` reaches that worker."""
         found: list[list[tuple[str, int]]] = [[] for _ in range(self.count)]
-        for host in SOURCE_HOSTS * 4:
+        for attempt in range(PROBES):
             if all(len(f) >= per_worker for f in found):
                 return found
+            host = hosts[attempt % len(hosts)]
             port = free_port(transport)
             index = self.worker_of(transport, host, port)
             if len(found[index]) < per_worker:

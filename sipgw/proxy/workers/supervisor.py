@@ -13,7 +13,10 @@ SIP. It
 * on SIGHUP checks the new config once and has every worker apply it (``Reload``), or
   none when it is bad; on SIGTERM has every worker drain and exit, then exits 0;
 * serves the one control socket (``fanout.py``) and relays what workers publish to the
-  others (``channel.py``).
+  others (``channel.py``);
+* settles the route signing key once, before any worker starts, and hands it to each: a
+  key per worker (no ``route.key`` could be kept, or two made at once) would refuse an
+  in-dialog request that reaches the other worker than its dialog's INVITE.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from twisted.logger import Logger
 from sipgw.config import ConfigError, LoadedConfig, load_config
 from sipgw.proxy.control import ControlServer, ControlSocketInUse
 from sipgw.proxy.runtime.notify import Notifier
+from sipgw.proxy.signing import route_key
 from sipgw.proxy.workers.channel import Ping, Reload, SupervisorChannel
 from sipgw.proxy.workers.fanout import FanOut
 from sipgw.proxy.workers.sockets import SocketSet
@@ -99,6 +103,7 @@ class Supervisor(service.Service):
         self.notifier = Notifier(self.environ)
         self.argv = argv or [sys.executable, "-m", "sipgw", "serve"]
         self.sockets: SocketSet | None = None
+        self.route_key = b""  # settled in startService, the same for every worker
         self.slots = [Slot(i) for i in range(count)]
         self.stopping = False
         self.started_at = time.time()
@@ -114,6 +119,9 @@ class Supervisor(service.Service):
     def startService(self) -> None:
         """Opens every socket first: a port in use fails here, before any worker starts."""
         self.sockets = SocketSet(self.loaded.config, self.count)
+        config = self.loaded.config
+        self.route_key = route_key(config.proxy.route_secret, config.auth.nonce_secret,
+                                   config.state.directory)
         super().startService()
         self._open_control()
         for slot in self.slots:
@@ -133,7 +141,8 @@ class Supervisor(service.Service):
             index=slot.index, count=self.count,
             sockets=tuple(replace(s, fd=FIRST_SOCKET_FD + n) for n, s in enumerate(inherited)),
             peers=tuple((s.host, s.port) for s in self.sockets.backend_addresses),
-            control_socket=worker_control_path(self.control_path, slot.index))
+            control_socket=worker_control_path(self.control_path, slot.index),
+            route_key=self.route_key.hex())
         env = {k: v for k, v in self.environ.items() if k not in _NOT_FOR_WORKERS}
         env[ENVIRONMENT] = spec.to_json()
         fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, CHANNEL_FD: child_end.fileno()}
