@@ -23,7 +23,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sipgw.config import Config, ConfigError, LoadedConfig, load_config
+from sipgw.config import Config, ConfigError, LoadedConfig, load_config, parse_config
 from sipgw.config.kinds import Address
 from sipgw.proxy.acl import Acl
 from sipgw.proxy.auth import Authenticator, nonce_secret, open_subscribers
@@ -404,22 +404,24 @@ class ProxyService(service.MultiService):
         finally:
             self.notifier.ready(status="running")
 
-    def reload_checked(self) -> str:
-        """A worker's reload, the file checked by the supervisor: "" or what went wrong."""
+    def reload_checked(self, text: str = "") -> str:
+        """A worker's reload of the config the supervisor checked (its ``text``, or "": the
+        file): "" or what went wrong."""
         try:
-            return self._reload()
+            return self._reload(text)
         except Exception as e:  # noqa: BLE001 - told to the supervisor, which logs it
             log.failure("reload")
             return str(e)
 
-    def _reload(self) -> str:
-        """Read the file again; a bad file changes nothing (and is what is returned)."""
+    def _reload(self, text: str = "") -> str:
+        """Read the file again (or take ``text`` as its content); a bad file changes nothing
+        (and is what is returned)."""
         path = self.loaded.path
         if path is None:
             log.info("reload: running on the embedded default config; nothing to read")
             return ""
         try:
-            new = load_config(path)
+            new = parse_config(text, path) if text else load_config(path)
             if self.worker is not None:
                 new = _with_inherited_ports(new, self.worker)
             backend = _backend(new.config)

@@ -367,3 +367,44 @@ def test_both_workers_sign_a_dialogs_record_route_alike_even_when_no_route_key_c
                                          call_id="one-key@test", from_tag="one-key",
                                          branch=f"z9hG4bK-one-key-{port}", to=busy.header("To")))
     assert len(macs) == WORKERS and macs[0] == macs[1], macs
+
+
+# --- the config a restarted worker runs ----------------------------------------------------
+
+
+def test_a_worker_restarted_after_the_file_was_edited_runs_the_config_the_others_run(
+    control_dir: Path, sipp: SippRunner, sipgw: SipgwRunner
+) -> None:
+    """The file is edited (a typo, and another backend) but not reloaded yet: a worker that
+    dies meanwhile comes back with the config the service checked and runs, not the file
+    as it is now (which would stop it at start, again and again, or split the service)."""
+    uas = sipp.uas("uas_call.xml", calls=2, timeout=20)
+    gw, workers = start_workers(sipgw, control_dir, backend=uas.address)
+    gw.write_config(gw.config_text(backend=f"sip:{LOOPBACK}:{free_port('udp')}")
+                    + "\n[timers]\nt1 = = 0.5\n")
+    victim = workers.table()[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    def back() -> bool:
+        now = workers.table()[0]
+        return now["ready"] and now["pid"] not in (None, victim["pid"])
+
+    wait_until(back, timeout=10, what="worker 0 back", caller=gw)
+    assert workers.table()[0]["restarts"] == 1
+    # Both workers still relay to the backend they were started with.
+    sources = workers.sources("udp", 1)
+    for ((host, port),) in sources:
+        uac = sipp.uac("uac_call.xml", remote=gw.address, ip=host, port=port, timeout=10)
+        assert uac.wait(20) == 0, uac.describe()
+    assert uas.wait(20) == 0, uas.describe()
+
+    # The file mended and reloaded (SIGHUP): both workers take it, the restarted one too.
+    second = sipp.uas("uas_call.xml", calls=2, timeout=20)
+    gw.write_config(gw.config_text(backend=f"sip:{second.address}"))
+    mark = len(gw.log_text())
+    gw.reload()
+    gw.wait_for_log(rf"reloaded .* in {WORKERS} workers", after=mark)
+    for ((host, port),) in sources:
+        uac = sipp.uac("uac_call.xml", remote=gw.address, ip=host, port=port, timeout=10)
+        assert uac.wait(20) == 0, uac.describe()
+    assert second.wait(20) == 0, second.describe()

@@ -4,7 +4,9 @@ It travels in the environment (``SIPGW_WORKER``, JSON), and the descriptors it n
 the worker's own numbers: the supervisor maps its sockets onto them when it spawns it.
 It carries the route signing key the supervisor settled once (``route_key``), so that every
 worker, restarted or not, accepts what the others signed; a process's environment is
-readable by its own user only, as ``route.key`` is.
+readable by its own user only, as ``route.key`` is. And it carries the text of the config
+file the supervisor checked and runs (``config_text``): a worker started again after the
+file was edited but not reloaded runs what the others run, not the file as it is now.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class WorkerSpec:
     control_socket: str  # the worker's own control socket (the supervisor's fans out)
     channel_fd: int = CHANNEL_FD
     route_key: str = ""  # hex; "" leaves the worker to find it as a single process does
+    config_text: str = ""  # "" (the embedded default config): nothing to read
 
     @property
     def backend(self) -> Inherited:
@@ -42,7 +45,7 @@ class WorkerSpec:
             "index": self.index, "count": self.count, "channel": self.channel_fd,
             "sockets": [[s.kind, s.host, s.port, s.fd] for s in self.sockets],
             "peers": [list(p) for p in self.peers], "control": self.control_socket,
-            "route_key": self.route_key,
+            "route_key": self.route_key, "config": self.config_text,
         })
 
     @classmethod
@@ -51,7 +54,8 @@ class WorkerSpec:
         return cls(index=raw["index"], count=raw["count"], channel_fd=raw["channel"],
                    sockets=tuple(Inherited(k, h, p, fd) for k, h, p, fd in raw["sockets"]),
                    peers=tuple((h, p) for h, p in raw["peers"]),
-                   control_socket=raw["control"], route_key=raw.get("route_key", ""))
+                   control_socket=raw["control"], route_key=raw.get("route_key", ""),
+                   config_text=raw.get("config", ""))
 
 
 def spec_from_environment(environ=None) -> WorkerSpec | None:

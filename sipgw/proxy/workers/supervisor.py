@@ -10,8 +10,10 @@ SIP. It
   workers' clients are not touched), after a back-off that doubles from 0.5 s up to 30 s
   and starts again from 0.5 s once a worker has run for a minute; each restart is logged
   and counted (``core.workers``);
-* on SIGHUP checks the new config once and has every worker apply it (``Reload``), or
-  none when it is bad; on SIGTERM has every worker drain and exit, then exits 0;
+* on SIGHUP checks the new config once and has every worker apply it (``Reload``, with
+  the text it checked), or none when it is bad; a worker it starts again runs that same
+  text too, whatever the file holds meanwhile; on SIGTERM has every worker drain and
+  exit, then exits 0;
 * serves the one control socket (``fanout.py``) and relays what workers publish to the
   others (``channel.py``);
 * settles the route signing key once, before any worker starts, and hands it to each: a
@@ -27,6 +29,7 @@ import socket
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from twisted.application import service
 from twisted.internet import defer
@@ -34,7 +37,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from sipgw.config import ConfigError, LoadedConfig, load_config
+from sipgw.config import ConfigError, LoadedConfig, parse_config
 from sipgw.proxy.control import ControlServer, ControlSocketInUse
 from sipgw.proxy.runtime.notify import Notifier
 from sipgw.proxy.signing import route_key
@@ -57,6 +60,7 @@ HEARTBEAT_TIMEOUT = 5.0  # a worker silent this long is unhealthy (the watchdog 
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 60.0  # a worker that ran this long restarts without waiting again
+AMP_VALUE_MAX = 0xFFFF  # bytes in one AMP value
 STOP_GRACE = 5.0  # seconds past proxy.drain_timeout before a worker is killed
 # What systemd gives the main process only: a worker must not answer for the service.
 _NOT_FOR_WORKERS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
@@ -104,6 +108,7 @@ class Supervisor(service.Service):
         self.argv = argv or [sys.executable, "-m", "sipgw", "serve"]
         self.sockets: SocketSet | None = None
         self.route_key = b""  # settled in startService, the same for every worker
+        self.config_text = ""  # the file's text as checked: what workers run (reloads too)
         self.slots = [Slot(i) for i in range(count)]
         self.stopping = False
         self.started_at = time.time()
@@ -119,6 +124,7 @@ class Supervisor(service.Service):
     def startService(self) -> None:
         """Opens every socket first: a port in use fails here, before any worker starts."""
         self.sockets = SocketSet(self.loaded.config, self.count)
+        self._snapshot()
         config = self.loaded.config
         self.route_key = route_key(config.proxy.route_secret, config.auth.nonce_secret,
                                    config.state.directory)
@@ -132,6 +138,19 @@ class Supervisor(service.Service):
                               if s.kind != "backend")
         log.info("{n} workers on {listening}", n=self.count, listening=listening)
 
+    def _snapshot(self) -> None:
+        """The text of the file serve checked, to hand to the workers. The file changed
+        meanwhile into one that does not load: the workers read it, as before, and say so."""
+        path = self.loaded.path
+        if path is None:
+            return
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            self.loaded = parse_config(text, path)
+        except (OSError, UnicodeDecodeError, ConfigError):
+            return
+        self.config_text = text
+
     def _spawn(self, slot: Slot) -> None:
         assert self.sockets is not None
         slot.pending_restart = None
@@ -142,7 +161,7 @@ class Supervisor(service.Service):
             sockets=tuple(replace(s, fd=FIRST_SOCKET_FD + n) for n, s in enumerate(inherited)),
             peers=tuple((s.host, s.port) for s in self.sockets.backend_addresses),
             control_socket=worker_control_path(self.control_path, slot.index),
-            route_key=self.route_key.hex())
+            route_key=self.route_key.hex(), config_text=self.config_text)
         env = {k: v for k, v in self.environ.items() if k not in _NOT_FOR_WORKERS}
         env[ENVIRONMENT] = spec.to_json()
         fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, CHANNEL_FD: child_end.fileno()}
@@ -253,8 +272,17 @@ class Supervisor(service.Service):
             log.info("reload: running on the embedded default config; nothing to read")
             return defer.succeed(None)
         try:
-            new = load_config(path)
+            text = Path(path).read_text(encoding="utf-8")
+            new = parse_config(text, path)
             check_destinations(new.config)
+        except OSError as e:
+            log.error("reload refused, keeping the running config in every worker: {path}: "
+                      "cannot read the file: {err}", path=path, err=e.strerror or e)
+            return defer.succeed(None)
+        except UnicodeDecodeError:
+            log.error("reload refused, keeping the running config in every worker: {path}: "
+                      "not UTF-8 text", path=path)
+            return defer.succeed(None)
         except (ConfigError, ListFileError, ValueError) as e:
             log.error("reload refused, keeping the running config in every worker: {err}",
                       err=e)
@@ -263,8 +291,12 @@ class Supervisor(service.Service):
             log.warn("reload: proxy.workers changes need a restart; {n} workers kept",
                      n=self.count)
         self.loaded = new
+        self.config_text = text
+        # One AMP value holds 64 KiB: a longer file is read by each worker itself.
+        given = text if len(text.encode("utf-8")) < AMP_VALUE_MAX else ""
         running = [s for s in self.slots if s.channel is not None and s.ready]
-        calls = [s.channel.callRemote(Reload) for s in running if s.channel is not None]
+        calls = [s.channel.callRemote(Reload, config=given) for s in running
+                 if s.channel is not None]
 
         def report(outcomes) -> None:
             for slot, (ok, value) in zip(running, outcomes, strict=True):
