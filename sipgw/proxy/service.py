@@ -282,6 +282,10 @@ class Listeners(service.Service):
         if self.own_udp is not None and self.worker is not None:
             self.udp_ports.append(listen_udp(self.reactor, self.own_udp, self.on_udp_delay,
                                              self.worker.backend.fd))
+            own_tcp = self.worker.backend_stream
+            if own_tcp is not None:
+                self.stream_ports.append(self.stream.listen(own_tcp.host, own_tcp.port,
+                                                            own_tcp.fd))
         for n, addr in enumerate(listen.tcp):
             self.stream_ports.append(self.stream.listen(addr.host, addr.port, self._fd("tcp", n)))
             log.info("listening on {a}", a=transport_address("tcp", addr.host, addr.port))
@@ -481,6 +485,8 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
                                         host=_advertised(config, worker.backend.host, toward))
             identity.peers = tuple((_advertised(config, host, toward), port)
                                    for host, port in worker.peers)
+            if worker.backend_stream is not None:
+                identity.backend_tcp = dataclasses.replace(identity.backend, transport="tcp")
             identity.refresh()
     if route_secret_key is None and worker is not None and worker.route_key:
         route_secret_key = bytes.fromhex(worker.route_key)  # the supervisor's, for all

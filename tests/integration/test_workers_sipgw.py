@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,13 @@ import pytest
 
 from sipgw.tools.process import SipgwProcess
 from tests.helpers.poll import wait_until
-from tests.integration.sipgw_process import SipgwRunner, UdpPeer, build_request, build_response
+from tests.integration.sipgw_process import (
+    SipgwRunner,
+    TcpPeer,
+    UdpPeer,
+    build_request,
+    build_response,
+)
 from tests.integration.sipp import (
     LOOPBACK,
     SippMessage,
@@ -408,3 +415,55 @@ def test_a_worker_restarted_after_the_file_was_edited_runs_the_config_the_others
         uac = sipp.uac("uac_call.xml", remote=gw.address, ip=host, port=port, timeout=10)
         assert uac.wait(20) == 0, uac.describe()
     assert second.wait(20) == 0, second.describe()
+
+
+# --- a backend over TCP --------------------------------------------------------------------
+
+
+def test_over_a_tcp_backend_a_phones_path_names_its_workers_own_port_and_a_call_by_it_reaches_the_phone(  # noqa: E501 - a test's name is its sentence
+    control_dir: Path, sipgw: SipgwRunner
+) -> None:
+    """A registrar behind sipgw over TCP (Asterisk with transport=tcp) reaches a phone by
+    its Path on a connection of its own: it must land on the worker that holds the phone's
+    connection, which only that worker's own TCP address guarantees (the public port's
+    group spreads connections by their addresses)."""
+    with socket.create_server((LOOPBACK, 0), reuse_port=True) as listener:
+        listener.settimeout(10)
+        backend_address = f"{LOOPBACK}:{listener.getsockname()[1]}"
+        gw, workers = start_workers(sipgw, control_dir, backend=backend_address,
+                                    transport="tcp")
+        port_of = {index: port for port, index in workers.backend_ports().items()}
+        for index, ((host, port),) in enumerate(workers.sources("tcp", 1, hosts=(LOOPBACK,))):
+            phone = socket.socket()
+            phone.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            phone.bind((host, port))
+            phone.connect(gw.hostport)
+            with phone, TcpPeer.adopt(phone) as peer:
+                peer.send(build_request(
+                    "REGISTER", f"sip:{gw.address}", peer=peer, call_id=f"path-{index}@test",
+                    branch=f"z9hG4bK-path-{index}", headers=["Supported: path"]))
+                upstream, _ = listener.accept()
+                with upstream, TcpPeer.adopt(upstream) as registrar:
+                    register = registrar.expect("REGISTER")
+                    (path,) = values(register, "Path")
+                    assert names_port(path, port_of[index]) and "transport=tcp" in path, path
+                    registrar.send(build_response(register, 200, "OK", to_tag="reg"))
+                    peer.expect("200")
+                # The registrar calls the phone by the Path, on a connection of its own
+                # (from its own address: sipgw tells a backend by its address and port).
+                target = re.match(r"<sip:[^@]+@([\d.]+):(\d+)", path)
+                assert target
+                out = socket.socket()
+                out.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                out.bind(listener.getsockname())
+                out.connect((target[1], int(target[2])))
+                with out, TcpPeer.adopt(out) as caller:
+                    caller.send(build_request(
+                        "INVITE", uri_of(register.header("Contact") or ""), peer=caller,
+                        call_id=f"by-path-{index}@test", branch=f"z9hG4bK-by-path-{index}",
+                        headers=[f"Route: {path}"], body=SDP))
+                    invite = peer.expect("INVITE", timeout=5)
+                    assert invite.header("Call-ID") == f"by-path-{index}@test"
+                    peer.send(build_response(invite, 486, "Busy Here", to_tag="busy"))
+                    assert caller.expect("486", timeout=5).header("Call-ID") == invite.header(
+                        "Call-ID")

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from sipgw.proxy.workers.sockets import Inherited
+from sipgw.proxy.workers.sockets import BACKEND_TCP, Inherited
 
 ENVIRONMENT = "SIPGW_WORKER"
 CHANNEL_FD = 3  # the worker's end of its channel to the supervisor
@@ -36,6 +36,11 @@ class WorkerSpec:
     @property
     def backend(self) -> Inherited:
         return next(s for s in self.sockets if s.kind == "backend")
+
+    @property
+    def backend_stream(self) -> Inherited | None:
+        """The worker's own TCP listener (on the port of its own UDP socket)."""
+        return next((s for s in self.sockets if s.kind == BACKEND_TCP), None)
 
     def public(self, kind: str) -> list[Inherited]:
         return [s for s in self.sockets if s.kind == kind]

@@ -135,7 +135,7 @@ class Supervisor(service.Service):
         self._heartbeat.start(HEARTBEAT, now=False)
         self.notifier.start_watchdog(self.reactor, healthy=self.healthy)
         listening = ", ".join(f"{s.kind}:{s.host}:{s.port}" for s in self.sockets.for_worker(0)
-                              if s.kind != "backend")
+                              if not s.kind.startswith("backend"))
         log.info("{n} workers on {listening}", n=self.count, listening=listening)
 
     def _snapshot(self) -> None:
