@@ -467,3 +467,37 @@ def test_over_a_tcp_backend_a_phones_path_names_its_workers_own_port_and_a_call_
                     peer.send(build_response(invite, 486, "Busy Here", to_tag="busy"))
                     assert caller.expect("486", timeout=5).header("Call-ID") == invite.header(
                         "Call-ID")
+
+
+def test_a_reload_while_a_worker_is_starting_reaches_it_once_it_is_ready(
+    control_dir: Path, sipp: SippRunner, sipgw: SipgwRunner
+) -> None:
+    first = sipp.uas("uas_call.xml", timeout=20)
+    gw, workers = start_workers(sipgw, control_dir, backend=first.address)
+    victim = workers.table()[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    # Catch the new worker 0 between its start and its Ready, and hold it there.
+    starting = None
+    while starting is None:
+        now = workers.table()[0]
+        if now["pid"] not in (None, victim["pid"]):
+            os.kill(now["pid"], signal.SIGSTOP)
+            if workers.table()[0]["ready"]:  # too late: this one was ready already
+                os.kill(now["pid"], signal.SIGCONT)
+                victim = now
+                os.kill(victim["pid"], signal.SIGKILL)
+                continue
+            starting = now["pid"]
+    second = sipp.uas("uas_call.xml", calls=2, timeout=20)
+    gw.write_config(gw.config_text(backend=f"sip:{second.address}"))
+    mark = len(gw.log_text())
+    gw.reload()
+    gw.wait_for_log(r"reloaded .* in 1 workers", after=mark)
+    os.kill(starting, signal.SIGCONT)
+    wait_until(lambda: workers.table()[0]["ready"], timeout=10, what="worker 0 ready",
+               caller=gw)
+    # Both workers run the reloaded config: calls through either go to the new backend.
+    for ((host, port),) in workers.sources("udp", 1):
+        uac = sipp.uac("uac_call.xml", remote=gw.address, ip=host, port=port, timeout=10)
+        assert uac.wait(20) == 0, uac.describe()
+    assert second.wait(20) == 0, second.describe()

@@ -12,8 +12,8 @@ SIP. It
   and counted (``core.workers``);
 * on SIGHUP checks the new config once and has every worker apply it (``Reload``, with
   the text it checked), or none when it is bad; a worker it starts again runs that same
-  text too, whatever the file holds meanwhile; on SIGTERM has every worker drain and
-  exit, then exits 0;
+  text too, whatever the file holds meanwhile (one that was starting during the reload
+  gets it once ready); on SIGTERM has every worker drain and exit, then exits 0;
 * serves the one control socket (``fanout.py``) and relays what workers publish to the
   others (``channel.py``);
 * settles the route signing key once, before any worker starts, and hands it to each: a
@@ -84,6 +84,7 @@ class Slot:
         self.connections = 0
         self.transactions = 0
         self.last_exit = ""
+        self.config_text = ""  # the config it was given: at its start, or by a Reload
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -174,6 +175,7 @@ class Supervisor(service.Service):
         finally:
             child_end.close()
         slot.process = process
+        slot.config_text = self.config_text
         slot.pid = process.pid
         slot.started = time.monotonic()
         slot.last_answer = time.monotonic()
@@ -188,6 +190,11 @@ class Supervisor(service.Service):
     def _ready(self, slot: Slot, pid: int) -> None:
         slot.ready = True
         slot.last_answer = time.monotonic()
+        if slot.config_text != self.config_text:
+            # A reload came while it was starting, and passed it by: it gets it now.
+            self._send_reload([slot]).addCallback(
+                lambda _: log.info("worker {i} started before the last reload: reloaded",
+                                   i=slot.index))
         if not self._announced and all(s.ready for s in self.slots):
             self._announced = True
             self.notifier.ready(status=self.status_line())
@@ -292,19 +299,29 @@ class Supervisor(service.Service):
                      n=self.count)
         self.loaded = new
         self.config_text = text
-        # One AMP value holds 64 KiB: a longer file is read by each worker itself.
-        given = text if len(text.encode("utf-8")) < AMP_VALUE_MAX else ""
         running = [s for s in self.slots if s.channel is not None and s.ready]
-        calls = [s.channel.callRemote(Reload, config=given) for s in running
-                 if s.channel is not None]
+        d = self._send_reload(running)
+        d.addCallback(lambda _: log.info("reloaded {path} in {n} workers", path=path,
+                                         n=len(running)))
+        return d
+
+    def _send_reload(self, slots: list[Slot]) -> defer.Deferred:
+        """``Reload`` with the config text checked last to each of ``slots``; errors logged.
+        (One AMP value holds 64 KiB: a longer file is read by each worker itself.)"""
+        text = self.config_text
+        given = text if len(text.encode("utf-8")) < AMP_VALUE_MAX else ""
+        calls = []
+        for slot in slots:
+            assert slot.channel is not None
+            slot.config_text = text
+            calls.append(slot.channel.callRemote(Reload, config=given))
 
         def report(outcomes) -> None:
-            for slot, (ok, value) in zip(running, outcomes, strict=True):
+            for slot, (ok, value) in zip(slots, outcomes, strict=True):
                 error = value["error"] if ok else value.getErrorMessage()
                 if error:
                     log.error("worker {i} did not apply the reload: {err}", i=slot.index,
                               err=error)
-            log.info("reloaded {path} in {n} workers", path=path, n=len(running))
 
         return defer.DeferredList(calls, consumeErrors=True).addCallback(report)
 
