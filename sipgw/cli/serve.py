@@ -8,7 +8,7 @@ import click
 
 from sipgw.cli.app import EXIT_FAILED, EXIT_OK, EXIT_USAGE, App, pass_app
 from sipgw.cli.options import config_option
-from sipgw.config import ConfigError, config_path_from_env, load_config
+from sipgw.config import ConfigError, config_path_from_env, load_config, parse_config
 from sipgw.config.kinds import MAX_WORKERS
 from sipgw.proxy.dispatcher.build import check_destinations
 from sipgw.proxy.dispatcher.listfile import ListFileError
@@ -24,12 +24,16 @@ from sipgw.proxy.workers.spec import spec_from_environment
 def serve(app: App, config_path: str | None, check: bool, workers: int | None) -> None:
     """Run the SIP proxy until SIGTERM; SIGHUP re-reads the config."""
     path = config_path_from_env(config_path)
+    spec = spec_from_environment()
     try:
-        loaded = load_config(path)
+        if spec is not None and spec.config_text and path is not None:
+            # A worker runs the config its supervisor checked, not the file as it is now.
+            loaded = parse_config(spec.config_text, path)
+        else:
+            loaded = load_config(path)
         warnings = check_destinations(loaded.config)
     except (ConfigError, ListFileError) as e:
         app.fail(str(e), EXIT_USAGE)
-    spec = spec_from_environment()
     if spec is not None:  # started by a supervisor: one worker of several
         raise SystemExit(_run(loaded, spec))
     if check:

@@ -111,7 +111,7 @@ class ProxyConfig:
     drain_timeout: float = _key(Seconds(), 10, "on SIGTERM, how long requests already received may take to get their final answer before sipgw exits (seconds; new requests get 503 meanwhile)", in_effect=True)  # noqa: E501
     nat_uac_test: int = _key(Integer(0, 511), 19, "Kamailio nat_uac_test flags for UDP/TCP/TLS clients (0 = off); WebSocket clients are always NATed", in_effect=True)  # noqa: E501
     workers: int = _key(WorkerCount(), "auto", 'worker processes serving the listeners together ("auto" = one per CPU; 1 = a single process, no supervisor); sipgw serve --workers overrides it', in_effect=True)  # noqa: E501
-    worker_ports: int = _key(Integer(0, 65535), 0, "first of the consecutive UDP ports, one per worker, that each worker writes in Via, Record-Route and Path toward the backends (0 = ports the kernel picks when the service starts; set it for firewall rules and for dialogs that outlive a restart)", in_effect=True)  # noqa: E501
+    worker_ports: int = _key(Integer(0, 65535), 0, "first of the consecutive ports, one per worker, UDP and TCP each, that each worker writes in Via, Record-Route and Path toward the backends (0 = ports the kernel picks when the service starts; set it for firewall rules and for dialogs that outlive a restart)", in_effect=True)  # noqa: E501
     route_secret: str = _key(Secret(), "", 'HMAC key that signs the Record-Route and contact aliases sipgw writes, the same on every node ("" = derived from auth.nonce_secret, or else a key kept in state.directory/route.key)', in_effect=True)  # noqa: E501
 
 

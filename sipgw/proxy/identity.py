@@ -30,6 +30,7 @@ class Identity:
     # sends to the backends, so that what they send back reaches this worker. None in a
     # single process: the public listeners face the backends too.
     backend: Listener | None = None
+    backend_tcp: Listener | None = None  # the same, for backends over TCP
     peers: tuple[tuple[str, int], ...] = ()  # every worker's own address, all of them us
     _hostports: set[tuple[str, int]] = field(default_factory=set)
     _ports: set[int] = field(default_factory=set)
@@ -48,8 +49,9 @@ class Identity:
         self._ports = {lst.port for lst in self.listeners}
         self._hosts = {lst.host.lower() for lst in self.listeners}
         self._hostports.update((host.lower(), port) for host, port in self.peers)
-        if self.backend is not None:
-            self._hostports.add((self.backend.host.lower(), self.backend.port))
+        for own in (self.backend, self.backend_tcp):
+            if own is not None:
+                self._hostports.add((own.host.lower(), own.port))
         for alias in self.aliases:
             host, alias_port = split_hostport(alias.lower())
             if alias_port is None:
@@ -68,10 +70,10 @@ class Identity:
         return Listener(transport=transport, host=first.host, port=first.port)
 
     def facing(self, transport: str, backend: bool) -> Listener:
-        """The listener we write toward a peer: a worker's own address toward a backend."""
-        if backend and self.backend is not None and transport == "udp":
-            return self.backend
-        return self.listener(transport)
+        """The listener we write toward a peer: a worker's own address toward a backend
+        over UDP or TCP (over TLS, the public listener: a worker has no TLS of its own)."""
+        own = {"udp": self.backend, "tcp": self.backend_tcp}.get(transport) if backend else None
+        return own if own is not None else self.listener(transport)
 
     def is_us(self, host: str, port: int | None, transport: str | None = None) -> bool:
         """Does host[:port] name this proxy? A missing port means the default 5060.

@@ -23,7 +23,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sipgw.config import Config, ConfigError, LoadedConfig, load_config
+from sipgw.config import Config, ConfigError, LoadedConfig, load_config, parse_config
 from sipgw.config.kinds import Address
 from sipgw.proxy.acl import Acl
 from sipgw.proxy.auth import Authenticator, nonce_secret, open_subscribers
@@ -282,6 +282,10 @@ class Listeners(service.Service):
         if self.own_udp is not None and self.worker is not None:
             self.udp_ports.append(listen_udp(self.reactor, self.own_udp, self.on_udp_delay,
                                              self.worker.backend.fd))
+            own_tcp = self.worker.backend_stream
+            if own_tcp is not None:
+                self.stream_ports.append(self.stream.listen(own_tcp.host, own_tcp.port,
+                                                            own_tcp.fd))
         for n, addr in enumerate(listen.tcp):
             self.stream_ports.append(self.stream.listen(addr.host, addr.port, self._fd("tcp", n)))
             log.info("listening on {a}", a=transport_address("tcp", addr.host, addr.port))
@@ -404,22 +408,24 @@ class ProxyService(service.MultiService):
         finally:
             self.notifier.ready(status="running")
 
-    def reload_checked(self) -> str:
-        """A worker's reload, the file checked by the supervisor: "" or what went wrong."""
+    def reload_checked(self, text: str = "") -> str:
+        """A worker's reload of the config the supervisor checked (its ``text``, or "": the
+        file): "" or what went wrong."""
         try:
-            return self._reload()
+            return self._reload(text)
         except Exception as e:  # noqa: BLE001 - told to the supervisor, which logs it
             log.failure("reload")
             return str(e)
 
-    def _reload(self) -> str:
-        """Read the file again; a bad file changes nothing (and is what is returned)."""
+    def _reload(self, text: str = "") -> str:
+        """Read the file again (or take ``text`` as its content); a bad file changes nothing
+        (and is what is returned)."""
         path = self.loaded.path
         if path is None:
             log.info("reload: running on the embedded default config; nothing to read")
             return ""
         try:
-            new = load_config(path)
+            new = parse_config(text, path) if text else load_config(path)
             if self.worker is not None:
                 new = _with_inherited_ports(new, self.worker)
             backend = _backend(new.config)
@@ -479,7 +485,11 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
                                         host=_advertised(config, worker.backend.host, toward))
             identity.peers = tuple((_advertised(config, host, toward), port)
                                    for host, port in worker.peers)
+            if worker.backend_stream is not None:
+                identity.backend_tcp = dataclasses.replace(identity.backend, transport="tcp")
             identity.refresh()
+    if route_secret_key is None and worker is not None and worker.route_key:
+        route_secret_key = bytes.fromhex(worker.route_key)  # the supervisor's, for all
     if route_secret_key is None:
         route_secret_key = route_key(config.proxy.route_secret, config.auth.nonce_secret,
                                      config.state.directory)

@@ -6,7 +6,9 @@ Commands and who sends them:
 * ``Ping`` (supervisor → worker): the heartbeat, answered from the worker's reactor, so
   a stuck reactor misses it (the supervisor then stops feeding systemd's watchdog); the
   answer carries the worker's load and counts for ``core.workers``.
-* ``Reload`` (supervisor → worker): re-read the config file the supervisor has checked.
+* ``Reload`` (supervisor → worker): apply the config the supervisor has checked, its text
+  given (so a file edited again meanwhile changes nothing), or "" to read the file (a text
+  too long for one AMP value).
 * ``Publish`` (worker → supervisor) and ``Deliver`` (supervisor → the other workers):
   state that must hold across workers (a ban, a destination seen failing) sent to all.
   A topic's payload is JSON text; ``Deliver`` says which worker it came from.
@@ -36,6 +38,7 @@ class Ping(amp.Command):
 
 
 class Reload(amp.Command):
+    arguments = [(b"config", amp.Unicode())]
     response = [(b"error", amp.Unicode())]  # "" when the worker applied it
 
 
@@ -58,7 +61,7 @@ class WorkerChannel(amp.AMP):
     ``publish(topic, payload)`` sends to them."""
 
     def __init__(self, *, index: int, pid: int, load: Callable[[], dict[str, int]],
-                 reload: Callable[[], str], on_lost: Callable[[], None]) -> None:
+                 reload: Callable[[str], str], on_lost: Callable[[], None]) -> None:
         super().__init__()
         self.index = index
         self.pid = pid
@@ -82,8 +85,8 @@ class WorkerChannel(amp.AMP):
         return self._load()
 
     @Reload.responder
-    def reload(self) -> dict:
-        return {"error": self._reload()}
+    def reload(self, config: str) -> dict:
+        return {"error": self._reload(config)}
 
     @Deliver.responder
     def deliver(self, topic: str, data: str, origin: int) -> dict:

@@ -9,11 +9,14 @@ service and hands worker *i* the same socket again when it restarts it: the grou
 changes size, so the hash never moves the other workers' clients, and what arrives for a
 dead worker waits in its socket's queue for the new one.
 
-Each worker also gets a UDP socket of its own, its *backend address*: what it writes in
-the Via, the backend-side Record-Route and the Path of what it sends to the backends, so
-that their replies, in-dialog requests and calls to a browser come back to the worker
-that holds the transaction or the connection (``proxy.worker_ports``: the first of
-consecutive ports, or 0 for ports the kernel picks when the service starts).
+Each worker also gets a UDP socket and a TCP listener of its own, on one port, its
+*backend address*: what it writes in the Via, the backend-side Record-Route and the Path of
+what it sends to the backends, so that their replies, in-dialog requests and calls to a
+browser come back to the worker that holds the transaction or the connection
+(``proxy.worker_ports``: the first of consecutive ports, or 0 for ports the kernel picks
+when the service starts). The TCP listener is for a backend over TCP, which sends an
+in-dialog request or a call by Path on a connection of its own: at the public port the
+group would hand that connection to any worker.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from sipgw.config.kinds import Address
 from sipgw.proxy.transport.listen import BACKLOG
 
 STREAM_KINDS = ("tcp", "tls", "ws", "wss")
+BACKEND_TCP = "backend_tcp"  # the kind of a worker's own TCP listener
+PORT_TRIES = 50  # kernel-picked UDP ports tried for one whose TCP twin is free too
 RECEIVE_BUFFER = 4 * 1024 * 1024  # as transport/udp.py, set before any datagram arrives
 
 
@@ -37,7 +42,7 @@ class SocketError(Exception):
 class Inherited:
     """One socket a worker gets: what it is for, where it is bound, its descriptor."""
 
-    kind: str  # "udp", "tcp", "tls", "ws", "wss", or "backend" (the worker's own UDP)
+    kind: str  # "udp", "tcp", "tls", "ws", "wss"; "backend", "backend_tcp": the worker's own
     host: str
     port: int
     fd: int
@@ -48,7 +53,7 @@ def _family(host: str) -> int:
 
 
 def _open(kind: str, host: str, port: int, *, reuse_port: bool) -> socket.socket:
-    stream = kind in STREAM_KINDS
+    stream = kind in STREAM_KINDS or kind == BACKEND_TCP
     sock = socket.socket(_family(host), socket.SOCK_STREAM if stream else socket.SOCK_DGRAM)
     try:
         if reuse_port:
@@ -87,6 +92,7 @@ class SocketSet:
         self._sockets: list[socket.socket] = []
         self._public: list[list[Inherited]] = [[] for _ in range(count)]
         self._backend: list[Inherited] = []
+        self._backend_tcp: list[Inherited] = []
         try:
             for kind in ("udp", *STREAM_KINDS):
                 for addr in getattr(config.listen, kind):
@@ -94,13 +100,28 @@ class SocketSet:
             host = backend_host(config)
             base = config.proxy.worker_ports
             for index in range(count):
-                sock = self._keep(_open("udp", host, base + index if base else 0,
-                                        reuse_port=False))
-                self._backend.append(Inherited("backend", host, sock.getsockname()[1],
-                                               sock.fileno()))
+                udp, tcp = self._own_pair(host, base + index if base else 0)
+                port = udp.getsockname()[1]
+                self._backend.append(Inherited("backend", host, port, udp.fileno()))
+                self._backend_tcp.append(Inherited(BACKEND_TCP, host, port, tcp.fileno()))
         except BaseException:
             self.close()
             raise
+
+    def _own_pair(self, host: str, port: int) -> tuple[socket.socket, socket.socket]:
+        """A worker's own UDP socket and TCP listener on one port: ``port``, or (0) one the
+        kernel picks for UDP whose TCP twin is free too."""
+        for _ in range(PORT_TRIES if port == 0 else 1):
+            udp = _open("udp", host, port, reuse_port=False)
+            try:
+                tcp = _open(BACKEND_TCP, host, udp.getsockname()[1], reuse_port=False)
+            except SocketError:
+                udp.close()
+                if port:
+                    raise
+                continue
+            return self._keep(udp), self._keep(tcp)
+        raise SocketError(f"no port on {host} free for both UDP and TCP after {PORT_TRIES} tries")
 
     def _keep(self, sock: socket.socket) -> socket.socket:
         self._sockets.append(sock)
@@ -114,7 +135,7 @@ class SocketSet:
             self._public[index].append(Inherited(kind, host, port, sock.fileno()))
 
     def for_worker(self, index: int) -> list[Inherited]:
-        return [*self._public[index], self._backend[index]]
+        return [*self._public[index], self._backend[index], self._backend_tcp[index]]
 
     @property
     def backend_addresses(self) -> list[Inherited]:

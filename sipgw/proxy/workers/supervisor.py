@@ -10,11 +10,16 @@ SIP. It
   workers' clients are not touched), after a back-off that doubles from 0.5 s up to 30 s
   and starts again from 0.5 s once a worker has run for a minute; each restart is logged
   and counted (``core.workers``);
-* on SIGHUP checks the new config once and has every worker apply it (``Reload``), or
-  none when it is bad; on SIGTERM has every worker drain and exit, then exits 0;
+* on SIGHUP checks the new config once and has every worker apply it (``Reload``, with
+  the text it checked), or none when it is bad; a worker it starts again runs that same
+  text too, whatever the file holds meanwhile (one that was starting during the reload
+  gets it once ready); on SIGTERM has every worker drain and exit, then exits 0;
 * serves the one control socket (``control.py``: its own methods, and the workers'
   answers merged, ``fanout.py`` and ``rules.py``) and the one ``/metrics`` (``metrics.py``),
-  and relays what workers publish to the others (``channel.py``).
+  and relays what workers publish to the others (``channel.py``);
+* settles the route signing key once, before any worker starts, and hands it to each: a
+  key per worker (no ``route.key`` could be kept, or two made at once) would refuse an
+  in-dialog request that reaches the other worker than its dialog's INVITE.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import socket
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from twisted.application import service
 from twisted.internet import defer
@@ -32,10 +38,11 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from sipgw.config import ConfigError, LoadedConfig, load_config
+from sipgw.config import ConfigError, LoadedConfig, parse_config
 from sipgw.proxy.control import ControlServer, ControlSocketInUse
 from sipgw.proxy.runtime.log import set_level
 from sipgw.proxy.runtime.notify import Notifier
+from sipgw.proxy.signing import route_key
 from sipgw.proxy.workers.channel import Ping, Reload, SupervisorChannel
 from sipgw.proxy.workers.control import ServiceControl
 from sipgw.proxy.workers.fanout import FanOut
@@ -57,6 +64,7 @@ HEARTBEAT_TIMEOUT = 5.0  # a worker silent this long is unhealthy (the watchdog 
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 60.0  # a worker that ran this long restarts without waiting again
+AMP_VALUE_MAX = 0xFFFF  # bytes in one AMP value
 STOP_GRACE = 5.0  # seconds past proxy.drain_timeout before a worker is killed
 # What systemd gives the main process only: a worker must not answer for the service.
 _NOT_FOR_WORKERS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
@@ -82,6 +90,7 @@ class Slot:
         self.lag_us = 0
         self.queue_us = 0
         self.last_exit = ""
+        self.config_text = ""  # the config it was given: at its start, or by a Reload
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -105,6 +114,8 @@ class Supervisor(service.Service):
         self.notifier = Notifier(self.environ)
         self.argv = argv or [sys.executable, "-m", "sipgw", "serve"]
         self.sockets: SocketSet | None = None
+        self.route_key = b""  # settled in startService, the same for every worker
+        self.config_text = ""  # the file's text as checked: what workers run (reloads too)
         self.slots = [Slot(i) for i in range(count)]
         self.stopping = False
         self.exit_code = 0  # what sipgw serve exits with
@@ -122,6 +133,10 @@ class Supervisor(service.Service):
     def startService(self) -> None:
         """Opens every socket first: a port in use fails here, before any worker starts."""
         self.sockets = SocketSet(self.loaded.config, self.count)
+        self._snapshot()
+        config = self.loaded.config
+        self.route_key = route_key(config.proxy.route_secret, config.auth.nonce_secret,
+                                   config.state.directory)
         super().startService()
         self._open_control()
         self.metrics = start_service_metrics(self)
@@ -130,8 +145,21 @@ class Supervisor(service.Service):
         self._heartbeat.start(HEARTBEAT, now=False)
         self.notifier.start_watchdog(self.reactor, healthy=self.healthy)
         listening = ", ".join(f"{s.kind}:{s.host}:{s.port}" for s in self.sockets.for_worker(0)
-                              if s.kind != "backend")
+                              if not s.kind.startswith("backend"))
         log.info("{n} workers on {listening}", n=self.count, listening=listening)
+
+    def _snapshot(self) -> None:
+        """The text of the file serve checked, to hand to the workers. The file changed
+        meanwhile into one that does not load: the workers read it, as before, and say so."""
+        path = self.loaded.path
+        if path is None:
+            return
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            self.loaded = parse_config(text, path)
+        except (OSError, UnicodeDecodeError, ConfigError):
+            return
+        self.config_text = text
 
     def _spawn(self, slot: Slot) -> None:
         assert self.sockets is not None
@@ -142,7 +170,8 @@ class Supervisor(service.Service):
             index=slot.index, count=self.count,
             sockets=tuple(replace(s, fd=FIRST_SOCKET_FD + n) for n, s in enumerate(inherited)),
             peers=tuple((s.host, s.port) for s in self.sockets.backend_addresses),
-            control_socket=worker_control_path(self.control_path, slot.index))
+            control_socket=worker_control_path(self.control_path, slot.index),
+            route_key=self.route_key.hex(), config_text=self.config_text)
         env = {k: v for k, v in self.environ.items() if k not in _NOT_FOR_WORKERS}
         env[ENVIRONMENT] = spec.to_json()
         fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, CHANNEL_FD: child_end.fileno()}
@@ -155,6 +184,7 @@ class Supervisor(service.Service):
         finally:
             child_end.close()
         slot.process = process
+        slot.config_text = self.config_text
         slot.pid = process.pid
         slot.started = time.monotonic()
         slot.last_answer = time.monotonic()
@@ -171,6 +201,11 @@ class Supervisor(service.Service):
         slot.last_answer = time.monotonic()
         self.fanout.worker_started(slot.index, worker_control_path(self.control_path,
                                                                    slot.index))
+        if slot.config_text != self.config_text:
+            # A reload came while it was starting, and passed it by: it gets it now.
+            self._send_reload([slot]).addCallback(
+                lambda _: log.info("worker {i} started before the last reload: reloaded",
+                                   i=slot.index))
         if not self._announced and all(s.ready for s in self.slots):
             self._announced = True
             self.notifier.ready(status=self.status_line())
@@ -266,8 +301,17 @@ class Supervisor(service.Service):
             log.info("reload: running on the embedded default config; nothing to read")
             return defer.succeed(None)
         try:
-            new = load_config(path)
+            text = Path(path).read_text(encoding="utf-8")
+            new = parse_config(text, path)
             check_destinations(new.config)
+        except OSError as e:
+            log.error("reload refused, keeping the running config in every worker: {path}: "
+                      "cannot read the file: {err}", path=path, err=e.strerror or e)
+            return defer.succeed(None)
+        except UnicodeDecodeError:
+            log.error("reload refused, keeping the running config in every worker: {path}: "
+                      "not UTF-8 text", path=path)
+            return defer.succeed(None)
         except (ConfigError, ListFileError, ValueError) as e:
             log.error("reload refused, keeping the running config in every worker: {err}",
                       err=e)
@@ -277,16 +321,30 @@ class Supervisor(service.Service):
                      n=self.count)
         self.loaded = new
         set_level(new.config.log.level)  # as each worker does: log.level lasts to a reload
+        self.config_text = text
         running = [s for s in self.slots if s.channel is not None and s.ready]
-        calls = [s.channel.callRemote(Reload) for s in running if s.channel is not None]
+        d = self._send_reload(running)
+        d.addCallback(lambda _: log.info("reloaded {path} in {n} workers", path=path,
+                                         n=len(running)))
+        return d
+
+    def _send_reload(self, slots: list[Slot]) -> defer.Deferred:
+        """``Reload`` with the config text checked last to each of ``slots``; errors logged.
+        (One AMP value holds 64 KiB: a longer file is read by each worker itself.)"""
+        text = self.config_text
+        given = text if len(text.encode("utf-8")) < AMP_VALUE_MAX else ""
+        calls = []
+        for slot in slots:
+            assert slot.channel is not None
+            slot.config_text = text
+            calls.append(slot.channel.callRemote(Reload, config=given))
 
         def report(outcomes) -> None:
-            for slot, (ok, value) in zip(running, outcomes, strict=True):
+            for slot, (ok, value) in zip(slots, outcomes, strict=True):
                 error = value["error"] if ok else value.getErrorMessage()
                 if error:
                     log.error("worker {i} did not apply the reload: {err}", i=slot.index,
                               err=error)
-            log.info("reloaded {path} in {n} workers", path=path, n=len(running))
 
         return defer.DeferredList(calls, consumeErrors=True).addCallback(report)
 
