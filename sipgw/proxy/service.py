@@ -45,7 +45,7 @@ from sipgw.proxy.router import Router
 from sipgw.proxy.runtime import log as sipgw_log
 from sipgw.proxy.runtime.memtrim import start_trimming
 from sipgw.proxy.runtime.notify import Notifier
-from sipgw.proxy.signing import RouteSigner, route_key
+from sipgw.proxy.signing import RouteSigner, service_route_key
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap
 from sipgw.proxy.transport import Destination, FlowTable, transport_address
@@ -481,8 +481,8 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
                                    for host, port in worker.peers)
             identity.refresh()
     if route_secret_key is None:
-        route_secret_key = route_key(config.proxy.route_secret, config.auth.nonce_secret,
-                                     config.state.directory)
+        route_secret_key = (bytes.fromhex(worker.route_key) if worker and worker.route_key
+                            else service_route_key(config))
     signer = RouteSigner(route_secret_key)
     replies = Replies(stats=stats, send=send, server_header=config.proxy.server_header)
     dialogs = Dialogs(clock, stats, max_dialogs=config.limits.max_dialogs)
@@ -504,7 +504,7 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
         auth = Authenticator(clock=clock, stats=stats, identity=identity, relay=relay,
                              replies=replies, store=store, settings=config.auth,
                              proxy=config.proxy, limits=config.limits,
-                             secret=nonce_secret(config))
+                             secret=nonce_secret(config, route_secret_key))
 
     def pike_exempt(host: str) -> bool:
         """Never blocked by pike: auth.trusted (as now configured) and the backends."""

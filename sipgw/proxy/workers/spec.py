@@ -25,6 +25,7 @@ class WorkerSpec:
     peers: tuple[tuple[str, int], ...]  # every worker's backend address, ours included
     control_socket: str  # the worker's own control socket (the supervisor's fans out)
     channel_fd: int = CHANNEL_FD
+    route_key: str = ""  # hex: the service's signing key, the same in every worker
 
     @property
     def backend(self) -> Inherited:
@@ -38,6 +39,7 @@ class WorkerSpec:
             "index": self.index, "count": self.count, "channel": self.channel_fd,
             "sockets": [[s.kind, s.host, s.port, s.fd] for s in self.sockets],
             "peers": [list(p) for p in self.peers], "control": self.control_socket,
+            "route_key": self.route_key,
         })
 
     @classmethod
@@ -46,7 +48,7 @@ class WorkerSpec:
         return cls(index=raw["index"], count=raw["count"], channel_fd=raw["channel"],
                    sockets=tuple(Inherited(k, h, p, fd) for k, h, p, fd in raw["sockets"]),
                    peers=tuple((h, p) for h, p in raw["peers"]),
-                   control_socket=raw["control"])
+                   control_socket=raw["control"], route_key=raw.get("route_key", ""))
 
 
 def spec_from_environment(environ=None) -> WorkerSpec | None:

@@ -36,6 +36,7 @@ from sipgw.config import ConfigError, LoadedConfig, load_config
 from sipgw.proxy.control import ControlServer, ControlSocketInUse
 from sipgw.proxy.runtime.log import set_level
 from sipgw.proxy.runtime.notify import Notifier
+from sipgw.proxy.signing import service_route_key
 from sipgw.proxy.workers.channel import Ping, Reload, SupervisorChannel
 from sipgw.proxy.workers.control import ServiceControl
 from sipgw.proxy.workers.fanout import FanOut
@@ -105,6 +106,7 @@ class Supervisor(service.Service):
         self.notifier = Notifier(self.environ)
         self.argv = argv or [sys.executable, "-m", "sipgw", "serve"]
         self.sockets: SocketSet | None = None
+        self.route_key = b""  # made at start (signing.service_route_key)
         self.slots = [Slot(i) for i in range(count)]
         self.stopping = False
         self.exit_code = 0  # what sipgw serve exits with
@@ -122,6 +124,8 @@ class Supervisor(service.Service):
     def startService(self) -> None:
         """Opens every socket first: a port in use fails here, before any worker starts."""
         self.sockets = SocketSet(self.loaded.config, self.count)
+        # Made once here, so every worker signs routes and nonces with the same key.
+        self.route_key = service_route_key(self.loaded.config)
         super().startService()
         self._open_control()
         self.metrics = start_service_metrics(self)
@@ -142,7 +146,8 @@ class Supervisor(service.Service):
             index=slot.index, count=self.count,
             sockets=tuple(replace(s, fd=FIRST_SOCKET_FD + n) for n, s in enumerate(inherited)),
             peers=tuple((s.host, s.port) for s in self.sockets.backend_addresses),
-            control_socket=worker_control_path(self.control_path, slot.index))
+            control_socket=worker_control_path(self.control_path, slot.index),
+            route_key=self.route_key.hex())
         env = {k: v for k, v in self.environ.items() if k not in _NOT_FOR_WORKERS}
         env[ENVIRONMENT] = spec.to_json()
         fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, CHANNEL_FD: child_end.fileno()}
