@@ -158,8 +158,21 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     else:
         link = WorkerLink(root, worker, reactor)
         root.channel = link.channel
+        share_state(proxy, link.channel, worker)
         link.setServiceParent(root)
     return root
+
+
+def share_state(proxy: Proxy, channel: WorkerChannel, worker: WorkerSpec) -> None:
+    """What must hold across workers goes over their channel (ARCHITECTURE.md, "Process
+    model and where state lives"): failed authentications, pike's counts and blocks, the
+    dispatcher's events. Worker 0 alone probes the backends."""
+    if proxy.dispatcher is not None:
+        proxy.dispatcher.probes = worker.index == 0
+    for part in (proxy.auth.bans if proxy.auth else None, proxy.pike, proxy.dispatcher):
+        if part is not None:
+            for topic, handler in part.share_with(channel.publish, worker.count).items():
+                channel.on(topic, handler)
 
 
 def _with_inherited_ports(loaded: LoadedConfig, worker: WorkerSpec) -> LoadedConfig:
