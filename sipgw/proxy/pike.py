@@ -227,6 +227,15 @@ class Pike:
         self.configure(self.settings)
         return {"pike.hits": self._reported, "pike.block": self._blocked_elsewhere}
 
+    def snapshot(self) -> list[str]:
+        """The addresses blocked here, for a worker that (re)starts."""
+        return [e.host for e in self._table.values() if e.blocked and self.blocked(e.host)]
+
+    def restore(self, hosts: list[str], origin: int) -> None:
+        """Another worker's blocked addresses (``snapshot``), blocked here too."""
+        for host in hosts:
+            self._blocked_elsewhere({"host": host}, origin)
+
     def _unit_of(self, entry: _Entry) -> int:
         """The number of the entry's current unit, the same in every worker."""
         return round(entry.window_end / self.unit)

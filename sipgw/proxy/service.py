@@ -158,21 +158,48 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     else:
         link = WorkerLink(root, worker, reactor)
         root.channel = link.channel
-        share_state(proxy, link.channel, worker)
+        hello = share_state(proxy, link.channel, worker)
         link.setServiceParent(root)
+        Running("shared state", lambda: hello()).setServiceParent(root)
     return root
 
 
-def share_state(proxy: Proxy, channel: WorkerChannel, worker: WorkerSpec) -> None:
+def share_state(proxy: Proxy, channel: WorkerChannel, worker: WorkerSpec) -> Callable[[], None]:
     """What must hold across workers goes over their channel (ARCHITECTURE.md, "Process
-    model and where state lives"): failed authentications, pike's counts and blocks, the
-    dispatcher's events. Worker 0 alone probes the backends."""
+    model and where state lives"): failed authentications and bans, pike's counts and
+    blocks, the dispatcher's events. Worker 0 alone probes the backends.
+
+    Returns what the worker calls once its channel is up: it asks the others for what they
+    hold (bans, blocked addresses, destination states), so a restarted worker starts
+    where they are, not from nothing. Sent in chunks: an AMP value is at most 64 KiB.
+    """
+    parts = {"auth": proxy.auth.bans if proxy.auth else None, "pike": proxy.pike,
+             "dispatcher": proxy.dispatcher}
+    shared = {name: part for name, part in parts.items() if part is not None}
     if proxy.dispatcher is not None:
         proxy.dispatcher.probes = worker.index == 0
-    for part in (proxy.auth.bans if proxy.auth else None, proxy.pike, proxy.dispatcher):
-        if part is not None:
-            for topic, handler in part.share_with(channel.publish, worker.count).items():
-                channel.on(topic, handler)
+    for part in shared.values():
+        for topic, handler in part.share_with(channel.publish, worker.count).items():
+            channel.on(topic, handler)
+
+    def hello(_, origin: int) -> None:
+        for name, part in shared.items():
+            rows = part.snapshot()
+            for start in range(0, len(rows), SNAPSHOT_ROWS):
+                channel.publish("state", {"for": origin, "part": name,
+                                          "rows": rows[start:start + SNAPSHOT_ROWS]})
+
+    def state(payload: dict, origin: int) -> None:
+        part = shared.get(payload["part"])
+        if payload["for"] == worker.index and part is not None:
+            part.restore(payload["rows"], origin)
+
+    channel.on("hello", hello)
+    channel.on("state", state)
+    return lambda: channel.publish("hello", {})
+
+
+SNAPSHOT_ROWS = 500  # rows of a snapshot in one message (a ban's is under 100 bytes)
 
 
 def _with_inherited_ports(loaded: LoadedConfig, worker: WorkerSpec) -> LoadedConfig:

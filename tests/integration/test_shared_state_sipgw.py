@@ -10,6 +10,8 @@ that worker alone believes.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -158,6 +160,21 @@ def test_three_wrong_passwords_over_two_workers_ban_the_user_on_both(
         received = [m.status for m in phone.messages() if m.direction == "received"]
         assert received == [403], phone.describe()
     assert [m for m in backend.collect(0.3) if m.method == "REGISTER"] == []
+
+    # Worker 1 killed: the one restarted in its slot learns the ban from worker 0.
+    [pid] = [w["pid"] for w in service(gw, "core.workers") if w["index"] == 1]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: any(w["index"] == 1 and w["ready"] and w["restarts"] == 1
+                           for w in service(gw, "core.workers")),
+               timeout=15, what="worker 1 restarted", caller=gw)
+    wait_until(lambda: banned_users(gw, 1) == [f"5001@{REALM}"], timeout=PROPAGATION,
+               what="the ban on the restarted worker 1", caller=gw)
+
+
+def service(gw: SipgwProcess, method: str):
+    """``method`` answered by the service's one control socket."""
+    with Client(CONTROL[gw.pid], timeout=5.0) as client:
+        return client.call(method, [])
 
 
 def test_a_nonce_replayed_to_the_other_worker_is_rechallenged_stale_not_accepted(

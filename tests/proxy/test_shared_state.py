@@ -10,6 +10,7 @@ backend, and a backend seen failing (or set by the operator) changes state on bo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 
@@ -44,6 +45,7 @@ class Channel:
 
     def publish(self, topic: str, payload) -> None:
         data = json.dumps(payload)  # what crosses is JSON, as over AMP
+        assert len(data.encode()) < 0xFFFF, "AMP carries at most 64 KiB in one value"
         self.hub.published.append((self.index, topic, payload))
         for other in self.hub.ends:
             if other is not self:
@@ -68,15 +70,24 @@ def workers(clock: Clock, links: list[Link], config, count: int = 2,
             store: MemoryStore | None = None) -> tuple[list[Proxy], Hub]:
     """``count`` cores sharing state over a hub, as ``make_service`` wires workers."""
     hub = Hub(clock, count)
-    proxies = []
-    for index, link in enumerate(links[:count]):
-        proxy = core(clock=clock, send=link, store=store, config=config,
-                     dispatch=config.dispatcher.ping_interval > 0)
-        share_state(proxy, hub.ends[index],  # type: ignore[arg-type]
-                    WorkerSpec(index=index, count=count, sockets=(), peers=(),
-                               control_socket=""))
-        proxies.append(proxy)
+    proxies = [worker(hub, index, link, config, store) for index, link in enumerate(links)]
     return proxies, hub
+
+
+def worker(hub: Hub, index: int, link: Link, config, store: MemoryStore | None = None,
+           started: bool = False) -> Proxy:
+    """Worker ``index`` on ``hub`` (``started``: a new end, as for a restarted worker,
+    which says hello as it starts)."""
+    if started:
+        hub.ends[index] = Channel(hub, index)
+    proxy = core(clock=hub.clock, send=link, store=store, config=config,
+                 dispatch=config.dispatcher.ping_interval > 0)
+    hello = share_state(proxy, hub.ends[index],  # type: ignore[arg-type]
+                        WorkerSpec(index=index, count=len(hub.ends), sockets=(), peers=(),
+                                   control_socket=""))
+    if started:
+        hello()
+    return proxy
 
 
 def phone(port: int) -> Source:
@@ -338,3 +349,39 @@ def test_set_state_and_reload_on_one_worker_reach_the_other(dispatcher_pair, clo
     w0.dispatcher.transport_error("127.0.0.1", 5083)
     clock.advance(DELAY)
     assert states(w1)["sip:127.0.0.1:5083"] == "IP"
+
+
+# -- a worker that restarts ---------------------------------------------------------------
+
+
+def test_a_restarted_worker_starts_with_the_others_bans_blocks_and_states(clock, tmp_path):
+    path = tmp_path / "dispatcher.list"
+    path.write_text(LIST)
+    store = MemoryStore()
+    store.records[("5001", REALM)] = make_subscriber("5001", REALM, "secret")
+    config = config_with(auth={"realm": REALM}, pike={"enabled": True},
+                         dispatcher={"ping_interval": 10.0, "list_file": str(path)})
+    links = [Link(), Link()]
+    (w0, _), hub = workers(clock, links, config, store=store)
+    for port in (6000, 6001, 6002):
+        guess(w0, links[0], phone(port))
+    w0.pike.configure(dataclasses.replace(w0.pike.settings, reqs_density_per_unit=1))
+    w0.pike.check(source(7000))
+    assert not w0.pike.check(source(7000))  # blocked on worker 0
+    w0.dispatcher.rpc_set_state("i", 1, "sip:127.0.0.1:5081")
+    clock.advance(60)
+
+    link1 = Link()
+    w1 = worker(hub, 1, link1, config, store, started=True)  # worker 1 again, from nothing
+    clock.advance(DELAY)  # its hello reaches worker 0
+    clock.advance(DELAY)  # worker 0's answer reaches it
+    assert [row["NAME"] for row in w1.auth.rpc_bans()["BANS"]] == [f"5001@{REALM}"]
+    assert guess(w1, link1, phone(6009), password="secret").status == 403
+    assert w1.pike.blocked(FLOODER)
+    assert states(w1)["sip:127.0.0.1:5081"] == "IX"
+    clock.advance(ban_time() - 60)  # the ban ends on it when it ends on worker 0
+    assert w1.auth.rpc_bans()["BANS"] == []
+
+
+def ban_time() -> float:
+    return config_with().auth.ban_time

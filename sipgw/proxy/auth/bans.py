@@ -109,6 +109,21 @@ class Bans:
             "auth.success": lambda p, origin: self.success(p["user"], origin=origin),
         }
 
+    def snapshot(self) -> list[list]:
+        """The bans in force, for a worker that (re)starts: [kind, name, seconds left]."""
+        now = self.now()
+        return [[kind, name, until - now]
+                for (kind, name), (until, *_) in self._banned.items() if until > now]
+
+    def restore(self, rows: list[list], origin: int) -> None:
+        """Another worker's bans (``snapshot``), taken on at start; ours are kept."""
+        for kind, name, left in rows:
+            key = (kind, name)
+            if key not in self._banned:
+                until = self.now() + left
+                self._banned[key] = (until, self._ends.at(until, key), self.ban_time, False)
+        self._bound(self._banned, "bans")
+
     def _count(self, key: Key, limit: int, last: str, loud: bool) -> None:
         now = self.now()
         count, since = self._failures.pop(key, (0, now))

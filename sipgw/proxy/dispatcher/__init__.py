@@ -498,6 +498,20 @@ class Dispatcher:
         self.share = publish
         return {TOPIC: self._event}
 
+    def snapshot(self) -> list[list]:
+        """Every destination's state, for a worker that (re)starts: [set, uri, flags]."""
+        return [[t.setid, t.uri, t.flags] for t in self.targets()]
+
+    def restore(self, rows: list[list], origin: int) -> None:
+        """Another worker's states (``snapshot``): a restarted worker takes them on instead
+        of the list's (an operator's ``set_state`` and what probes found survive it)."""
+        by_key = {(setid, uri): flags for setid, uri, flags in rows}
+        for t in self.targets():
+            flags = by_key.get((t.setid, t.uri))
+            if flags is not None and flags != t.flags:
+                before, t.flags = t.flags, flags
+                self._changed(t, before, "as the other workers have it", origin)
+
     def _tell(self, kind: str, t: Target, **what) -> None:
         if self.share is not None:
             self.share(TOPIC, {"kind": kind, "set": t.setid, "uri": t.uri, **what})
