@@ -16,6 +16,7 @@ from collections import defaultdict
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 
 from sipgw.proxy.core import Proxy
 from sipgw.proxy.service import share_state
@@ -345,6 +346,18 @@ def test_set_state_and_reload_on_one_worker_reach_the_other(dispatcher_pair, clo
     w0.dispatcher.rpc_reload()
     clock.advance(DELAY)
     assert "sip:127.0.0.1:5083" in states(w1)
+    # Asked of both (the control plane's way): each reads the file once, not twice.
+    path.write_text(LIST)
+    with capturedLogs() as events:
+        w0.dispatcher.rpc_reload()
+        w1.dispatcher.rpc_reload()
+        clock.advance(DELAY)
+    loads = [e for e in events if "loaded" in e.get("log_format", "")]
+    assert len(loads) == 2 and states(w0).keys() == states(w1).keys() == {
+        "sip:127.0.0.1:5081", "sip:127.0.0.1:5082"}
+    path.write_text(LIST + "1 sip:127.0.0.1:5083 0 10\n")
+    w0.dispatcher.rpc_reload()
+    clock.advance(DELAY)
     assert states(w1)["sip:127.0.0.1:5082"] == "DX"  # kept across the reload
     w0.dispatcher.transport_error("127.0.0.1", 5083)
     clock.advance(DELAY)

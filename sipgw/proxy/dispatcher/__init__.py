@@ -22,6 +22,7 @@ Kamailio's shapes (DESIGN.md §6). Every state change is logged once, as
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import random
 from collections.abc import Callable, Iterable
@@ -199,6 +200,7 @@ class Dispatcher:
         self.send_request = send_request
         self.rng = rng or random.Random()
         self.sets: dict[int, list[Target]] = {}
+        self.listed = ""  # a digest of the list loaded: a worker that has it needs no reload
         self.selectors: dict[int, SetSelector] = {}
         self._backends: set[tuple[str, int]] = set()
         self._backend_hosts: set[str] = set()
@@ -246,6 +248,7 @@ class Dispatcher:
         for warning in dlist.warnings:
             log.warn("{w}", w=warning)
         self.sets = sets
+        self.listed = _fingerprint(dlist)
         self.selectors = {s: SetSelector(self.settings.algorithm, self.rng) for s in sets}
         self._backends = {(t.address.host, t.address.port) for ts in sets.values() for t in ts}
         self._backend_hosts = {host for host, _ in self._backends}
@@ -520,6 +523,8 @@ class Dispatcher:
         """What happened on worker ``origin``, applied here."""
         kind = p["kind"]
         if kind == "reload":
+            if p["list"] == self.listed:
+                return  # ours already (the control plane asked every worker to reload)
             try:
                 self.reload(origin)
             except ListFileError as e:
@@ -561,7 +566,7 @@ class Dispatcher:
             log.error("dispatcher reload refused, keeping the running list: {err}", err=e)
             raise RpcError(f"reload refused, running list kept: {e}", code=500) from None
         if self.share is not None:
-            self.share(TOPIC, {"kind": "reload"})
+            self.share(TOPIC, {"kind": "reload", "list": self.listed})
 
     @rpc("dispatcher.set_state", help="set_state STATE SETID URI: STATE is a(ctive), "
          "i(nactive), d(isabled) or t(rying), optionally followed by p(robing); SETID may be "
@@ -591,6 +596,10 @@ class Dispatcher:
                 self._changed(t, before, "set by operator", origin)
                 found = True
         return found
+
+
+def _fingerprint(dlist: DispatcherList) -> str:
+    return hashlib.sha256(repr(dlist.entries).encode()).hexdigest()[:16]
 
 
 def _dest_record(t: Target) -> dict:
