@@ -250,13 +250,13 @@ class Pike:
             entry = self._new(host, now)
         elif now >= entry.window_end:
             self._roll(entry, now)
-        return None if entry.exempt or entry.blocked else entry
+        return None if entry.exempt else entry
 
     def _reported(self, payload: dict, origin: int) -> None:
         """Worker ``origin`` counted ``hits`` requests from ``host`` in unit ``unit``."""
         entry = self._peer_entry(payload["host"])
-        if entry is None or payload["unit"] != self._unit_of(entry):
-            return  # a unit already over here: its count went with it
+        if entry is None or entry.blocked or payload["unit"] != self._unit_of(entry):
+            return  # blocked already, or a unit already over here (its count went with it)
         if entry.reports is None:
             entry.reports = {}
         entry.reports[origin] = payload["hits"]
@@ -268,10 +268,14 @@ class Pike:
         entry = self._peer_entry(payload["host"])
         if entry is None:
             return
+        now = self.clock.seconds()
+        if entry.blocked:  # here too; blocked afresh there, so its quiet starts again here
+            entry.last = now
+            return
         if self.exempt(entry.host):
             entry.exempt = True
             return
-        self._blocked_now(entry, self.clock.seconds())
+        self._blocked_now(entry, now)
         log.info("pike blocking {host}: blocked by worker {w}; dropping everything it "
                  "sends here until it is quiet for {latency:g}s", host=entry.host, w=origin,
                  latency=self.latency)
