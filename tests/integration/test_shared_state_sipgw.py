@@ -48,8 +48,15 @@ def start(sipgw, tmp_path: Path, backend: str, pike: str = "enabled = false\n",
     toml = (auth_toml(f"sqlite://{tmp_path}/state/subscribers.db")
             + f'[state]\ndirectory = "{tmp_path}/state"\n' + control_toml(tmp_path)
             + f"[pike]\n{pike}")
-    gw = sipgw(backend=backend, auth=True, workers=2, extra_toml=toml, **options)
+    return both_ready(sipgw(backend=backend, auth=True, workers=2, extra_toml=toml, **options),
+                      tmp_path)
+
+
+def both_ready(gw: SipgwProcess, tmp_path: Path) -> SipgwProcess:
+    """``gw`` answers once one worker does: wait for both (and their control sockets)."""
     CONTROL[gw.pid] = str(tmp_path / "sipgw.ctl")
+    wait_until(lambda: [w["ready"] for w in service(gw, "core.workers")] == [True, True],
+               timeout=PROPAGATION, what="both workers ready", caller=gw)
     return gw
 
 
@@ -313,3 +320,41 @@ def states(gw: SipgwProcess, index: int) -> dict[str, str]:
     answer = ask(gw, index, "dispatcher.list")
     return {t["DEST"]["URI"]: t["DEST"]["FLAGS"]
             for record in answer["RECORDS"] for t in record["SET"]["TARGETS"]}
+
+
+def test_a_backend_that_timed_out_on_one_worker_is_down_on_the_other(sipgw, tmp_path: Path):
+    """The backend answers its probes but not a call: the worker that sent the call marks
+    it down at timer B, and so does the other, which probes nothing (worker 1) or not
+    before 60 s (worker 0)."""
+    backend = UdpPeer()
+    uri = f"sip:{backend.address}"
+    gw = both_ready(sipgw(backend=backend.address, workers=2, extra_toml=(
+        control_toml(tmp_path) + "[timers]\ntimer_b = 2\n"), dispatcher=(
+        f'destinations = ["{uri}"]\nping_interval = 60\nping_timeout = 5\n')), tmp_path)
+    invites: list[SippMessage] = []
+
+    def serve_probes() -> bool:
+        for message in backend.collect(0.1):
+            if message.method == "OPTIONS":
+                backend.send(build_response(message, 200, "OK"), to=via_of(message))
+            elif message.method == "INVITE":
+                invites.append(message)
+        return True
+
+    phone = UdpPeer(gw.address)
+    try:
+        wait_until(lambda: serve_probes() and states(gw, 0) == states(gw, 1) == {uri: "AP"},
+                   timeout=PROPAGATION, what="the backend up on both", caller=gw)
+        phone.send(build_request("INVITE", f"sip:5002@{gw.address}", peer=phone,
+                                 call_id="lost-call", branch="z9hG4bKlost"))
+        wait_until(lambda: serve_probes() and invites, timeout=PROPAGATION,
+                   what="the INVITE at the backend", caller=gw)
+        backends = {w["backend_address"]: w["index"] for w in service(gw, "core.workers")}
+        sender = backends[via_of(invites[0])]
+        phone.expect("408", timeout=10)  # timer B
+        other = 1 - sender
+        wait_until(lambda: serve_probes() and states(gw, other) == {uri: "IP"},
+                   timeout=PROPAGATION, what=f"the backend down on worker {other}", caller=gw)
+        assert states(gw, sender) == {uri: "IP"}
+    finally:
+        phone.close()
