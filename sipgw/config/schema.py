@@ -157,7 +157,7 @@ class SubscribersConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthConfig:
     realm: str = _key(String(), "", 'digest realm ("" = the From domain)', in_effect=True)
-    nonce_secret: str = _key(Secret(), "", 'HMAC key of the stateless nonces, the same on every node ("" = random per start)', in_effect=True)  # noqa: E501
+    nonce_secret: str = _key(Secret(), "", 'HMAC key of the stateless nonces, the same on every node ("" = derived from the route signing key)', in_effect=True)  # noqa: E501
     nonce_expire: float = _key(Seconds(0, above=True), 300, "seconds a nonce stays valid", in_effect=True)  # noqa: E501
     trusted: tuple[IPNetwork, ...] = _key(NETWORKS, [], "CIDRs never challenged (the backends are trusted anyway)", in_effect=True)  # noqa: E501
     max_failures_user: int = _key(Integer(1, 1_000_000), 3, "failed authentications of one user, within failure_window, before the user is banned", in_effect=True)  # noqa: E501

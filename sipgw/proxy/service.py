@@ -45,7 +45,7 @@ from sipgw.proxy.router import Router
 from sipgw.proxy.runtime import log as sipgw_log
 from sipgw.proxy.runtime.memtrim import start_trimming
 from sipgw.proxy.runtime.notify import Notifier
-from sipgw.proxy.signing import RouteSigner, route_key
+from sipgw.proxy.signing import RouteSigner, service_route_key
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap
 from sipgw.proxy.transport import Destination, FlowTable, transport_address
@@ -158,8 +158,48 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     else:
         link = WorkerLink(root, worker, reactor)
         root.channel = link.channel
+        hello = share_state(proxy, link.channel, worker)
         link.setServiceParent(root)
+        Running("shared state", lambda: hello()).setServiceParent(root)
     return root
+
+
+def share_state(proxy: Proxy, channel: WorkerChannel, worker: WorkerSpec) -> Callable[[], None]:
+    """What must hold across workers goes over their channel (ARCHITECTURE.md, "Process
+    model and where state lives"): failed authentications and bans, pike's counts and
+    blocks, the dispatcher's events. Worker 0 alone probes the backends.
+
+    Returns what the worker calls once its channel is up: it asks the others for what they
+    hold (bans, blocked addresses, destination states), so a restarted worker starts
+    where they are, not from nothing. Sent in chunks: an AMP value is at most 64 KiB.
+    """
+    parts = {"auth": proxy.auth.bans if proxy.auth else None, "pike": proxy.pike,
+             "dispatcher": proxy.dispatcher}
+    shared = {name: part for name, part in parts.items() if part is not None}
+    if proxy.dispatcher is not None:
+        proxy.dispatcher.probes = worker.index == 0
+    for part in shared.values():
+        for topic, handler in part.share_with(channel.publish, worker.count).items():
+            channel.on(topic, handler)
+
+    def hello(_, origin: int) -> None:
+        for name, part in shared.items():
+            rows = part.snapshot()
+            for start in range(0, len(rows), SNAPSHOT_ROWS):
+                channel.publish("state", {"for": origin, "part": name,
+                                          "rows": rows[start:start + SNAPSHOT_ROWS]})
+
+    def state(payload: dict, origin: int) -> None:
+        part = shared.get(payload["part"])
+        if payload["for"] == worker.index and part is not None:
+            part.restore(payload["rows"], origin)
+
+    channel.on("hello", hello)
+    channel.on("state", state)
+    return lambda: channel.publish("hello", {})
+
+
+SNAPSHOT_ROWS = 500  # rows of a snapshot in one message (a ban's is under 100 bytes)
 
 
 def _with_inherited_ports(loaded: LoadedConfig, worker: WorkerSpec) -> LoadedConfig:
@@ -488,11 +528,10 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
             if worker.backend_stream is not None:
                 identity.backend_tcp = dataclasses.replace(identity.backend, transport="tcp")
             identity.refresh()
-    if route_secret_key is None and worker is not None and worker.route_key:
-        route_secret_key = bytes.fromhex(worker.route_key)  # the supervisor's, for all
     if route_secret_key is None:
-        route_secret_key = route_key(config.proxy.route_secret, config.auth.nonce_secret,
-                                     config.state.directory)
+        # A worker signs with the supervisor's key, the same in every worker.
+        route_secret_key = (bytes.fromhex(worker.route_key) if worker and worker.route_key
+                            else service_route_key(config))
     signer = RouteSigner(route_secret_key)
     replies = Replies(stats=stats, send=send, server_header=config.proxy.server_header)
     dialogs = Dialogs(clock, stats, max_dialogs=config.limits.max_dialogs)
@@ -514,7 +553,7 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
         auth = Authenticator(clock=clock, stats=stats, identity=identity, relay=relay,
                              replies=replies, store=store, settings=config.auth,
                              proxy=config.proxy, limits=config.limits,
-                             secret=nonce_secret(config))
+                             secret=nonce_secret(config, route_secret_key))
 
     def pike_exempt(host: str) -> bool:
         """Never blocked by pike: auth.trusted (as now configured) and the backends."""

@@ -520,7 +520,9 @@ class Doctor:
 
     def check_nonce_secret(self) -> Iterator[Check]:
         url = self.config.subscribers.url
-        if url.startswith("redis://") and not self.config.auth.nonce_secret:
+        # Without either, the nonce secret is derived from this node's state.directory key.
+        if url.startswith("redis://") and not (self.config.auth.nonce_secret
+                                               or self.config.proxy.route_secret):
             yield Check(name="nonce secret", status=WARN,
                         detail="subscribers in Redis (shared by several nodes?) but "
                                "auth.nonce_secret is empty: each node makes its own",

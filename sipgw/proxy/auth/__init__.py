@@ -29,6 +29,7 @@ once: requests never wait on a dead store.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import os
 from collections.abc import Callable
@@ -435,9 +436,14 @@ def open_subscribers(config: Config, clock: IReactorTime) -> SubscriberStore:
                       command_timeout=s.command_timeout, clock=clock)
 
 
-def nonce_secret(config: Config, random: Callable[[int], bytes] = os.urandom) -> bytes:
-    # "" = random per start: nonces of another node (or of before a restart) are refused.
-    return config.auth.nonce_secret.encode("utf-8") or random(32)
+def nonce_secret(config: Config, route_key: bytes) -> bytes:
+    """``auth.nonce_secret``, or else one derived from the route signing key: the same in
+    every worker of the service (and after a restart, when the key is kept in a file), so
+    another worker's nonce is answered stale=true, not taken for a stranger's. That opens
+    no replay: a nonce is accepted only by the process that issued it (``nonce.py``)."""
+    if config.auth.nonce_secret:
+        return config.auth.nonce_secret.encode("utf-8")
+    return hmac.new(route_key, b"sipgw nonces", hashlib.sha256).digest()
 
 
 def _shown_url(url: str) -> str:

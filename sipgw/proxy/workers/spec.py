@@ -30,7 +30,7 @@ class WorkerSpec:
     peers: tuple[tuple[str, int], ...]  # every worker's backend address, ours included
     control_socket: str  # the worker's own control socket (the supervisor's fans out)
     channel_fd: int = CHANNEL_FD
-    route_key: str = ""  # hex; "" leaves the worker to find it as a single process does
+    route_key: str = ""  # hex: the service's signing key, the same in every worker
     config_text: str = ""  # "" (the embedded default config): nothing to read
 
     @property

@@ -42,7 +42,7 @@ from sipgw.config import ConfigError, LoadedConfig, parse_config
 from sipgw.proxy.control import ControlServer, ControlSocketInUse
 from sipgw.proxy.runtime.log import set_level
 from sipgw.proxy.runtime.notify import Notifier
-from sipgw.proxy.signing import route_key
+from sipgw.proxy.signing import service_route_key
 from sipgw.proxy.workers.channel import Ping, Reload, SupervisorChannel
 from sipgw.proxy.workers.control import ServiceControl
 from sipgw.proxy.workers.fanout import FanOut
@@ -114,7 +114,7 @@ class Supervisor(service.Service):
         self.notifier = Notifier(self.environ)
         self.argv = argv or [sys.executable, "-m", "sipgw", "serve"]
         self.sockets: SocketSet | None = None
-        self.route_key = b""  # settled in startService, the same for every worker
+        self.route_key = b""  # made at start (signing.service_route_key)
         self.config_text = ""  # the file's text as checked: what workers run (reloads too)
         self.slots = [Slot(i) for i in range(count)]
         self.stopping = False
@@ -134,9 +134,8 @@ class Supervisor(service.Service):
         """Opens every socket first: a port in use fails here, before any worker starts."""
         self.sockets = SocketSet(self.loaded.config, self.count)
         self._snapshot()
-        config = self.loaded.config
-        self.route_key = route_key(config.proxy.route_secret, config.auth.nonce_secret,
-                                   config.state.directory)
+        # Made once here, so every worker signs routes and nonces with the same key.
+        self.route_key = service_route_key(self.loaded.config)
         super().startService()
         self._open_control()
         self.metrics = start_service_metrics(self)
