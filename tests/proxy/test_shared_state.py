@@ -398,3 +398,18 @@ def test_a_restarted_worker_starts_with_the_others_bans_blocks_and_states(clock,
 
 def ban_time() -> float:
     return config_with().auth.ban_time
+
+
+def test_a_backend_worker_0_finds_unreachable_fails_over_the_calls_worker_1_sent_there(
+        clock, tmp_path):
+    """Only worker 0 notices ICMP unreachable (its probes): worker 1's INVITEs already on
+    their way there must fail over at once, not after timer B (a CI failover test)."""
+    (w0, w1), (l0, l1), _ = dispatcher_workers(clock, tmp_path / "d.list", 300)
+    answer_probes(w0, l0, A, B)
+    w1.receive(request(), CALLER)
+    first = next((d.host, d.port) for m, d in l1.sent if getattr(m, "method", "") == "INVITE")
+    other = B if first == A else A
+    w0.dispatcher.transport_error(*first)  # as worker 0's ICMP detector reports it
+    clock.advance(DELAY)
+    invites = [(d.host, d.port) for m, d in l1.sent if getattr(m, "method", "") == "INVITE"]
+    assert invites[-1] == other

@@ -186,11 +186,15 @@ class Dispatcher:
         rng: random.Random | None = None,
         detector: UnreachableDetector | None = None,
         max_calls: int = 100_000,
+        fail_waiting: Callable[[str, int, str], None] | None = None,
     ) -> None:
         """``inline`` is the list from ``[dispatcher] destinations`` (used without a list
         file); ``resolve`` turns a destination URI into an address (and may raise
-        ValueError); ``send_request(request, address, timeout=, on_result=)`` sends a probe.
+        ValueError); ``send_request(request, address, timeout=, on_result=)`` sends a probe;
+        ``fail_waiting(host, port, transport)`` fails the branches waiting on a destination
+        another worker found unreachable (ours fail when we find it ourselves).
         Nothing is loaded until ``reload()``."""
+        self.fail_waiting = fail_waiting
         self.clock = clock
         self.stats = stats
         stats.declare(DISPATCHER_STATS)
@@ -531,6 +535,10 @@ class Dispatcher:
                 log.error("dispatcher reload (on worker {w}) refused here, keeping the "
                           "running list: {err}", w=origin, err=e)
         elif kind == "unreachable":
+            # Only worker 0 probes and so notices ICMP unreachable: the calls this worker
+            # sent there meanwhile fail over now, not after timer B.
+            if self.fail_waiting is not None:
+                self.fail_waiting(p["host"], p["port"], "udp")
             self.transport_error(p["host"], p["port"], origin)
         elif kind == "state":
             self._set_state(parse_state(p["state"]), p["set"], p["uri"], origin)

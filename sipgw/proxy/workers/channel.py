@@ -69,6 +69,7 @@ class WorkerChannel(amp.AMP):
         self._reload = reload
         self._on_lost = on_lost
         self._handlers: dict[str, list[Handler]] = {}
+        self._unsent: list[tuple[str, str]] = []
 
     def ready(self):
         return self.callRemote(Ready, index=self.index, pid=self.pid)
@@ -77,8 +78,19 @@ class WorkerChannel(amp.AMP):
         self._handlers.setdefault(topic, []).append(handler)
 
     def publish(self, topic: str, payload: Any) -> None:
-        if self.transport is not None:
-            self.callRemote(Publish, topic=topic, data=json.dumps(payload))
+        data = json.dumps(payload)
+        if self.transport is None:
+            # Before the channel is up (the first probes run as the worker starts): sent
+            # once it is, or the other workers would never hear of it.
+            self._unsent.append((topic, data))
+            return
+        self.callRemote(Publish, topic=topic, data=data)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        unsent, self._unsent = self._unsent, []
+        for topic, data in unsent:
+            self.callRemote(Publish, topic=topic, data=data)
 
     @Ping.responder
     def ping(self) -> dict:
