@@ -99,7 +99,8 @@ class _Session:
             self.store = open_store(s.url, key_template=s.key_template,
                                     connect_timeout=s.connect_timeout,
                                     command_timeout=max(s.command_timeout, 5.0),
-                                    create_directory=True,
+                                    create_directory=True, tls_ca_file=s.tls_ca_file,
+                                    sentinel_password=s.sentinel_password,
                                     # the running proxy may hold the lock for a moment
                                     sqlite_busy_timeout=5.0)
         except ValueError as e:
