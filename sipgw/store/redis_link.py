@@ -9,7 +9,8 @@ followed that way: the old master dies (the connection drops) or is turned into 
 (Sentinel then closes its clients' connections, ``CLIENT KILL TYPE normal``), and the
 next attempt finds the new master. The store also drops the connection on a ``READONLY``
 answer (a replica). Reconnection is immediate the first time, then backs off up to
-``RECONNECT_MAX_DELAY``, so sipgw follows a failover within that delay of it ending.
+``SENTINEL_RECONNECT_MAX_DELAY``, so sipgw follows a failover within that delay of the
+Sentinels naming the new master.
 
 txredisapi has Sentinel support (``Sentinel``, ``SentinelConnectionFactory``); sipgw uses
 its factory's retry policy and its parser of ``SENTINEL MASTERS``, but not the rest:
@@ -38,6 +39,7 @@ log = Logger(namespace="sipgw.store.redis")
 
 RECONNECT_MAX_DELAY = 1.0  # seconds between reconnection attempts, at most
 RECONNECT_FIRST_DELAY = 0.2
+SENTINEL_RECONNECT_MAX_DELAY = 0.25  # the same, to a master found through Sentinel
 
 
 class MasterNotFound(txredisapi.ConnectionError):
@@ -115,6 +117,10 @@ class MasterFactory(Factory):
     # txredisapi's Sentinel policy: reconnect at once the first time, since a changed
     # master is the likely reason the connection was lost.
     retryDelay = txredisapi.SentinelConnectionFactory.retryDelay
+    # Then ask again often: an attempt while the Sentinels have not finished the failover
+    # costs one question to each and a refused connection, and the sooner the next one,
+    # the sooner sipgw finds the new master once they have.
+    maxDelay = SENTINEL_RECONNECT_MAX_DELAY
 
 
 class Sentinels:
