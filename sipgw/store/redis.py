@@ -112,16 +112,13 @@ class RedisStore:
         except Exception as e:  # noqa: BLE001 - txredisapi raises synchronously at times
             return defer.fail(e)
 
-    def _down(self) -> StoreError:
+    def _down(self, otherwise: str = "not connected") -> StoreError:
         """Why no connection is up: Redis refused us (a wrong password: only a restart with
-        another config mends it, so not "unavailable"), no Sentinel names a master, or
-        Redis is not reachable."""
+        another config mends it, so not "unavailable"), or why the last attempt failed (not
+        reachable, no master known, a certificate not trusted...)."""
         if self._factory.refused:
             return StoreError(f"{self.address}: {self._factory.refused}")
-        endpoint = getattr(self._factory, "master_endpoint", None)
-        if endpoint is not None and endpoint.problem:
-            return StoreUnavailable(f"{self.address}: no master known: {endpoint.problem}")
-        return StoreUnavailable(f"{self.address}: not connected")
+        return StoreUnavailable(f"{self.address}: {self._factory.failure or otherwise}")
 
     def _drop(self) -> None:
         for conn in list(self._factory.pool):
@@ -147,7 +144,7 @@ class RedisStore:
     def _translate(self, failure):
         if failure.check(defer.TimeoutError, defer.CancelledError):
             self._timed_out()
-            raise StoreUnavailable(f"{self.address}: no answer (not reachable, or too slow)")
+            raise self._down("no answer (not reachable, or too slow)")
         if failure.check(txredisapi.ConnectionError):
             if not self.connected:
                 raise self._down()

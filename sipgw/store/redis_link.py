@@ -76,40 +76,106 @@ def endpoint(clock, host: str, port: int, timeout: float, tls: Tls | None):
     return wrapClientTLS(tls.options(host), plain) if tls is not None else plain
 
 
-class Factory(txredisapi.RedisFactory):
-    """A factory that remembers why Redis refused it (a wrong password, a database that
-    does not exist): txredisapi then stops reconnecting and only logs it."""
+class Protocol(txredisapi.RedisProtocol):
+    """txredisapi's protocol, but a connection lost during ``AUTH`` (Redis dying then, a
+    TLS handshake that failed) is only lost, and retried: txredisapi takes any failure of
+    ``AUTH`` for a refused password and stops reconnecting for good."""
 
+    def connectionMade(self):
+        d = defer.succeed(None)
+        if self.password is not None:  # asked first here; the base asks again
+            d.addCallback(lambda _: self.auth(self.password, self.username))
+        d.addCallback(lambda _: self.check())
+        d.addCallbacks(self._checked, self._failed)
+        return d
+
+    def check(self) -> defer.Deferred:
+        """Fires True when the connection may be used."""
+        return defer.succeed(True)
+
+    def _checked(self, usable: bool):
+        if not usable:
+            self.transport.loseConnection()
+            return None
+        return txredisapi.RedisProtocol.connectionMade(self)
+
+    def _failed(self, failure):
+        if failure.check(txredisapi.ConnectionError):
+            return None  # lost: reconnected as any lost connection
+        # Refused (a wrong password): the base's AUTH reports it and stops reconnecting.
+        return txredisapi.RedisProtocol.connectionMade(self)
+
+
+class MasterProtocol(Protocol):
+    """A connection to the host Sentinel named: usable only once ``ROLE`` says it is the
+    master (a replica answers lookups with stale data and refuses writes)."""
+
+    def check(self) -> defer.Deferred:
+        return self.role().addCallback(self._role)
+
+    def _role(self, role) -> bool:
+        if role and role[0] == "master":
+            return True
+        peer = self.transport.getPeer()
+        log.warn("{a} is not a master (ROLE {r}): asking the Sentinels again",
+                 a=join_hostport(peer.host, peer.port), r=role[0] if role else "?")
+        return False
+
+
+class Factory(txredisapi.RedisFactory):
+    """A factory that says why it has no connection: ``refused`` when Redis refused it (a
+    wrong password, a database that does not exist: txredisapi then stops reconnecting
+    and only logs it), ``failure`` for why the last attempt failed (refused, no master
+    known, a certificate not trusted...) until one succeeds."""
+
+    protocol = Protocol
     initialDelay = RECONNECT_FIRST_DELAY
     maxDelay = RECONNECT_MAX_DELAY
     refused: str | None = None
+    failure = ""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # A refusal errbacks it with nobody waiting (a lazy factory): ``refused`` says it.
+        self.deferred.addErrback(lambda _: None)
 
     def connectionError(self, why):
         self.refused = str(why).removeprefix("Redis error: ")
         super().connectionError(why)
 
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        ready: list = []
+        protocol.whenConnected().addCallback(ready.append)
+        lost = protocol.connectionLost
 
-class MasterProtocol(txredisapi.RedisProtocol):
-    """A connection to the host Sentinel named: usable only once ``ROLE`` says it is the
-    master (a replica answers lookups with stale data and refuses writes)."""
+        def connectionLost(reason):
+            if not ready:  # e.g. the TLS handshake failed
+                self.failure = reason.getErrorMessage()
+            return lost(reason)
 
-    def connectionMade(self):
-        d = defer.succeed(None)
-        if self.password is not None:  # ROLE needs it first; the base sends it again
-            d.addCallback(lambda _: self.auth(self.password, self.username))
-        d.addCallback(lambda _: self.role())
-        # Refused (a wrong password): the base's AUTH reports it and stops reconnecting.
-        d.addCallbacks(self._role, lambda _: txredisapi.RedisProtocol.connectionMade(self))
-        return d
+        protocol.connectionLost = connectionLost
+        return protocol
 
-    def _role(self, role):
-        if not role or role[0] != "master":
-            peer = self.transport.getPeer()
-            log.warn("{a} is not a master (ROLE {r}): asking the Sentinels again",
-                     a=join_hostport(peer.host, peer.port), r=role[0] if role else "?")
-            self.transport.loseConnection()
-            return None
-        return txredisapi.RedisProtocol.connectionMade(self)
+    def addConnection(self, conn):
+        self.failure = ""
+        super().addConnection(conn)
+
+
+@implementer(IStreamClientEndpoint)
+class Noting:
+    """An endpoint whose failures the factory notes (``Factory.failure``)."""
+
+    def __init__(self, endpoint, factory: Factory) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+
+    def connect(self, protocolFactory):
+        return self.endpoint.connect(protocolFactory).addErrback(self._failed)
+
+    def _failed(self, failure):
+        self.factory.failure = failure.getErrorMessage()
+        return failure
 
 
 class MasterFactory(Factory):
@@ -200,19 +266,11 @@ class MasterEndpoint:
         self.connect_timeout = connect_timeout
         self.tls = tls
         self.current: tuple[str, int] | None = None
-        self.problem = ""  # why the last attempt found no master
 
     def connect(self, protocolFactory):
-        d = self.sentinels.master()
-        d.addCallbacks(self._dial, self._not_found, callbackArgs=(protocolFactory,))
-        return d
-
-    def _not_found(self, failure):
-        self.problem = failure.getErrorMessage()
-        return failure
+        return self.sentinels.master().addCallback(self._dial, protocolFactory)
 
     def _dial(self, address: tuple[str, int], protocolFactory):
-        self.problem = ""
         if address != self.current:
             log.info("{u}: the master is {a}", u=str(self.sentinels.url),
                      a=join_hostport(*address))
@@ -231,11 +289,12 @@ def connect(url: RedisUrl, *, clock, connect_timeout: float, tls_ca_file: str = 
                    password=url.password, username=url.username, replyTimeout=None,
                    convertNumbers=False)
     if not url.sentinel:
-        factory.startConnecting(endpoint(clock, url.host, url.port, connect_timeout, tls))
+        factory.startConnecting(
+            Noting(endpoint(clock, url.host, url.port, connect_timeout, tls), factory))
         return factory, None
     sentinels = Sentinels(url, clock=clock, connect_timeout=connect_timeout, tls=tls,
                           password=sentinel_password)
-    factory.master_endpoint = MasterEndpoint(sentinels, clock=clock,
-                                             connect_timeout=connect_timeout, tls=tls)
-    factory.startConnecting(factory.master_endpoint)
+    factory.startConnecting(Noting(MasterEndpoint(sentinels, clock=clock,
+                                                  connect_timeout=connect_timeout, tls=tls),
+                                   factory))
     return factory, sentinels

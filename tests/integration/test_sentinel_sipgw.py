@@ -148,3 +148,66 @@ def test_sipgw_follows_a_sentinel_failover_within_a_second_and_loses_no_subscrib
         backend.close()
     log = gw.log_path.read_text()
     assert PASSWORD not in log and SENTINEL_PASSWORD not in log
+
+
+def test_a_wrong_password_of_the_master_or_of_the_sentinels_is_a_clear_error_never_shown(
+    cluster: Cluster, tmp_path: Path
+):
+    good = config_file(tmp_path / "good.toml", cluster.url(), cluster.subscribers_toml())
+    assert users(good, "list").returncode == 0
+
+    wrong = "not-the-pw-42"
+    bad_master = config_file(tmp_path / "master.toml", cluster.url(password=wrong),
+                             cluster.subscribers_toml())
+    done = users(bad_master, "list")
+    assert done.returncode == 1
+    assert "WRONGPASS" in done.stderr and SERVICE in done.stderr, done.stderr
+    assert wrong not in done.stdout + done.stderr
+
+    bad_user = config_file(tmp_path / "user.toml", cluster.url(user="nobody"),
+                           cluster.subscribers_toml())
+    done = users(bad_user, "list")
+    assert done.returncode == 1 and "WRONGPASS" in done.stderr, done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
+
+    bad_sentinels = config_file(tmp_path / "sentinels.toml", cluster.url(),
+                                f'sentinel_password = "{wrong}"\n')
+    done = users(bad_sentinels, "list")
+    assert done.returncode == 1
+    # Each Sentinel named, with what it said.
+    for port in cluster.sentinel_ports:
+        assert f"Sentinel 127.0.0.1:{port}: could not auth" in done.stderr, done.stderr
+    assert wrong not in done.stdout + done.stderr and PASSWORD not in done.stderr
+
+
+def test_tls_to_the_sentinels_and_to_the_master_and_to_one_server(
+    sipgw, tls_cluster: Cluster, tmp_path: Path
+):
+    cluster = tls_cluster
+    assert cluster.ca is not None
+    config = config_file(tmp_path / "tls.toml", cluster.url(), cluster.subscribers_toml())
+    assert cluster.url().startswith("rediss+sentinel://")
+    done = users(config, "add", "raw", "--password-stdin", password="pw")
+    assert done.returncode == 0, done.stderr
+    assert listed(config) == {"raw"}
+
+    backend = UdpPeer()
+    gw = start_gw(sipgw, backend, cluster.url(), cluster.subscribers_toml())
+    phone = Phone(gw)
+    try:
+        assert register(phone, backend, gw)[0] == "200"
+    finally:
+        phone.close()
+        backend.close()
+
+    # One server over TLS, without Sentinel: rediss://.
+    direct = f"rediss://{USER}:{PASSWORD}@127.0.0.1:{cluster.master_port}/2"
+    one = config_file(tmp_path / "one.toml", direct, f'tls_ca_file = "{cluster.ca.root_path}"\n')
+    assert listed(one) == {"raw"}
+
+    # The certificate is checked: not signed by an authority the system trusts.
+    untrusted = config_file(tmp_path / "untrusted.toml", direct)
+    done = users(untrusted, "list")
+    assert done.returncode == 1
+    assert "certificate verify failed" in done.stderr, done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
