@@ -184,7 +184,7 @@ def _wait(start: Callable[[], Any]) -> Any:
             # iterate(t) polls for t whatever is due sooner; txredisapi reads every bulk
             # string of a reply through a callLater(0), which would cost t each.
             due = reactor.timeout()  # type: ignore[attr-defined]
-            reactor.iterate(0.05 if due is None else min(due, 0.05))  # type: ignore[attr-defined]
+            reactor.iterate(0.05 if due is None else min(due, 0.05))
     result = box[0]
     if isinstance(result, Failure):
         result.raiseException()

@@ -44,7 +44,6 @@ from twisted.logger import Logger
 
 from sipgw.config.redis_url import RedisUrl
 from sipgw.store import redis_link
-
 from sipgw.store.base import (
     DOMAIN_INDEX,
     StoreError,

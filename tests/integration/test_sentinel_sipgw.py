@@ -79,6 +79,16 @@ def start_gw(sipgw, backend: UdpPeer, url: str, subscribers: str) -> SipgwProces
                             f'[auth]\nrealm = "{REALM}"\n\n[timers]\nt1 = 0.1\n')
 
 
+def store_checks(config: Path) -> dict[str, dict]:
+    """``sipgw doctor --json``'s checks of the store (the rest of this config is not run)."""
+    done = run_cli("doctor", "-c", str(config), "--json", "--timeout", "2")
+    checks = {c["check"]: c for c in json.loads(done.stdout)}
+    return {name: checks[name] for name in STORE_CHECKS if name in checks}
+
+
+STORE_CHECKS = ("redis sentinels", "subscriber store", "redis replication")
+
+
 def register(phone: Phone, backend: UdpPeer, gw: SipgwProcess) -> tuple[str, object]:
     """One authenticated REGISTER, answered 200 by the backend when sipgw lets it through:
     ("200", reply) then, else the status sipgw answered with itself (and its reply)."""
@@ -104,6 +114,16 @@ def test_sipgw_follows_a_sentinel_failover_within_a_second_and_loses_no_subscrib
     assert done.returncode == 0, done.stderr
     # Every write on the replica before the master dies (WAIT: acknowledged by 1 replica).
     assert command(cluster.master.port, "WAIT", "1", "5000", auth=cluster.auth) == b":1\r\n"
+
+    checks = store_checks(config)
+    assert [c["status"] for c in checks.values()] == ["pass"] * 3, checks
+    master, replica = f"127.0.0.1:{cluster.master_port}", f"127.0.0.1:{cluster.replica_port}"
+    assert (f"3 of 3 Sentinels answer; they name {master} as the master of {SERVICE} "
+            "(quorum 2, 1 replica(s), 2 other Sentinel(s) known)"
+            ) == checks["redis sentinels"]["detail"]
+    assert checks["subscriber store"]["detail"] == f"{master} (master of {SERVICE}) answers PING"
+    assert checks["redis replication"]["detail"].startswith(
+        f"1 replica(s) in sync: {replica} online (lag ")
 
     backend = UdpPeer()
     gw = start_gw(sipgw, backend, cluster.url(), cluster.subscribers_toml())
@@ -141,6 +161,12 @@ def test_sipgw_follows_a_sentinel_failover_within_a_second_and_loses_no_subscrib
 
         # Nothing lost: every account is on the new master, and they still authenticate.
         assert listed(config) == {*names, "raw"}
+        # The doctor sees the new master, left without a replica.
+        checks = store_checks(config)
+        assert f"they name {replica} as the master" in checks["redis sentinels"]["detail"]
+        assert checks["redis replication"]["status"] == "warn"
+        assert checks["redis replication"]["detail"] == (
+            f"{replica} (master of {SERVICE}) has no replica")
         for _ in range(3):
             assert register(phone, backend, gw)[0] == "200"
     finally:
@@ -179,6 +205,16 @@ def test_a_wrong_password_of_the_master_or_of_the_sentinels_is_a_clear_error_nev
         assert f"Sentinel 127.0.0.1:{port}: could not auth" in done.stderr, done.stderr
     assert wrong not in done.stdout + done.stderr and PASSWORD not in done.stderr
 
+    checks = store_checks(bad_sentinels)
+    assert checks["redis sentinels"]["status"] == "fail" and "subscriber store" not in checks
+    for port in cluster.sentinel_ports:
+        assert f"127.0.0.1:{port}: WRONGPASS" in checks["redis sentinels"]["detail"]
+    checks = store_checks(bad_master)
+    assert checks["redis sentinels"]["status"] == "pass"
+    assert checks["subscriber store"]["status"] == "fail"
+    assert "WRONGPASS" in checks["subscriber store"]["detail"]
+    assert "password" in checks["subscriber store"]["fix"]
+
 
 def test_tls_to_the_sentinels_and_to_the_master_and_to_one_server(
     sipgw, tls_cluster: Cluster, tmp_path: Path
@@ -211,3 +247,9 @@ def test_tls_to_the_sentinels_and_to_the_master_and_to_one_server(
     assert done.returncode == 1
     assert "certificate verify failed" in done.stderr, done.stderr
     assert PASSWORD not in done.stdout + done.stderr
+    checks = store_checks(untrusted)
+    assert checks["subscriber store"]["status"] == "fail"
+    assert "CERTIFICATE_VERIFY_FAILED" in checks["subscriber store"]["detail"]
+    assert "tls_ca_file" in checks["subscriber store"]["fix"]
+    checks = store_checks(config)
+    assert [c["status"] for c in checks.values()] == ["pass"] * 3, checks
