@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sipgw.tools.process import SipgwProcess, run_cli
+from tests.helpers.poll import wait_until
 from tests.helpers.redis_sentinel import (
     PASSWORD,
     SENTINEL_PASSWORD,
@@ -24,7 +25,8 @@ from tests.helpers.redis_sentinel import (
 )
 from tests.helpers.redis_server import command
 from tests.integration.sipgw_process import UdpPeer, build_response
-from tests.integration.test_auth_sipp import REALM, Phone
+from tests.integration.sipp import SippRunner
+from tests.integration.test_auth_sipp import REALM, Phone, final_statuses, phones_file
 
 pytestmark = pytest.mark.integration
 
@@ -174,6 +176,56 @@ def test_sipgw_follows_a_sentinel_failover_within_a_second_and_loses_no_subscrib
         backend.close()
     log = gw.log_path.read_text()
     assert PASSWORD not in log and SENTINEL_PASSWORD not in log
+
+
+def test_sipp_phones_registering_with_digest_across_a_failover_get_503_then_200_again(
+    sipgw, sipp: SippRunner, cluster: Cluster, tmp_path: Path
+):
+    """50 SIPp phones keep registering, 100 a second, while the master is killed: each
+    REGISTER is answered once, 200 until the master dies, 503 with Retry-After until the
+    Sentinels have promoted the replica, 200 again to the end."""
+    config = config_file(tmp_path / "users.toml", cluster.url(), cluster.subscribers_toml())
+    phones = [f"60{n:02d}" for n in range(50)]
+    csv = tmp_path / "phones.csv"
+    csv.write_text("username,password\n" + "".join(f"{p},pw\n" for p in phones))
+    assert users(config, "import", str(csv)).returncode == 0
+    assert command(cluster.master.port, "WAIT", "1", "5000", auth=cluster.auth) == b":1\r\n"
+    registrar = sipp.uas("uas_register", calls=100_000, timeout=90,
+                         extra_args=["-deadcall_wait", "0"])
+    gw = sipgw(backend=registrar.address, auth=True,
+               extra_toml=f'[subscribers]\nurl = "{cluster.url()}"\n'
+                          f'{cluster.subscribers_toml()}\n[auth]\nrealm = "{REALM}"\n')
+    rate, calls = 100, 2000  # 20 s of load: a failover takes a few
+    load = sipp.uac("uac_register_auth", remote=gw.address, calls=calls, rate=rate,
+                    inf=phones_file(tmp_path / "phones.inf", phones, "pw"), timeout=60)
+    wait_until(lambda: load.message_file.exists()
+               and len(final_statuses(load, "2 REGISTER")) >= 2 * rate, timeout=20,
+               what="the phones did not get going", caller=load)
+    assert cluster.master.process is not None
+    cluster.master.process.kill()
+    killed = time.monotonic()
+    wait_until(lambda: cluster.master_named() == {cluster.replica_port},
+               timeout=FAILOVER_WITHIN, what="no failover", caller=load)
+    failover = time.monotonic() - killed
+    load.wait(60)
+
+    finals = final_statuses(load, "2 REGISTER")
+    assert len(finals) == calls and all(len(v) == 1 for v in finals.values()), finals
+    order = [v[0] for v in finals.values()]  # in the order they arrived
+    assert set(order) == {200, 503}, order
+    first, last = order.index(503), len(order) - 1 - order[::-1].index(503)
+    refused = order.count(503)
+    # One outage, then 200s again to the end of the run.
+    assert order[first:last + 1] == [503] * refused, order
+    assert len(order) - 1 - last >= rate, order
+    # No longer than the failover and about a second (counted in REGISTERs: the rate).
+    assert refused <= (failover + FOLLOW_WITHIN + 0.5) * rate, (refused, failover)
+    retry = [m.header("Retry-After") for m in load.messages()
+             if m.direction == "received" and m.status == 503]
+    assert len(retry) == refused and all(retry)
+    assert load.stats().failed == refused, load.stats().failures
+    print(f"SIPp across a failover: {refused} REGISTERs refused (503) at {rate}/s; "
+          f"Sentinels named the replica {failover:.2f} s after the kill")
 
 
 def test_a_wrong_password_of_the_master_or_of_the_sentinels_is_a_clear_error_never_shown(
