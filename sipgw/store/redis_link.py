@@ -16,9 +16,11 @@ txredisapi has Sentinel support (``Sentinel``, ``SentinelConnectionFactory``); s
 its factory's retry policy and its parser of ``SENTINEL MASTERS``, but not the rest:
 ``_SentinelEndpoint`` connects to the master without TLS and with its back-off delay as
 the connect timeout; ``SentinelRedisProtocol`` sends ``ROLE`` without waiting for
-``AUTH``, so that with a wrong password the connection stays open, never ready and never
-reported; and ``Sentinel.discover_master`` queues a question on every Sentinel, where a
-disconnected one keeps it (and every later one) until it is back.
+``AUTH``, so that with a wrong password no connection is ever made and lookups wait
+forever, the refusal only logged as an unhandled error; and ``Sentinel.discover_master``
+queues a question on every Sentinel, where a disconnected one keeps it (and every later
+one) until it is back. txredisapi also takes a connection lost during ``AUTH`` for a
+refused password and stop reconnecting (``Protocol`` below).
 """
 
 from __future__ import annotations

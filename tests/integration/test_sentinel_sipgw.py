@@ -178,6 +178,56 @@ def test_sipgw_follows_a_sentinel_failover_within_a_second_and_loses_no_subscrib
     assert PASSWORD not in log and SENTINEL_PASSWORD not in log
 
 
+def test_after_a_manual_failover_sipgw_reads_the_new_master_not_the_demoted_one(
+    sipgw, cluster: Cluster, tmp_path: Path
+):
+    """``SENTINEL FAILOVER``: the old master lives on as a replica, still answering reads.
+    A user added after it (on the new master) must register through the running sipgw."""
+    config = config_file(tmp_path / "users.toml", cluster.url(), cluster.subscribers_toml())
+    done = users(config, "add", "raw", "--password-stdin", password="pw")
+    assert done.returncode == 0, done.stderr
+    backend = UdpPeer()
+    gw = start_gw(sipgw, backend, cluster.url(), cluster.subscribers_toml())
+    phone = Phone(gw)
+    try:
+        assert register(phone, backend, gw)[0] == "200"
+        assert clients(cluster, cluster.master) == 1  # sipgw's one connection
+        assert cluster.sentinel_ask(cluster.sentinels[0], "SENTINEL", "FAILOVER",
+                                    SERVICE) == b"+OK\r\n"
+        deadline = time.monotonic() + FAILOVER_WITHIN
+        while not (cluster.master_named() == {cluster.replica_port}
+                   and b"role:slave" in cluster.info(cluster.master)):
+            assert time.monotonic() < deadline, "no failover"
+            time.sleep(0.1)
+        # Sentinel closed sipgw's connection to the demoted master; sipgw asked again and
+        # reads the new one: nothing reads from the old one but Sentinels.
+        wait_until(lambda: clients(cluster, cluster.replica) >= 1, timeout=FOLLOW_WITHIN + 2,
+                   what="sipgw is not connected to the new master", caller=gw)
+        assert clients(cluster, cluster.master) == 0
+        done = users(config, "passwd", "raw", "--password-stdin", password="pw2")
+        assert done.returncode == 0, done.stderr
+        deadline = time.monotonic() + FOLLOW_WITHIN + 2.0
+        while True:
+            phone.register(phone.credentials(phone.challenge(), password="pw2"))
+            cseq = f"{phone.n} REGISTER"
+            relayed = backend.receive(0.5)
+            if relayed is not None and relayed.header("CSeq") == cseq:
+                break
+            assert time.monotonic() < deadline, gw.describe()
+    finally:
+        phone.close()
+        backend.close()
+
+
+def clients(cluster: Cluster, server) -> int:
+    """Connections of ordinary clients (sipgw's) on ``server``: not the Sentinels', not
+    this question's."""
+    listing = command(server.port, "CLIENT", "LIST", "TYPE", "normal", auth=cluster.auth)
+    return sum(1 for line in listing.decode().splitlines()
+               if line.startswith("id=") and "name=sentinel-" not in line
+               and "cmd=client|list" not in line)
+
+
 def test_sipp_phones_registering_with_digest_across_a_failover_get_503_then_200_again(
     sipgw, sipp: SippRunner, cluster: Cluster, tmp_path: Path
 ):
