@@ -106,6 +106,8 @@ class _Session:
                                     sqlite_busy_timeout=5.0)
         except ValueError as e:
             app.fail(f"subscribers.url: {e}", EXIT_USAGE)
+        except ConfigError as e:  # a setting the store needs: subscribers.tls_ca_file
+            app.fail(str(e), EXIT_USAGE)
 
         click.get_current_context().call_on_close(self.close)
 

@@ -32,8 +32,8 @@ def open_store(url: str, *, key_template: str = "subscriber:{username}",
                clock=None, create_directory: bool = False,
                sqlite_busy_timeout: float | None = None, tls_ca_file: str = "",
                sentinel_password: str = "") -> SubscriberStore:
-    """The store named by a ``[subscribers] url``; ValueError when it names none (or a
-    setting it needs is wrong: ``tls_ca_file``)."""
+    """The store named by a ``[subscribers] url``; ValueError when it names none,
+    ConfigError when a setting it needs is wrong (``tls_ca_file``)."""
     if url.startswith("sqlite://"):
         from sipgw.store.sqlite import BUSY_TIMEOUT, SqliteStore
 

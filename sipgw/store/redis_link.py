@@ -34,6 +34,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from sipgw.config import ConfigError
 from sipgw.config.redis_url import RedisUrl
 from sipgw.sip.hostport import join_hostport
 
@@ -58,19 +59,23 @@ class Tls:
             try:
                 pem = Path(ca_file).read_bytes()
             except OSError as e:
-                raise ValueError(f"tls_ca_file: {ca_file}: {e.strerror}") from None
+                raise _ca_error(f"cannot read {ca_file}: {e.strerror or e}") from None
             end = b"-----END CERTIFICATE-----"
             blocks = [b + end for b in pem.split(end) if b"-----BEGIN CERTIFICATE-----" in b]
             try:
                 certificates = [ssl.Certificate.loadPEM(b) for b in blocks]
             except Exception as e:  # noqa: BLE001 - OpenSSL's errors have no common base
-                raise ValueError(f"tls_ca_file: {ca_file}: not a PEM certificate: {e}") from None
+                raise _ca_error(f"{ca_file}: not a PEM certificate: {e}") from None
             if not certificates:
-                raise ValueError(f"tls_ca_file: {ca_file}: no PEM certificate in it")
+                raise _ca_error(f"{ca_file}: no PEM certificate in it")
             self.trust = ssl.trustRootFromCertificates(certificates)
 
     def options(self, host: str):
         return ssl.optionsForClientTLS(host, trustRoot=self.trust)
+
+
+def _ca_error(reason: str) -> ConfigError:
+    return ConfigError(reason, key="subscribers.tls_ca_file")
 
 
 def endpoint(clock, host: str, port: int, timeout: float, tls: Tls | None):
