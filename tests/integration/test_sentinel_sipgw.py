@@ -307,6 +307,13 @@ def test_a_wrong_password_of_the_master_or_of_the_sentinels_is_a_clear_error_nev
         assert f"Sentinel 127.0.0.1:{port}: could not auth" in done.stderr, done.stderr
     assert wrong not in done.stdout + done.stderr and PASSWORD not in done.stderr
 
+    # A replica named directly refuses writes: said as Redis says it.
+    replica = config_file(
+        tmp_path / "replica.toml",
+        f"redis://{USER}:{PASSWORD}@127.0.0.1:{cluster.replica_port}/2")
+    done = users(replica, "add", "raw", "--password-stdin", password="pw")
+    assert done.returncode == 1 and "READONLY" in done.stderr, done.stderr
+
     checks = store_checks(bad_sentinels)
     assert checks["redis sentinels"]["status"] == "fail" and "subscriber store" not in checks
     for port in cluster.sentinel_ports:
