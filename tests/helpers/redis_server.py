@@ -3,7 +3,8 @@
 Started with no persistence (``--save '' --appendonly no``) in its own directory; ready
 when it answers ``PING`` (a bounded poll, never a sleep). ``stop()`` and ``start()`` again
 on the same port simulate an outage. ``redis_fixture`` makes a pytest fixture that always
-stops it.
+stops it. ``args`` adds to its command line (an ACL user, TLS, ``--replicaof``): the
+Sentinel cluster of ``redis_sentinel`` is made of these.
 """
 
 from __future__ import annotations
