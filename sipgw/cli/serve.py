@@ -112,6 +112,11 @@ def _check_certificate(config) -> None:
         from sipgw.proxy.transport.tls import ServerTls
 
         ServerTls(config.tls)
+    subscribers = config.subscribers
+    if subscribers.tls_ca_file and subscribers.url.startswith("rediss"):
+        from sipgw.store.redis_link import Tls
+
+        Tls(subscribers.tls_ca_file)
 
 
 def _run(loaded, worker=None) -> int:

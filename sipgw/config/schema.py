@@ -148,10 +148,12 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SubscribersConfig:
-    url: str = _key(SubscriberUrl(), "", 'subscriber store: "sqlite:///PATH" or "redis://[user:pass@]host:port/db" ("" = sqlite:///<state.directory>/subscribers.db)', in_effect=True)  # noqa: E501
+    url: str = _key(SubscriberUrl(), "", 'subscriber store: "sqlite:///PATH", "redis://[user:pass@]host:port/db", or through Sentinel "redis+sentinel://[user:pass@]host:port,host:port,.../SERVICE/db" ("rediss" for TLS; "" = sqlite:///<state.directory>/subscribers.db)', in_effect=True)  # noqa: E501
     key_template: str = _key(String(redis_key_template), "subscriber:{username}", 'Redis key of a user\'s hash; "subscriber:entry::{username}:{domain}" reads a Kamailio db_redis database', in_effect=True)  # noqa: E501
     connect_timeout: float = _key(Seconds(0, above=True), 2, "seconds to wait for a connection to Redis", in_effect=True)  # noqa: E501
     command_timeout: float = _key(Seconds(0, above=True), 1, "seconds to wait for Redis to answer a lookup before the request gets 503", in_effect=True)  # noqa: E501
+    tls_ca_file: str = _key(String(), "", 'PEM file of the certificate authorities a "rediss" Redis or Sentinel must be signed by ("" = the system\'s)', in_effect=True)  # noqa: E501
+    sentinel_password: str = _key(Secret(), "", 'password the Sentinels of a "redis+sentinel" url require (their requirepass; "" = none): the url\'s own user and password are the master\'s', in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

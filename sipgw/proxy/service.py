@@ -74,7 +74,8 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     the memory trim, and systemd's notifications (READY=1 once everything before it
     listens; STOPPING=1 first when stopping). ``send``: where the core's messages go
     instead of the listeners (tests on a memory reactor). Raises ConfigError (TLS
-    certificate) and ListFileError (dispatcher list) before anything listens.
+    certificate, subscribers.tls_ca_file) and ListFileError (dispatcher list) before
+    anything listens.
 
     ``worker``: this process is one worker of several (``sipgw.proxy.workers``): it adopts
     the sockets the supervisor opened, writes its own address toward the backends, serves

@@ -39,6 +39,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 
 from sipgw.config import AuthConfig, Config, LimitsConfig, ProxyConfig
+from sipgw.config.redis_url import mask_url
 from sipgw.proxy.auth.bans import Bans
 from sipgw.proxy.auth.domains import StoreDomains
 from sipgw.proxy.auth.nonce import Nonces, NonceState
@@ -431,9 +432,10 @@ _in_networks = functools.lru_cache(maxsize=4096)(in_networks)
 def open_subscribers(config: Config, clock: IReactorTime) -> SubscriberStore:
     """The subscriber store ``[subscribers]`` names."""
     s = config.subscribers
-    log.info("auth: subscribers in {url}", url=_shown_url(s.url))
+    log.info("auth: subscribers in {url}", url=mask_url(s.url))
     return open_store(s.url, key_template=s.key_template, connect_timeout=s.connect_timeout,
-                      command_timeout=s.command_timeout, clock=clock)
+                      command_timeout=s.command_timeout, clock=clock, tls_ca_file=s.tls_ca_file,
+                      sentinel_password=s.sentinel_password)
 
 
 def nonce_secret(config: Config, route_key: bytes) -> bytes:
@@ -445,6 +447,3 @@ def nonce_secret(config: Config, route_key: bytes) -> bytes:
         return config.auth.nonce_secret.encode("utf-8")
     return hmac.new(route_key, b"sipgw nonces", hashlib.sha256).digest()
 
-
-def _shown_url(url: str) -> str:
-    return url.split("@")[-1] if url.startswith("redis://") else url
