@@ -55,3 +55,14 @@ def test_sipgw_stats_7_names_every_statistic_a_fully_built_service_declares(tmp_
     assert "dialog:active_dialogs" in names and "trace:hep_sent" in names
     text = (MAN / "sipgw-stats.7").read_text()
     assert [n for n in names if f".B {n}\n" not in text] == []
+
+
+def test_sipgw_rpc_7_names_the_methods_a_service_with_workers_answers_itself():
+    from sipgw.proxy.workers.control import ServiceControl
+    from sipgw.proxy.workers.supervisor import Supervisor
+    from sipgw.rpc.registry import methods_of
+
+    own = methods_of(ServiceControl.__new__(ServiceControl), Supervisor.__new__(Supervisor))
+    assert {"core.workers", "core.uptime", "cfg.reload", "log.level"} <= set(own)
+    text = (MAN / "sipgw-rpc.7").read_text()
+    assert [m for m in own if f".B {m}\n" not in text] == []

@@ -34,3 +34,12 @@ def test_modules_declare_their_statistics_and_selection_follows_kamailio_rules()
     assert stats.select("auth:") == {"auth:authorized": 2}
     assert stats.select("authorized") == {"auth:authorized": 2}
     assert "core:rcv_requests" in stats.select("all")
+
+
+def test_stats_describe_says_what_each_statistic_counts_and_whether_it_is_a_level():
+    stats = Stats()
+    described = stats.rpc_describe("tm:")
+    assert described["tm.UAS_transactions"] == {"help": "server transactions created",
+                                                "kind": "counter"}
+    assert described["tm.inuse_transactions"]["kind"] == "gauge"
+    assert set(described) == set(stats.rpc_fetch("tm:"))

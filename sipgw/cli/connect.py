@@ -45,8 +45,14 @@ def _raw_socket_keys(path: str | None) -> tuple[str, str] | None:
     return socket_, state
 
 
-def connect(app: App, config_path: str | None, *, timeout: float | None = 10.0) -> Client:
+def connect(app: App, config_path: str | None, *, timeout: float | None = 10.0,
+            worker: int | None = None) -> Client:
+    """A client of the service's control socket, or of worker ``worker``'s own."""
     path = socket_path(app, config_path)
+    if worker is not None:
+        from sipgw.proxy.workers.spec import worker_control_path
+
+        path = worker_control_path(path, worker)
     try:
         return Client(path, timeout=timeout)
     except Unreachable as e:

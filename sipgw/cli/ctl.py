@@ -59,11 +59,13 @@ def _complete_method(ctx: click.Context, param: click.Parameter, incomplete: str
 @click.option("--json", "as_json", is_flag=True, help="Print the raw result as JSON.")
 @click.option("--timeout", type=float, default=10.0, show_default=True, metavar="SECONDS",
               help="How long to wait for the answer.")
+@click.option("-w", "--worker", type=click.IntRange(min=0), metavar="N",
+              help="Ask worker N alone (a service with workers), on its own socket.")
 @click.argument("method", shell_complete=_complete_method)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @pass_app
-def ctl(app: App, config_path: str | None, as_json: bool, timeout: float, method: str,
-        args: tuple[str, ...]) -> None:
+def ctl(app: App, config_path: str | None, as_json: bool, timeout: float, worker: int | None,
+        method: str, args: tuple[str, ...]) -> None:
     """Call METHOD on the running proxy with ARGS (sipgw ctl system.listMethods lists them).
 
     Arguments are numbers when they look like numbers; s:TEXT forces a string, i:N an
@@ -71,7 +73,7 @@ def ctl(app: App, config_path: str | None, as_json: bool, timeout: float, method
     """
     params = [parse_arg(a) for a in args]
     app.json_mode = as_json
-    client = connect(app, config_path, timeout=timeout)
+    client = connect(app, config_path, timeout=timeout, worker=worker)
     try:
         result = call(app, client, method, params)
     finally:

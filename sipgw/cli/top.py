@@ -2,9 +2,9 @@
 
 Each round asks the control socket for the statistics (``stats.fetch``; the load panel is
 its ``load:`` gauges and the share overload control refuses, sipgw-stats(7)), the active
-dialogs,
-and, when the proxy serves them, the dispatcher destinations, the bans and the open
-connections by transport (``core.connections``); rates are the
+dialogs, and, when the proxy serves them, the dispatcher destinations, the bans, the open
+connections by transport (``core.connections``) and the workers (``core.workers``: a
+service with several worker processes); rates are the
 change of a counter since the previous round. When the proxy goes away the dashboard says
 so and keeps trying, so it picks a restarted proxy up again.
 """
@@ -57,6 +57,8 @@ def collect(client: Client) -> dict[str, Any]:
         snap["bans"] = client.call("auth.bans")
     if "core.connections" in methods:
         snap["connections"] = client.call("core.connections")
+    if "core.workers" in methods:
+        snap["workers"] = client.call("core.workers")
     return snap
 
 
@@ -144,8 +146,30 @@ def dashboard(snap: dict[str, Any], per_second: dict[str, float], where: str) ->
     grid.add_row(traffic, Group(core, load), conns)
     grid.add_row(auth, dlg, pike)
     stamp = time.strftime("%H:%M:%S", time.localtime(snap["time"]))
-    return Group(Text(f"sipgw top  {where}  {stamp}", style="bold"), grid,
-                 Panel(dest, title="dispatcher", title_align="left"))
+    panels: list[Text | Table | Panel] = [
+        Text(f"sipgw top  {where}  {stamp}", style="bold"), grid,
+        Panel(dest, title="dispatcher", title_align="left")]
+    if snap.get("workers"):
+        panels.append(Panel(_workers(snap["workers"]), title="workers", title_align="left"))
+    return Group(*panels)
+
+
+def _workers(workers: list[dict[str, Any]]) -> Table:
+    """core.workers: one row per worker; one that is not running says how it last ended."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("worker", "pid", "uptime s", "restarts", "connections", "transactions",
+                   "loop lag ms", "udp queue ms", "last exit"):
+        table.add_column(column, justify="left" if column == "last exit" else "right")
+    for w in workers:
+        up = w.get("ready")
+        table.add_row(Text(str(w.get("index")), style="green" if up else "red"),
+                      Text(str(w.get("pid") or "-")), Text(f"{w.get('uptime', 0):.0f}"),
+                      Text(str(w.get("restarts", 0)),
+                           style="yellow" if w.get("restarts") else ""),
+                      Text(str(w.get("connections", "-"))), Text(str(w.get("transactions", "-"))),
+                      Text(_ms(w.get("reactor_lag_us"))), Text(_ms(w.get("udp_queue_delay_us"))),
+                      Text(w.get("last_exit") or "", style="dim"))
+    return table
 
 
 def _ms(microseconds: Any) -> str:
@@ -188,8 +212,8 @@ def _down(where: str, why: str) -> Group:
 def top(app: App, config_path: str | None, interval: float, as_json: bool,
         iterations: int | None) -> None:
     """A live dashboard: traffic rates, transactions, connections, auth, dialogs, load
-    (queueing delay, loop lag) and dispatcher destinations. Reconnects when the proxy
-    restarts; Ctrl-C stops."""
+    (queueing delay, loop lag), dispatcher destinations and workers. Reconnects when the
+    proxy restarts; Ctrl-C stops."""
     path = socket_path(app, config_path)
     client: Client | None = None
     prev = None

@@ -27,6 +27,8 @@ def summary_line(rec: dict[str, Any]) -> Text:
     stamp = time.strftime("%H:%M:%S", time.localtime(rec["time"]))
     stamp += f".{int(rec['time'] * 1000) % 1000:03d}"
     line = Text(stamp + " ", style="dim")
+    if rec.get("worker") is not None:  # a service with workers: the one that handled it
+        line.append(f"w{rec['worker']} ", style="dim")
     inbound = rec["dir"] == "in"
     line.append("in  " if inbound else "out ", style="cyan" if inbound else "magenta")
     line.append(f"{rec['transport']} {rec['src']} -> {rec['dst']} ")

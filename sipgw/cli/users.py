@@ -32,6 +32,7 @@ from rich.text import Text
 from sipgw.cli.app import EXIT_USAGE, App, pass_app
 from sipgw.cli.options import config_option
 from sipgw.config import Config, ConfigError, config_path_from_env, load_config
+from sipgw.config.redis_url import mask_url
 from sipgw.sip.uri import check_host, check_user, unescape
 from sipgw.store import StoreError, Subscriber, make_subscriber, open_store
 
@@ -99,11 +100,14 @@ class _Session:
             self.store = open_store(s.url, key_template=s.key_template,
                                     connect_timeout=s.connect_timeout,
                                     command_timeout=max(s.command_timeout, 5.0),
-                                    create_directory=True,
+                                    create_directory=True, tls_ca_file=s.tls_ca_file,
+                                    sentinel_password=s.sentinel_password,
                                     # the running proxy may hold the lock for a moment
                                     sqlite_busy_timeout=5.0)
         except ValueError as e:
             app.fail(f"subscribers.url: {e}", EXIT_USAGE)
+        except ConfigError as e:  # a setting the store needs: subscribers.tls_ca_file
+            app.fail(str(e), EXIT_USAGE)
 
         click.get_current_context().call_on_close(self.close)
 
@@ -179,7 +183,10 @@ def _wait(start: Callable[[], Any]) -> Any:
             # A method of every Twisted reactor that no interface declares.
             reactor.startRunning(installSignalHandlers=False)  # type: ignore[attr-defined]
         while not box:
-            reactor.iterate(0.05)
+            # iterate(t) polls for t whatever is due sooner; txredisapi reads every bulk
+            # string of a reply through a callLater(0), which would cost t each.
+            due = reactor.timeout()  # type: ignore[attr-defined]
+            reactor.iterate(0.05 if due is None else min(due, 0.05))
     result = box[0]
     if isinstance(result, Failure):
         result.raiseException()
@@ -319,7 +326,7 @@ def list_(app: App, config_path, as_json) -> None:
                       Text("yes" if sub.legacy else ""))
     app.out.print(table)
     app.err.print(f"{len(subs)} user{'s' if len(subs) != 1 else ''} "
-                  f"in {session.url.split('@')[-1]}")
+                  f"in {mask_url(session.url)}")
 
 
 @users.command("export")

@@ -7,7 +7,6 @@ A section of ``Config`` is the settings of the component it configures.
 
 from sipgw.config.kinds import (
     LOG_LEVEL_NAMES,
-    MASK,
     Address,
     Advertise,
     IPNetwork,
@@ -22,6 +21,7 @@ from sipgw.config.load import (
     parse_config,
 )
 from sipgw.config.locate import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, config_path_from_env
+from sipgw.config.redis_url import MASK
 from sipgw.config.schema import (
     SCHEMA,
     SECTIONS,

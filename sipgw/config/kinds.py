@@ -14,11 +14,9 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
+from sipgw.config.redis_url import MASK, is_redis_url, mask_url, parse_redis_url
 from sipgw.sip.hostport import join_hostport
-
-MASK = "***"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -365,19 +363,9 @@ def status_code(text: str) -> str:
     return text
 
 
-def _mask_url(url: str) -> str:
-    """ "redis://user:secret@host:6379/2" -> "redis://user:***@host:6379/2"."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    masked = f"{user}:{MASK}" if colon else MASK
-    return parts._replace(netloc=f"{masked}@{hostport}").geturl()
-
-
 class SubscriberUrl(Kind):
-    """ "sqlite:///ABSOLUTE/PATH", "redis://[user:pass@]host[:port][/db]", or "" (derived)."""
+    """ "sqlite:///ABSOLUTE/PATH", a Redis URL (``sipgw.config.redis_url``: direct or through
+    Sentinel, TLS or not), or "" (derived)."""
 
     __slots__ = ()
 
@@ -386,31 +374,20 @@ class SubscriberUrl(Kind):
             raise Invalid(f"expected a URL string, got {show(value)}")
         if value == "" or (value.startswith("sqlite:///") and len(value) > len("sqlite:///")):
             return value
-        if value.startswith("redis://"):
-            problem = self._redis_problem(value)
-            if problem is None:
-                return value
-            raise Invalid(f"{show(_mask_url(value))}: {problem}")
+        if is_redis_url(value):
+            try:
+                parse_redis_url(value)
+            except ValueError as e:
+                raise Invalid(f"{show(mask_url(value))}: {e}") from None
+            return value
         raise Invalid(
-            'expected "sqlite:///PATH" or "redis://[user:pass@]host:port/db",'
-            f" got {show(_mask_url(value))}"
+            'expected "sqlite:///PATH", "redis[s]://[user:pass@]host:port/db" or '
+            '"redis[s]+sentinel://[user:pass@]host:port,.../SERVICE/db",'
+            f" got {show(mask_url(value))}"
         )
 
-    @staticmethod
-    def _redis_problem(url: str) -> str | None:
-        parts = urlsplit(url)
-        try:
-            _ = parts.port  # reading it checks it
-        except ValueError:
-            return "the port must be a number between 1 and 65535"
-        if not parts.hostname:
-            return "the host is missing"
-        if not re.fullmatch(r"(/\d*)?", parts.path):
-            return "the database must be a number, as in redis://127.0.0.1:6379/2"
-        return None
-
     def dump(self, value: Any) -> Any:
-        return _mask_url(value)
+        return mask_url(value)
 
 
 class FileMode(Kind):
@@ -426,6 +403,27 @@ class FileMode(Kind):
 
     def dump(self, value: Any) -> Any:
         return f"{value:04o}"
+
+
+MAX_WORKERS = 64
+
+
+class WorkerCount(Kind):
+    """``"auto"`` (kept as 0: one worker per CPU, counted when the service starts) or 1..64."""
+
+    __slots__ = ()
+
+    def parse(self, value: object) -> Any:
+        if value == "auto":
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f'expected "auto" or a number of processes, got {show(value)}')
+        if not 1 <= value <= MAX_WORKERS:
+            raise Invalid(f'must be "auto" or between 1 and {MAX_WORKERS}, got {value}')
+        return value
+
+    def dump(self, value: Any) -> Any:
+        return value or "auto"
 
 
 class LogLevel(Kind):

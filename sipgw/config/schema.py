@@ -34,6 +34,7 @@ from sipgw.config.kinds import (
     String,
     StringList,
     SubscriberUrl,
+    WorkerCount,
     absolute_path,
     alias,
     digest_algorithm,
@@ -109,6 +110,8 @@ class ProxyConfig:
     aliases: tuple[str, ...] = _key(StringList('a list of "host" or "host:port" strings', alias), [], "more host names or addresses that mean sipgw itself (OPTIONS to self, loop detection)", in_effect=True)  # noqa: E501
     drain_timeout: float = _key(Seconds(), 10, "on SIGTERM, how long requests already received may take to get their final answer before sipgw exits (seconds; new requests get 503 meanwhile)", in_effect=True)  # noqa: E501
     nat_uac_test: int = _key(Integer(0, 511), 19, "Kamailio nat_uac_test flags for UDP/TCP/TLS clients (0 = off); WebSocket clients are always NATed", in_effect=True)  # noqa: E501
+    workers: int = _key(WorkerCount(), "auto", 'worker processes serving the listeners together ("auto" = one per CPU; 1 = a single process, no supervisor); sipgw serve --workers overrides it', in_effect=True)  # noqa: E501
+    worker_ports: int = _key(Integer(0, 65535), 0, "first of the consecutive ports, one per worker, UDP and TCP each, that each worker writes in Via, Record-Route and Path toward the backends (0 = ports the kernel picks when the service starts; set it for firewall rules and for dialogs that outlive a restart)", in_effect=True)  # noqa: E501
     route_secret: str = _key(Secret(), "", 'HMAC key that signs the Record-Route and contact aliases sipgw writes, the same on every node ("" = derived from auth.nonce_secret, or else a key kept in state.directory/route.key)', in_effect=True)  # noqa: E501
 
 
@@ -145,16 +148,18 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SubscribersConfig:
-    url: str = _key(SubscriberUrl(), "", 'subscriber store: "sqlite:///PATH" or "redis://[user:pass@]host:port/db" ("" = sqlite:///<state.directory>/subscribers.db)', in_effect=True)  # noqa: E501
+    url: str = _key(SubscriberUrl(), "", 'subscriber store: "sqlite:///PATH", "redis://[user:pass@]host:port/db", or through Sentinel "redis+sentinel://[user:pass@]host:port,host:port,.../SERVICE/db" ("rediss" for TLS; "" = sqlite:///<state.directory>/subscribers.db)', in_effect=True)  # noqa: E501
     key_template: str = _key(String(redis_key_template), "subscriber:{username}", 'Redis key of a user\'s hash; "subscriber:entry::{username}:{domain}" reads a Kamailio db_redis database', in_effect=True)  # noqa: E501
     connect_timeout: float = _key(Seconds(0, above=True), 2, "seconds to wait for a connection to Redis", in_effect=True)  # noqa: E501
     command_timeout: float = _key(Seconds(0, above=True), 1, "seconds to wait for Redis to answer a lookup before the request gets 503", in_effect=True)  # noqa: E501
+    tls_ca_file: str = _key(String(), "", 'PEM file of the certificate authorities a "rediss" Redis or Sentinel must be signed by ("" = the system\'s)', in_effect=True)  # noqa: E501
+    sentinel_password: str = _key(Secret(), "", 'password the Sentinels of a "redis+sentinel" url require (their requirepass; "" = none): the url\'s own user and password are the master\'s', in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthConfig:
     realm: str = _key(String(), "", 'digest realm ("" = the From domain)', in_effect=True)
-    nonce_secret: str = _key(Secret(), "", 'HMAC key of the stateless nonces, the same on every node ("" = random per start)', in_effect=True)  # noqa: E501
+    nonce_secret: str = _key(Secret(), "", 'HMAC key of the stateless nonces, the same on every node ("" = derived from the route signing key)', in_effect=True)  # noqa: E501
     nonce_expire: float = _key(Seconds(0, above=True), 300, "seconds a nonce stays valid", in_effect=True)  # noqa: E501
     trusted: tuple[IPNetwork, ...] = _key(NETWORKS, [], "CIDRs never challenged (the backends are trusted anyway)", in_effect=True)  # noqa: E501
     max_failures_user: int = _key(Integer(1, 1_000_000), 3, "failed authentications of one user, within failure_window, before the user is banned", in_effect=True)  # noqa: E501

@@ -26,6 +26,12 @@ class Listener:
 class Identity:
     listeners: list[Listener]
     aliases: set[str] = field(default_factory=set)  # extra host names meaning "us"
+    # A worker's own UDP address (``sipgw.proxy.workers``): what it writes in what it
+    # sends to the backends, so that what they send back reaches this worker. None in a
+    # single process: the public listeners face the backends too.
+    backend: Listener | None = None
+    backend_tcp: Listener | None = None  # the same, for backends over TCP
+    peers: tuple[tuple[str, int], ...] = ()  # every worker's own address, all of them us
     _hostports: set[tuple[str, int]] = field(default_factory=set)
     _ports: set[int] = field(default_factory=set)
     _hosts: set[str] = field(default_factory=set)
@@ -42,12 +48,16 @@ class Identity:
         self._hostports = {(lst.host.lower(), lst.port) for lst in self.listeners}
         self._ports = {lst.port for lst in self.listeners}
         self._hosts = {lst.host.lower() for lst in self.listeners}
+        self._hostports.update((host.lower(), port) for host, port in self.peers)
+        for own in (self.backend, self.backend_tcp):
+            if own is not None:
+                self._hostports.add((own.host.lower(), own.port))
         for alias in self.aliases:
-            host, port = split_hostport(alias.lower())
-            if port is None:
+            host, alias_port = split_hostport(alias.lower())
+            if alias_port is None:
                 self._hosts.add(host)
             else:
-                self._hostports.add((host, port))
+                self._hostports.add((host, alias_port))
 
     def listener(self, transport: str) -> Listener:
         """The listener whose address we advertise for messages sent over ``transport``."""
@@ -58,6 +68,12 @@ class Identity:
         # first address; the peer replies on the same connection anyway.
         first = self.listeners[0]
         return Listener(transport=transport, host=first.host, port=first.port)
+
+    def facing(self, transport: str, backend: bool) -> Listener:
+        """The listener we write toward a peer: a worker's own address toward a backend
+        over UDP or TCP (over TLS, the public listener: a worker has no TLS of its own)."""
+        own = {"udp": self.backend, "tcp": self.backend_tcp}.get(transport) if backend else None
+        return own if own is not None else self.listener(transport)
 
     def is_us(self, host: str, port: int | None, transport: str | None = None) -> bool:
         """Does host[:port] name this proxy? A missing port means the default 5060.
@@ -74,30 +90,37 @@ class Identity:
     def is_our_host(self, host: str) -> bool:
         return host.lower() in self._hosts
 
-    def via(self, transport: str, branch: str) -> str:
-        lst = self.listener(transport)
+    def via(self, transport: str, branch: str, *, backend: bool = False) -> str:
+        lst = self.facing(transport, backend)
         return f"SIP/2.0/{transport.upper()} {join_hostport(lst.host, lst.port)};branch={branch}"
 
-    def record_route(self, transport: str, params: str = "") -> str:
+    def record_route(self, transport: str, params: str = "", *, backend: bool = False) -> str:
         """Our Record-Route for messages sent over ``transport``; ``params`` (such as
         ``;sg=MAC``, ``sipgw.proxy.signing``) follow ``;lr``."""
-        lst = self.listener(transport)
-        # RFC 7118 §5.2: "ws" names both WS and WSS in URIs (with a sips: scheme for WSS
-        # elsewhere; Kamailio writes transport=ws for both and browsers expect it).
-        name = _URI_TRANSPORT.get(transport, transport)
-        tparam = "" if transport == "udp" else f";transport={name}"
-        return f"<sip:{join_hostport(lst.host, lst.port)}{tparam};lr{params}>"
+        return _record_route(self.facing(transport, backend), params)
 
-    def record_route_pair(self, inbound: str, outbound: str, params: str = "") -> list[str]:
-        """One Record-Route, or two with ``r2=on`` when the transport changes.
+    def record_route_pair(self, inbound: str, outbound: str, params: str = "", *,
+                          from_backend: bool = False, to_backend: bool = False) -> list[str]:
+        """One Record-Route, or two with ``r2=on`` when the two sides face different
+        addresses of ours: another transport, or a worker's own address on the backend side.
 
         The first value faces the next hop (downstream uses it first), the second faces
         the previous hop (upstream's route set is the list reversed).
         """
-        if inbound == outbound:
-            return [self.record_route(outbound, params)]
+        toward_next = self.facing(outbound, to_backend)
+        toward_previous = self.facing(inbound, from_backend)
+        if toward_next == toward_previous:
+            return [_record_route(toward_next, params)]
         params = ";r2=on" + params
-        return [self.record_route(outbound, params), self.record_route(inbound, params)]
+        return [_record_route(toward_next, params), _record_route(toward_previous, params)]
+
+
+def _record_route(lst: Listener, params: str) -> str:
+    # RFC 7118 §5.2: "ws" names both WS and WSS in URIs (with a sips: scheme for WSS
+    # elsewhere; Kamailio writes transport=ws for both and browsers expect it).
+    name = _URI_TRANSPORT.get(lst.transport, lst.transport)
+    tparam = "" if lst.transport == "udp" else f";transport={name}"
+    return f"<sip:{join_hostport(lst.host, lst.port)}{tparam};lr{params}>"
 
 
 _URI_TRANSPORT = {"wss": "ws"}

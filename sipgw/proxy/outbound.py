@@ -41,12 +41,19 @@ class Outbound:
         self.streams: dict[str, StreamTransport] = {}  # "tcp", "tls"
         self._failure: list[Failure] = []
         self._resolved: dict[str, str] = {}
+        self.backend_udp: UdpListener | None = None
+        self.is_backend: Callable[[Destination], bool] | None = None
 
     def attach(self, *, udp: list[UdpListener], streams: dict[str, StreamTransport],
-               on_failure: list[Failure]) -> None:
+               on_failure: list[Failure], backend_udp: UdpListener | None = None,
+               is_backend: Callable[[Destination], bool] | None = None) -> None:
+        """``backend_udp``: a worker's own socket, that what goes to a backend leaves from
+        (their answers come back to this worker)."""
         self.udp = list(udp)
         self.streams = dict(streams)
         self._failure = list(on_failure)
+        self.backend_udp = backend_udp
+        self.is_backend = is_backend
 
     def send(self, data: bytes, dest: Destination) -> None:
         trace = self.tap.outbound
@@ -70,6 +77,9 @@ class Outbound:
             host = ip
         if dest.transport == "udp":
             lst = self._udp_for(host)
+            if self.backend_udp is not None and self.is_backend is not None \
+                    and self.is_backend(dest):
+                lst = self.backend_udp
             if lst is None or not lst.send(data, host, dest.port):
                 self.failed(host, dest.port, "udp")
             return

@@ -16,6 +16,17 @@ Exempt: addresses in ``auth.trusted`` and the dispatcher's backends (by address,
 Exemption is decided when an address is first seen and checked again before it would be
 blocked, so a backend added later is never blocked.
 
+Several workers (issue 14) share the count. The kernel spreads one address's datagrams
+and connections over the workers by source port, so each sees only a part of a flood.
+A worker tells the others how many requests an address sent it in the current unit each
+time that count reaches a multiple of ``step`` (the density over twice the workers): an
+address below that on every worker costs the channel nothing, one that floods costs at
+most twice the workers' count of messages per unit before it is blocked. Each worker
+blocks when its own count plus the others' last reports pass the density (so the sum
+over workers is exact to within a step per other worker), and a worker that blocks an
+address tells the others, which block it too: within one unit, every worker drops it.
+Each then releases it when it has been quiet *there* for ``remove_latency``.
+
 Memory is bounded: at most ``max_sources`` addresses are tracked; a new one beyond that
 makes the least recently active one forgotten (a spoofed-source flood only recycles the
 table, and a warning says so). Entries silent for ``remove_latency`` (at least one unit)
@@ -51,7 +62,7 @@ class _Entry:
     """One source address: hits in the current and the previous unit, and its state."""
 
     __slots__ = ("host", "window_end", "hits", "prev", "last", "blocked", "exempt",
-                 "dropped", "since")
+                 "dropped", "since", "others", "reports")
 
     def __init__(self, host: str, window_end: float, now: float, exempt: bool) -> None:
         self.host = host
@@ -63,6 +74,8 @@ class _Entry:
         self.exempt = exempt
         self.dropped = 0  # while blocked, for the release log line
         self.since = now  # blocked since
+        self.others = 0  # requests in the current unit on the other workers, as they said
+        self.reports: dict[int, int] | None = None  # worker → its last report this unit
 
 
 class Pike:
@@ -83,6 +96,9 @@ class Pike:
         self._blocked = 0
         self._evicted = 0  # since the last sweep, for one warning per sweep
         self._sweeper: LoopingCall | None = None
+        self.workers = 1
+        # Tells the other workers (topic, payload); None in a single process.
+        self.share: Callable[[str, dict], None] | None = None
         stats.declare(PIKE_STATS)
         self.configure(settings)
 
@@ -93,6 +109,7 @@ class Pike:
         self.enabled = settings.enabled
         self.unit = settings.sampling_time_unit
         self.density = settings.reqs_density_per_unit
+        self.step = max(1, -(-self.density // (2 * self.workers)))  # see the module doc
         self.latency = settings.remove_latency
         # An entry must live at least one unit, or its count would be lost mid-unit.
         self.keep = max(settings.remove_latency, settings.sampling_time_unit)
@@ -138,8 +155,12 @@ class Pike:
             return True
         entry.last = now
         entry.hits += 1
-        if entry.hits > self.density and not entry.exempt:
-            return self._block(entry, now, source)
+        if entry.hits + entry.others > self.density and not entry.exempt:
+            return not self._block(entry, now, transport_address(
+                source.transport, source.host, source.port), dropped=1)
+        if self.share is not None and entry.hits % self.step == 0:
+            self.share("pike.hits", {"host": entry.host, "unit": self._unit_of(entry),
+                                     "hits": entry.hits})
         return True
 
     def blocked(self, host: str) -> bool:
@@ -162,27 +183,102 @@ class Pike:
     def _roll(self, entry: _Entry, now: float) -> None:
         """A new unit: the count moves to ``prev`` (or is forgotten after a silent unit)."""
         entry.prev = entry.hits if now < entry.window_end + self.unit else 0
-        entry.hits = 0
+        entry.hits = entry.others = 0
+        entry.reports = None
         entry.window_end = self._window_end(now)
         self._table.move_to_end(entry.host)  # keeps the table ordered by activity
 
-    def _block(self, entry: _Entry, now: float, source: Source) -> bool:
+    def _block(self, entry: _Entry, now: float, seen: str, dropped: int = 0) -> bool:
+        """Block ``entry`` by our count (``seen``: where its last request came from, which
+        is ``dropped``); False when it turned out exempt."""
         if self.exempt(entry.host):  # a backend added since it was first seen
             entry.exempt = True
-            return True
+            return False
+        self._blocked_now(entry, now)
+        entry.dropped = dropped
+        self.stats.values["pike:dropped_msgs"] += dropped
+        over = (f" ({entry.hits} here, {entry.others} on the other workers)"
+                if entry.others else "")
+        # "pike blocking": the words of the Kamailio guide's xlog line, which operators grep.
+        log.warn("pike blocking {host} ({src}): more than {n} messages in {unit:g}s{over}; "
+                 "dropping everything it sends until it is quiet for {latency:g}s",
+                 host=entry.host, src=seen, n=self.density, unit=self.unit, over=over,
+                 latency=self.latency)
+        if self.share is not None:
+            self.share("pike.block", {"host": entry.host})
+        return True
+
+    def _blocked_now(self, entry: _Entry, now: float) -> None:
         entry.blocked = True
         entry.since = now
-        entry.dropped = 1
+        entry.last = now
+        entry.dropped = 0
         self._blocked += 1
         self.stats.values["pike:blocked_ips"] = self._blocked
-        self.stats.values["pike:dropped_msgs"] += 1
-        # "pike blocking": the words of the Kamailio guide's xlog line, which operators grep.
-        log.warn("pike blocking {host} ({src}): more than {n} messages in {unit:g}s; "
-                 "dropping everything it sends until it is quiet for {latency:g}s",
-                 host=entry.host, src=transport_address(source.transport, source.host,
-                                                        source.port),
-                 n=self.density, unit=self.unit, latency=self.latency)
-        return False
+
+    # -- with the other workers ---------------------------------------------------------
+
+    def share_with(self, publish: Callable[[str, dict], None],
+                   workers: int) -> dict[str, Callable[[dict, int], None]]:
+        """Count with the other workers (``service.share_state``): our reports and
+        blocks are published, and the handlers of theirs are returned, by topic."""
+        self.share = publish
+        self.workers = workers
+        self.configure(self.settings)
+        return {"pike.hits": self._reported, "pike.block": self._blocked_elsewhere}
+
+    def snapshot(self) -> list[str]:
+        """The addresses blocked here, for a worker that (re)starts."""
+        return [e.host for e in self._table.values() if e.blocked and self.blocked(e.host)]
+
+    def restore(self, hosts: list[str], origin: int) -> None:
+        """Another worker's blocked addresses (``snapshot``), blocked here too."""
+        for host in hosts:
+            self._blocked_elsewhere({"host": host}, origin)
+
+    def _unit_of(self, entry: _Entry) -> int:
+        """The number of the entry's current unit, the same in every worker."""
+        return round(entry.window_end / self.unit)
+
+    def _peer_entry(self, host: str) -> _Entry | None:
+        """The entry another worker's message is about, or None when it changes nothing."""
+        if not self.enabled:
+            return None
+        now = self.clock.seconds()
+        entry = self._table.get(host)
+        if entry is None:
+            entry = self._new(host, now)
+        elif now >= entry.window_end:
+            self._roll(entry, now)
+        return None if entry.exempt else entry
+
+    def _reported(self, payload: dict, origin: int) -> None:
+        """Worker ``origin`` counted ``hits`` requests from ``host`` in unit ``unit``."""
+        entry = self._peer_entry(payload["host"])
+        if entry is None or entry.blocked or payload["unit"] != self._unit_of(entry):
+            return  # blocked already, or a unit already over here (its count went with it)
+        if entry.reports is None:
+            entry.reports = {}
+        entry.reports[origin] = payload["hits"]
+        entry.others = sum(entry.reports.values())
+        if entry.hits + entry.others > self.density:
+            self._block(entry, self.clock.seconds(), entry.host)
+
+    def _blocked_elsewhere(self, payload: dict, origin: int) -> None:
+        entry = self._peer_entry(payload["host"])
+        if entry is None:
+            return
+        now = self.clock.seconds()
+        if entry.blocked:  # here too; blocked afresh there, so its quiet starts again here
+            entry.last = now
+            return
+        if self.exempt(entry.host):
+            entry.exempt = True
+            return
+        self._blocked_now(entry, now)
+        log.info("pike blocking {host}: blocked by worker {w}; dropping everything it "
+                 "sends here until it is quiet for {latency:g}s", host=entry.host, w=origin,
+                 latency=self.latency)
 
     def _release(self, entry: _Entry, why: str) -> None:
         entry.blocked = False

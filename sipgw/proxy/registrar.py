@@ -86,7 +86,7 @@ class Registrar:
         if source.flow_id is None or source.transport not in RELIABLE:
             return  # a UDP client is reached by its (aliased) Contact, not by a flow
         if _supports_path(req):
-            lst = self.identity.listener(backend_transport)
+            lst = self.identity.facing(backend_transport, backend=True)
             host = f"[{lst.host}]" if ":" in lst.host else lst.host
             tparam = "" if backend_transport == "udp" else f";transport={backend_transport}"
             req.prepend("path",

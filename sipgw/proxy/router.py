@@ -221,7 +221,8 @@ class Router:
             return
         if req.method == "INVITE":
             self.relay.respond(ctx, 100, "Trying")
-        self.relay.forward(ctx, req, target, inbound=source.transport, record_route=False)
+        self.relay.forward(ctx, req, target, inbound=source.transport, record_route=False,
+                           from_backend=self._from_backend(source))
 
     def _call_ended(self, req: Request) -> None:
         """The dispatcher counts calls per backend (algorithm 10) until BYE or CANCEL."""
@@ -451,7 +452,12 @@ class Router:
             target,
             inbound=source.transport,
             record_route=self.record_route and req.method in DIALOG_CREATING,
+            from_backend=self._from_backend(source),
         )
+
+    def _from_backend(self, source: Source) -> bool:
+        """Only a worker asks: it writes its own address on the side facing a backend."""
+        return self.identity.backend is not None and self.backends.is_backend(source)
 
 
 def _route_uri(value: str):

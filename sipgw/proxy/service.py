@@ -12,6 +12,7 @@ one when the new one is bad.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import signal
@@ -22,7 +23,8 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sipgw.config import Config, ConfigError, LoadedConfig, load_config
+from sipgw.config import Config, ConfigError, LoadedConfig, load_config, parse_config
+from sipgw.config.kinds import Address
 from sipgw.proxy.acl import Acl
 from sipgw.proxy.auth import Authenticator, nonce_secret, open_subscribers
 from sipgw.proxy.backends import Backend, Backends
@@ -44,7 +46,7 @@ from sipgw.proxy.router import Router
 from sipgw.proxy.runtime import log as sipgw_log
 from sipgw.proxy.runtime.memtrim import start_trimming
 from sipgw.proxy.runtime.notify import Notifier
-from sipgw.proxy.signing import RouteSigner, route_key
+from sipgw.proxy.signing import RouteSigner, service_route_key
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap
 from sipgw.proxy.transport import Destination, FlowTable, transport_address
@@ -52,6 +54,9 @@ from sipgw.proxy.transport.stream import StreamTransport
 from sipgw.proxy.transport.tls import ServerTls, TlsTransport
 from sipgw.proxy.transport.udp import UdpListener, listen_udp
 from sipgw.proxy.transport.ws import WsTransport
+from sipgw.proxy.workers.channel import WorkerChannel
+from sipgw.proxy.workers.spec import WorkerSpec
+from sipgw.proxy.workers.worker import WorkerLink
 from sipgw.sip.nat import NatTest
 from sipgw.store import SubscriberStore
 
@@ -61,7 +66,8 @@ WILDCARDS = ("0.0.0.0", "::", "")
 
 
 def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = None,
-                 environ: Mapping[str, str] | None = None) -> ProxyService:
+                 environ: Mapping[str, str] | None = None,
+                 worker: WorkerSpec | None = None) -> ProxyService:
     """``sipgw serve`` as one Twisted service, every component built here, bottom-up.
 
     Its children start in this order and stop in the reverse one: the listeners, the
@@ -69,16 +75,25 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     the memory trim, and systemd's notifications (READY=1 once everything before it
     listens; STOPPING=1 first when stopping). ``send``: where the core's messages go
     instead of the listeners (tests on a memory reactor). Raises ConfigError (TLS
-    certificate) and ListFileError (dispatcher list) before anything listens.
+    certificate, subscribers.tls_ca_file) and ListFileError (dispatcher list) before
+    anything listens.
+
+    ``worker``: this process is one worker of several (``sipgw.proxy.workers``): it adopts
+    the sockets the supervisor opened, writes its own address toward the backends, serves
+    its control socket beside the service's, and says it is ready to the supervisor
+    instead of systemd.
     """
+    if worker is not None:
+        loaded = _with_inherited_ports(loaded, worker)
     config = loaded.config
     stats = Stats()
     sipgw_log.count_dropped_lines_in(stats)
-    flows = FlowTable()
+    flows = FlowTable(worker.index, worker.count) if worker is not None else FlowTable()
     tap = Tap()
     outbound = Outbound(reactor, flows, tap)
     proxy = build_core(config, clock=reactor, send=send or outbound.send, stats=stats,
-                       flows=flows, tap=tap, store=open_subscribers(config, reactor))
+                       flows=flows, tap=tap, store=open_subscribers(config, reactor),
+                       worker=worker)
     # A bad certificate is a start-up error (TlsError), before any listener opens.
     tls = ServerTls(config.tls) if (config.listen.tls or config.listen.wss) else None
     stream = StreamTransport(
@@ -113,17 +128,21 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
                          flows_of=proxy.registrar.flows_of,
                          screen=proxy.screen)
     udp = [UdpListener(addr.host, addr.port, proxy.receive) for addr in config.listen.udp]
+    own = None
+    if worker is not None:
+        own = UdpListener(worker.backend.host, worker.backend.port, proxy.receive)
     failure: list = [proxy.relay.transport_failed]
     if proxy.dispatcher is not None:
         dispatcher = proxy.dispatcher
         failure.append(lambda host, port, transport: dispatcher.transport_error(host, port))
     outbound.attach(udp=udp, streams={name: t for name, t in (("tcp", stream),
                                                               ("tls", tls_stream)) if t},
-                    on_failure=failure)
+                    on_failure=failure, backend_udp=own, is_backend=proxy.backends.is_backend)
     load = LoadMonitor(reactor, stats, lambda: flows.by_id.values(),
                        on_tick=proxy.overload.on_load)
     listeners = Listeners(reactor, config.listen, udp=udp, stream=stream,
-                          tls_stream=tls_stream, ws=ws, tls=tls, on_udp_delay=load.udp.observe)
+                          tls_stream=tls_stream, ws=ws, tls=tls, on_udp_delay=load.udp.observe,
+                          worker=worker, own_udp=own)
     notifier = Notifier(environ)
     root = ProxyService(loaded=loaded, reactor=reactor, stats=stats, flows=flows, tap=tap,
                         proxy=proxy, listeners=listeners, notifier=notifier)
@@ -133,11 +152,69 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
         Running("dispatcher probes", _started(proxy.dispatcher)).setServiceParent(root)
     if proxy.pike is not None:
         Running("pike", _started(proxy.pike)).setServiceParent(root)
-    ControlSocket(root).setServiceParent(root)
-    Running("metrics", lambda: _stopper(start_metrics(root))).setServiceParent(root)
+    ControlSocket(root, worker.control_socket if worker else None).setServiceParent(root)
+    if worker is None:
+        Running("metrics", lambda: _stopper(start_metrics(root))).setServiceParent(root)
     Running("memory trim", lambda: start_trimming(reactor).stop).setServiceParent(root)
-    Notify(notifier, reactor, root.status_line).setServiceParent(root)
+    if worker is None:
+        Notify(notifier, reactor, root.status_line).setServiceParent(root)
+    else:
+        link = WorkerLink(root, worker, reactor)
+        root.channel = link.channel
+        hello = share_state(proxy, link.channel, worker)
+        link.setServiceParent(root)
+        Running("shared state", lambda: hello()).setServiceParent(root)
     return root
+
+
+def share_state(proxy: Proxy, channel: WorkerChannel, worker: WorkerSpec) -> Callable[[], None]:
+    """What must hold across workers goes over their channel (ARCHITECTURE.md, "Process
+    model and where state lives"): failed authentications and bans, pike's counts and
+    blocks, the dispatcher's events. Worker 0 alone probes the backends.
+
+    Returns what the worker calls once its channel is up: it asks the others for what they
+    hold (bans, blocked addresses, destination states), so a restarted worker starts
+    where they are, not from nothing. Sent in chunks: an AMP value is at most 64 KiB.
+    """
+    parts = {"auth": proxy.auth.bans if proxy.auth else None, "pike": proxy.pike,
+             "dispatcher": proxy.dispatcher}
+    shared = {name: part for name, part in parts.items() if part is not None}
+    if proxy.dispatcher is not None:
+        proxy.dispatcher.probes = worker.index == 0
+    for part in shared.values():
+        for topic, handler in part.share_with(channel.publish, worker.count).items():
+            channel.on(topic, handler)
+
+    def hello(_, origin: int) -> None:
+        for name, part in shared.items():
+            rows = part.snapshot()
+            for start in range(0, len(rows), SNAPSHOT_ROWS):
+                channel.publish("state", {"for": origin, "part": name,
+                                          "rows": rows[start:start + SNAPSHOT_ROWS]})
+
+    def state(payload: dict, origin: int) -> None:
+        part = shared.get(payload["part"])
+        if payload["for"] == worker.index and part is not None:
+            part.restore(payload["rows"], origin)
+
+    channel.on("hello", hello)
+    channel.on("state", state)
+    return lambda: channel.publish("hello", {})
+
+
+SNAPSHOT_ROWS = 500  # rows of a snapshot in one message (a ban's is under 100 bytes)
+
+
+def _with_inherited_ports(loaded: LoadedConfig, worker: WorkerSpec) -> LoadedConfig:
+    """The config with the ports the supervisor bound (a listener on port 0 got one)."""
+    listen = loaded.config.listen
+    bound = {kind: tuple(Address(s.host, s.port) for s in worker.public(kind))
+             for kind in ("udp", "tcp", "tls", "ws", "wss")}
+    if all(bound[kind] == getattr(listen, kind) for kind in bound):
+        return loaded
+    config = dataclasses.replace(loaded.config,
+                                 listen=dataclasses.replace(listen, **bound))  # type: ignore[arg-type]
+    return dataclasses.replace(loaded, config=config)
 
 
 class Running(service.Service):
@@ -179,13 +256,14 @@ class ControlSocket(service.Service):
 
     name = "control"  # type: ignore[assignment]  # Twisted types Service.name as None
 
-    def __init__(self, root: ProxyService) -> None:
+    def __init__(self, root: ProxyService, path: str | None = None) -> None:
         self.root = root
+        self.path = path  # a worker's own socket; None: control.socket
         self.server: ControlServer | None = None
 
     def startService(self) -> None:
         super().startService()
-        self.server = start_control(self.root)
+        self.server = start_control(self.root, self.path)
 
     def stopService(self):
         super().stopService()
@@ -223,8 +301,11 @@ class Listeners(service.Service):
 
     def __init__(self, reactor, listen, *, udp: list[UdpListener], stream: StreamTransport,
                  tls_stream: TlsTransport | None, ws: WsTransport | None,
-                 tls: ServerTls | None, on_udp_delay: Callable[[float], None]) -> None:
+                 tls: ServerTls | None, on_udp_delay: Callable[[float], None],
+                 worker: WorkerSpec | None = None, own_udp: UdpListener | None = None) -> None:
         self.reactor = reactor
+        self.worker = worker
+        self.own_udp = own_udp
         self.on_udp_delay = on_udp_delay
         self.listen = listen
         self.udp = udp
@@ -238,20 +319,34 @@ class Listeners(service.Service):
     def startService(self) -> None:
         super().startService()
         listen = self.listen
-        for lst in self.udp:
-            self.udp_ports.append(listen_udp(self.reactor, lst, self.on_udp_delay))
-        for addr in listen.tcp:
-            self.stream_ports.append(self.stream.listen(addr.host, addr.port))
+        for n, lst in enumerate(self.udp):
+            self.udp_ports.append(listen_udp(self.reactor, lst, self.on_udp_delay,
+                                             self._fd("udp", n)))
+        if self.own_udp is not None and self.worker is not None:
+            self.udp_ports.append(listen_udp(self.reactor, self.own_udp, self.on_udp_delay,
+                                             self.worker.backend.fd))
+            own_tcp = self.worker.backend_stream
+            if own_tcp is not None:
+                self.stream_ports.append(self.stream.listen(own_tcp.host, own_tcp.port,
+                                                            own_tcp.fd))
+        for n, addr in enumerate(listen.tcp):
+            self.stream_ports.append(self.stream.listen(addr.host, addr.port, self._fd("tcp", n)))
             log.info("listening on {a}", a=transport_address("tcp", addr.host, addr.port))
         if self.tls_stream is not None and self.tls is not None:  # made together
-            for addr in listen.tls:
-                self.stream_ports.append(self.tls_stream.listen_tls(addr.host, addr.port,
-                                                                    self.tls))
+            for n, addr in enumerate(listen.tls):
+                self.stream_ports.append(self.tls_stream.listen_tls(
+                    addr.host, addr.port, self.tls, self._fd("tls", n)))
         if self.ws is not None:
-            for addr in listen.ws:
-                self.stream_ports.append(self.ws.listen(addr.host, addr.port))
-            for addr in listen.wss:
-                self.stream_ports.append(self.ws.listen(addr.host, addr.port, tls=self.tls))
+            for n, addr in enumerate(listen.ws):
+                self.stream_ports.append(self.ws.listen(addr.host, addr.port,
+                                                        fd=self._fd("ws", n)))
+            for n, addr in enumerate(listen.wss):
+                self.stream_ports.append(self.ws.listen(addr.host, addr.port, tls=self.tls,
+                                                        fd=self._fd("wss", n)))
+
+    def _fd(self, kind: str, n: int) -> int | None:
+        """A worker's inherited socket for the ``n``th listener of ``kind``."""
+        return self.worker.public(kind)[n].fd if self.worker is not None else None
 
     def stop_accepting(self) -> None:
         ports, self.stream_ports = self.stream_ports, []
@@ -285,6 +380,8 @@ class ProxyService(service.MultiService):
         self.proxy = proxy
         self.listeners = listeners
         self.notifier = notifier
+        self.worker = listeners.worker
+        self.channel: WorkerChannel | None = None  # a worker's link to the others
         # What the control plane shows (core.connections, ws.dump, mod.stats).
         self.stream = listeners.stream
         self.tls_stream = listeners.tls_stream
@@ -354,18 +451,30 @@ class ProxyService(service.MultiService):
         finally:
             self.notifier.ready(status="running")
 
-    def _reload(self) -> None:
-        """Read the file again; a bad file changes nothing."""
+    def reload_checked(self, text: str = "") -> str:
+        """A worker's reload of the config the supervisor checked (its ``text``, or "": the
+        file): "" or what went wrong."""
+        try:
+            return self._reload(text)
+        except Exception as e:  # noqa: BLE001 - told to the supervisor, which logs it
+            log.failure("reload")
+            return str(e)
+
+    def _reload(self, text: str = "") -> str:
+        """Read the file again (or take ``text`` as its content); a bad file changes nothing
+        (and is what is returned)."""
         path = self.loaded.path
         if path is None:
             log.info("reload: running on the embedded default config; nothing to read")
-            return
+            return ""
         try:
-            new = load_config(path)
+            new = parse_config(text, path) if text else load_config(path)
+            if self.worker is not None:
+                new = _with_inherited_ports(new, self.worker)
             backend = _backend(new.config)
         except (ConfigError, ValueError) as e:
             log.error("reload refused, keeping the running config: {err}", err=e)
-            return
+            return str(e)
         old = self.loaded.config
         if new.config.listen != old.listen:
             log.warn("reload: listen changes need a restart; listeners kept as they are")
@@ -393,33 +502,45 @@ class ProxyService(service.MultiService):
         for key in new.not_in_effect:
             log.warn("{key}: not in effect yet", key=key)
         log.info("reloaded {path}", path=path)
+        return ""
 
 
 
 def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows: FlowTable,
                tap: Tap, store: SubscriberStore | None, identity: Identity | None = None,
                route_secret_key: bytes | None = None, dispatch: bool = True,
-               icmp: bool = True) -> Proxy:
+               icmp: bool = True, worker: WorkerSpec | None = None) -> Proxy:
     """The SIP core, bottom-up, each component built with what it needs.
 
     ``store`` None: no AUTH step (unit tests of the relay); ``dispatch`` False: every
     request goes to the first destination, with no dispatcher (the same); ``icmp`` False:
     the dispatcher opens no sockets of its own. ``identity`` and ``route_secret_key``
-    replace what the config would give (tests).
+    replace what the config would give (tests). ``worker``: a worker's own address, written
+    toward the backends.
     """
     backend = _backend(config)
     if identity is None:
         identity = Identity(listeners=_listeners(config, backend.destination.host),
                             aliases=_aliases(config))
+        if worker is not None:
+            toward = backend.destination.host
+            identity.backend = Listener(transport="udp", port=worker.backend.port,
+                                        host=_advertised(config, worker.backend.host, toward))
+            identity.peers = tuple((_advertised(config, host, toward), port)
+                                   for host, port in worker.peers)
+            if worker.backend_stream is not None:
+                identity.backend_tcp = dataclasses.replace(identity.backend, transport="tcp")
+            identity.refresh()
     if route_secret_key is None:
-        route_secret_key = route_key(config.proxy.route_secret, config.auth.nonce_secret,
-                                     config.state.directory)
+        # A worker signs with the supervisor's key, the same in every worker.
+        route_secret_key = (bytes.fromhex(worker.route_key) if worker and worker.route_key
+                            else service_route_key(config))
     signer = RouteSigner(route_secret_key)
     replies = Replies(stats=stats, send=send, server_header=config.proxy.server_header)
     dialogs = Dialogs(clock, stats, max_dialogs=config.limits.max_dialogs)
     relay = Relay(clock=clock, stats=stats, send=send, identity=identity, signer=signer,
                   replies=replies, dialogs=dialogs, timers=config.timers, proxy=config.proxy,
-                  limits=config.limits)
+                  limits=config.limits, is_backend=lambda peer: backends.is_backend(peer))
     dispatcher = build_dispatcher(clock, stats, relay, config, icmp=icmp) if dispatch else None
     backends = Backends(backend, dispatcher)
 
@@ -435,7 +556,7 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
         auth = Authenticator(clock=clock, stats=stats, identity=identity, relay=relay,
                              replies=replies, store=store, settings=config.auth,
                              proxy=config.proxy, limits=config.limits,
-                             secret=nonce_secret(config))
+                             secret=nonce_secret(config, route_secret_key))
 
     def pike_exempt(host: str) -> bool:
         """Never blocked by pike: auth.trusted (as now configured) and the backends."""
@@ -495,18 +616,21 @@ def _primary_address(toward: str) -> str:
             return "127.0.0.1" if family == socket.AF_INET else "::1"
 
 
+def _advertised(config: Config, host: str, backend_host: str) -> str:
+    """The address we write for a socket bound to ``host``."""
+    if config.listen.advertise is not None:
+        return config.listen.advertise.host
+    return _primary_address(backend_host) if host in WILDCARDS else host
+
+
 def _listeners(config: Config, backend_host: str) -> list[Listener]:
     adv = config.listen.advertise
     out: list[Listener] = []
     for transport in ("udp", "tcp", "ws", "tls", "wss"):
         for addr in getattr(config.listen, transport):
-            host = addr.host
-            port = addr.port
-            if adv is not None:
-                host, port = adv.host, adv.port or addr.port
-            elif host in WILDCARDS:
-                host = _primary_address(backend_host)
-            out.append(Listener(transport=transport, host=host, port=port))
+            port = adv.port or addr.port if adv is not None else addr.port
+            out.append(Listener(transport=transport, port=port,
+                                host=_advertised(config, addr.host, backend_host)))
     if not out:
         out.append(Listener(transport="udp", host=_primary_address(backend_host), port=5060))
     return out

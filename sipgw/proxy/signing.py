@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable
 
 from twisted.logger import Logger
 
+from sipgw.config import Config
+
 log = Logger(namespace="sipgw.signing")
 
 PARAM = "sg"  # the Record-Route URI parameter that carries the MAC
@@ -87,25 +89,48 @@ def _derive(secret: bytes, label: bytes) -> bytes:
 
 
 def _key_file(path: str, random: Callable[[int], bytes]) -> bytes:
+    """The key in ``path``, made there first if needed. Several processes starting at once
+    (workers, or a service and ``sipgw doctor``) all end with the same key: a new key is
+    written whole to a file of its own and linked into place, which fails if another
+    process linked one first -- so nobody ever reads a file half written, nor keeps a key
+    that is not the one in the file."""
+    existing = _read_key(path)
+    if existing is not None:
+        return existing
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    partial = f"{path}.{os.getpid()}.new"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(random(32))
+    try:
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            if _read_key(path) is None:  # too short: left by a crash of an older sipgw
+                os.replace(partial, path)
+        else:
+            log.info("route signing key made in {path}", path=path)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    key = _read_key(path)
+    if key is None:
+        raise OSError(f"{path} holds no key")
+    return key
+
+
+def _read_key(path: str) -> bytes | None:
     try:
         with open(path, "rb") as f:
             key = f.read()
-        if len(key) >= 32:
-            return key
     except FileNotFoundError:
-        pass
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    key = random(32)
-    # O_EXCL: two processes starting at once keep one key, the first written.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path, "rb") as f:
-            existing = f.read()
-        if len(existing) >= 32:
-            return existing
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-    log.info("route signing key made in {path}", path=path)
-    return key
+        return None
+    return key if len(key) >= 32 else None
+
+
+def service_route_key(config: Config) -> bytes:
+    """The key the configuration gives (``route_key``). A supervisor reads it once and
+    hands it to its workers, so every worker signs and checks with the same key even when
+    it is random."""
+    return route_key(config.proxy.route_secret, config.auth.nonce_secret,
+                     config.state.directory)

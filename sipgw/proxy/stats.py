@@ -131,6 +131,13 @@ class Stats:
     def rpc_fetch(self, *names: str) -> dict[str, int]:
         return {k.replace(":", ".", 1): v for k, v in self._selected(names).items()}
 
+    @rpc("stats.describe", help="Each statistic's help and kind (counter or gauge), as an "
+                                "object {group.name: {help, kind}}; same arguments.")
+    def rpc_describe(self, *names: str) -> dict[str, dict[str, str]]:
+        return {k.replace(":", ".", 1): {"help": self.defs[k].help,
+                                         "kind": "gauge" if self.defs[k].gauge else "counter"}
+                for k in self._selected(names)}
+
     @rpc("stats.reset_statistics",
          help="Set counters back to 0 (levels such as inuse_transactions are kept).")
     def rpc_reset_statistics(self, *names: str) -> None:

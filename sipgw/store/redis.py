@@ -16,8 +16,9 @@ domains go in ``auth.realm`` or ``proxy.aliases``, or ``sipgw users export`` the
 Failure handling, so that a Redis outage costs prompt errors and never a hang:
 
 * ``connect_timeout`` bounds each connection attempt; txredisapi reconnects forever, and
-  the back-off is capped at ``RECONNECT_MAX_DELAY`` so service resumes within about a
-  second of Redis coming back;
+  the back-off is capped at ``redis_link.RECONNECT_MAX_DELAY`` so service resumes within
+  about a second of Redis coming back (``redis_link``: to one server, or to the master
+  Sentinel names, which is how a failover is followed; TLS or not);
 * ``command_timeout`` bounds every command and the wait for a connection: the request
   waiting for it gets its 503 then;
 * a connection is dropped (and a new one made) only when Redis has not answered anything
@@ -27,19 +28,22 @@ Failure handling, so that a Redis outage costs prompt errors and never a hang:
   connection and fail every request queued on it, turning a moment of overload into
   seconds of 503s; it also costs a timer per command;
 * while no connection is up, lookups fail at once with ``StoreUnavailable`` -- except in
-  the first ``connect_timeout`` after start, when they wait for the first connection.
+  the first ``connect_timeout`` after start, when they wait for the first connection;
+* Redis refusing the password or the database stops the reconnecting (txredisapi's rule):
+  lookups fail with ``StoreError`` quoting the refusal (a 500: a restart with a mended
+  config is the only cure, retrying is not);
+* a ``READONLY`` answer (the server was turned into a replica) drops the connection, so
+  that the next one goes to the master the Sentinels name now.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
-
 import txredisapi
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
+from sipgw.config.redis_url import RedisUrl
+from sipgw.store import redis_link
 from sipgw.store.base import (
     DOMAIN_INDEX,
     StoreError,
@@ -52,44 +56,13 @@ log = Logger(namespace="sipgw.store.redis")
 
 DEFAULT_TEMPLATE = "subscriber:{username}"
 KAMAILIO_TEMPLATE = "subscriber:entry::{username}:{domain}"
-RECONNECT_MAX_DELAY = 1.0  # seconds between reconnection attempts, at most
-RECONNECT_FIRST_DELAY = 0.2
 DEAD_AFTER = 5  # command timeouts without an answer before the connection is dropped
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RedisAddress:
-    host: str
-    port: int = 6379
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-
-    def __str__(self) -> str:  # never shows the password
-        return f"redis://{self.host}:{self.port}/{self.db}"
-
-
-def parse_redis_url(url: str) -> RedisAddress:
-    """``redis://[user:pass@]host[:port][/db]``; user and password may be %-escaped."""
-    parts = urlsplit(url)
-    if parts.scheme != "redis" or not parts.hostname:
-        raise ValueError(f"not a redis://host URL: {url.split('@')[-1]!r}")
-    path = parts.path.strip("/")
-    if path and not path.isdigit():
-        raise ValueError(f"the database must be a number: {path!r}")
-    return RedisAddress(
-        host=parts.hostname,
-        port=parts.port or 6379,
-        db=int(path or 0),
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-    )
-
-
 class RedisStore:
-    def __init__(self, address: RedisAddress, *, key_template: str = DEFAULT_TEMPLATE,
+    def __init__(self, address: RedisUrl, *, key_template: str = DEFAULT_TEMPLATE,
                  connect_timeout: float = 2.0, command_timeout: float = 1.0,
-                 clock=None) -> None:
+                 clock=None, tls_ca_file: str = "", sentinel_password: str = "") -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.address = address
@@ -99,17 +72,10 @@ class RedisStore:
         self._grace_until = clock.seconds() + connect_timeout
         self._was_up = False
         self._last_answer = clock.seconds()
-        factory = txredisapi.RedisFactory(
-            str(address), address.db, 1, isLazy=True, handler=txredisapi.ConnectionHandler,
-            password=address.password, username=address.username,
-            replyTimeout=None, convertNumbers=False,
-        )
-        factory.initialDelay = RECONNECT_FIRST_DELAY
-        factory.maxDelay = RECONNECT_MAX_DELAY
-        factory.startConnecting(
-            HostnameEndpoint(clock, address.host, address.port, timeout=connect_timeout))
-        self._factory = factory
-        self._redis = factory.handler
+        self._factory, self.sentinels = redis_link.connect(
+            address, clock=clock, connect_timeout=connect_timeout, tls_ca_file=tls_ca_file,
+            sentinel_password=sentinel_password)
+        self._redis = self._factory.handler
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -129,7 +95,7 @@ class RedisStore:
     def _call(self, command, timeout: float | None = None) -> defer.Deferred:
         if not self.connected:
             if self._was_up or self.clock.seconds() >= self._grace_until:
-                return defer.fail(StoreUnavailable(f"{self.address}: not connected"))
+                return defer.fail(self._down())
         d = self._redis_call(command)
         d.addTimeout(timeout or self.command_timeout, self.clock)
         d.addCallbacks(self._up, self._translate)
@@ -145,6 +111,18 @@ class RedisStore:
         except Exception as e:  # noqa: BLE001 - txredisapi raises synchronously at times
             return defer.fail(e)
 
+    def _down(self, otherwise: str = "not connected") -> StoreError:
+        """Why no connection is up: Redis refused us (a wrong password: only a restart with
+        another config mends it, so not "unavailable"), or why the last attempt failed (not
+        reachable, no master known, a certificate not trusted...)."""
+        if self._factory.refused:
+            return StoreError(f"{self.address}: {self._factory.refused}")
+        return StoreUnavailable(f"{self.address}: {self._factory.failure or otherwise}")
+
+    def _drop(self) -> None:
+        for conn in list(self._factory.pool):
+            conn.transport.abortConnection()
+
     def _up(self, result):
         if not self._was_up:
             log.info("connected to {a}", a=str(self.address))
@@ -157,17 +135,24 @@ class RedisStore:
         silent = self.clock.seconds() - self._last_answer
         if silent < self.command_timeout * DEAD_AFTER:
             return
-        for conn in list(self._factory.pool):
-            log.warn("no answer from {a} for {s:.1f} s: reconnecting", a=str(self.address),
-                     s=silent)
-            conn.transport.abortConnection()
+        log.warn("no answer from {a} for {s:.1f} s: reconnecting", a=str(self.address),
+                 s=silent)
+        self._drop()
         self._last_answer = self.clock.seconds()  # give the new connection its time
 
     def _translate(self, failure):
         if failure.check(defer.TimeoutError, defer.CancelledError):
             self._timed_out()
-            raise StoreUnavailable(f"{self.address}: no answer (not reachable, or too slow)")
+            raise self._down("no answer (not reachable, or too slow)")
         if failure.check(txredisapi.ConnectionError):
+            if not self.connected:
+                raise self._down()
+            raise StoreUnavailable(f"{self.address}: {failure.getErrorMessage()}")
+        if failure.check(txredisapi.ResponseError) and \
+                failure.getErrorMessage().startswith("READONLY"):
+            # A master turned into a replica under our feet: ask the Sentinels again.
+            log.warn("{a}: the server is a replica now: reconnecting", a=str(self.address))
+            self._drop()
             raise StoreUnavailable(f"{self.address}: {failure.getErrorMessage()}")
         if failure.check(StoreError):
             return failure
@@ -231,4 +216,7 @@ class RedisStore:
         return sorted(out, key=lambda s: (s.domain, s.username))
 
     def close(self) -> defer.Deferred:
-        return self._factory.disconnect()
+        closing = [self._factory.disconnect()]
+        if self.sentinels is not None:
+            closing.append(self.sentinels.close())
+        return defer.gatherResults(closing, consumeErrors=True)

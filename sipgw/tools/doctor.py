@@ -21,23 +21,27 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import sqlite3
+import ssl
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from sipgw.config.redis_url import is_redis_url, mask_url
 from sipgw.proxy.transport import in_networks
 from sipgw.rpc.client import Client, RemoteError, Unreachable, find_socket
-from sipgw.sip.hostport import split_hostport
+from sipgw.sip.hostport import join_hostport, split_hostport
 from sipgw.tools.options import NoAnswer, ping
 from sipgw.tools.storecheck import (
-    RedisLink,
     RedisRefused,
+    StoreAccess,
     open_sqlite,
     read_record,
     redis_plaintext,
+    replication,
     sqlite_plaintext,
 )
 from sipgw.tools.wscheck import Handshake, HandshakeFailed, ws_session
@@ -50,6 +54,7 @@ WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 # TEST-NET-1 (RFC 5737): an address no real client has, claimed to see whether it is believed.
 SPOOFED = "192.0.2.99"
 SHOW_USERS = 10  # users named in a warning; the rest are counted
+REPLICA_LAG = 10  # seconds since a replica last acknowledged, beyond which it is behind
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -391,24 +396,36 @@ class Doctor:
                     fix="renew it soon (certbot renew)" if status == WARN else "")
 
     def check_store(self) -> Iterator[Check]:
-        """The subscriber store answers: Redis a PING (after AUTH and SELECT), SQLite opens
-        with its subscriber table; then no record in it keeps a plaintext password."""
-        url = self.config.subscribers.url
-        template = self.config.subscribers.key_template
-        if url.startswith("redis://"):
+        """The subscriber store answers: Redis a PING (after AUTH and SELECT; through
+        Sentinel, the master it names, with its replicas), SQLite opens with its subscriber
+        table; then no record in it keeps a plaintext password."""
+        s = self.config.subscribers
+        url, template = s.url, s.key_template
+        if is_redis_url(url):
+            access = StoreAccess(url, self.timeout, tls_ca_file=s.tls_ca_file,
+                                 sentinel_password=s.sentinel_password)
+            master = None
+            if access.url.sentinel:
+                check, master = self._check_sentinels(access)
+                yield check
+                if master is None:
+                    return
             try:
-                link = RedisLink(url, self.timeout)
+                link = access.link(master)
             except OSError as e:
-                yield self._redis_down(url, e)
+                yield self._redis_down(access, e, master)
                 return
             with link:
                 try:
                     link.call("PING")
+                    info = replication(link) if master is not None else {}
                 except OSError as e:
-                    yield self._redis_down(url, e)
+                    yield self._redis_down(access, e, master)
                     return
                 yield Check(name="subscriber store", status=PASS, detail=f"{link.shown} "
                             "answers PING")
+                if master is not None:
+                    yield _replication_check(link.shown, info)
                 yield self._plaintext(lambda: redis_plaintext(link, template))
         elif url.startswith("sqlite://"):
             path = url[len("sqlite://"):]
@@ -419,12 +436,53 @@ class Doctor:
             if check.status == PASS:
                 yield self._plaintext(lambda: sqlite_plaintext(path, self.timeout))
 
-    def _redis_down(self, url: str, e: OSError) -> Check:
-        parts = urlsplit(url)
-        shown = f"redis://{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path}"
+    def _check_sentinels(self, access: StoreAccess) -> tuple[Check, tuple[str, int] | None]:
+        """Which Sentinels answer and the master they name: the one sipgw would use."""
+        name, service = "redis sentinels", access.url.service
+        answers = access.sentinels()
+        up = [a for a in answers if not a.error]
+        named = [a for a in up if a.names_a_master]
+        silent = "; ".join(f"{a.sentinel}: {a.error}" for a in answers if a.error)
+        if not named:
+            said = "; ".join(f"{a.sentinel}: {a.error}" if a.error else
+                             f"{a.sentinel}: master {_at(a.master)} is down ({a.flags})"
+                             for a in answers)
+            return Check(name=name, status=FAIL,
+                         detail=f"no Sentinel names a master of {service}: {said}",
+                         fix="is redis-sentinel running (redis-cli -p 26379 sentinel masters)? "
+                             "a wrong subscribers.sentinel_password, or a service name the "
+                             "Sentinels do not monitor (sentinel monitor NAME ...), is said "
+                             "above; every REGISTER gets 503 meanwhile"), None
+        first = named[0]
+        masters = {a.master for a in named}
+        where = _at(first.master)
+        detail = (f"{len(up)} of {len(answers)} Sentinels answer; they name {where} as the "
+                  f"master of {service} (quorum {first.quorum}, {first.replicas} replica(s), "
+                  f"{first.other_sentinels} other Sentinel(s) known)")
+        if len(masters) > 1:
+            return Check(name=name, status=WARN,
+                         detail=detail + "; but not all agree: " + ", ".join(
+                             f"{a.sentinel} names {_at(a.master)}" for a in named),
+                         fix="a failover in progress settles within seconds; if not, the "
+                             "Sentinels do not see each other (sentinel sentinels "
+                             f"{service})"), first.master
+        if silent:
+            return Check(name=name, status=WARN, detail=f"{detail}; {silent}",
+                         fix="start the Sentinels that do not answer: with fewer than the "
+                             "quorum up, a failover cannot happen"), first.master
+        return Check(name=name, status=PASS, detail=detail), first.master
+
+    def _redis_down(self, access: StoreAccess, e: OSError,
+                    master: tuple[str, int] | None = None) -> Check:
+        shown = str(access.url) if master is None else \
+            f"{join_hostport(*master)} (master of {access.url.service})"
         if isinstance(e, RedisRefused):
             return Check(name="subscriber store", status=FAIL, detail=f"{shown}: {e}",
-                         fix="check the password and database in subscribers.url")
+                         fix="check the user, password and database in subscribers.url")
+        if isinstance(e, ssl.SSLError):
+            return Check(name="subscriber store", status=FAIL, detail=f"{shown}: {e}",
+                         fix="is it a TLS port (tls-port), and is its certificate signed by "
+                             "an authority of subscribers.tls_ca_file, for the host dialled?")
         return Check(name="subscriber store", status=FAIL,
                      detail=f"{shown}: {e.strerror or e}",
                      fix="is Redis running and reachable (systemctl status redis-server; "
@@ -481,16 +539,17 @@ class Doctor:
         assert self.user is not None  # run() checks a user only when given one
         name = f"user {self.user}"
         try:
-            record = read_record(self.config.subscribers.url,
-                                 self.config.subscribers.key_template, self.user, self.domain,
-                                 self.timeout)
+            s = self.config.subscribers
+            record = read_record(s.url, s.key_template, self.user, self.domain, self.timeout,
+                                 tls_ca_file=s.tls_ca_file,
+                                 sentinel_password=s.sentinel_password)
         except Exception as e:  # the store check above already named why
             yield Check(name=name, status=FAIL, detail=f"cannot read the store: {e}",
                         fix="fix the subscriber store first (see its check)")
             return
         if record is None:
             yield Check(name=name, status=FAIL,
-                        detail=f"{self.user} is not in {self.config.subscribers.url}",
+                        detail=f"{self.user} is not in {mask_url(self.config.subscribers.url)}",
                         fix=f"sipgw users add {self.user}"
                             + (f" --domain {self.domain}" if self.domain else ""))
             return
@@ -520,12 +579,44 @@ class Doctor:
 
     def check_nonce_secret(self) -> Iterator[Check]:
         url = self.config.subscribers.url
-        if url.startswith("redis://") and not self.config.auth.nonce_secret:
+        # Without either, the nonce secret is derived from this node's state.directory key.
+        if is_redis_url(url) and not (self.config.auth.nonce_secret
+                                      or self.config.proxy.route_secret):
             yield Check(name="nonce secret", status=WARN,
                         detail="subscribers in Redis (shared by several nodes?) but "
                                "auth.nonce_secret is empty: each node makes its own",
                         fix="set the same auth.nonce_secret on every node, or a client "
                             "answering another node's challenge is refused")
+
+
+def _at(address: tuple[str, int] | None) -> str:
+    return join_hostport(*address) if address is not None else "?"
+
+
+def _replication_check(master: str, info: dict[str, str]) -> Check:
+    """The master's replicas (``INFO replication``): what a failover could promote."""
+    name = "redis replication"
+    if info.get("role") != "master":
+        return Check(name=name, status=FAIL,
+                     detail=f"{master} says it is a {info.get('role', '?')}, not a master",
+                     fix="a failover is in progress, or the Sentinels' view is stale: "
+                         "redis-cli -p 26379 sentinel masters")
+    replicas = [dict(kv.split("=", 1) for kv in value.split(","))
+                for key, value in sorted(info.items()) if re.fullmatch(r"slave\d+", key)]
+    if not replicas:
+        return Check(name=name, status=WARN, detail=f"{master} has no replica",
+                     fix="a failover needs a replica to promote (replicaof MASTER PORT on "
+                         "another redis-server)")
+    shown = ", ".join(f"{join_hostport(r.get('ip', '?'), int(r.get('port', 0)))} "
+                      f"{r.get('state', '?')} (lag {r.get('lag', '?')} s)" for r in replicas)
+    behind = [r for r in replicas if r.get("state") != "online"
+              or int(r.get("lag", "0") or 0) > REPLICA_LAG]
+    if behind:
+        return Check(name=name, status=WARN, detail=f"{len(replicas)} replica(s): {shown}",
+                     fix="a replica not online, or lagging, may lose recent accounts if "
+                         "promoted: check its redis log")
+    return Check(name=name, status=PASS,
+                 detail=f"{len(replicas)} replica(s) in sync: {shown}")
 
 
 def _store_mode(path: str) -> Check:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sipgw.tools.loopback import LOOPBACK, free_port
 from sipgw.tools.options import NoAnswer, ping
@@ -90,6 +91,8 @@ class SipgwProcess:
 
     ``backend`` is a "host:port" (made a URI with ``transport``) or a full SIP URI.
     ``output`` is where its stdout and stderr go instead of ``sipgw.log`` (``/dev/full``).
+    ``workers``: ``sipgw serve --workers`` (1, a single process, unless a test is about
+    several).
     """
 
     def __init__(
@@ -105,8 +108,10 @@ class SipgwProcess:
         auth: bool = False,
         dispatcher: str | None = None,
         output: str | os.PathLike[str] | None = None,
+        workers: int = 1,
     ) -> None:
         self.workdir = Path(workdir)
+        self.workers = workers
         self.port = port if port is not None else free_port()
         self.backend = backend_uri(backend, transport)
         self.extra_toml = extra_toml
@@ -169,7 +174,8 @@ class SipgwProcess:
     # -- life cycle ---------------------------------------------------------------------
 
     def command(self) -> list[str]:
-        return [self.python, "-m", "sipgw", "serve", "-c", str(self.config_path)]
+        return [self.python, "-m", "sipgw", "serve", "-c", str(self.config_path),
+                "--workers", str(self.workers)]
 
     def start(self, ready_timeout: float = READY_TIMEOUT) -> SipgwProcess:
         """Write the config, start the process, and return once it answers OPTIONS."""
@@ -250,6 +256,18 @@ class SipgwProcess:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait(STOP_TIMEOUT)
+
+    def rpc(self, method: str, *params: object) -> Any:
+        """One control call (``sipgw ctl METHOD PARAMS``) on the socket its config names."""
+        from sipgw.config import load_config
+        from sipgw.rpc.client import Client, server_socket_path
+
+        config = load_config(self.config_path).config
+        client = Client(server_socket_path(config.control.socket, config.state.directory))
+        try:
+            return client.call(method, list(params))
+        finally:
+            client.close()
 
     # -- what it said -------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 The proxy's own stores are Twisted (``sipgw.store``); the doctor is a plain script that must
 say within its timeout whether Redis answers, so it speaks RESP (the protocol redis-cli
-speaks) over a socket, and opens SQLite read-only so that it never takes a write lock the
+speaks) over a socket (TLS for rediss://, through the Sentinels for redis+sentinel://),
+and opens SQLite read-only so that it never takes a write lock the
 running proxy could wait on.
 """
 
@@ -10,8 +11,11 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-from urllib.parse import urlsplit
+import ssl
+from dataclasses import dataclass
 
+from sipgw.config.redis_url import parse_redis_url
+from sipgw.sip.hostport import join_hostport
 from sipgw.store import DOMAIN_INDEX, FIELDS, Subscriber, subscriber_from_fields
 
 SCAN_BATCH = 500
@@ -22,21 +26,26 @@ class RedisRefused(OSError):
 
 
 class RedisLink:
-    """One connection to the store's Redis, past AUTH and SELECT; a context manager."""
+    """One connection to a Redis server (or a Sentinel), past AUTH and SELECT; a context
+    manager. ``shown`` names it, never with the password."""
 
-    def __init__(self, url: str, timeout: float) -> None:
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 6379
-        self.shown = f"redis://{self.host}:{self.port}{parts.path}"  # never the password
-        self.sock = socket.create_connection((self.host, self.port), timeout=timeout)
+    def __init__(self, host: str, port: int, timeout: float, *, tls: ssl.SSLContext | None = None,
+                 auth: tuple[str, ...] = (), db: int = 0, shown: str = "") -> None:
+        self.host, self.port = host, port
+        self.shown = shown or join_hostport(host, port)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        try:
+            self.sock = tls.wrap_socket(sock, server_hostname=host) if tls else sock
+        except BaseException:
+            sock.close()
+            raise
         self.sock.settimeout(timeout)
         self.reader = self.sock.makefile("rb")
         try:
-            if parts.password:
-                self.call("AUTH", *([parts.username] if parts.username else []),
-                          parts.password)
-            if parts.path.strip("/"):
-                self.call("SELECT", parts.path.strip("/"))
+            if auth:
+                self.call("AUTH", *auth)
+            if db:
+                self.call("SELECT", str(db))
         except BaseException:
             self.close()
             raise
@@ -81,6 +90,90 @@ class RedisLink:
         raise OSError(f"not a Redis answer: {line[:40]!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class SentinelAnswer:
+    """What one Sentinel says of the service (``SENTINEL MASTER``), or why it said nothing."""
+
+    sentinel: str
+    master: tuple[str, int] | None = None
+    flags: str = ""
+    quorum: int = 0
+    other_sentinels: int = 0
+    replicas: int = 0
+    error: str = ""
+
+    @property
+    def names_a_master(self) -> bool:
+        """It names one it does not think down (what sipgw would connect to)."""
+        flags = set(self.flags.split(","))
+        return self.master is not None and "master" in flags and not flags & {"s_down",
+                                                                              "o_down"}
+
+
+class StoreAccess:
+    """How the doctor reaches a Redis store: the URL, and the settings that go with it."""
+
+    def __init__(self, url: str, timeout: float, *, tls_ca_file: str = "",
+                 sentinel_password: str = "") -> None:
+        self.url = parse_redis_url(url)
+        self.timeout = timeout
+        self.tls = ssl.create_default_context(cafile=tls_ca_file or None) if self.url.tls \
+            else None
+        self.sentinel_password = sentinel_password
+
+    def sentinels(self) -> list[SentinelAnswer]:
+        """Each Sentinel's answer, in the URL's order."""
+        answers = []
+        for host, port in self.url.hosts:
+            where = join_hostport(host, port)
+            try:
+                with RedisLink(host, port, self.timeout, tls=self.tls, auth=(
+                        (self.sentinel_password,) if self.sentinel_password else ())) as link:
+                    fields = link.call("SENTINEL", "MASTER", self.url.service)
+            except OSError as e:
+                answers.append(SentinelAnswer(where, error=_why(e)))
+                continue
+            state = dict(zip(fields[::2], fields[1::2], strict=False))
+            answers.append(SentinelAnswer(
+                where, master=(state["ip"], int(state["port"])), flags=state.get("flags", ""),
+                quorum=int(state.get("quorum", 0)),
+                other_sentinels=int(state.get("num-other-sentinels", 0)),
+                replicas=int(state.get("num-slaves", 0))))
+        return answers
+
+    def link(self, address: tuple[str, int] | None = None) -> RedisLink:
+        """To the server of a direct URL, or to ``address`` (the master a Sentinel names)."""
+        host, port = address or (self.url.host, self.url.port)
+        url = self.url
+        auth: tuple[str, ...] = () if url.password is None else (
+            (url.username, url.password) if url.username else (url.password,))
+        shown = str(self.url) if address is None else \
+            f"{join_hostport(host, port)} (master of {self.url.service})"
+        return RedisLink(host, port, self.timeout, tls=self.tls, auth=auth, db=self.url.db,
+                         shown=shown)
+
+    def master_link(self) -> RedisLink:
+        """To the store's server: through the first Sentinel that names a master."""
+        if not self.url.sentinel:
+            return self.link()
+        answers = self.sentinels()
+        for answer in answers:
+            if answer.names_a_master:
+                return self.link(answer.master)
+        raise OSError("no Sentinel names a master of " + self.url.service + ": " + "; ".join(
+            f"{a.sentinel}: {a.error or a.flags}" for a in answers))
+
+
+def _why(e: OSError) -> str:
+    return str(e.strerror or e)
+
+
+def replication(link: RedisLink) -> dict[str, str]:
+    """``INFO replication`` as a dict (role, connected_slaves, slave0...)."""
+    text = link.call("INFO", "replication") or ""
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
 def encode(command: list[str]) -> bytes:
     """A Redis command in RESP."""
     out = [f"*{len(command)}\r\n".encode()]
@@ -95,7 +188,8 @@ def open_sqlite(path: str, timeout: float) -> sqlite3.Connection:
 
 
 def read_record(url: str, key_template: str, user: str, domain: str | None,
-                timeout: float) -> dict[str, str] | None:
+                timeout: float, *, tls_ca_file: str = "",
+                sentinel_password: str = "") -> dict[str, str] | None:
     """One subscriber's stored fields, or None (OSError/sqlite3.Error when the store fails)."""
     if url.startswith("sqlite://"):
         db = open_sqlite(url[len("sqlite://"):], timeout)
@@ -109,7 +203,9 @@ def read_record(url: str, key_template: str, user: str, domain: str | None,
         finally:
             db.close()
         return dict(row) if row else None
-    with RedisLink(url, timeout) as redis:
+    access = StoreAccess(url, timeout, tls_ca_file=tls_ca_file,
+                         sentinel_password=sentinel_password)
+    with access.master_link() as redis:
         items = redis.call("HGETALL", key_template.format(username=user, domain=domain or ""))
     if not items:
         return None

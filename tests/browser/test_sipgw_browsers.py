@@ -553,6 +553,26 @@ def flows_of(gw: EdgeSipgw) -> dict[str, int]:
 AT_ONCE = 10.0
 
 
+def hang_up_toward_a_gone_tab(gw: EdgeSipgw, caller: Page,
+                              backend: str) -> tuple[list[dict], float]:
+    """``caller`` hangs up a call whose other end's tab is gone: the trace of BYEs until
+    sipgw answers the backend's BYE 430 or 480 itself (bounded by ``AT_ONCE``), and how
+    long that took."""
+    trace = subscribe_trace(gw, method=["BYE"])
+    try:
+        started = time.monotonic()
+        caller.hangup()
+
+        def answered_from_here(record: dict) -> bool:
+            return (record.get("dir") == "out" and record.get("status") in (430, 480)
+                    and record.get("dst") == backend)
+
+        records = read_trace_until(trace, answered_from_here, timeout=AT_ONCE)
+        return records, time.monotonic() - started
+    finally:
+        trace.close()
+
+
 def test_a_tab_closed_mid_call_makes_the_backends_bye_get_430_or_480_at_once(
     browser: BrowserRig, pages: PageServer, edge: Edge
 ) -> None:
@@ -578,20 +598,8 @@ def test_a_tab_closed_mid_call_makes_the_backends_bye_get_430_or_480_at_once(
         > during["websocket:ws_remote_closed_connections"]
     )
 
-    trace = subscribe_trace(gw, method=["BYE"])
-    try:
-        started = time.monotonic()
-        a.hangup()
-        backend = f"{LOOPBACK}:{edge.backend.udp_port}"
-
-        def answered_from_here(record: dict) -> bool:
-            return (record.get("dir") == "out" and record.get("status") in (430, 480)
-                    and record.get("dst") == backend)
-
-        records = read_trace_until(trace, answered_from_here, timeout=AT_ONCE)
-        elapsed = time.monotonic() - started
-    finally:
-        trace.close()
+    backend = f"{LOOPBACK}:{edge.backend.udp_port}"
+    records, elapsed = hang_up_toward_a_gone_tab(gw, a, backend)
     # The BYE came from the backend, toward B, and sipgw answered it itself, promptly.
     assert any(r.get("dir") == "in" and r.get("method") == "BYE" and r.get("src") == backend
                for r in records), records

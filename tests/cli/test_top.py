@@ -79,3 +79,36 @@ def test_a_proxy_that_is_not_there_is_shown_and_top_keeps_going(run, tmp_path):
     assert "proxy unreachable" in out
     code, out, _ = run("top", "-c", str(config), "--json", "-n", "1")
     assert "unreachable" in json.loads(out)
+
+
+WORKERS = [
+    {"index": 0, "pid": 4101, "running": True, "ready": True, "uptime": 3600.4,
+     "restarts": 0, "last_exit": "", "connections": 120, "transactions": 8,
+     "reactor_lag_us": 450, "udp_queue_delay_us": 1200, "backend_address": "127.0.0.1:40001",
+     "heartbeat_age": 0.4},
+    {"index": 1, "pid": 4388, "running": True, "ready": True, "uptime": 12.0,
+     "restarts": 2, "last_exit": "signal 9", "connections": 97, "transactions": 5,
+     "reactor_lag_us": 700, "udp_queue_delay_us": 0, "backend_address": "127.0.0.1:40002",
+     "heartbeat_age": 0.2},
+]
+
+
+def test_a_service_with_workers_gets_a_workers_panel(run, control):
+    serve_growing(control)
+    control.answers["system.listMethods"].append("core.workers")
+    control.answers["core.workers"] = WORKERS
+    code, out, err = run("top", "-c", str(control.config), "-n", "1")
+    assert code == 0, err
+    assert "workers" in out
+    # worker, pid, uptime, restarts, connections, transactions, loop lag, udp queue, exit
+    assert re.search(r"0 +4101 +3600 +0 +120 +8 +0\.45 +1\.20", out)
+    assert re.search(r"1 +4388 +12 +2 +97 +5 +0\.70 +0\.00 +signal 9", out)
+    code, out, err = run("top", "-c", str(control.config), "--json", "-n", "1")
+    assert json.loads(out)["workers"][1]["restarts"] == 2
+
+
+def test_a_single_process_has_no_workers_panel(run, control):
+    serve_growing(control)
+    code, out, err = run("top", "-c", str(control.config), "-n", "1")
+    assert code == 0, err
+    assert "worker" not in out

@@ -209,3 +209,17 @@ def test_import_refuses_a_bad_name_by_its_line_and_splits_user_at_domain(run, co
     good.write_text("username,password\n6001@x.test,pw\n")
     assert run("users", "import", str(good), "-c", config)[0] == 0
     assert [(u, d) for u, d, *_ in rows(tmp_path)] == [("6001", "x.test")]
+
+
+def test_an_unreadable_tls_ca_file_is_a_usage_error_naming_the_key(run, tmp_path):
+    path = tmp_path / "tls.toml"
+    missing = tmp_path / "nowhere" / "ca.pem"
+    path.write_text('[subscribers]\nurl = "rediss://127.0.0.1:1/2"\n'
+                    f'tls_ca_file = "{missing}"\n[auth]\nrealm = "sipgw.test"\n')
+    code, _, err = run("users", "list", "-c", str(path))
+    assert code == 2
+    assert f"subscribers.tls_ca_file: cannot read {missing}: No such file or directory" in err
+    (tmp_path / "not.pem").write_text("not a certificate\n")
+    path.write_text(path.read_text().replace(str(missing), str(tmp_path / "not.pem")))
+    code, _, err = run("users", "list", "-c", str(path))
+    assert code == 2 and "no PEM certificate in it" in err

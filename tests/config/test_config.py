@@ -43,7 +43,8 @@ IN_EFFECT_NOW = {
     "log.level", "dispatcher.destinations", "state.directory", "proxy.drain_timeout",
     "websocket.allowed_hosts",
     "subscribers.url", "subscribers.key_template", "subscribers.connect_timeout",
-    "subscribers.command_timeout", "auth.realm", "auth.nonce_secret", "auth.nonce_expire",
+    "subscribers.command_timeout", "subscribers.tls_ca_file", "subscribers.sentinel_password",
+    "auth.realm", "auth.nonce_secret", "auth.nonce_expire",
     "auth.trusted", "auth.max_failures_user", "auth.max_failures_source",
     "auth.failure_window", "auth.ban_time", "auth.algorithms",
     "dispatcher.list_file", "dispatcher.setid", "dispatcher.algorithm",
@@ -53,7 +54,7 @@ IN_EFFECT_NOW = {
     "dispatcher.retry_after",
     "listen.ws", "websocket.trusted_proxies", "websocket.allowed_origins", "websocket.public_urls",
     "websocket.keepalive_interval", "websocket.handshake_timeout", "proxy.nat_uac_test",
-    "proxy.route_secret",
+    "proxy.route_secret", "proxy.workers", "proxy.worker_ports",
     "listen.tls", "listen.wss", "tls.certificate", "tls.private_key", "tls.min_version",
     "tls.ciphers", "limits.ws_max_connections", "limits.ws_max_connections_per_address",
     "limits.ws_register_timeout", "websocket.phone_page",
@@ -280,8 +281,22 @@ def test_every_section_dataclass_field_is_a_schema_key():
         ("[auth]\nnonce_secret = 123456\n",
          "sipgw.toml:2: auth.nonce_secret: expected a string (value not shown: it is a secret)"),
         ('[subscribers]\nurl = "mysql://db/sipgw"\n',
-         'sipgw.toml:2: subscribers.url: expected "sqlite:///PATH" or'
-         ' "redis://[user:pass@]host:port/db", got "mysql://db/sipgw"'),
+         'sipgw.toml:2: subscribers.url: expected "sqlite:///PATH",'
+         ' "redis[s]://[user:pass@]host:port/db" or'
+         ' "redis[s]+sentinel://[user:pass@]host:port,.../SERVICE/db", got "mysql://db/sipgw"'),
+        ('[subscribers]\nurl = "redis+sentinel://u:hunter2@10.0.0.1:26379,10.0.0.2:26379"\n',
+         'sipgw.toml:2: subscribers.url: "redis+sentinel://u:***@10.0.0.1:26379,10.0.0.2:26379":'
+         ' the Sentinel service name is missing, as in'
+         ' redis+sentinel://127.0.0.1:26379/mymaster/0'),
+        ('[subscribers]\nurl = "rediss+sentinel://10.0.0.1,10.0.0.2:x/mymaster/2"\n',
+         'sipgw.toml:2: subscribers.url: "rediss+sentinel://10.0.0.1,10.0.0.2:x/mymaster/2":'
+         ' the port must be a number between 1 and 65535'),
+        ('[subscribers]\nurl = "redis+sentinel://10.0.0.1/mymaster/two"\n',
+         'sipgw.toml:2: subscribers.url: "redis+sentinel://10.0.0.1/mymaster/two": the database'
+         ' must be a number, as in redis+sentinel://127.0.0.1:26379/mymaster/2'),
+        ('[subscribers]\nurl = "rediss://10.0.0.1,10.0.0.2/2"\n',
+         'sipgw.toml:2: subscribers.url: "rediss://10.0.0.1,10.0.0.2/2": several hosts need'
+         ' rediss+sentinel://'),
         ('[subscribers]\nurl = "redis://:hunter2@/2"\n',
          'sipgw.toml:2: subscribers.url: "redis://:***@/2": the host is missing'),
         ('[subscribers]\nurl = "redis://127.0.0.1:6379/sipgw"\n',
@@ -689,6 +704,18 @@ def test_config_to_dict_masks_a_password_only_redis_url_and_shows_an_unset_secre
     shown = config_to_dict(config)
     assert shown["subscribers"]["url"] == f"redis://:{MASK}@127.0.0.1/0"
     assert shown["auth"]["nonce_secret"] == ""
+
+
+def test_config_to_dict_masks_the_sentinel_forms_and_the_sentinel_password():
+    url = "rediss+sentinel://sipgw:hunter2@10.0.0.1:26379,[2001:db8::2]:26379/mymaster/2"
+    config = load(f'[subscribers]\nurl = "{url}"\nsentinel_password = "s3ntinel"\n').config
+    shown = config_to_dict(config)
+    assert shown["subscribers"]["url"] == (
+        f"rediss+sentinel://sipgw:{MASK}@10.0.0.1:26379,[2001:db8::2]:26379/mymaster/2")
+    assert shown["subscribers"]["sentinel_password"] == MASK
+    dumped = json.dumps(shown)
+    assert "hunter2" not in dumped and "s3ntinel" not in dumped
+    assert config.subscribers.url == url and config.subscribers.sentinel_password == "s3ntinel"
 
 
 def test_config_to_dict_is_json_and_loads_back_to_the_same_config():

@@ -3,7 +3,8 @@
 Started with no persistence (``--save '' --appendonly no``) in its own directory; ready
 when it answers ``PING`` (a bounded poll, never a sleep). ``stop()`` and ``start()`` again
 on the same port simulate an outage. ``redis_fixture`` makes a pytest fixture that always
-stops it.
+stops it. ``args`` adds to its command line (an ACL user, TLS, ``--replicaof``): the
+Sentinel cluster of ``redis_sentinel`` is made of these.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -35,50 +36,65 @@ def _encode(args) -> bytes:
     return b"".join(parts)
 
 
-def command(port: int, *args: str, db: int | None = None, timeout: float = 1.0) -> bytes:
-    """One RESP command over a fresh connection (after ``SELECT db``); its raw reply."""
-    payload = _encode(args)
-    if db is not None:
-        payload = _encode(["SELECT", str(db)]) + payload
+def command(port: int, *args: str, db: int | None = None, timeout: float = 1.0,
+            auth: tuple[str, ...] = ()) -> bytes:
+    """One RESP command over a fresh connection (after ``AUTH *auth`` and ``SELECT db``);
+    its raw reply."""
+    before = ([["AUTH", *auth]] if auth else []) + ([["SELECT", str(db)]] if db is not None
+                                                     else [])
+    payload = b"".join(_encode(c) for c in before) + _encode(args)
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(payload)
         data = b""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            data += s.recv(65536)
-            if db is None or data.count(b"\r\n") >= 2:
+            chunk = s.recv(65536)
+            data += chunk
+            if not chunk or not before or data.count(b"\r\n") > len(before):
                 break
-    return data.split(b"\r\n", 1)[1] if db is not None else data
+    for _ in before:  # the +OK of each (or the error that says why not)
+        first, _, data = data.partition(b"\r\n")
+        if not first.startswith(b"+"):
+            raise OSError(f"Redis refused {before[0][0]}: {first.decode()}")
+    return data
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        executable = shutil.which("redis-server")
+    """``redis-server`` (or, with ``program="redis-sentinel"``, a Sentinel) with ``args``
+    added to its command line; ``auth`` is what ``cli`` authenticates with."""
+
+    def __init__(self, workdir: Path, port: int | None = None, *, args: Sequence[str] = (),
+                 program: str = "redis-server", auth: tuple[str, ...] = ()) -> None:
+        executable = shutil.which(program)
         if executable is None:
-            pytest.fail("redis-server is not installed (Debian package redis-server): "
+            pytest.fail(f"{program} is not installed (Debian package {program}): "
                         "run ./scripts/setup")
         self.executable = executable
         self.workdir = workdir
         self.port = port or free_port()
+        self.args = list(args)
+        self.auth = auth
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/2"
 
+    def argv(self) -> list[str]:
+        return [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir), *self.args]
+
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "redis.log", "ab")
-        self.process = subprocess.Popen(
-            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
+        self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             try:
-                if command(self.port, "PING") == b"+PONG\r\n":
+                # Up, even if it wants a password first.
+                if command(self.port, "PING").startswith((b"+PONG", b"-NOAUTH")):
                     return self
             except OSError:
                 pass
@@ -86,8 +102,9 @@ class RedisServer:
                 self.process.wait(POLL)
             except subprocess.TimeoutExpired:
                 continue
-            raise RuntimeError(f"redis-server exited: {(self.workdir / 'redis.log').read_text()}")
-        raise RuntimeError(f"redis-server on {self.port} not ready after {READY_TIMEOUT}s")
+            raise RuntimeError(f"{self.executable} exited: "
+                               f"{(self.workdir / 'redis.log').read_text()}")
+        raise RuntimeError(f"{self.executable} on {self.port} not ready after {READY_TIMEOUT}s")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -101,7 +118,7 @@ class RedisServer:
 
     def cli(self, *args: str) -> bytes:
         """One command in database 2 (the one ``url`` names); the raw reply."""
-        return command(self.port, *args, db=2)
+        return command(self.port, *args, db=2, auth=self.auth)
 
 
 def redis_fixture(tmp_path: Path) -> Iterator[RedisServer]:

@@ -211,6 +211,18 @@ class TcpPeer(_Peer):
         self._buffer = b""
         self.closed_by_peer = False
 
+    @classmethod
+    def adopt(cls, sock: socket.socket) -> TcpPeer:
+        """A peer on a connection made otherwise: from a chosen source, or accepted."""
+        peer = cls.__new__(cls)
+        _Peer.__init__(peer)
+        peer.remote = sock.getpeername()[:2]
+        peer.socket = sock
+        peer.port = sock.getsockname()[1]
+        peer._buffer = b""
+        peer.closed_by_peer = False
+        return peer
+
     def send(self, data: bytes | str) -> None:
         self.socket.sendall(data.encode() if isinstance(data, str) else data)
 

@@ -51,3 +51,18 @@ def test_a_mac_verifies_only_for_its_own_dialog_and_alias():
     assert signer.alias_ok("192.0.2.1~5060~1", alias)
     assert not signer.alias_ok("192.0.2.1~5061~1", alias)
     assert not signer.alias_ok("192.0.2.1~5060~1", None)
+
+
+def _key_in(state: str) -> bytes:
+    return route_key("", "", state)
+
+
+def test_processes_making_the_key_at_once_all_keep_the_one_in_the_file(tmp_path):
+    """Workers start together: each must end with the key the file holds, never its own."""
+    import multiprocessing
+
+    state = str(tmp_path / "state")
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        keys = pool.map(_key_in, [state] * 24)
+    assert set(keys) == {(tmp_path / "state" / KEY_FILE).read_bytes()}
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == [KEY_FILE]

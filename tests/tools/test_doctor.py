@@ -64,6 +64,12 @@ def test_a_shared_redis_store_without_a_nonce_secret_is_a_warning(tmp_path):
     checks = by_name(Doctor(path, timeout=0.2).run())
     assert checks["nonce secret"].status == WARN
     assert "auth.nonce_secret" in checks["nonce secret"].fix
+    # A route secret shared by the nodes gives them the same derived nonce secret.
+    with open(path) as f:
+        text = f.read().replace("[listen]", '[proxy]\nroute_secret = "r"\n[listen]')
+    with open(path, "w") as f:
+        f.write(text)
+    assert "nonce secret" not in by_name(Doctor(path, timeout=0.2).run())
 
 
 def test_options_ping_reads_the_final_answer_and_its_latency_over_udp():

@@ -29,6 +29,7 @@ once: requests never wait on a dead store.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import os
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 
 from sipgw.config import AuthConfig, Config, LimitsConfig, ProxyConfig
+from sipgw.config.redis_url import mask_url
 from sipgw.proxy.auth.bans import Bans
 from sipgw.proxy.auth.domains import StoreDomains
 from sipgw.proxy.auth.nonce import Nonces, NonceState
@@ -430,15 +432,18 @@ _in_networks = functools.lru_cache(maxsize=4096)(in_networks)
 def open_subscribers(config: Config, clock: IReactorTime) -> SubscriberStore:
     """The subscriber store ``[subscribers]`` names."""
     s = config.subscribers
-    log.info("auth: subscribers in {url}", url=_shown_url(s.url))
+    log.info("auth: subscribers in {url}", url=mask_url(s.url))
     return open_store(s.url, key_template=s.key_template, connect_timeout=s.connect_timeout,
-                      command_timeout=s.command_timeout, clock=clock)
+                      command_timeout=s.command_timeout, clock=clock, tls_ca_file=s.tls_ca_file,
+                      sentinel_password=s.sentinel_password)
 
 
-def nonce_secret(config: Config, random: Callable[[int], bytes] = os.urandom) -> bytes:
-    # "" = random per start: nonces of another node (or of before a restart) are refused.
-    return config.auth.nonce_secret.encode("utf-8") or random(32)
+def nonce_secret(config: Config, route_key: bytes) -> bytes:
+    """``auth.nonce_secret``, or else one derived from the route signing key: the same in
+    every worker of the service (and after a restart, when the key is kept in a file), so
+    another worker's nonce is answered stale=true, not taken for a stranger's. That opens
+    no replay: a nonce is accepted only by the process that issued it (``nonce.py``)."""
+    if config.auth.nonce_secret:
+        return config.auth.nonce_secret.encode("utf-8")
+    return hmac.new(route_key, b"sipgw nonces", hashlib.sha256).digest()
 
-
-def _shown_url(url: str) -> str:
-    return url.split("@")[-1] if url.startswith("redis://") else url

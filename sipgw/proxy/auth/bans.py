@@ -11,6 +11,11 @@ and when it ends: a timer ends it at its time, so the end is logged then, not at
 request; ``auth.unban`` ends it early. Without these lines an operator sees only "auth:
 failed" and a client refused 403 for a quarter of an hour.
 
+Several workers count together: each failure and each success that clears a count is
+published to the other workers (``share``, wired by ``service.share_state``), which
+count it as their own, so three failures spread over workers ban the user in every one of
+them. The worker whose own failure started the ban logs it at warning, the others at debug.
+
 Memory is bounded: both tables hold at most ``max_entries`` keys (``limits.max_auth_failures``),
 the oldest dropped first
 (an attacker cycling through made-up user names only recycles the table).
@@ -21,7 +26,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from sipgw.config import AuthConfig, LimitsConfig
 from sipgw.proxy.relay.timerq import Entry, TimerQueue
@@ -30,6 +35,11 @@ log = Logger(namespace="sipgw.auth")
 
 Key = tuple[str, str]  # ("user", "user@realm") or ("source", address)
 _NAMES = {"user": "user", "source": "address"}
+
+
+def _level(loud: bool) -> LogLevel:
+    """A ban is logged at warning by the worker that decided it, at debug by the others."""
+    return LogLevel.warn if loud else LogLevel.debug
 
 
 class Bans:
@@ -44,10 +54,12 @@ class Bans:
         self.now = clock.seconds
         self.configure(auth, limits)
         self._failures: OrderedDict[Key, tuple[int, float]] = OrderedDict()
-        # → (until, the timer that ends it, ban_time when it started)
-        self._banned: OrderedDict[Key, tuple[float, Entry, float]] = OrderedDict()
+        # → (until, the timer that ends it, ban_time when it started, logged at warning)
+        self._banned: OrderedDict[Key, tuple[float, Entry, float, bool]] = OrderedDict()
         self._ends = TimerQueue(clock, self._expired)
         self.on_forget = on_forget  # told "failures" or "bans" when one is dropped for room
+        # Tells the other workers (topic, payload); None in a single process.
+        self.share: Callable[[str, dict], None] | None = None
 
     def configure(self, auth: AuthConfig, limits: LimitsConfig) -> None:
         """[auth] thresholds and ban time, limits.max_auth_failures; what is counted and
@@ -67,45 +79,80 @@ class Bans:
         ban = self._banned.get(key)
         return ban is not None and ban[0] > self.now()
 
-    def failure(self, user: str, source: str) -> None:
-        """One failed authentication of ``user`` from ``source``."""
-        self._count(("user", user), self.max_failures_user, f"the last from {source}")
-        self._count(("source", source), self.max_failures_source, f"the last for {user}")
+    def failure(self, user: str, source: str, *, origin: int | None = None) -> None:
+        """One failed authentication of ``user`` from ``source`` (``origin``: counted by
+        that other worker, which logs the ban)."""
+        where = "" if origin is None else f", on worker {origin}"
+        self._count(("user", user), self.max_failures_user, f"the last from {source}{where}",
+                    origin is None)
+        self._count(("source", source), self.max_failures_source,
+                    f"the last for {user}{where}", origin is None)
+        if origin is None and self.share is not None:
+            self.share("auth.failure", {"user": user, "source": source})
 
-    def success(self, user: str) -> None:
+    def success(self, user: str, *, origin: int | None = None) -> None:
         # A user who got the password right starts again from zero; the address does not
         # (one good agent must not launder a neighbour's guessing).
-        self._failures.pop(("user", user), None)
+        counted = self._failures.pop(("user", user), None)
+        if counted is not None and origin is None and self.share is not None:
+            # Only then: every worker counts the same failures, so a user none of them
+            # counts costs the channel nothing however often it registers.
+            self.share("auth.success", {"user": user})
 
-    def _count(self, key: Key, limit: int, last: str) -> None:
+    def share_with(self, publish: Callable[[str, dict], None],
+                   workers: int) -> dict[str, Callable[[dict, int], None]]:
+        """Count with the other workers (``service.share_state``): what we count is
+        published, and the handlers of what they publish are returned, by topic."""
+        self.share = publish
+        return {
+            "auth.failure": lambda p, origin: self.failure(p["user"], p["source"], origin=origin),
+            "auth.success": lambda p, origin: self.success(p["user"], origin=origin),
+        }
+
+    def snapshot(self) -> list[list]:
+        """The bans in force, for a worker that (re)starts: [kind, name, seconds left]."""
+        now = self.now()
+        return [[kind, name, until - now]
+                for (kind, name), (until, *_) in self._banned.items() if until > now]
+
+    def restore(self, rows: list[list], origin: int) -> None:
+        """Another worker's bans (``snapshot``), taken on at start; ours are kept."""
+        for kind, name, left in rows:
+            key = (kind, name)
+            if key not in self._banned:
+                until = self.now() + left
+                self._banned[key] = (until, self._ends.at(until, key), self.ban_time, False)
+        self._bound(self._banned, "bans")
+
+    def _count(self, key: Key, limit: int, last: str, loud: bool) -> None:
         now = self.now()
         count, since = self._failures.pop(key, (0, now))
         if now - since > self.failure_window:
             count, since = 0, now
         count += 1
         if count >= limit:
-            self._ban(key, count, now - since, last)
+            self._ban(key, count, now - since, last, loud)
             return
         self._failures[key] = (count, since)
         self._bound(self._failures, "failures")
 
-    def _ban(self, key: Key, count: int, within: float, last: str) -> None:
+    def _ban(self, key: Key, count: int, within: float, last: str, loud: bool) -> None:
         old = self._banned.pop(key, None)
         if old is not None:
             self._ends.cancel(old[1])
         until = self.now() + self.ban_time
-        self._banned[key] = (until, self._ends.at(until, key), self.ban_time)
-        log.warn("auth: {kind} {name} banned for {t:.0f} s after {n} failed authentications "
-                 "in {w:.0f} s ({last}); requests refused 403 until then (sipgw ctl "
-                 "auth.unban {name} lifts it)", kind=_NAMES[key[0]], name=key[1],
+        self._banned[key] = (until, self._ends.at(until, key), self.ban_time, loud)
+        log.emit(_level(loud), "auth: {kind} {name} banned for {t:.0f} s after {n} failed "
+                 "authentications in {w:.0f} s ({last}); requests refused 403 until then "
+                 "(sipgw ctl auth.unban {name} lifts it)", kind=_NAMES[key[0]], name=key[1],
                  t=self.ban_time, n=count, w=within, last=last)
         self._bound(self._banned, "bans")
 
     def _expired(self, key: Key) -> None:
         ban = self._banned.pop(key, None)
         if ban is not None:
-            log.warn("auth: ban of {kind} {name} ended: its {t:.0f} s are over",
-                     kind=_NAMES[key[0]], name=key[1], t=ban[2])
+            log.emit(_level(ban[3]), "auth: ban of {kind} {name} ended: its {t:.0f} s are "
+                     "over", kind=_NAMES[key[0]], name=key[1], t=ban[2])
 
     def _bound(self, table: OrderedDict, what: str) -> None:
         if len(table) <= self.max_entries:
@@ -126,14 +173,14 @@ class Bans:
     def listing(self) -> list[dict]:
         now = self.now()
         return [{"TYPE": kind, "NAME": name, "EXPIRES": round(until - now)}
-                for (kind, name), (until, _, _) in self._banned.items() if until > now]
+                for (kind, name), (until, *_) in self._banned.items() if until > now]
 
     def unban(self, name: str) -> int:
         """Lift the bans named ``name`` (a user@domain or an address; "all": every one)."""
         keys = [k for k in self._banned if name == "all" or k[1] == name]
         now = self.now()
         for key in keys:
-            until, entry, _ = self._banned.pop(key)
+            until, entry, *_ = self._banned.pop(key)
             self._ends.cancel(entry)
             self._failures.pop(key, None)
             if name != "all":

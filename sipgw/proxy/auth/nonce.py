@@ -1,10 +1,17 @@
 """Stateless digest nonces, and nonce-count replay protection with bounded memory.
 
-A nonce is ``TTTTTTTTTTTT RRRRRRRRRRRRRRRR MMMM...`` in hex: the issue time in
-milliseconds (12 digits), 8 random bytes, and the first 16 bytes of
-HMAC-SHA256(secret, time + random). Any sipgw node that shares ``auth.nonce_secret``
-verifies any other node's nonce without shared state (DESIGN.md §5); a nonce older than
+A nonce is ``TTTTTTTTTTTT IIIIIIII RRRRRRRRRRRRRRRR MMMM...`` in hex: the issue time in
+milliseconds (12 digits), the issuer (4 bytes, random per process start), 8 random bytes,
+and the first 16 bytes of HMAC-SHA256(secret, time + issuer + random). A nonce older than
 ``auth.nonce_expire`` is stale (RFC 7616 §3.3: re-challenge with ``stale=true``).
+
+Only the process that issued a nonce accepts it: it alone holds the nonce's count. Another
+process that shares the secret -- another worker of the service, another node, this one
+before a restart -- recognises the nonce as sipgw's and answers it as stale, so the client
+answers a fresh challenge at once (it does not take it for a wrong password), and a
+request replayed to another process is never accepted a second time. UDP retransmissions
+and a connection's requests stay on one worker (the kernel's hash), so an honest client
+meets this only when it moves.
 
 Replay protection (RFC 7616 §3.4.6, §5.10): the nonce-count must grow per nonce. The last
 ``nc`` of each nonce used is kept until the nonce expires; a request without qop (RFC 2617
@@ -28,13 +35,15 @@ from sipgw.config import LimitsConfig
 _TIME_DIGITS = 12
 _RANDOM_BYTES = 8
 _MAC_DIGITS = 32
-NONCE_LENGTH = _TIME_DIGITS + 2 * _RANDOM_BYTES + _MAC_DIGITS
+_ISSUER_BYTES = 4
+_ISSUER_END = _TIME_DIGITS + 2 * _ISSUER_BYTES
+NONCE_LENGTH = _ISSUER_END + 2 * _RANDOM_BYTES + _MAC_DIGITS
 _HEX = frozenset("0123456789abcdef")
 
 
 class NonceState(enum.Enum):
     VALID = "valid"
-    STALE = "stale"  # ours, but expired (or forgotten): re-challenge with stale=true
+    STALE = "stale"  # ours, but expired, forgotten or another process's: stale=true
     INVALID = "invalid"  # not ours: forged, garbled, or another secret
 
 
@@ -52,6 +61,7 @@ class Nonces:
         self.secret = secret
         self.now = now
         self.random = random
+        self.issuer = random(_ISSUER_BYTES).hex()  # names this process in its nonces
         self.configure(expire, max_tracked)
         self._counts: OrderedDict[str, tuple[int, int]] = OrderedDict()  # nonce → (nc, ms)
         self._floor = -1  # issue time (ms) of the newest entry ever dropped for room
@@ -63,7 +73,8 @@ class Nonces:
         self.max_tracked = max_tracked
 
     def new(self) -> str:
-        head = f"{int(self.now() * 1000):0{_TIME_DIGITS}x}{self.random(_RANDOM_BYTES).hex()}"
+        head = (f"{int(self.now() * 1000):0{_TIME_DIGITS}x}{self.issuer}"
+                f"{self.random(_RANDOM_BYTES).hex()}")
         return head + self._mac(head)
 
     def _mac(self, head: str) -> str:
@@ -75,9 +86,11 @@ class Nonces:
         head, mac = nonce[:-_MAC_DIGITS], nonce[-_MAC_DIGITS:]
         if not hmac.compare_digest(mac, self._mac(head)):
             return NonceState.INVALID
+        if nonce[_TIME_DIGITS:_ISSUER_END] != self.issuer:
+            return NonceState.STALE
         issued = int(nonce[:_TIME_DIGITS], 16)
         age = self.now() - issued / 1000
-        if age > self.expire or age < -self.expire:  # from the future: a node's clock is off
+        if age > self.expire or age < -self.expire:  # from the future: a clock is off
             return NonceState.STALE
         if issued <= self._floor and nonce not in self._counts:
             return NonceState.STALE

@@ -318,7 +318,7 @@ def _tracer(service):
     return tracer
 
 
-def start_control(service) -> ControlServer | None:
+def start_control(service, path: str | None = None) -> ControlServer | None:
     """Open the control socket of ``service`` (the one call ``service.py`` makes), with
     the owners only the control plane has: core/cfg (``Admin``), ``log.level``, ``mod.stats``,
     the tracer.
@@ -342,7 +342,7 @@ def start_control(service) -> ControlServer | None:
             places += [proxy, getattr(proxy, "relay", None), getattr(proxy, "router", None)]
         return fixed + owners_in(*[p for p in places if p is not None])
 
-    path = server_socket_path(config.control.socket, config.state.directory)
+    path = path or server_socket_path(config.control.socket, config.state.directory)
     server = ControlServer(service.reactor, path, owners=owners, mode=config.control.mode,
                            group=config.control.group)
     try:

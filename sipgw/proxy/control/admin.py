@@ -30,8 +30,18 @@ if TYPE_CHECKING:
 TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 
 
+VERSION_HELP = "The version line, as 'sipgw X.Y.Z (python .../linux)'."
+UPTIME_HELP = ("now and up_since as local times (as ctime writes them: "
+               "'Sun Dec  6 08:52:29 2026') and uptime in seconds, as Kamailio.")
+
+
 def version_line() -> str:
     return f"sipgw {__version__} (python {platform.python_version()}/{platform.system().lower()})"
+
+
+def uptime(started_wall: float, seconds: float) -> dict[str, Any]:
+    """``core.uptime``'s answer for a start at ``started_wall``, ``seconds`` ago."""
+    return {"now": time.ctime(), "up_since": time.ctime(started_wall), "uptime": int(seconds)}
 
 
 class Admin:
@@ -40,16 +50,13 @@ class Admin:
         self.started = service.reactor.seconds()
         self.started_wall = time.time()
 
-    @rpc("core.version", help="The version line, as 'sipgw X.Y.Z (python .../linux)'.")
+    @rpc("core.version", help=VERSION_HELP)
     def rpc_version(self) -> str:
         return version_line()
 
-    @rpc("core.uptime", help="now and up_since as local times (as ctime writes them: "
-                             "'Sun Dec  6 08:52:29 2026') and uptime in seconds, as Kamailio.")
+    @rpc("core.uptime", help=UPTIME_HELP)
     def rpc_uptime(self) -> dict[str, Any]:
-        up = self.service.reactor.seconds() - self.started
-        return {"now": time.ctime(), "up_since": time.ctime(self.started_wall),
-                "uptime": int(up)}
+        return uptime(self.started_wall, self.service.reactor.seconds() - self.started)
 
     @rpc("core.printi", help="The integers given, back (kamcmd's check that the control "
                              "socket answers).")

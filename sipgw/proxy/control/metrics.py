@@ -4,7 +4,8 @@
 Every statistic declared in ``Stats`` becomes ``sipgw_<group>_<name>``: a counter
 (``..._total``) for a running count, a gauge for a level, with the statistic's help text.
 The page is rendered in the reactor thread on each scrape (no thread pool: the counters are
-read where they are written).
+read where they are written). With workers the supervisor serves the one page instead
+(``workers/metrics.py``), from every worker's statistics.
 """
 
 from __future__ import annotations
@@ -40,13 +41,17 @@ class StatsCollector:
 
     def collect(self):
         for full, definition in list(self.stats.defs.items()):
-            value = self.stats.values.get(full, 0)
-            name = metric_name(full)
-            help_text = f"{definition.help} ({full})"
-            if definition.gauge:
-                yield GaugeMetricFamily(name, help_text, value=value)
-            else:
-                yield CounterMetricFamily(name, help_text, value=value)
+            yield family(full, definition.help, definition.gauge,
+                         value=self.stats.values.get(full, 0))
+
+
+def family(full_name: str, help_text: str, gauge: bool, *, value: float | None = None,
+           labels: list[str] | None = None) -> GaugeMetricFamily | CounterMetricFamily:
+    """The Prometheus family of statistic ``full_name`` (``group:name``): a gauge for a
+    level, a counter for a running count; with ``labels``, samples are added to it."""
+    kind = GaugeMetricFamily if gauge else CounterMetricFamily
+    return kind(metric_name(full_name), f"{help_text} ({full_name})", value=value,
+                labels=labels)
 
 
 def registry_for(stats: Stats) -> CollectorRegistry:
@@ -67,9 +72,9 @@ class MetricsPage(Resource):
         return generate_latest(self.registry)
 
 
-def metrics_site(stats: Stats) -> Site:
+def metrics_site(page: Resource) -> Site:
     root = Resource()
-    root.putChild(b"metrics", MetricsPage(registry_for(stats)))
+    root.putChild(b"metrics", page)
     site = Site(root)
     site.noisy = False
     return site
@@ -77,13 +82,19 @@ def metrics_site(stats: Stats) -> Site:
 
 def start_metrics(service):
     """Open ``metrics.listen`` for ``service`` (the one call ``service.py`` makes); None when
-    off. A port that cannot be opened is logged; SIP runs on without metrics."""
-    address = service.loaded.config.metrics.listen
+    off."""
+    return listen_metrics(service.reactor, service.loaded.config,
+                          MetricsPage(registry_for(service.stats)))
+
+
+def listen_metrics(reactor, config, page: Resource):
+    """``page`` on ``metrics.listen``; None when off. A port that cannot be opened is
+    logged; SIP runs on without metrics."""
+    address = config.metrics.listen
     if address is None:
         return None
     try:
-        port = service.reactor.listenTCP(address.port, metrics_site(service.stats),
-                                         interface=address.host)
+        port = reactor.listenTCP(address.port, metrics_site(page), interface=address.host)
     except Exception as e:  # CannotListenError: metrics are not worth refusing SIP for
         log.error("metrics.listen {a}: cannot listen: {err}", a=str(address), err=e)
         return None

@@ -7,6 +7,13 @@ destination and the failover order, or None when no destination of the set is us
 caller then gets 503 with Retry-After). When a branch fails (the relay's per-request
 ``on_branch_failed`` hook), ``Attempt.failed`` says whether and where to try next.
 
+Several workers keep one state (issue 14): only one of them probes (``probes``: worker 0),
+so each destination gets one OPTIONS per interval, and every event that moves a state --
+a probe's result, a request that failed there, a transport error, ``dispatcher.set_state``,
+``dispatcher.reload`` -- is published to the other workers (``share``), which apply it to
+their copy as if it had happened to them. The worker where it happened logs the change;
+the others log it at debug. While worker 0 is down (restarting), nobody probes.
+
 Operations (``dispatcher.list``, ``dispatcher.reload``, ``dispatcher.set_state``) return
 Kamailio's shapes (DESIGN.md §6). Every state change is logged once, as
 ``dispatcher: set 1 sip:10.0.0.5:5060 AP -> IP (probe timeout)``.
@@ -15,11 +22,12 @@ Kamailio's shapes (DESIGN.md §6). Every state change is logged once, as
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import random
 from collections.abc import Callable, Iterable
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from sipgw.config import DispatcherConfig
 from sipgw.proxy.dispatcher.algorithms import HASHED, SUPPORTED, Keys, SetSelector
@@ -68,6 +76,8 @@ DISPATCHER_STATS = (
     StatDef(group="dispatcher", name="probe_failures",
             help="probes that timed out, failed to send or got a code not counted as alive"),
 )
+
+TOPIC = "dispatcher"  # what the workers publish to each other (``share_with``)
 
 # Calls tracked for algorithm 10 are forgotten after this (Kamailio's ds_hash_expire).
 CALL_EXPIRE = 7200.0
@@ -176,11 +186,15 @@ class Dispatcher:
         rng: random.Random | None = None,
         detector: UnreachableDetector | None = None,
         max_calls: int = 100_000,
+        fail_waiting: Callable[[str, int, str], None] | None = None,
     ) -> None:
         """``inline`` is the list from ``[dispatcher] destinations`` (used without a list
         file); ``resolve`` turns a destination URI into an address (and may raise
-        ValueError); ``send_request(request, address, timeout=, on_result=)`` sends a probe.
+        ValueError); ``send_request(request, address, timeout=, on_result=)`` sends a probe;
+        ``fail_waiting(host, port, transport)`` fails the branches waiting on a destination
+        another worker found unreachable (ours fail when we find it ourselves).
         Nothing is loaded until ``reload()``."""
+        self.fail_waiting = fail_waiting
         self.clock = clock
         self.stats = stats
         stats.declare(DISPATCHER_STATS)
@@ -190,6 +204,7 @@ class Dispatcher:
         self.send_request = send_request
         self.rng = rng or random.Random()
         self.sets: dict[int, list[Target]] = {}
+        self.listed = ""  # a digest of the list loaded: a worker that has it needs no reload
         self.selectors: dict[int, SetSelector] = {}
         self._backends: set[tuple[str, int]] = set()
         self._backend_hosts: set[str] = set()
@@ -199,7 +214,10 @@ class Dispatcher:
         self.cap_log = CapLog(log, clock.seconds)
         self._probe_ids = 0
         self.prober = Prober(clock, self.probe_all)
+        self.probes = True  # this process probes (only worker 0 of several does)
         self._running = False  # probing, between start() and stop()
+        # Tells the other workers (topic, payload); None in a single process.
+        self.share: Callable[[str, dict], None] | None = None
         # Notices ICMP unreachable for UDP destinations (icmp.py).
         self.detector = detector
 
@@ -234,6 +252,7 @@ class Dispatcher:
         for warning in dlist.warnings:
             log.warn("{w}", w=warning)
         self.sets = sets
+        self.listed = _fingerprint(dlist)
         self.selectors = {s: SetSelector(self.settings.algorithm, self.rng) for s in sets}
         self._backends = {(t.address.host, t.address.port) for ts in sets.values() for t in ts}
         self._backend_hosts = {host for host, _ in self._backends}
@@ -261,7 +280,7 @@ class Dispatcher:
             self.inline = inline
         if algorithm_changed:
             self.selectors = {s: SetSelector(settings.algorithm, self.rng) for s in self.sets}
-        if self._running:
+        if self._running and self.probes:
             self.prober.start(settings.ping_interval)
 
     def _apply(self, settings: DispatcherConfig) -> None:
@@ -273,13 +292,15 @@ class Dispatcher:
         self.ping_reply_codes = StatusCodes(settings.ping_reply_codes)
         self.failover_codes = StatusCodes(settings.failover_codes)
 
-    def reload(self) -> None:
-        """Read the list again; a bad list raises ListFileError and changes nothing."""
+    def reload(self, origin: int | None = None) -> None:
+        """Read the list again; a bad list raises ListFileError and changes nothing.
+        ``origin``: the worker whose ``dispatcher.reload`` this follows."""
         dlist = self.read_list()
         self.load(dlist)
         count = sum(len(ts) for ts in self.sets.values())
-        log.info("dispatcher: loaded {n} destinations in {s} sets from {src}", n=count,
-                 s=len(self.sets), src=dlist.source)
+        log.info("dispatcher: loaded {n} destinations in {s} sets from {src}{by}", n=count,
+                 s=len(self.sets), src=dlist.source,
+                 by="" if origin is None else f" (dispatcher.reload on worker {origin})")
 
     def targets(self) -> Iterable[Target]:
         for ts in self.sets.values():
@@ -363,7 +384,8 @@ class Dispatcher:
 
     def start(self) -> None:
         self._running = True
-        self.prober.start(self.settings.ping_interval)
+        if self.probes:
+            self.prober.start(self.settings.ping_interval)
 
     def stop(self) -> None:
         self._running = False
@@ -390,20 +412,26 @@ class Dispatcher:
 
         def done(status: int, local: bool) -> None:
             self._pending.discard(id(target))
-            self._probe_result(target, status, local, self.clock.seconds() - started)
+            elapsed = self.clock.seconds() - started
+            if self._probe_result(target, status, local, elapsed):
+                self._tell("probe", target, status=status, local=local, elapsed=elapsed)
 
         self.send_request(req, target.address, timeout=self.settings.ping_timeout,
                           on_result=done)
         if self.detector is not None:
             self.detector.ping(target.address)
 
-    def _probe_result(self, t: Target, status: int, local: bool, elapsed: float) -> None:
+    def _probe_result(self, t: Target, status: int, local: bool, elapsed: float,
+                      origin: int | None = None) -> bool:
+        """Apply a probe's result (``origin``: the worker that probed); False when ``t``
+        was removed by a reload while the probe was out."""
         if not any(t is x for x in self.sets.get(t.setid, ())):
-            return  # removed by a reload while the probe was out
+            return False
         s = self.settings
         before = t.flags
+        failures = 1 if origin is None else 0  # a probe is counted where it was sent
         if local:
-            self.stats.inc("dispatcher:probe_failures")
+            self.stats.inc("dispatcher:probe_failures", failures)
             if status == 503:
                 t.unreachable()
                 why = "unreachable"
@@ -418,16 +446,19 @@ class Dispatcher:
                        keep_probing=s.probing_mode != 0)
             why = f"probe answered {status}"
         else:
-            self.stats.inc("dispatcher:probe_failures")
+            self.stats.inc("dispatcher:probe_failures", failures)
             t.failed(probing_threshold=s.probing_threshold,
                      probing=s.probing_mode != PROBE_ONLY_FLAGGED)
             why = f"probe answered {status}"
-        self._changed(t, before, why)
+        self._changed(t, before, why, origin)
+        return True
 
-    def _request_failed(self, t: Target, *, transport: bool) -> None:
+    def _request_failed(self, t: Target, *, transport: bool, origin: int | None = None) -> None:
         """A relayed request got no answer (timeout) or could not be sent."""
         if not self._revivable():
             return
+        if origin is None:
+            self._tell("failed", t, transport=transport)
         before = t.flags
         if transport:
             t.unreachable()
@@ -436,29 +467,89 @@ class Dispatcher:
             t.failed(probing_threshold=self.settings.probing_threshold,
                      probing=self.settings.probing_mode != PROBE_ONLY_FLAGGED)
             why = "request timeout"
-        self._changed(t, before, why)
+        self._changed(t, before, why, origin)
 
-    def transport_error(self, host: str, port: int) -> None:
+    def transport_error(self, host: str, port: int, origin: int | None = None) -> None:
         """Sending to host:port failed (ICMP unreachable, refused connection)."""
         if not self._revivable():
             return
+        if origin is None and self.share is not None:
+            self.share(TOPIC, {"kind": "unreachable", "host": host, "port": port})
         for t in self.targets():
             if (t.address.host, t.address.port) == (host, port):
                 before = t.flags
                 t.unreachable()
-                self._changed(t, before, "transport error")
+                self._changed(t, before, "transport error", origin)
 
     def _revivable(self) -> bool:
         """Only probes bring a destination back: without them, relayed traffic must not
         take one down (it would stay down until an operator's set_state)."""
         return self.settings.ping_interval > 0 and self.send_request is not None
 
-    def _changed(self, t: Target, before: int, why: str) -> None:
+    def _changed(self, t: Target, before: int, why: str, origin: int | None = None) -> None:
         old, new = flags_text(before), flags_text(t.flags)
         if old != new:
-            log.info("dispatcher: set {s} {uri} {old} -> {new} ({why})", s=t.setid, uri=t.uri,
-                     old=old, new=new, why=why)
+            # Logged once, by the worker where it happened; the others say it at debug.
+            log.emit(LogLevel.info if origin is None else LogLevel.debug,
+                     "dispatcher: set {s} {uri} {old} -> {new} ({why}{on})", s=t.setid,
+                     uri=t.uri, old=old, new=new, why=why,
+                     on="" if origin is None else f", on worker {origin}")
             self._gauge()
+
+    # -- with the other workers -------------------------------------------------------
+
+    def share_with(self, publish: Callable[[str, dict], None],
+                   workers: int) -> dict[str, Callable[[dict, int], None]]:
+        """Keep one state with the other workers (``service.share_state``): our
+        events are published, and the handler of theirs is returned, by topic."""
+        self.share = publish
+        return {TOPIC: self._event}
+
+    def snapshot(self) -> list[list]:
+        """Every destination's state, for a worker that (re)starts: [set, uri, flags]."""
+        return [[t.setid, t.uri, t.flags] for t in self.targets()]
+
+    def restore(self, rows: list[list], origin: int) -> None:
+        """Another worker's states (``snapshot``): a restarted worker takes them on instead
+        of the list's (an operator's ``set_state`` and what probes found survive it)."""
+        by_key = {(setid, uri): flags for setid, uri, flags in rows}
+        for t in self.targets():
+            flags = by_key.get((t.setid, t.uri))
+            if flags is not None and flags != t.flags:
+                before, t.flags = t.flags, flags
+                self._changed(t, before, "as the other workers have it", origin)
+
+    def _tell(self, kind: str, t: Target, **what) -> None:
+        if self.share is not None:
+            self.share(TOPIC, {"kind": kind, "set": t.setid, "uri": t.uri, **what})
+
+    def _event(self, p: dict, origin: int) -> None:
+        """What happened on worker ``origin``, applied here."""
+        kind = p["kind"]
+        if kind == "reload":
+            if p["list"] == self.listed:
+                return  # ours already (the control plane asked every worker to reload)
+            try:
+                self.reload(origin)
+            except ListFileError as e:
+                log.error("dispatcher reload (on worker {w}) refused here, keeping the "
+                          "running list: {err}", w=origin, err=e)
+        elif kind == "unreachable":
+            # Only worker 0 probes and so notices ICMP unreachable: the calls this worker
+            # sent there meanwhile fail over now, not after timer B.
+            if self.fail_waiting is not None:
+                self.fail_waiting(p["host"], p["port"], "udp")
+            self.transport_error(p["host"], p["port"], origin)
+        elif kind == "state":
+            self._set_state(parse_state(p["state"]), p["set"], p["uri"], origin)
+        else:
+            t = next((t for t in self.sets.get(p["set"], ()) if t.uri == p["uri"]), None)
+            if t is None:
+                return  # not listed here (a reload in between)
+            if kind == "probe":
+                self._probe_result(t, p["status"], p["local"], p["elapsed"], origin)
+            elif kind == "failed":
+                self._request_failed(t, transport=p["transport"], origin=origin)
 
     def _gauge(self) -> None:
         self.stats.set("dispatcher:active_destinations", sum(t.usable for t in self.targets()))
@@ -482,6 +573,8 @@ class Dispatcher:
         except ListFileError as e:
             log.error("dispatcher reload refused, keeping the running list: {err}", err=e)
             raise RpcError(f"reload refused, running list kept: {e}", code=500) from None
+        if self.share is not None:
+            self.share(TOPIC, {"kind": "reload", "list": self.listed})
 
     @rpc("dispatcher.set_state", help="set_state STATE SETID URI: STATE is a(ctive), "
          "i(nactive), d(isabled) or t(rying), optionally followed by p(robing); SETID may be "
@@ -495,16 +588,26 @@ class Dispatcher:
             check_uri(uri)
         except ValueError as e:
             raise RpcError(str(e)) from None
+        if not self._set_state(bits, setid, uri):
+            raise RpcError(f"destination not found: set {setid} {uri}", code=404)
+        if self.share is not None:
+            self.share(TOPIC, {"kind": "state", "state": str(state), "set": setid, "uri": uri})
+
+    def _set_state(self, bits: int, setid: int | str, uri: str,
+                   origin: int | None = None) -> bool:
         every = str(setid).lower() == "all"
         found = False
         for t in self.targets():
             if (every or str(t.setid) == str(setid)) and t.uri == uri:
                 before = t.flags
                 t.set_state(bits)
-                self._changed(t, before, "set by operator")
+                self._changed(t, before, "set by operator", origin)
                 found = True
-        if not found:
-            raise RpcError(f"destination not found: set {setid} {uri}", code=404)
+        return found
+
+
+def _fingerprint(dlist: DispatcherList) -> str:
+    return hashlib.sha256(repr(dlist.entries).encode()).hexdigest()[:16]
 
 
 def _dest_record(t: Target) -> dict:

@@ -59,6 +59,7 @@ def build_dispatcher(clock: IReactorTime, stats: Stats, relay: Relay, config: Co
         send_request=relay.send_request,
         detector=UnreachableDetector(clock, unreachable) if icmp else None,
         max_calls=config.limits.max_dialogs,
+        fail_waiting=relay.transport_failed,
     )
     dispatcher.reload()
     return dispatcher

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -93,8 +94,11 @@ class Relay:
     def __init__(self, *, clock: IReactorTime, stats: Stats, send: SendFunction,
                  identity: Identity, signer: RouteSigner, replies: Replies,
                  dialogs: Dialogs | None, timers: TimersConfig, proxy: ProxyConfig,
-                 limits: LimitsConfig) -> None:
+                 limits: LimitsConfig, is_backend: Callable[[Destination], bool] | None = None
+                 ) -> None:
         self.clock = clock
+        # Asked only in a worker, which writes its own address toward the backends.
+        self.is_backend = is_backend or (lambda peer: False)
         self.stats = stats
         self.send = send
         self.identity = identity
@@ -198,6 +202,7 @@ class Relay:
         *,
         inbound: str,
         record_route: bool,
+        from_backend: bool = False,
     ) -> None:
         """Send a copy of ``request`` on a new branch to ``target``."""
         if forbidden_target(target.host):
@@ -207,16 +212,22 @@ class Relay:
             self.dialogs.ended(request)
         out = request.copy()
         _decrement_max_forwards(out, self.max_forwards)
+        to_backend = self._to_backend(target)
         if record_route:
             sig = f";{SIGNATURE}={self.signer.dialog(request.call_id, request.from_tag)}"
-            for rr in reversed(self.identity.record_route_pair(inbound, target.transport, sig)):
+            for rr in reversed(self.identity.record_route_pair(
+                    inbound, target.transport, sig, from_backend=from_backend,
+                    to_backend=to_backend)):
                 out.prepend("record-route", rr)
         branch = make_branch(loop_hash(request), f"{next(self._ids):x}")
-        out.prepend("via", self.identity.via(target.transport, branch))
+        out.prepend("via", self.identity.via(target.transport, branch, backend=to_backend))
         self._start_branch(ctx, out, branch, target, cancel=False)
         self.stats.inc("core:fwd_requests")
         if request.method == "INVITE" and self.timer_c:
             self._restart_timer_c(ctx)
+
+    def _to_backend(self, target: Destination) -> bool:
+        return self.identity.backend is not None and self.is_backend(target)
 
     def _start_branch(
         self,
@@ -251,7 +262,8 @@ class Relay:
             on_result(503, True)
             return
         branch = make_branch(loop_hash(request), f"{next(self._ids):x}")
-        request.prepend("via", self.identity.via(target.transport, branch))
+        request.prepend("via", self.identity.via(target.transport, branch,
+                                                 backend=self._to_backend(target)))
         timers = dataclasses.replace(self.timer_config, timer_f=timeout)
         self._start_branch(None, request, branch, target, cancel=False, timers=timers,
                            on_result=on_result)
@@ -266,7 +278,8 @@ class Relay:
         incoming = request.top_via.branch or request.header("via") or ""
         txid = hashlib.blake2s(incoming.encode("latin-1"), digest_size=6).hexdigest()
         out.prepend("via", self.identity.via(target.transport,
-                                             make_branch(loop_hash(request), txid)))
+                                             make_branch(loop_hash(request), txid),
+                                             backend=self._to_backend(target)))
         self.send(out.to_bytes(), target)
         self.stats.inc("core:fwd_requests")
 

@@ -98,6 +98,7 @@ class LineObserver:
         self.journald = journald
         self.stats: Stats | None = None
         self.dropped = 0  # lines lost since the last one written
+        self.tag = ""  # "w1 ": the worker a line comes from
         self._why = ""  # the error that lost them
         self._cut = False  # the last write stopped inside a line
         try:
@@ -139,10 +140,11 @@ class LineObserver:
     def _line(self, number: int, ns: str, text: str, when: float | None) -> str:
         # One event, one line: journald and grep both rely on it.
         text = text.replace("\n", "\n\t").rstrip()
+        tag = self.tag
         if self.journald:
-            return f"<{_SYSLOG.get(number, 6)}>{_NAMES.get(number, 'INFO')} {ns}: {text}\n"
+            return f"<{_SYSLOG.get(number, 6)}>{tag}{_NAMES.get(number, 'INFO')} {ns}: {text}\n"
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
-        return f"{stamp} {_NAMES.get(number, 'INFO')} {ns}: {text}\n"
+        return f"{stamp} {tag}{_NAMES.get(number, 'INFO')} {ns}: {text}\n"
 
     def _write(self, line: str) -> None:
         if self._fd is None:
@@ -188,12 +190,14 @@ _FACTORY_CHATTER = ("Starting factory", "Stopping factory")
 _observer: LineObserver | None = None
 
 
-def start_logging(level: int, out: TextIO | None = None) -> LineObserver:
-    """Install our observer as the only one (once per process)."""
+def start_logging(level: int, out: TextIO | None = None, tag: str = "") -> LineObserver:
+    """Install our observer as the only one (once per process); ``tag`` (a worker's
+    "w1") begins every line, so that the lines of several workers can be told apart."""
     global _observer
     out = out or sys.stderr
     journald = bool(os.environ.get("JOURNAL_STREAM"))
     _observer = LineObserver(out, level, journald)
+    _observer.tag = f"{tag} " if tag else ""
     # Any callable will do as a predicate; the interface cannot be declared on a method.
     filtered = FilteringLogObserver(_observer, [_observer.predicate])  # type: ignore[list-item]
     globalLogBeginner.beginLoggingTo([filtered], redirectStandardIO=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -61,13 +61,19 @@ class Notifier:
     def status(self, text: str) -> None:
         self.send(STATUS=text)
 
-    def start_watchdog(self, reactor) -> None:
-        """WATCHDOG=1 from the reactor: a stuck reactor stops it, and systemd restarts us."""
+    def start_watchdog(self, reactor, healthy: Callable[[], bool] | None = None) -> None:
+        """WATCHDOG=1 from the reactor: a stuck reactor stops it, and systemd restarts us.
+        With ``healthy`` (the supervisor of workers: all of them answer), only while it
+        says so."""
         if self.watchdog_interval is None or not self.address:
             return
         from twisted.internet.task import LoopingCall
 
-        self._watchdog = LoopingCall(self.send, WATCHDOG="1")
+        def feed() -> None:
+            if healthy is None or healthy():
+                self.send(WATCHDOG="1")
+
+        self._watchdog = LoopingCall(feed)
         self._watchdog.clock = reactor
         self._watchdog.start(self.watchdog_interval, now=True)
 

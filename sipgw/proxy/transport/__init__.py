@@ -72,16 +72,22 @@ class Flow(Protocol):
 
 
 class FlowTable:
-    """Open connections by id and by remote address (for reuse, RFC 3261 §18.1.1)."""
+    """Open connections by id and by remote address (for reuse, RFC 3261 §18.1.1).
 
-    def __init__(self) -> None:
-        self._next = 1
+    Worker ``index`` of ``count`` numbers its connections ``index + 1``, then every
+    ``count``-th: ids stay unique in the service, so ``ws.dump`` lists each connection
+    once and ``ws.close ID`` closes one connection, in the worker that holds it.
+    """
+
+    def __init__(self, index: int = 0, count: int = 1) -> None:
+        self._next = index + 1
+        self._step = count
         self.by_id: dict[int, Flow] = {}
         self.by_addr: dict[tuple[str, str, int], int] = {}
 
     def new_id(self) -> int:
         fid = self._next
-        self._next += 1
+        self._next += self._step
         return fid
 
     def add(self, flow: Flow, transport: str, host: str, port: int) -> None:

@@ -27,13 +27,13 @@ from sipgw.config import LimitsConfig
 from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tell_slow_reader
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source
+from sipgw.proxy.transport.listen import listen_stream
 from sipgw.sip.errors import FramingError
 from sipgw.sip.framing import PING, StreamFramer
 from sipgw.sip.parser import Limits
 
 log = Logger(namespace="sipgw.tcp")
 
-BACKLOG = 1024  # pending connections the kernel may queue for a listener
 
 
 class StreamConnection(protocol.Protocol):
@@ -303,11 +303,8 @@ class StreamTransport:
         tell_slow_reader(self.stats, self.cap_log, conn)
         conn.transport.abortConnection()
 
-    def listen(self, host: str, port: int):
-        # Phones re-registering after an outage connect all at once; Twisted's default
-        # backlog (50) would drop their SYNs and cost each a second or more.
-        return self.reactor.listenTCP(port, _ServerFactory(self), backlog=BACKLOG,
-                                      interface=host)
+    def listen(self, host: str, port: int, fd: int | None = None):
+        return listen_stream(self.reactor, host, port, _ServerFactory(self), fd=fd)
 
     def send(self, data: bytes, host: str, port: int, flow_id: int | None) -> None:
         """Send on the given flow if open, else on any flow to host:port, else connect."""

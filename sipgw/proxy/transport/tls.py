@@ -24,7 +24,8 @@ from zope.interface import implementer
 
 from sipgw.config import ConfigError, TlsConfig
 from sipgw.proxy.transport import transport_address
-from sipgw.proxy.transport.stream import BACKLOG, StreamConnection, StreamTransport
+from sipgw.proxy.transport.listen import listen_stream
+from sipgw.proxy.transport.stream import StreamConnection, StreamTransport
 from sipgw.rpc.registry import rpc
 
 log = Logger(namespace="sipgw.tls")
@@ -176,10 +177,9 @@ class TlsTransport(StreamTransport):
 
     transport_name = "tls"
 
-    def listen_tls(self, host: str, port: int, tls: ServerTls):
-        # The reactor a TLS transport is given provides IReactorSSL as well as IReactorTCP.
-        listening = self.reactor.listenSSL(  # type: ignore[attr-defined]
-            port, _TlsServerFactory(self), tls, backlog=BACKLOG, interface=host)
+    def listen_tls(self, host: str, port: int, tls: ServerTls, fd: int | None = None):
+        listening = listen_stream(self.reactor, host, port, _TlsServerFactory(self), tls=tls,
+                                  fd=fd)
         log.info("listening on {a}", a=transport_address("tls", host, port))
         return listening
 

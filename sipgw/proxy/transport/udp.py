@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import sys
@@ -149,13 +150,33 @@ class TimestampingPort(udp.Port):
                 log.failure("udp datagram handler failed")
 
 
-def listen_udp(reactor, listener: UdpListener, on_delay: Callable[[float], None]):
-    """Open ``listener``'s socket on ``reactor``: a ``TimestampingPort`` on Linux with a
-    real reactor, else Twisted's own port (no queueing delay is measured there)."""
+def listen_udp(reactor, listener: UdpListener, on_delay: Callable[[float], None],
+               fd: int | None = None):
+    """Open ``listener``'s socket on ``reactor``, or adopt ``fd`` (a worker's inherited
+    socket, bound by the supervisor): a ``TimestampingPort`` on Linux with a real
+    reactor, else Twisted's own port (no queueing delay is measured there)."""
     if sys.platform.startswith("linux") and isinstance(reactor, PosixReactorBase):
         port = TimestampingPort(listener.port, listener, listener.host, 65535, reactor,
                                 on_delay)
+        if fd is not None:
+            port._preexistingSocket = _adopted(fd, listener.host)  # type: ignore[assignment]
         port.startListening()
         return port
+    if fd is not None:
+        family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+        try:
+            return reactor.adoptDatagramPort(fd, family, listener, maxPacketSize=65535)
+        finally:
+            os.close(fd)
     return reactor.listenUDP(listener.port, listener, interface=listener.host,
                              maxPacketSize=65535)
+
+
+def _adopted(fd: int, host: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.fromfd(fd, family, socket.SOCK_DGRAM)  # a duplicate
+    finally:
+        os.close(fd)
+    sock.setblocking(False)
+    return sock

@@ -320,12 +320,23 @@ def test_a_nonce_just_inside_its_lifetime_is_accepted(rig):
     assert len(rig.link.to_backend()) == 1
 
 
-def test_a_nonce_from_another_node_with_the_same_secret_is_accepted_and_a_forged_one_is_not():
+def test_a_nonce_answered_to_another_process_with_the_same_secret_is_rechallenged_stale():
+    """Another worker (or node) sharing the secret knows the nonce is sipgw's but not its
+    count: it answers stale=true (the phone re-answers, no password prompt) and never lets
+    the request through; a stranger's secret gets a plain challenge."""
     node_a, node_b, stranger = Rig(), Rig(), Rig(secret=b"x" * 32)
     challenge = node_a.send(sip_request())
-    node_b.send(sip_request(auth=answer(challenge), cseq=2))
+    credentials = answer(challenge)
+    reply = node_b.send(sip_request(auth=credentials, cseq=2))
+    assert reply.status == 401 and node_b.link.to_backend() == []
+    assert challenges(reply, "WWW-Authenticate")[0].params.get("stale", "").lower() == "true"
+    assert node_b.stat("stale") == 1
+    node_b.send(sip_request(auth=answer(reply), cseq=3))  # its own nonce: accepted
     assert len(node_b.link.to_backend()) == 1
-    reply = stranger.send(sip_request(auth=answer(challenge), cseq=2))
+    node_a.send(sip_request(auth=credentials, cseq=2))  # the issuer accepts it, once
+    assert len(node_a.link.to_backend()) == 1
+    assert node_a.send(sip_request(auth=credentials, cseq=2, branch="z9hG4bKreplay")).status == 401
+    reply = stranger.send(sip_request(auth=credentials, cseq=2))
     assert reply.status == 401 and "stale" not in challenges(reply, "WWW-Authenticate")[0].params
 
 

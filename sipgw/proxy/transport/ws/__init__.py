@@ -45,6 +45,7 @@ from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tel
 from sipgw.proxy.runtime.log import LEVELS, current_level
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source, in_networks, transport_address
+from sipgw.proxy.transport.listen import listen_stream
 from sipgw.proxy.transport.ws import autobahn_log as wslog
 from sipgw.proxy.transport.ws.fast import FastPaths, protocol_options
 from sipgw.proxy.transport.ws.phone import phone_asset
@@ -56,7 +57,6 @@ wslog.install()
 SUBPROTOCOL = "sip"
 VERSION = "13"
 MAX_HANDSHAKE = 8192  # bytes of HTTP request head we buffer before refusing it
-BACKLOG = 1024  # pending TCP connections the kernel may queue for us
 
 WS_STATS = (
     StatDef(group="websocket", name="ws_current_connections", help="WebSocket connections open now", gauge=True),  # noqa: E501
@@ -542,16 +542,10 @@ class WsTransport:
         self.factories.append(f)
         return f
 
-    def listen(self, host: str, port: int, tls=None):
+    def listen(self, host: str, port: int, tls=None, fd: int | None = None):
         """A WS listener, or a WSS one when given a TLS context factory."""
-        # A shift starting means hundreds of browsers connecting within a second; Twisted's
-        # default backlog (50) would drop SYNs and cost each a retransmission (1 s or more).
-        if tls is None:
-            listening = self.reactor.listenTCP(port, self.factory(), backlog=BACKLOG,
-                                               interface=host)
-        else:
-            listening = self.reactor.listenSSL(port, self.factory(secure=True), tls,
-                                               backlog=BACKLOG, interface=host)
+        listening = listen_stream(self.reactor, host, port, self.factory(secure=tls is not None),
+                                  tls=tls, fd=fd)
         log.info("listening on {a}",
                  a=transport_address("ws" if tls is None else "wss", host, port))
         return listening

@@ -1,0 +1,148 @@
+"""The sockets of a service with several workers, opened once by the supervisor.
+
+Every public listener (``listen.udp``, ``tcp``, ``tls``, ``ws``, ``wss``) becomes a
+``SO_REUSEPORT`` group of one socket per worker, bound in worker order. The kernel spreads
+datagrams and connections over a group by a hash of the source and destination
+addresses, so a client's retransmissions reach the same socket every time -- the worker
+holding its transaction. The supervisor keeps every socket open for the life of the
+service and hands worker *i* the same socket again when it restarts it: the group never
+changes size, so the hash never moves the other workers' clients, and what arrives for a
+dead worker waits in its socket's queue for the new one.
+
+Each worker also gets a UDP socket and a TCP listener of its own, on one port, its
+*backend address*: what it writes in the Via, the backend-side Record-Route and the Path of
+what it sends to the backends, so that their replies, in-dialog requests and calls to a
+browser come back to the worker that holds the transaction or the connection
+(``proxy.worker_ports``: the first of consecutive ports, or 0 for ports the kernel picks
+when the service starts). The TCP listener is for a backend over TCP, which sends an
+in-dialog request or a call by Path on a connection of its own: at the public port the
+group would hand that connection to any worker.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from sipgw.config import Config
+from sipgw.config.kinds import Address
+from sipgw.proxy.transport.listen import BACKLOG
+
+STREAM_KINDS = ("tcp", "tls", "ws", "wss")
+BACKEND_TCP = "backend_tcp"  # the kind of a worker's own TCP listener
+PORT_TRIES = 50  # kernel-picked UDP ports tried for one whose TCP twin is free too
+RECEIVE_BUFFER = 4 * 1024 * 1024  # as transport/udp.py, set before any datagram arrives
+
+
+class SocketError(Exception):
+    """A listener could not be opened; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inherited:
+    """One socket a worker gets: what it is for, where it is bound, its descriptor."""
+
+    kind: str  # "udp", "tcp", "tls", "ws", "wss"; "backend", "backend_tcp": the worker's own
+    host: str
+    port: int
+    fd: int
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _open(kind: str, host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    stream = kind in STREAM_KINDS or kind == BACKEND_TCP
+    sock = socket.socket(_family(host), socket.SOCK_STREAM if stream else socket.SOCK_DGRAM)
+    try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if stream:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        else:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            except OSError:
+                pass  # the kernel's default: smaller, never fatal
+        sock.bind((host, port))
+        if stream:
+            sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise SocketError(f"cannot listen on {kind}:{Address(host, port)}: {e.strerror}") from e
+    return sock
+
+
+def backend_host(config: Config) -> str:
+    """Where the workers' own sockets are bound: the first UDP listener's address."""
+    for kind in ("udp", *STREAM_KINDS):
+        addresses = getattr(config.listen, kind)
+        if addresses:
+            return addresses[0].host
+    return "0.0.0.0"
+
+
+class SocketSet:
+    """Every socket of the service: ``for_worker(i)`` is what worker ``i`` inherits."""
+
+    def __init__(self, config: Config, count: int) -> None:
+        self.count = count
+        self._sockets: list[socket.socket] = []
+        self._public: list[list[Inherited]] = [[] for _ in range(count)]
+        self._backend: list[Inherited] = []
+        self._backend_tcp: list[Inherited] = []
+        try:
+            for kind in ("udp", *STREAM_KINDS):
+                for addr in getattr(config.listen, kind):
+                    self._group(kind, addr.host, addr.port)
+            host = backend_host(config)
+            base = config.proxy.worker_ports
+            for index in range(count):
+                udp, tcp = self._own_pair(host, base + index if base else 0)
+                port = udp.getsockname()[1]
+                self._backend.append(Inherited("backend", host, port, udp.fileno()))
+                self._backend_tcp.append(Inherited(BACKEND_TCP, host, port, tcp.fileno()))
+        except BaseException:
+            self.close()
+            raise
+
+    def _own_pair(self, host: str, port: int) -> tuple[socket.socket, socket.socket]:
+        """A worker's own UDP socket and TCP listener on one port: ``port``, or (0) one the
+        kernel picks for UDP whose TCP twin is free too."""
+        for _ in range(PORT_TRIES if port == 0 else 1):
+            udp = _open("udp", host, port, reuse_port=False)
+            try:
+                tcp = _open(BACKEND_TCP, host, udp.getsockname()[1], reuse_port=False)
+            except SocketError:
+                udp.close()
+                if port:
+                    raise
+                continue
+            return self._keep(udp), self._keep(tcp)
+        raise SocketError(f"no port on {host} free for both UDP and TCP after {PORT_TRIES} tries")
+
+    def _keep(self, sock: socket.socket) -> socket.socket:
+        self._sockets.append(sock)
+        return sock
+
+    def _group(self, kind: str, host: str, port: int) -> None:
+        for index in range(self.count):
+            # Port 0: the kernel picks one for the first socket; the others join it there.
+            sock = self._keep(_open(kind, host, port, reuse_port=True))
+            port = sock.getsockname()[1]
+            self._public[index].append(Inherited(kind, host, port, sock.fileno()))
+
+    def for_worker(self, index: int) -> list[Inherited]:
+        return [*self._public[index], self._backend[index], self._backend_tcp[index]]
+
+    @property
+    def backend_addresses(self) -> list[Inherited]:
+        """Every worker's own socket, in worker order (each worker recognises all as us)."""
+        return list(self._backend)
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
