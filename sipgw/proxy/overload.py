@@ -32,9 +32,9 @@ Later than ``overload.drop_delay`` with half of new requests or more refused alr
 even answering costs too much (a 503 and its ACK cost about a tenth of a call; a late
 spike alone is no reason to drop, and the retransmissions of what is dropped add load): a
 refused request over UDP is dropped unread, decided from the datagram's first bytes
-(method, To tag, Call-ID) before it is parsed; its sender retransmits and draws again. This holds until sipgw has
-been less than half that late for ``DROP_HOLD`` seconds. Over TCP, TLS and WebSocket a
-refused request is always answered: nobody retransmits on those.
+(method, To tag, Call-ID) before it is parsed; its sender retransmits and draws again.
+This holds until sipgw has been less than half that late for ``DROP_HOLD`` seconds. Over
+TCP, TLS and WebSocket a refused request is always answered: nobody retransmits on those.
 """
 
 from __future__ import annotations

@@ -113,8 +113,10 @@ def fields(**rules: Merge) -> Merge:
 
 # Statistics that are not added up over workers but the largest taken: each worker holds
 # a copy (blocked addresses, active destinations), or it is one worker's condition (how
-# late its reactor runs). A name matches exactly or, ending in ":", by group.
-LARGEST_STATS = ("load:", "pike:blocked_ips", "dispatcher:active_destinations")
+# late its reactor runs, the share of new requests it refuses: the worst worker's). A
+# name matches exactly or, ending in ":", by group.
+LARGEST_STATS = ("load:", "pike:blocked_ips", "dispatcher:active_destinations",
+                 "core:shed_percent", "core:shed_dropping")
 
 
 def _canonical(name: str) -> str:

@@ -20,14 +20,17 @@ def merge(method: str, *answers):
 def test_counters_are_summed_and_a_worker_s_own_condition_or_a_copy_is_the_largest():
     w0 = {"core.rcv_requests": 10, "tm.inuse_transactions": 2, "load.reactor_lag_us": 900,
           "load.udp_queue_delay_max_us": 50, "pike.blocked_ips": 1,
-          "dispatcher.active_destinations": 2}
+          "dispatcher.active_destinations": 2, "core.shed_503": 40, "core.shed_percent": 60,
+          "core.shed_dropping": 0}
     w1 = {"core.rcv_requests": 5, "tm.inuse_transactions": 3, "load.reactor_lag_us": 300,
           "load.udp_queue_delay_max_us": 70, "pike.blocked_ips": 1,
-          "dispatcher.active_destinations": 2}
+          "dispatcher.active_destinations": 2, "core.shed_503": 2, "core.shed_percent": 10,
+          "core.shed_dropping": 1}
     assert merge("stats.fetch", w0, w1) == {
         "core.rcv_requests": 15, "tm.inuse_transactions": 5, "load.reactor_lag_us": 900,
         "load.udp_queue_delay_max_us": 70, "pike.blocked_ips": 1,
-        "dispatcher.active_destinations": 2}
+        "dispatcher.active_destinations": 2, "core.shed_503": 42, "core.shed_percent": 60,
+        "core.shed_dropping": 1}
 
 
 def test_kamailio_statistic_lines_are_merged_per_name_not_repeated():
