@@ -40,8 +40,6 @@ RATES = {
     "5xx/s": "core.rcv_replies_5xx",
     "6xx/s": "core.rcv_replies_6xx",
     "sipgw replies/s": "sl.sent_replies",
-    "shed 503/s": "core.shed_503",  # overload control: new requests refused
-    "shed dropped/s": "core.shed_dropped",
 }
 
 
