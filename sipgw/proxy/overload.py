@@ -7,10 +7,10 @@ new initial requests sipgw takes on, somewhat as TCP keeps its window:
 
 - later than ``overload.shed_delay`` two ticks in a row, sipgw busy on the CPU at least
   half the time: cut, by up to half at once the further over it is (four times over:
-  half). Not again until what sipgw reads arrived
-  after that cut (what it reads meanwhile queued up before it and says nothing of it),
-  and only if sipgw is no less late than at the cut: a backlog draining shows the cut
-  was enough;
+  half). Not again until what sipgw reads arrived after that cut (what it reads
+  meanwhile queued up before it and says nothing of it), or ``PATIENCE`` passed (a queue
+  seconds deep must not wait seconds between cuts), and only if sipgw is no less late
+  than at the cut: a backlog draining shows the cut was enough;
 - less than half that late: grown back by ``INCREASE`` a tick, so that a whole refusal
   takes a few seconds to wear off;
 - in between: held. That band is the hysteresis: the share settles where sipgw keeps up
@@ -61,6 +61,7 @@ INCREASE = 0.03  # of the share, per tick (100 ms) once sipgw is on time again
 LOW_WATER = 0.5  # of a threshold: below it sipgw counts as on time
 LARGEST_CUT = 0.5  # one cut keeps at least half of the share,
 SMALLEST_CUT = 0.9  # and at most 90 % of it
+PATIENCE = 0.3  # seconds: the longest a cut is given to show, however deep the queue
 DRAINING = 0.9  # of the delay at the last cut: less, and the backlog is draining
 DROP_SHARE = 0.5  # dropping starts only once at most this share is taken on
 BUSY = 0.5  # of a tick's wall time spent on the CPU: less, and sipgw is not the bottleneck
@@ -149,7 +150,7 @@ class Overload:
             # A single late tick (a long collection pass, a slow disk) is not overload, nor
             # is lateness while sipgw had time to spare: other processes held the CPU,
             # and refusing more work would not give it back.
-            if (self._over and busy and now - delay >= self._cut_at
+            if (self._over and busy and now - min(delay, PATIENCE) >= self._cut_at
                     and delay >= self._cut_delay * DRAINING):
                 admit *= min(SMALLEST_CUT, max(LARGEST_CUT, (self.shed_delay / delay) ** 0.5))
                 self._cut_at, self._cut_delay = now, delay

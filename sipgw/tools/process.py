@@ -140,10 +140,14 @@ class SipgwProcess:
         return self._process.pid if self._process else None
 
     def cpu_seconds(self) -> float:
-        """CPU time the process has used so far, user and system (Linux /proc)."""
-        fields = Path(f"/proc/{self._require_started().pid}/stat").read_text()
-        user, system = fields.rsplit(")", 1)[1].split()[11:13]
-        return (int(user) + int(system)) / os.sysconf("SC_CLK_TCK")
+        """CPU time the service has used so far, user and system: the process and, with
+        workers, the workers it runs now (Linux /proc)."""
+        pid = self._require_started().pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return sum(_cpu_seconds(int(p)) for p in [pid, *children])
 
     @property
     def returncode(self) -> int | None:
@@ -321,6 +325,16 @@ class SipgwProcess:
 
     def __repr__(self) -> str:
         return f"<SipgwProcess {self.address} -> {self.backend} pid={self.pid}>"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """One process's CPU time, user and system; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    user, system = fields.rsplit(")", 1)[1].split()[11:13]
+    return (int(user) + int(system)) / os.sysconf("SC_CLK_TCK")
 
 
 def run_cli(*args: str, timeout: float = 20.0,

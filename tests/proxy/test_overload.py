@@ -10,7 +10,7 @@ from twisted.logger import capturedLogs, formatEvent
 
 from sipgw.config import OverloadConfig
 from sipgw.proxy.load import TICK
-from sipgw.proxy.overload import DROP_HOLD, INCREASE, Overload
+from sipgw.proxy.overload import DROP_HOLD, INCREASE, PATIENCE, Overload
 from sipgw.proxy.replies import Replies
 from sipgw.proxy.stats import Stats
 from sipgw.tools.fuzzproxy import FuzzProxy
@@ -84,6 +84,10 @@ def test_a_backlog_draining_is_not_cut_again_and_a_standing_one_is():
     assert 0.49 < shedder.admit < 0.51
     late(clock, shedder, 0.3, 0.3)
     assert 0.24 < shedder.admit < 0.26
+    # A queue seconds deep is not given seconds: a cut every PATIENCE at the longest.
+    clock, shedder = overload()
+    late(clock, shedder, *[2.0] * (2 + round(4 * PATIENCE / TICK)))
+    assert 0.03 < shedder.admit < 0.07  # four or five cuts by half in 1.4 s, not one
 
 
 def test_the_share_holds_in_the_band_and_grows_back_once_sipgw_is_on_time():
