@@ -144,10 +144,11 @@ class SipgwProcess:
         workers, the workers it runs now (Linux /proc)."""
         pid = self._require_started().pid
         try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text()
+                        .split()]
         except OSError:
             children = []
-        return sum(_cpu_seconds(int(p)) for p in [pid, *children])
+        return sum((_cpu_seconds(p) for p in [pid, *children]), 0.0)
 
     @property
     def returncode(self) -> int | None:
