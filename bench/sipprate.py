@@ -1,0 +1,320 @@
+"""SIPp at fixed rates through a server under test: what bench/register.py and
+bench/calls.py share.
+
+SIPp UAC → the server (UDP) → SIPp UAS as the backend, the subscribers in a real Redis.
+The server is sipgw or Debian's Kamailio 5.6 configured as the same gateway
+(``bench/kamailio/udp-gateway.cfg``: digest MD5 against the same Redis records, 401 for
+REGISTER and 407 for the rest, REGISTER relayed to the backend, which is the registrar,
+INVITEs record-routed, everything relayed statefully; 4 UDP and 4 TCP workers). Both
+benches use the same gateway; only the SIPp scenarios differ.
+
+Each step runs the UAC at a fixed rate for a fixed time and reads SIPp's counters, the
+server's CPU time summed over its whole process group (/proc), SIPp's own CPU (a client-
+bound number is not the server's) and Redis's ``INFO commandstats``. A run starts a fresh
+server and climbs the rates until a step fails more than 0.5 % of its operations or falls
+behind 95 % of its rate. ``--target both`` interleaves the runs (sipgw, kamailio, sipgw,
+kamailio...), as the machine may be shared, and ends with a table: the rate sustained,
+CPU-s per 1,000 operations at that rate and Redis commands per operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import targets
+from redisdb import KEY_TEMPLATE, Redis
+from targets import Server, load_average, stop
+
+from sipgw.tools.loopback import free_port  # targets put the tree on sys.path
+
+REALM = "bench.test"
+TARGETS = ("sipgw", "kamailio")
+SUSTAINED_FAILED_PCT = 0.5
+SUSTAINED_ACHIEVED = 0.95
+# The gateway's own listener only; Redis for its digest; SIPp does not answer OPTIONS, so
+# the dispatcher does not probe it.
+SIPGW_CONFIG = """\
+[listen]
+udp = ["127.0.0.1:{sip_port}"]
+tcp = []
+ws = []
+[dispatcher]
+destinations = ["sip:127.0.0.1:{uas_port}"]
+ping_interval = 0
+[subscribers]
+url = "{redis}"
+key_template = "{key_template}"
+[auth]
+realm = "{realm}"
+{trusted}
+[control]
+socket = "{work}/sipgw.ctl"
+[state]
+directory = "{work}"
+# One address sends everything; Kamailio's gateway has no pike either.
+[pike]
+enabled = false
+[log]
+level = "warning"
+"""
+
+
+def last_stats(path: Path) -> dict[str, str]:
+    """The last row of a SIPp ``-trace_stat`` file: its counters when it stopped."""
+    with path.open() as f:
+        rows = list(csv.reader(f, delimiter=";"))
+    return dict(zip(rows[0], rows[-1], strict=False))
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One operation (a SIPp call): what it is called, the UAC's and the UAS's scenario
+    files, the UAC's extra arguments (its injection file)."""
+
+    operation: str
+    uac: Path
+    uas: Path
+    uac_args: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Step:
+    target: str
+    round: int
+    rate: int
+    ok: int
+    failed: int
+    seconds: float
+    cpu: float  # the server's, summed over its processes
+    sipp_cpu: float  # the UAC's and the UAS's
+    retransmissions: int
+    redis: dict[str, int] = field(default_factory=dict)  # commands during the step
+
+    @property
+    def failed_pct(self) -> float:
+        return 100.0 * self.failed / max(self.ok + self.failed, 1)
+
+    @property
+    def achieved(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    @property
+    def sustained(self) -> bool:
+        return (self.failed_pct < SUSTAINED_FAILED_PCT
+                and self.achieved >= SUSTAINED_ACHIEVED * self.rate)
+
+    @property
+    def cpu_per_1000(self) -> float:
+        """CPU-seconds per 1,000 successful operations."""
+        return 1000.0 * self.cpu / max(self.ok, 1)
+
+    def redis_per_op(self) -> str:
+        ops = max(self.ok + self.failed, 1)
+        total = sum(self.redis.values()) / ops
+        parts = ", ".join(f"{name} {n / ops:.2f}" for name, n in
+                          sorted(self.redis.items(), key=lambda item: -item[1]))
+        return f"{total:.2f}" + (f" ({parts})" if parts else "")
+
+    def row(self) -> str:
+        share = 100.0 / max(self.seconds, 1e-9)
+        return (f"{self.target:<9}{self.round:>3}{self.rate:>7}{self.ok:>8}"
+                f"{self.failed_pct:>8.2f}%{self.achieved:>9.0f}{self.cpu_per_1000:>9.3f}"
+                f"{self.cpu * share:>7.0f}%{self.sipp_cpu * share:>6.0f}%"
+                f"{self.retransmissions:>8}  {self.redis_per_op()}")
+
+
+STEP_HEADER = (f"{'target':<9}{'rnd':>3}{'rate':>7}{'ok':>8}{'failed':>9}{'achieved':>9}"
+               f"{'CPU-s':>9}{'server':>8}{'SIPp':>7}{'retrans':>8}  Redis commands\n"
+               f"{'':<9}{'':>3}{'/s':>7}{'':>8}{'':>9}{'/s':>9}{'/1000':>9}{'% core':>8}"
+               f"{'% core':>7}{'':>8}  per operation")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_step(server: Server, uas_port: int, scenario: Scenario, rate: int, seconds: float,
+             redis: Redis, round_: int, work: Path) -> Step:
+    """One step; the UAS listens on the port the server names as its backend."""
+    calls = int(rate * seconds)
+    common = ["-i", "127.0.0.1", "-bind_local", "-nostdin", "-ci", "127.0.0.1"]
+    # SIPp's CPU: both are reaped by the end of the step; the servers are not yet.
+    sipp_before = children_cpu()
+    uas = subprocess.Popen(
+        ["sipp", "-sf", str(scenario.uas), "-p", str(uas_port), "-cp", str(free_port()),
+         *common, "-timeout", str(int(seconds * 3 + 30))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+    stf = work / f"uac-{rate}.csv"
+    cpu_before, redis_before = server.cpu(), redis.commands()
+    t0 = time.monotonic()
+    subprocess.run(
+        ["sipp", "-sf", str(scenario.uac), f"127.0.0.1:{server.sip_port}",
+         *scenario.uac_args, "-p", str(free_port()), "-cp", str(free_port()), *common,
+         "-m", str(calls), "-r", str(rate), "-l", str(max(rate * 4, 100)),
+         "-timeout", str(int(seconds * 2 + 20)), "-trace_stat", "-stf", str(stf), "-fd", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+    elapsed = time.monotonic() - t0
+    cpu = server.cpu() - cpu_before
+    redis_after = redis.commands()
+    stop(uas)
+    stats = last_stats(stf)
+    return Step(
+        target=server.name, round=round_, rate=rate,
+        ok=int(stats.get("SuccessfulCall(C)", 0)), failed=int(stats.get("FailedCall(C)", 0)),
+        seconds=elapsed, cpu=cpu, sipp_cpu=children_cpu() - sipp_before,
+        retransmissions=int(stats.get("Retransmissions(C)", 0)),
+        redis={name: n - redis_before.get(name, 0) for name, n in redis_after.items()
+               if n - redis_before.get(name, 0) > 0},
+    )
+
+
+@contextlib.contextmanager
+def start(target: str, work: Path, uas_port: int, redis: Redis,
+          args: argparse.Namespace) -> Iterator[Server]:
+    """The gateway under test, relaying to the SIPp UAS on ``uas_port``."""
+    work.mkdir(parents=True, exist_ok=True)
+    if target == "sipgw":
+        sip_port = free_port()
+        config = SIPGW_CONFIG.format(
+            sip_port=sip_port, uas_port=uas_port, redis=redis.url, key_template=KEY_TEMPLATE,
+            realm=REALM, work=work,
+            trusted='trusted = ["127.0.0.0/8"]' if args.no_auth else "")
+        python = ("-m", "cProfile", "-o", args.profile) if args.profile else ()
+        with targets.sipgw(work, config, sip_port, workers=args.workers,
+                           python=python) as server:
+            yield server
+        return
+    defines = {"BACKEND": f'"sip:127.0.0.1:{uas_port}"', "DB_URL": f'"{redis.url}"'}
+    if args.no_auth:
+        defines["TRUSTED"] = "1"
+    # Shared memory holds the transactions (tm keeps each a few seconds after it ends).
+    with targets.kamailio(work, "udp-gateway.cfg", defines, shm_mb=512,
+                          modules=(("db_redis.so", "kamailio-redis-modules"),)) as server:
+        yield server
+
+
+def run_target(target: str, round_: int, scenario: Scenario, rates: list[int],
+               redis: Redis, args: argparse.Namespace, work: Path) -> list[Step]:
+    """A fresh server, and its steps up the rates until one is not sustained."""
+    steps: list[Step] = []
+    load = load_average()
+    run_work = work / f"{target}-{round_}"
+    uas_port = free_port()
+    with start(target, run_work, uas_port, redis, args) as server:
+        print(f"\n[{target}, round {round_}] {server.about}; load average {load}")
+        print(STEP_HEADER)
+        for rate in rates:
+            step = run_step(server, uas_port, scenario, rate, args.seconds, redis, round_,
+                            run_work)
+            print(step.row(), flush=True)
+            steps.append(step)
+            if not step.sustained:
+                if step.failed:
+                    print(f"  the last lines of {target}'s log:\n{server.log_tail(5)}")
+                break
+    return steps
+
+
+def best(steps: list[Step]) -> Step | None:
+    """The step at the highest rate sustained."""
+    sustained = [s for s in steps if s.sustained]
+    return max(sustained, key=lambda s: s.rate) if sustained else None
+
+
+def summary(runs: dict[tuple[str, int], list[Step]], operation: str) -> None:
+    print(f"\n{'target':<9}{'round':>6}{'sustained':>11}{'CPU-s per':>11}  Redis commands "
+          f"per {operation}\n{'':<9}{'':>6}{f'{operation}/s':>11}{'1,000':>11}")
+    medians: dict[str, tuple[float, float]] = {}
+    for target in TARGETS:
+        mine = [(round_, best(steps)) for (t, round_), steps in runs.items() if t == target]
+        if not mine:
+            continue
+        for round_, step in mine:
+            if step is None:
+                print(f"{target:<9}{round_:>6}{'none':>11}")
+            else:
+                print(f"{target:<9}{round_:>6}{step.rate:>11}{step.cpu_per_1000:>11.3f}  "
+                      f"{step.redis_per_op()}")
+        rates = [s.rate if s else 0 for _, s in mine]
+        cpus = [s.cpu_per_1000 for _, s in mine if s]
+        medians[target] = (statistics.median(rates),
+                           statistics.median(cpus) if cpus else float("nan"))
+        print(f"{target} median of {len(mine)}: {medians[target][0]:.0f} {operation}/s with "
+              f"under {SUSTAINED_FAILED_PCT} % failed, {medians[target][1]:.3f} CPU-s per "
+              f"1,000 {operation}s (all its processes)")
+    if len(medians) == 2:
+        (rate_s, cpu_s), (rate_k, cpu_k) = medians["sipgw"], medians["kamailio"]
+        print(f"sipgw/kamailio: {rate_s / max(rate_k, 1):.2f}× the rate, "
+              f"{cpu_s / cpu_k:.1f}× the CPU per {operation}")
+
+
+def add_arguments(ap: argparse.ArgumentParser, *, step: int, max_rate: int) -> None:
+    ap.set_defaults(rate_step=step)
+    ap.add_argument("--target", choices=(*TARGETS, "both"), default="sipgw")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="runs of each target (default: 2 with --target both, else 1)")
+    ap.add_argument("--rates", default="",
+                    help=f"comma-separated rates (default {step}, {2 * step}, ... up to "
+                         "--max-rate, until one is not sustained)")
+    ap.add_argument("--max-rate", type=int, default=max_rate)
+    ap.add_argument("--seconds", type=float, default=10.0, help="duration of each step")
+    ap.add_argument("--users", type=int, default=1000, help="distinct accounts (digest)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="sipgw serve --workers N (not passed when not given)")
+    ap.add_argument("--no-auth", action="store_true",
+                    help="no digest: loopback is trusted by both servers")
+    ap.add_argument("--profile", default="",
+                    help="write a cProfile of sipgw's main process to this file "
+                         "(--target sipgw only)")
+
+
+def parse_rates(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[int]:
+    try:
+        rates = [int(r) for r in args.rates.split(",") if r.strip()]
+    except ValueError:
+        ap.error(f"--rates: not comma-separated numbers: {args.rates!r}")
+    if any(r <= 0 for r in rates):
+        ap.error("--rates: each rate must be above 0")
+    if args.profile and args.target != "sipgw":
+        ap.error("--profile profiles sipgw: only with --target sipgw")
+    if args.workers is not None and args.workers < 1:
+        ap.error("--workers: at least 1")
+    return rates or list(range(args.rate_step, args.max_rate + 1, args.rate_step))
+
+
+def main(ap: argparse.ArgumentParser, scenario_for) -> None:
+    """Parse the arguments, provision Redis, run the targets interleaved, print the table.
+    ``scenario_for(args, inf)``: the bench's Scenario, given SIPp's injection file of the
+    provisioned users (``USER;REALM;[authentication ...]`` lines)."""
+    args = ap.parse_args()
+    rates = parse_rates(ap, args)
+    if args.profile:
+        args.profile = str(Path(args.profile).resolve())
+    names = list(TARGETS) if args.target == "both" else [args.target]
+    rounds = args.rounds or (2 if args.target == "both" else 1)
+    with tempfile.TemporaryDirectory(prefix="sipgw-bench-") as tmp:
+        work = Path(tmp)
+        redis = Redis(free_port(), work)
+        try:
+            accounts = redis.provision(args.users, REALM, work)
+            inf = work / "users.inf"
+            inf.write_text("SEQUENTIAL\n" + "".join(
+                f"{user};{REALM};[authentication username={user} password={password}]\n"
+                for user, password in accounts))
+            scenario = scenario_for(args, inf)
+            runs = {(target, n): run_target(target, n, scenario, rates, redis, args, work)
+                    for n in range(1, rounds + 1) for target in names}
+        finally:
+            redis.stop()
+    summary(runs, scenario.operation)
