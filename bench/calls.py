@@ -32,16 +32,14 @@ from pathlib import Path
 
 import sipprate
 
-HERE = Path(__file__).resolve().parent
-SCENARIOS = HERE.parent / "tests" / "integration" / "scenarios"
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 
 def scenario(args: argparse.Namespace, inf: Path) -> sipprate.Scenario:
     if args.no_auth:
-        return sipprate.Scenario("call", HERE / "scenarios" / "uac.xml",
-                                 HERE / "scenarios" / "uas.xml")
-    return sipprate.Scenario("call", SCENARIOS / "uac_call_auth.xml",
-                             SCENARIOS / "uas_call.xml", ("-inf", str(inf)))
+        return sipprate.Scenario("call", SCENARIOS / "uac.xml", SCENARIOS / "uas.xml")
+    return sipprate.Scenario("call", SCENARIOS / "uac_auth.xml", SCENARIOS / "uas_ringing.xml",
+                             ("-inf", str(inf)))
 
 
 def main() -> None:
