@@ -177,9 +177,11 @@ def run_step(server: Server, uas_port: int, scenario: Scenario, rate: int, secon
     redis_after = redis.commands()
     stop(uas)
     stats = last_stats(stf)
+    ok = int(stats.get("SuccessfulCall(C)", 0))
+    # A call still open when SIPp was stopped failed too, though SIPp did not count it.
+    failed = max(int(stats.get("FailedCall(C)", 0)), int(stats.get("OutgoingCall(C)", 0)) - ok)
     return Step(
-        target=server.name, round=round_, rate=rate,
-        ok=int(stats.get("SuccessfulCall(C)", 0)), failed=int(stats.get("FailedCall(C)", 0)),
+        target=server.name, round=round_, rate=rate, ok=ok, failed=failed,
         seconds=elapsed, cpu=cpu, sipp_cpu=children_cpu() - sipp_before,
         retransmissions=int(stats.get("Retransmissions(C)", 0)),
         redis={name: n - redis_before.get(name, 0) for name, n in redis_after.items()

@@ -4,7 +4,7 @@ A server under test is sipgw (``sipgw serve``) or Debian's Kamailio 5.6 configur
 same gateway (``bench/kamailio/``). Each is started in its own session, so its processes
 are one process group: Kamailio's main process and the workers it forks, sipgw's
 supervisor and workers when it runs several (``--workers N``). CPU time and PSS are summed
-over the whole group (/proc), never read from one pid.
+over the whole group and any descendant that left it (/proc), never read from one pid.
 
 Shared by bench/ws.py, bench/register.py and bench/calls.py (through bench/sipprate.py).
 """
@@ -45,8 +45,10 @@ def pss_kb(pid: int) -> int:
 
 
 def group_pids(pgid: int) -> list[int]:
-    """Every process of a process group: a server's main process and the workers it forked."""
-    pids = []
+    """Every process of a server: its process group (the main process and the workers it
+    forked), and any descendant that left the group (a worker in a session of its own)."""
+    parents: dict[int, int] = {}
+    pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -54,9 +56,17 @@ def group_pids(pgid: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # exited meanwhile
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
         if int(fields[2]) == pgid:
-            pids.append(int(entry.name))
-    return pids
+            pids.add(pid)
+    for pid in parents:
+        ancestor = parents[pid]
+        while ancestor > 1 and ancestor not in pids and ancestor != pgid:
+            ancestor = parents.get(ancestor, 0)
+        if ancestor == pgid or ancestor in pids:
+            pids.add(pid)
+    return sorted(pids)
 
 
 def _sum_over(pids: list[int], read) -> float:
