@@ -122,7 +122,8 @@ class Step:
         ops = max(self.ok + self.failed, 1)
         total = sum(self.redis.values()) / ops
         parts = ", ".join(f"{name} {n / ops:.2f}" for name, n in
-                          sorted(self.redis.items(), key=lambda item: -item[1]))
+                          sorted(self.redis.items(), key=lambda item: -item[1])
+                          if n / ops >= 0.005)  # not a connection's SELECT
         return f"{total:.2f}" + (f" ({parts})" if parts else "")
 
     def row(self) -> str:
