@@ -168,7 +168,7 @@ def sipgw(work: Path, config: str, sip_port: int, *, workers: int | None = None,
         wait_options_200(sip_port, time.monotonic() + 15, proc, work / "sipgw.log")
         server = Server("sipgw", sip_port, proc.pid, "", work / "sipgw.log", ws_url)
         count = len(server.pids())
-        server.about = (f"sipgw, {'--workers ' + str(workers) if workers else 'default workers'}"
+        server.about = (f"sipgw, {f'--workers {workers}' if workers else 'proxy.workers'}"
                         f" ({count} process{'es' if count > 1 else ''})")
         yield server
     finally:
