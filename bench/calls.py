@@ -19,7 +19,7 @@ all its processes, and the Redis commands per call.
 interleaves the runs (sipgw, kamailio, sipgw, kamailio...) and ends with a table.
 ``--no-auth`` is the relaying bench of the earlier measurements: the caller trusted (no
 digest), bench/scenarios/uac.xml and uas.xml (no 180). ``--workers N`` is passed to
-``sipgw serve``; ``--profile`` then sees the main process only.
+``sipgw serve`` (else its ``proxy.workers``: one per CPU); ``--profile`` runs one.
 
 Everything listens on 127.0.0.1 and every process is stopped at the end. Numbers go in
 notes, not in test asserts.

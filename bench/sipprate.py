@@ -317,8 +317,8 @@ def add_arguments(ap: argparse.ArgumentParser, *, step: int, max_rate: int) -> N
     ap.add_argument("--no-auth", action="store_true",
                     help="no digest: loopback is trusted by both servers")
     ap.add_argument("--profile", default="",
-                    help="write a cProfile of sipgw's main process to this file "
-                         "(--target sipgw only)")
+                    help="write a cProfile of sipgw to this file (--target sipgw, one "
+                         "process: --workers 1)")
 
 
 def parse_rates(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[int]:
@@ -330,6 +330,8 @@ def parse_rates(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[i
         ap.error("--rates: each rate must be above 0")
     if args.profile and args.target != "sipgw":
         ap.error("--profile profiles sipgw: only with --target sipgw")
+    if args.profile and args.workers not in (None, 1):
+        ap.error("--profile profiles one process: only with --workers 1 (its default)")
     if args.workers is not None and args.workers < 1:
         ap.error("--workers: at least 1")
     return rates or list(range(args.rate_step, args.max_rate + 1, args.rate_step))
@@ -343,6 +345,7 @@ def main(ap: argparse.ArgumentParser, scenario_for) -> None:
     rates = parse_rates(ap, args)
     if args.profile:
         args.profile = str(Path(args.profile).resolve())
+        args.workers = 1  # a supervisor's profile would show none of the work
     names = list(TARGETS) if args.target == "both" else [args.target]
     rounds = args.rounds or (2 if args.target == "both" else 1)
     with tempfile.TemporaryDirectory(prefix="sipgw-bench-") as tmp:
