@@ -8,7 +8,10 @@ REGISTER and 407 for the rest, REGISTER relayed to the backend, which is the reg
 INVITEs record-routed, everything relayed statefully; 4 UDP and 4 TCP workers). Both
 benches use the same gateway; only the SIPp scenarios differ.
 
-Each step runs the UAC at a fixed rate for a fixed time and reads SIPp's counters, the
+The UAC sends each call from a socket of its own (``-t un``), as many phones would: a
+single source port would put every call on one of sipgw's workers, since the kernel hashes
+the source address to pick one. Each step runs the UAC at a fixed rate for a fixed time
+and reads SIPp's counters, the
 server's CPU time summed over its whole process group (/proc), SIPp's own CPU (a client-
 bound number is not the server's) and Redis's ``INFO commandstats``. A run starts a fresh
 server and climbs the rates until a step fails more than 0.5 % of its operations or falls
@@ -149,6 +152,8 @@ def run_step(server: Server, uas_port: int, scenario: Scenario, rate: int, secon
              redis: Redis, round_: int, work: Path) -> Step:
     """One step; the UAS listens on the port the server names as its backend."""
     calls = int(rate * seconds)
+    # Calls open at once, at most: each holds a socket of its own (-t un below).
+    open_calls = min(max(rate * 4, 100), resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 200)
     common = ["-i", "127.0.0.1", "-bind_local", "-nostdin", "-ci", "127.0.0.1"]
     # SIPp's CPU: both are reaped by the end of the step; the servers are not yet.
     sipp_before = children_cpu()
@@ -164,11 +169,15 @@ def run_step(server: Server, uas_port: int, scenario: Scenario, rate: int, secon
         subprocess.run(
             ["sipp", "-sf", str(scenario.uac), f"127.0.0.1:{server.sip_port}",
              *scenario.uac_args, "-p", str(free_port()), "-cp", str(free_port()), *common,
-             "-m", str(calls), "-r", str(rate), "-l", str(max(rate * 4, 100)),
+             # A socket per call: the calls come from many ports, as from many phones, and
+             # spread over sipgw's workers (SO_REUSEPORT hashes the source address).
+             "-t", "un", "-max_socket", str(open_calls + 50),
+             "-m", str(calls), "-r", str(rate), "-l", str(open_calls),
              # A call whose answer was lost fails after 10 s instead of waiting for ever.
              "-recv_timeout", "10000", "-timeout", str(limit),
              "-trace_stat", "-stf", str(stf), "-fd", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work, timeout=limit + 10)
+            stdout=subprocess.DEVNULL, stderr=(work / "uac.err").open("w"), cwd=work,
+            timeout=limit + 10)
     except subprocess.TimeoutExpired:
         # SIPp's own -timeout does not end it while calls hang; the step failed anyway
         # (its calls did not complete), and its counters are in the file once a second.
@@ -177,6 +186,9 @@ def run_step(server: Server, uas_port: int, scenario: Scenario, rate: int, secon
     cpu = server.cpu() - cpu_before
     redis_after = redis.commands()
     stop(uas)
+    if not stf.exists():
+        raise SystemExit("SIPp's caller did not run: "
+                         + (work / "uac.err").read_text(errors="replace")[-500:])
     stats = last_stats(stf)
     ok = int(stats.get("SuccessfulCall(C)", 0))
     # A call still open when SIPp was stopped failed too, though SIPp did not count it.
@@ -343,6 +355,8 @@ def main(ap: argparse.ArgumentParser, scenario_for) -> None:
     provisioned users (``USER;REALM;[authentication ...]`` lines)."""
     args = ap.parse_args()
     rates = parse_rates(ap, args)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # SIPp inherits it
     if args.profile:
         args.profile = str(Path(args.profile).resolve())
         args.workers = 1  # a supervisor's profile would show none of the work
