@@ -11,9 +11,9 @@ benches use the same gateway; only the SIPp scenarios differ.
 The UAC sends each call from a socket of its own (``-t un``), as many phones would: a
 single source port would put every call on one of sipgw's workers, since the kernel hashes
 the source address to pick one. Each step runs the UAC at a fixed rate for a fixed time
-and reads SIPp's counters, the
-server's CPU time summed over its whole process group (/proc), SIPp's own CPU (a client-
-bound number is not the server's) and Redis's ``INFO commandstats``. A run starts a fresh
+and reads SIPp's counters, the server's CPU time summed over its whole process group
+(/proc), SIPp's own CPU (a client-bound number is not the server's) and Redis's
+``INFO commandstats``. A run starts a fresh
 server and climbs the rates until a step fails more than 0.5 % of its operations or falls
 behind 95 % of its rate. ``--target both`` interleaves the runs (sipgw, kamailio, sipgw,
 kamailio...), as the machine may be shared, and ends with a table: the rate sustained,
