@@ -292,9 +292,12 @@ def summary(runs: dict[tuple[str, int], list[Step]], operation: str) -> None:
         medians[target] = (statistics.median(rates), bounded)
     if len(medians) == 2:
         (ours, ours_bounded), (theirs, theirs_bounded) = medians["sipgw"], medians["kamailio"]
-        if theirs_bounded:
+        if not theirs:
+            print("Kamailio sustained none of the rates offered: offer lower --rates for the "
+                  "ratio")
+        elif theirs_bounded:
             print(f"sipgw's sustained rate over Kamailio's: {'' if ours_bounded else '≥'}"
-                  f"{ours / max(theirs, 1):.2f}×")
+                  f"{ours / theirs:.2f}×")
         else:
             print("Kamailio sustained every rate offered: offer higher --rates for the ratio")
     rounds = sorted({round_ for (t, round_) in runs if t == "kamailio"}
