@@ -284,8 +284,8 @@ def summary(runs: dict[tuple[str, int], list[Step]], operation: str) -> None:
                   f"{top.redis_per_op()}")
             rates.append(top.rate)
             cpus.append(top.cpu_per_1000)
-        print(f"{target} median of {len(mine)}: {'' if bounded else '≥'}"
-              f"{statistics.median(rates):.0f} {operation}/s with under "
+        print(f"{target} median of {len(mine)} ({', '.join(map(str, rates))}): "
+              f"{'' if bounded else '≥'}{statistics.median(rates):.0f} {operation}/s with under "
               f"{SUSTAINED_FAILED_PCT} % failed"
               + (f", {statistics.median(cpus):.3f} CPU-s per 1,000 {operation}s there "
                  "(all its processes)" if cpus else ""))
