@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING
 
 from sipgw.sip.errors import ParseError
 from sipgw.sip.grammar import split_commas
-from sipgw.sip.headers import LIST_HEADERS, display_name, header_key
+from sipgw.sip.headers import KNOWN_KEYS, LIST_HEADERS, display_name, header_key
+from sipgw.sip.uri import parse_uri
+from sipgw.sip.via import parse_top_via
 
-if TYPE_CHECKING:  # imported where used: via and uri parse what this module holds
+if TYPE_CHECKING:
     from sipgw.sip.uri import AbsoluteURI, SipURI
     from sipgw.sip.via import Via
 
@@ -60,7 +62,7 @@ class Message:
 
     def header(self, name: str) -> str | None:
         """Value of the first field called ``name`` (any spelling), or None."""
-        key = header_key(name)
+        key = KNOWN_KEYS.get(name) or header_key(name)  # header_key's cache, without a call
         for f in self.fields:
             if f.key == key:
                 return f.value
@@ -211,8 +213,6 @@ class Message:
         """The first Via, parsed."""
         v = self._cache.get("via")
         if v is None:
-            from sipgw.sip.via import parse_top_via
-
             first = self.header("via")
             if first is None:
                 raise ParseError("Missing Via header")
@@ -283,8 +283,6 @@ class Request(Message):
         cached = self._cache.get("ruri")
         if cached is not None and cached[0] is self.uri:  # type: ignore[index]
             return cached[1]  # type: ignore[index, no-any-return]
-        from sipgw.sip.uri import parse_uri
-
         parsed = parse_uri(self.uri)
         self._cache["ruri"] = (self.uri, parsed)
         return parsed

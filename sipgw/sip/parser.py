@@ -16,9 +16,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from sipgw.sip.address import parse_name_addr
 from sipgw.sip.errors import LimitError, ParseError
-from sipgw.sip.headers import CACHED_NAME_MAX, SINGLETON_HEADERS, header_key
+from sipgw.sip.headers import CACHED_NAME_MAX, SINGLETON_HEADERS, display_name, header_key
 from sipgw.sip.message import Field, Request, Response, parse_cseq
+from sipgw.sip.via import parse_top_via
 
 _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
@@ -194,8 +196,6 @@ _VALID_NAMES_MAX = 4096
 
 
 def _pretty(key: str) -> str:
-    from sipgw.sip.headers import display_name
-
     return display_name(key)
 
 
@@ -258,8 +258,6 @@ def _check_vias(msg: Request | Response) -> None:
     transports: unknown transports below the top are none of our business) and parsed
     only when a response has to be routed by them.
     """
-    from sipgw.sip.via import parse_top_via
-
     for f in msg.fields:
         if f.key == "via":
             try:
@@ -284,8 +282,6 @@ _PLAIN_ADDRESS_RE = re.compile(
 
 
 def _check_addresses(req: Request) -> None:
-    from sipgw.sip.address import parse_name_addr
-
     match = _PLAIN_ADDRESS_RE.match
     for key, label in (("from", "From"), ("to", "To")):
         value = req.header(key) or ""
