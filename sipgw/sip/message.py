@@ -10,13 +10,14 @@ lazily and cached; any mutation of a header drops its cached value.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from sipgw.sip.errors import ParseError
 from sipgw.sip.grammar import split_commas
 from sipgw.sip.headers import KNOWN_KEYS, LIST_HEADERS, display_name, header_key
-from sipgw.sip.uri import parse_uri
+from sipgw.sip.uri import MEMO_ENTRIES, MEMO_TEXT_MAX, parse_uri
 from sipgw.sip.via import parse_top_via
 
 if TYPE_CHECKING:
@@ -338,6 +339,14 @@ class Response(Message):
 
 
 def parse_cseq(value: str) -> tuple[int, str]:
+    """(number, method) of a CSeq value; raises ParseError if malformed."""
+    # "1 INVITE", "2 BYE": few distinct values, on every message (kept as uri.py keeps URIs).
+    if len(value) <= MEMO_TEXT_MAX:
+        return _parse_cseq_memo(value)
+    return _parse_cseq(value)
+
+
+def _parse_cseq(value: str) -> tuple[int, str]:
     # §25.1: CSeq = 1*DIGIT LWS Method. Split on SP/HT only (str.split() also splits on
     # NBSP and other latin-1 spaces), and only ASCII digits: "²".isdigit() is True but
     # int("²") raises ValueError.
@@ -354,8 +363,18 @@ def parse_cseq(value: str) -> tuple[int, str]:
     return number, parts[1]
 
 
+_parse_cseq_memo = functools.lru_cache(maxsize=MEMO_ENTRIES)(_parse_cseq)
+
+
 def _tag_of(value: str) -> str | None:
     """The ``tag`` header parameter of a From/To value, without a full parse."""
+    # A dialog's From and To come back on each of its messages.
+    if len(value) <= MEMO_TEXT_MAX:
+        return _tag_of_memo(value)
+    return _find_tag(value)
+
+
+def _find_tag(value: str) -> str | None:
     # Parameters start after the closing '>' of a name-addr; an addr-spec has none inside.
     gt = value.rfind(">")
     tail = value[gt + 1 :] if gt >= 0 else value
@@ -375,6 +394,9 @@ def _tag_of(value: str) -> str | None:
             return v[:end]
         i = tail.lower().find("tag", j)
     return None
+
+
+_tag_of_memo = functools.lru_cache(maxsize=MEMO_ENTRIES)(_find_tag)
 
 
 def build_cancel(invite: Request) -> Request:

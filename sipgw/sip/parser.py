@@ -111,6 +111,10 @@ def _bare_line_end(lines: list[str]) -> str:
 
 def _start_line(start: str, is_response: bool) -> Request | Response:
     if is_response:
+        code = start[8:11]
+        if start[:8] == "SIP/2.0 " and start[11:12] == " " and code.isascii() and code.isdigit():
+            # The usual status line, taken apart as _STATUS_RE would.
+            return Response(int(code), start[12:], version="SIP/2.0")
         m = _STATUS_RE.match(start)
         if m is None:
             raise ParseError("Bad status line", status=None)
@@ -124,10 +128,12 @@ def _start_line(start: str, is_response: bool) -> Request | Response:
     if len(parts) != 3 or not parts[0] or not parts[1]:
         raise ParseError("Bad request line")
     method, uri, version = parts
-    if _METHOD_RE.match(method) is None:
+    if method not in KNOWN_METHODS and _METHOD_RE.match(method) is None:
         raise ParseError("Bad request method")
     if _URI_BAD.search(uri) or ":" not in uri:
         raise ParseError("Bad Request-URI")
+    if version == "SIP/2.0":
+        return Request(method, uri, version="SIP/2.0")
     m = _VERSION_RE.match(version)
     if m is None:
         raise ParseError("Bad SIP version")
