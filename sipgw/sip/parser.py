@@ -149,30 +149,32 @@ def _fields(lines: list[str], limits: Limits) -> list[Field]:
     last: Field | None = None
     names = _VALID_NAMES
     for line in lines[1:]:
-        if not line:
-            continue
-        first = line[0]
-        if first == " " or first == "\t":
-            # Folded continuation (RFC 3261 §7.3.1): the value goes on after one SP.
-            if last is None:
-                raise ParseError("Bad header folding")
-            last.raw = f"{last.raw}\r\n{line}"
-            cont = line.strip(" \t")
-            if cont:  # a blank continuation is trailing LWS: "70 " must stay "70"
-                last.value = f"{last.value} {cont}" if last.value else cont
-            continue
-        colon = line.find(":")
-        if colon <= 0:
-            raise ParseError("Bad header line")
-        known = names.get(line[:colon])
-        if known is None:
-            known = _learn_name(line[:colon])
-        key, name, singleton = known
+        name, colon, value = line.partition(":")
+        known = names.get(name)
+        if known is None or not colon:
+            # Not the usual line: a name that passed _learn_name (so not empty, and not
+            # starting with SP or HT: no continuation line), then the colon.
+            if not line:
+                continue
+            first = line[0]
+            if first == " " or first == "\t":
+                # Folded continuation (RFC 3261 §7.3.1): the value goes on after one SP.
+                if last is None:
+                    raise ParseError("Bad header folding")
+                last.raw = f"{last.raw}\r\n{line}"
+                cont = line.strip(" \t")
+                if cont:  # a blank continuation is trailing LWS: "70 " must stay "70"
+                    last.value = f"{last.value} {cont}" if last.value else cont
+                continue
+            if not colon or not name:
+                raise ParseError("Bad header line")
+            known = _learn_name(name)
+        key, spelled, singleton = known
         if singleton:
             if key in seen_singletons:
                 raise ParseError(f"Duplicate {_pretty(key)} header")
             seen_singletons.add(key)
-        last = Field(key, name, line[colon + 1 :].strip(" \t"), line)
+        last = Field(key, spelled, value.strip(" \t"), line)
         append(last)
     if len(fields) > limits.max_headers:
         # The message size limit already bounds the work done to get here.
