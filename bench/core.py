@@ -11,6 +11,7 @@ machine is doing; ``bench/calls.py`` adds the kernel's and Twisted's share on re
     .venv/bin/python bench/core.py                  # 20,000 calls, best of 5 rounds
     .venv/bin/python bench/core.py --profile        # and cProfile's top functions
     .venv/bin/python bench/core.py --register       # bench/register.py's digest REGISTER
+    .venv/bin/python bench/core.py --auth           # the call with a 407 and digest first
 
 Numbers go in notes, not in test asserts.
 """
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sipgw.proxy.runtime import gcpolicy  # noqa: E402
 from sipgw.tools.fuzzproxy import FuzzProxy  # noqa: E402
-from sipgw.tools.loadflows import HeapClock, one_call, one_register  # noqa: E402
+from sipgw.tools.loadflows import HeapClock, one_auth_call, one_call, one_register  # noqa: E402
 
 
 def run(calls: int, flow=one_call) -> float:
@@ -48,9 +49,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--register", action="store_true",
                     help="digest REGISTERs (401, then authorized; in-memory store) instead")
+    ap.add_argument("--auth", action="store_true",
+                    help="calls from an untrusted caller: INVITE, 407, ACK, INVITE with digest")
     ap.add_argument("--profile", action="store_true", help="print cProfile's top functions")
     args = ap.parse_args()
-    flow, what = (one_register, "REGISTER") if args.register else (one_call, "call")
+    flow, what = ((one_register, "REGISTER") if args.register else
+                  (one_auth_call, "authenticated call") if args.auth else (one_call, "call"))
     run(500, flow)  # warm-up: caches, first allocations
     gcpolicy.install()  # as sipgw serve does once started
     best = min(run(args.calls, flow) for _ in range(args.rounds))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""WebSocket capacity of one sipgw process, and of Kamailio 5.6 with the same load client:
+"""WebSocket capacity of sipgw, and of Kamailio 5.6 with the same load client:
 registrations per second with 100 clients connecting at once, and memory per connection.
 
 sipgw.tools.wsload (N WebSocket connections, each REGISTERs and stays open) → the server
@@ -26,6 +26,7 @@ average at the start of each run.
     .venv/bin/python bench/ws.py                            # sipgw: 10,000 held, 2,000 rate
     .venv/bin/python bench/ws.py --target both --count 2000 --rate-count 3000
     .venv/bin/python bench/ws.py --target kamailio --rounds 3
+    .venv/bin/python bench/ws.py --workers 2                # sipgw serve --workers 2
 
 Everything listens on 127.0.0.1 and every process is stopped at the end. Numbers go in
 notes, not in test asserts. No digest (loopback is trusted): the WebSocket edge is
@@ -40,81 +41,29 @@ import contextlib
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from calls import cpu_seconds, last_stats, wait_options_200
-from register import stop
+import targets
+from sipprate import last_stats
+from targets import Server, cpu_seconds, load_average, stop
+
+from sipgw.tools.loopback import free_port  # targets put the tree on sys.path
+from sipgw.tools.wsload import LoadResult, run_load
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from sipgw.tools.kamailio import KamailioProcess, kamailio_executable  # noqa: E402
-from sipgw.tools.loopback import free_port  # noqa: E402
-from sipgw.tools.wsload import LoadResult, run_load  # noqa: E402
-
 SCENARIOS = HERE.parent / "tests" / "integration" / "scenarios"
 WARMUP = 200
 
 
-def pss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    raise RuntimeError("no Pss in smaps_rollup")
-
-
-def group_pids(pgid: int) -> list[int]:
-    """Every process of a process group: Kamailio's main process and the workers it forked."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        if int(fields[2]) == pgid:
-            pids.append(int(entry.name))
-    return pids
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-@dataclass(slots=True)
-class Server:
-    """A server under test, started in its own session so its processes are one group."""
-
-    name: str
-    url: str
-    pgid: int
-    about: str
-    log: Path
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def cpu(self) -> float:
-        return sum(cpu_seconds(pid) for pid in group_pids(self.pgid))
-
-    def pss_kb(self) -> int:
-        return sum(pss_kb(pid) for pid in group_pids(self.pgid))
-
-
 @contextlib.contextmanager
-def sipgw(work: Path, uas_port: int, max_connections: int) -> Iterator[Server]:
+def sipgw(work: Path, uas_port: int, max_connections: int,
+          workers: int | None) -> Iterator[Server]:
     sip_port, ws_port = free_port(), free_port()
-    config = work / "sipgw.toml"
-    config.write_text(
+    config = (
         f'[listen]\nudp = ["127.0.0.1:{sip_port}"]\ntcp = []\nws = ["127.0.0.1:{ws_port}"]\n'
         f'[dispatcher]\ndestinations = ["sip:127.0.0.1:{uas_port}"]\nping_interval = 0\n'
         f'[auth]\ntrusted = ["127.0.0.0/8"]\n'
@@ -123,42 +72,26 @@ def sipgw(work: Path, uas_port: int, max_connections: int) -> Iterator[Server]:
         f'[control]\nsocket = "{work}/sipgw.ctl"\n[state]\ndirectory = "{work}"\n'
         f'[log]\nlevel = "warning"\n'
     )
-    with (work / "sipgw.log").open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "sipgw", "serve", "-c", str(config)],
-                                stdout=log, stderr=log, start_new_session=True)
-    try:
-        wait_options_200(sip_port, time.monotonic() + 15)
-        yield Server("sipgw", f"ws://127.0.0.1:{ws_port}/", proc.pid, "sipgw, one process",
-                     work / "sipgw.log")
-    finally:
-        stop(proc)
+    with targets.sipgw(work, config, sip_port, workers=workers,
+                       ws_url=f"ws://127.0.0.1:{ws_port}/") as server:
+        yield server
 
 
 @contextlib.contextmanager
-def kamailio(work: Path, uas_port: int, max_connections: int) -> Iterator[Server]:
-    executable = kamailio_executable()
-    if executable is None:
-        raise SystemExit("kamailio is not installed (Debian package kamailio, with "
-                         "kamailio-websocket-modules)")
-    version = subprocess.run([executable, "-v"], capture_output=True, text=True).stdout
-    process = KamailioProcess(
-        str(HERE / "kamailio" / "ws-gateway.cfg"), work, ws=True, executable=executable,
-        defines={"BACKEND": f'"sip:127.0.0.1:{uas_port}"',
-                 "MAX_CONNECTIONS": str(max_connections)},
+def kamailio(work: Path, uas_port: int, max_connections: int,
+             workers: int | None) -> Iterator[Server]:
+    with targets.kamailio(
+        work, "ws-gateway.cfg", {"BACKEND": f'"sip:127.0.0.1:{uas_port}"',
+                                 "MAX_CONNECTIONS": str(max_connections)},
+        modules=(("websocket.so", "kamailio-websocket-modules"),),
         # Shared memory holds every connection; the pools' untouched pages cost no PSS.
         shm_mb=256 + max_connections // 10, pkg_mb=8,
-    )
-    try:
-        process.start().wait_ready(15)
-        assert process.pid is not None
-        about = (f"{version.split(chr(10))[0].removeprefix('version: ').strip()}, children=4 "
-                 f"tcp_children=4 ({len(group_pids(process.pid))} processes)")
-        yield Server("kamailio", process.ws_url, process.pid, about, process.log_path)
-    finally:
-        process.stop()
+    ) as server:
+        yield server
 
 
-SERVERS: dict[str, Callable[[Path, int, int], contextlib.AbstractContextManager[Server]]] = {
+SERVERS: dict[str, Callable[[Path, int, int, int | None],
+                             contextlib.AbstractContextManager[Server]]] = {
     "sipgw": sipgw, "kamailio": kamailio,
 }
 
@@ -231,7 +164,7 @@ def memory_phase(server: Server, args: argparse.Namespace) -> tuple[LoadResult, 
     def measure() -> None:
         seen["pss"] = server.pss_kb()
 
-    held = asyncio.run(run_load(server.url, count=args.count, concurrency=args.concurrency,
+    held = asyncio.run(run_load(server.ws_url, count=args.count, concurrency=args.concurrency,
                                 hold=args.hold, while_held=measure, first=200_000))
     per_connection = (seen["pss"] - before) / max(held.registered, 1)
     print(f"  memory: {held.report()}")
@@ -245,7 +178,7 @@ def rate_phase(server: Server, uas: Uas, args: argparse.Namespace) -> tuple[Load
     that a backend-bound number is not mistaken for the server's either."""
     wait_idle(server)
     cpu0, uas0 = server.cpu(), cpu_seconds(uas.proc.pid)
-    rate = asyncio.run(run_load(server.url, count=args.rate_count,
+    rate = asyncio.run(run_load(server.ws_url, count=args.rate_count,
                                 concurrency=args.concurrency, first=100_000))
     cpu, uas_cpu = server.cpu() - cpu0, cpu_seconds(uas.proc.pid) - uas0
     cpu_ms = 1000 * cpu / max(rate.registered, 1)
@@ -265,10 +198,11 @@ def run_once(target: str, round_: int, args: argparse.Namespace) -> Run:
         uas = Uas(work, 10 * (WARMUP + args.count + args.rate_count))
         registered = 0
         try:
-            with SERVERS[target](work, uas.port, args.open_at_once + 1000) as server:
+            with SERVERS[target](work, uas.port, args.open_at_once + 1000,
+                                 args.workers) as server:
                 print(f"\n[{target}, round {round_}] {server.about}; load average {load}")
                 # Warm-up: imports and first allocations are not per-connection costs.
-                warm = asyncio.run(run_load(server.url, count=WARMUP,
+                warm = asyncio.run(run_load(server.ws_url, count=WARMUP,
                                             concurrency=args.concurrency))
                 registered += warm.registered
                 per_connection = None
@@ -311,6 +245,8 @@ def main() -> None:
     ap.add_argument("--rate-count", type=int, default=2_000, help="registrations (rate)")
     ap.add_argument("--concurrency", type=int, default=100)
     ap.add_argument("--hold", type=float, default=2.0, help="seconds to hold them")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="sipgw serve --workers N (not passed when not given)")
     args = ap.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # The servers started from here inherit it.

@@ -20,13 +20,14 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, cast
 
 from sipgw.sip.errors import ParseError
 from sipgw.sip.grammar import HasParams, parse_params, read_quoted, split_commas
-from sipgw.sip.uri import AbsoluteURI, SipURI, parse_uri
+from sipgw.sip.uri import MEMO_ENTRIES, MEMO_TEXT_MAX, AbsoluteURI, SipURI, parse_uri
 
 if TYPE_CHECKING:
     from sipgw.sip.message import Message
@@ -97,23 +98,31 @@ def parse_name_addr(text: str, *, what: str = "address") -> NameAddr:
     ``what`` names the header in errors, e.g. ``parse_name_addr(v, what="To header")``
     raises ``ParseError("Bad To header: ...")``.
     """
+    try:
+        # A dialog's From, To, Contact and Route come back on each of its messages: kept
+        # as parse_uri keeps URIs (the result is frozen; errors are not kept).
+        if len(text) <= MEMO_TEXT_MAX:
+            return _parse_name_addr_memo(text)
+        return _parse_name_addr(text)
+    except ParseError as exc:
+        raise ParseError(f"Bad {what}: {_lower_first(exc.reason)}") from None
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     m = _FAST_RE.match(text)
     if m is not None:
         display, uri_text, params_text = m.groups()
-        try:
-            uri = parse_uri(uri_text)
-        except ParseError as exc:
-            raise ParseError(f"Bad {what}: {_lower_first(exc.reason)}") from None
+        uri = parse_uri(uri_text)
         params = []
         if params_text:
             for piece in params_text[1:].split(";"):
                 name, eq, value = piece.partition("=")
                 params.append((name, value if eq else None))
         return NameAddr(display=display, uri=uri, params=tuple(params))
-    try:
-        return _parse_slow(text.strip(" \t"))
-    except ParseError as exc:
-        raise ParseError(f"Bad {what}: {_lower_first(exc.reason)}") from None
+    return _parse_slow(text.strip(" \t"))
+
+
+_parse_name_addr_memo = functools.lru_cache(maxsize=MEMO_ENTRIES)(_parse_name_addr)
 
 
 def parse_address_list(value: str, *, what: str = "Contact header") -> list[NameAddr] | _Star:

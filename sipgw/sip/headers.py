@@ -92,14 +92,16 @@ SINGLETON_HEADERS = frozenset(
     {"call-id", "from", "to", "cseq", "max-forwards", "content-length", "content-type"}
 )
 
-_KEY_CACHE: dict[str, str] = {}
-_KEY_CACHE_MAX = 2048
+# header_key's memory, name as written → key; read directly where a function call per
+# lookup shows (Message.header). Cleared in place when full, never rebound.
+KNOWN_KEYS: dict[str, str] = {}
+KNOWN_KEYS_MAX = 2048
 CACHED_NAME_MAX = 64  # longer names are looked up every time, never kept
 
 
 def header_key(name: str) -> str:
     """Lowercase long name for a header name as written (``"i"`` → ``"call-id"``)."""
-    key = _KEY_CACHE.get(name)
+    key = KNOWN_KEYS.get(name)
     if key is not None:
         return key
     lower = name.lower()
@@ -108,9 +110,9 @@ def header_key(name: str) -> str:
     # bytes: 2,048 names of 60 kB each were 250 MB held for good (found by fuzzing). When
     # full it starts again, so names first seen after a flood of junk are cached too.
     if len(name) <= CACHED_NAME_MAX:
-        if len(_KEY_CACHE) >= _KEY_CACHE_MAX:
-            _KEY_CACHE.clear()
-        _KEY_CACHE[name] = key
+        if len(KNOWN_KEYS) >= KNOWN_KEYS_MAX:
+            KNOWN_KEYS.clear()
+        KNOWN_KEYS[name] = key
     return key
 
 

@@ -10,14 +10,17 @@ lazily and cached; any mutation of a header drops its cached value.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from sipgw.sip.errors import ParseError
 from sipgw.sip.grammar import split_commas
-from sipgw.sip.headers import LIST_HEADERS, display_name, header_key
+from sipgw.sip.headers import KNOWN_KEYS, LIST_HEADERS, display_name, header_key
+from sipgw.sip.uri import MEMO_ENTRIES, MEMO_TEXT_MAX, parse_uri
+from sipgw.sip.via import parse_top_via
 
-if TYPE_CHECKING:  # imported where used: via and uri parse what this module holds
+if TYPE_CHECKING:
     from sipgw.sip.uri import AbsoluteURI, SipURI
     from sipgw.sip.via import Via
 
@@ -60,7 +63,7 @@ class Message:
 
     def header(self, name: str) -> str | None:
         """Value of the first field called ``name`` (any spelling), or None."""
-        key = header_key(name)
+        key = KNOWN_KEYS.get(name) or header_key(name)  # header_key's cache, without a call
         for f in self.fields:
             if f.key == key:
                 return f.value
@@ -211,8 +214,6 @@ class Message:
         """The first Via, parsed."""
         v = self._cache.get("via")
         if v is None:
-            from sipgw.sip.via import parse_top_via
-
             first = self.header("via")
             if first is None:
                 raise ParseError("Missing Via header")
@@ -283,8 +284,6 @@ class Request(Message):
         cached = self._cache.get("ruri")
         if cached is not None and cached[0] is self.uri:  # type: ignore[index]
             return cached[1]  # type: ignore[index, no-any-return]
-        from sipgw.sip.uri import parse_uri
-
         parsed = parse_uri(self.uri)
         self._cache["ruri"] = (self.uri, parsed)
         return parsed
@@ -340,6 +339,14 @@ class Response(Message):
 
 
 def parse_cseq(value: str) -> tuple[int, str]:
+    """(number, method) of a CSeq value; raises ParseError if malformed."""
+    # "1 INVITE", "2 BYE": few distinct values, on every message (kept as uri.py keeps URIs).
+    if len(value) <= MEMO_TEXT_MAX:
+        return _parse_cseq_memo(value)
+    return _parse_cseq(value)
+
+
+def _parse_cseq(value: str) -> tuple[int, str]:
     # §25.1: CSeq = 1*DIGIT LWS Method. Split on SP/HT only (str.split() also splits on
     # NBSP and other latin-1 spaces), and only ASCII digits: "²".isdigit() is True but
     # int("²") raises ValueError.
@@ -356,8 +363,18 @@ def parse_cseq(value: str) -> tuple[int, str]:
     return number, parts[1]
 
 
+_parse_cseq_memo = functools.lru_cache(maxsize=MEMO_ENTRIES)(_parse_cseq)
+
+
 def _tag_of(value: str) -> str | None:
     """The ``tag`` header parameter of a From/To value, without a full parse."""
+    # A dialog's From and To come back on each of its messages.
+    if len(value) <= MEMO_TEXT_MAX:
+        return _tag_of_memo(value)
+    return _find_tag(value)
+
+
+def _find_tag(value: str) -> str | None:
     # Parameters start after the closing '>' of a name-addr; an addr-spec has none inside.
     gt = value.rfind(">")
     tail = value[gt + 1 :] if gt >= 0 else value
@@ -377,6 +394,9 @@ def _tag_of(value: str) -> str | None:
             return v[:end]
         i = tail.lower().find("tag", j)
     return None
+
+
+_tag_of_memo = functools.lru_cache(maxsize=MEMO_ENTRIES)(_find_tag)
 
 
 def build_cancel(invite: Request) -> Request:

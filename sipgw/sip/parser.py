@@ -16,9 +16,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from sipgw.sip.address import parse_name_addr
 from sipgw.sip.errors import LimitError, ParseError
-from sipgw.sip.headers import CACHED_NAME_MAX, SINGLETON_HEADERS, header_key
+from sipgw.sip.headers import CACHED_NAME_MAX, SINGLETON_HEADERS, display_name, header_key
 from sipgw.sip.message import Field, Request, Response, parse_cseq
+from sipgw.sip.via import parse_top_via
 
 _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
@@ -109,6 +111,10 @@ def _bare_line_end(lines: list[str]) -> str:
 
 def _start_line(start: str, is_response: bool) -> Request | Response:
     if is_response:
+        code = start[8:11]
+        if start[:8] == "SIP/2.0 " and start[11:12] == " " and code.isascii() and code.isdigit():
+            # The usual status line, taken apart as _STATUS_RE would.
+            return Response(int(code), start[12:], version="SIP/2.0")
         m = _STATUS_RE.match(start)
         if m is None:
             raise ParseError("Bad status line", status=None)
@@ -122,10 +128,12 @@ def _start_line(start: str, is_response: bool) -> Request | Response:
     if len(parts) != 3 or not parts[0] or not parts[1]:
         raise ParseError("Bad request line")
     method, uri, version = parts
-    if _METHOD_RE.match(method) is None:
+    if method not in KNOWN_METHODS and _METHOD_RE.match(method) is None:
         raise ParseError("Bad request method")
     if _URI_BAD.search(uri) or ":" not in uri:
         raise ParseError("Bad Request-URI")
+    if version == "SIP/2.0":
+        return Request(method, uri, version="SIP/2.0")
     m = _VERSION_RE.match(version)
     if m is None:
         raise ParseError("Bad SIP version")
@@ -141,30 +149,32 @@ def _fields(lines: list[str], limits: Limits) -> list[Field]:
     last: Field | None = None
     names = _VALID_NAMES
     for line in lines[1:]:
-        if not line:
-            continue
-        first = line[0]
-        if first == " " or first == "\t":
-            # Folded continuation (RFC 3261 §7.3.1): the value goes on after one SP.
-            if last is None:
-                raise ParseError("Bad header folding")
-            last.raw = f"{last.raw}\r\n{line}"
-            cont = line.strip(" \t")
-            if cont:  # a blank continuation is trailing LWS: "70 " must stay "70"
-                last.value = f"{last.value} {cont}" if last.value else cont
-            continue
-        colon = line.find(":")
-        if colon <= 0:
-            raise ParseError("Bad header line")
-        known = names.get(line[:colon])
-        if known is None:
-            known = _learn_name(line[:colon])
-        key, name, singleton = known
+        name, colon, value = line.partition(":")
+        known = names.get(name)
+        if known is None or not colon:
+            # Not the usual line: a name that passed _learn_name (so not empty, and not
+            # starting with SP or HT: no continuation line), then the colon.
+            if not line:
+                continue
+            first = line[0]
+            if first == " " or first == "\t":
+                # Folded continuation (RFC 3261 §7.3.1): the value goes on after one SP.
+                if last is None:
+                    raise ParseError("Bad header folding")
+                last.raw = f"{last.raw}\r\n{line}"
+                cont = line.strip(" \t")
+                if cont:  # a blank continuation is trailing LWS: "70 " must stay "70"
+                    last.value = f"{last.value} {cont}" if last.value else cont
+                continue
+            if not colon or not name:
+                raise ParseError("Bad header line")
+            known = _learn_name(name)
+        key, spelled, singleton = known
         if singleton:
             if key in seen_singletons:
                 raise ParseError(f"Duplicate {_pretty(key)} header")
             seen_singletons.add(key)
-        last = Field(key, name, line[colon + 1 :].strip(" \t"), line)
+        last = Field(key, spelled, value.strip(" \t"), line)
         append(last)
     if len(fields) > limits.max_headers:
         # The message size limit already bounds the work done to get here.
@@ -194,8 +204,6 @@ _VALID_NAMES_MAX = 4096
 
 
 def _pretty(key: str) -> str:
-    from sipgw.sip.headers import display_name
-
     return display_name(key)
 
 
@@ -258,8 +266,6 @@ def _check_vias(msg: Request | Response) -> None:
     transports: unknown transports below the top are none of our business) and parsed
     only when a response has to be routed by them.
     """
-    from sipgw.sip.via import parse_top_via
-
     for f in msg.fields:
         if f.key == "via":
             try:
@@ -284,8 +290,6 @@ _PLAIN_ADDRESS_RE = re.compile(
 
 
 def _check_addresses(req: Request) -> None:
-    from sipgw.sip.address import parse_name_addr
-
     match = _PLAIN_ADDRESS_RE.match
     for key, label in (("from", "From"), ("to", "To")):
         value = req.header(key) or ""

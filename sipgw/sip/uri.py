@@ -15,6 +15,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -73,8 +74,22 @@ def check_user(user: str) -> bool:
     return _USER_RE.match(user) is not None
 
 
+# Parsing is pure and its results are frozen, and the same texts keep coming: the peers'
+# host names in every Via, a service's Request-URI, a dialog's Route and Contact. Those
+# parse once while they recur (bounded in entries, and only texts of a usual length are
+# kept: an attacker's 60 KB URI is parsed each time, never held). Errors are not kept.
+MEMO_TEXT_MAX = 256
+MEMO_ENTRIES = 4096
+
+
 def check_host(host: str) -> bool:
     """True if ``host`` is a host name, a dotted quad or a bracketed IPv6 reference."""
+    if len(host) <= MEMO_TEXT_MAX:
+        return _check_host_memo(host)
+    return _check_host(host)
+
+
+def _check_host(host: str) -> bool:
     if not host:
         return False
     if host[0] == "[":
@@ -86,6 +101,9 @@ def check_host(host: str) -> bool:
             return False
         return True
     return _HOSTNAME_RE.match(host) is not None and _toplabel_ok(host)
+
+
+_check_host_memo = functools.lru_cache(maxsize=MEMO_ENTRIES)(_check_host)
 
 
 def _toplabel_ok(host: str) -> bool:
@@ -191,6 +209,12 @@ URI = SipURI | AbsoluteURI
 
 def parse_uri(text: str) -> SipURI | AbsoluteURI:
     """Parse a Request-URI or the URI of a name-addr; raises ParseError if malformed."""
+    if len(text) <= MEMO_TEXT_MAX:
+        return _parse_uri_memo(text)
+    return _parse_uri(text)
+
+
+def _parse_uri(text: str) -> SipURI | AbsoluteURI:
     m = _FAST_RE.match(text)
     if m is not None:
         user, host, port, params = m.group(2, 3, 4, 5)
@@ -216,6 +240,9 @@ def parse_uri(text: str) -> SipURI | AbsoluteURI:
     if _OPAQUE_RE.match(rest) is None:
         raise ParseError(f"Bad URI: {_what_is_wrong(rest)}")
     return AbsoluteURI(scheme=scheme, opaque=rest)
+
+
+_parse_uri_memo = functools.lru_cache(maxsize=MEMO_ENTRIES)(_parse_uri)
 
 
 def _fast_port(text: str) -> int:

@@ -101,14 +101,11 @@ def parse_via(value: str) -> list[Via]:
                 for piece in params_text[1:].split(";"):
                     name, eq, val = piece.partition("=")
                     params.append((name, val if eq else None))
-            return [
-                Via(
-                    transport=transport,
-                    host=host,
-                    port=None if port is None else _port(port),
-                    params=tuple(params),
-                )
-            ]
+            if port is not None:
+                port = int(port)  # 1-5 digits by _FAST_RE
+                if port > 65535:
+                    raise ParseError("Bad Via header: bad port")
+            return [Via(transport=transport, host=host, port=port, params=tuple(params))]
     try:
         elements = split_commas(value)
     except ParseError:

@@ -1,9 +1,9 @@
 """Run Debian's Kamailio 5.6 as a real SIP peer on loopback, for tests and benchmarks.
 
 The browser tests run it as the registrar behind sipgw and as a WebSocket SIP server
-(``tests/browser/kamailio/``); ``bench/ws.py`` measures it beside sipgw as the equivalent
-gateway (``bench/kamailio/ws-gateway.cfg``). A configuration has no listen lines: the
-listeners are given on the command line, on free loopback ports.
+(``tests/browser/kamailio/``); ``bench/ws.py``, ``register.py`` and ``calls.py`` measure it
+beside sipgw as the equivalent gateway (``bench/kamailio/``). A configuration has no listen
+lines: the listeners are given on the command line, on free loopback ports.
 
 Kamailio runs in the foreground (``-DD -E``), logging to ``NAME.log`` in its work directory,
 with its own pid file, runtime directory and small memory pools. Readiness is a bounded

@@ -75,8 +75,11 @@ class UdpListener(DatagramProtocol):
         # Straight to the socket: Twisted's Port.write re-validates the address with a
         # regex on every datagram, which is measurable at thousands of messages a second.
         # The proxy only ever passes IP literals here.
+        sock = self.transport.socket if self.transport is not None else None
+        if sock is None:
+            return False  # stopped: a retransmission timer firing while the service stops
         try:
-            self.transport.socket.sendto(data, (host, port))
+            sock.sendto(data, (host, port))
         except BlockingIOError:
             return True  # a full socket buffer loses the datagram, as UDP may
         except OSError as e:  # e.g. EHOSTUNREACH, ENETUNREACH, EMSGSIZE, ECONNREFUSED

@@ -20,6 +20,7 @@ from sipgw.tools.loadflows import (
     HeapClock,
     caller_request,
     feed_timed,
+    one_auth_call,
     one_call,
     one_register,
     uas_answer,
@@ -64,8 +65,8 @@ def _run_out_timers(h: FuzzProxy) -> None:
         h.clock.advance(1.0)
 
 
-@pytest.mark.parametrize("flow", [one_call, one_register, _cancelled_call, _refused_call,
-                                  _unanswered_call])
+@pytest.mark.parametrize("flow", [one_call, one_auth_call, one_register, _cancelled_call,
+                                  _refused_call, _unanswered_call])
 def test_a_flow_leaves_nothing_for_the_cyclic_collector(flow):
     h = FuzzProxy(clock=HeapClock())
     spent = [0.0]

@@ -93,3 +93,16 @@ def test_a_refused_datagram_on_a_connected_port_is_reported_as_twisted_does(reac
         assert proto.refused == 1
     finally:
         port.stopListening()
+
+
+def test_a_listener_stopped_while_the_service_stops_refuses_to_send_without_crashing(reactor):
+    """Relay retransmission timers may fire after the listeners closed (SIGTERM): the send
+    fails quietly (the branch fails) instead of logging a crash of the timer handler."""
+    from sipgw.proxy.transport.udp import UdpListener, listen_udp
+
+    listener = UdpListener("127.0.0.1", 0, lambda data, source: None)
+    port = listen_udp(reactor, listener, lambda delay: None)
+    assert listener.send(b"ping", "127.0.0.1", 9)
+    stopped = port.stopListening()
+    reactor.until(lambda: stopped.called, "the port to stop")
+    assert listener.send(b"late", "127.0.0.1", 9) is False
