@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import txredisapi
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from sipgw.config.redis_url import RedisUrl
@@ -56,6 +57,7 @@ log = Logger(namespace="sipgw.store.redis")
 
 DEFAULT_TEMPLATE = "subscriber:{username}"
 KAMAILIO_TEMPLATE = "subscriber:entry::{username}:{domain}"
+READ_GRACE = 0.01  # seconds past a command's deadline: a reactor turn to read its answer
 DEAD_AFTER = 5  # command timeouts without an answer before the connection is dropped
 
 
@@ -97,7 +99,7 @@ class RedisStore:
             if self._was_up or self.clock.seconds() >= self._grace_until:
                 return defer.fail(self._down())
         d = self._redis_call(command)
-        d.addTimeout(timeout or self.command_timeout, self.clock)
+        with_deadline(d, timeout or self.command_timeout, self.clock)
         d.addCallbacks(self._up, self._translate)
         return d
 
@@ -220,3 +222,29 @@ class RedisStore:
         if self.sentinels is not None:
             closing.append(self.sentinels.close())
         return defer.gatherResults(closing, consumeErrors=True)
+
+
+def with_deadline(d: defer.Deferred, seconds: float, clock) -> defer.Deferred:
+    """Cancel ``d`` if it has not fired ``seconds`` from now, one reactor turn late.
+
+    Twisted runs the timers that are due before it reads its sockets. After the reactor
+    was busy past the deadline (a burst of datagrams, a collection), the answer may be
+    waiting unread in the socket while its timeout fires, and a store that answers in
+    microseconds would be called unreachable. The extra turn reads it first: a timer
+    armed while timers run waits for the next round, after the reactor has polled.
+    """
+
+    pending: list[IDelayedCall] = []
+
+    def expire() -> None:
+        pending[0] = clock.callLater(READ_GRACE, d.cancel)
+
+    pending.append(clock.callLater(seconds, expire))
+
+    def settled(result):
+        if pending[0].active():
+            pending[0].cancel()
+        return result
+
+    return d.addBoth(settled)
+
