@@ -61,7 +61,7 @@ USERS = 5000
 CALLERS = [f"127.0.3.{n}" for n in range(1, 5)]
 PROBE = "127.0.3.100"
 CALIBRATION_RATE = 600
-CALIBRATION_SECONDS = 5.0
+CALIBRATION_SECONDS = 6.0
 KAMAILIO_CHILDREN = 4  # udp-gateway.cfg's children
 PROBES_IN_A_ROW = 3
 RECOVERY_LIMIT = 60.0
@@ -253,7 +253,7 @@ def run_target(target: str, redis: Redis, flow: list[str], uas: Path, what: str,
                 steps.append(step(server, shed, run_work, proxy, flow, capacity, factor,
                                   args.seconds))
                 print(steps[-1].row(), flush=True)
-                time.sleep(3)  # the callers' last retransmissions die out
+                time.sleep(1)  # the backend's last retransmissions die out
         finally:
             shed.close()
     return capacity, steps
