@@ -11,8 +11,9 @@ accepting every REGISTER. The servers are bench/register.py's and bench/calls.py
 
 Each server is measured on its own, freshly started. Its capacity first: its CPU time per
 call at a rate it keeps up with (summed over all its processes), hence the calls a second
-on the cores it can use (the machine's CPUs, at most one per SIP worker process: sipgw's
-``--workers``, one per CPU by default; Kamailio's 4 UDP children). Each step then offers a
+on the cores it can use (``--cores``; by default the machine's CPUs, at most one per SIP
+worker process: sipgw's ``--workers``, one per CPU by default; Kamailio's 4 UDP children;
+on a machine the SIPp processes share, that overestimates: ``--cores 1``). Each step offers a
 multiple of its own capacity for a fixed time and reports, for the calls completed during
 the step: goodput (calls a second, and as a share of the capacity), the callers'
 retransmissions, the time from the first INVITE or REGISTER to its 200 (p50, p99: SIPp's
@@ -23,7 +24,7 @@ flow) is completed without a retransmission. ``sent`` is the rate the callers re
 below ``offered`` when the SIPp processes, sharing the machine, cannot send more.
 
     .venv/bin/python bench/overload.py                      # sipgw, calls, 1x 2x 4x, 10 s
-    .venv/bin/python bench/overload.py --target both --seconds 5
+    .venv/bin/python bench/overload.py --target both --seconds 5 --cores 1
     .venv/bin/python bench/overload.py --register --target both --factors 2,4
     .venv/bin/python bench/overload.py --no-shed --workers 1
 
@@ -114,9 +115,12 @@ def response_times_ms(work: Path, before: set[Path]) -> list[float]:
     return times
 
 
-def cores(server: Server, workers: int | None) -> int:
-    """The cores a server can use: the machine's, at most one per SIP worker process."""
-    processes = KAMAILIO_CHILDREN if server.name == "kamailio" else workers
+def cores(server: Server, args: argparse.Namespace) -> int:
+    """The cores a server can use: ``--cores``, else the machine's, at most one per SIP
+    worker process."""
+    if args.cores:
+        return args.cores
+    processes = KAMAILIO_CHILDREN if server.name == "kamailio" else args.workers
     return min(os.cpu_count() or 1, processes or os.cpu_count() or 1)
 
 
@@ -240,7 +244,7 @@ def run_target(target: str, redis: Redis, flow: list[str], uas: Path, what: str,
                 raise SystemExit(f"{target} completed {done} {what} in {spent:.2f} CPU-s at "
                                  f"{CALIBRATION_RATE}/s: no capacity to measure; its log's "
                                  f"end:\n{server.log_tail(5)}")
-            n_cores = cores(server, args.workers)
+            n_cores = cores(server, args)
             capacity = done / spent * n_cores
             print(f"\n[{target}] {server.about}"
                   + (", without overload control" if args.no_shed and target == "sipgw"
@@ -321,6 +325,9 @@ def main() -> None:
     ap.add_argument("--register", action="store_true", help="REGISTERs with digest, not calls")
     ap.add_argument("--workers", type=int, default=None,
                     help="sipgw serve --workers N (not passed when not given)")
+    ap.add_argument("--cores", type=int, default=None,
+                    help="the cores a capacity counts (default: the CPUs, at most one per "
+                         "SIP worker process); 1 where the SIPp processes share the machine")
     args = ap.parse_args()
     try:
         args.factors = [float(f) for f in args.factors.split(",")]
@@ -332,6 +339,8 @@ def main() -> None:
         ap.error("--seconds: must be above 0")
     if args.workers is not None and args.workers < 1:
         ap.error("--workers: at least 1")
+    if args.cores is not None and args.cores < 1:
+        ap.error("--cores: at least 1")
     names = list(sipprate.TARGETS) if args.target == "both" else [args.target]
 
     with tempfile.TemporaryDirectory(prefix="sipgw-bench-") as tmp:
