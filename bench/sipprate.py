@@ -204,15 +204,16 @@ def run_step(server: Server, uas_port: int, scenario: Scenario, rate: int, secon
 
 @contextlib.contextmanager
 def start(target: str, work: Path, uas_port: int, redis: Redis,
-          args: argparse.Namespace) -> Iterator[Server]:
-    """The gateway under test, relaying to the SIPp UAS on ``uas_port``."""
+          args: argparse.Namespace, *, sipgw_extra: str = "") -> Iterator[Server]:
+    """The gateway under test, relaying to the SIPp UAS on ``uas_port``. ``sipgw_extra``:
+    TOML appended to sipgw's config (bench/overload.py's ``[overload]``)."""
     work.mkdir(parents=True, exist_ok=True)
     if target == "sipgw":
         sip_port = free_port()
         config = SIPGW_CONFIG.format(
             sip_port=sip_port, uas_port=uas_port, redis=redis.url, key_template=KEY_TEMPLATE,
             realm=REALM, work=work,
-            trusted='trusted = ["127.0.0.0/8"]' if args.no_auth else "")
+            trusted='trusted = ["127.0.0.0/8"]' if args.no_auth else "") + sipgw_extra
         python = ("-m", "cProfile", "-o", args.profile) if args.profile else ()
         with targets.sipgw(work, config, sip_port, workers=args.workers,
                            python=python) as server:
@@ -352,6 +353,16 @@ def parse_rates(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[i
     return rates or list(range(args.rate_step, args.max_rate + 1, args.rate_step))
 
 
+def provision(redis: Redis, users: int, work: Path) -> Path:
+    """``users`` subscribers in Redis, and SIPp's injection file naming them
+    (``USER;REALM;[authentication ...]`` lines, taken in turn)."""
+    inf = work / "users.inf"
+    inf.write_text("SEQUENTIAL\n" + "".join(
+        f"{user};{REALM};[authentication username={user} password={password}]\n"
+        for user, password in redis.provision(users, REALM, work)))
+    return inf
+
+
 def main(ap: argparse.ArgumentParser, scenario_for) -> None:
     """Parse the arguments, provision Redis, run the targets interleaved, print the table.
     ``scenario_for(args, inf)``: the bench's Scenario, given SIPp's injection file of the
@@ -369,12 +380,7 @@ def main(ap: argparse.ArgumentParser, scenario_for) -> None:
         work = Path(tmp)
         redis = Redis(free_port(), work)
         try:
-            accounts = redis.provision(args.users, REALM, work)
-            inf = work / "users.inf"
-            inf.write_text("SEQUENTIAL\n" + "".join(
-                f"{user};{REALM};[authentication username={user} password={password}]\n"
-                for user, password in accounts))
-            scenario = scenario_for(args, inf)
+            scenario = scenario_for(args, provision(redis, args.users, work))
             runs = {(target, n): run_target(target, n, scenario, rates, redis, args, work)
                     for n in range(1, rounds + 1) for target in names}
         finally:
