@@ -12,11 +12,11 @@ Readiness is polled with a bound; ``stop`` ends every process.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from tests.helpers.certs import CertAuthority
+from tests.helpers.poll import wait_until
 from tests.helpers.redis_server import RedisServer, command, free_port
 
 SERVICE = "mymaster"
@@ -150,20 +150,23 @@ class Cluster:
     def wait_settled(self) -> None:
         """Until every Sentinel knows the replica and the two other Sentinels (a failover
         needs them), and the replica is in sync."""
-        deadline = time.monotonic() + SETTLE_TIMEOUT
-        while True:
-            try:
-                ready = all(
-                    self._count(self.sentinel_ask(s, "SENTINEL", "replicas", SERVICE)) >= 1
-                    and self._count(self.sentinel_ask(s, "SENTINEL", "sentinels", SERVICE)) >= 2
-                    for s in self.sentinels
-                ) and b"master_link_status:up" in self.info(self.replica)
-            except OSError:
-                ready = False
-            if ready:
-                return
-            assert time.monotonic() < deadline, "the Sentinels did not settle"
-            time.sleep(0.1)
+        wait_until(self._settled, timeout=SETTLE_TIMEOUT, what="the Sentinels did not settle",
+                   caller=self)
+
+    def _settled(self) -> bool:
+        try:
+            return all(
+                self._count(self.sentinel_ask(s, "SENTINEL", "replicas", SERVICE)) >= 1
+                and self._count(self.sentinel_ask(s, "SENTINEL", "sentinels", SERVICE)) >= 2
+                for s in self.sentinels
+            ) and b"master_link_status:up" in self.info(self.replica)
+        except OSError:
+            return False
+
+    def describe(self) -> str:
+        """The end of each server's log (what ``wait_until`` shows when it gives up)."""
+        return "\n".join(f"--- {log} ---\n{log.read_text(errors='replace')[-1500:]}"
+                         for log in sorted(self.workdir.glob("*/redis.log")))
 
     @staticmethod
     def _count(reply: bytes) -> int:
