@@ -71,7 +71,8 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     """``sipgw serve`` as one Twisted service, every component built here, bottom-up.
 
     Its children start in this order and stop in the reverse one: the listeners, the
-    load signal's tick, the dispatcher's probes, pike's sweep, the control socket, metrics,
+    load signal's tick, the dispatcher's probes, pike's sweep, the poll of the cluster's bans
+    (subscribers in Redis), the control socket, metrics,
     the memory trim, and systemd's notifications (READY=1 once everything before it
     listens; STOPPING=1 first when stopping). ``send``: where the core's messages go
     instead of the listeners (tests on a memory reactor). Raises ConfigError (TLS
@@ -152,6 +153,8 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
         Running("dispatcher probes", _started(proxy.dispatcher)).setServiceParent(root)
     if proxy.pike is not None:
         Running("pike", _started(proxy.pike)).setServiceParent(root)
+    if proxy.auth is not None and proxy.auth.cluster is not None:
+        Running("cluster bans", _started(proxy.auth.cluster)).setServiceParent(root)
     ControlSocket(root, worker.control_socket if worker else None).setServiceParent(root)
     if worker is None:
         Running("metrics", lambda: _stopper(start_metrics(root))).setServiceParent(root)

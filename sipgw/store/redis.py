@@ -217,6 +217,11 @@ class RedisStore:
                                                   fields.get("domain", "")))
         return sorted(out, key=lambda s: (s.domain, s.username))
 
+    def script(self, source: str, keys: list[str], args: list) -> defer.Deferred:
+        """A Lua script run on the server (``sipgw.store.bans``): one round trip, atomic,
+        failing as a lookup does. txredisapi sends it whole once, then by its digest."""
+        return self._call(lambda r: r.eval(source, keys, args))
+
     def close(self) -> defer.Deferred:
         closing = [self._factory.disconnect()]
         if self.sentinels is not None:

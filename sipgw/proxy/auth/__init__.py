@@ -41,6 +41,7 @@ from twisted.logger import Logger, LogLevel
 from sipgw.config import AuthConfig, Config, LimitsConfig, ProxyConfig
 from sipgw.config.redis_url import mask_url
 from sipgw.proxy.auth.bans import Bans
+from sipgw.proxy.auth.cluster import ClusterBans
 from sipgw.proxy.auth.domains import StoreDomains
 from sipgw.proxy.auth.nonce import Nonces, NonceState
 from sipgw.proxy.identity import Identity
@@ -57,6 +58,7 @@ from sipgw.sip.hostport import split_hostport
 from sipgw.sip.message import Request
 from sipgw.sip.uri import SipURI
 from sipgw.store import StoreUnavailable, Subscriber, SubscriberStore, open_store
+from sipgw.store.bans import ban_board
 
 log = Logger(namespace="sipgw.auth")
 
@@ -107,6 +109,10 @@ class Authenticator:
         self.nonces = Nonces(secret, settings.nonce_expire, now, random=random,
                              max_tracked=limits.max_nonces, on_forget=self._nonce_forgotten)
         self.bans = Bans(clock, settings, limits, on_forget=self._failures_forgotten)
+        # A store several nodes may share (Redis): bans shared with them (started by the
+        # service: ``cluster.start``).
+        board = ban_board(store)
+        self.cluster = ClusterBans(self.bans, board, clock) if board is not None else None
         self.cap_log = CapLog(log, now)
         self.refusal_log = CapLog(log, now, level=LogLevel.info)
         self.domains = StoreDomains(store, now)
@@ -314,16 +320,20 @@ class Authenticator:
     # -- control plane ------------------------------------------------------------------
 
     @rpc("auth.bans", help="Users (user@realm) and source addresses refused 403 after "
-         "failed authentications, with the seconds their ban has left.")
+         "failed authentications, with the seconds their ban has left (on Redis: every "
+         "node's bans).")
     def rpc_bans(self) -> dict:
         return {"BANS": self.bans.listing()}
 
     @rpc("auth.unban", help="Lift the ban of a user (user@realm) or a source address; "
-         "'all' lifts every ban.")
-    def rpc_unban(self, name: str) -> dict:
+         "'all' lifts every ban (on Redis: on every node).")
+    def rpc_unban(self, name: str):
         if not isinstance(name, str) or not name:
             raise RpcError("expected a user@realm, an address, or 'all'")
-        return {"REMOVED": self.bans.unban(name)}
+        lifted = self.bans.unban(name)
+        if self.cluster is None:
+            return {"REMOVED": lifted}
+        return self.cluster.unban(name, lifted).addCallback(lambda n: {"REMOVED": n})
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -16,6 +16,10 @@ published to the other workers (``share``, wired by ``service.share_state``), wh
 count it as their own, so three failures spread over workers ban the user in every one of
 them. The worker whose own failure started the ban logs it at warning, the others at debug.
 
+Several nodes count together when the subscriber store is Redis (``cluster.py``): the
+worker that saw a failure also counts it there (``on_own_failure``), and the bans Redis
+holds are taken on (``impose``) and lifted (``lift``) as the other nodes decide them.
+
 Memory is bounded: both tables hold at most ``max_entries`` keys (``limits.max_auth_failures``),
 the oldest dropped first
 (an attacker cycling through made-up user names only recycles the table).
@@ -35,6 +39,7 @@ log = Logger(namespace="sipgw.auth")
 
 Key = tuple[str, str]  # ("user", "user@realm") or ("source", address)
 _NAMES = {"user": "user", "source": "address"}
+SLACK = 1.0  # seconds: a ban another node says ends this much later is not restarted
 
 
 def _level(loud: bool) -> LogLevel:
@@ -60,6 +65,8 @@ class Bans:
         self.on_forget = on_forget  # told "failures" or "bans" when one is dropped for room
         # Tells the other workers (topic, payload); None in a single process.
         self.share: Callable[[str, dict], None] | None = None
+        # Tells the other nodes (user, source) of a failure seen here; None on one node.
+        self.on_own_failure: Callable[[str, str], None] | None = None
 
     def configure(self, auth: AuthConfig, limits: LimitsConfig) -> None:
         """[auth] thresholds and ban time, limits.max_auth_failures; what is counted and
@@ -89,6 +96,8 @@ class Bans:
                     f"the last for {user}{where}", origin is None)
         if origin is None and self.share is not None:
             self.share("auth.failure", {"user": user, "source": source})
+        if origin is None and self.on_own_failure is not None:
+            self.on_own_failure(user, source)
 
     def success(self, user: str, *, origin: int | None = None) -> None:
         # A user who got the password right starts again from zero; the address does not
@@ -109,20 +118,60 @@ class Bans:
             "auth.success": lambda p, origin: self.success(p["user"], origin=origin),
         }
 
+    def in_force(self) -> list[tuple[Key, float]]:
+        """The bans in force: (key, seconds left)."""
+        now = self.now()
+        return [(key, until - now) for key, (until, *_) in self._banned.items() if until > now]
+
     def snapshot(self) -> list[list]:
         """The bans in force, for a worker that (re)starts: [kind, name, seconds left]."""
-        now = self.now()
-        return [[kind, name, until - now]
-                for (kind, name), (until, *_) in self._banned.items() if until > now]
+        return [[kind, name, left] for (kind, name), left in self.in_force()]
 
     def restore(self, rows: list[list], origin: int) -> None:
         """Another worker's bans (``snapshot``), taken on at start; ours are kept."""
         for kind, name, left in rows:
             key = (kind, name)
             if key not in self._banned:
-                until = self.now() + left
-                self._banned[key] = (until, self._ends.at(until, key), self.ban_time, False)
+                self._set(key, self.now() + left, self.ban_time, False)
         self._bound(self._banned, "bans")
+
+    def impose(self, key: Key, left: float, *, count: int = 0, last: str = "") -> bool:
+        """A ban decided over the cluster (``cluster.py``), ``left`` seconds to run: taken
+        on, or lengthened to end when the cluster's does. ``count``: the failures counted
+        over the cluster when this worker's own failure reached the limit there (logged at
+        warning, unless this worker had already banned it); else another node's or worker's
+        ban (logged at debug). True when it is new here."""
+        until = self.now() + left
+        old = self._banned.get(key)
+        if old is not None and old[0] >= until - SLACK:
+            return False
+        if old is not None:
+            self._ends.cancel(old[1])
+            self._set(key, until, old[2], old[3])
+            return False
+        loud = count > 0
+        log.emit(_level(loud), "auth: {kind} {name} banned for {t:.0f} s {why}; requests "
+                 "refused 403 until then (sipgw ctl auth.unban {name} lifts it)",
+                 kind=_NAMES[key[0]], name=key[1], t=left,
+                 why=f"after {count} failed authentications over the cluster ({last})"
+                 if loud else "by another node or worker (cluster)")
+        self._set(key, until, left, loud)
+        self._bound(self._banned, "bans")
+        return True
+
+    def lift(self, key: Key) -> bool:
+        """A ban lifted on another node (its ``auth.unban``): lifted here."""
+        ban = self._banned.pop(key, None)
+        if ban is None:
+            return False
+        self._ends.cancel(ban[1])
+        self._failures.pop(key, None)
+        log.info("auth: ban of {kind} {name} lifted on another node (auth.unban)",
+                 kind=_NAMES[key[0]], name=key[1])
+        return True
+
+    def _set(self, key: Key, until: float, length: float, loud: bool) -> None:
+        self._banned[key] = (until, self._ends.at(until, key), length, loud)
 
     def _count(self, key: Key, limit: int, last: str, loud: bool) -> None:
         now = self.now()
@@ -140,8 +189,7 @@ class Bans:
         old = self._banned.pop(key, None)
         if old is not None:
             self._ends.cancel(old[1])
-        until = self.now() + self.ban_time
-        self._banned[key] = (until, self._ends.at(until, key), self.ban_time, loud)
+        self._set(key, self.now() + self.ban_time, self.ban_time, loud)
         log.emit(_level(loud), "auth: {kind} {name} banned for {t:.0f} s after {n} failed "
                  "authentications in {w:.0f} s ({last}); requests refused 403 until then "
                  "(sipgw ctl auth.unban {name} lifts it)", kind=_NAMES[key[0]], name=key[1],

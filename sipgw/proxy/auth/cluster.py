@@ -1,0 +1,157 @@
+"""Bans over several nodes: failed authentications counted and bans kept in Redis
+(``sipgw.store.bans``), when the subscriber store is Redis and so may be shared.
+
+- A failure seen here is counted in this node (``bans.py``, and its workers over their
+  channel) and, by the worker that saw it, in Redis: one round trip, which bans the user or
+  address there when the count over every node reaches the limit; this worker then bans
+  it at once, the others within a poll.
+- Every worker asks Redis every ``POLL_INTERVAL`` seconds for the set of bans, which
+  Redis sends only when its version moved (otherwise the answer is one short string).
+  Bans it holds are taken on; a ban this worker had seen in Redis and Redis no longer
+  holds was lifted by ``auth.unban`` on another node, and is lifted here. So a ban reaches
+  every node within about half a second, and the successful path costs nothing: whether a
+  request is banned is asked of memory, never of Redis.
+- Every worker polls, rather than one per node passing the set on over the workers'
+  channel: a poll costs Redis a few microseconds, and then no worker depends on another
+  being up (worker 0 restarting does not stop the bans from arriving), nor on an order
+  between what Redis and the channel say.
+- Polling follows a Sentinel failover by itself: it goes wherever the store's one
+  connection goes, with nothing to subscribe to again.
+- While Redis cannot be reached, this node goes on counting its own failures and banning
+  on them; the bans it made meanwhile are given to Redis at the first poll that works
+  (so are any Redis lost: a version that went back means that, and lifts nothing).
+- ``auth.unban`` lifts here at once and in Redis, hence everywhere within a poll. Without
+  Redis it lifts on this node only, and the next change of the set brings the ban back.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from sipgw.proxy.auth.bans import Bans, Key
+from sipgw.proxy.limits import CapLog
+from sipgw.store import StoreError
+
+log = Logger(namespace="sipgw.auth")
+
+POLL_INTERVAL = 0.4  # seconds between two questions of one worker to Redis
+
+
+class ClusterBans:
+    """``board``: ``sipgw.store.bans.RedisBans`` (failure, poll, unban; Deferreds)."""
+
+    def __init__(self, bans: Bans, board, clock, *, interval: float = POLL_INTERVAL) -> None:
+        self.bans = bans
+        self.board = board
+        self.clock = clock
+        self.interval = interval
+        self.version: str | None = None  # of the set last read; None: never read
+        self.confirmed: set[Key] = set()  # bans here that Redis held when last asked
+        self._next: IDelayedCall | None = None
+        self._running = False
+        self._down = False
+        self.cap_log = CapLog(log, clock.seconds)
+        bans.on_own_failure = self.failure
+
+    def start(self) -> None:
+        self._running = True
+        self._poll()  # at once: a (re)started worker takes on the cluster's bans
+
+    def stop(self) -> None:
+        self._running = False
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+
+    # -- a failure seen here ----------------------------------------------------------
+
+    def failure(self, user: str, source: str) -> None:
+        b = self.bans
+        counted = [(("user", user), b.max_failures_user),
+                   (("source", source), b.max_failures_source)]
+        d = self.board.failure(counted, b.failure_window, b.ban_time)
+        d.addCallbacks(self._counted, self._unreachable, callbackArgs=(counted, user, source))
+        d.addErrback(lambda failure: log.failure("auth: cluster bans", failure))
+
+    def _counted(self, counts: list[int], counted: list[tuple[Key, int]], user: str,
+                 source: str) -> None:
+        self._reachable()
+        for (key, limit), n in zip(counted, counts, strict=True):
+            if n >= limit:
+                last = f"the last from {source}" if key[0] == "user" else f"the last for {user}"
+                self.bans.impose(key, self.bans.ban_time, count=n, last=last)
+                self.confirmed.add(key)
+
+    # -- the poll ---------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        self._next = None
+        # Bans made here that Redis may not hold (made while it was unreachable, or from a
+        # count of this node's alone): given to it with the question.
+        add = [(key, left) for key, left in self.bans.in_force() if key not in self.confirmed]
+        d = self.board.poll(self.version, add)
+        d.addCallbacks(self._heard, self._unreachable, callbackArgs=(add,))
+        d.addErrback(lambda failure: log.failure("auth: cluster bans", failure))
+        d.addBoth(self._again)
+
+    def _again(self, _) -> None:
+        if self._running:
+            self._next = self.clock.callLater(self.interval, self._poll)
+
+    def _heard(self, answer: tuple[str, list[tuple[Key, float]] | None],
+               added: list[tuple[Key, float]]) -> None:
+        self._reachable()
+        version, rows = answer
+        # One connection answers in order: what Redis said reflects every call sent
+        # before this one, and nothing sent after.
+        seen = self.confirmed | {key for key, _ in added}
+        if rows is None:
+            self.confirmed = seen
+            return
+        if self.version is not None and int(version) < int(self.version):
+            log.warn("auth: Redis lost the bans it held (its version went from {a} to {b}: "
+                     "restarted empty, or a replica promoted before it had them); this "
+                     "node's bans are given to it again", a=self.version, b=version)
+            seen = set()
+        self.version = version
+        held = dict(rows)
+        for key, left in rows:
+            self.bans.impose(key, left)
+        for key in seen - held.keys():
+            self.bans.lift(key)
+        self.confirmed = set(held)
+
+    # -- auth.unban -------------------------------------------------------------------
+
+    def unban(self, name: str, here: int) -> defer.Deferred:
+        """Lift ``name`` in Redis too, after ``here`` bans were lifted here: fires with
+        the larger count (a ban this worker had not taken on yet is counted)."""
+        def lifted(n: int) -> int:
+            return max(n, here)
+
+        def failed(failure) -> int:
+            failure.trap(StoreError)
+            log.warn("auth: auth.unban {name}: lifted on this node only: Redis cannot be "
+                     "reached ({err}); the other nodes keep the ban, and this node takes it "
+                     "back at the next change in Redis: lift it again once Redis is back",
+                     name=name, err=failure.getErrorMessage())
+            return here
+
+        return self.board.unban(name).addCallbacks(lifted, failed)
+
+    # -- Redis up and down ------------------------------------------------------------
+
+    def _unreachable(self, failure) -> None:
+        failure.trap(StoreError)
+        self._down = True
+        self.cap_log.once("cluster-bans", "auth: bans are not shared with the other nodes "
+                          "while Redis cannot be reached ({err}): this node counts its own "
+                          "failed authentications and keeps its own bans meanwhile",
+                          err=failure.getErrorMessage())
+
+    def _reachable(self) -> None:
+        if self._down:
+            self._down = False
+            log.info("auth: Redis reachable again: bans shared with the other nodes again")
