@@ -4,14 +4,18 @@ Started with no persistence (``--save '' --appendonly no``) in its own directory
 when it answers ``PING`` (a bounded poll, never a sleep). ``stop()`` and ``start()`` again
 on the same port simulate an outage. ``redis_fixture`` makes a pytest fixture that always
 stops it. ``args`` adds to its command line (an ACL user, TLS, ``--replicaof``): the
-Sentinel cluster of ``redis_sentinel`` is made of these.
+Sentinel cluster of ``redis_sentinel`` is made of these. ``Monitor`` records what the
+server runs and for whom, so that a test counts a client's round trips.
 """
 
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -127,3 +131,48 @@ def redis_fixture(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+class Monitor:
+    """Redis's ``MONITOR`` on a connection of its own, read in a thread: every command the
+    server runs, with who sent it (``lua`` for the commands of a script), so a test counts
+    the round trips a client made. ``commands(client_ports)`` after ``stop()``."""
+
+    def __init__(self, port: int) -> None:
+        self.socket = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.socket.sendall(_encode(["MONITOR"]))
+        self.lines: list[str] = []
+        self._buffer = b""
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        self.socket.settimeout(0.1)
+        while not self._stopping.is_set():
+            try:
+                chunk = self.socket.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
+            self._buffer += chunk
+            *lines, self._buffer = self._buffer.split(b"\r\n")
+            self.lines.extend(line.decode(errors="replace") for line in lines)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+        self.socket.close()
+
+    def commands(self) -> list[tuple[str, list[str]]]:
+        """(who, [command, args...]) of each command seen: who is ``ADDRESS:PORT`` of the
+        client, or ``lua``."""
+        out = []
+        for line in self.lines:
+            found = re.match(r"\+[\d.]+ \[\d+ ([^\]]+)\] (.*)", line)
+            if found:
+                out.append((found.group(1), shlex.split(found.group(2))))
+        return out
