@@ -11,10 +11,11 @@ Layout, beside the subscribers (``sipgw.toml(5)``, "[auth]"):
 - ``sipgw:auth:bans``: a sorted set of the bans in force, member ``KIND:NAME``, score the
   time the ban ends (milliseconds, Redis's own clock, so the nodes' clocks need not agree).
   Ended bans are removed whenever a ban is added, and the set expires with its longest ban.
-- ``sipgw:auth:bans:version``: an integer raised by every change of the set (a ban added
-  or lengthened, a ban lifted), so that a node asks for the set only when it changed. One
-  key, never expiring: a version that went back (a Redis restarted empty) tells the nodes
-  that Redis lost the bans, not that they were lifted.
+- ``sipgw:auth:bans:version``: a hash, ``epoch`` (Redis's time when it was made) and
+  ``n``, raised by every change of the set (a ban added or lengthened, a ban lifted), so
+  that a node asks for the set only when it changed. One key, never expiring: another
+  epoch (a Redis restarted empty) tells the nodes that Redis lost the bans, not that they
+  were lifted. A replica promoted by Sentinel has the master's, epoch included.
 
 Each operation is one Lua script, one round trip, atomic: ``failure`` (counted, and banned
 at the limit), ``poll`` (this node's bans that Redis may not hold yet added, and the set
@@ -39,12 +40,18 @@ _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
-_CHANGED = """
+_BUMP = """
+local function bump()
+  redis.call('HSETNX', KEYS[2], 'epoch', now)
+  redis.call('HINCRBY', KEYS[2], 'n', 1)
+end
+"""
+_CHANGED = _BUMP + """
 local function changed()
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
   if last[2] then redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(last[2]) - now)) end
-  redis.call('INCR', KEYS[2])
+  bump()
 end
 """
 
@@ -69,7 +76,8 @@ return counts
 
 # KEYS: bans, version. ARGV: the version the caller holds, then per ban to add its member
 # and ms left (kept when Redis holds it longer). Returns {version} when the caller's is
-# current, else {version, member, ms left, member, ms left, ...}.
+# current, else {version, member, ms left, member, ms left, ...}; a version is
+# "EPOCH:N".
 POLL = _NOW + _CHANGED + """
 local added = false
 for i = 2, #ARGV, 2 do
@@ -81,7 +89,8 @@ for i = 2, #ARGV, 2 do
   end
 end
 if added then changed() end
-local version = redis.call('GET', KEYS[2]) or '0'
+local v = redis.call('HMGET', KEYS[2], 'epoch', 'n')
+local version = (v[1] or '0') .. ':' .. (v[2] or '0')
 if version == ARGV[1] then return {version} end
 local out = {version}
 local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
@@ -94,7 +103,7 @@ return out
 
 # KEYS: bans, version. ARGV: a name (user@realm or address) or "all", the counters' prefix.
 # Returns how many bans in force were lifted.
-UNBAN = _NOW + """
+UNBAN = _NOW + _BUMP + """
 local members = {'user:' .. ARGV[1], 'source:' .. ARGV[1]}
 if ARGV[1] == 'all' then members = redis.call('ZRANGE', KEYS[1], 0, -1) end
 local lifted = 0
@@ -106,7 +115,7 @@ for _, member in ipairs(members) do
     if tonumber(ends) > now then lifted = lifted + 1 end
   end
 end
-if lifted > 0 then redis.call('INCR', KEYS[2]) end
+if lifted > 0 then bump() end
 return lifted
 """
 

@@ -23,7 +23,7 @@ from tests.helpers.poll import wait_until
 from tests.helpers.redis_server import Monitor, RedisServer
 from tests.integration.sipgw_process import UdpPeer, build_response, control_toml
 from tests.integration.test_auth_sipp import REALM, add_user, auth_toml
-from tests.integration.test_shared_state_sipgw import Phone, via_of
+from tests.integration.test_shared_state_sipgw import Phone, ask, both_ready, via_of
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +52,11 @@ def node(sipgw, tmp_path: Path, name: str, redis: RedisServer, backend: UdpPeer,
 
 def banned(gw: SipgwProcess) -> list[str]:
     return [row["NAME"] for row in gw.rpc("auth.bans")["BANS"]]
+
+
+def worker_bans(gw: SipgwProcess, index: int) -> list[str]:
+    """What worker ``index`` of ``gw`` alone holds."""
+    return [row["NAME"] for row in ask(gw, index, "auth.bans")["BANS"]]
 
 
 def answer(phone: Phone, password: str, method: str = "REGISTER") -> bytes:
@@ -95,7 +100,8 @@ def test_failures_spread_over_two_nodes_ban_on_both_and_an_unban_on_one_lifts_bo
 ):
     backend = UdpPeer()
     a = node(sipgw, tmp_path, "a", redis, backend)
-    b = node(sipgw, tmp_path, "b", redis, backend)
+    # B runs two workers: each asks Redis for itself.
+    b = both_ready(node(sipgw, tmp_path, "b", redis, backend, workers=2), tmp_path / "b")
     add_user(a, "5001", "s3cret")
     at_a, at_b = Phone(a), Phone(b)
     try:
@@ -105,9 +111,11 @@ def test_failures_spread_over_two_nodes_ban_on_both_and_an_unban_on_one_lifts_bo
         assert banned(a) == banned(b) == []
         fail(at_a)
         third = time.monotonic()
-        # A counted the third over the cluster (one round trip) and banned at once.
-        assert banned(a) == [USER]
-        wait_until(lambda: banned(b) == [USER], timeout=5, what="the ban at node B", caller=b)
+        # A counted the third over the cluster (one round trip) and banned once Redis
+        # answered, B's workers at their next poll.
+        wait_until(lambda: banned(a) == [USER], timeout=5, what="the ban at node A", caller=a)
+        wait_until(lambda: all(worker_bans(b, i) == [USER] for i in (0, 1)), timeout=5,
+                   what="the ban in both workers of node B", caller=b)
         assert time.monotonic() - third <= WITHIN
         assert refused(at_b) and refused(at_a)
         assert [m for m in backend.collect(0.2) if m.method == "REGISTER"] == []
@@ -117,6 +125,7 @@ def test_failures_spread_over_two_nodes_ban_on_both_and_an_unban_on_one_lifts_bo
         # Lifted at B: A lets the user in again within the same bound.
         assert b.rpc("auth.unban", USER) == {"REMOVED": 1}
         lifted = time.monotonic()
+        assert worker_bans(b, 0) == worker_bans(b, 1) == []
         wait_until(lambda: banned(a) == [], timeout=5, what="the unban at node A", caller=a)
         assert time.monotonic() - lifted <= WITHIN
         registers(at_a, backend)
@@ -124,6 +133,39 @@ def test_failures_spread_over_two_nodes_ban_on_both_and_an_unban_on_one_lifts_bo
         # The count started again from zero on both: one more failure bans nobody.
         fail(at_b)
         assert banned(a) == banned(b) == []
+    finally:
+        at_a.close()
+        at_b.close()
+
+
+def test_bans_outlive_a_redis_restarted_empty_and_are_given_back_to_it(
+    sipgw, tmp_path: Path, redis: RedisServer
+):
+    """Redis without persistence restarts empty: the nodes keep refusing the banned user
+    meanwhile (whether a request is banned is never asked of Redis), then give it their
+    bans again, and an unban still reaches both."""
+    backend = UdpPeer()
+    a = node(sipgw, tmp_path, "a", redis, backend)
+    b = node(sipgw, tmp_path, "b", redis, backend)
+    add_user(a, "5001", "s3cret")
+    at_a, at_b = Phone(a), Phone(b)
+    try:
+        for _ in range(3):
+            fail(at_a)
+        wait_until(lambda: banned(b) == [USER], timeout=5, what="the ban at node B", caller=b)
+        redis.stop()
+        assert refused(at_a) and refused(at_b)
+        redis.start()
+        assert redis.cli("ZSCORE", "sipgw:auth:bans", f"user:{USER}").startswith(b"$-1")
+        wait_until(lambda: not redis.cli("ZSCORE", "sipgw:auth:bans",
+                                         f"user:{USER}").startswith(b"$-1"),
+                   timeout=10, what="the ban given back to Redis", caller=a)
+        assert banned(a) == banned(b) == [USER]
+        add_user(a, "5001", "s3cret")  # Redis lost the subscriber too
+        assert a.rpc("auth.unban", USER) == {"REMOVED": 1}
+        wait_until(lambda: banned(b) == [], timeout=5, what="the unban at node B", caller=b)
+        registers(at_b, backend)
+        assert "Redis lost the bans it held" in a.log_text() + b.log_text()
     finally:
         at_a.close()
         at_b.close()

@@ -19,7 +19,7 @@
   connection goes, with nothing to subscribe to again.
 - While Redis cannot be reached, this node goes on counting its own failures and banning
   on them; the bans it made meanwhile are given to Redis at the first poll that works
-  (so are any Redis lost: a version that went back means that, and lifts nothing).
+  (so are any Redis lost: a version of another epoch means that, and lifts nothing).
 - ``auth.unban`` lifts here at once and in Redis, hence everywhere within a poll. Without
   Redis it lifts on this node only, and the next change of the set brings the ban back.
 """
@@ -110,10 +110,10 @@ class ClusterBans:
         if rows is None:
             self.confirmed = seen
             return
-        if self.version is not None and int(version) < int(self.version):
-            log.warn("auth: Redis lost the bans it held (its version went from {a} to {b}: "
-                     "restarted empty, or a replica promoted before it had them); this "
-                     "node's bans are given to it again", a=self.version, b=version)
+        if self.version is not None and _epoch(version) != _epoch(self.version):
+            log.warn("auth: Redis lost the bans it held (their version went from {a} to "
+                     "{b}: restarted empty?); this node's bans are given to it again",
+                     a=self.version, b=version)
             seen = set()
         self.version = version
         held = dict(rows)
@@ -155,3 +155,9 @@ class ClusterBans:
         if self._down:
             self._down = False
             log.info("auth: Redis reachable again: bans shared with the other nodes again")
+
+
+def _epoch(version: str) -> str:
+    """A version is "EPOCH:N" (``sipgw.store.bans``); the epoch changes only when Redis
+    lost the bans."""
+    return version.partition(":")[0]
