@@ -12,8 +12,9 @@ for it, neither nginx's nor one the client made up; trusted proxies are neither 
 nor missing in front of loopback listeners; each backend answers OPTIONS (with its latency)
 and is active in the dispatcher; the TLS certificate is readable, valid (days left) and
 names the advertised host; the subscriber store answers (Redis PING, SQLite table), keeps
-no plaintext password, and (SQLite) is a file only its owner can read; a nonce secret is
-set when the subscriber store is a shared Redis.
+no plaintext password, and (SQLite) is a file only its owner can read; with the store in
+Redis (several nodes possible), the nonce and route secrets come from the config, not a
+key of this machine.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sipgw.config.redis_url import is_redis_url, mask_url
+from sipgw.proxy.signing import KEY_FILE
 from sipgw.proxy.transport import in_networks
 from sipgw.rpc.client import Client, RemoteError, Unreachable, find_socket
 from sipgw.sip.hostport import join_hostport, split_hostport
@@ -99,7 +101,7 @@ class Doctor:
         yield from self.check_store()
         if self.user:
             yield from self.check_user()
-        yield from self.check_nonce_secret()
+        yield from self.check_cluster_secrets()
         if self.client is not None:
             self.client.close()
 
@@ -577,16 +579,26 @@ class Doctor:
                                    "wrong password, or computed for another realm/domain",
                             fix=f"sipgw users passwd {self.user} --domain {realm}")
 
-    def check_nonce_secret(self) -> Iterator[Check]:
-        url = self.config.subscribers.url
-        # Without either, the nonce secret is derived from this node's state.directory key.
-        if is_redis_url(url) and not (self.config.auth.nonce_secret
-                                      or self.config.proxy.route_secret):
-            yield Check(name="nonce secret", status=WARN,
-                        detail="subscribers in Redis (shared by several nodes?) but "
-                               "auth.nonce_secret is empty: each node makes its own",
-                        fix="set the same auth.nonce_secret on every node, or a client "
-                            "answering another node's challenge is refused")
+    def check_cluster_secrets(self) -> Iterator[Check]:
+        """Subscribers in Redis make a cluster possible, and nodes of one must sign and
+        check with the same keys: without ``auth.nonce_secret`` or ``proxy.route_secret``
+        both keys come from this machine's ``state.directory/route.key``. A warning, not
+        a failure: one node on Redis is a valid setup."""
+        c = self.config
+        if not is_redis_url(c.subscribers.url) or c.auth.nonce_secret or c.proxy.route_secret:
+            return
+        key = os.path.join(c.state.directory, KEY_FILE)
+        yield Check(name="cluster secrets", status=WARN,
+                    detail="subscribers in Redis, which several nodes may share, but neither "
+                           "auth.nonce_secret nor proxy.route_secret is set: the route signing "
+                           f"key and the nonce secret come from {key}, a key of this machine "
+                           "alone. Another node would refuse this one's signed Record-Route "
+                           "and contact aliases (403 to in-dialog requests that reach it) and "
+                           "take its nonces for a stranger's (a new challenge without "
+                           "stale=true, which phones take for a wrong password)",
+                    fix="alone on Redis, nothing to do; for several nodes, set the same "
+                        "auth.nonce_secret and proxy.route_secret on every node (openssl "
+                        "rand -hex 32 for each) and restart them")
 
 
 def _at(address: tuple[str, int] | None) -> str:

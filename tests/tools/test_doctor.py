@@ -57,19 +57,23 @@ def test_no_proxy_backend_down_and_ws_port_closed_are_each_named(tmp_path):
     assert exit_code(checks) == 1
 
 
-def test_a_shared_redis_store_without_a_nonce_secret_is_a_warning(tmp_path):
-    path = write(tmp_path, '[subscribers]\nurl = "redis://127.0.0.1:6379/2"\n'
-                           '[listen]\nudp = []\ntcp = []\nws = ["127.0.0.1:1"]\n'
-                           '[dispatcher]\ndestinations = ["sip:127.0.0.1:1;transport=tcp"]')
-    checks = by_name(Doctor(path, timeout=0.2).run())
-    assert checks["nonce secret"].status == WARN
-    assert "auth.nonce_secret" in checks["nonce secret"].fix
-    # A route secret shared by the nodes gives them the same derived nonce secret.
-    with open(path) as f:
-        text = f.read().replace("[listen]", '[proxy]\nroute_secret = "r"\n[listen]')
-    with open(path, "w") as f:
-        f.write(text)
-    assert "nonce secret" not in by_name(Doctor(path, timeout=0.2).run())
+def test_a_redis_store_with_secrets_of_this_machine_only_is_a_warning_naming_both(tmp_path):
+    base = ('[subscribers]\nurl = "redis://127.0.0.1:6379/2"\n'
+            '[listen]\nudp = []\ntcp = []\nws = ["127.0.0.1:1"]\n'
+            '[dispatcher]\ndestinations = ["sip:127.0.0.1:1;transport=tcp"]\n')
+    checks = by_name(Doctor(write(tmp_path, base), timeout=0.2).run())
+    check = checks["cluster secrets"]
+    assert check.status == WARN
+    assert f"{tmp_path}/route.key" in check.detail and "Record-Route" in check.detail
+    assert "auth.nonce_secret" in check.fix and "proxy.route_secret" in check.fix
+    # Either one in the config gives every node the same two keys (the other is derived).
+    for section in ('[proxy]\nroute_secret = "r"\n', '[auth]\nnonce_secret = "n"\n'):
+        path = write(tmp_path, base + section)
+        assert "cluster secrets" not in by_name(Doctor(path, timeout=0.2).run())
+    # On SQLite there is one node: nothing to share.
+    path = write(tmp_path, base.replace("redis://127.0.0.1:6379/2",
+                                        f"sqlite://{tmp_path}/subs.db"))
+    assert "cluster secrets" not in by_name(Doctor(path, timeout=0.2).run())
 
 
 def test_options_ping_reads_the_final_answer_and_its_latency_over_udp():
