@@ -13,6 +13,9 @@ asked of that layout without scanning every key, so sipgw keeps an index beside 
 domains go in ``auth.realm`` or ``proxy.aliases``, or ``sipgw users export`` then
 ``import`` writes the index.
 
+Beside them, the failed authentications and bans every node shares: ``sipgw.store.bans``
+(``sipgw:auth:*``, Lua scripts run through ``script``).
+
 Failure handling, so that a Redis outage costs prompt errors and never a hang:
 
 * ``connect_timeout`` bounds each connection attempt; txredisapi reconnects forever, and
