@@ -21,7 +21,8 @@ from sipgw.tools.digest_client import authorization, challenges
 from sipgw.tools.doctor import PASS, WARN, Doctor
 from sipgw.tools.process import SipgwProcess
 from tests.helpers.poll import wait_until
-from tests.helpers.redis_server import Monitor, RedisServer
+from tests.helpers.redis_sentinel import Cluster, cluster_fixture
+from tests.helpers.redis_server import Monitor, RedisServer, command
 from tests.integration.sipgw_process import UdpPeer, build_response, control_toml
 from tests.integration.test_auth_sipp import REALM, add_user, auth_toml
 from tests.integration.test_shared_state_sipgw import Phone, ask, both_ready, via_of
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 USER = f"5001@{REALM}"
 WITHIN = 1.0  # the issue's bound for a ban to reach every node
+FAILOVER_WITHIN = 30.0  # Sentinels acting fast take a few seconds; a busy machine more
 
 
 @pytest.fixture
@@ -43,12 +45,14 @@ SECRETS = {"nonce_secret": '"the cluster nonce secret"'}
 ROUTE_SECRET = '[proxy]\nroute_secret = "the cluster route secret"\n'
 
 
-def node(sipgw, tmp_path: Path, name: str, redis: RedisServer, backend: UdpPeer,
-         workers: int = 1, shared: bool = True) -> SipgwProcess:
-    """One node: its own state directory and control socket, the cluster's Redis and
-    (``shared``) secrets (pike off: everything here comes from loopback)."""
+def node(sipgw, tmp_path: Path, name: str, redis: RedisServer | str, backend: UdpPeer,
+         workers: int = 1, shared: bool = True, subscribers: str = "") -> SipgwProcess:
+    """One node: its own state directory and control socket, the cluster's Redis (a server
+    or a URL, with ``subscribers`` for the rest of its section) and (``shared``) secrets
+    (pike off: everything here comes from loopback)."""
     home = tmp_path / name
-    toml = (auth_toml(redis.url, **(SECRETS if shared else {}))
+    url = redis if isinstance(redis, str) else redis.url
+    toml = (auth_toml(url, subscribers, **(SECRETS if shared else {}))
             + f'[state]\ndirectory = "{home}/state"\n' + control_toml(home)
             + (ROUTE_SECRET if shared else "") + "[pike]\nenabled = false\n")
     return sipgw(backend=backend.address, auth=True, workers=workers, extra_toml=toml)
@@ -70,7 +74,7 @@ def answer(phone: Phone, password: str, method: str = "REGISTER") -> bytes:
     assert challenge is not None and challenge.status in (401, 407), challenge
     header = "WWW-Authenticate" if method == "REGISTER" else "Proxy-Authenticate"
     uri = f"sip:{REALM}" if method == "REGISTER" else f"sip:{phone.gw.address}"
-    value = authorization(username="5001", password=password, realm=REALM,
+    value = authorization(username=phone.user, password=password, realm=REALM,
                           nonce=challenges(challenge, header)[0].params["nonce"],
                           method=method, uri=uri)
     name = "Authorization" if method == "REGISTER" else "Proxy-Authorization"
@@ -79,9 +83,14 @@ def answer(phone: Phone, password: str, method: str = "REGISTER") -> bytes:
 
 def fail(phone: Phone) -> None:
     """One wrong password: answered with a new challenge."""
+    assert try_wrong_password(phone) == 401
+
+
+def try_wrong_password(phone: Phone) -> int | None:
+    """The status a wrong password gets (503 while the store has no master)."""
     phone.send(answer(phone, "guess"))
     reply = phone.reply()
-    assert reply is not None and reply.status == 401, reply
+    return None if reply is None else reply.status
 
 
 def registers(phone: Phone, backend: UdpPeer) -> None:
@@ -263,3 +272,51 @@ def _kind(args: list[str]) -> str:
     if name in ("EVAL", "EVALSHA"):
         return "poll script" if args[2] == "2" else "failure script"
     return name
+
+
+@pytest.fixture
+def sentinels(tmp_path: Path) -> Iterator[Cluster]:
+    yield from cluster_fixture(tmp_path / "sentinel")
+
+
+def test_bans_go_on_reaching_every_node_across_a_sentinel_failover(
+    sipgw, tmp_path: Path, sentinels: Cluster
+):
+    """The poll goes wherever the store's connection goes: after the master is killed and
+    the replica promoted, the bans made before are still in force everywhere (the replica
+    had them, version included: nothing is lifted or given back), a ban made after reaches
+    the other node, and an unban still lifts on both."""
+    backend = UdpPeer()
+    a = node(sipgw, tmp_path, "a", sentinels.url(), backend,
+             subscribers=sentinels.subscribers_toml())
+    b = node(sipgw, tmp_path, "b", sentinels.url(), backend,
+             subscribers=sentinels.subscribers_toml())
+    add_user(a, "5001", "s3cret")
+    add_user(a, "5002", "s3cret")
+    first, second = Phone(a), Phone(b, user="5002")
+    try:
+        for _ in range(3):
+            fail(first)
+        wait_until(lambda: banned(b) == [USER], timeout=5, what="the ban at node B", caller=b)
+        # Every write on the replica before the master dies.
+        assert command(sentinels.master.port, "WAIT", "1", "5000",
+                       auth=sentinels.auth) == b":1\r\n"
+        assert sentinels.master.process is not None
+        sentinels.master.process.kill()
+        wait_until(lambda: sentinels.master_named() == {sentinels.replica_port},
+                   timeout=FAILOVER_WITHIN, what="the replica promoted", caller=b)
+        assert refused(first) and banned(a) == banned(b) == [USER]
+        # B counts on the new master once it follows it (503 until then).
+        wait_until(lambda: try_wrong_password(second) == 401, timeout=10,
+                   what="a failure counted at B on the new master", caller=b)
+        for _ in range(2):
+            fail(second)
+        other = f"5002@{REALM}"
+        wait_until(lambda: sorted(banned(a)) == [USER, other], timeout=5,
+                   what="B's new ban at node A", caller=a)
+        assert a.rpc("auth.unban", "all") == {"REMOVED": 2}
+        wait_until(lambda: banned(b) == [], timeout=5, what="the unban at node B", caller=b)
+        assert "Redis lost the bans" not in a.log_text() + b.log_text()
+    finally:
+        first.close()
+        second.close()

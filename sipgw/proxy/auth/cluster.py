@@ -110,7 +110,7 @@ class ClusterBans:
         if rows is None:
             self.confirmed = seen
             return
-        if self.version is not None and _epoch(version) != _epoch(self.version):
+        if self.version is not None and _epoch(self.version) not in ("0", _epoch(version)):
             log.warn("auth: Redis lost the bans it held (their version went from {a} to "
                      "{b}: restarted empty?); this node's bans are given to it again",
                      a=self.version, b=version)
@@ -159,5 +159,5 @@ class ClusterBans:
 
 def _epoch(version: str) -> str:
     """A version is "EPOCH:N" (``sipgw.store.bans``); the epoch changes only when Redis
-    lost the bans."""
+    lost the bans, or from "0" when the first ban ever is made."""
     return version.partition(":")[0]

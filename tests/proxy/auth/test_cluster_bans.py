@@ -198,3 +198,13 @@ def test_an_unban_without_redis_lifts_here_only_and_says_so():
 
 def _text(logs) -> str:
     return "\n".join(formatEvent(e) for e in logs)
+
+
+def test_the_first_ban_ever_made_in_redis_is_no_loss():
+    clock, bans, board, _ = cluster()
+    board.polls[0][2].callback(("0:0", []))  # no ban was ever made in this Redis
+    clock.advance(POLL_INTERVAL)
+    with capturedLogs() as logs:
+        board.polls[1][2].callback(("1733500000000:1", [(USER, 600.0)]))
+    assert bans.is_banned(USER[1], "198.51.100.1")
+    assert "Redis lost" not in _text(logs)
