@@ -266,11 +266,12 @@ def test_redis_round_trips_one_per_authenticated_request_two_per_failure_and_the
 
 
 def _kind(args: list[str]) -> str:
-    """A command's name; a script's by its keys (the ban poll's are the set and its
-    version, a failure's add a counter per user and address)."""
+    """A command's name; a script's by its keys (a failure's add a counter per user and
+    address to the poll's)."""
     name = args[0].upper()
     if name in ("EVAL", "EVALSHA"):
-        return "poll script" if args[2] == "2" else "failure script"
+        counters = any(a.startswith("sipgw:auth:failures:") for a in args[3:3 + int(args[2])])
+        return "failure script" if counters else "poll script"
     return name
 
 

@@ -5,12 +5,13 @@
   channel) and, by the worker that saw it, in Redis: one round trip, which bans the user or
   address there when the count over every node reaches the limit; this worker then bans
   it at once, the others within a poll.
-- Every worker asks Redis every ``POLL_INTERVAL`` seconds for the set of bans, which
-  Redis sends only when its version moved (otherwise the answer is one short string).
-  Bans it holds are taken on; a ban this worker had seen in Redis and Redis no longer
-  holds was lifted by ``auth.unban`` on another node, and is lifted here. So a ban reaches
-  every node within about half a second, and the successful path costs nothing: whether a
-  request is banned is asked of memory, never of Redis.
+- Every worker asks Redis every ``POLL_INTERVAL`` seconds what changed since the version
+  it holds: nothing (one short string), the bans added and lifted since (Redis's log), or,
+  when the log does not reach back that far (at start), the whole set of bans: then a ban
+  this worker had seen in Redis and the set no longer holds was lifted on another node,
+  and is lifted here. So a ban reaches every node within about half a second, and the
+  successful path costs nothing: whether a request is banned is asked of memory, never of
+  Redis.
 - Every worker polls, rather than one per node passing the set on over the workers'
   channel: a poll costs Redis a few microseconds, and then no worker depends on another
   being up (worker 0 restarting does not stop the bans from arriving), nor on an order
@@ -33,6 +34,7 @@ from twisted.logger import Logger
 from sipgw.proxy.auth.bans import Bans, Key
 from sipgw.proxy.limits import CapLog
 from sipgw.store import StoreError
+from sipgw.store.bans import Heard
 
 log = Logger(namespace="sipgw.auth")
 
@@ -100,24 +102,34 @@ class ClusterBans:
         if self._running:
             self._next = self.clock.callLater(self.interval, self._poll)
 
-    def _heard(self, answer: tuple[str, list[tuple[Key, float]] | None],
-               added: list[tuple[Key, float]]) -> None:
+    def _heard(self, heard: Heard, added: list[tuple[Key, float]]) -> None:
         self._reachable()
-        version, rows = answer
         # One connection answers in order: what Redis said reflects every call sent
         # before this one, and nothing sent after.
         seen = self.confirmed | {key for key, _ in added}
-        if rows is None:
+        if heard.changes is not None:
+            for op, key, left in heard.changes:
+                if op == "lift":
+                    self.bans.lift(key)
+                    seen.discard(key)
+                elif left > 0:
+                    self.bans.impose(key, left)
+                    seen.add(key)
+            self.version, self.confirmed = heard.version, seen
+            return
+        if heard.bans is None:
             self.confirmed = seen
             return
-        if self.version is not None and _epoch(self.version) not in ("0", _epoch(version)):
+        # The whole set: what it lacks and was seen in Redis before was lifted there.
+        if self.version is not None and _epoch(self.version) not in ("0",
+                                                                     _epoch(heard.version)):
             log.warn("auth: Redis lost the bans it held (their version went from {a} to "
                      "{b}: restarted empty?); this node's bans are given to it again",
-                     a=self.version, b=version)
+                     a=self.version, b=heard.version)
             seen = set()
-        self.version = version
-        held = dict(rows)
-        for key, left in rows:
+        self.version = heard.version
+        held = dict(heard.bans)
+        for key, left in heard.bans:
             self.bans.impose(key, left)
         for key in seen - held.keys():
             self.bans.lift(key)

@@ -2,8 +2,9 @@
 asks Redis, what it does with each answer, and what holds while Redis is away.
 
 Redis itself is played by the test: each call to the board is recorded with the Deferred
-it returned, and the test answers it (as Redis would: in order) or fails it as the store
-fails when Redis cannot be reached. The board's Lua scripts against a real redis-server,
+it returned, and the test answers it (as Redis would: in order; the whole set of bans, or
+the changes since the version asked about) or fails it as the store fails when Redis
+cannot be reached. The board's Lua scripts against a real redis-server,
 and two real nodes sharing one, are in ``tests/integration/test_nodes_redis_sipgw.py``.
 """
 
@@ -17,6 +18,7 @@ from sipgw.config import AuthConfig
 from sipgw.proxy.auth.bans import Bans
 from sipgw.proxy.auth.cluster import POLL_INTERVAL, ClusterBans
 from sipgw.store import StoreUnavailable
+from sipgw.store.bans import Heard
 
 USER = ("user", "5001@sipgw.test")
 SOURCE = ("source", "192.0.2.7")
@@ -67,12 +69,12 @@ def test_the_first_poll_is_at_start_and_the_next_an_interval_after_each_answer()
     assert [(v, a) for v, a, _ in board.polls] == [(None, [])]
     clock.advance(POLL_INTERVAL * 5)  # Redis slow: never a second question meanwhile
     assert len(board.polls) == 1
-    board.polls[0][2].callback(("e:7", []))
+    board.polls[0][2].callback(Heard("e:7", bans=[]))
     clock.advance(POLL_INTERVAL - 0.01)
     assert len(board.polls) == 1
     clock.advance(0.01)
     assert [v for v, _, _ in board.polls] == [None, "e:7"]  # the version held is sent
-    board.polls[1][2].callback(("e:7", None))  # unchanged: nothing read
+    board.polls[1][2].callback(Heard("e:7"))  # unchanged: nothing read
     nodes.stop()
     clock.advance(POLL_INTERVAL * 5)
     assert len(board.polls) == 2
@@ -80,7 +82,7 @@ def test_the_first_poll_is_at_start_and_the_next_an_interval_after_each_answer()
 
 def test_a_ban_of_another_node_is_taken_on_with_its_time_left_and_ends_here_then():
     clock, bans, board, _ = cluster()
-    board.polls[0][2].callback(("e:3", [(USER, 60.0)]))
+    board.polls[0][2].callback(Heard("e:3", bans=[(USER, 60.0)]))
     assert bans.is_banned(USER[1], "198.51.100.1")
     assert [row["NAME"] for row in bans.listing()] == [USER[1]]
     clock.advance(59.9)
@@ -92,7 +94,7 @@ def test_a_ban_of_another_node_is_taken_on_with_its_time_left_and_ends_here_then
 
 def test_a_ban_redis_no_longer_holds_is_lifted_but_one_made_here_meanwhile_is_given_to_it():
     clock, bans, board, _ = cluster()
-    board.polls[0][2].callback(("e:3", [(USER, 600.0)]))
+    board.polls[0][2].callback(Heard("e:3", bans=[(USER, 600.0)]))
     clock.advance(POLL_INTERVAL)
     # This node's own count bans the address (its workers' failures, say) while the
     # second question is on its way: the answer predates it.
@@ -100,7 +102,7 @@ def test_a_ban_redis_no_longer_holds_is_lifted_but_one_made_here_meanwhile_is_gi
         bans.failure(f"u{n}@sipgw.test", SOURCE[1])
     _, _, second = board.polls[1]
     with capturedLogs() as logs:
-        second.callback(("e:4", []))  # unbanned on another node
+        second.callback(Heard("e:4", bans=[]))  # unbanned on another node
     assert not bans.is_banned(USER[1], "198.51.100.1")
     assert bans.is_banned("someone@sipgw.test", SOURCE[1])  # not lifted: never in Redis
     assert "ban of user 5001@sipgw.test lifted on another node" in _text(logs)
@@ -109,7 +111,7 @@ def test_a_ban_redis_no_longer_holds_is_lifted_but_one_made_here_meanwhile_is_gi
     assert version == "e:4"
     [(key, left)] = add
     assert key == SOURCE and BAN_TIME - 1 < left <= BAN_TIME
-    third.callback(("e:5", [(SOURCE, left)]))
+    third.callback(Heard("e:5", bans=[(SOURCE, left)]))
     clock.advance(POLL_INTERVAL)
     assert board.polls[3][1] == []  # Redis holds it now: not given again
 
@@ -137,7 +139,7 @@ def test_failures_of_other_workers_are_counted_in_redis_by_their_own_worker_only
 
 def test_without_redis_this_node_counts_and_bans_alone_and_shares_its_bans_once_back():
     clock, bans, board, _ = cluster()
-    board.polls[0][2].callback(("e:1", []))
+    board.polls[0][2].callback(Heard("e:1", bans=[]))
     with capturedLogs() as logs:
         for _ in range(3):
             bans.failure(USER[1], SOURCE[1])
@@ -153,16 +155,17 @@ def test_without_redis_this_node_counts_and_bans_alone_and_shares_its_bans_once_
     version, add, back = board.polls[2]
     assert version == "e:1" and [key for key, _ in add] == [USER]  # given to Redis
     with capturedLogs() as logs:
-        back.callback(("e:2", [(USER, add[0][1])]))
+        back.callback(Heard("e:2", bans=[(USER, add[0][1])]))
     assert "Redis reachable again" in _text(logs)
+    assert "Traceback" not in _text(logs)
 
 
 def test_a_version_of_another_epoch_means_redis_lost_the_bans_none_is_lifted_all_given_again():
     clock, bans, board, _ = cluster()
-    board.polls[0][2].callback(("1733500000000:41", [(USER, 600.0)]))
+    board.polls[0][2].callback(Heard("1733500000000:41", bans=[(USER, 600.0)]))
     clock.advance(POLL_INTERVAL)
     with capturedLogs() as logs:
-        board.polls[1][2].callback(("0:0", []))  # Redis restarted empty
+        board.polls[1][2].callback(Heard("0:0", bans=[]))  # Redis restarted empty
     assert bans.is_banned(USER[1], "198.51.100.1")
     assert "Redis lost the bans it held" in _text(logs)
     clock.advance(POLL_INTERVAL)
@@ -171,7 +174,7 @@ def test_a_version_of_another_epoch_means_redis_lost_the_bans_none_is_lifted_all
 
 def test_unban_lifts_here_and_in_redis_and_says_how_many_were_lifted_anywhere():
     _, bans, board, nodes = cluster()
-    board.polls[0][2].callback(("e:3", [(USER, 600.0)]))
+    board.polls[0][2].callback(Heard("e:3", bans=[(USER, 600.0)]))
     lifted: list = []
     nodes.unban(USER[1], bans.unban(USER[1])).addCallback(lifted.append)
     assert not bans.is_banned(USER[1], "198.51.100.1")  # here, at once
@@ -187,7 +190,7 @@ def test_unban_lifts_here_and_in_redis_and_says_how_many_were_lifted_anywhere():
 
 def test_an_unban_without_redis_lifts_here_only_and_says_so():
     _, bans, board, nodes = cluster()
-    board.polls[0][2].callback(("e:3", [(USER, 600.0)]))
+    board.polls[0][2].callback(Heard("e:3", bans=[(USER, 600.0)]))
     lifted: list = []
     with capturedLogs() as logs:
         nodes.unban(USER[1], bans.unban(USER[1])).addCallback(lifted.append)
@@ -202,9 +205,27 @@ def _text(logs) -> str:
 
 def test_the_first_ban_ever_made_in_redis_is_no_loss():
     clock, bans, board, _ = cluster()
-    board.polls[0][2].callback(("0:0", []))  # no ban was ever made in this Redis
+    board.polls[0][2].callback(Heard("0:0", bans=[]))  # no ban was ever made in this Redis
     clock.advance(POLL_INTERVAL)
     with capturedLogs() as logs:
-        board.polls[1][2].callback(("1733500000000:1", [(USER, 600.0)]))
+        board.polls[1][2].callback(Heard("1733500000000:1", bans=[(USER, 600.0)]))
     assert bans.is_banned(USER[1], "198.51.100.1")
     assert "Redis lost" not in _text(logs)
+
+
+def test_changes_since_the_version_held_add_and_lift_bans_one_by_one():
+    clock, bans, board, _ = cluster()
+    board.polls[0][2].callback(Heard("e:3", bans=[(USER, 600.0)]))
+    clock.advance(POLL_INTERVAL)
+    assert board.polls[1][0] == "e:3"
+    board.polls[1][2].callback(Heard("e:5", changes=[("ban", SOURCE, 900.0),
+                                                      ("lift", USER, 0.0)]))
+    assert bans.is_banned("someone@sipgw.test", SOURCE[1])
+    assert not bans.is_banned(USER[1], "198.51.100.1")
+    clock.advance(POLL_INTERVAL)
+    version, add, third = board.polls[2]
+    assert (version, add) == ("e:5", [])  # SOURCE came from Redis: not given back
+    # A ban logged and lifted since, or one already over, leaves nothing here.
+    third.callback(Heard("e:7", changes=[("ban", USER, 600.0), ("lift", USER, 0.0),
+                                          ("ban", ("user", "gone@sipgw.test"), -1.0)]))
+    assert [row["NAME"] for row in bans.listing()] == [SOURCE[1]]
