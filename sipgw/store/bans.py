@@ -21,12 +21,13 @@ Layout, beside the subscribers (``sipgw.toml(5)``, "[auth]"):
   ``LOG_TTL`` seconds after the last change.
 
 Each operation is one Lua script, one round trip, atomic: ``failure`` (counted, and banned
-at the limit), ``poll`` (this node's bans that Redis may not hold yet added; then nothing
-when the caller's version is current, the changes since it when the log still has them,
-else the whole set), ``unban``. A node that polls every fraction of a second reads only
-the changes, however many bans are in force; a new worker, one that was cut off longer
-than the log lasts, or one facing another epoch reads the whole set. Nothing here is on
-the path of a successful authentication.
+at the limit), ``success`` (a user's count cleared), ``poll`` (this node's bans that Redis
+may not hold yet added; then nothing when the caller's version is current, the changes
+since it when the log still has them, else the whole set), ``unban``. A node that polls
+every fraction of a second reads only the changes, however many bans are in force; a new
+worker, one that was cut off longer than the log lasts, or one facing another epoch reads
+the whole set. Nothing here is on the path of a successful authentication, but the first
+success after failures.
 """
 
 from __future__ import annotations
@@ -146,6 +147,9 @@ end
 return lifted
 """
 
+# KEYS: a user's failure counter. A success clears it.
+SUCCESS = "return redis.call('DEL', KEYS[1])"
+
 _KEYS = [BANS, VERSION, LOG]
 
 
@@ -185,6 +189,10 @@ class RedisBans:
             args += [member(key), limit]
         return self.store.script(FAILURE, keys, args).addCallback(
             lambda counts: [int(n) for n in counts])
+
+    def success(self, key: Key) -> defer.Deferred:
+        """The count of ``key`` over the cluster starts again from zero."""
+        return self.store.script(SUCCESS, [FAILURES + member(key)], [])
 
     def poll(self, version: str | None, add: list[tuple[Key, float]]) -> defer.Deferred:
         """Add ``add`` (key, seconds left), and fire with what changed since ``version``

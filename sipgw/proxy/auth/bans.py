@@ -17,7 +17,8 @@ count it as their own, so three failures spread over workers ban the user in eve
 them. The worker whose own failure started the ban logs it at warning, the others at debug.
 
 Several nodes count together when the subscriber store is Redis (``cluster.py``): the
-worker that saw a failure also counts it there (``on_own_failure``), and the bans Redis
+worker that saw a failure also counts it there (``on_own_failure``; a success clears
+the user's count there as here, ``on_own_success``), and the bans Redis
 holds are taken on (``impose``) and lifted (``lift``) as the other nodes decide them.
 
 Memory is bounded: both tables hold at most ``max_entries`` keys (``limits.max_auth_failures``),
@@ -65,8 +66,10 @@ class Bans:
         self.on_forget = on_forget  # told "failures" or "bans" when one is dropped for room
         # Tells the other workers (topic, payload); None in a single process.
         self.share: Callable[[str, dict], None] | None = None
-        # Tells the other nodes (user, source) of a failure seen here; None on one node.
+        # Tell the other nodes of a failure (user, source) seen here, and of a success
+        # (user) that clears a count; None on one node.
         self.on_own_failure: Callable[[str, str], None] | None = None
+        self.on_own_success: Callable[[str], None] | None = None
 
     def configure(self, auth: AuthConfig, limits: LimitsConfig) -> None:
         """[auth] thresholds and ban time, limits.max_auth_failures; what is counted and
@@ -107,6 +110,10 @@ class Bans:
             # Only then: every worker counts the same failures, so a user none of them
             # counts costs the channel nothing however often it registers.
             self.share("auth.success", {"user": user})
+        if counted is not None and origin is None and self.on_own_success is not None:
+            # The same rule over the nodes: only a user this node counted costs Redis a
+            # round trip, once; every other success costs it nothing.
+            self.on_own_success(user)
 
     def share_with(self, publish: Callable[[str, dict], None],
                    workers: int) -> dict[str, Callable[[dict, int], None]]:
@@ -166,8 +173,10 @@ class Bans:
             return False
         self._ends.cancel(ban[1])
         self._failures.pop(key, None)
-        log.info("auth: ban of {kind} {name} lifted on another node (auth.unban)",
-                 kind=_NAMES[key[0]], name=key[1])
+        # At debug, as the others' bans are: the node where it was lifted says it, and
+        # an "auth.unban all" may lift thousands in every worker of every node.
+        log.debug("auth: ban of {kind} {name} lifted on another node (auth.unban)",
+                  kind=_NAMES[key[0]], name=key[1])
         return True
 
     def _set(self, key: Key, until: float, length: float, loud: bool) -> None:

@@ -4,7 +4,8 @@
 - A failure seen here is counted in this node (``bans.py``, and its workers over their
   channel) and, by the worker that saw it, in Redis: one round trip, which bans the user or
   address there when the count over every node reaches the limit; this worker then bans
-  it at once, the others within a poll.
+  it at once, the others within a poll. A success after failures this node counted
+  clears the user's count there as here (one round trip, once; other successes, none).
 - Every worker asks Redis every ``POLL_INTERVAL`` seconds what changed since the version
   it holds: nothing (one short string), the bans added and lifted since (Redis's log), or,
   when the log does not reach back that far (at start), the whole set of bans: then a ban
@@ -56,6 +57,7 @@ class ClusterBans:
         self._down = False
         self.cap_log = CapLog(log, clock.seconds)
         bans.on_own_failure = self.failure
+        bans.on_own_success = self.success
 
     def start(self) -> None:
         self._running = True
@@ -85,6 +87,13 @@ class ClusterBans:
                 last = f"the last from {source}" if key[0] == "user" else f"the last for {user}"
                 self.bans.impose(key, self.bans.ban_time, count=n, last=last)
                 self.confirmed.add(key)
+
+    def success(self, user: str) -> None:
+        """A user this node had counted failures of got the password right: the count
+        over the cluster starts again from zero too."""
+        d = self.board.success(("user", user))
+        d.addCallbacks(lambda _: self._reachable(), self._unreachable)
+        d.addErrback(lambda failure: log.failure("auth: cluster bans", failure))
 
     # -- the poll ---------------------------------------------------------------------
 

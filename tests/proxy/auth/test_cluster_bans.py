@@ -32,12 +32,17 @@ class Board:
         self.failures: list[tuple[list, defer.Deferred]] = []
         self.polls: list[tuple[str | None, list, defer.Deferred]] = []
         self.unbans: list[tuple[str, defer.Deferred]] = []
+        self.successes: list = []
 
     def failure(self, counted, window, ban_time):
         assert (window, ban_time) == (300, BAN_TIME)
         d: defer.Deferred = defer.Deferred()
         self.failures.append((counted, d))
         return d
+
+    def success(self, key):
+        self.successes.append(key)
+        return defer.succeed(None)
 
     def poll(self, version, add):
         d: defer.Deferred = defer.Deferred()
@@ -229,3 +234,16 @@ def test_changes_since_the_version_held_add_and_lift_bans_one_by_one():
     third.callback(Heard("e:7", changes=[("ban", USER, 600.0), ("lift", USER, 0.0),
                                           ("ban", ("user", "gone@sipgw.test"), -1.0)]))
     assert [row["NAME"] for row in bans.listing()] == [SOURCE[1]]
+
+
+def test_a_success_clears_the_users_count_in_redis_only_after_failures_counted_here():
+    _, bans, board, _ = cluster()
+    bans.success(USER[1])  # nothing counted: Redis is not asked
+    bans.failure(USER[1], SOURCE[1], origin=1)  # another worker's, counted here too
+    bans.success(USER[1], origin=1)  # that worker's success: it tells Redis itself
+    assert board.successes == []
+    bans.failure(USER[1], SOURCE[1])
+    bans.success(USER[1])
+    assert board.successes == [USER]
+    bans.success(USER[1])  # once
+    assert board.successes == [USER]
