@@ -23,7 +23,8 @@
   on them; the bans it made meanwhile are given to Redis at the first poll that works
   (so are any Redis lost: a version of another epoch means that, and lifts nothing).
 - ``auth.unban`` lifts here at once and in Redis, hence everywhere within a poll. Without
-  Redis it lifts on this node only, and the next change of the set brings the ban back.
+  Redis it lifts on this node only: the others keep the ban, and this worker takes it
+  back if it reads the whole set again (after a restart).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ POLL_INTERVAL = 0.4  # seconds between two questions of one worker to Redis
 
 
 class ClusterBans:
-    """``board``: ``sipgw.store.bans.RedisBans`` (failure, poll, unban; Deferreds)."""
+    """``board``: ``sipgw.store.bans.RedisBans`` (failure, success, poll, unban; each a
+    Deferred)."""
 
     def __init__(self, bans: Bans, board, clock, *, interval: float = POLL_INTERVAL) -> None:
         self.bans = bans
@@ -155,8 +157,8 @@ class ClusterBans:
         def failed(failure) -> int:
             failure.trap(StoreError)
             log.warn("auth: auth.unban {name}: lifted on this node only: Redis cannot be "
-                     "reached ({err}); the other nodes keep the ban, and this node takes it "
-                     "back at the next change in Redis: lift it again once Redis is back",
+                     "reached ({err}); the other nodes keep the ban: lift it again once "
+                     "Redis is back",
                      name=name, err=failure.getErrorMessage())
             return here
 
