@@ -3,8 +3,10 @@
 One small interface (``base``), three implementations: ``sqlite`` (the embedded default),
 ``redis`` (production, shared by every node; ``redis_link`` reaches it, directly or
 through Sentinel) and ``memory`` (a verified fake for tests).
-``open_store`` opens the one a ``[subscribers] url`` names; the implementations import
-only ``base``, never this package, so nothing here is imported in a circle.
+Beside the subscribers, ``bans`` keeps in Redis the failed authentications and bans the
+nodes share. ``open_store`` opens the one a ``[subscribers] url`` names; the
+implementations import only ``base``, never this package, so nothing here is imported in
+a circle.
 """
 
 from __future__ import annotations
