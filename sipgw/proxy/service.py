@@ -96,6 +96,7 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
                        worker=worker)
     # A bad certificate is a start-up error (TlsError), before any listener opens.
     tls = ServerTls(config.tls) if (config.listen.tls or config.listen.wss) else None
+    load = LoadMonitor(reactor, stats, on_tick=proxy.overload.on_load)
     stream = StreamTransport(
         reactor,
         reactor,
@@ -108,6 +109,7 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
         refuse=proxy.refuse,
         on_closed=proxy.registrar.flow_closed,
         screen=proxy.screen,
+        backlog=load.streams,
     )
     tls_stream = None
     if config.listen.tls:
@@ -117,7 +119,7 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
             on_send_failed=outbound.failed, refuse=proxy.refuse,
             on_closed=proxy.registrar.flow_closed,
             caps=stream.caps,  # the caps count TCP and TLS together
-            screen=proxy.screen,
+            screen=proxy.screen, backlog=load.streams,
         )
     ws = None
     if config.listen.ws or config.listen.wss:
@@ -126,7 +128,7 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
                          on_closed=proxy.registrar.flow_closed,
                          users_of=proxy.registrar.users_on,
                          flows_of=proxy.registrar.flows_of,
-                         screen=proxy.screen)
+                         screen=proxy.screen, backlog=load.streams)
     udp = [UdpListener(addr.host, addr.port, proxy.receive) for addr in config.listen.udp]
     own = None
     if worker is not None:
@@ -138,8 +140,6 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     outbound.attach(udp=udp, streams={name: t for name, t in (("tcp", stream),
                                                               ("tls", tls_stream)) if t},
                     on_failure=failure, backend_udp=own, is_backend=proxy.backends.is_backend)
-    load = LoadMonitor(reactor, stats, lambda: flows.by_id.values(),
-                       on_tick=proxy.overload.on_load)
     listeners = Listeners(reactor, config.listen, udp=udp, stream=stream,
                           tls_stream=tls_stream, ws=ws, tls=tls, on_udp_delay=load.udp.observe,
                           worker=worker, own_udp=own)

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from sipgw.config import LimitsConfig
 from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tell_slow_reader
+from sipgw.proxy.load import StreamBacklog
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source
 from sipgw.proxy.transport.listen import listen_stream
@@ -129,6 +130,7 @@ class StreamConnection(protocol.Protocol):
             self.lose()
             return
         self._deliver(items)
+        self.stack.backlog.read(self, len(data))
 
     def _deliver(self, items: list) -> None:
         for item in items:
@@ -253,9 +255,11 @@ class StreamTransport:
         on_closed: Callable[[int, Source], None] | None = None,
         caps: ConnectionCaps | None = None,
         screen: Callable[[str, str], str] | None = None,
+        backlog: StreamBacklog | None = None,
     ) -> None:
         """``settings``: ``[limits]`` (its tcp_* keys and max_write_queue); ``limits``: the
-        message sizes the framer accepts (``Proxy.limits``, from the same section)."""
+        message sizes the framer accepts (``Proxy.limits``, from the same section);
+        ``backlog``: what the connections report their reads to (the load signal's)."""
         self.reactor = reactor
         self.clock = clock
         self.flows = flows
@@ -276,6 +280,7 @@ class StreamTransport:
         # (transport, client address) → why its connections are closed at once, "" if not
         # (Proxy.screen: the [acl] lists and pike).
         self.screen = screen
+        self.backlog = backlog or StreamBacklog()
 
     def reconfigure(self, settings: LimitsConfig, limits: Limits | None = None) -> None:
         """Reload: new caps and timeouts, and the message limits new connections frame

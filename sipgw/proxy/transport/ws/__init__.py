@@ -42,6 +42,7 @@ from twisted.logger import Logger
 
 from sipgw.config import LimitsConfig, WebSocketConfig
 from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tell_slow_reader
+from sipgw.proxy.load import StreamBacklog
 from sipgw.proxy.runtime.log import LEVELS, current_level
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source, in_networks, transport_address
@@ -343,6 +344,10 @@ class WsConnection(FastPaths, WebSocketServerProtocol):  # type: ignore[misc]
 
     # -- frames -------------------------------------------------------------------------
 
+    def dataReceived(self, data: bytes) -> None:
+        self._dataReceived(data)  # FastPaths': without autobahn's adapter's debug line
+        self.stack.backlog.read(self, len(data))
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self._used()
         if self._unregistered is not None and payload.startswith(b"REGISTER "):
@@ -513,6 +518,7 @@ class WsTransport:
         users_of: Callable[[int], list[str]] = lambda flow_id: [],
         flows_of: Callable[[str], list[int]] = lambda user: [],
         screen: Callable[[str, str], str] | None = None,
+        backlog: StreamBacklog | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock = clock
@@ -534,6 +540,8 @@ class WsTransport:
         # (transport, client address) → why its handshake is dropped, "" if not
         # (Proxy.screen: the [acl] lists and pike).
         self.screen = screen
+        # What the connections report their reads to (the load signal's, ``load.py``).
+        self.backlog = backlog or StreamBacklog()
         stats.declare(WS_STATS)
         stats.declare(TCP_STATS)  # tcp:sendq_full counts WebSocket slow readers too
 
