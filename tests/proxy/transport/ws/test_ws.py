@@ -4,6 +4,7 @@ keepalive, flows and counters — autobahn driven over StringTransport on a task
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -13,6 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from sipgw.proxy.load import FULL_READ
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import FlowTable
 from sipgw.proxy.transport.ws import WsTransport, client_address
@@ -208,6 +210,25 @@ def test_each_text_or_binary_message_is_one_sip_message_from_the_flow(stack):
     assert src.flow_id == c.proto.flow_id
     assert stack.flows.get(src.flow_id) is c.proto
     assert stack.stat("ws_received_frames") == 2
+
+
+def test_a_read_that_fills_the_buffer_tells_the_load_signal_what_the_socket_still_holds(
+        stack):
+    c = Client(stack).open()
+    peer, ours = socket.socketpair()
+    try:
+        c.transport.socket = ours  # the kernel socket under the connection, as tcp.Server's
+        c.send(wf.frame(wf.TEXT, OPTIONS))  # a short read: it emptied its socket
+        assert stack.ws.backlog.behind == {}
+        peer.sendall(b"x" * 700)  # what the kernel still holds after the next read
+        frames = FULL_READ // len(OPTIONS) + 1
+        batch = wf.frame(wf.TEXT, OPTIONS) * frames
+        c.send(batch)
+        assert len(stack.received) == 1 + frames
+        assert stack.ws.backlog.behind == {c.proto: [len(batch), 700]}
+    finally:
+        peer.close()
+        ours.close()
 
 
 def test_a_message_split_over_continuation_frames_arrives_whole(stack):
