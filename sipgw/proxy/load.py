@@ -25,6 +25,7 @@ import socket
 import struct
 import termios
 from collections.abc import Callable
+from typing import Protocol
 
 from twisted.logger import Logger
 
@@ -35,9 +36,10 @@ log = Logger(namespace="sipgw.load")
 TICK = 0.1  # seconds between ticks: the lag's resolution, and how fresh the statistics are
 WINDOW = 1.0  # seconds: the "recent" of a recent max, and the stream sampling period
 WEIGHT = 1 / 8  # of a new sample in the weighted mean (as TCP's smoothed RTT)
-# A stream read this long or longer may have left more in the kernel: Twisted reads up to
-# 64 KiB a time from a socket, and its TLS layer hands on what it decrypts 32 KiB a time.
-# A shorter read emptied the socket's queue (nothing to ask the kernel).
+# Bytes a stream connection reads between two looks at what its socket still holds: half
+# of what Twisted reads from a socket at once (64 KiB), so that a connection read in full
+# reads is asked once a read. Counted in bytes handed on, not reads: over TLS they come a
+# record at a time (16 KiB at most, one SIP message each from most clients).
 FULL_READ = 1 << 15
 _NONE = float("inf")  # the least delay of a tick with no sample yet
 
@@ -137,41 +139,50 @@ def socket_of(flow: object) -> socket.socket | None:
     return None
 
 
+class Reader(Protocol):
+    """A stream connection as ``StreamBacklog`` sees it."""
+
+    unasked: int  # bytes read since the kernel was last asked what its socket holds
+
+
 class StreamBacklog:
     """What stream reads leave in the kernel, over one tick.
 
-    The connections call ``read`` after each read, on the hot path; it asks the kernel
-    (``FIONREAD``, one ioctl) only after a read that may have left bytes behind
-    (``FULL_READ``), or of a connection already found behind in this tick, whose later
-    reads say whether it caught up. ``tick`` closes the tick: for each connection found
-    behind, its unread bytes after its last read and the bytes read from it since.
+    The connections call ``read`` after each read, on the hot path; once a connection has
+    read ``FULL_READ`` bytes since the last time, it asks the kernel how many more wait
+    (``FIONREAD``, one ioctl): never for connections that read little, once a read for
+    one read in full reads. ``tick`` closes the tick: for each connection found behind,
+    the bytes left after its last look and the bytes read from it up to it.
     """
 
     __slots__ = ("behind",)
 
     def __init__(self) -> None:
-        # connection → [bytes read since it was found behind, bytes unread after its
-        # last read]; emptied every tick.
-        self.behind: dict[object, list[int]] = {}
+        # connection → [bytes read up to its last look in this tick, bytes unread then];
+        # emptied every tick.
+        self.behind: dict[Reader, list[int]] = {}
 
-    def read(self, conn: object, n: int) -> None:
+    def read(self, conn: Reader, n: int) -> None:
         """``conn`` read ``n`` bytes and handled them."""
-        if n < FULL_READ and conn not in self.behind:
+        read = conn.unasked + n
+        if read < FULL_READ:
+            conn.unasked = read
             return
+        conn.unasked = 0
         sock = socket_of(conn)
         unread = unread_bytes(sock.fileno()) if sock is not None else 0
         seen = self.behind.get(conn)
         if seen is not None:
-            seen[0] += n
+            seen[0] += read
             seen[1] = unread
         elif unread:
-            self.behind[conn] = [n, unread]
+            self.behind[conn] = [read, unread]
 
     def tick(self, elapsed: float) -> tuple[float | None, int, int]:
         """Over the ``elapsed`` seconds of the tick: how long the bytes left unread will
-        wait on the worst connection (its unread bytes over the rate it was read at;
-        None when no connection was behind), the unread bytes of all of them, and of
-        the one with most."""
+        wait on the worst connection (its unread bytes over the rate it was read at in
+        the tick, as its looks counted it; None when no connection was behind), the
+        unread bytes of all of them, and of the one with most."""
         wait: float | None = None
         total = most = 0
         for read, unread in self.behind.values():

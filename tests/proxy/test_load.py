@@ -109,6 +109,7 @@ class Flow:
 
     def __init__(self, transport: object) -> None:
         self.transport = transport
+        self.unasked = 0
 
 
 def flow(sock: socket.socket, *, tls: bool = False) -> Flow:
@@ -141,8 +142,8 @@ def test_what_full_reads_left_unread_is_published_each_tick_and_waits_as_long_as
     a, b = flow(ours_a), flow(ours_b, tls=True)
     sent(peer_a, ours_a, 3 * FULL_READ)
     sent(peer_b, ours_b, 1000)
-    # A short read emptied its socket: the kernel is not asked (1000 bytes stay there,
-    # unseen: the next pass of the loop reads them).
+    # Less than FULL_READ read: the kernel is not asked (1000 bytes stay there, unseen:
+    # the next pass of the loop reads them).
     load.streams.read(b, 500)
     # Connection a read a full buffer twice in the tick and left a third behind.
     ours_a.recv(FULL_READ)
@@ -167,17 +168,20 @@ def test_what_full_reads_left_unread_is_published_each_tick_and_waits_as_long_as
     load.stop()
 
 
-def test_a_connection_behind_is_asked_again_at_each_read_of_the_tick(connections):
+def test_small_reads_add_up_to_one_look_as_tls_records_do(connections):
     clock, stats, load = monitor()
     (peer, ours), _ = connections
-    conn = flow(ours)
+    conn = flow(ours, tls=True)
     sent(peer, ours, FULL_READ + 1000)
-    ours.recv(FULL_READ)
-    load.streams.read(conn, FULL_READ)
-    ours.recv(600)  # a short read, but of a connection found behind: still 400 unread
-    load.streams.read(conn, 600)
+    half = FULL_READ // 2
+    ours.recv(FULL_READ)  # one read from the socket, handed on a record at a time
+    load.streams.read(conn, half)
+    assert load.streams.behind == {}
+    load.streams.read(conn, half)
+    assert load.streams.behind == {conn: [FULL_READ, 1000]}
     ticks(clock, 1)
-    assert stats.get("load:stream_backlog_bytes") == 400
+    assert stats.get("load:stream_backlog_bytes") == 1000
+    assert conn.unasked == 0
     load.stop()
 
 

@@ -54,6 +54,7 @@ class StreamConnection(protocol.Protocol):
         self.counted = False  # in the caps on client connections
         self.dropped = False  # closed by a limit: nothing more is written to it
         self.queue = SendQueue(stack.settings.max_write_queue)
+        self.unasked = 0  # bytes read since the load signal last looked (load.StreamBacklog)
         self._idle: IDelayedCall | None = None
         # The timer closing a client that never sends a whole message.
         self._first: IDelayedCall | None = None

@@ -126,7 +126,7 @@ class _Reason:
 
 
 
-def test_a_read_that_fills_the_buffer_tells_the_load_signal_what_the_socket_still_holds():
+def test_a_connection_that_read_32_kib_tells_the_load_signal_what_its_socket_still_holds():
     reactor = MemoryReactorClock()
     received = []
     backlog = StreamBacklog()
@@ -137,13 +137,13 @@ def test_a_read_that_fills_the_buffer_tells_the_load_signal_what_the_socket_stil
     peer, ours = socket.socketpair()
     try:
         transport.socket = ours  # the kernel socket under the connection, as tcp.Server's
-        proto.dataReceived(OPTIONS)  # a short read: it emptied its socket, nothing asked
+        proto.dataReceived(OPTIONS)  # less than FULL_READ read: the kernel is not asked
         assert backlog.behind == {}
         peer.sendall(b"x" * 1000)  # what the kernel still holds after the next read
         batch = OPTIONS * (FULL_READ // len(OPTIONS) + 1)
         proto.dataReceived(batch)
         assert len(received) == 1 + batch.count(b"OPTIONS sip:")
-        assert backlog.behind == {proto: [len(batch), 1000]}
+        assert backlog.behind == {proto: [len(OPTIONS) + len(batch), 1000]}
     finally:
         peer.close()
         ours.close()

@@ -245,6 +245,7 @@ class WsConnection(FastPaths, WebSocketServerProtocol):  # type: ignore[misc]
         # The timer closing a connection that never registers.
         self._unregistered: IDelayedCall | None = None
         self.queue = SendQueue(stack.limits.max_write_queue)
+        self.unasked = 0  # bytes read since the load signal last looked (load.StreamBacklog)
 
     # -- handshake ----------------------------------------------------------------------
 
