@@ -34,7 +34,7 @@ from sipgw.proxy.stats import StatDef, Stats
 log = Logger(namespace="sipgw.load")
 
 TICK = 0.1  # seconds between ticks: the lag's resolution, and how fresh the statistics are
-WINDOW = 1.0  # seconds: the "recent" of a recent max, and the stream sampling period
+WINDOW = 1.0  # seconds: the "recent" of a recent max
 WEIGHT = 1 / 8  # of a new sample in the weighted mean (as TCP's smoothed RTT)
 # Bytes a stream connection reads between two looks at what its socket still holds: half
 # of what Twisted reads from a socket at once (64 KiB), so that a connection read in full
