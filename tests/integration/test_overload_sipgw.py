@@ -141,9 +141,9 @@ def overloaded(sipgw: SipgwRunner, sipp: SippRunner, tmp_path: Path, *, factor: 
                ) -> tuple[tuple[int, int], str, SippProcess | None]:
     """One case: the capacity measured, calls held, a storm of ``factor`` times the
     capacity from callers over ``transport`` (to a backend over UDP), what holds whatever
-    the transport asserted. Returns the
-    requests refused with 503 and dropped during the storm, a description of it, and
-    with ``probe`` a caller from PROBER at PROBE_RATE whose messages were traced."""
+    the transport asserted. Returns the requests refused with 503 and dropped during the
+    storm, a description of it, and with ``probe`` a caller from PROBER at PROBE_RATE
+    whose messages were traced."""
     backend = sipp.uas("uas_load", calls=1_000_000, trace_messages=False, timeout=120,
                        extra_args=["-buff_size", str(4 << 20)])
     # With workers, each sheds on its own signal and the control plane shows the whole:
