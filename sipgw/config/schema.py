@@ -221,7 +221,7 @@ class PikeConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OverloadConfig:
     enabled: bool = _key(Bool(), True, "past its capacity, refuse new initial requests (REGISTER, INVITE, ...) first, to keep serving the requests and calls already under way", in_effect=True)  # noqa: E501
-    shed_delay: float = _key(Seconds(0, above=True), 0.05, "seconds sipgw may run late (a datagram waiting in the kernel, or the event loop behind) before it refuses a share of new initial requests with 503", in_effect=True)  # noqa: E501
+    shed_delay: float = _key(Seconds(0, above=True), 0.05, "seconds sipgw may run late (a datagram waiting in the kernel, the event loop behind, or bytes waiting on a stream connection) before it refuses a share of new initial requests with 503", in_effect=True)  # noqa: E501
     drop_delay: float = _key(Seconds(0, above=True), 0.15, "seconds late past which refused requests over UDP are dropped unread instead of answered (more than shed_delay)", in_effect=True)  # noqa: E501
     retry_after: int = _key(Integer(0, 86400), 5, "the shortest Retry-After of a 503 sent under overload (seconds)", in_effect=True)  # noqa: E501
     retry_after_max: int = _key(Integer(0, 86400), 60, "the longest Retry-After, reached when every new request is refused; each 503 names a time spread between the two (seconds)", in_effect=True)  # noqa: E501
