@@ -49,7 +49,7 @@ from sipgw.proxy.runtime.notify import Notifier
 from sipgw.proxy.signing import RouteSigner, service_route_key
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap
-from sipgw.proxy.transport import Destination, FlowTable, transport_address
+from sipgw.proxy.transport import Destination, FlowTable, route_source, transport_address
 from sipgw.proxy.transport.stream import StreamTransport
 from sipgw.proxy.transport.tls import ServerTls, TlsTransport
 from sipgw.proxy.transport.udp import UdpListener, listen_udp
@@ -640,14 +640,8 @@ def _backend(config: Config) -> Backend:
 
 
 def _primary_address(toward: str) -> str:
-    """The local address the kernel would use to reach ``toward`` (no packet is sent)."""
-    family = socket.AF_INET6 if ":" in toward else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect((toward, 9))
-            return s.getsockname()[0]
-        except OSError:
-            return "127.0.0.1" if family == socket.AF_INET else "::1"
+    """The local address the kernel would use to reach ``toward``; loopback without a route."""
+    return route_source(toward) or ("::1" if ":" in toward else "127.0.0.1")
 
 
 def _advertised(config: Config, host: str, backend_host: str) -> str:
