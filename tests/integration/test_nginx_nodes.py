@@ -9,7 +9,9 @@ SIPp registrar behind both. What a user of the cluster sees:
   the other node; a REGISTER in flight on the stopping node still gets its answer; then
   each of its WebSocket clients gets a close frame 1001 (going away), reconnects through
   nginx and registers on the other node, with that node's own address in Path; the node
-  exits 0.
+  exits 0;
+- a node whose host does not answer at all (SYNs unanswered) costs a browser the 2 s of
+  ``proxy_connect_timeout``, then nginx tries the other node.
 
 With one process per node and with two workers per node (the supervisor's copies of the
 listening sockets must be closed too, or connections would queue for nobody).
@@ -190,3 +192,56 @@ def _refused(address: str) -> bool:
         return True
     return False
 
+
+
+class Blackhole:
+    """An upstream address that never answers a SYN, as a host that died: a listening
+    socket never accepted from, its queue filled, so the kernel drops further SYNs."""
+
+    def __init__(self, host: str) -> None:
+        self.listener = socket.socket()
+        self.listener.bind((host, 0))
+        self.listener.listen(0)
+        self.address = f"{host}:{self.listener.getsockname()[1]}"
+        self.fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(self.listener.getsockname())
+            self.fillers.append(filler)
+
+    def close(self) -> None:
+        for s in (*self.fillers, self.listener):
+            s.close()
+
+
+def test_nginx_skips_a_node_that_does_not_answer_after_the_connect_timeout(
+    sipp: SippRunner, tmp_path: Path
+) -> None:
+    uas = sipp.uas("uas_register.xml", transport="udp", timeout=60, calls=1000)
+    dead = Blackhole("127.0.0.4")
+    b = Node(tmp_path / "b", host="127.0.0.3", backend=uas.address,
+             extra_toml=f'[control]\nsocket = "{tmp_path}/b.ctl"\n'
+                        '[websocket]\ntrusted_proxies = ["127.0.0.1/32"]\n')
+    nginx = Nginx(tmp_path / "nginx", [dead.address, b.ws_address])
+    peers: list[WsPeer] = []
+    try:
+        with pytest.raises(TimeoutError):  # the dead node's queue is full: SYNs unanswered
+            socket.create_connection(dead.listener.getsockname(), timeout=0.5)
+        b.start()
+        nginx.start()
+        # Every browser gets its WebSocket (on B): one after waiting out the dead node.
+        for _ in range(4):
+            ws = WsPeer(f"{LOOPBACK}:{nginx.port}", path="/ws", source=CLIENT, timeout=8)
+            assert ws.status == 101, ws.reader.http
+            peers.append(ws)
+        assert b.connections() == 4
+        error_log = (nginx.workdir / "error.log").read_text()
+        assert "upstream timed out (110: Connection timed out) while connecting to upstream" \
+            in error_log and dead.address in error_log, error_log
+    finally:
+        for ws in peers:
+            ws.close()
+        nginx.stop()
+        b.stop()
+        dead.close()
