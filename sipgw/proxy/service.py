@@ -419,10 +419,11 @@ class ProxyService(service.MultiService):
         """SIGTERM: drain, close the connections, then stop the children (Twisted waits
         for the Deferred)."""
         self.notifier.stopping()
-        if not self.running:
-            return service.MultiService.stopService(self)
-        d = self._drain()
-        d.addCallback(lambda _: self._close_connections())
+        if self.running:
+            d = self._drain()
+            d.addCallback(lambda _: self._close_connections())
+        else:
+            d = defer.succeed(None)
         d.addCallback(lambda _: service.MultiService.stopService(self))
         d.addCallback(lambda _: self.proxy.auth.store.close() if self.proxy.auth else None)
         return d

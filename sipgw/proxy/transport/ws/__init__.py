@@ -446,8 +446,8 @@ class WsConnection(FastPaths, WebSocketServerProtocol):  # type: ignore[misc]
     def close(self, code: int = 1000) -> None:
         """A close frame (1000, or 1001 going away when sipgw stops), then the closing
         handshake: the client answers and autobahn drops the TCP connection, or drops it
-        after ``closeHandshakeTimeout`` without an answer. Before the handshake is over
-        (or once closing), the connection is dropped."""
+        after ``closeHandshakeTimeout`` without an answer. A connection still in its opening
+        handshake is dropped; one already closing is left to finish."""
         if self.state == WebSocketProtocol.STATE_OPEN:
             # autobahn's sendClose takes only 1000 and application codes; 1001 is the
             # protocol's own (RFC 6455 §7.4.1), sent as autobahn sends its own codes.
