@@ -2,9 +2,9 @@
 upstream made the two nodes (on 127.0.0.2 and 127.0.0.3, as two hosts would be), and a
 SIPp registrar behind both. What a user of the cluster sees:
 
-- nginx spreads WebSocket clients over both nodes, and each node records the client's own
-  address (nginx's X-Real-IP / X-Forwarded-For, believed from nginx alone), not nginx's
-  nor one the client made up;
+- nginx serves the phone page from the nodes, spreads WebSocket clients over both, and
+  each node records the client's own address (nginx's X-Real-IP / X-Forwarded-For,
+  believed from nginx alone), not nginx's nor one the client made up;
 - ``systemctl stop`` (SIGTERM) of a node: from that moment nginx sends new connections to
   the other node; a REGISTER in flight on the stopping node still gets its answer; then
   each of its WebSocket clients gets a close frame 1001 (going away), reconnects through
@@ -28,6 +28,7 @@ import itertools
 import os
 import signal
 import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,9 @@ def test_nginx_spreads_browsers_over_two_nodes_and_a_stopped_node_sends_its_own_
         a.start()
         b.start()
         nginx.start()
+        # The phone page comes through nginx from either node.
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{nginx.port}/", timeout=5) as page:
+            assert page.status == 200 and b"<html" in page.read().lower()
         # Six browsers: nginx gives each new WebSocket to the node holding fewer.
         peers = {f"70{i:02d}": connect(nginx) for i in range(6)}
         registered(peers)
