@@ -51,13 +51,13 @@ ANSWER_DELAY_MS = 4000
 _seq = itertools.count(1)
 
 
-class Node(WsSipgw):
-    """A sipgw node alone on a loopback address, as on a host of its own: SIP on UDP/TCP
-    and the WebSocket listener nginx reaches, nginx believed about the client address."""
+class OnHost:
+    """For a ``WsSipgw``: every listener on ``host`` (a loopback address of its own, as a
+    node on a host of its own) instead of 127.0.0.1."""
 
-    def __init__(self, workdir: Path, *, host: str, **options) -> None:
-        super().__init__(workdir, ws_port=free_port("tcp"), **options)
-        self.host = host
+    host: str
+    port: int
+    ws_port: int
 
     @property
     def address(self) -> str:
@@ -72,7 +72,17 @@ class Node(WsSipgw):
         return f"{self.host}:{self.ws_port}"
 
     def config_text(self, **kw) -> str:
-        return super().config_text(**kw).replace(f'"{LOOPBACK}:', f'"{self.host}:')
+        return super().config_text(**kw).replace(  # type: ignore[misc]
+            f'"{LOOPBACK}:', f'"{self.host}:')
+
+
+class Node(OnHost, WsSipgw):
+    """A sipgw node alone on a loopback address: SIP on UDP/TCP and the WebSocket listener
+    nginx reaches."""
+
+    def __init__(self, workdir: Path, *, host: str, **options) -> None:
+        super().__init__(workdir, ws_port=free_port("tcp"), **options)
+        self.host = host
 
     def users(self) -> dict[str, str]:
         """AOR → the client address this node recorded for the connection it came on."""
