@@ -49,7 +49,7 @@ from sipgw.proxy.runtime.notify import Notifier
 from sipgw.proxy.signing import RouteSigner, service_route_key
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap
-from sipgw.proxy.transport import Destination, FlowTable, transport_address
+from sipgw.proxy.transport import Destination, FlowTable, route_source, transport_address
 from sipgw.proxy.transport.stream import StreamTransport
 from sipgw.proxy.transport.tls import ServerTls, TlsTransport
 from sipgw.proxy.transport.udp import UdpListener, listen_udp
@@ -63,6 +63,9 @@ from sipgw.store import SubscriberStore
 log = Logger(namespace="sipgw.service")
 
 WILDCARDS = ("0.0.0.0", "::", "")
+# Seconds the connections get to close once drained: a WebSocket's closing handshake
+# (autobahn drops one whose client does not answer within 1 s), a TCP flow's last bytes.
+CLOSE_GRACE = 2.0
 
 
 def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = None,
@@ -348,16 +351,23 @@ class Listeners(service.Service):
         """A worker's inherited socket for the ``n``th listener of ``kind``."""
         return self.worker.public(kind)[n].fd if self.worker is not None else None
 
-    def stop_accepting(self) -> None:
+    def stop_accepting(self) -> defer.Deferred:
+        """Close the stream listeners: a connection attempt is refused from then on (nginx
+        tries the next node). Fires once the sockets are closed."""
         ports, self.stream_ports = self.stream_ports, []
-        for port in ports:
-            defer.maybeDeferred(port.stopListening)
+        return defer.DeferredList([defer.maybeDeferred(port.stopListening) for port in ports],
+                                  consumeErrors=True)
+
+    def close_connections(self) -> None:
+        """Every connection: a WebSocket with a close frame 1001 (going away), TCP and TLS
+        once what is written to them has gone. Browsers reconnect on the close."""
+        for transport in (self.ws, self.stream, self.tls_stream):
+            if transport is not None:
+                transport.close_all()
 
     def stopService(self):
         super().stopService()
-        for transport in (self.stream, self.ws, self.tls_stream):
-            if transport is not None:
-                transport.close_all()
+        self.close_connections()  # none left after a drain; some when stopped otherwise
         ports = self.udp_ports + self.stream_ports
         self.udp_ports, self.stream_ports = [], []
         return defer.DeferredList(
@@ -406,9 +416,14 @@ class ProxyService(service.MultiService):
         log.info("relaying to {uri}", uri=self.proxy.backends.backend.uri)
 
     def stopService(self):
-        """SIGTERM: drain, then stop the children (Twisted waits for the Deferred)."""
+        """SIGTERM: drain, close the connections, then stop the children (Twisted waits
+        for the Deferred)."""
         self.notifier.stopping()
-        d = self._drain()
+        if self.running:
+            d = self._drain()
+            d.addCallback(lambda _: self._close_connections())
+        else:
+            d = defer.succeed(None)
         d.addCallback(lambda _: service.MultiService.stopService(self))
         d.addCallback(lambda _: self.proxy.auth.store.close() if self.proxy.auth else None)
         return d
@@ -417,28 +432,48 @@ class ProxyService(service.MultiService):
         """Stop accepting (new connections refused, new requests 503) and give requests
         already received ``proxy.drain_timeout`` seconds to get their final answer.
 
-        Datagram sockets stay open meanwhile: the answers arrive on them.
+        Datagram sockets and open connections stay meanwhile: the answers arrive on the
+        first and go down the second.
         """
         proxy = self.proxy
-        if not self.running or proxy.pending_requests() == 0:
-            return defer.succeed(None)
         proxy.router.drain()
-        self.listeners.stop_accepting()
-        deadline = self.reactor.seconds() + self.loaded.config.proxy.drain_timeout
+        closed = self.listeners.stop_accepting()
+        if proxy.pending_requests() == 0:
+            return closed
         log.info("draining {n} request(s) before stopping", n=proxy.pending_requests())
-        done: defer.Deferred = defer.Deferred()
+
+        def unanswered() -> None:
+            left = proxy.pending_requests()
+            if left:
+                log.warn("stopping with {n} request(s) unanswered", n=left)
+
+        drained = self._until(lambda: proxy.pending_requests() == 0,
+                              self.loaded.config.proxy.drain_timeout)
+        return defer.gatherResults([closed, drained]).addCallback(lambda _: unanswered())
+
+    def _close_connections(self) -> defer.Deferred:
+        """Once drained, close every connection (``Listeners.close_connections``: 1001 to
+        each WebSocket, so that browsers reconnect, through nginx to another node) and
+        wait, up to CLOSE_GRACE, for them to be gone."""
+        if not len(self.flows):
+            return defer.succeed(None)
+        log.info("closing {n} connection(s)", n=len(self.flows))
+        self.listeners.close_connections()
+        return self._until(lambda: not len(self.flows), CLOSE_GRACE)
+
+    def _until(self, done: Callable[[], bool], timeout: float) -> defer.Deferred:
+        """Fires once ``done()`` holds, or after ``timeout`` seconds (polled every 50 ms)."""
+        deadline = self.reactor.seconds() + timeout
+        fired: defer.Deferred = defer.Deferred()
 
         def poll() -> None:
-            left = proxy.pending_requests()
-            if left == 0 or self.reactor.seconds() >= deadline:
-                if left:
-                    log.warn("stopping with {n} request(s) unanswered", n=left)
-                done.callback(None)
+            if done() or self.reactor.seconds() >= deadline:
+                fired.callback(None)
             else:
                 self.reactor.callLater(0.05, poll)
 
         poll()
-        return done
+        return fired
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
@@ -606,14 +641,8 @@ def _backend(config: Config) -> Backend:
 
 
 def _primary_address(toward: str) -> str:
-    """The local address the kernel would use to reach ``toward`` (no packet is sent)."""
-    family = socket.AF_INET6 if ":" in toward else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect((toward, 9))
-            return s.getsockname()[0]
-        except OSError:
-            return "127.0.0.1" if family == socket.AF_INET else "::1"
+    """The local address the kernel would use to reach ``toward``; loopback without a route."""
+    return route_source(toward) or ("::1" if ":" in toward else "127.0.0.1")
 
 
 def _advertised(config: Config, host: str, backend_host: str) -> str:

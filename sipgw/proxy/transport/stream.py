@@ -349,5 +349,8 @@ class StreamTransport:
                 del self._connecting[key]
 
     def close_all(self) -> None:
+        """This transport's connections, each once what is written to it has gone (the
+        flow table is shared: WebSocket connections close their own way)."""
         for flow in list(self.flows.by_id.values()):
-            flow.close()
+            if flow.transport_name == self.transport_name:
+                flow.close()

@@ -142,6 +142,15 @@ class SocketSet:
         """Every worker's own socket, in worker order (each worker recognises all as us)."""
         return list(self._backend)
 
+    def stop_accepting(self) -> None:
+        """Close the supervisor's copies of the stream listeners (SIGTERM): once the
+        draining workers close theirs too, a connection attempt is refused rather than
+        queued for nobody, and nginx tries another node at once."""
+        streams = [s for s in self._sockets if s.type == socket.SOCK_STREAM]
+        for sock in streams:
+            sock.close()
+        self._sockets = [s for s in self._sockets if s.type != socket.SOCK_STREAM]
+
     def close(self) -> None:
         for sock in self._sockets:
             sock.close()

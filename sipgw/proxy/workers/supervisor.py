@@ -13,7 +13,9 @@ SIP. It
 * on SIGHUP checks the new config once and has every worker apply it (``Reload``, with
   the text it checked), or none when it is bad; a worker it starts again runs that same
   text too, whatever the file holds meanwhile (one that was starting during the reload
-  gets it once ready); on SIGTERM has every worker drain and exit, then exits 0;
+  gets it once ready); on SIGTERM closes its copies of the stream listeners (so that
+  connection attempts are refused, not queued), has every worker drain and exit, then
+  exits 0;
 * serves the one control socket (``control.py``: its own methods, and the workers'
   answers merged, ``fanout.py`` and ``rules.py``) and the one ``/metrics`` (``metrics.py``),
   and relays what workers publish to the others (``channel.py``);
@@ -357,6 +359,8 @@ class Supervisor(service.Service):
         self.notifier.stop_watchdog()
         if self._heartbeat.running:
             self._heartbeat.stop()
+        if self.sockets is not None:
+            self.sockets.stop_accepting()
         waits = []
         deadline = self.loaded.config.proxy.drain_timeout + STOP_GRACE
         for slot in self.slots:

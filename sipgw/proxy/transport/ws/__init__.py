@@ -58,6 +58,8 @@ wslog.install()
 SUBPROTOCOL = "sip"
 VERSION = "13"
 MAX_HANDSHAKE = 8192  # bytes of HTTP request head we buffer before refusing it
+GOING_AWAY = 1001  # RFC 6455 §7.4.1: the server is going down
+CLOSE_REASONS = {1000: None, GOING_AWAY: b"going away"}
 
 WS_STATS = (
     StatDef(group="websocket", name="ws_current_connections", help="WebSocket connections open now", gauge=True),  # noqa: E501
@@ -447,9 +449,17 @@ class WsConnection(FastPaths, WebSocketServerProtocol):  # type: ignore[misc]
         if self.queue.over(len(data)):
             self.stack.slow_reader(self)
 
-    def close(self) -> None:
+    def close(self, code: int = 1000) -> None:
+        """A close frame (1000, or 1001 going away when sipgw stops), then the closing
+        handshake: the client answers and autobahn drops the TCP connection, or drops it
+        after ``closeHandshakeTimeout`` without an answer. A connection still in its opening
+        handshake is dropped; one already closing is left to finish."""
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self.sendClose(1000)
+            # autobahn's sendClose takes only 1000 and application codes; 1001 is the
+            # protocol's own (RFC 6455 §7.4.1), sent as autobahn sends its own codes.
+            self.sendCloseFrame(code=code, reasonUtf8=CLOSE_REASONS.get(code), isReply=False)
+        elif self.state == WebSocketProtocol.STATE_CLOSING:
+            return  # the handshake under way ends it, bounded by closeHandshakeTimeout
         elif self.transport is not None:
             self._dropped_by_us = True
             self.dropConnection(abort=False)
@@ -607,8 +617,10 @@ class WsTransport:
             self.on_closed(conn.flow_id, source)
 
     def close_all(self) -> None:
+        """sipgw stops: every connection gets 1001, going away, on which browsers
+        reconnect (through nginx, to another node)."""
         for conn in list(self.connections.values()):
-            conn.close()
+            conn.close(GOING_AWAY)
 
     # -- RPC ----------------------------------------------------------------------------
 

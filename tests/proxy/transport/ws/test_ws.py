@@ -365,6 +365,25 @@ def test_ws_dump_lists_connections_and_ws_close_closes_one(stack):
         methods["ws.close"].handler(9999)
 
 
+
+def test_stopping_sends_going_away_and_waits_for_the_clients_close_within_a_second(stack):
+    """sipgw stops (``close_all``): 1001 to every connection, a browser's cue to reconnect
+    elsewhere; the connection stays until the client answers, or a second has passed."""
+    answering = Client(stack, port=40001).open()
+    silent = Client(stack, port=40002).open()
+    stack.ws.close_all()
+    assert [(f.close_code, f.payload[2:]) for f in answering.read()] == [(1001, b"going away")]
+    assert [f.close_code for f in silent.read()] == [1001]
+    stack.ws.close_all()  # closing already: no second frame, nothing dropped early
+    assert answering.read() == [] and not answering.closing and not silent.closing
+    answering.send(wf.close_frame(1001))
+    assert answering.closing and not silent.closing
+    stack.clock.advance(1.0)
+    assert silent.closing
+    answering.lose()
+    silent.lose()
+    assert stack.stat("ws_local_closed_connections") == 2 and len(stack.flows) == 0
+
 # --- reverse proxies --------------------------------------------------------------------------
 
 NGINX = (ipaddress.ip_network("127.0.0.0/8"),)
