@@ -26,9 +26,10 @@ class TlsSipgw(SipgwProcess):
     """The test sipgw with tls and wss listeners and a [tls] section."""
 
     def __init__(self, workdir: Path, *, chain: Path, key: Path, min_version: str = "1.2",
-                 **options) -> None:
+                 backend_ca: Path | None = None, **options) -> None:
         super().__init__(workdir, **options)
         self.min_version = min_version
+        self.backend_ca = backend_ca
         self.tls_port = free_port("tcp")
         self.wss_port = free_port("tcp")
         self.chain, self.key = chain, key
@@ -44,8 +45,9 @@ class TlsSipgw(SipgwProcess):
                 1,
             )
         )
+        ca = f'backend_ca_file = "{self.backend_ca}"\n' if self.backend_ca else ""
         return text + (f'\n[tls]\ncertificate = "{self.chain}"\nprivate_key = "{self.key}"\n'
-                       f'min_version = "{self.min_version}"\n')
+                       f'min_version = "{self.min_version}"\n{ca}')
 
 
 class TlsPeer(TcpPeer):

@@ -168,7 +168,7 @@ class Supervisor(service.Service):
         spec = WorkerSpec(
             index=slot.index, count=self.count,
             sockets=tuple(replace(s, fd=FIRST_SOCKET_FD + n) for n, s in enumerate(inherited)),
-            peers=tuple((s.host, s.port) for s in self.sockets.backend_addresses),
+            peers=tuple(self.sockets.peer_addresses),
             control_socket=worker_control_path(self.control_path, slot.index),
             route_key=self.route_key.hex(), config_text=self.config_text)
         env = {k: v for k, v in self.environ.items() if k not in _NOT_FOR_WORKERS}
@@ -420,6 +420,7 @@ class Supervisor(service.Service):
         now = time.monotonic()
         assert self.sockets is not None
         own = self.sockets.backend_addresses
+        own_tls = self.sockets.backend_tls_addresses
         return [{
             "index": s.index, "pid": s.pid, "running": s.process is not None,
             "ready": s.ready,
@@ -428,6 +429,8 @@ class Supervisor(service.Service):
             "connections": s.connections, "transactions": s.transactions,
             "reactor_lag_us": s.lag_us, "udp_queue_delay_us": s.queue_us,
             "backend_address": f"{own[s.index].host}:{own[s.index].port}",
+            **({"tls_address": f"{own_tls[s.index].host}:{own_tls[s.index].port}"}
+               if own_tls else {}),
             "heartbeat_age": round(now - s.last_answer, 1),
         } for s in self.slots]
 
