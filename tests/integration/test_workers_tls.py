@@ -10,10 +10,6 @@ TCP connections, each held by the one worker the kernel gave it to.
 from __future__ import annotations
 
 import re
-import selectors
-import socket
-import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,59 +18,12 @@ import pytest
 from tests.helpers.certs import CertAuthority
 from tests.integration.sipgw_process import TcpPeer, build_request, build_response
 from tests.integration.sipp import LOOPBACK, SippMessage, uri_of
-from tests.integration.test_tls_sipgw import TlsPeer, TlsSipgw
+from tests.integration.test_tls_sipgw import TlsBackend, TlsSipgw
 from tests.integration.workers import WORKERS, Workers, control_directory, control_toml
 
 pytestmark = pytest.mark.integration
 
 CLIENTS_MAX = 24  # TCP clients tried at most until each worker holds one
-
-
-class TlsBackend:
-    """A backend over TLS on loopback: accepts sipgw's connections and reads requests from
-    whichever connection they come on; opens connections of its own to sipgw."""
-
-    def __init__(self, ca: CertAuthority) -> None:
-        chain, key, _ = ca.issue("backend")
-        self.server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.server.load_cert_chain(str(chain), str(key))
-        self.client = ssl.create_default_context(cafile=str(ca.root_path))
-        self.listener = socket.create_server((LOOPBACK, 0))
-        self.port = self.listener.getsockname()[1]
-        self.accepted: list[TlsPeer] = []
-
-    def next_request(self, method: str, timeout: float = 5.0) -> tuple[TlsPeer, SippMessage]:
-        """The next ``method`` request sipgw sends, and the connection it came on."""
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.listener, selectors.EVENT_READ)
-            for peer in self.accepted:
-                selector.register(peer.socket, selectors.EVENT_READ, peer)
-            while True:
-                for peer in self.accepted:
-                    for i, message in enumerate(peer.inbox):
-                        if message.method == method and not message.is_response:
-                            return peer, peer.inbox.pop(i)
-                left = deadline - time.monotonic()
-                assert left > 0, f"no {method} from sipgw within {timeout:g}s"
-                for key, _ in selector.select(left):
-                    if key.data is None:
-                        raw, _ = self.listener.accept()
-                        raw.settimeout(left)
-                        peer = TlsPeer.adopt(self.server.wrap_socket(raw, server_side=True))
-                        self.accepted.append(peer)
-                        selector.register(peer.socket, selectors.EVENT_READ, peer)
-                    else:
-                        key.data._fill(0)
-
-    def connect(self, host: str, port: int) -> TlsPeer:
-        raw = socket.create_connection((host, port), timeout=5)
-        return TlsPeer.adopt(self.client.wrap_socket(raw, server_hostname=host))
-
-    def close(self) -> None:
-        for peer in self.accepted:
-            peer.close()
-        self.listener.close()
 
 
 @pytest.fixture
