@@ -117,7 +117,8 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
             on_send_failed=outbound.failed, refuse=proxy.refuse,
             on_closed=proxy.registrar.flow_closed,
             caps=stream.caps,  # the caps count TCP and TLS together
-            screen=proxy.screen, backend=BackendTls(config.tls),
+            screen=proxy.screen, backend=BackendTls(config.tls, is_backend=lambda host, port:
+                proxy.backends.is_backend(Destination(transport="tls", host=host, port=port))),
         )
     ws = None
     if config.listen.ws or config.listen.wss:

@@ -316,12 +316,20 @@ class StreamTransport:
             return
         conn = self._connecting.get((host, port))
         if conn is None:
+            if not self.may_connect(name or host, port):
+                if self.on_send_failed is not None:
+                    self.on_send_failed(host, port, self.transport_name)
+                return
             conn = self.connection(outbound=True)
             self._connecting[(host, port)] = conn
             self.reactor.connectTCP(host, port,
                                     self.client_factory(_ClientFactory(self, conn), name or host),
                                     timeout=10)
         conn.send(data)
+
+    def may_connect(self, name: str, port: int) -> bool:
+        """Whether to open a connection to ``name``:``port`` (TCP: anywhere)."""
+        return True
 
     def connection(self, *, outbound: bool) -> StreamConnection:
         return StreamConnection(self, outbound=outbound)

@@ -16,6 +16,7 @@ authorities of ``tls.backend_ca_file``, or the system's.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -141,13 +142,14 @@ class ServerTls:
 
 
 class BackendTls:
-    """What sipgw trusts when it connects to a backend over TLS: the authorities of
-    ``tls.backend_ca_file``, or the system's; at least ``tls.min_version``. Re-read on
-    SIGHUP like the certificate."""
+    """Whom sipgw connects to over TLS, its backends (``is_backend(host, port)``), and what
+    it trusts there: the authorities of ``tls.backend_ca_file``, or the system's; at least
+    ``tls.min_version``. Re-read on SIGHUP like the certificate."""
 
-    def __init__(self, settings: TlsConfig) -> None:
+    def __init__(self, settings: TlsConfig, is_backend: Callable[[str, int], bool]) -> None:
         self._trust = _trust(settings)
         self._minimum = _CLIENT_VERSIONS[settings.min_version]
+        self.is_backend = is_backend
 
     def creator(self, name: str):
         """The TLS client side of a connection to ``name`` (a host name or an address,
@@ -222,13 +224,21 @@ class TlsConnection(StreamConnection):
 
 
 class TlsTransport(StreamTransport):
-    """SIP over TLS: listeners, and connections to backends over TLS (``backend``)."""
+    """SIP over TLS: listeners, and connections to backends over TLS (``backend``).
+
+    sipgw connects to its backends only: a message for a TLS client without an open flow
+    fails that branch at once (a phone's certificate is no one's to check, and a browser
+    cannot be connected to anyway).
+    """
 
     transport_name = "tls"
 
     def __init__(self, *args, backend: BackendTls | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.backend = backend
+
+    def may_connect(self, name: str, port: int) -> bool:
+        return self.backend is not None and self.backend.is_backend(name, port)
 
     def connection(self, *, outbound: bool) -> TlsConnection:
         return TlsConnection(self, outbound=outbound)
