@@ -51,7 +51,7 @@ from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap
 from sipgw.proxy.transport import Destination, FlowTable, route_source, transport_address
 from sipgw.proxy.transport.stream import StreamTransport
-from sipgw.proxy.transport.tls import ServerTls, TlsTransport
+from sipgw.proxy.transport.tls import BackendTls, ServerTls, TlsTransport
 from sipgw.proxy.transport.udp import UdpListener, listen_udp
 from sipgw.proxy.transport.ws import WsTransport
 from sipgw.proxy.workers.channel import WorkerChannel
@@ -123,6 +123,8 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
             on_closed=proxy.registrar.flow_closed,
             caps=stream.caps,  # the caps count TCP and TLS together
             screen=proxy.screen, backlog=load.streams,
+            backend=BackendTls(config.tls, is_backend=lambda host, port:
+                proxy.backends.is_backend(Destination(transport="tls", host=host, port=port))),
         )
     ws = None
     if config.listen.ws or config.listen.wss:
@@ -332,6 +334,10 @@ class Listeners(service.Service):
             if own_tcp is not None:
                 self.stream_ports.append(self.stream.listen(own_tcp.host, own_tcp.port,
                                                             own_tcp.fd))
+            own_tls = self.worker.backend_tls
+            if own_tls is not None and self.tls_stream is not None and self.tls is not None:
+                self.stream_ports.append(self.tls_stream.listen_tls(
+                    own_tls.host, own_tls.port, self.tls, own_tls.fd))
         for n, addr in enumerate(listen.tcp):
             self.stream_ports.append(self.stream.listen(addr.host, addr.port, self._fd("tcp", n)))
             log.info("listening on {a}", a=transport_address("tcp", addr.host, addr.port))
@@ -534,6 +540,8 @@ class ProxyService(service.MultiService):
         if self.tls is not None:
             # New connections get the re-read certificate; live ones keep theirs.
             self.tls.reload(new.config.tls)
+        if self.tls_stream is not None and self.tls_stream.backend is not None:
+            self.tls_stream.backend.reload(new.config.tls)
         for key in new.not_in_effect:
             log.warn("{key}: not in effect yet", key=key)
         log.info("reloaded {path}", path=path)
@@ -565,6 +573,9 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
                                    for host, port in worker.peers)
             if worker.backend_stream is not None:
                 identity.backend_tcp = dataclasses.replace(identity.backend, transport="tcp")
+            if worker.backend_tls is not None:
+                identity.backend_tls = dataclasses.replace(identity.backend, transport="tls",
+                                                           port=worker.backend_tls.port)
             identity.refresh()
     if route_secret_key is None:
         # A worker signs with the supervisor's key, the same in every worker.
@@ -577,7 +588,9 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
                   replies=replies, dialogs=dialogs, timers=config.timers, proxy=config.proxy,
                   limits=config.limits, is_backend=lambda peer: backends.is_backend(peer))
     dispatcher = build_dispatcher(clock, stats, relay, config, icmp=icmp) if dispatch else None
-    backends = Backends(backend, dispatcher)
+    backends = Backends(backend, dispatcher, own=frozenset(
+        (lst.transport, lst.port) for lst in (identity.backend_tcp, identity.backend_tls)
+        if lst is not None))
 
     def is_client(host: str, port: int) -> bool:
         """May a contact alias send us there? Anywhere but ourselves and our backends."""

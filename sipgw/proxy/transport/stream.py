@@ -312,18 +312,37 @@ class StreamTransport:
     def listen(self, host: str, port: int, fd: int | None = None):
         return listen_stream(self.reactor, host, port, _ServerFactory(self), fd=fd)
 
-    def send(self, data: bytes, host: str, port: int, flow_id: int | None) -> None:
-        """Send on the given flow if open, else on any flow to host:port, else connect."""
+    def send(self, data: bytes, host: str, port: int, flow_id: int | None,
+             name: str | None = None) -> None:
+        """Send on the given flow if open, else on any flow to host:port, else connect.
+        ``name``: the host name ``host`` was resolved from (what TLS verifies)."""
         flow = self.flows.get(flow_id) or self.flows.find(self.transport_name, host, port)
         if flow is not None:
             flow.send(data)
             return
         conn = self._connecting.get((host, port))
         if conn is None:
-            conn = StreamConnection(self, outbound=True)
+            if not self.may_connect(name or host, port):
+                if self.on_send_failed is not None:
+                    self.on_send_failed(host, port, self.transport_name)
+                return
+            conn = self.connection(outbound=True)
             self._connecting[(host, port)] = conn
-            self.reactor.connectTCP(host, port, _ClientFactory(self, conn), timeout=10)
+            self.reactor.connectTCP(host, port,
+                                    self.client_factory(_ClientFactory(self, conn), name or host),
+                                    timeout=10)
         conn.send(data)
+
+    def may_connect(self, name: str, port: int) -> bool:
+        """Whether to open a connection to ``name``:``port`` (TCP: anywhere)."""
+        return True
+
+    def connection(self, *, outbound: bool) -> StreamConnection:
+        return StreamConnection(self, outbound=outbound)
+
+    def client_factory(self, factory: protocol.ClientFactory, name: str):
+        """What connects to ``name``: the factory itself over TCP (TLS wraps it)."""
+        return factory
 
     def on_connect_failed(self, conn: StreamConnection, reason) -> None:
         for key, c in list(self._connecting.items()):

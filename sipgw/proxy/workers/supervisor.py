@@ -58,6 +58,7 @@ from sipgw.proxy.workers.spec import (
     worker_control_path,
 )
 from sipgw.rpc.registry import rpc
+from sipgw.sip.hostport import join_hostport
 
 log = Logger(namespace="sipgw.workers")
 
@@ -93,6 +94,9 @@ class Slot:
         self.queue_us = 0
         self.last_exit = ""
         self.config_text = ""  # the config it was given: at its start, or by a Reload
+        # What it writes toward the backends ({"udp": "host:port", "tls": ...}), said in
+        # its Ready: its own sockets' addresses, a wildcard's replaced by the one it uses.
+        self.advertised: dict[str, str] = {}
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -170,7 +174,7 @@ class Supervisor(service.Service):
         spec = WorkerSpec(
             index=slot.index, count=self.count,
             sockets=tuple(replace(s, fd=FIRST_SOCKET_FD + n) for n, s in enumerate(inherited)),
-            peers=tuple((s.host, s.port) for s in self.sockets.backend_addresses),
+            peers=tuple(self.sockets.peer_addresses),
             control_socket=worker_control_path(self.control_path, slot.index),
             route_key=self.route_key.hex(), config_text=self.config_text)
         env = {k: v for k, v in self.environ.items() if k not in _NOT_FOR_WORKERS}
@@ -197,8 +201,9 @@ class Supervisor(service.Service):
         parent_end.close()
         log.info("worker {i} started, pid {pid}", i=slot.index, pid=slot.pid)
 
-    def _ready(self, slot: Slot, pid: int) -> None:
+    def _ready(self, slot: Slot, pid: int, advertised: dict[str, str]) -> None:
         slot.ready = True
+        slot.advertised = advertised
         slot.last_answer = time.monotonic()
         self.fanout.worker_started(slot.index, worker_control_path(self.control_path,
                                                                    slot.index))
@@ -419,11 +424,16 @@ class Supervisor(service.Service):
         self.control = server
 
     @rpc("core.workers", help="Each worker: index, pid, uptime, restarts, load, "
-                              "connections, its own backend address.")
+                              "connections, the address it writes toward the backends.")
     def rpc_workers(self) -> list[dict]:
         now = time.monotonic()
         assert self.sockets is not None
         own = self.sockets.backend_addresses
+        own_tls = self.sockets.backend_tls_addresses
+
+        def bound(sock) -> str:
+            return join_hostport(sock.host, sock.port)
+
         return [{
             "index": s.index, "pid": s.pid, "running": s.process is not None,
             "ready": s.ready,
@@ -431,7 +441,11 @@ class Supervisor(service.Service):
             "restarts": s.restarts, "last_exit": s.last_exit,
             "connections": s.connections, "transactions": s.transactions,
             "reactor_lag_us": s.lag_us, "udp_queue_delay_us": s.queue_us,
-            "backend_address": f"{own[s.index].host}:{own[s.index].port}",
+            # Until its first Ready, where it is bound (the same but for a wildcard).
+            "backend_address": s.advertised.get("udp", bound(own[s.index])),
+            "backend_bound": bound(own[s.index]),
+            **({"tls_address": s.advertised.get("tls", bound(own_tls[s.index])),
+                "tls_bound": bound(own_tls[s.index])} if own_tls else {}),
             "heartbeat_age": round(now - s.last_answer, 1),
         } for s in self.slots]
 
