@@ -49,14 +49,34 @@ def connect(app: App, config_path: str | None, *, timeout: float | None = 10.0,
             worker: int | None = None) -> Client:
     """A client of the service's control socket, or of worker ``worker``'s own."""
     path = socket_path(app, config_path)
-    if worker is not None:
-        from sipgw.proxy.workers.spec import worker_control_path
+    if worker is None:
+        try:
+            return Client(path, timeout=timeout)
+        except Unreachable as e:
+            unreachable(app, e)
+    from sipgw.proxy.workers.spec import worker_control_path
 
-        path = worker_control_path(path, worker)
     try:
-        return Client(path, timeout=timeout)
+        return Client(worker_control_path(path, worker), timeout=timeout)
     except Unreachable as e:
+        _no_such_worker(app, path, worker, timeout)
         unreachable(app, e)
+
+
+def _no_such_worker(app: App, path: str, worker: int, timeout: float | None) -> None:
+    """Worker ``worker``'s socket is not there: say so as a bad ``-w`` (exit 2) when the
+    service answers and has no such worker; return if it has (restarting) or is down."""
+    try:
+        with Client(path, timeout=timeout) as client:
+            methods = client.call("system.listMethods")
+            count = len(client.call("core.workers")) if "core.workers" in methods else 0
+    except (Unreachable, RemoteError, ProtocolError, TimeoutError):
+        return
+    if not count:
+        app.fail(f"-w {worker}: this sipgw runs as a single process, without workers",
+                 EXIT_USAGE)
+    if worker >= count:
+        app.fail(f"-w {worker}: this sipgw has {count} workers, 0 to {count - 1}", EXIT_USAGE)
 
 
 def unreachable(app: App, e: Unreachable) -> NoReturn:

@@ -123,6 +123,8 @@ def dashboard(snap: dict[str, Any], per_second: dict[str, float], where: str) ->
         ("udp queue max ms", _ms(g("load.udp_queue_delay_max_us"))),
         ("loop lag ms", _ms(g("load.reactor_lag_us"))),
         ("loop lag max ms", _ms(g("load.reactor_lag_max_us"))),
+        ("stream queue ms", _ms(g("load.stream_queue_delay_us"))),
+        ("stream queue max ms", _ms(g("load.stream_queue_delay_max_us"))),
         ("stream unread", g("load.stream_backlog_bytes", "-")),
         ("shedding %", g("core.shed_percent", "-")),  # of new requests, refused now
     ])

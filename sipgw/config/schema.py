@@ -89,6 +89,7 @@ class TlsConfig:
     private_key: str = _key(String(), "", 'PEM file with the private key ("" = in the certificate file)', in_effect=True)  # noqa: E501
     min_version: str = _key(String(tls_version), "1.2", 'oldest TLS version accepted: "1.2" or "1.3"', in_effect=True)  # noqa: E501
     ciphers: str = _key(String(), "", 'OpenSSL cipher string ("" = a safe default)', in_effect=True)  # noqa: E501
+    backend_ca_file: str = _key(String(), "", 'PEM file of the certificate authorities a backend reached over TLS (transport=tls) must be signed by ("" = the system\'s)', in_effect=True)  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,7 +112,7 @@ class ProxyConfig:
     drain_timeout: float = _key(Seconds(), 10, "on SIGTERM, how long requests already received may take to get their final answer before sipgw exits (seconds; new requests get 503 meanwhile)", in_effect=True)  # noqa: E501
     nat_uac_test: int = _key(Integer(0, 511), 19, "Kamailio nat_uac_test flags for UDP/TCP/TLS clients (0 = off); WebSocket clients are always NATed", in_effect=True)  # noqa: E501
     workers: int = _key(WorkerCount(), "auto", 'worker processes serving the listeners together ("auto" = one per CPU; 1 = a single process, no supervisor); sipgw serve --workers overrides it', in_effect=True)  # noqa: E501
-    worker_ports: int = _key(Integer(0, 65535), 0, "first of the consecutive ports, one per worker, UDP and TCP each, that each worker writes in Via, Record-Route and Path toward the backends (0 = ports the kernel picks when the service starts; set it for firewall rules and for dialogs that outlive a restart)", in_effect=True)  # noqa: E501
+    worker_ports: int = _key(Integer(0, 65535), 0, "first of the consecutive ports, one per worker, UDP and TCP each, then one per worker for TLS (with listen.tls), that each worker writes in Via, Record-Route and Path toward the backends (0 = ports the kernel picks when the service starts; set it for firewall rules and for dialogs that outlive a restart)", in_effect=True)  # noqa: E501
     route_secret: str = _key(Secret(), "", 'HMAC key that signs the Record-Route and contact aliases sipgw writes, the same on every node ("" = derived from auth.nonce_secret, or else a key kept in state.directory/route.key)', in_effect=True)  # noqa: E501
 
 
@@ -221,7 +222,7 @@ class PikeConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OverloadConfig:
     enabled: bool = _key(Bool(), True, "past its capacity, refuse new initial requests (REGISTER, INVITE, ...) first, to keep serving the requests and calls already under way", in_effect=True)  # noqa: E501
-    shed_delay: float = _key(Seconds(0, above=True), 0.05, "seconds sipgw may run late (a datagram waiting in the kernel, or the event loop behind) before it refuses a share of new initial requests with 503", in_effect=True)  # noqa: E501
+    shed_delay: float = _key(Seconds(0, above=True), 0.05, "seconds sipgw may run late (a datagram waiting in the kernel, the event loop behind, or bytes waiting on a stream connection) before it refuses a share of new initial requests with 503", in_effect=True)  # noqa: E501
     drop_delay: float = _key(Seconds(0, above=True), 0.15, "seconds late past which refused requests over UDP are dropped unread instead of answered (more than shed_delay)", in_effect=True)  # noqa: E501
     retry_after: int = _key(Integer(0, 86400), 5, "the shortest Retry-After of a 503 sent under overload (seconds)", in_effect=True)  # noqa: E501
     retry_after_max: int = _key(Integer(0, 86400), 60, "the longest Retry-After, reached when every new request is refused; each 503 names a time spread between the two (seconds)", in_effect=True)  # noqa: E501

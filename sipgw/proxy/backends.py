@@ -21,19 +21,33 @@ class Backend:
 
 
 class Backends:
-    def __init__(self, backend: Backend, dispatcher: Dispatcher | None = None) -> None:
+    def __init__(self, backend: Backend, dispatcher: Dispatcher | None = None, *,
+                 own: frozenset[tuple[str, int]] = frozenset()) -> None:
+        """``own``: a worker's own TCP and TLS listeners, ``(transport, port)``, that only
+        backends are told of (``Identity.facing``)."""
         self.backend = backend
         self.dispatcher = dispatcher
+        self.own = own
 
     def configure(self, backend: Backend) -> None:
         self.backend = backend
 
     def is_backend(self, peer) -> bool:
-        """Is ``peer`` (a Source or a Destination: host and port) one of our backends?"""
+        """Is ``peer`` (a Source or a Destination: host and port) one of our backends?
+
+        A backend calling a browser by Path, or sending an in-dialog request, over TCP or
+        TLS connects to the worker's own listener from a port of its own choosing: a
+        connection there from a backend's address is that backend (a connection, unlike
+        a datagram, cannot come from an address it does not have)."""
         if self.dispatcher is not None:
-            return self.dispatcher.is_backend(peer)
-        dest = self.backend.destination
-        return peer.host == dest.host and peer.port == dest.port
+            if self.dispatcher.is_backend(peer):
+                return True
+        else:
+            dest = self.backend.destination
+            if peer.host == dest.host and peer.port == dest.port:
+                return True
+        return bool(self.own) and (peer.transport, getattr(peer, "local_port", None)) in \
+            self.own and self.is_backend_host(peer.host)
 
     def is_backend_host(self, host: str) -> bool:
         """Is ``host`` the address of a backend, whatever the port it sends from?"""

@@ -31,6 +31,7 @@ class Identity:
     # single process: the public listeners face the backends too.
     backend: Listener | None = None
     backend_tcp: Listener | None = None  # the same, for backends over TCP
+    backend_tls: Listener | None = None  # and over TLS (a port of its own)
     peers: tuple[tuple[str, int], ...] = ()  # every worker's own address, all of them us
     _hostports: set[tuple[str, int]] = field(default_factory=set)
     _ports: set[int] = field(default_factory=set)
@@ -49,7 +50,7 @@ class Identity:
         self._ports = {lst.port for lst in self.listeners}
         self._hosts = {lst.host.lower() for lst in self.listeners}
         self._hostports.update((host.lower(), port) for host, port in self.peers)
-        for own in (self.backend, self.backend_tcp):
+        for own in (self.backend, self.backend_tcp, self.backend_tls):
             if own is not None:
                 self._hostports.add((own.host.lower(), own.port))
         for alias in self.aliases:
@@ -71,9 +72,13 @@ class Identity:
 
     def facing(self, transport: str, backend: bool) -> Listener:
         """The listener we write toward a peer: a worker's own address toward a backend
-        over UDP or TCP (over TLS, the public listener: a worker has no TLS of its own)."""
-        own = {"udp": self.backend, "tcp": self.backend_tcp}.get(transport) if backend else None
-        return own if own is not None else self.listener(transport)
+        (UDP, TCP or TLS), else the public listener of the transport."""
+        if backend and self.backend is not None:
+            own = {"udp": self.backend, "tcp": self.backend_tcp,
+                   "tls": self.backend_tls}.get(transport)
+            if own is not None:
+                return own
+        return self.listener(transport)
 
     def is_us(self, host: str, port: int | None, transport: str | None = None) -> bool:
         """Does host[:port] name this proxy? A missing port means the default 5060.

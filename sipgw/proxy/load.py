@@ -8,7 +8,11 @@ Three measures, published as ``load:`` statistics on every tick (every ``TICK`` 
 - Reactor lag: how late the tick itself runs. Work queued inside sipgw (timers, reads of
   every socket, the control socket) waits as long as the tick does.
 - Stream backlog: bytes TCP, TLS and WebSocket peers sent that sit unread in the kernel
-  (``FIONREAD`` of each connection's socket), sampled once a ``WINDOW``.
+  after sipgw read what one read takes (``StreamBacklog``), and how long they will wait:
+  those bytes over the rate sipgw reads that connection at. What one read takes waits
+  for the loop's next pass, which the lag measures; this is what waits for more passes,
+  a peer sending faster than sipgw reads it (a trunk of many calls on one connection, a
+  client that does not wait for answers).
 
 Each delay is kept as an exponentially weighted mean and the largest value of the last
 ``WINDOW`` seconds, in microseconds (statistics are integers).
@@ -20,7 +24,8 @@ import fcntl
 import socket
 import struct
 import termios
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from typing import Protocol
 
 from twisted.logger import Logger
 
@@ -29,8 +34,13 @@ from sipgw.proxy.stats import StatDef, Stats
 log = Logger(namespace="sipgw.load")
 
 TICK = 0.1  # seconds between ticks: the lag's resolution, and how fresh the statistics are
-WINDOW = 1.0  # seconds: the "recent" of a recent max, and the stream sampling period
+WINDOW = 1.0  # seconds: the "recent" of a recent max
 WEIGHT = 1 / 8  # of a new sample in the weighted mean (as TCP's smoothed RTT)
+# Bytes a stream connection reads between two looks at what its socket still holds: half
+# of what Twisted reads from a socket at once (64 KiB), so that a connection read in full
+# reads is asked once a read. Counted in bytes handed on, not reads: over TLS they come a
+# record at a time (16 KiB at most, one SIP message each from most clients).
+FULL_READ = 1 << 15
 _NONE = float("inf")  # the least delay of a tick with no sample yet
 
 LOAD_STATS = (
@@ -45,12 +55,18 @@ LOAD_STATS = (
                  "(work waiting inside sipgw)"),
     StatDef(group="load", name="reactor_lag_max_us", gauge=True,
             help="the latest a timer ran in the last second, microseconds"),
+    StatDef(group="load", name="stream_queue_delay_us", gauge=True,
+            help="how long bytes left unread on TCP, TLS and WebSocket connections will "
+                 "wait, at the rate sipgw reads them, weighted mean in microseconds (the "
+                 "worst connection of each tick; 0 when every read empties its socket)"),
+    StatDef(group="load", name="stream_queue_delay_max_us", gauge=True,
+            help="the longest such wait in the last second, microseconds"),
     StatDef(group="load", name="stream_backlog_bytes", gauge=True,
-            help="bytes received on TCP, TLS and WebSocket connections that sipgw has not "
-                 "read yet, all connections together (sampled each second)"),
+            help="bytes TCP, TLS and WebSocket peers sent that were still unread after "
+                 "sipgw's reads of the last tick, all connections together"),
     StatDef(group="load", name="stream_backlog_max_bytes", gauge=True,
-            help="the most unread bytes on one TCP, TLS or WebSocket connection (sampled "
-                 "each second)"),
+            help="the most such bytes on one TCP, TLS or WebSocket connection in the "
+                 "last tick"),
 )
 
 
@@ -123,33 +139,92 @@ def socket_of(flow: object) -> socket.socket | None:
     return None
 
 
+class Reader(Protocol):
+    """A stream connection as ``StreamBacklog`` sees it."""
+
+    unasked: int  # bytes read since the kernel was last asked what its socket holds
+
+
+class StreamBacklog:
+    """What stream reads leave in the kernel, over one tick.
+
+    The connections call ``read`` after each read, on the hot path; once a connection has
+    read ``FULL_READ`` bytes since the last time, it asks the kernel how many more wait
+    (``FIONREAD``, one ioctl): never for connections that read little, once a read for
+    one read in full reads. ``tick`` closes the tick: for each connection found behind,
+    the bytes left after its last look and the bytes read from it up to it.
+    """
+
+    __slots__ = ("behind",)
+
+    def __init__(self) -> None:
+        # connection → [bytes read up to its last look in this tick, bytes unread then];
+        # emptied every tick.
+        self.behind: dict[Reader, list[int]] = {}
+
+    def read(self, conn: Reader, n: int) -> None:
+        """``conn`` read ``n`` bytes and handled them."""
+        read = conn.unasked + n
+        if read < FULL_READ:
+            conn.unasked = read
+            return
+        conn.unasked = 0
+        sock = socket_of(conn)
+        unread = unread_bytes(sock.fileno()) if sock is not None else 0
+        seen = self.behind.get(conn)
+        if seen is not None:
+            seen[0] += read
+            seen[1] = unread
+        elif unread:
+            self.behind[conn] = [read, unread]
+
+    def tick(self, elapsed: float) -> tuple[float | None, int, int]:
+        """Over the ``elapsed`` seconds of the tick: how long the bytes left unread will
+        wait on the worst connection (its unread bytes over the rate it was read at in
+        the tick, as its looks counted it; None when no connection was behind), the
+        unread bytes of all of them, and of the one with most."""
+        wait: float | None = None
+        total = most = 0
+        for read, unread in self.behind.values():
+            total += unread
+            if unread > most:
+                most = unread
+            if unread:
+                wait = max(wait or 0.0, unread * elapsed / read)
+        self.behind.clear()
+        return wait, total, most
+
+
 class LoadMonitor:
     """Measures the load signal on ``clock`` and publishes it in ``stats``.
 
-    ``connections()`` gives the open stream connections (the flow table's); ``udp`` is
-    what the UDP ports report their datagrams' queueing delays to. ``on_tick``, when
-    given, is told on every tick how late sipgw is: the least a datagram read during the
-    tick had waited in the kernel (the queue that stood all tick long), or how late the
-    tick itself ran, whichever is more (seconds; the overload control's signal,
-    ``overload.py``).
+    ``udp`` is what the UDP ports report their datagrams' queueing delays to, ``streams``
+    what the stream connections report their reads to. ``on_tick``, when given, is told
+    on every tick how late sipgw is, in seconds (the overload control's signal,
+    ``overload.py``), the most of: the least a datagram read during the tick had waited
+    in the kernel (the queue that stood all tick long), how late the tick itself ran, and
+    how long what a stream connection left unread will wait.
     """
 
-    def __init__(self, clock, stats: Stats, connections,
+    def __init__(self, clock, stats: Stats,
                  on_tick: Callable[[float], None] | None = None) -> None:
         self.clock = clock
         self.stats = stats
-        self.connections = connections
         self.on_tick = on_tick
         stats.declare(LOAD_STATS)
         self.udp = DelayGauge()
         self.lag = DelayGauge()
+        self.stream = DelayGauge()
+        self.streams = StreamBacklog()
         self._ticks_per_window = max(1, round(WINDOW / TICK))
         self._ticks = 0
         self._due = 0.0
+        self._last = 0.0
         self._call = None
 
     def start(self) -> None:
-        self._due = self.clock.seconds() + TICK
+        self._last = self.clock.seconds()
+        self._due = self._last + TICK
         self._call = self.clock.callLater(TICK, self._tick)
 
     def stop(self) -> None:
@@ -161,37 +236,29 @@ class LoadMonitor:
         now = self.clock.seconds()
         lag = now - self._due
         self.lag.observe(lag)
-        self.udp.tick()
-        self.lag.tick()
+        wait, unread, most = self.streams.tick(now - self._last)
+        if wait is not None:
+            self.stream.observe(wait)
+        for gauge in (self.udp, self.lag, self.stream):
+            gauge.tick()
         self._ticks += 1
         if self._ticks % self._ticks_per_window == 0:
-            self._sample_streams(self.connections())
-            self.udp.roll()
-            self.lag.roll()
+            for gauge in (self.udp, self.lag, self.stream):
+                gauge.roll()
         self._publish()
+        self.stats.set("load:stream_backlog_bytes", unread)
+        self.stats.set("load:stream_backlog_max_bytes", most)
         if self.on_tick is not None:
-            self.on_tick(max(self.udp.tick_min, lag))
+            self.on_tick(max(self.udp.tick_min, lag, self.stream.tick_min))
         # The next tick is due a TICK after this one ran (not after it was due): a stall
         # is counted once, not again by every tick it made late.
+        self._last = now
         self._due = now + TICK
         self._call = self.clock.callLater(TICK, self._tick)
 
-    def _sample_streams(self, flows: Iterable[object]) -> None:
-        total = most = 0
-        for flow in flows:
-            sock = socket_of(flow)
-            if sock is None:
-                continue
-            n = unread_bytes(sock.fileno())
-            total += n
-            if n > most:
-                most = n
-        self.stats.set("load:stream_backlog_bytes", total)
-        self.stats.set("load:stream_backlog_max_bytes", most)
-
     def _publish(self) -> None:
         s = self.stats
-        s.set("load:udp_queue_delay_us", round(self.udp.mean * 1e6))
-        s.set("load:udp_queue_delay_max_us", round(self.udp.recent_max * 1e6))
-        s.set("load:reactor_lag_us", round(self.lag.mean * 1e6))
-        s.set("load:reactor_lag_max_us", round(self.lag.recent_max * 1e6))
+        for name, gauge in (("udp_queue_delay", self.udp), ("reactor_lag", self.lag),
+                            ("stream_queue_delay", self.stream)):
+            s.set(f"load:{name}_us", round(gauge.mean * 1e6))
+            s.set(f"load:{name}_max_us", round(gauge.recent_max * 1e6))

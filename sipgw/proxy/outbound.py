@@ -75,6 +75,10 @@ class Outbound:
                 self._resolve_then_send(data, dest)
                 return
             host = ip
+        self._send_to(data, dest, host)
+
+    def _send_to(self, data: bytes, dest: Destination, host: str) -> None:
+        """``dest`` at ``host``, its address (``dest.host`` may be a name: TLS checks it)."""
         if dest.transport == "udp":
             lst = self._udp_for(host)
             if self.backend_udp is not None and self.is_backend is not None \
@@ -85,7 +89,7 @@ class Outbound:
             return
         stream = self.streams.get(dest.transport)
         if stream is not None:
-            stream.send(data, host, dest.port, dest.flow_id)
+            stream.send(data, host, dest.port, dest.flow_id, name=dest.host)
         else:
             log.warn("cannot send to {t}:{h}:{p}: transport not available",
                      t=dest.transport, h=host, p=dest.port)
@@ -103,8 +107,7 @@ class Outbound:
             if len(self._resolved) > MAX_RESOLVED:
                 self._resolved.clear()
             self._resolved[dest.host] = ip
-            self.send(data, Destination(transport=dest.transport, host=ip, port=dest.port,
-                                        flow_id=dest.flow_id))
+            self._send_to(data, dest, ip)
 
         def failed(f) -> None:
             log.warn("cannot resolve {h}: {err}", h=dest.host, err=f.getErrorMessage())

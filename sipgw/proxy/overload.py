@@ -1,9 +1,12 @@
 """Overload control: past its capacity, sipgw sheds new work first (issue 16).
 
 The signal is the load monitor's (``load.py``): every tick (100 ms) ``on_load`` gets how
-late sipgw is, the longest a datagram waited in the kernel in that tick or how late the
-tick itself ran, whichever is worse. From it ``Overload`` keeps ``admit``, the share of
-new initial requests sipgw takes on, somewhat as TCP keeps its window:
+late sipgw is: the least a datagram read in that tick had waited in the kernel, how late
+the tick itself ran, or how long the bytes left unread on a stream connection will wait,
+whichever is worst. Over streams a storm from many connections shows as lag, one from a
+peer sending faster than sipgw reads it as that wait. From it ``Overload`` keeps
+``admit``, the share of new initial requests sipgw takes on, somewhat as TCP keeps its
+window:
 
 - later than ``overload.shed_delay`` two ticks in a row, sipgw busy on the CPU at least
   half the time: cut, by up to half at once the further over it is (four times over:

@@ -49,9 +49,9 @@ from sipgw.proxy.runtime.notify import Notifier
 from sipgw.proxy.signing import RouteSigner, service_route_key
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.trace import Tap
-from sipgw.proxy.transport import Destination, FlowTable, transport_address
+from sipgw.proxy.transport import Destination, FlowTable, route_source, transport_address
 from sipgw.proxy.transport.stream import StreamTransport
-from sipgw.proxy.transport.tls import ServerTls, TlsTransport
+from sipgw.proxy.transport.tls import BackendTls, ServerTls, TlsTransport
 from sipgw.proxy.transport.udp import UdpListener, listen_udp
 from sipgw.proxy.transport.ws import WsTransport
 from sipgw.proxy.workers.channel import WorkerChannel
@@ -63,6 +63,9 @@ from sipgw.store import SubscriberStore
 log = Logger(namespace="sipgw.service")
 
 WILDCARDS = ("0.0.0.0", "::", "")
+# Seconds the connections get to close once drained: a WebSocket's closing handshake
+# (autobahn drops one whose client does not answer within 1 s), a TCP flow's last bytes.
+CLOSE_GRACE = 2.0
 
 
 def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = None,
@@ -97,6 +100,7 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
                        worker=worker)
     # A bad certificate is a start-up error (TlsError), before any listener opens.
     tls = ServerTls(config.tls) if (config.listen.tls or config.listen.wss) else None
+    load = LoadMonitor(reactor, stats, on_tick=proxy.overload.on_load)
     stream = StreamTransport(
         reactor,
         reactor,
@@ -109,6 +113,7 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
         refuse=proxy.refuse,
         on_closed=proxy.registrar.flow_closed,
         screen=proxy.screen,
+        backlog=load.streams,
     )
     tls_stream = None
     if config.listen.tls:
@@ -118,7 +123,9 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
             on_send_failed=outbound.failed, refuse=proxy.refuse,
             on_closed=proxy.registrar.flow_closed,
             caps=stream.caps,  # the caps count TCP and TLS together
-            screen=proxy.screen,
+            screen=proxy.screen, backlog=load.streams,
+            backend=BackendTls(config.tls, is_backend=lambda host, port:
+                proxy.backends.is_backend(Destination(transport="tls", host=host, port=port))),
         )
     ws = None
     if config.listen.ws or config.listen.wss:
@@ -127,7 +134,7 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
                          on_closed=proxy.registrar.flow_closed,
                          users_of=proxy.registrar.users_on,
                          flows_of=proxy.registrar.flows_of,
-                         screen=proxy.screen)
+                         screen=proxy.screen, backlog=load.streams)
     udp = [UdpListener(addr.host, addr.port, proxy.receive) for addr in config.listen.udp]
     own = None
     if worker is not None:
@@ -139,8 +146,6 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     outbound.attach(udp=udp, streams={name: t for name, t in (("tcp", stream),
                                                               ("tls", tls_stream)) if t},
                     on_failure=failure, backend_udp=own, is_backend=proxy.backends.is_backend)
-    load = LoadMonitor(reactor, stats, lambda: flows.by_id.values(),
-                       on_tick=proxy.overload.on_load)
     listeners = Listeners(reactor, config.listen, udp=udp, stream=stream,
                           tls_stream=tls_stream, ws=ws, tls=tls, on_udp_delay=load.udp.observe,
                           worker=worker, own_udp=own)
@@ -332,6 +337,10 @@ class Listeners(service.Service):
             if own_tcp is not None:
                 self.stream_ports.append(self.stream.listen(own_tcp.host, own_tcp.port,
                                                             own_tcp.fd))
+            own_tls = self.worker.backend_tls
+            if own_tls is not None and self.tls_stream is not None and self.tls is not None:
+                self.stream_ports.append(self.tls_stream.listen_tls(
+                    own_tls.host, own_tls.port, self.tls, own_tls.fd))
         for n, addr in enumerate(listen.tcp):
             self.stream_ports.append(self.stream.listen(addr.host, addr.port, self._fd("tcp", n)))
             log.info("listening on {a}", a=transport_address("tcp", addr.host, addr.port))
@@ -351,16 +360,23 @@ class Listeners(service.Service):
         """A worker's inherited socket for the ``n``th listener of ``kind``."""
         return self.worker.public(kind)[n].fd if self.worker is not None else None
 
-    def stop_accepting(self) -> None:
+    def stop_accepting(self) -> defer.Deferred:
+        """Close the stream listeners: a connection attempt is refused from then on (nginx
+        tries the next node). Fires once the sockets are closed."""
         ports, self.stream_ports = self.stream_ports, []
-        for port in ports:
-            defer.maybeDeferred(port.stopListening)
+        return defer.DeferredList([defer.maybeDeferred(port.stopListening) for port in ports],
+                                  consumeErrors=True)
+
+    def close_connections(self) -> None:
+        """Every connection: a WebSocket with a close frame 1001 (going away), TCP and TLS
+        once what is written to them has gone. Browsers reconnect on the close."""
+        for transport in (self.ws, self.stream, self.tls_stream):
+            if transport is not None:
+                transport.close_all()
 
     def stopService(self):
         super().stopService()
-        for transport in (self.stream, self.ws, self.tls_stream):
-            if transport is not None:
-                transport.close_all()
+        self.close_connections()  # none left after a drain; some when stopped otherwise
         ports = self.udp_ports + self.stream_ports
         self.udp_ports, self.stream_ports = [], []
         return defer.DeferredList(
@@ -409,9 +425,14 @@ class ProxyService(service.MultiService):
         log.info("relaying to {uri}", uri=self.proxy.backends.backend.uri)
 
     def stopService(self):
-        """SIGTERM: drain, then stop the children (Twisted waits for the Deferred)."""
+        """SIGTERM: drain, close the connections, then stop the children (Twisted waits
+        for the Deferred)."""
         self.notifier.stopping()
-        d = self._drain()
+        if self.running:
+            d = self._drain()
+            d.addCallback(lambda _: self._close_connections())
+        else:
+            d = defer.succeed(None)
         d.addCallback(lambda _: service.MultiService.stopService(self))
         d.addCallback(lambda _: self.proxy.auth.store.close() if self.proxy.auth else None)
         return d
@@ -420,28 +441,48 @@ class ProxyService(service.MultiService):
         """Stop accepting (new connections refused, new requests 503) and give requests
         already received ``proxy.drain_timeout`` seconds to get their final answer.
 
-        Datagram sockets stay open meanwhile: the answers arrive on them.
+        Datagram sockets and open connections stay meanwhile: the answers arrive on the
+        first and go down the second.
         """
         proxy = self.proxy
-        if not self.running or proxy.pending_requests() == 0:
-            return defer.succeed(None)
         proxy.router.drain()
-        self.listeners.stop_accepting()
-        deadline = self.reactor.seconds() + self.loaded.config.proxy.drain_timeout
+        closed = self.listeners.stop_accepting()
+        if proxy.pending_requests() == 0:
+            return closed
         log.info("draining {n} request(s) before stopping", n=proxy.pending_requests())
-        done: defer.Deferred = defer.Deferred()
+
+        def unanswered() -> None:
+            left = proxy.pending_requests()
+            if left:
+                log.warn("stopping with {n} request(s) unanswered", n=left)
+
+        drained = self._until(lambda: proxy.pending_requests() == 0,
+                              self.loaded.config.proxy.drain_timeout)
+        return defer.gatherResults([closed, drained]).addCallback(lambda _: unanswered())
+
+    def _close_connections(self) -> defer.Deferred:
+        """Once drained, close every connection (``Listeners.close_connections``: 1001 to
+        each WebSocket, so that browsers reconnect, through nginx to another node) and
+        wait, up to CLOSE_GRACE, for them to be gone."""
+        if not len(self.flows):
+            return defer.succeed(None)
+        log.info("closing {n} connection(s)", n=len(self.flows))
+        self.listeners.close_connections()
+        return self._until(lambda: not len(self.flows), CLOSE_GRACE)
+
+    def _until(self, done: Callable[[], bool], timeout: float) -> defer.Deferred:
+        """Fires once ``done()`` holds, or after ``timeout`` seconds (polled every 50 ms)."""
+        deadline = self.reactor.seconds() + timeout
+        fired: defer.Deferred = defer.Deferred()
 
         def poll() -> None:
-            left = proxy.pending_requests()
-            if left == 0 or self.reactor.seconds() >= deadline:
-                if left:
-                    log.warn("stopping with {n} request(s) unanswered", n=left)
-                done.callback(None)
+            if done() or self.reactor.seconds() >= deadline:
+                fired.callback(None)
             else:
                 self.reactor.callLater(0.05, poll)
 
         poll()
-        return done
+        return fired
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
@@ -502,6 +543,8 @@ class ProxyService(service.MultiService):
         if self.tls is not None:
             # New connections get the re-read certificate; live ones keep theirs.
             self.tls.reload(new.config.tls)
+        if self.tls_stream is not None and self.tls_stream.backend is not None:
+            self.tls_stream.backend.reload(new.config.tls)
         for key in new.not_in_effect:
             log.warn("{key}: not in effect yet", key=key)
         log.info("reloaded {path}", path=path)
@@ -533,6 +576,9 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
                                    for host, port in worker.peers)
             if worker.backend_stream is not None:
                 identity.backend_tcp = dataclasses.replace(identity.backend, transport="tcp")
+            if worker.backend_tls is not None:
+                identity.backend_tls = dataclasses.replace(identity.backend, transport="tls",
+                                                           port=worker.backend_tls.port)
             identity.refresh()
     if route_secret_key is None:
         # A worker signs with the supervisor's key, the same in every worker.
@@ -545,7 +591,9 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
                   replies=replies, dialogs=dialogs, timers=config.timers, proxy=config.proxy,
                   limits=config.limits, is_backend=lambda peer: backends.is_backend(peer))
     dispatcher = build_dispatcher(clock, stats, relay, config, icmp=icmp) if dispatch else None
-    backends = Backends(backend, dispatcher)
+    backends = Backends(backend, dispatcher, own=frozenset(
+        (lst.transport, lst.port) for lst in (identity.backend_tcp, identity.backend_tls)
+        if lst is not None))
 
     def is_client(host: str, port: int) -> bool:
         """May a contact alias send us there? Anywhere but ourselves and our backends."""
@@ -609,14 +657,8 @@ def _backend(config: Config) -> Backend:
 
 
 def _primary_address(toward: str) -> str:
-    """The local address the kernel would use to reach ``toward`` (no packet is sent)."""
-    family = socket.AF_INET6 if ":" in toward else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect((toward, 9))
-            return s.getsockname()[0]
-        except OSError:
-            return "127.0.0.1" if family == socket.AF_INET else "::1"
+    """The local address the kernel would use to reach ``toward``; loopback without a route."""
+    return route_source(toward) or ("::1" if ":" in toward else "127.0.0.1")
 
 
 def _advertised(config: Config, host: str, backend_host: str) -> str:

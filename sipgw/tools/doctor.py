@@ -10,11 +10,12 @@ answers an OPTIONS to sipgw itself; each ws/wss listener completes the handshake
 (``websocket.public_urls``, through nginx) too, and sipgw records the client's own address
 for it, neither nginx's nor one the client made up; trusted proxies are neither everyone
 nor missing in front of loopback listeners; each backend answers OPTIONS (with its latency)
-and is active in the dispatcher; the TLS certificate is readable, valid (days left) and
-names the advertised host; the subscriber store answers (Redis PING, SQLite table), keeps
-no plaintext password, and (SQLite) is a file only its owner can read; with the store in
-Redis (several nodes possible), the nonce and route secrets come from the config, not a
-key of this machine.
+and is active in the dispatcher, and can reach the address sipgw writes in Path and
+Record-Route toward it (this host's on the route to it, and listened on); the TLS
+certificate is readable, valid (days left) and names the advertised host; the subscriber
+store answers (Redis PING, SQLite table), keeps no plaintext password, and (SQLite) is a
+file only its owner can read; with the store in Redis (several nodes possible), the nonce
+and route secrets come from the config, not a key of this machine.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import datetime
 import ipaddress
 import os
 import re
+import socket
 import sqlite3
 import ssl
 import stat
@@ -33,7 +35,7 @@ from urllib.parse import urlsplit
 
 from sipgw.config.redis_url import is_redis_url, mask_url
 from sipgw.proxy.signing import KEY_FILE
-from sipgw.proxy.transport import in_networks
+from sipgw.proxy.transport import in_networks, route_source
 from sipgw.rpc.client import Client, RemoteError, Unreachable, find_socket
 from sipgw.sip.hostport import join_hostport, split_hostport
 from sipgw.tools.options import NoAnswer, ping
@@ -97,6 +99,7 @@ class Doctor:
         yield from self.check_listeners()
         yield from self.check_websocket()
         yield from self.check_backends()
+        yield from self.check_path_address()
         yield from self.check_certificate()
         yield from self.check_store()
         if self.user:
@@ -345,6 +348,47 @@ class Doctor:
                                 "next probe (dispatcher.ping_interval)")
                 continue
             yield Check(name=name, status=PASS, detail=detail)
+
+    def check_path_address(self) -> Iterator[Check]:
+        """This node's address in Path and Record-Route, reachable from each backend: the
+        one the running sipgw writes toward it (``core.info`` ``toward_backends``, one per
+        worker) is an address of this host, on the kernel's route to that backend (not
+        loopback toward a remote one), and a socket listens there."""
+        if self.client is None:
+            return  # the control check said why
+        try:
+            toward = self.client.call("core.info").get("toward_backends")
+        except (RemoteError, Unreachable, TimeoutError, AttributeError):
+            return
+        if not toward:
+            return  # a sipgw from before toward_backends
+        for uri, _ in self._destinations():
+            yield self._path_address(uri, toward)
+
+    def _path_address(self, uri: str, toward: list[str]) -> Check:
+        from sipgw.proxy.dispatcher.build import resolve_uri
+
+        name = f"path address toward {uri}"
+        try:
+            dest = resolve_uri(uri)
+        except ValueError as e:
+            return Check(name=name, status=WARN, detail=str(e),
+                         fix="the dispatcher cannot reach it either: correct the destination")
+        written = [split_hostport(a.split(":", 1)[1]) for a in toward
+                   if a.startswith(f"{dest.transport}:")]
+        source = route_source(dest.host)
+        shown = ", ".join(join_hostport(h, p or 0) for h, p in written)
+        for host, port in written:
+            problem = _unreachable_address(dest.host, dest.transport, host, port or 0, source,
+                                           self.timeout)
+            if problem is not None:
+                status, why, fix = problem
+                return Check(name=name, status=status,
+                             detail=f"sipgw writes {join_hostport(host, port or 0)} in Path and "
+                                    f"Record-Route toward {dest.host}: {why}", fix=fix)
+        return Check(name=name, status=PASS,
+                     detail=f"{shown} in Path and Record-Route: this host's, on its route to "
+                            f"{dest.host}, and sipgw listens there")
 
     def check_certificate(self, now: float | None = None) -> Iterator[Check]:
         """tls.certificate: readable, in its validity period (days left), names our host."""
@@ -629,6 +673,72 @@ def _replication_check(master: str, info: dict[str, str]) -> Check:
                          "promoted: check its redis log")
     return Check(name=name, status=PASS,
                  detail=f"{len(replicas)} replica(s) in sync: {shown}")
+
+
+def _unreachable_address(backend: str, transport: str, host: str, port: int,
+                         source: str | None, timeout: float) -> tuple[str, str, str] | None:
+    """Why a backend could not reach ``host:port``, written in Path and Record-Route toward
+    it, with the status and the fix; None when nothing is wrong. ``source``: this host's
+    address on the kernel's route to the backend."""
+    where = f"set listen.advertise = \"{source}\" (this host's address toward {backend})" \
+        if source else f"route {backend} (ip route get {backend})"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return (WARN, f"{host} is a name: the backend must resolve it to this host", where)
+    if ip.is_unspecified:
+        return (FAIL, "a wildcard address, which no backend can send to", where)
+    if ip.is_loopback and not _is_loopback(backend):
+        return (FAIL, f"a loopback address, which {backend} cannot reach: answers, in-dialog "
+                      "requests and calls to browsers would never come back",
+                f"listen on an address {backend} reaches (listen.udp, listen.tcp; with a "
+                "wildcard sipgw writes the route's address), or " + where)
+    if source is None:
+        return (FAIL, f"this host has no route to {backend}", where)
+    if not _is_local(host):
+        return (WARN, f"{host} is not an address of this host (listen.advertise?): the "
+                      "backend reaches this node only through a NAT that sends it here",
+                f"if the backends are on this host's network, {where}")
+    if host != source and not (ip.is_loopback and _is_loopback(backend)):
+        return (WARN, f"this host reaches {backend} from {source}, not from {host}: the backend "
+                      f"must route {host} back here", where)
+    if not _listened(transport, host, port, timeout):
+        return (FAIL, f"nothing listens there over {transport.upper()}: the port is not one "
+                      "sipgw listens on",
+                "listen.advertise's port must be one of the ports of listen.udp and listen.tcp "
+                "(or leave the port out)")
+    return None
+
+
+def _listened(transport: str, host: str, port: int, timeout: float) -> bool:
+    """Does a socket of this host listen on ``host:port``? For UDP, one is bound there when
+    another cannot be; for TCP and TLS, a connection is accepted. (An OPTIONS would not
+    do: a worker answers a non-backend from the public port, which a connected socket
+    never hears.)"""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if transport == "udp":
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return True
+        return False
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _is_local(host: str) -> bool:
+    """Is ``host`` an address of this host? Only one of its own can be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((host, 0))
+        except OSError:
+            return False
+    return True
 
 
 def _store_mode(path: str) -> Check:

@@ -7,9 +7,11 @@ A :class:`SipgwProcess` is one ``python -m sipgw serve -c FILE`` in a work direc
 - ``sipgw.log``: everything the process wrote (stdout and stderr), read by
   :meth:`SipgwProcess.log_text`.
 
-Nothing here sleeps to wait. Readiness is a bounded poll: an ``OPTIONS`` to sipgw itself
-(``sipgw.tools.options``) every 50 ms until its 200 comes back. Ends are ``Popen.wait``
-with a timeout. :func:`run_cli` runs one ``python -m sipgw`` command to its end.
+Nothing here sleeps to wait. Readiness is what sipgw tells systemd: ``READY=1`` on a
+``NOTIFY_SOCKET`` of our own (with workers the supervisor says it once every worker
+listens), then an ``OPTIONS`` to sipgw itself (``sipgw.tools.options``) answered 200; both
+bounded polls. Ends are ``Popen.wait`` with a timeout. :func:`run_cli` runs one
+``python -m sipgw`` command to its end.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +127,7 @@ class SipgwProcess:
         self.log_path = Path(output) if output is not None else self.workdir / "sipgw.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._stopped = False
+        self._notify: socket.socket | None = None  # where READY=1 comes, until it came
 
     # -- addresses ----------------------------------------------------------------------
 
@@ -192,6 +197,11 @@ class SipgwProcess:
         env.pop("JOURNAL_STREAM", None)  # plain timestamped lines, not journald's
         env.pop("SIPGW_CONFIG", None)
         env["PYTHONUNBUFFERED"] = "1"
+        if "NOTIFY_SOCKET" not in env:  # else a test is systemd, and reads them itself
+            self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            name = f"sipgw-ready-{uuid.uuid4().hex}"
+            self._notify.bind("\0" + name)  # the abstract namespace: no file to remove
+            env["NOTIFY_SOCKET"] = "@" + name
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(
                 self.command(),
@@ -209,9 +219,12 @@ class SipgwProcess:
         return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> SipgwProcess:
-        """Bounded poll: an OPTIONS to sipgw itself every 50 ms until its 200 arrives."""
+        """Bounded polls: READY=1 from the service, the first time (with workers: all of
+        them listen); then an OPTIONS to sipgw itself every 50 ms until its 200 arrives."""
         process = self._require_started()
         deadline = time.monotonic() + timeout
+        if self._notify is not None:
+            self._wait_notified_ready(process, deadline, timeout)
         while True:
             if process.poll() is not None:
                 raise SipgwError(f"sipgw exited before it was ready\n{self.describe()}")
@@ -227,6 +240,30 @@ class SipgwProcess:
                 process.wait(max(0.0, READY_POLL - (time.monotonic() - asked)))
             except subprocess.TimeoutExpired:
                 pass
+
+    def _wait_notified_ready(self, process: subprocess.Popen[bytes], deadline: float,
+                             timeout: float) -> None:
+        assert self._notify is not None
+        notify = self._notify
+        try:
+            while True:
+                if process.poll() is not None:
+                    raise SipgwError(f"sipgw exited before it was ready\n{self.describe()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SipgwError(f"sipgw did not say READY=1 within {timeout:g}s\n"
+                                     f"{self.describe()}")
+                notify.settimeout(min(left, READY_POLL))
+                try:
+                    fields = notify.recv(4096).decode(errors="replace").splitlines()
+                except TimeoutError:
+                    continue
+                if "READY=1" in fields:
+                    return
+        finally:
+            # What sipgw says from now on is refused at once: nothing fills a queue here.
+            notify.close()
+            self._notify = None
 
     def reload(self) -> None:
         """SIGHUP: sipgw reads its config file again."""
@@ -258,6 +295,9 @@ class SipgwProcess:
         """End the process at once, without judging how (a start that went wrong)."""
         process = self._process
         self._stopped = True
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
         if process is not None and process.poll() is None:
             process.kill()
             process.wait(STOP_TIMEOUT)

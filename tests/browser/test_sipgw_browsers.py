@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,8 @@ from sipgw.rpc.client import Client
 from sipgw.tools.kamailio import KamailioProcess, kamailio_executable
 from sipgw.tools.process import run_cli
 from tests.browser.kamailio_process import KamailioRunner
-from tests.browser.rig import ARTIFACTS, ROOT, BrowserRig, Page, PageServer, self_signed_certificate
+from tests.browser.rig import ARTIFACTS, BrowserRig, Page, PageServer, self_signed_certificate
+from tests.helpers.nginx import NGINX_SITE, Nginx  # noqa: F401 (NGINX_SITE: for test_nginx_tls)
 from tests.integration.sipp import LOOPBACK, free_port
 from tests.integration.test_ws_sipp import WsSipgw
 
@@ -49,7 +49,6 @@ DOMAIN = "sipgw.test"
 REALM = DOMAIN
 # More than one packet: a stream (Opus at 20 ms per packet), not a stray datagram.
 MEDIA_BYTES = 1000
-NGINX_SITE = ROOT / "etc" / "nginx" / "sipgw.conf"
 
 
 def uri(user: str) -> str:
@@ -323,116 +322,7 @@ def test_two_jssip_pages_register_over_wss_and_call_each_other(
     assert users == {uri("5021"): "wss", uri("5022"): "wss"}, dump
 
 
-# --- 3. nginx in front ---------------------------------------------------------------------
-
-
-class Nginx:
-    """Debian's nginx in the foreground with the shipped site config, its ports templated."""
-
-    def __init__(self, workdir: Path, upstream_port: int) -> None:
-        self.workdir = workdir
-        self.port = free_port("tcp")
-        self.upstream_port = upstream_port
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @staticmethod
-    def executable() -> str | None:
-        return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-
-    def site(self) -> str:
-        """``etc/nginx/sipgw.conf`` as shipped, with only its ports made ours: each server
-        listens on our free port on loopback (IPv6 listens dropped), and sipgw's WS
-        address (``127.0.0.1:8080``, ``localhost:8080``) is the test sipgw's."""
-        out = []
-        for line in NGINX_SITE.read_text().splitlines():
-            listen = re.match(r"(\s*)listen\s+([^\s;]+)(.*)$", line)
-            if listen:
-                if not listen.group(2).startswith("["):
-                    out.append(f"{listen.group(1)}listen {LOOPBACK}:{self.port}{listen.group(3)}")
-                continue
-            line = re.sub(
-                r"\b(?:127\.0\.0\.1|localhost|0\.0\.0\.0):\d+",
-                f"{LOOPBACK}:{self.upstream_port}",
-                line,
-            )
-            out.append(line)
-        return "\n".join(out) + "\n"
-
-    def start(self) -> Nginx:
-        executable = self.executable()
-        assert executable, "nginx is not installed (Debian package nginx): run ./scripts/setup"
-        assert NGINX_SITE.is_file(), f"{NGINX_SITE.relative_to(ROOT)} is not in the repository yet"
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "site.conf").write_text(self.site())
-        (self.workdir / "nginx.conf").write_text(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\n"
-            f"pid {self.workdir}/nginx.pid;\nerror_log {self.workdir}/error.log info;\n"
-            "events { worker_connections 64; }\n"
-            "http {\n"
-            f"  access_log {self.workdir}/access.log;\n"
-            f"  client_body_temp_path {self.workdir}/body;\n"
-            f"  proxy_temp_path {self.workdir}/proxy;\n"
-            f"  fastcgi_temp_path {self.workdir}/fastcgi;\n"
-            f"  uwsgi_temp_path {self.workdir}/uwsgi;\n"
-            f"  scgi_temp_path {self.workdir}/scgi;\n"
-            f"  include {self.workdir}/site.conf;\n"
-            "}\n"
-        )
-        with open(self.workdir / "stderr.log", "wb") as log:
-            self._process = subprocess.Popen(
-                [executable, "-p", str(self.workdir), "-c", str(self.workdir / "nginx.conf")],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # bounded poll until it accepts connections
-            if self._process.poll() is not None:
-                raise AssertionError(f"nginx exited {self._process.returncode}:\n{self.describe()}")
-            try:
-                socket.create_connection((LOOPBACK, self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                try:
-                    self._process.wait(0.05)
-                except subprocess.TimeoutExpired:
-                    pass
-        raise AssertionError(f"nginx not answering on {self.port}:\n{self.describe()}")
-
-    def wait_access_lines(self, pattern: str, count: int, timeout: float = 5.0) -> list[str]:
-        """Poll (bounded) nginx's access log until ``count`` lines match ``pattern``."""
-        deadline = time.monotonic() + timeout
-        log = self.workdir / "access.log"
-        while True:
-            text = log.read_text() if log.is_file() else ""
-            lines = [line for line in text.splitlines() if re.search(pattern, line)]
-            if len(lines) >= count or time.monotonic() > deadline:
-                assert len(lines) >= count, f"access.log:\n{text}"
-                return lines
-            assert self._process is not None
-            try:
-                self._process.wait(0.05)
-            except subprocess.TimeoutExpired:
-                continue
-            raise AssertionError(f"nginx exited:\n{self.describe()}")
-
-    def describe(self) -> str:
-        parts = []
-        for name in ("site.conf", "stderr.log", "error.log"):
-            path = self.workdir / name
-            if path.is_file():
-                parts.append(f"--- {name}\n{path.read_text(errors='replace')[-3000:]}")
-        return "\n".join(parts)
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(5)
+# --- 3. nginx in front (tests/helpers/nginx.py) -------------------------------------------
 
 
 def test_two_jssip_pages_register_and_call_through_nginx_in_front_of_sipgw(

@@ -97,6 +97,23 @@ def test_a_stopped_proxy_is_exit_3_with_a_one_line_hint(run, tmp_path):
     assert "is sipgw serve running" in err
 
 
+def test_a_worker_the_service_does_not_have_is_a_usage_error_saying_which_it_has(
+    run, control
+):
+    control.answers["system.listMethods"] = ["core.version", "core.workers"]
+    control.answers["core.workers"] = [{"index": 0}, {"index": 1}]
+    code, out, err = run("ctl", "-c", str(control.config), "-w", "5", "core.uptime")
+    assert (code, out, err) == (2, "", "sipgw: -w 5: this sipgw has 2 workers, 0 to 1\n")
+    control.answers["system.listMethods"] = ["core.version"]
+    code, out, err = run("ctl", "-c", str(control.config), "-w", "0", "core.uptime")
+    assert (code, err) == (2, "sipgw: -w 0: this sipgw runs as a single process, without "
+                              "workers\n")
+    # A worker it has but that is not there now (restarting) is unreachable, as before.
+    control.answers["system.listMethods"] = ["core.version", "core.workers"]
+    code, _, err = run("ctl", "-c", str(control.config), "-w", "1", "core.uptime")
+    assert code == 3 and f"cannot reach sipgw at {control.path}.w1" in err
+
+
 def test_a_file_that_is_not_toml_is_a_usage_error_naming_the_file_and_line(run, tmp_path):
     config = tmp_path / "sipgw.toml"
     config.write_text('[control]\nsocket = "x\n')

@@ -20,6 +20,7 @@ def serve_growing(control):
                 "pike.blocked_ips": 7, "pike.dropped_msgs": 4321,
                 "load.udp_queue_delay_us": 1250, "load.udp_queue_delay_max_us": 48000,
                 "load.reactor_lag_us": 310, "load.reactor_lag_max_us": 2000,
+                "load.stream_queue_delay_us": 4500, "load.stream_queue_delay_max_us": 120000,
                 "load.stream_backlog_bytes": 65536,
                 "core.shed_percent": 75}
 
@@ -63,6 +64,8 @@ def test_the_dashboard_shows_traffic_connections_auth_dialogs_and_destinations(r
     assert re.search(r"udp queue ms +1\.25\b", out)
     assert re.search(r"udp queue max ms +48\.00\b", out)
     assert re.search(r"loop lag ms +0\.31\b", out) and re.search(r"loop lag max ms +2\.00\b", out)
+    assert re.search(r"stream queue ms +4\.50\b", out)
+    assert re.search(r"stream queue max ms +120\.00\b", out)
     assert re.search(r"stream unread +65536\b", out)
     # Overload control: refusing 75 % of new requests now.
     assert re.search(r"shedding % +75\b", out)

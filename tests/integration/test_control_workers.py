@@ -288,3 +288,33 @@ def test_websocket_connections_of_both_workers_are_listed_once_and_closed_one_by
         finally:
             for peer in peers:
                 peer.close()
+
+
+class WildcardSipgw(SipgwProcess):
+    """Listening on 0.0.0.0: the workers' own sockets are bound there too."""
+
+    def config_text(self, **kw) -> str:
+        return super().config_text(**kw).replace(f'"127.0.0.1:{self.port}"',
+                                                 f'"0.0.0.0:{self.port}"')
+
+
+def test_core_workers_shows_the_address_each_worker_writes_in_via_not_a_wildcard(
+    tmp_path: Path,
+):
+    from tests.integration.sipgw_process import UdpPeer, build_request
+
+    with UdpPeer() as backend:
+        gw = WildcardSipgw(tmp_path / "gw", backend=backend.address, workers=2,
+                           log_level="info",
+                           extra_toml=f'[control]\nsocket = "{tmp_path}/sipgw.ctl"\n')
+        with gw, UdpPeer(gw.address) as phone:
+            table = ctl(gw, "core.workers")
+            assert [w["backend_bound"].split(":")[0] for w in table] == ["0.0.0.0"] * 2
+            advertised = {w["backend_address"] for w in table}
+            assert advertised == {f"127.0.0.1:{w['backend_bound'].rsplit(':', 1)[1]}"
+                                  for w in table}
+            phone.send(build_request("OPTIONS", "sip:alice@example.com", peer=phone,
+                                     call_id="where@test", branch="z9hG4bKwhere"))
+            forwarded = backend.expect("OPTIONS", timeout=5)
+            top = forwarded.headers("Via")[0]
+            assert top.split()[1].split(";")[0] in advertised, top

@@ -4,6 +4,8 @@ SIGHUP swapping the certificate without dropping live connections."""
 
 from __future__ import annotations
 
+import selectors
+import socket
 import ssl
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import pytest
 from sipgw.tools.process import SipgwProcess
 from tests.helpers.certs import CertAuthority
 from tests.integration.sipgw_process import TcpPeer, build_request
-from tests.integration.sipp import LOOPBACK, SippRunner, free_port
+from tests.integration.sipp import LOOPBACK, SippMessage, SippRunner, free_port
 from tests.integration.wspeer import WsPeer
 
 pytestmark = pytest.mark.integration
@@ -26,9 +28,10 @@ class TlsSipgw(SipgwProcess):
     """The test sipgw with tls and wss listeners and a [tls] section."""
 
     def __init__(self, workdir: Path, *, chain: Path, key: Path, min_version: str = "1.2",
-                 **options) -> None:
+                 backend_ca: Path | None = None, **options) -> None:
         super().__init__(workdir, **options)
         self.min_version = min_version
+        self.backend_ca = backend_ca
         self.tls_port = free_port("tcp")
         self.wss_port = free_port("tcp")
         self.chain, self.key = chain, key
@@ -44,8 +47,9 @@ class TlsSipgw(SipgwProcess):
                 1,
             )
         )
+        ca = f'backend_ca_file = "{self.backend_ca}"\n' if self.backend_ca else ""
         return text + (f'\n[tls]\ncertificate = "{self.chain}"\nprivate_key = "{self.key}"\n'
-                       f'min_version = "{self.min_version}"\n')
+                       f'min_version = "{self.min_version}"\n{ca}')
 
 
 class TlsPeer(TcpPeer):
@@ -60,6 +64,60 @@ class TlsPeer(TcpPeer):
             return super()._read(timeout)
         except ssl.SSLWantReadError:
             return []
+
+
+class TlsBackend:
+    """A backend over TLS on loopback: accepts sipgw's connections and reads requests from
+    whichever connection they come on; opens connections of its own to sipgw."""
+
+    def __init__(self, ca: CertAuthority) -> None:
+        chain, key, _ = ca.issue("backend")
+        self.server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.server.load_cert_chain(str(chain), str(key))
+        self.client = ssl.create_default_context(cafile=str(ca.root_path))
+        self.listener = socket.create_server((LOOPBACK, 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[TlsPeer] = []
+
+    def next_request(self, method: str, timeout: float = 5.0) -> tuple[TlsPeer, SippMessage]:
+        """The next ``method`` request sipgw sends, and the connection it came on."""
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.listener, selectors.EVENT_READ)
+            for peer in self.accepted:
+                selector.register(peer.socket, selectors.EVENT_READ, peer)
+            while True:
+                for peer in self.accepted:
+                    for i, message in enumerate(peer.inbox):
+                        if message.method == method and not message.is_response:
+                            return peer, peer.inbox.pop(i)
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {method} from sipgw within {timeout:g}s"
+                for key, _ in selector.select(left):
+                    if key.data is None:
+                        peer = self.accept(left)
+                        selector.register(peer.socket, selectors.EVENT_READ, peer)
+                    else:
+                        key.data._fill(0)
+
+    def accept(self, timeout: float) -> TlsPeer:
+        """sipgw's next connection, once the TLS handshake is done (ssl.SSLError if sipgw
+        refuses our certificate)."""
+        self.listener.settimeout(timeout)
+        raw, _ = self.listener.accept()
+        raw.settimeout(timeout)
+        peer = TlsPeer.adopt(self.server.wrap_socket(raw, server_side=True))
+        self.accepted.append(peer)
+        return peer
+
+    def connect(self, host: str, port: int) -> TlsPeer:
+        raw = socket.create_connection((host, port), timeout=5)
+        return TlsPeer.adopt(self.client.wrap_socket(raw, server_hostname=host))
+
+    def close(self) -> None:
+        for peer in self.accepted:
+            peer.close()
+        self.listener.close()
 
 
 @pytest.fixture
@@ -165,3 +223,42 @@ def test_a_tls_flow_answers_an_rfc_5626_double_crlf_ping_with_a_crlf(tls_sipgw, 
         with client_tls.wrap_socket(raw, server_hostname="localhost") as s:
             s.sendall(b"\r\n\r\n")
             assert s.recv(16) == b"\r\n"
+
+
+def test_sipgw_relays_to_a_backend_over_tls_whose_certificate_it_checks(tmp_path, ca):
+    """A destination with transport=tls: sipgw connects, checks the backend's certificate
+    against tls.backend_ca_file, and the answer comes back on that connection; a backend
+    whose certificate another authority signed is refused, and the request fails at once
+    rather than when its timer runs out."""
+    from tests.integration.sipgw_process import UdpPeer, build_response
+
+    chain, key, _ = ca.issue("sipgw")
+    good = TlsBackend(ca)
+    rogue = TlsBackend(CertAuthority(tmp_path / "other-ca"))
+    gw = TlsSipgw(tmp_path / "gw", chain=chain, key=key, backend_ca=ca.root_path,
+                  dispatcher=f'destinations = ["sip:{LOOPBACK}:{good.port};transport=tls"]\n'
+                             "ping_interval = 0\n", backend="127.0.0.1:9")
+    try:
+        with gw, UdpPeer(gw.address) as phone:
+            phone.send(options(phone, "sip:alice@example.com", 10))
+            conn, request = good.next_request("OPTIONS")
+            assert request.headers("Via")[0].startswith(f"SIP/2.0/TLS {LOOPBACK}:{gw.tls_port};")
+            conn.send(build_response(request, 200, "OK", to_tag="good"))
+            assert phone.expect("200", timeout=5).header("Call-ID") == "tls-10@test"
+
+            gw.write_config(gw.config_text().replace(f":{good.port};transport=tls",
+                                                     f":{rogue.port};transport=tls"))
+            mark = len(gw.log_text())
+            gw.reload()
+            gw.wait_for_log(r"reloaded", after=mark)
+            asked = time.monotonic()
+            phone.send(options(phone, "sip:alice@example.com", 11))
+            with pytest.raises(ssl.SSLError):  # sipgw aborts the handshake: unknown CA
+                rogue.accept(5)
+            answer = phone.expect("503", timeout=5)
+            assert answer.header("Call-ID") == "tls-11@test"
+            assert time.monotonic() - asked < 5
+            gw.wait_for_log(rf"tls connection to {LOOPBACK}:{rogue.port} failed", after=mark)
+    finally:
+        good.close()
+        rogue.close()

@@ -1,5 +1,6 @@
 """``sipgw serve --workers 2`` that cannot start says why once and exits 1, leaving no
-process behind: a port in use, a certificate that is not there."""
+process behind: a port in use, a certificate that is not there. One that starts is ready
+for the tests (``SipgwProcess.start``) only once every worker is."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import pytest
 
 from sipgw.tools.loopback import free_port
+from tests.integration.sipgw_process import SipgwRunner
 
 pytestmark = pytest.mark.integration
 
@@ -46,3 +48,11 @@ def test_a_missing_certificate_is_said_once_by_the_supervisor(tmp_path):
     assert done.returncode == 1
     assert done.stderr.count("missing.pem") == 1
     assert "worker 0 started" not in done.stderr
+
+
+@pytest.mark.parametrize("attempt", range(3))  # a worker late by a few ms is the usual case
+def test_a_started_sipgw_of_workers_has_every_worker_ready(sipgw: SipgwRunner, tmp_path,
+                                                            attempt: int):
+    gw = sipgw(backend="127.0.0.1:9", workers=2, log_level="info",
+               extra_toml=f'[control]\nsocket = "{tmp_path}/c.ctl"\n')
+    assert [w["ready"] for w in gw.rpc("core.workers")] == [True, True]

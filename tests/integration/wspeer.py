@@ -18,15 +18,17 @@ from tests.integration.sipgw_process import _decode, _Peer
 
 
 class WsPeer(_Peer):
-    """One WebSocket connection from 127.0.0.1 to ``remote`` ("host:port")."""
+    """One WebSocket connection from 127.0.0.1 (or ``source``) to ``remote`` ("host:port")."""
 
     transport = "ws"
 
     def __init__(self, remote: str, *, path: str = "/", timeout: float = 3.0,
-                 tls: ssl.SSLContext | None = None, **handshake):
+                 tls: ssl.SSLContext | None = None, source: str | None = None, **handshake):
         super().__init__()
         host, port = remote.rsplit(":", 1)
-        self.socket = socket.create_connection((host, int(port)), timeout=timeout)
+        self.socket = socket.create_connection(
+            (host, int(port)), timeout=timeout,
+            source_address=(source, 0) if source is not None else None)
         if tls is not None:  # WSS
             self.socket = tls.wrap_socket(self.socket, server_hostname="localhost")
         self.port = self.socket.getsockname()[1]

@@ -5,17 +5,27 @@ from __future__ import annotations
 import socket
 from types import SimpleNamespace
 
+import pytest
 from twisted.internet.task import Clock
 
-from sipgw.proxy.load import TICK, WINDOW, DelayGauge, LoadMonitor, socket_of, unread_bytes
+from sipgw.proxy.load import (
+    FULL_READ,
+    TICK,
+    WINDOW,
+    DelayGauge,
+    LoadMonitor,
+    socket_of,
+    unread_bytes,
+)
 from sipgw.proxy.stats import Stats
+from tests.helpers.poll import wait_until
 
 TICKS_PER_WINDOW = round(WINDOW / TICK)
 
 
-def monitor(flows=()):
+def monitor():
     clock, stats = Clock(), Stats()
-    load = LoadMonitor(clock, stats, lambda: flows)
+    load = LoadMonitor(clock, stats)
     load.start()
     return clock, stats, load
 
@@ -75,36 +85,104 @@ def test_a_stalled_reactor_shows_as_lag_once_and_then_recovers():
     assert not clock.getDelayedCalls()
 
 
-def test_unread_stream_bytes_are_summed_over_connections_each_window():
+@pytest.fixture
+def connections():
+    """Two loopback TCP connections: (what the peer writes on, what sipgw reads from)."""
     server = socket.socket()
+    # Room for what a test sends before it reads (the accepted sockets inherit it).
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     server.bind(("127.0.0.1", 0))
     server.listen()
-    clients, accepted = [], []
-    try:
-        for _ in range(2):
-            c = socket.create_connection(server.getsockname())
-            clients.append(c)
-            accepted.append(server.accept()[0])
-        clients[0].sendall(b"x" * 1000)
-        clients[1].sendall(b"y" * 300)
-        # A TCP flow's transport holds the socket; a TLS one wraps that transport once more.
-        tcp_flow = SimpleNamespace(transport=SimpleNamespace(socket=accepted[0]))
-        tls_flow = SimpleNamespace(transport=SimpleNamespace(
-            transport=SimpleNamespace(socket=accepted[1])))
-        gone = SimpleNamespace(transport=None)
-        assert socket_of(tls_flow) is accepted[1] and socket_of(gone) is None
-        clock, stats, load = monitor([tcp_flow, tls_flow, gone])
-        ticks(clock, TICKS_PER_WINDOW)
-        assert stats.get("load:stream_backlog_bytes") == 1300
-        assert stats.get("load:stream_backlog_max_bytes") == 1000
-        accepted[0].recv(4096)
-        accepted[1].recv(4096)
-        ticks(clock, TICKS_PER_WINDOW)
-        assert stats.get("load:stream_backlog_bytes") == 0
-        load.stop()
-    finally:
-        for s in (*clients, *accepted, server):
+    pairs = []
+    for _ in range(2):
+        c = socket.create_connection(server.getsockname())
+        pairs.append((c, server.accept()[0]))
+    yield pairs
+    for pair in pairs:
+        for s in pair:
             s.close()
+    server.close()
+
+
+class Flow:
+    """A connection as the transports have it (hashable by identity, as a protocol is)."""
+
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+        self.unasked = 0
+
+
+def flow(sock: socket.socket, *, tls: bool = False) -> Flow:
+    """TCP's transport holds the socket; TLS wraps that transport once more."""
+    transport = SimpleNamespace(socket=sock)
+    return Flow(SimpleNamespace(transport=transport) if tls else transport)
+
+
+def sent(peer: socket.socket, ours: socket.socket, n: int) -> None:
+    peer.sendall(b"x" * n)
+    wait_until(lambda: unread_bytes(ours.fileno()) >= n, timeout=5, what=f"{n} bytes arrived",
+               caller=SimpleNamespace(describe=lambda: "two loopback TCP connections"))
+
+
+def test_socket_of_finds_the_kernel_socket_under_tcp_and_tls():
+    plain, wrapped = socket.socket(), socket.socket()
+    try:
+        assert socket_of(flow(plain)) is plain
+        assert socket_of(flow(wrapped, tls=True)) is wrapped
+        assert socket_of(Flow(None)) is None
+    finally:
+        plain.close()
+        wrapped.close()
+
+
+def test_what_full_reads_left_unread_is_published_each_tick_and_waits_as_long_as_it_takes_to_read(
+        connections):
+    clock, stats, load = monitor()
+    (peer_a, ours_a), (peer_b, ours_b) = connections
+    a, b = flow(ours_a), flow(ours_b, tls=True)
+    sent(peer_a, ours_a, 3 * FULL_READ)
+    sent(peer_b, ours_b, 1000)
+    # Less than FULL_READ read: the kernel is not asked (1000 bytes stay there, unseen:
+    # the next pass of the loop reads them).
+    load.streams.read(b, 500)
+    # Connection a read a full buffer twice in the tick and left a third behind.
+    ours_a.recv(FULL_READ)
+    load.streams.read(a, FULL_READ)
+    ours_a.recv(FULL_READ)
+    load.streams.read(a, FULL_READ)
+    ticks(clock, 1)
+    assert stats.get("load:stream_backlog_bytes") == FULL_READ
+    assert stats.get("load:stream_backlog_max_bytes") == FULL_READ
+    # At 2 × FULL_READ a tick, the FULL_READ left waits half a tick.
+    assert stats.get("load:stream_queue_delay_max_us") == round(TICK / 2 * 1e6)
+
+    # The next tick it reads a full buffer, which empties its socket: it caught up.
+    ours_a.recv(FULL_READ)
+    load.streams.read(a, FULL_READ)
+    ticks(clock, 1)
+    assert stats.get("load:stream_backlog_bytes") == 0
+    assert stats.get("load:stream_queue_delay_max_us") == round(TICK / 2 * 1e6)  # a window
+    ticks(clock, 2 * TICKS_PER_WINDOW)
+    assert stats.get("load:stream_queue_delay_max_us") == 0
+    assert stats.get("load:stream_queue_delay_us") < 1_000
+    load.stop()
+
+
+def test_small_reads_add_up_to_one_look_as_tls_records_do(connections):
+    clock, stats, load = monitor()
+    (peer, ours), _ = connections
+    conn = flow(ours, tls=True)
+    sent(peer, ours, FULL_READ + 1000)
+    half = FULL_READ // 2
+    ours.recv(FULL_READ)  # one read from the socket, handed on a record at a time
+    load.streams.read(conn, half)
+    assert load.streams.behind == {}
+    load.streams.read(conn, half)
+    assert load.streams.behind == {conn: [FULL_READ, 1000]}
+    ticks(clock, 1)
+    assert stats.get("load:stream_backlog_bytes") == 1000
+    assert conn.unasked == 0
+    load.stop()
 
 
 def test_a_closed_socket_has_no_unread_bytes():
@@ -116,7 +194,7 @@ def test_a_closed_socket_has_no_unread_bytes():
 def test_each_tick_tells_how_late_sipgw_is_by_the_queue_that_stood_all_tick_or_its_lag():
     told: list[float] = []
     clock, stats = Clock(), Stats()
-    load = LoadMonitor(clock, stats, lambda: (), on_tick=told.append)
+    load = LoadMonitor(clock, stats, on_tick=told.append)
     load.start()
     load.udp.observe(0.300)  # a burst: one datagram waited, the next ones did not
     load.udp.observe(0.001)
@@ -127,4 +205,21 @@ def test_each_tick_tells_how_late_sipgw_is_by_the_queue_that_stood_all_tick_or_i
     ticks(clock, 1)  # nothing came
     clock.advance(TICK + 0.250)  # a stall of the loop itself
     assert [round(t, 3) for t in told] == [0.001, 0.150, 0.0, 0.250]
+    load.stop()
+
+
+def test_a_stream_backlog_that_stands_makes_the_tick_late_as_long_as_it_will_wait(connections):
+    told: list[float] = []
+    clock, stats = Clock(), Stats()
+    load = LoadMonitor(clock, stats, on_tick=told.append)
+    load.start()
+    (peer, ours), _ = connections
+    conn = flow(ours)
+    sent(peer, ours, 5 * FULL_READ)
+    for _ in range(2):  # two buffers read a tick, three left: a tick and a half to wait
+        ours.recv(FULL_READ)
+        load.streams.read(conn, FULL_READ)
+    ticks(clock, 1)
+    ticks(clock, 1)  # not read at all: nothing said of it (the lag says the loop is late)
+    assert [round(t, 3) for t in told] == [round(3 * TICK / 2, 3), 0.0]
     load.stop()

@@ -129,6 +129,40 @@ def test_draining_gives_up_after_drain_timeout(tmp_path):
     assert stopped.called
 
 
+
+class _Flow:
+    """A connection that closes when told (``leaves``), or never answers its close."""
+
+    transport_name = "tcp"
+
+    def __init__(self, flows, flow_id: int, leaves: bool) -> None:
+        self.flows, self.flow_id, self.leaves = flows, flow_id, leaves
+        self.told = 0
+        flows.add(self, "tcp", "192.0.2.1", 40000 + flow_id)
+
+    def send(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        self.told += 1
+        if self.leaves:
+            self.flows.remove(self, "tcp", "192.0.2.1", 40000 + self.flow_id)
+
+
+def test_once_drained_connections_are_closed_and_waited_for_up_to_the_close_grace(tmp_path):
+    from sipgw.proxy.service import CLOSE_GRACE
+
+    svc, reactor, _ = start(tmp_path)
+    quick = _Flow(svc.flows, 1, leaves=True)
+    stuck = _Flow(svc.flows, 2, leaves=False)
+    stopped: list = []
+    svc.stopService().addCallback(stopped.append)
+    assert (quick.told, stuck.told) == (1, 1) and len(svc.flows) == 1
+    reactor.advance(CLOSE_GRACE - 0.1)
+    assert not stopped  # the stuck one still gets its time
+    reactor.advance(0.2)
+    assert stopped
+
 def test_a_raised_message_size_limit_reaches_new_tcp_connections_after_reload(tmp_path):
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport

@@ -325,3 +325,26 @@ def test_a_store_file_others_can_read_is_a_warning_naming_the_file_and_the_chmod
     os.chmod(db, 0o600)
     check = by_name(Doctor(path, timeout=0.2).run())["subscriber store file mode"]
     assert (check.status, check.detail) == (PASS, f"{db} is 0600: only its owner reads it")
+
+
+def test_a_path_address_no_backend_can_use_is_named_with_what_to_set():
+    from sipgw.tools.doctor import _unreachable_address
+
+    # The route's own address on this host, listened on: nothing to say.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as bound:
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        assert _unreachable_address("127.0.0.1", "udp", "127.0.0.1", port, "127.0.0.1", 1) is None
+    status, why, fix = _unreachable_address("127.0.0.1", "udp", "127.0.0.1", port, "127.0.0.1", 1)
+    assert (status, why) == (FAIL, "nothing listens there over UDP: the port is not one sipgw "
+                                   "listens on")
+    status, why, fix = _unreachable_address("198.51.100.10", "udp", "0.0.0.0", 5060,
+                                            "192.0.2.2", 1)
+    assert status == FAIL and "wildcard" in why
+    assert fix == 'set listen.advertise = "192.0.2.2" (this host\'s address toward 198.51.100.10)'
+    status, why, fix = _unreachable_address("198.51.100.10", "udp", "sip.example.com", 5060,
+                                            None, 1)
+    assert status == WARN and why.startswith("sip.example.com is a name")
+    assert fix == "route 198.51.100.10 (ip route get 198.51.100.10)"
+    status, why, _ = _unreachable_address("198.51.100.10", "tcp", "127.0.0.1", 5060, None, 1)
+    assert status == FAIL and why.startswith("a loopback address, which 198.51.100.10 cannot")

@@ -66,14 +66,20 @@ class Admin:
                 raise RpcError(f"integers only, not {n!r}")
         return list(numbers)
 
-    @rpc("core.info", help="Version, pid, config file, listeners, backend and control socket.")
+    @rpc("core.info", help="Version, pid, config file, listeners, the addresses written "
+                           "toward the backends, backend and control socket.")
     def rpc_info(self) -> dict[str, Any]:
         svc = self.service
         proxy = svc.proxy
-        listeners = []
+        listeners, toward = [], []
         if proxy is not None:
             listeners = [transport_address(lst.transport, lst.host, lst.port)
                          for lst in proxy.identity.listeners]
+            # What a backend over each transport finds in our Via, Record-Route and Path:
+            # where it sends answers, in-dialog requests and calls to a browser.
+            toward = [transport_address(t, lst.host, lst.port)
+                      for t in ("udp", "tcp", "tls")
+                      for lst in (proxy.identity.facing(t, backend=True),)]
         control = getattr(svc, "control", None)
         return {
             "version": __version__,
@@ -81,6 +87,7 @@ class Admin:
             "pid": os.getpid(),
             "config": svc.loaded.path or "embedded default",
             "listen": listeners,
+            "toward_backends": toward,
             "backend": proxy.backends.backend.uri if proxy is not None else None,
             "control": control.path if control is not None and control.port else None,
             "up_since": int(self.started_wall),

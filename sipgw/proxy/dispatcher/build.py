@@ -85,7 +85,11 @@ def check_destinations(config: Config) -> list[str]:
     dlist = load_list(d.list_file) if d.list_file else from_destinations(d.destinations, d.setid)
     for entry in dlist.entries:
         try:
-            resolve_uri(entry.uri)
+            destination = resolve_uri(entry.uri)
         except ValueError as e:
             raise ListFileError(f"{entry.uri}: {e}", path=dlist.source, line=entry.line) from None
+        if destination.transport == "tls" and not config.listen.tls:
+            # Its answers would name, and its requests come back to, a listener we lack.
+            raise ListFileError(f"{entry.uri}: a backend over TLS needs listen.tls",
+                                path=dlist.source, line=entry.line)
     return list(dlist.warnings)

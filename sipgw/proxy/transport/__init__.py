@@ -9,6 +9,7 @@ address. TCP (and later TLS and WebSocket) connections are flows with an id, kep
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -146,6 +147,18 @@ def in_networks(host: str, networks) -> bool:
 
 def is_ip(host: str) -> bool:
     return _kind(host) != 0
+
+
+def route_source(toward: str) -> str | None:
+    """The local address the kernel would send from to reach the IP ``toward`` (no packet
+    is sent: a UDP socket's connect only looks the route up); None when there is no route."""
+    family = socket.AF_INET6 if ":" in toward else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((toward, 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return None
 
 
 def forbidden_target(host: str) -> bool:

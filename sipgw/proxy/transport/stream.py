@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from sipgw.config import LimitsConfig
 from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tell_slow_reader
+from sipgw.proxy.load import StreamBacklog
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source
 from sipgw.proxy.transport.listen import listen_stream
@@ -53,6 +54,7 @@ class StreamConnection(protocol.Protocol):
         self.counted = False  # in the caps on client connections
         self.dropped = False  # closed by a limit: nothing more is written to it
         self.queue = SendQueue(stack.settings.max_write_queue)
+        self.unasked = 0  # bytes read since the load signal last looked (load.StreamBacklog)
         self._idle: IDelayedCall | None = None
         # The timer closing a client that never sends a whole message.
         self._first: IDelayedCall | None = None
@@ -129,6 +131,7 @@ class StreamConnection(protocol.Protocol):
             self.lose()
             return
         self._deliver(items)
+        self.stack.backlog.read(self, len(data))
 
     def _deliver(self, items: list) -> None:
         for item in items:
@@ -253,9 +256,11 @@ class StreamTransport:
         on_closed: Callable[[int, Source], None] | None = None,
         caps: ConnectionCaps | None = None,
         screen: Callable[[str, str], str] | None = None,
+        backlog: StreamBacklog | None = None,
     ) -> None:
         """``settings``: ``[limits]`` (its tcp_* keys and max_write_queue); ``limits``: the
-        message sizes the framer accepts (``Proxy.limits``, from the same section)."""
+        message sizes the framer accepts (``Proxy.limits``, from the same section);
+        ``backlog``: what the connections report their reads to (the load signal's)."""
         self.reactor = reactor
         self.clock = clock
         self.flows = flows
@@ -276,6 +281,7 @@ class StreamTransport:
         # (transport, client address) → why its connections are closed at once, "" if not
         # (Proxy.screen: the [acl] lists and pike).
         self.screen = screen
+        self.backlog = backlog or StreamBacklog()
 
     def reconfigure(self, settings: LimitsConfig, limits: Limits | None = None) -> None:
         """Reload: new caps and timeouts, and the message limits new connections frame
@@ -306,18 +312,37 @@ class StreamTransport:
     def listen(self, host: str, port: int, fd: int | None = None):
         return listen_stream(self.reactor, host, port, _ServerFactory(self), fd=fd)
 
-    def send(self, data: bytes, host: str, port: int, flow_id: int | None) -> None:
-        """Send on the given flow if open, else on any flow to host:port, else connect."""
+    def send(self, data: bytes, host: str, port: int, flow_id: int | None,
+             name: str | None = None) -> None:
+        """Send on the given flow if open, else on any flow to host:port, else connect.
+        ``name``: the host name ``host`` was resolved from (what TLS verifies)."""
         flow = self.flows.get(flow_id) or self.flows.find(self.transport_name, host, port)
         if flow is not None:
             flow.send(data)
             return
         conn = self._connecting.get((host, port))
         if conn is None:
-            conn = StreamConnection(self, outbound=True)
+            if not self.may_connect(name or host, port):
+                if self.on_send_failed is not None:
+                    self.on_send_failed(host, port, self.transport_name)
+                return
+            conn = self.connection(outbound=True)
             self._connecting[(host, port)] = conn
-            self.reactor.connectTCP(host, port, _ClientFactory(self, conn), timeout=10)
+            self.reactor.connectTCP(host, port,
+                                    self.client_factory(_ClientFactory(self, conn), name or host),
+                                    timeout=10)
         conn.send(data)
+
+    def may_connect(self, name: str, port: int) -> bool:
+        """Whether to open a connection to ``name``:``port`` (TCP: anywhere)."""
+        return True
+
+    def connection(self, *, outbound: bool) -> StreamConnection:
+        return StreamConnection(self, outbound=outbound)
+
+    def client_factory(self, factory: protocol.ClientFactory, name: str):
+        """What connects to ``name``: the factory itself over TCP (TLS wraps it)."""
+        return factory
 
     def on_connect_failed(self, conn: StreamConnection, reason) -> None:
         for key, c in list(self._connecting.items()):
@@ -343,5 +368,8 @@ class StreamTransport:
                 del self._connecting[key]
 
     def close_all(self) -> None:
+        """This transport's connections, each once what is written to it has gone (the
+        flow table is shared: WebSocket connections close their own way)."""
         for flow in list(self.flows.by_id.values()):
-            flow.close()
+            if flow.transport_name == self.transport_name:
+                flow.close()

@@ -7,19 +7,32 @@ connections keep the one they were made with, new ones get the new certificate. 
 is missing, unreadable or does not match its key is a ``TlsError`` naming the file and the
 key, at start-up (sipgw refuses to start) and at reload (the running certificate is kept).
 
-SIP over TLS connections are ``StreamConnection`` flows (``stream.py``) named "tls".
+SIP over TLS connections are ``StreamConnection`` flows (``stream.py``) named "tls". A
+backend over TLS (a destination with ``transport=tls``) is connected to as TCP is, its
+certificate checked against the name or address of the destination by ``BackendTls``: the
+authorities of ``tls.backend_ca_file``, or the system's.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import protocol
 from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.internet.ssl import (
+    Certificate,
+    TLSVersion,
+    optionsForClientTLS,
+    platformTrust,
+    trustRootFromCertificates,
+)
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from sipgw.config import ConfigError, TlsConfig
@@ -39,6 +52,7 @@ DEFAULT_CIPHERS = (
     "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
 )
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+_CLIENT_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 
 
 class TlsError(ConfigError):
@@ -127,6 +141,43 @@ class ServerTls:
         return certificate_info(self._leaf, self.settings, time.time())
 
 
+class BackendTls:
+    """Whom sipgw connects to over TLS, its backends (``is_backend(host, port)``), and what
+    it trusts there: the authorities of ``tls.backend_ca_file``, or the system's; at least
+    ``tls.min_version``. Re-read on SIGHUP like the certificate."""
+
+    def __init__(self, settings: TlsConfig, is_backend: Callable[[str, int], bool]) -> None:
+        self._trust = _trust(settings)
+        self._minimum = _CLIENT_VERSIONS[settings.min_version]
+        self.is_backend = is_backend
+
+    def creator(self, name: str):
+        """The TLS client side of a connection to ``name`` (a host name or an address,
+        which the backend's certificate must carry)."""
+        return optionsForClientTLS(name, trustRoot=self._trust,
+                                   extraCertificateOptions={"raiseMinimumTo": self._minimum})
+
+    def reload(self, settings: TlsConfig) -> None:
+        try:
+            self._trust = _trust(settings)
+        except TlsError as e:
+            log.error("tls reload refused, keeping the running authorities: {err}", err=e)
+            return
+        self._minimum = _CLIENT_VERSIONS[settings.min_version]
+
+
+def _trust(settings: TlsConfig):
+    path = settings.backend_ca_file
+    if not path:
+        return platformTrust()
+    try:
+        certs = x509.load_pem_x509_certificates(_read(path, "tls.backend_ca_file"))
+    except ValueError:
+        raise TlsError(f"{path}: no PEM certificate in it", key="tls.backend_ca_file") from None
+    return trustRootFromCertificates(
+        [Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)) for c in certs])
+
+
 def _leaf(path: str) -> x509.Certificate:
     """The server's own certificate: the first in the chain file (build_context read it)."""
     with open(path, "rb") as f:
@@ -159,23 +210,38 @@ def certificate_info(cert: x509.Certificate, settings: TlsConfig, now: float) ->
 class TlsConnection(StreamConnection):
     transport_name = "tls"
 
-
-class _TlsServerFactory(protocol.ServerFactory):
-    def __init__(self, stack: TlsTransport) -> None:
-        self.stack = stack
-
-    def buildProtocol(self, addr) -> TlsConnection:
-        return TlsConnection(self.stack, outbound=False)
+    def connectionLost(self, reason=protocol.connectionDone) -> None:
+        super().connectionLost(reason)
+        if self.outbound and self.source is not None and reason.check(SSL.Error,
+                                                                      VerificationError):
+            # A backend whose certificate we refuse (or that refuses us): what waits for
+            # it fails now, as for a connection refused, not when its timer runs out.
+            host, port = self.source.host, self.source.port
+            log.warn("tls connection to {h}:{p} failed: {why}", h=host, p=port,
+                     why=reason.getErrorMessage())
+            if self.stack.on_send_failed is not None:
+                self.stack.on_send_failed(host, port, self.transport_name)
 
 
 class TlsTransport(StreamTransport):
-    """SIP over TLS listeners; replies and requests go down the client's connection.
+    """SIP over TLS: listeners, and connections to backends over TLS (``backend``).
 
-    sipgw does not open TLS connections itself (its backends are reached over UDP or
-    TCP): a message for a TLS client without an open flow fails that branch.
+    sipgw connects to its backends only: a message for a TLS client without an open flow
+    fails that branch at once (a phone's certificate is no one's to check, and a browser
+    cannot be connected to anyway).
     """
 
     transport_name = "tls"
+
+    def __init__(self, *args, backend: BackendTls | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    def may_connect(self, name: str, port: int) -> bool:
+        return self.backend is not None and self.backend.is_backend(name, port)
+
+    def connection(self, *, outbound: bool) -> TlsConnection:
+        return TlsConnection(self, outbound=outbound)
 
     def listen_tls(self, host: str, port: int, tls: ServerTls, fd: int | None = None):
         listening = listen_stream(self.reactor, host, port, _TlsServerFactory(self), tls=tls,
@@ -183,9 +249,14 @@ class TlsTransport(StreamTransport):
         log.info("listening on {a}", a=transport_address("tls", host, port))
         return listening
 
-    def send(self, data: bytes, host: str, port: int, flow_id: int | None) -> None:
-        flow = self.flows.get(flow_id) or self.flows.find(self.transport_name, host, port)
-        if flow is not None:
-            flow.send(data)
-        elif self.on_send_failed is not None:
-            self.on_send_failed(host, port, self.transport_name)
+    def client_factory(self, factory: protocol.ClientFactory, name: str):
+        assert self.backend is not None, "made with a BackendTls (make_service)"
+        return TLSMemoryBIOFactory(self.backend.creator(name), True, factory)
+
+
+class _TlsServerFactory(protocol.ServerFactory):
+    def __init__(self, stack: TlsTransport) -> None:
+        self.stack = stack
+
+    def buildProtocol(self, addr) -> TlsConnection:
+        return self.stack.connection(outbound=False)

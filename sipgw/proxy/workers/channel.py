@@ -2,7 +2,9 @@
 
 Commands and who sends them:
 
-* ``Ready`` (worker → supervisor): the worker listens on every socket it inherited.
+* ``Ready`` (worker → supervisor): the worker listens on every socket it inherited; with
+  the addresses it writes toward the backends (``core.workers``), JSON
+  ``{"udp": "host:port", "tls": "host:port"}``.
 * ``Ping`` (supervisor → worker): the heartbeat, answered from the worker's reactor, so
   a stuck reactor misses it (the supervisor then stops feeding systemd's watchdog); the
   answer carries the worker's load and counts for ``core.workers``.
@@ -27,7 +29,8 @@ log = Logger(namespace="sipgw.workers")
 
 
 class Ready(amp.Command):
-    arguments = [(b"index", amp.Integer()), (b"pid", amp.Integer())]
+    arguments = [(b"index", amp.Integer()), (b"pid", amp.Integer()),
+                 (b"advertised", amp.Unicode())]
 
 
 class Ping(amp.Command):
@@ -71,8 +74,9 @@ class WorkerChannel(amp.AMP):
         self._handlers: dict[str, list[Handler]] = {}
         self._unsent: list[tuple[str, str]] = []
 
-    def ready(self):
-        return self.callRemote(Ready, index=self.index, pid=self.pid)
+    def ready(self, advertised: dict[str, str]):
+        return self.callRemote(Ready, index=self.index, pid=self.pid,
+                               advertised=json.dumps(advertised))
 
     def on(self, topic: str, handler: Handler) -> None:
         self._handlers.setdefault(topic, []).append(handler)
@@ -125,8 +129,8 @@ class SupervisorChannel(amp.AMP):
         self._on_publish = on_publish
 
     @Ready.responder
-    def ready(self, index: int, pid: int) -> dict:
-        self._on_ready(self.slot, pid)
+    def ready(self, index: int, pid: int, advertised: str) -> dict:
+        self._on_ready(self.slot, pid, json.loads(advertised))
         return {}
 
     @Publish.responder

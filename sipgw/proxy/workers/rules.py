@@ -236,7 +236,8 @@ def memory(answers: Answers) -> dict[str, Any]:
 
 
 RULES: dict[str, Rule] = {
-    "core.info": Rule(fields(listen=union)),  # the supervisor puts its pid and socket in
+    # The supervisor puts its pid and socket in; toward_backends: each worker's own address.
+    "core.info": Rule(fields(listen=union, toward_backends=union)),
     "core.memory": Rule(memory),
     "core.connections": Rule(fields(connections=summed, total=summed)),
     "core.printi": Rule(first),

@@ -16,7 +16,9 @@ browser come back to the worker that holds the transaction or the connection
 (``proxy.worker_ports``: the first of consecutive ports, or 0 for ports the kernel picks
 when the service starts). The TCP listener is for a backend over TCP, which sends an
 in-dialog request or a call by Path on a connection of its own: at the public port the
-group would hand that connection to any worker.
+group would hand that connection to any worker. With a TLS listener, each worker has a
+TLS listener of its own too, for a backend over TLS, on the port ``count`` above its UDP
+port (the next ``count`` consecutive ports), or one the kernel picks.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from sipgw.proxy.transport.listen import BACKLOG
 
 STREAM_KINDS = ("tcp", "tls", "ws", "wss")
 BACKEND_TCP = "backend_tcp"  # the kind of a worker's own TCP listener
+BACKEND_TLS = "backend_tls"  # the kind of a worker's own TLS listener (with listen.tls)
 PORT_TRIES = 50  # kernel-picked UDP ports tried for one whose TCP twin is free too
 RECEIVE_BUFFER = 4 * 1024 * 1024  # as transport/udp.py, set before any datagram arrives
 
@@ -42,7 +45,8 @@ class SocketError(Exception):
 class Inherited:
     """One socket a worker gets: what it is for, where it is bound, its descriptor."""
 
-    kind: str  # "udp", "tcp", "tls", "ws", "wss"; "backend", "backend_tcp": the worker's own
+    kind: str  # "udp", "tcp", "tls", "ws", "wss"; "backend", "backend_tcp", "backend_tls":
+    # the worker's own
     host: str
     port: int
     fd: int
@@ -53,7 +57,7 @@ def _family(host: str) -> int:
 
 
 def _open(kind: str, host: str, port: int, *, reuse_port: bool) -> socket.socket:
-    stream = kind in STREAM_KINDS or kind == BACKEND_TCP
+    stream = kind in STREAM_KINDS or kind in (BACKEND_TCP, BACKEND_TLS)
     sock = socket.socket(_family(host), socket.SOCK_STREAM if stream else socket.SOCK_DGRAM)
     try:
         if reuse_port:
@@ -93,6 +97,7 @@ class SocketSet:
         self._public: list[list[Inherited]] = [[] for _ in range(count)]
         self._backend: list[Inherited] = []
         self._backend_tcp: list[Inherited] = []
+        self._backend_tls: list[Inherited] = []
         try:
             for kind in ("udp", *STREAM_KINDS):
                 for addr in getattr(config.listen, kind):
@@ -104,6 +109,12 @@ class SocketSet:
                 port = udp.getsockname()[1]
                 self._backend.append(Inherited("backend", host, port, udp.fileno()))
                 self._backend_tcp.append(Inherited(BACKEND_TCP, host, port, tcp.fileno()))
+            if config.listen.tls:
+                for index in range(count):
+                    tls = self._keep(_open(BACKEND_TLS, host, base + count + index if base
+                                           else 0, reuse_port=False))
+                    self._backend_tls.append(Inherited(BACKEND_TLS, host,
+                                                       tls.getsockname()[1], tls.fileno()))
         except BaseException:
             self.close()
             raise
@@ -135,12 +146,33 @@ class SocketSet:
             self._public[index].append(Inherited(kind, host, port, sock.fileno()))
 
     def for_worker(self, index: int) -> list[Inherited]:
-        return [*self._public[index], self._backend[index], self._backend_tcp[index]]
+        return [*self._public[index], self._backend[index], self._backend_tcp[index],
+                *self._backend_tls[index:index + 1]]
 
     @property
     def backend_addresses(self) -> list[Inherited]:
-        """Every worker's own socket, in worker order (each worker recognises all as us)."""
+        """Every worker's own UDP socket, in worker order."""
         return list(self._backend)
+
+    def stop_accepting(self) -> None:
+        """Close the supervisor's copies of the stream listeners (SIGTERM): once the
+        draining workers close theirs too, a connection attempt is refused rather than
+        queued for nobody, and nginx tries another node at once."""
+        streams = [s for s in self._sockets if s.type == socket.SOCK_STREAM]
+        for sock in streams:
+            sock.close()
+        self._sockets = [s for s in self._sockets if s.type != socket.SOCK_STREAM]
+
+    @property
+    def backend_tls_addresses(self) -> list[Inherited]:
+        """Every worker's own TLS listener, in worker order; none without listen.tls."""
+        return list(self._backend_tls)
+
+    @property
+    def peer_addresses(self) -> list[tuple[str, int]]:
+        """Every worker's own addresses, UDP (and TCP, on the same port) and TLS: each
+        worker recognises all of them as us."""
+        return [(s.host, s.port) for s in (*self._backend, *self._backend_tls)]
 
     def close(self) -> None:
         for sock in self._sockets:

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from sipgw.proxy.workers.sockets import BACKEND_TCP, Inherited
+from sipgw.proxy.workers.sockets import BACKEND_TCP, BACKEND_TLS, Inherited
 
 ENVIRONMENT = "SIPGW_WORKER"
 CHANNEL_FD = 3  # the worker's end of its channel to the supervisor
@@ -27,7 +27,7 @@ class WorkerSpec:
     index: int
     count: int
     sockets: tuple[Inherited, ...]  # with the worker's descriptor numbers
-    peers: tuple[tuple[str, int], ...]  # every worker's backend address, ours included
+    peers: tuple[tuple[str, int], ...]  # every worker's backend addresses, ours included
     control_socket: str  # the worker's own control socket (the supervisor's fans out)
     channel_fd: int = CHANNEL_FD
     route_key: str = ""  # hex: the service's signing key, the same in every worker
@@ -41,6 +41,11 @@ class WorkerSpec:
     def backend_stream(self) -> Inherited | None:
         """The worker's own TCP listener (on the port of its own UDP socket)."""
         return next((s for s in self.sockets if s.kind == BACKEND_TCP), None)
+
+    @property
+    def backend_tls(self) -> Inherited | None:
+        """The worker's own TLS listener (with listen.tls only)."""
+        return next((s for s in self.sockets if s.kind == BACKEND_TLS), None)
 
     def public(self, kind: str) -> list[Inherited]:
         return [s for s in self.sockets if s.kind == kind]

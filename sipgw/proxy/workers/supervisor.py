@@ -13,7 +13,9 @@ SIP. It
 * on SIGHUP checks the new config once and has every worker apply it (``Reload``, with
   the text it checked), or none when it is bad; a worker it starts again runs that same
   text too, whatever the file holds meanwhile (one that was starting during the reload
-  gets it once ready); on SIGTERM has every worker drain and exit, then exits 0;
+  gets it once ready); on SIGTERM closes its copies of the stream listeners (so that
+  connection attempts are refused, not queued), has every worker drain and exit, then
+  exits 0;
 * serves the one control socket (``control.py``: its own methods, and the workers'
   answers merged, ``fanout.py`` and ``rules.py``) and the one ``/metrics`` (``metrics.py``),
   and relays what workers publish to the others (``channel.py``);
@@ -56,6 +58,7 @@ from sipgw.proxy.workers.spec import (
     worker_control_path,
 )
 from sipgw.rpc.registry import rpc
+from sipgw.sip.hostport import join_hostport
 
 log = Logger(namespace="sipgw.workers")
 
@@ -91,6 +94,9 @@ class Slot:
         self.queue_us = 0
         self.last_exit = ""
         self.config_text = ""  # the config it was given: at its start, or by a Reload
+        # What it writes toward the backends ({"udp": "host:port", "tls": ...}), said in
+        # its Ready: its own sockets' addresses, a wildcard's replaced by the one it uses.
+        self.advertised: dict[str, str] = {}
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -168,7 +174,7 @@ class Supervisor(service.Service):
         spec = WorkerSpec(
             index=slot.index, count=self.count,
             sockets=tuple(replace(s, fd=FIRST_SOCKET_FD + n) for n, s in enumerate(inherited)),
-            peers=tuple((s.host, s.port) for s in self.sockets.backend_addresses),
+            peers=tuple(self.sockets.peer_addresses),
             control_socket=worker_control_path(self.control_path, slot.index),
             route_key=self.route_key.hex(), config_text=self.config_text)
         env = {k: v for k, v in self.environ.items() if k not in _NOT_FOR_WORKERS}
@@ -195,8 +201,9 @@ class Supervisor(service.Service):
         parent_end.close()
         log.info("worker {i} started, pid {pid}", i=slot.index, pid=slot.pid)
 
-    def _ready(self, slot: Slot, pid: int) -> None:
+    def _ready(self, slot: Slot, pid: int, advertised: dict[str, str]) -> None:
         slot.ready = True
+        slot.advertised = advertised
         slot.last_answer = time.monotonic()
         self.fanout.worker_started(slot.index, worker_control_path(self.control_path,
                                                                    slot.index))
@@ -357,6 +364,8 @@ class Supervisor(service.Service):
         self.notifier.stop_watchdog()
         if self._heartbeat.running:
             self._heartbeat.stop()
+        if self.sockets is not None:
+            self.sockets.stop_accepting()
         waits = []
         deadline = self.loaded.config.proxy.drain_timeout + STOP_GRACE
         for slot in self.slots:
@@ -415,11 +424,16 @@ class Supervisor(service.Service):
         self.control = server
 
     @rpc("core.workers", help="Each worker: index, pid, uptime, restarts, load, "
-                              "connections, its own backend address.")
+                              "connections, the address it writes toward the backends.")
     def rpc_workers(self) -> list[dict]:
         now = time.monotonic()
         assert self.sockets is not None
         own = self.sockets.backend_addresses
+        own_tls = self.sockets.backend_tls_addresses
+
+        def bound(sock) -> str:
+            return join_hostport(sock.host, sock.port)
+
         return [{
             "index": s.index, "pid": s.pid, "running": s.process is not None,
             "ready": s.ready,
@@ -427,7 +441,11 @@ class Supervisor(service.Service):
             "restarts": s.restarts, "last_exit": s.last_exit,
             "connections": s.connections, "transactions": s.transactions,
             "reactor_lag_us": s.lag_us, "udp_queue_delay_us": s.queue_us,
-            "backend_address": f"{own[s.index].host}:{own[s.index].port}",
+            # Until its first Ready, where it is bound (the same but for a wildcard).
+            "backend_address": s.advertised.get("udp", bound(own[s.index])),
+            "backend_bound": bound(own[s.index]),
+            **({"tls_address": s.advertised.get("tls", bound(own_tls[s.index])),
+                "tls_bound": bound(own_tls[s.index])} if own_tls else {}),
             "heartbeat_age": round(now - s.last_answer, 1),
         } for s in self.slots]
 

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from sipgw.proxy.workers.channel import WorkerChannel
 from sipgw.proxy.workers.spec import WorkerSpec
+from sipgw.sip.hostport import join_hostport
 
 log = Logger(namespace="sipgw.workers")
 
@@ -40,7 +41,14 @@ class WorkerLink(service.Service):
             self.reactor.adoptStreamConnection(self.spec.channel_fd, socket.AF_UNIX, factory)
         finally:
             os.close(self.spec.channel_fd)
-        self.channel.ready()
+        self.channel.ready(self._advertised())
+
+    def _advertised(self) -> dict[str, str]:
+        """What this worker writes toward the backends, by transport (UDP and TCP share
+        one port), as ``core.workers`` shows it."""
+        identity = self.root.proxy.identity
+        return {lst.transport: join_hostport(lst.host, lst.port)
+                for lst in (identity.backend, identity.backend_tls) if lst is not None}
 
     def _load(self) -> dict[str, int]:
         values = self.root.stats.values

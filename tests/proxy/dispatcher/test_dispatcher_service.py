@@ -45,3 +45,17 @@ def test_sighup_rereads_the_list_and_a_malformed_one_keeps_the_running_list(tmp_
 def test_a_malformed_list_refuses_the_start_naming_file_and_line(tmp_path):
     with pytest.raises(ListFileError, match=r"dispatcher.list:2: flags: expected a decimal"):
         start(tmp_path, with_list(tmp_path, "1 sip:127.0.0.1:25081\n1 sip:127.0.0.1:25082 x\n"))
+
+
+def test_a_backend_over_tls_without_a_tls_listener_is_refused_before_the_start(tmp_path):
+    from sipgw.config import parse_config
+    from sipgw.proxy.dispatcher.build import check_destinations
+
+    text = '[dispatcher]\ndestinations = ["sip:127.0.0.1:5061;transport=tls"]\n'
+    with pytest.raises(ListFileError, match=r"^dispatcher.destinations: sip:127.0.0.1:5061;"
+                                            r"transport=tls: a backend over TLS needs "
+                                            r"listen.tls$"):
+        check_destinations(parse_config(text).config)
+    tls = ('[listen]\ntls = ["127.0.0.1:5061"]\n[tls]\ncertificate = "/c.pem"\n'
+           '[dispatcher]\ndestinations = ["sip:127.0.0.1:5062;transport=tls"]\n')
+    assert check_destinations(parse_config(tls).config) == []

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from sipgw.config import LimitsConfig
+from sipgw.proxy.load import FULL_READ, StreamBacklog
 from sipgw.proxy.transport import FlowTable
 from sipgw.proxy.transport.stream import StreamTransport
 from sipgw.sip.parser import Limits
@@ -121,3 +124,26 @@ class _Reason:
     def getErrorMessage(self) -> str:
         return "Connection refused"
 
+
+
+def test_a_connection_that_read_32_kib_tells_the_load_signal_what_its_socket_still_holds():
+    reactor = MemoryReactorClock()
+    received = []
+    backlog = StreamBacklog()
+    stack = StreamTransport(reactor, reactor, FlowTable(),
+                            lambda data, src: received.append(data), limits=Limits(),
+                            backlog=backlog)
+    proto, transport = connect(stack)
+    peer, ours = socket.socketpair()
+    try:
+        transport.socket = ours  # the kernel socket under the connection, as tcp.Server's
+        proto.dataReceived(OPTIONS)  # less than FULL_READ read: the kernel is not asked
+        assert backlog.behind == {}
+        peer.sendall(b"x" * 1000)  # what the kernel still holds after the next read
+        batch = OPTIONS * (FULL_READ // len(OPTIONS) + 1)
+        proto.dataReceived(batch)
+        assert len(received) == 1 + batch.count(b"OPTIONS sip:")
+        assert backlog.behind == {proto: [len(OPTIONS) + len(batch), 1000]}
+    finally:
+        peer.close()
+        ours.close()

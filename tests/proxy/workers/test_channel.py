@@ -13,7 +13,7 @@ def test_what_a_worker_publishes_before_its_channel_is_up_reaches_the_others():
     published: list = []
     worker = WorkerChannel(index=0, pid=1, load=dict, reload=lambda text: "",
                            on_lost=lambda: None)
-    supervisor = SupervisorChannel(slot="slot 0", on_ready=lambda slot, pid: None,
+    supervisor = SupervisorChannel(slot="slot 0", on_ready=lambda slot, pid, advertised: None,
                                    on_publish=lambda slot, topic, data: published.append(
                                        (slot, topic, data)))
     worker.publish("dispatcher", {"kind": "unreachable", "host": "127.0.0.1", "port": 9})

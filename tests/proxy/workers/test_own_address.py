@@ -102,3 +102,25 @@ def test_what_goes_to_a_backend_leaves_from_the_workers_own_socket():
     outbound.send(b"to the backend", BACKEND)
     outbound.send(b"to a client", Destination(transport="udp", host="192.0.2.99", port=5062))
     assert sent == [("own", BACKEND.port), ("public", 5062)]
+
+
+def test_a_connection_to_the_workers_own_listener_from_a_backends_address_is_that_backend():
+    """A backend over TCP or TLS calls a browser by Path from a port of its choosing."""
+    from sipgw.proxy.backends import Backend, Backends
+    from sipgw.proxy.transport import Destination
+
+    backends = Backends(Backend(uri=f"sip:{BACKEND.host}:5061;transport=tls",
+                                destination=Destination(transport="tls", host=BACKEND.host,
+                                                        port=5061)),
+                        own=frozenset({("tcp", OWN), ("tls", OWN + 10)}))
+
+    def source(transport: str, host: str, local_port: int) -> Source:
+        return Source(transport=transport, host=host, port=45123, local_host=PROXY_HOST,
+                      local_port=local_port, flow_id=3)
+
+    assert backends.is_backend(source("tls", BACKEND.host, OWN + 10))
+    assert backends.is_backend(source("tcp", BACKEND.host, OWN))
+    # Not on the public listener, not from another address, never over UDP (spoofable).
+    assert not backends.is_backend(source("tls", BACKEND.host, PROXY_PORT))
+    assert not backends.is_backend(source("tls", "192.0.2.99", OWN + 10))
+    assert not backends.is_backend(source("udp", BACKEND.host, OWN))

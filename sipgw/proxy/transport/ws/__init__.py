@@ -42,6 +42,7 @@ from twisted.logger import Logger
 
 from sipgw.config import LimitsConfig, WebSocketConfig
 from sipgw.proxy.limits import TCP_STATS, CapLog, ConnectionCaps, SendQueue, tell_slow_reader
+from sipgw.proxy.load import StreamBacklog
 from sipgw.proxy.runtime.log import LEVELS, current_level
 from sipgw.proxy.stats import StatDef, Stats
 from sipgw.proxy.transport import FlowTable, ReceiveCallback, Source, in_networks, transport_address
@@ -57,6 +58,8 @@ wslog.install()
 SUBPROTOCOL = "sip"
 VERSION = "13"
 MAX_HANDSHAKE = 8192  # bytes of HTTP request head we buffer before refusing it
+GOING_AWAY = 1001  # RFC 6455 §7.4.1: the server is going down
+CLOSE_REASONS = {1000: None, GOING_AWAY: b"going away"}
 
 WS_STATS = (
     StatDef(group="websocket", name="ws_current_connections", help="WebSocket connections open now", gauge=True),  # noqa: E501
@@ -244,6 +247,7 @@ class WsConnection(FastPaths, WebSocketServerProtocol):  # type: ignore[misc]
         # The timer closing a connection that never registers.
         self._unregistered: IDelayedCall | None = None
         self.queue = SendQueue(stack.limits.max_write_queue)
+        self.unasked = 0  # bytes read since the load signal last looked (load.StreamBacklog)
 
     # -- handshake ----------------------------------------------------------------------
 
@@ -343,6 +347,10 @@ class WsConnection(FastPaths, WebSocketServerProtocol):  # type: ignore[misc]
 
     # -- frames -------------------------------------------------------------------------
 
+    def dataReceived(self, data: bytes) -> None:
+        self._dataReceived(data)  # FastPaths': without autobahn's adapter's debug line
+        self.stack.backlog.read(self, len(data))
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self._used()
         if self._unregistered is not None and payload.startswith(b"REGISTER "):
@@ -441,9 +449,17 @@ class WsConnection(FastPaths, WebSocketServerProtocol):  # type: ignore[misc]
         if self.queue.over(len(data)):
             self.stack.slow_reader(self)
 
-    def close(self) -> None:
+    def close(self, code: int = 1000) -> None:
+        """A close frame (1000, or 1001 going away when sipgw stops), then the closing
+        handshake: the client answers and autobahn drops the TCP connection, or drops it
+        after ``closeHandshakeTimeout`` without an answer. A connection still in its opening
+        handshake is dropped; one already closing is left to finish."""
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self.sendClose(1000)
+            # autobahn's sendClose takes only 1000 and application codes; 1001 is the
+            # protocol's own (RFC 6455 §7.4.1), sent as autobahn sends its own codes.
+            self.sendCloseFrame(code=code, reasonUtf8=CLOSE_REASONS.get(code), isReply=False)
+        elif self.state == WebSocketProtocol.STATE_CLOSING:
+            return  # the handshake under way ends it, bounded by closeHandshakeTimeout
         elif self.transport is not None:
             self._dropped_by_us = True
             self.dropConnection(abort=False)
@@ -513,6 +529,7 @@ class WsTransport:
         users_of: Callable[[int], list[str]] = lambda flow_id: [],
         flows_of: Callable[[str], list[int]] = lambda user: [],
         screen: Callable[[str, str], str] | None = None,
+        backlog: StreamBacklog | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock = clock
@@ -534,6 +551,8 @@ class WsTransport:
         # (transport, client address) → why its handshake is dropped, "" if not
         # (Proxy.screen: the [acl] lists and pike).
         self.screen = screen
+        # What the connections report their reads to (the load signal's, ``load.py``).
+        self.backlog = backlog or StreamBacklog()
         stats.declare(WS_STATS)
         stats.declare(TCP_STATS)  # tcp:sendq_full counts WebSocket slow readers too
 
@@ -598,8 +617,10 @@ class WsTransport:
             self.on_closed(conn.flow_id, source)
 
     def close_all(self) -> None:
+        """sipgw stops: every connection gets 1001, going away, on which browsers
+        reconnect (through nginx, to another node)."""
         for conn in list(self.connections.values()):
-            conn.close()
+            conn.close(GOING_AWAY)
 
     # -- RPC ----------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ keepalive, flows and counters — autobahn driven over StringTransport on a task
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -13,6 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from sipgw.proxy.load import FULL_READ
 from sipgw.proxy.stats import Stats
 from sipgw.proxy.transport import FlowTable
 from sipgw.proxy.transport.ws import WsTransport, client_address
@@ -210,6 +212,26 @@ def test_each_text_or_binary_message_is_one_sip_message_from_the_flow(stack):
     assert stack.stat("ws_received_frames") == 2
 
 
+def test_a_connection_that_read_32_kib_tells_the_load_signal_what_its_socket_still_holds(
+        stack):
+    c = Client(stack).open()
+    peer, ours = socket.socketpair()
+    try:
+        c.transport.socket = ours  # the kernel socket under the connection, as tcp.Server's
+        c.send(wf.frame(wf.TEXT, OPTIONS))  # less than FULL_READ read: the kernel is not asked
+        assert stack.ws.backlog.behind == {}
+        peer.sendall(b"x" * 700)  # what the kernel still holds after the next read
+        frames = FULL_READ // len(OPTIONS) + 1
+        batch = wf.frame(wf.TEXT, OPTIONS) * frames
+        c.send(batch)
+        assert len(stack.received) == 1 + frames
+        assert {conn: unread for conn, (_, unread) in stack.ws.backlog.behind.items()} == {
+            c.proto: 700}
+    finally:
+        peer.close()
+        ours.close()
+
+
 def test_a_message_split_over_continuation_frames_arrives_whole(stack):
     c = Client(stack).open()
     c.send(wf.frame(wf.TEXT, OPTIONS[:20], fin=False))
@@ -342,6 +364,25 @@ def test_ws_dump_lists_connections_and_ws_close_closes_one(stack):
     with pytest.raises(RpcError):
         methods["ws.close"].handler(9999)
 
+
+
+def test_stopping_sends_going_away_and_waits_for_the_clients_close_within_a_second(stack):
+    """sipgw stops (``close_all``): 1001 to every connection, a browser's cue to reconnect
+    elsewhere; the connection stays until the client answers, or a second has passed."""
+    answering = Client(stack, port=40001).open()
+    silent = Client(stack, port=40002).open()
+    stack.ws.close_all()
+    assert [(f.close_code, f.payload[2:]) for f in answering.read()] == [(1001, b"going away")]
+    assert [f.close_code for f in silent.read()] == [1001]
+    stack.ws.close_all()  # closing already: no second frame, nothing dropped early
+    assert answering.read() == [] and not answering.closing and not silent.closing
+    answering.send(wf.close_frame(1001))
+    assert answering.closing and not silent.closing
+    stack.clock.advance(1.0)
+    assert silent.closing
+    answering.lose()
+    silent.lose()
+    assert stack.stat("ws_local_closed_connections") == 2 and len(stack.flows) == 0
 
 # --- reverse proxies --------------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ def _state(value):
 # objects by construction); the lazy UTF-8 validator the fast paths create only when a
 # text message needs autobahn's incremental check.
 _SKIP = {"transport", "factory", "stack", "queue", "source", "flow_id", "utf8validator",
-         "_idle", "_unregistered"}
+         "_idle", "_unregistered", "unasked"}
 # What autobahn keeps of the last message it assembled frame by frame; set anew when the
 # next one starts, and never made by the fast path, which takes a message whole.
 _SCRATCH = {"current_frame_masker", "frame_data", "frame_length", "message_data",
