@@ -203,11 +203,12 @@ class LoadMonitor:
     on every tick how late sipgw is, in seconds (the overload control's signal,
     ``overload.py``), the most of: the least a datagram read during the tick had waited
     in the kernel (the queue that stood all tick long), how late the tick itself ran, and
-    how long what a stream connection left unread will wait.
+    how long what a stream connection left unread will wait; and the most of the last
+    two, what a request over a stream waits.
     """
 
     def __init__(self, clock, stats: Stats,
-                 on_tick: Callable[[float], None] | None = None) -> None:
+                 on_tick: Callable[[float, float], None] | None = None) -> None:
         self.clock = clock
         self.stats = stats
         self.on_tick = on_tick
@@ -249,7 +250,8 @@ class LoadMonitor:
         self.stats.set("load:stream_backlog_bytes", unread)
         self.stats.set("load:stream_backlog_max_bytes", most)
         if self.on_tick is not None:
-            self.on_tick(max(self.udp.tick_min, lag, self.stream.tick_min))
+            streams = max(lag, self.stream.tick_min)
+            self.on_tick(max(self.udp.tick_min, streams), streams)
         # The next tick is due a TICK after this one ran (not after it was due): a stall
         # is counted once, not again by every tick it made late.
         self._last = now

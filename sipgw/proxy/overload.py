@@ -5,8 +5,8 @@ late sipgw is: the least a datagram read in that tick had waited in the kernel, 
 the tick itself ran, or how long the bytes left unread on a stream connection will wait,
 whichever is worst. Over streams a storm from many connections shows as lag, one from a
 peer sending faster than sipgw reads it as that wait. From it ``Overload`` keeps
-``admit``, the share of new initial requests sipgw takes on, somewhat as TCP keeps its
-window:
+``admit``, the share of new initial requests over UDP sipgw takes on, somewhat as TCP
+keeps its window (``Share``):
 
 - later than ``overload.shed_delay`` two ticks in a row, sipgw busy on the CPU at least
   half the time: cut, by up to half at once the further over it is (four times over:
@@ -18,6 +18,17 @@ window:
   takes a few seconds to wear off;
 - in between: held. That band is the hysteresis: the share settles where sipgw keeps up
   instead of flapping on and off.
+
+Over TCP, TLS and WebSocket there is no collapse to prevent: nobody retransmits, and TCP's
+flow control bounds what a connection queues, so past capacity requests wait longer but
+as many are served; refusing some shortens the wait of the others, it does not raise the
+goodput. And a refusal costs more there: JsSIP does not retry a REGISTER answered 503
+until its WebSocket reconnects, so a browser refused in a registration storm (its node
+died, its users all come back at once) stays unregistered. So requests over a stream
+have their own share, ``stream_admit``, kept the same way on their own signal (the lag
+and the stream wait: a UDP socket's queue is not theirs to wait in) against
+``overload.stream_shed_delay``, seconds: cut only once an answer would come too late to
+be of use.
 
 What is never shed: responses, ACK, CANCEL and requests with a To tag (in-dialog, BYE
 among them); retransmissions of requests already being processed, which the route script
@@ -74,13 +85,14 @@ ROTATION = 4.0  # seconds between two salts of the Call-ID hash
 OVERLOAD_STATS = (
     StatDef(group="core", name="shed_503",
             help="new initial requests refused with 503 and a Retry-After because sipgw "
-                 "was late (overload.shed_delay)"),
+                 "was late (overload.shed_delay; over TCP, TLS and WebSocket "
+                 "overload.stream_shed_delay)"),
     StatDef(group="core", name="shed_dropped",
             help="new initial requests dropped unread and unanswered because sipgw was "
                  "very late (overload.drop_delay)"),
     StatDef(group="core", name="shed_percent", gauge=True,
-            help="share of new initial requests being refused now, in percent (0 when "
-                 "sipgw keeps up)"),
+            help="share of new initial requests being refused now, in percent, over UDP "
+                 "or over streams whichever is more (0 when sipgw keeps up)"),
     StatDef(group="core", name="shed_dropping", gauge=True,
             help="1 while refused requests over UDP are dropped unread instead of "
                  "answered 503"),
@@ -99,6 +111,36 @@ _CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.I)
 _HASH_SPAN = float(1 << 32)
 
 
+class Share:
+    """The share of new initial requests taken on, kept on one signal against one
+    threshold (the module's docstring says how)."""
+
+    __slots__ = ("admit", "_over", "_cut_at", "_cut_delay")
+
+    def __init__(self) -> None:
+        self.admit = 1.0
+        self._over = False  # the tick before was over the threshold
+        self._cut_at = float("-inf")  # when the share was last cut
+        self._cut_delay = 0.0  # and how late sipgw was then
+
+    def tick(self, now: float, delay: float, threshold: float, busy: bool) -> float:
+        """One tick ``delay`` seconds late, sipgw ``busy`` or not: the share now."""
+        over = delay > threshold
+        if over:
+            # A single late tick (a long collection pass, a slow disk) is not overload, nor
+            # is lateness while sipgw had time to spare: other processes held the CPU,
+            # and refusing more work would not give it back.
+            if (self._over and busy and now - min(delay, PATIENCE) >= self._cut_at
+                    and delay >= self._cut_delay * DRAINING):
+                self.admit *= min(SMALLEST_CUT, max(LARGEST_CUT, (threshold / delay) ** 0.5))
+                self._cut_at, self._cut_delay = now, delay
+        elif delay < threshold * LOW_WATER:
+            self.admit = min(1.0, self.admit + INCREASE)
+            self._cut_delay = 0.0
+        self._over = over
+        return self.admit
+
+
 class Overload:
     """The shedding decision of one process, on its own load signal."""
 
@@ -111,13 +153,14 @@ class Overload:
         self.replies = replies
         stats.declare(OVERLOAD_STATS)
         self.cap_log = CapLog(log, clock.seconds)
-        self.admit = 1.0
-        self.shedding = False  # admit < 1: some new requests are refused
+        self.admit = 1.0  # the share of new requests over UDP taken on
+        self.stream_admit = 1.0  # and over TCP, TLS and WebSocket
+        self.shedding = False  # either share < 1: some new requests are refused
         self.dropping = False  # refusals over UDP are dropped unread
         self.delay = 0.0  # the last tick's signal, seconds
-        self._over = False  # the tick before was over shed_delay
-        self._cut_at = float("-inf")  # when the share was last cut
-        self._cut_delay = 0.0  # and how late sipgw was then
+        self.stream_delay = 0.0  # and the part of it a request over a stream waits
+        self._datagrams = Share()  # keeps admit
+        self._streams = Share()  # keeps stream_admit
         self._ticked = (clock.seconds(), cpu_seconds())  # the last tick: wall and CPU time
         self._calm_since: float | None = None  # under half of drop_delay since, when dropping
         self._salt = b""
@@ -130,37 +173,29 @@ class Overload:
         self.drop_delay = settings.drop_delay
         self.retry_after = settings.retry_after
         self.retry_after_max = settings.retry_after_max
+        self.stream_shed_delay = settings.stream_shed_delay
         if not self.enabled:
-            self._set(1.0, dropping=False)
+            self._datagrams, self._streams = Share(), Share()
+            self._set(1.0, 1.0, dropping=False)
 
     # -- the signal -------------------------------------------------------------------
 
-    def on_load(self, delay: float) -> None:
-        """One tick of the load signal: how late sipgw is now (seconds)."""
+    def on_load(self, delay: float, stream_delay: float) -> None:
+        """One tick of the load signal: how late sipgw is now (seconds), for a datagram
+        and for a request over a stream (which waits for the loop and its connection,
+        not in a UDP socket's queue)."""
         if not self.enabled:
             return
         now = self.clock.seconds()
         if now - self._salted_at >= ROTATION:
             self._salted_at = now
             self._salt = struct.pack("!d", now)
-        self.delay = delay
+        self.delay, self.stream_delay = delay, stream_delay
         cpu = self.cpu_seconds()
         (then, cpu_then), self._ticked = self._ticked, (now, cpu)
         busy = now <= then or cpu - cpu_then >= BUSY * (now - then)
-        admit = self.admit
-        over = delay > self.shed_delay
-        if over:
-            # A single late tick (a long collection pass, a slow disk) is not overload, nor
-            # is lateness while sipgw had time to spare: other processes held the CPU,
-            # and refusing more work would not give it back.
-            if (self._over and busy and now - min(delay, PATIENCE) >= self._cut_at
-                    and delay >= self._cut_delay * DRAINING):
-                admit *= min(SMALLEST_CUT, max(LARGEST_CUT, (self.shed_delay / delay) ** 0.5))
-                self._cut_at, self._cut_delay = now, delay
-        elif delay < self.shed_delay * LOW_WATER:
-            admit = min(1.0, admit + INCREASE)
-            self._cut_delay = 0.0
-        self._over = over
+        admit = self._datagrams.tick(now, delay, self.shed_delay, busy)
+        stream_admit = self._streams.tick(now, stream_delay, self.stream_shed_delay, busy)
         dropping = self.dropping
         if delay > self.drop_delay and (dropping or admit <= DROP_SHARE):
             dropping, self._calm_since = True, None
@@ -171,19 +206,19 @@ class Overload:
                 self._calm_since = now
             elif now - self._calm_since >= DROP_HOLD:
                 dropping, self._calm_since = False, None
-        if self.shedding and admit >= 1.0:
+        if self.shedding and min(admit, stream_admit) >= 1.0:
             self.cap_log.once("overload over", "overload over: sipgw takes on every new "
                               "request again ({ms:.0f} ms late; shed so far: {a} answered "
                               "503, {d} dropped)", ms=delay * 1e3,
                               a=self.stats.get("core:shed_503"),
                               d=self.stats.get("core:shed_dropped"))
-        self._set(admit, dropping=dropping)
+        self._set(admit, stream_admit, dropping=dropping)
 
-    def _set(self, admit: float, *, dropping: bool) -> None:
-        self.admit = admit
-        self.shedding = admit < 1.0
-        self.dropping = dropping and self.shedding
-        self.stats.set("core:shed_percent", round((1.0 - admit) * 100))
+    def _set(self, admit: float, stream_admit: float, *, dropping: bool) -> None:
+        self.admit, self.stream_admit = admit, stream_admit
+        self.shedding = min(admit, stream_admit) < 1.0
+        self.dropping = dropping and admit < 1.0
+        self.stats.set("core:shed_percent", round((1.0 - min(admit, stream_admit)) * 100))
         self.stats.set("core:shed_dropping", int(self.dropping))
 
     # -- the decisions ------------------------------------------------------------------
@@ -203,20 +238,25 @@ class Overload:
     def refuses(self, req: Request, source: Source) -> bool:
         """After REQINIT, for a new initial request while ``shedding``: True when it was
         refused (503, or dropped over UDP while ``dropping``), counted and logged."""
-        if self._admitted(req.call_id.encode("latin-1")):
+        call_id = req.call_id.encode("latin-1")
+        if source.reliable:
+            admit, delay, cap = self.stream_admit, self.stream_delay, "overload.stream_shed_delay"
+        else:
+            admit, delay, cap = self.admit, self.delay, "overload.shed_delay"
+        if self._share(call_id) < admit:
             return False
         if self.dropping and not source.reliable:
             self._dropped(req.method, source)
             return True
-        seconds = self._retry_after(req.call_id.encode("latin-1"))
+        seconds = self._retry_after(call_id, admit)
         self.stats.inc("core:shed_503")
         self.replies.reply(req, source, 503, "Service Unavailable",
                            [("Retry-After", str(seconds))])
-        self.cap_log.reached("overload.shed_delay", "overload: {m} from {h}:{p} refused "
-                             "with 503, Retry-After {s}: sipgw is {ms:.0f} ms late, taking "
-                             "on {pct:.0f} % of new requests", m=req.method, h=source.host,
-                             p=source.port, s=seconds, ms=self.delay * 1e3,
-                             pct=self.admit * 100)
+        self.cap_log.reached(cap, "overload: {m} from {h}:{p} refused with 503, "
+                             "Retry-After {s}: sipgw is {ms:.0f} ms late, taking on "
+                             "{pct:.0f} % of new requests over {t}", m=req.method,
+                             h=source.host, p=source.port, s=seconds, ms=delay * 1e3,
+                             pct=admit * 100, t=source.transport.upper())
         return True
 
     def absorbs_ack(self, ack: Request) -> bool:
@@ -243,12 +283,13 @@ class Overload:
     def _admitted(self, call_id: bytes) -> bool:
         return self._share(call_id) < self.admit
 
-    def _retry_after(self, call_id: bytes) -> int:
+    def _retry_after(self, call_id: bytes, admit: float) -> int:
         """Seconds, spread evenly over the refused by their hash: from retry_after up to
-        a bound that reaches retry_after_max when everything is refused."""
-        refused = 1.0 - self.admit
+        a bound that reaches retry_after_max when everything is refused (of a share
+        ``admit`` taken on)."""
+        refused = 1.0 - admit
         if refused <= 0.0:
             return self.retry_after
-        place = (self._share(call_id) - self.admit) / refused  # in [0, 1) when refused
+        place = (self._share(call_id) - admit) / refused  # in [0, 1) when refused
         spread = (self.retry_after_max - self.retry_after) * refused
         return self.retry_after + int(max(0.0, place) * (spread + 1))

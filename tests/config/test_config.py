@@ -69,8 +69,8 @@ IN_EFFECT_NOW = {
     "acl.allow", "acl.deny", "acl.udp_allow", "acl.udp_deny", "acl.tcp_allow", "acl.tcp_deny",
     "acl.tls_allow", "acl.tls_deny", "acl.ws_allow", "acl.ws_deny", "acl.wss_allow",
     "acl.wss_deny", "acl.user_agent_deny",
-    "overload.enabled", "overload.shed_delay", "overload.drop_delay", "overload.retry_after",
-    "overload.retry_after_max",
+    "overload.enabled", "overload.shed_delay", "overload.stream_shed_delay",
+    "overload.drop_delay", "overload.retry_after", "overload.retry_after_max",
 }  # fmt: skip
 
 

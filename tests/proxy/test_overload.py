@@ -14,9 +14,10 @@ from sipgw.proxy.overload import DROP_HOLD, INCREASE, PATIENCE, Overload
 from sipgw.proxy.replies import Replies
 from sipgw.proxy.stats import Stats
 from sipgw.tools.fuzzproxy import FuzzProxy
-from sipgw.tools.harness import BACKEND, ProxyHarness, our_route, valid_invite
+from sipgw.tools.harness import BACKEND, TCP_SOURCE, ProxyHarness, our_route, valid_invite
 
-SETTINGS = OverloadConfig()  # shed_delay 0.05 s, drop_delay 0.15 s, Retry-After 5..60
+SETTINGS = OverloadConfig()  # shed_delay 0.05 s, stream_shed_delay 2 s, drop_delay 0.15 s,
+# Retry-After 5..60
 
 
 def overload(settings: OverloadConfig = SETTINGS, *,
@@ -31,11 +32,12 @@ def overload(settings: OverloadConfig = SETTINGS, *,
                            settings=settings, cpu_seconds=cpu_seconds or clock.seconds)
 
 
-def late(clock: Clock, shedder: Overload, *delays: float) -> None:
-    """One tick of the load signal per delay (seconds late)."""
+def late(clock: Clock, shedder: Overload, *delays: float, stream: float | None = None) -> None:
+    """One tick of the load signal per delay (seconds late); what a request over a stream
+    waits is ``stream``, or all of it (the event loop behind) when not given."""
     for delay in delays:
         clock.advance(TICK)
-        shedder.on_load(delay)
+        shedder.on_load(delay, delay if stream is None else stream)
 
 
 def shed_percent(shedder: Overload) -> int:
@@ -144,12 +146,10 @@ def test_disabled_it_takes_everything_however_late():
 # -- what the route script does with requests while shedding -------------------------------
 
 
-def shedding(h: ProxyHarness, *delays: float) -> Overload:
+def shedding(h: ProxyHarness, *delays: float, stream: float | None = None) -> Overload:
     shedder = h.proxy.overload
     shedder.cpu_seconds = h.clock.seconds  # busy all the time
-    for delay in delays:
-        h.clock.advance(TICK)
-        shedder.on_load(delay)
+    late(h.clock, shedder, *delays, stream=stream)
     assert shedder.shedding
     return shedder
 
@@ -239,15 +239,20 @@ def test_a_retransmission_of_a_request_already_taken_is_absorbed_never_refused()
     assert h.proxy.stats.get("core:shed_503") == 0
 
 
+def new_register(n: int) -> bytes:
+    """A REGISTER as a storm of them would bring: a new Call-ID each."""
+    return (f"REGISTER sip:example.com SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 192.0.2.99:5999;branch=z9hG4bKstorm{n};rport\r\n"
+            f"From: <sip:5001@example.com>;tag=r{n}\r\nTo: <sip:5001@example.com>\r\n"
+            f"Call-ID: storm-{n}\r\nCSeq: 1 REGISTER\r\n"
+            f"Contact: <sip:5001@192.0.2.99:5999>\r\nContent-Length: 0\r\n\r\n").encode()
+
+
 def test_very_late_a_new_udp_request_is_dropped_unread_and_one_over_tcp_is_answered():
     h = ProxyHarness()
-    shedding(h, *[1.0] * 60)
+    shedding(h, *[1.0] * 60, stream=5.0)  # over TCP too: past stream_shed_delay
     stats = h.proxy.stats
-    register = (b"REGISTER sip:example.com SIP/2.0\r\n"
-                b"Via: SIP/2.0/UDP 192.0.2.99:5999;branch=z9hG4bKstorm1;rport\r\n"
-                b"From: <sip:5001@example.com>;tag=r1\r\nTo: <sip:5001@example.com>\r\n"
-                b"Call-ID: storm-1\r\nCSeq: 1 REGISTER\r\n"
-                b"Contact: <sip:5001@192.0.2.99:5999>\r\nContent-Length: 0\r\n\r\n")
+    register = new_register(1)
     assert h.udp(register) == []
     assert (stats.get("core:rcv_requests"), stats.get("core:shed_dropped")) == (0, 1)
     assert [s.status for s in h.tcp(register)] == [503]  # nobody retransmits over TCP
@@ -257,6 +262,59 @@ def test_very_late_a_new_udp_request_is_dropped_unread_and_one_over_tcp_is_answe
                                           b"To: <sip:bob@example.com>;tag=callee")
     h.udp(reinvite)
     assert stats.get("core:rcv_requests") == 2 and stats.get("core:shed_dropped") == 1
+
+
+def fate(sent) -> list[int | str | None]:
+    """What became of a request: forwarded to the backend (taken on), or answered."""
+    return ["forwarded" if s.dest == BACKEND else s.status for s in sent]
+
+
+def test_a_udp_queue_refuses_none_over_tcp_and_websocket_and_their_own_wait_does_past_2_s():
+    h = ProxyHarness()
+    # A UDP storm: datagrams wait a second in the kernel, the loop is 10 ms late.
+    shedder = shedding(h, *[1.0] * 60, stream=0.01)
+    assert shedder.admit < 0.02 and shedder.dropping and shedder.stream_admit == 1.0
+    assert shed_percent(shedder) > 98  # what the service shows: the share refused most
+    ws = dataclasses.replace(TCP_SOURCE, transport="ws", flow_id=2)
+    stats = h.proxy.stats
+    for n in range(50):  # a registration storm of browsers at the same time: all taken on
+        assert h.udp(new_register(100 + n)) == []
+        assert fate(h.tcp(new_register(200 + n))) == ["forwarded"]
+        before = len(h.sent)
+        h.proxy.receive(new_register(300 + n), ws)
+        assert fate(h.sent[before:]) == ["forwarded"]
+    assert (stats.get("core:shed_dropped"), stats.get("core:shed_503")) == (50, 0)
+
+    # The loop itself 1.5 s behind: late for UDP, not yet for streams (stream_shed_delay).
+    late(h.clock, shedder, *[1.5] * 30)
+    assert shedder.stream_admit == 1.0
+    assert fate(h.tcp(new_register(400))) == ["forwarded"]
+    # Past it, two ticks in a row: their share is cut, by the square root of how far over.
+    late(h.clock, shedder, 3.0, 3.0)
+    assert abs(shedder.stream_admit - (2.0 / 3.0) ** 0.5) < 1e-9
+    late(h.clock, shedder, *[3.0] * 60)  # a cut every PATIENCE while it stands
+    assert shedder.stream_admit < 0.1
+    answers = [h.tcp(new_register(500 + n)) for n in range(20)]
+    refusals = [sent[0] for sent in answers if fate(sent) == [503]]
+    assert len(refusals) > 15 and all(fate(sent) in ([503], ["forwarded"]) for sent in answers)
+    assert stats.get("core:shed_dropped") == 50  # over a stream, answered: never dropped
+    assert all(SETTINGS.retry_after <= retry_after(s) <= SETTINGS.retry_after_max
+               for s in refusals)
+    # Held between half of stream_shed_delay and it; grown back under half of it.
+    held = shedder.stream_admit
+    late(h.clock, shedder, *[1.5] * 20)
+    assert shedder.stream_admit == held
+    late(h.clock, shedder, *[0.5] * 40)
+    assert shedder.stream_admit == 1.0
+
+
+def test_stream_shed_delay_as_low_as_shed_delay_sheds_over_streams_as_over_udp():
+    clock, shedder = overload(dataclasses.replace(SETTINGS, stream_shed_delay=0.05))
+    late(clock, shedder, 0.2, 0.2)
+    assert shedder.admit == shedder.stream_admit == 0.5
+    shedder.configure(SETTINGS)  # a reload back to the default: 0.2 s is no longer late
+    late(clock, shedder, *[0.2] * 20)
+    assert shedder.stream_admit == 1.0 and shedder.admit < 0.1
 
 
 def test_the_ack_of_a_503_is_taken_by_nobody():
