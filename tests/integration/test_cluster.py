@@ -28,6 +28,8 @@ from sipgw.tools.wsload import Backoff, Fleet, InThread
 from tests.helpers.cluster import DOMAIN, SipCluster, sip_cluster
 from tests.helpers.poll import wait_until
 from tests.integration.sipgw_process import UdpPeer, build_request
+from tests.integration.sipp import SippRunner
+from tests.integration.test_auth_sipp import phones_file
 
 pytestmark = pytest.mark.integration
 
@@ -125,5 +127,100 @@ def test_kill_9_of_a_node_moves_its_1000_websocket_clients_through_nginx_to_the_
         assert f"@{cluster.b.host}:" in routed and ";lr;ob>" in routed, routed
         assert f"sip:{cluster.b.host}:" in ringing and f"{cluster.a.host}" not in ringing, ringing
         assert moved.rung == 1
+    finally:
+        wsload.call(fleet.close)
+
+
+# -- a rolling restart -------------------------------------------------------------------
+
+FLEET = 200
+CALLS = 5  # held through the restarts, per node
+# Long enough to span both restarts (each a drain, an exit and a start of three processes)
+# on a busy machine; a BYE sent while its node is down is retransmitted (timer E) until
+# the node is back, so a longer restart would still not lose a call.
+HOLD_MS = 12_000
+# One reconnect: JsSIP's first attempt comes 2 s after the close; then a digest REGISTER.
+ONE_RECONNECT = Backoff().min_interval + 5.0
+CALLEE = "callee"
+
+
+def register_callee(cluster: SipCluster, uas_port: int) -> None:
+    """The SIPp callee, registered at the registrar directly (an Asterisk endpoint)."""
+    with UdpPeer() as phone:
+        target = f"sip:{DOMAIN}"
+        phone.send(build_request(
+            "REGISTER", target, peer=phone, call_id=f"callee-{uuid.uuid4().hex}",
+            branch=f"z9hG4bK{uuid.uuid4().hex}", to=f"<sip:{CALLEE}@{DOMAIN}>",
+            headers=[f"Contact: <sip:{CALLEE}@127.0.0.1:{uas_port}>;expires=600"],
+        ), cluster.backend)  # fmt: skip
+        phone.expect("200", timeout=5)
+
+
+def until_nginx_sends_to(node: Node, cluster: SipCluster, wsload: InThread) -> None:
+    """A probe phone connects through nginx until nginx hands it to ``node``: a node just
+    started again is taken back once nginx's fail_timeout for it has passed."""
+    deadline = time.monotonic() + 20
+    while True:
+        probe = Fleet(cluster.ws_url, count=1, first=FIRST - 1, password=PASSWORD,
+                      domain=DOMAIN, timeout=10)
+        wsload.run(probe.connect(), timeout=30)
+        try:
+            if str(FIRST - 1) in users_on(node):
+                return
+        finally:
+            wsload.call(probe.close)
+        assert time.monotonic() < deadline, f"nginx never sent a phone to {node.host}"
+
+
+def test_a_rolling_restart_of_both_nodes_keeps_every_call_and_loses_no_registration_for_longer_than_one_reconnect(  # noqa: E501 - a test's name is its sentence
+    cluster: SipCluster, wsload: InThread, sipp: SippRunner, tmp_path: Path
+) -> None:
+    cluster.add_users({str(FIRST - 1): PASSWORD, "caller": "caller-pw"})
+    fleet = fleet_of(cluster, FLEET, wsload)
+    uas = sipp.uas("uas_call.xml", calls=2 * CALLS, timeout=120)
+    register_callee(cluster, uas.port)
+    inf = phones_file(tmp_path / "caller.inf", ["caller"], "caller-pw")
+    callers = [sipp.uac("uac_call_auth.xml", remote=node.address, service=CALLEE, inf=inf,
+                        calls=CALLS, rate=10, pause_ms=HOLD_MS, timeout=120,
+                        name=f"caller-{node.host}")
+               for node in cluster.nodes]
+    try:
+        def established(caller) -> bool:
+            return caller.message_file.exists() and sum(
+                1 for m in caller.messages() if m.direction == "received"
+                and m.status == 200 and m.header("CSeq") == "2 INVITE") >= CALLS
+
+        wait_until(lambda: all(established(c) for c in callers), timeout=30,
+                   what="the calls were not all set up", caller=callers[0])
+        gaps = []
+        for node in cluster.nodes:
+            began = time.monotonic()
+            node.restart()  # SIGTERM, its exit 0 awaited, started again on the same ports
+
+            def back() -> bool:
+                return fleet.registered() == FLEET
+
+            wait_until(back, timeout=STORM_WITHIN, caller=cluster,
+                       what=f"{fleet.registered()} of {FLEET} registered after restarting "
+                            f"{node.host}; failures {dict(fleet.failures)}")
+            moved = [p for p in fleet.phones if p.lost_at >= began]
+            gaps += [p.registered_at - p.lost_at for p in moved]
+            print(f"restart of {node.host}: {len(moved)} phones moved, back "
+                  f"{max((p.registered_at - p.lost_at for p in moved), default=0):.2f} s at "
+                  f"most after their connection closed; restart took "
+                  f"{time.monotonic() - began:.1f} s")
+            until_nginx_sends_to(node, cluster, wsload)
+        # Every phone came back at its first reconnect, within one reconnect's time.
+        assert not fleet.failures, fleet.failures
+        assert len(gaps) >= FLEET and max(gaps) < ONE_RECONNECT, max(gaps)
+        # Every call set up before the restarts was hung up by its caller at the end, through
+        # both restarted nodes: each BYE answered 200 by the far end.
+        for caller in callers:
+            assert caller.wait(120) == 0, caller.describe()
+            stats = caller.stats()
+            assert (stats.successful, stats.failed) == (CALLS, 0), stats.failures
+            byes = [m for m in caller.messages() if m.direction == "received"
+                    and m.header("CSeq") == "3 BYE" and m.status >= 200]
+            assert [m.status for m in byes] == [200] * CALLS, byes
     finally:
         wsload.call(fleet.close)
