@@ -11,6 +11,8 @@ place is the same hop in the Record-Route of the dialogs it carried.
 :class:`Nginx` is Debian's nginx in the foreground whose upstream lists every node's
 WebSocket listener (round robin; or the later ones as ``backup``, so that every browser
 starts on the first node). Its config here is the minimum a WebSocket upstream needs.
+nginx holds two descriptors per browser (its side and the upstream's): give it ``workers``
+when the browsers are more than half the hard limit on open files.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from sipgw.tools.loopback import LOOPBACK, free_port
 from sipgw.tools.process import SipgwProcess
 
 NGINX_READY_TIMEOUT = 10.0
-# nginx holds two descriptors per browser (its side and the upstream's).
-NGINX_FILES = 100_000
 
 
 def free_pair(host: str, count: int) -> int:
@@ -94,10 +94,12 @@ class Node(SipgwProcess):
 class Nginx:
     """nginx on ``127.0.0.1:port`` passing ``/ws`` to the nodes' WebSocket listeners."""
 
-    def __init__(self, workdir: Path, upstreams: list[str], *, backup: bool = False) -> None:
+    def __init__(self, workdir: Path, upstreams: list[str], *, backup: bool = False,
+                 workers: int = 1) -> None:
         self.workdir = workdir
         self.upstreams = upstreams
         self.backup = backup
+        self.workers = workers
         self.port = free_port("tcp")
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -110,10 +112,13 @@ class Nginx:
                           for i, address in enumerate(self.upstreams))
         temp = "".join(f"  {kind}_temp_path {self.workdir}/{kind};\n"
                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        # Each worker process has the descriptor limit to itself: several carry more
+        # browsers than one can where the hard limit is low.
+        master = "on" if self.workers > 1 else "off"
         return (
-            "daemon off;\nmaster_process off;\nworker_processes 1;\n"
+            f"daemon off;\nmaster_process {master};\nworker_processes {self.workers};\n"
             f"pid {self.workdir}/nginx.pid;\nerror_log {self.workdir}/error.log warn;\n"
-            f"events {{ worker_connections {NGINX_FILES // 2}; }}\n"
+            f"events {{ worker_connections {_files() // 2}; }}\n"
             f"http {{\n  access_log off;\n{temp}"
             "  map $http_upgrade $upgrade_connection { default upgrade; '' close; }\n"
             f"  upstream sipgw {{\n{servers}  }}\n"
@@ -170,10 +175,15 @@ class Nginx:
                 self._process.wait(5)
 
 
+def _files() -> int:
+    """The descriptors a process may open here: the hard limit."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
 def _more_files() -> None:
-    """nginx's descriptors: as many as it may need, when the hard limit allows (root)."""
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (NGINX_FILES, NGINX_FILES))
+    """nginx's descriptors: as many as the hard limit allows."""
+    hard = _files()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def shared_toml(*, subscribers: str, realm: str, nonce_secret: str) -> str:

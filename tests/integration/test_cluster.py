@@ -99,7 +99,10 @@ def test_kill_9_of_a_node_moves_its_1000_websocket_clients_through_nginx_to_the_
     fleet = fleet_of(cluster, 2 * PER_NODE, wsload)
     try:
         on_a, on_b = users_on(cluster.a), users_on(cluster.b)
-        assert len(on_a) == PER_NODE == len(on_b), (len(on_a), len(on_b))  # nginx's round robin
+        # nginx's round robin puts every other one on A (a few more on B if a connection
+        # to A failed under load: nginx then tries the next node).
+        assert on_a | on_b == {p.account.user for p in fleet.phones} and not on_a & on_b
+        assert len(on_a) >= 0.9 * PER_NODE, (len(on_a), len(on_b))
         phones_a = [p for p in fleet.phones if p.account.user in on_a]
 
         cluster.a.kill()
@@ -109,11 +112,11 @@ def test_kill_9_of_a_node_moves_its_1000_websocket_clients_through_nginx_to_the_
             return all(p.registered and p.lost_at >= killed for p in phones_a)
 
         wait_until(all_back, timeout=STORM_WITHIN, caller=cluster,
-                   what=f"{sum(p.registered for p in phones_a)} of {PER_NODE} re-registered; "
+                   what=f"{sum(p.registered for p in phones_a)} of {len(phones_a)} re-registered; "
                         f"failures {dict(fleet.failures)}")
         last = max(p.registered_at for p in phones_a) - killed
         first = min(p.registered_at for p in phones_a) - killed
-        print(f"kill -9 of node A: its {PER_NODE} clients registered again on node B "
+        print(f"kill -9 of node A: its {len(phones_a)} clients registered again on node B "
               f"{first:.2f} to {last:.2f} s after the kill (JsSIP's back-off: 2 s)")
         # Nobody on B was disturbed, and B holds everyone now.
         assert fleet.registered() == 2 * PER_NODE
