@@ -284,7 +284,10 @@ class Fleet:
     """``count`` phones on ``url`` (``ws://`` only), account numbers from ``first`` in the
     ``user`` format. :meth:`connect` opens and registers them, ``concurrency`` at a time;
     with ``reconnect``, a phone whose connection closes connects and registers again after
-    that back-off, at once with every other (a browser does not queue behind others).
+    that back-off, at once with every other (a browser does not queue behind others). A
+    phone whose REGISTER fails (a 503 while sipgw sheds load, a timeout) closes its
+    connection and so starts again, as an application does that restarts its UA on
+    ``registrationFailed``: JsSIP alone would stay connected and unregistered.
     Counters are plain attributes, safe to read from another thread (:class:`InThread`)."""
 
     def __init__(self, url: str, *, count: int, concurrency: int = 100, user: str = "{:d}",
@@ -328,6 +331,7 @@ class Fleet:
         try:
             return await asyncio.wait_for(done, self.timeout)
         except TimeoutError:
+            client._fail("timeout")  # closed: with ``reconnect``, it starts again
             return "timeout"
 
     async def connect(self) -> LoadResult:
