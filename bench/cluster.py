@@ -158,6 +158,9 @@ def rates(args: argparse.Namespace, work: Path, redis: Redis) -> None:
                 servers.append((server, uas_port, node_work))
             print(f"\n[{count} node{'s' if count > 1 else ''}] {servers[0][0].about} each; "
                   f"load average {load_average()}\n{sipprate.STEP_HEADER}")
+            if count > 1:
+                print("(a row per node and step; the Redis column counts every node's "
+                      "commands over that node's REGISTERs)")
             best = None
             for rate in args.rate_list:
                 steps: list[sipprate.Step] = []
@@ -188,7 +191,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--storm", default="1000,10000", help="phones on the node that dies")
     ap.add_argument("--storm-workers", type=int, default=2, help="workers per node (storm)")
-    ap.add_argument("--rates", default="800,1600,2400,3200,4000",
+    ap.add_argument("--rates", default="600,1200,1800,2400,3000,3600",
                     help="total REGISTER/s offered, step by step (\"\" skips)")
     ap.add_argument("--seconds", type=float, default=8.0, help="duration of each rate step")
     ap.add_argument("--users", type=int, default=1000, help="accounts SIPp registers")

@@ -306,7 +306,7 @@ class Fleet:
         self.clients: dict[int, _Client] = {}  # a phone's index → its latest connection
         self.failures: collections.Counter[str] = collections.Counter()  # after the start
         self.closing = False
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._timers: dict[int, asyncio.TimerHandle] = {}  # a phone's index → its next try
 
     def registered(self) -> int:
         """Phones whose connection is open and whose last REGISTER got its 200, now."""
@@ -365,12 +365,11 @@ class Fleet:
         assert self.reconnect is not None
         phone.attempts += 1
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.reconnect.delay(phone.attempts),
-                                lambda: loop.create_task(self._again(phone, timer)))
-        self._timers.add(timer)
+        self._timers[phone.index] = loop.call_later(
+            self.reconnect.delay(phone.attempts), lambda: loop.create_task(self._again(phone)))
 
-    async def _again(self, phone: _Phone, timer: asyncio.TimerHandle) -> None:
-        self._timers.discard(timer)
+    async def _again(self, phone: _Phone) -> None:
+        self._timers.pop(phone.index, None)
         if self.closing:
             return
         outcome = await self._open(phone)
@@ -383,7 +382,7 @@ class Fleet:
     def close(self) -> None:
         """Stop reconnecting; close every connection."""
         self.closing = True
-        for timer in self._timers:
+        for timer in self._timers.values():
             timer.cancel()
         for client in self.clients.values():
             if client.transport is not None:
