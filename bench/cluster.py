@@ -29,6 +29,7 @@ import contextlib
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -141,6 +142,31 @@ def storm(count: int, args: argparse.Namespace, work: Path, redis: Redis) -> Non
         shutil.rmtree(control, ignore_errors=True)
 
 
+def outside_ephemeral_port() -> int:
+    """A port below the kernel's ephemeral range, free for UDP and TCP: each step starts
+    its UAS anew there while the other node's SIPp caller holds thousands of ephemeral
+    ports (a socket per call), one of which could otherwise be the UAS's."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in range(low - 1, 1024, -1):
+        if port not in _given and all(_bindable(port, kind) for kind in
+                                      (socket.SOCK_DGRAM, socket.SOCK_STREAM)):
+            _given.add(port)
+            return port
+    raise SystemExit("no free port below the ephemeral range")
+
+
+_given: set[int] = set()
+
+
+def _bindable(port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def rates(args: argparse.Namespace, work: Path, redis: Redis) -> None:
     """One node, then two at once each given half the rate, up the rates until a step is
     not sustained; the same SIPp steps as bench/register.py (sipprate.run_step)."""
@@ -151,7 +177,7 @@ def rates(args: argparse.Namespace, work: Path, redis: Redis) -> None:
         with contextlib.ExitStack() as stack:
             servers = []
             for i in range(count):
-                uas_port = free_port()
+                uas_port = outside_ephemeral_port()
                 node_work = work / f"rate-{count}-{i}"
                 server = stack.enter_context(sipprate.start("sipgw", node_work, uas_port,
                                                             redis, args))

@@ -19,6 +19,7 @@ free ports, polled until ready, and stopped by :meth:`SipCluster.stop`.
 from __future__ import annotations
 
 import contextlib
+import resource
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -69,6 +70,10 @@ class SipCluster:
         return self.nginx.ws_url
 
     def start(self) -> SipCluster:
+        # A thousand phones are a thousand descriptors here and in each node, which inherit
+        # this limit: the hard one, where a soft one of 1,024 would be too few.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         try:
             self.redis.start()
             # Its port taken once Redis listens (the Redis helper picks ports its own way).
