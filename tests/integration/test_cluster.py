@@ -9,12 +9,17 @@ Path (``tests/helpers/cluster.py``).
   clients and calls: every registration comes back within one reconnect, and a call set up
   before the restarts is hung up at the end through both restarted nodes, its BYE answered.
 
-The Redis master's death under REGISTER load is ``test_sentinel_sipgw.py``'s (one node: the
-nodes are alike toward Redis, each following the Sentinels on its own).
+- The Redis master killed while phones register on both nodes: each node refuses with 503
+  while no master is known and follows the new one within a second of the Sentinels
+  naming it; no subscriber is lost (``test_sentinel_sipgw.py`` has the single node's
+  cases: SIPp phones, ACL users, TLS, the doctor's view).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,12 +29,15 @@ import pytest
 
 from sipgw.rpc.client import Client
 from sipgw.tools.cluster import Node
+from sipgw.tools.process import run_cli
 from sipgw.tools.wsload import Backoff, Fleet, InThread
 from tests.helpers.cluster import DOMAIN, SipCluster, sip_cluster
 from tests.helpers.poll import wait_until
+from tests.helpers.redis_server import command
 from tests.integration.sipgw_process import UdpPeer, build_request
 from tests.integration.sipp import SippRunner
 from tests.integration.test_auth_sipp import phones_file
+from tests.integration.test_sentinel_sipgw import FAILOVER_WITHIN, FOLLOW_WITHIN
 
 pytestmark = pytest.mark.integration
 
@@ -227,3 +235,73 @@ def test_a_rolling_restart_of_both_nodes_keeps_every_call_and_loses_no_registrat
             assert [m.status for m in byes] == [200] * CALLS, byes
     finally:
         wsload.call(fleet.close)
+
+
+# -- the Redis master dies ---------------------------------------------------------------
+
+REGISTER_EVERY = 0.05  # a REGISTER on a new connection every 50 ms, to each node in turn
+
+
+def test_both_nodes_follow_a_sentinel_failover_refusing_registers_no_longer_than_it_takes_plus_a_second(  # noqa: E501 - a test's name is its sentence
+    cluster: SipCluster, wsload: InThread
+) -> None:
+    """Phones register steadily, straight to each node's WebSocket listener in turn, while
+    the Redis master is killed: each node answers 503 while no master is known, and 200
+    again no later than a second after the Sentinels name the replica."""
+    users = {str(FIRST + i): PASSWORD for i in range(40)}
+    cluster.add_users(users)
+    assert command(cluster.redis.master.port, "WAIT", "1", "5000") == b":1\r\n"
+    outcomes: list[tuple[float, str, str]] = []  # (when, node host, outcome)
+    stop = asyncio.Event()
+
+    async def one(node: Node, user: int) -> None:
+        phone = Fleet(f"ws://{node.ws_address}/ws", count=1, first=user, password=PASSWORD,
+                      domain=DOMAIN, timeout=10)
+        result = await phone.connect()
+        outcomes.append((time.monotonic(), node.host,
+                         "200" if result.registered else next(iter(result.failures))))
+        phone.close()
+
+    async def steadily() -> None:
+        tasks = []
+        n = 0
+        while not stop.is_set():
+            node = cluster.nodes[n % 2]
+            tasks.append(asyncio.create_task(one(node, FIRST + n % len(users))))
+            n += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REGISTER_EVERY)
+        await asyncio.gather(*tasks)
+
+    load = asyncio.run_coroutine_threadsafe(steadily(), wsload.loop)
+    wait_until(lambda: sum(o[2] == "200" for o in outcomes) >= 20, timeout=20,
+               what=f"no steady registrations: {outcomes[-5:]}", caller=cluster)
+    assert cluster.redis.master.process is not None
+    cluster.redis.master.process.kill()
+    killed = time.monotonic()
+    wait_until(lambda: cluster.redis.master_named() == {cluster.redis.replica_port},
+               timeout=FAILOVER_WITHIN, what="no failover", caller=cluster.redis)
+    named = time.monotonic()
+    wait_until(lambda: all(any(when > named and host == node.host and what == "200"
+                               for when, host, what in outcomes) for node in cluster.nodes),
+               timeout=FOLLOW_WITHIN + 10, what="a node did not follow", caller=cluster)
+    wsload.loop.call_soon_threadsafe(stop.set)
+    load.result(30)
+
+    for node in cluster.nodes:
+        mine = [(when, what) for when, host, what in outcomes if host == node.host]
+        refused = [when for when, what in mine if what != "200"]
+        assert refused, f"{node.host} never refused: the kill went unnoticed?"
+        assert {what for _, what in mine} == {"200", "REGISTER 503"}, mine
+        # One outage: 200 before the first 503 and after the last, none in between.
+        inside = [what for when, what in mine if refused[0] <= when <= refused[-1]]
+        assert set(inside) == {"REGISTER 503"}, inside
+        after = min(when for when, what in mine if what == "200" and when > refused[-1])
+        assert after - named < FOLLOW_WITHIN, (after - named)
+        print(f"{node.host}: 503 from {refused[0] - killed:.2f} s to {refused[-1] - killed:.2f} s "
+              f"after the kill; Sentinels named the replica at {named - killed:.2f} s; "
+              f"200 again at {after - killed:.2f} s")
+    # No subscriber lost: every account is on the new master.
+    done = run_cli("users", "list", "--json", "-c", str(cluster.a.config_path))
+    assert done.returncode == 0, done.stderr
+    assert {row["username"] for row in json.loads(done.stdout)} >= set(users)
