@@ -5,9 +5,11 @@ Path (``tests/helpers/cluster.py``).
 - ``kill -9`` of node A with 1,000 WebSocket clients on it: they reconnect through nginx
   with JsSIP's back-off, land on node B and register again; a call to one of them then
   rings it through node B's Path.
-- A rolling restart of both nodes (SIGTERM, exit awaited, started again) under WebSocket
-  clients and calls: every registration comes back within one reconnect, and a call set up
-  before the restarts is hung up at the end through both restarted nodes, its BYE answered.
+- A rolling restart of both nodes (SIGTERM, exit awaited, started again, nginx seen to
+  take it back before the next) under 200 WebSocket phones, new phones registering 20 times
+  a second through nginx, and SIPp calls held through both nodes: every phone comes back
+  at its first reconnect, every new REGISTER gets its 200, and each call set up before the
+  restarts is hung up at the end through both restarted nodes, its BYE answered 200.
 
 - The Redis master killed while phones register on both nodes: each node refuses with 503
   while no master is known and follows the new one within a second of the Sentinels
@@ -142,6 +144,44 @@ def test_kill_9_of_a_node_moves_its_1000_websocket_clients_through_nginx_to_the_
         wsload.call(fleet.close)
 
 
+# -- steady registrations ----------------------------------------------------------------
+
+REGISTER_EVERY = 0.05  # a REGISTER on a new connection every 50 ms
+
+
+class RegisterStream:
+    """Steady registrations: every ``REGISTER_EVERY`` a phone connects to the next of
+    ``urls`` (in turn), registers (digest) and leaves; ``outcomes`` has (when, url,
+    "200" or why not) for each, in the order they ended."""
+
+    def __init__(self, wsload: InThread, urls: list[str], users: list[int]) -> None:
+        self.outcomes: list[tuple[float, str, str]] = []
+        self._wsload = wsload
+        self._stop = asyncio.Event()
+        self._run = asyncio.run_coroutine_threadsafe(self._steadily(urls, users), wsload.loop)
+
+    async def _one(self, url: str, user: int) -> None:
+        phone = Fleet(url, count=1, first=user, password=PASSWORD, domain=DOMAIN, timeout=10)
+        result = await phone.connect()
+        self.outcomes.append((time.monotonic(), url,
+                              "200" if result.registered else next(iter(result.failures))))
+        phone.close()
+
+    async def _steadily(self, urls: list[str], users: list[int]) -> None:
+        tasks = []
+        n = 0
+        while not self._stop.is_set():
+            tasks.append(asyncio.create_task(self._one(urls[n % len(urls)], users[n % len(users)])))
+            n += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), REGISTER_EVERY)
+        await asyncio.gather(*tasks)
+
+    def stop(self) -> None:
+        self._wsload.loop.call_soon_threadsafe(self._stop.set)
+        self._run.result(30)
+
+
 # -- a rolling restart -------------------------------------------------------------------
 
 FLEET = 200
@@ -167,26 +207,25 @@ def register_callee(cluster: SipCluster, uas_port: int) -> None:
         phone.expect("200", timeout=5)
 
 
-def until_nginx_sends_to(node: Node, cluster: SipCluster, wsload: InThread) -> None:
-    """A probe phone connects through nginx until nginx hands it to ``node``: a node just
-    started again is taken back once nginx's fail_timeout for it has passed."""
-    deadline = time.monotonic() + 20
-    while True:
-        probe = Fleet(cluster.ws_url, count=1, first=FIRST - 1, password=PASSWORD,
-                      domain=DOMAIN, timeout=10)
-        wsload.run(probe.connect(), timeout=30)
-        try:
-            if str(FIRST - 1) in users_on(node):
-                return
-        finally:
-            wsload.call(probe.close)
-        assert time.monotonic() < deadline, f"nginx never sent a phone to {node.host}"
+def until_nginx_sends_to(node: Node, cluster: SipCluster) -> None:
+    """Until nginx hands the node started again a WebSocket (the steady registrations'):
+    it takes a node back once its fail_timeout (10 s) has passed. An operator waits for
+    this too before restarting the next node."""
+    def handshakes() -> int:
+        with Client(str(node.control_socket), timeout=20) as client:
+            return sum(client.call("stats.fetch", ["websocket:ws_successful_handshakes"])
+                       .values())
+
+    wait_until(lambda: handshakes() > 0, timeout=30, caller=cluster,
+               what=f"nginx sent nothing to {node.host} after its restart")
 
 
 def test_a_rolling_restart_of_both_nodes_keeps_every_call_and_loses_no_registration_for_longer_than_one_reconnect(  # noqa: E501 - a test's name is its sentence
     cluster: SipCluster, wsload: InThread, sipp: SippRunner, tmp_path: Path
 ) -> None:
-    cluster.add_users({str(FIRST - 1): PASSWORD, "caller": "caller-pw"})
+    steady = [FIRST + 1000 + i for i in range(20)]
+    cluster.add_users({"caller": "caller-pw",
+                       **{str(user): PASSWORD for user in steady}})
     fleet = fleet_of(cluster, FLEET, wsload)
     uas = sipp.uas("uas_call.xml", calls=2 * CALLS, timeout=120)
     register_callee(cluster, uas.port)
@@ -203,6 +242,7 @@ def test_a_rolling_restart_of_both_nodes_keeps_every_call_and_loses_no_registrat
 
         wait_until(lambda: all(established(c) for c in callers), timeout=30,
                    what="the calls were not all set up", caller=callers[0])
+        stream = RegisterStream(wsload, [cluster.ws_url], steady)
         gaps = []
         for node in cluster.nodes:
             began = time.monotonic()
@@ -220,7 +260,13 @@ def test_a_rolling_restart_of_both_nodes_keeps_every_call_and_loses_no_registrat
                   f"{max((p.registered_at - p.lost_at for p in moved), default=0):.2f} s at "
                   f"most after their connection closed; restart took "
                   f"{time.monotonic() - began:.1f} s")
-            until_nginx_sends_to(node, cluster, wsload)
+            until_nginx_sends_to(node, cluster)
+        stream.stop()
+        refused = [(round(when - stream.outcomes[0][0], 2), what)
+                   for when, _, what in stream.outcomes if what != "200"]
+        print(f"steady REGISTERs through nginx: {len(stream.outcomes)}, refused {refused}")
+        # New phones registering meanwhile were all taken: nginx sent them to the node up.
+        assert len(stream.outcomes) > 100 and not refused, refused
         # Every phone came back at its first reconnect, within one reconnect's time.
         assert not fleet.failures, fleet.failures
         assert len(gaps) >= FLEET and max(gaps) < ONE_RECONNECT, max(gaps)
@@ -239,9 +285,6 @@ def test_a_rolling_restart_of_both_nodes_keeps_every_call_and_loses_no_registrat
 
 # -- the Redis master dies ---------------------------------------------------------------
 
-REGISTER_EVERY = 0.05  # a REGISTER on a new connection every 50 ms, to each node in turn
-
-
 def test_both_nodes_follow_a_sentinel_failover_refusing_registers_no_longer_than_it_takes_plus_a_second(  # noqa: E501 - a test's name is its sentence
     cluster: SipCluster, wsload: InThread
 ) -> None:
@@ -251,29 +294,9 @@ def test_both_nodes_follow_a_sentinel_failover_refusing_registers_no_longer_than
     users = {str(FIRST + i): PASSWORD for i in range(40)}
     cluster.add_users(users)
     assert command(cluster.redis.master.port, "WAIT", "1", "5000") == b":1\r\n"
-    outcomes: list[tuple[float, str, str]] = []  # (when, node host, outcome)
-    stop = asyncio.Event()
-
-    async def one(node: Node, user: int) -> None:
-        phone = Fleet(f"ws://{node.ws_address}/ws", count=1, first=user, password=PASSWORD,
-                      domain=DOMAIN, timeout=10)
-        result = await phone.connect()
-        outcomes.append((time.monotonic(), node.host,
-                         "200" if result.registered else next(iter(result.failures))))
-        phone.close()
-
-    async def steadily() -> None:
-        tasks = []
-        n = 0
-        while not stop.is_set():
-            node = cluster.nodes[n % 2]
-            tasks.append(asyncio.create_task(one(node, FIRST + n % len(users))))
-            n += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), REGISTER_EVERY)
-        await asyncio.gather(*tasks)
-
-    load = asyncio.run_coroutine_threadsafe(steadily(), wsload.loop)
+    stream = RegisterStream(wsload, [f"ws://{n.ws_address}/ws" for n in cluster.nodes],
+                            [int(u) for u in users])
+    outcomes = stream.outcomes
     wait_until(lambda: sum(o[2] == "200" for o in outcomes) >= 20, timeout=20,
                what=f"no steady registrations: {outcomes[-5:]}", caller=cluster)
     assert cluster.redis.master.process is not None
@@ -282,14 +305,12 @@ def test_both_nodes_follow_a_sentinel_failover_refusing_registers_no_longer_than
     wait_until(lambda: cluster.redis.master_named() == {cluster.redis.replica_port},
                timeout=FAILOVER_WITHIN, what="no failover", caller=cluster.redis)
     named = time.monotonic()
-    wait_until(lambda: all(any(when > named and host == node.host and what == "200"
-                               for when, host, what in outcomes) for node in cluster.nodes),
+    wait_until(lambda: all(any(when > named and node.ws_address in url and what == "200"
+                               for when, url, what in outcomes) for node in cluster.nodes),
                timeout=FOLLOW_WITHIN + 10, what="a node did not follow", caller=cluster)
-    wsload.loop.call_soon_threadsafe(stop.set)
-    load.result(30)
-
+    stream.stop()
     for node in cluster.nodes:
-        mine = [(when, what) for when, host, what in outcomes if host == node.host]
+        mine = [(when, what) for when, url, what in outcomes if node.ws_address in url]
         refused = [when for when, what in mine if what != "200"]
         assert refused, f"{node.host} never refused: the kill went unnoticed?"
         assert {what for _, what in mine} == {"200", "REGISTER 503"}, mine
