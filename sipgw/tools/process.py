@@ -54,9 +54,10 @@ def backend_uri(backend: str, transport: str = "udp") -> str:
 
 def config_toml(
     *, port: int, backend: str, extra_toml: str = "", log_level: str = "debug",
-    auth: bool = False, dispatcher: str | None = None,
+    auth: bool = False, dispatcher: str | None = None, host: str = LOOPBACK,
 ) -> str:
-    """The configuration of one test sipgw: UDP and TCP on ``port``, ws off, one backend.
+    """The configuration of one test sipgw: UDP and TCP on ``host:port``, ws off, one
+    backend.
 
     ``extra_toml`` is appended as it is: it may add sections (``[timers]``, ``[proxy]``)
     but not repeat ``[listen]``, ``[dispatcher]`` or ``[log]``. Without ``auth``, loopback
@@ -73,8 +74,8 @@ def config_toml(
     text = (
         "# Written by sipgw.tools.process\n"
         "[listen]\n"
-        f'udp = ["{LOOPBACK}:{port}"]\n'
-        f'tcp = ["{LOOPBACK}:{port}"]\n'
+        f'udp = ["{host}:{port}"]\n'
+        f'tcp = ["{host}:{port}"]\n'
         "ws = []\n"
         "\n"
         "[dispatcher]\n"
@@ -96,7 +97,9 @@ class SipgwProcess:
     ``backend`` is a "host:port" (made a URI with ``transport``) or a full SIP URI.
     ``output`` is where its stdout and stderr go instead of ``sipgw.log`` (``/dev/full``).
     ``workers``: ``sipgw serve --workers`` (1, a single process, unless a test is about
-    several).
+    several). ``host``: another loopback address (a second node of a cluster on one
+    machine). ``own_group``: the service in a process group of its own (supervisor and
+    workers), which :meth:`kill_group` ends at once, as a machine that dies would.
     """
 
     def __init__(
@@ -113,8 +116,12 @@ class SipgwProcess:
         dispatcher: str | None = None,
         output: str | os.PathLike[str] | None = None,
         workers: int = 1,
+        host: str = LOOPBACK,
+        own_group: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
+        self.host = host
+        self.own_group = own_group
         self.workers = workers
         self.port = port if port is not None else free_port()
         self.backend = backend_uri(backend, transport)
@@ -133,12 +140,12 @@ class SipgwProcess:
 
     @property
     def address(self) -> str:
-        """Where callers send: ``127.0.0.1:PORT`` (UDP and TCP)."""
-        return f"{LOOPBACK}:{self.port}"
+        """Where callers send: ``HOST:PORT`` (UDP and TCP)."""
+        return f"{self.host}:{self.port}"
 
     @property
     def hostport(self) -> tuple[str, int]:
-        return (LOOPBACK, self.port)
+        return (self.host, self.port)
 
     @property
     def pid(self) -> int | None:
@@ -172,6 +179,7 @@ class SipgwProcess:
             log_level=self.log_level,
             auth=self.auth,
             dispatcher=self.dispatcher,
+            host=self.host,
         )
 
     def write_config(self, text: str) -> Path:
@@ -210,6 +218,7 @@ class SipgwProcess:
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
                 env=env,
+                start_new_session=self.own_group,
             )
         try:
             self.wait_ready(ready_timeout)
@@ -301,6 +310,18 @@ class SipgwProcess:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait(STOP_TIMEOUT)
+
+    def kill_group(self) -> None:
+        """SIGKILL to the whole service at once (``own_group``): the supervisor and every
+        worker, none of them able to say goodbye; reaped before this returns."""
+        process = self._require_started()
+        assert self.own_group, "kill_group needs SipgwProcess(own_group=True)"
+        self._stopped = True
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(STOP_TIMEOUT)
 
     def rpc(self, method: str, *params: object) -> Any:
         """One control call (``sipgw ctl METHOD PARAMS``) on the socket its config names."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sipgw.sip.digest import ha1, parse_credentials, response
-from sipgw.tools.wsload import _Account, _Client, run_load
+from sipgw.tools.wsload import Backoff, _Account, _Client, run_load
 from tests.integration.sipp import SippRunner, free_port
 from tests.integration.test_ws_sipp import WsSipgw
 
@@ -44,3 +44,13 @@ def test_the_digest_answer_is_the_one_a_registrar_computes() -> None:
     expected = response(ha1("5001", "example.com", "secret"), "REGISTER", "sip:example.com",
                         "abc123", p["nc"], p["cnonce"].strip('"'), "auth")
     assert p["response"].strip('"') == expected
+
+
+def test_the_reconnect_back_off_is_jssips() -> None:
+    """JsSIP's Transport._reconnect: floor(random × 2^n + 1) s before the n-th attempt in a
+    row, held between 2 and 30 s."""
+    backoff = Backoff()
+    assert [backoff.delay(1, lambda r=r: r) for r in (0.0, 0.99)] == [2.0, 2.0]  # always 2 s
+    assert [backoff.delay(3, lambda r=r: r) for r in (0.0, 0.5, 0.99)] == [2.0, 5.0, 8.0]
+    assert backoff.delay(5, lambda: 0.99) == 30.0 == backoff.delay(60, lambda: 0.5)
+    assert Backoff(min_interval=1, max_interval=4).delay(1, lambda: 0.0) == 1.0
