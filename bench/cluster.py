@@ -44,9 +44,10 @@ from redisdb import Redis
 from targets import load_average
 
 from sipgw.rpc.client import Client  # targets put the tree on sys.path
-from sipgw.tools.cluster import Nginx, Node, shared_toml
+from sipgw.tools.cluster import Node, shared_toml
 from sipgw.tools.kamailio import KamailioProcess, kamailio_executable
 from sipgw.tools.loopback import free_port
+from sipgw.tools.nginx import Nginx
 from sipgw.tools.process import run_cli
 from sipgw.tools.wsload import Backoff, Fleet, InThread, _cpu
 

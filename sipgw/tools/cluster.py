@@ -8,27 +8,17 @@ and a WebSocket listener, the same subscriber store, secrets and backend as the 
 Its workers' own ports are fixed (``proxy.worker_ports``), so that a node restarted in
 place is the same hop in the Record-Route of the dialogs it carried.
 
-:class:`Nginx` is Debian's nginx in the foreground whose upstream lists every node's
-WebSocket listener (round robin; or the later ones as ``backup``, so that every browser
-starts on the first node). Its config here is the minimum a WebSocket upstream needs.
-nginx holds two descriptors per browser (its side and the upstream's): give it ``workers``
-when the browsers are more than half the hard limit on open files.
+In front of them, ``sipgw.tools.nginx.Nginx``: the shipped ``etc/nginx/sipgw.conf`` with
+every node's WebSocket listener in its upstream.
 """
 
 from __future__ import annotations
 
-import contextlib
-import resource
-import shutil
 import socket
-import subprocess
-import time
 from pathlib import Path
 
 from sipgw.tools.loopback import LOOPBACK, free_port
 from sipgw.tools.process import SipgwProcess
-
-NGINX_READY_TIMEOUT = 10.0
 
 
 def free_pair(host: str, count: int) -> int:
@@ -89,101 +79,6 @@ class Node(SipgwProcess):
     def kill(self) -> None:
         """``kill -9`` of the whole node: supervisor and workers at once."""
         self.kill_group()
-
-
-class Nginx:
-    """nginx on ``127.0.0.1:port`` passing ``/ws`` to the nodes' WebSocket listeners."""
-
-    def __init__(self, workdir: Path, upstreams: list[str], *, backup: bool = False,
-                 workers: int = 1) -> None:
-        self.workdir = workdir
-        self.upstreams = upstreams
-        self.backup = backup
-        self.workers = workers
-        self.port = free_port("tcp")
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{LOOPBACK}:{self.port}/ws"
-
-    def config(self) -> str:
-        servers = "".join(f"    server {address}{' backup' if self.backup and i else ''};\n"
-                          for i, address in enumerate(self.upstreams))
-        temp = "".join(f"  {kind}_temp_path {self.workdir}/{kind};\n"
-                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        # Each worker process has the descriptor limit to itself: several carry more
-        # browsers than one can where the hard limit is low.
-        master = "on" if self.workers > 1 else "off"
-        return (
-            f"daemon off;\nmaster_process {master};\nworker_processes {self.workers};\n"
-            f"pid {self.workdir}/nginx.pid;\nerror_log {self.workdir}/error.log warn;\n"
-            f"events {{ worker_connections {_files() // 2}; }}\n"
-            f"http {{\n  access_log off;\n{temp}"
-            "  map $http_upgrade $upgrade_connection { default upgrade; '' close; }\n"
-            f"  upstream sipgw {{\n{servers}  }}\n"
-            f"  server {{\n    listen {LOOPBACK}:{self.port};\n"
-            "    location /ws {\n"
-            "      proxy_pass http://sipgw;\n"
-            "      proxy_http_version 1.1;\n"
-            "      proxy_set_header Upgrade $http_upgrade;\n"
-            "      proxy_set_header Connection $upgrade_connection;\n"
-            "      proxy_set_header Host $host;\n"
-            "      proxy_set_header X-Real-IP $remote_addr;\n"
-            "      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
-            "      proxy_read_timeout 3600s;\n"
-            "      proxy_send_timeout 3600s;\n"
-            "      proxy_buffering off;\n"
-            "    }\n  }\n}\n"
-        )
-
-    def start(self) -> Nginx:
-        executable = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-        if executable is None:
-            raise RuntimeError("nginx is not installed (Debian package nginx)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "nginx.conf").write_text(self.config())
-        with open(self.workdir / "stderr.log", "wb") as log:
-            self._process = subprocess.Popen(
-                [executable, "-p", str(self.workdir), "-c", str(self.workdir / "nginx.conf")],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_more_files)
-        deadline = time.monotonic() + NGINX_READY_TIMEOUT
-        while True:  # bounded poll until it accepts
-            if self._process.poll() is not None:
-                raise RuntimeError(f"nginx exited {self._process.returncode}:\n{self.describe()}")
-            with contextlib.suppress(OSError):
-                socket.create_connection((LOOPBACK, self.port), timeout=0.2).close()
-                return self
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nginx not listening on {self.port}:\n{self.describe()}")
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._process.wait(0.05)
-
-    def describe(self) -> str:
-        return "\n".join(f"--- {name}\n{(self.workdir / name).read_text(errors='replace')[-2000:]}"
-                         for name in ("stderr.log", "error.log")
-                         if (self.workdir / name).is_file())
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(5)
-
-
-def _files() -> int:
-    """The descriptors a process may open here: the hard limit."""
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-
-
-def _more_files() -> None:
-    """nginx's descriptors: as many as the hard limit allows."""
-    hard = _files()
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def shared_toml(*, subscribers: str, realm: str, nonce_secret: str) -> str:

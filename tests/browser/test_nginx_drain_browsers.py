@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from sipgw.tools.kamailio import KamailioProcess
+from sipgw.tools.nginx import Nginx
 from tests.browser.rig import BrowserRig, PageServer
 from tests.browser.test_sipgw_browsers import (  # noqa: F401 (backend: a fixture)
     EdgeSipgw,
@@ -27,7 +28,6 @@ from tests.browser.test_sipgw_browsers import (  # noqa: F401 (backend: a fixtur
     registered,
     uri,
 )
-from tests.helpers.nginx import Nginx
 from tests.integration.sipp import LOOPBACK, free_port
 from tests.integration.test_nginx_nodes import OnHost
 

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from sipgw.tools.nginx import NGINX_SITE, Nginx
 from tests.browser.kamailio_process import KamailioRunner
 from tests.browser.rig import BrowserRig, PageServer, self_signed_certificate
 from tests.browser.test_sipgw_browsers import (  # noqa: F401 (trusting_browser: a fixture)
     MEDIA_BYTES,
-    NGINX_SITE,
-    Nginx,
     control_directory,
     password,
     registered,
@@ -38,32 +37,28 @@ TLS_LINES = ("listen 443 ssl;", "ssl_certificate ", "ssl_certificate_key ")
 
 
 class TlsNginx(Nginx):
-    """The shipped site with its TLS lines uncommented: port 80 and 443 made free loopback
-    ports, the certificate and key ours, sipgw's WS address the test sipgw's."""
+    """The shipped site with its TLS lines uncommented: port 443 a free loopback port too,
+    the certificate and key ours."""
 
     def __init__(self, workdir: Path, upstream_port: int, certificate: tuple[Path, Path]) -> None:
         super().__init__(workdir, upstream_port)
         self.tls_port = free_port("tcp")
+        self.listens["443"] = self.tls_port
         self.certificate = certificate
 
-    def site(self) -> str:
+    def shipped(self) -> str:
         lines, uncommented = [], 0
-        for line in NGINX_SITE.read_text().splitlines():
+        for line in super().shipped().splitlines():
             code = line.strip()
             if code.startswith("# ") and code[2:].startswith(TLS_LINES):
                 line, uncommented = line.replace("# ", "", 1), uncommented + 1
             lines.append(line)
         assert uncommented == len(TLS_LINES), f"{NGINX_SITE.name} lacks the commented TLS lines"
         site = "\n".join(lines) + "\n"
-        site = re.sub(r"(?m)^(\s*)listen 80;", rf"\1listen {LOOPBACK}:{self.port};", site)
-        site = re.sub(
-            r"(?m)^(\s*)listen 443 ssl;", rf"\1listen {LOOPBACK}:{self.tls_port} ssl;", site
-        )
         site = re.sub(r"(?m)^(\s*ssl_certificate\s+)\S+;", rf"\g<1>{self.certificate[0]};", site)
-        site = re.sub(
+        return re.sub(
             r"(?m)^(\s*ssl_certificate_key\s+)\S+;", rf"\g<1>{self.certificate[1]};", site
         )
-        return site.replace("127.0.0.1:8080", f"{LOOPBACK}:{self.upstream_port}")
 
 
 def test_the_phone_page_on_https_through_nginx_registers_over_wss_and_answers_a_call(

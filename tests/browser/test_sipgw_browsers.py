@@ -36,10 +36,10 @@ import pytest
 
 from sipgw.rpc.client import Client
 from sipgw.tools.kamailio import KamailioProcess, kamailio_executable
+from sipgw.tools.nginx import Nginx
 from sipgw.tools.process import run_cli
 from tests.browser.kamailio_process import KamailioRunner
 from tests.browser.rig import ARTIFACTS, BrowserRig, Page, PageServer, self_signed_certificate
-from tests.helpers.nginx import NGINX_SITE, Nginx  # noqa: F401 (NGINX_SITE: for test_nginx_tls)
 from tests.integration.sipp import LOOPBACK, free_port
 from tests.integration.test_ws_sipp import WsSipgw
 
@@ -322,7 +322,7 @@ def test_two_jssip_pages_register_over_wss_and_call_each_other(
     assert users == {uri("5021"): "wss", uri("5022"): "wss"}, dump
 
 
-# --- 3. nginx in front (tests/helpers/nginx.py) -------------------------------------------
+# --- 3. nginx in front (sipgw/tools/nginx.py) -------------------------------------------
 
 
 def test_two_jssip_pages_register_and_call_through_nginx_in_front_of_sipgw(

@@ -11,9 +11,9 @@
 Two ``sipgw serve`` nodes of two workers each (``sipgw.tools.cluster.Node``) on the
 Sentinel cluster of ``tests/helpers/redis_sentinel.py`` (``redis+sentinel://``), with the
 same nonce and route secrets, dispatching to one Kamailio ``registrar.cfg``; nginx's
-upstream lists both nodes' WebSocket listeners. The nginx config is the harness's own
-minimum (``sipgw.tools.cluster.Nginx``), not the shipped one. Every process is started on
-free ports, polled until ready, and stopped by :meth:`SipCluster.stop`.
+upstream lists both nodes' WebSocket listeners: the shipped ``etc/nginx/sipgw.conf``
+(``sipgw.tools.nginx.Nginx``), so that these tests prove the file users deploy. Every
+process is started on free ports, polled until ready, and stopped by :meth:`SipCluster.stop`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from sipgw.tools.cluster import Nginx, Node, shared_toml
+from sipgw.tools.cluster import Node, shared_toml
 from sipgw.tools.kamailio import KamailioProcess, kamailio_executable
+from sipgw.tools.nginx import Nginx
 from sipgw.tools.process import run_cli
 from tests.browser.kamailio_process import CONFIGS
 from tests.helpers.redis_sentinel import Cluster as Sentinels

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import pytest
 
+from sipgw.tools.nginx import Nginx
 from tests.helpers import wsframes as wf
-from tests.helpers.nginx import Nginx
 from tests.helpers.poll import wait_until
 from tests.integration.sipgw_process import build_request
 from tests.integration.sipp import LOOPBACK, SippRunner, free_port

@@ -1,5 +1,5 @@
 """Debian's nginx in front of sipgw, with the shipped etc/nginx/sipgw.conf as is (only its
-addresses templated: ``tests/helpers/nginx.py``): a SIP-over-WebSocket client reaches the
+addresses templated: ``sipgw.tools.nginx``): a SIP-over-WebSocket client reaches the
 backend through both, and the client address sipgw uses is the one nginx saw, not one the
 client claims."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sipgw.sip.address import parse_name_addr
-from tests.helpers.nginx import Nginx
+from sipgw.tools.nginx import Nginx
 from tests.integration.sipgw_process import build_request
 from tests.integration.sipp import LOOPBACK, SippRunner, free_port
 from tests.integration.test_ws_sipp import WsSipgw
