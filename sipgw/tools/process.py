@@ -5,7 +5,8 @@ A :class:`SipgwProcess` is one ``python -m sipgw serve -c FILE`` in a work direc
 - ``sipgw.toml``: the configuration it was started with (UDP and TCP on one free loopback
   port, WebSocket off, one backend), which a test may rewrite before a SIGHUP;
 - ``sipgw.log``: everything the process wrote (stdout and stderr), read by
-  :meth:`SipgwProcess.log_text`.
+  :meth:`SipgwProcess.log_text`; each start appends, after a line of its own (``--- start
+  N at TIME ---``), so that a node restarted in place keeps what its earlier runs said.
 
 Nothing here sleeps to wait. Readiness is what sipgw tells systemd: ``READY=1`` on a
 ``NOTIFY_SOCKET`` of our own (with workers the supervisor says it once every worker
@@ -135,6 +136,7 @@ class SipgwProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._stopped = False
         self._notify: socket.socket | None = None  # where READY=1 comes, until it came
+        self._starts = 0  # of this object: a restart in place (Node.restart) is the second
 
     # -- addresses ----------------------------------------------------------------------
 
@@ -210,7 +212,12 @@ class SipgwProcess:
             name = f"sipgw-ready-{uuid.uuid4().hex}"
             self._notify.bind("\0" + name)  # the abstract namespace: no file to remove
             env["NOTIFY_SOCKET"] = "@" + name
-        with open(self.log_path, "wb") as log:
+        self._starts += 1
+        with open(self.log_path, "ab") as log:
+            if self.log_path.is_file():  # not an output such as /dev/full
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                log.write(f"--- start {self._starts} at {stamp} ---\n".encode())
+                log.flush()  # before the child's lines, which share the file
             self._process = subprocess.Popen(
                 self.command(),
                 stdin=subprocess.DEVNULL,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -270,6 +271,10 @@ def test_a_rolling_restart_of_both_nodes_keeps_every_call_and_loses_no_registrat
                   f"{time.monotonic() - began:.1f} s")
             until_nginx_sends_to(node, cluster)
         stream.stop()
+        # Each node's log holds both its runs: the first to its clean stop, then the second.
+        for node in cluster.nodes:
+            runs = re.split(r"(?m)^--- start \d+ at \S+ ---$", node.log_text())
+            assert len(runs) == 3 and "all workers stopped" in runs[1], node.describe()
         refused = [(round(when - stream.outcomes[0][0], 2), what)
                    for when, _, what in stream.outcomes if what != "200"]
         print(f"steady REGISTERs through nginx: {len(stream.outcomes)}, refused {refused}")
