@@ -33,7 +33,10 @@ class Backends:
         self.backend = backend
 
     def is_backend(self, peer) -> bool:
-        """Is ``peer`` (a Source or a Destination: host and port) one of our backends?
+        """Is ``peer`` (a Source or a Destination: transport, host and port) one of our
+        backends? The transport counts (Kamailio's ds_is_from_list): a browser behind nginx
+        on a backend's host comes from nginx's port, a TCP phone there from a port of its
+        own, and either may be the number of the backend's UDP port.
 
         A backend calling a browser by Path, or sending an in-dialog request, over TCP or
         TLS connects to the worker's own listener from a port of its own choosing: a
@@ -44,10 +47,17 @@ class Backends:
                 return True
         else:
             dest = self.backend.destination
-            if peer.host == dest.host and peer.port == dest.port:
+            if (peer.transport, peer.host, peer.port) == (dest.transport, dest.host, dest.port):
                 return True
         return bool(self.own) and (peer.transport, getattr(peer, "local_port", None)) in \
             self.own and self.is_backend_host(peer.host)
+
+    def is_backend_address(self, host: str, port: int) -> bool:
+        """Is ``host:port`` a backend's, over whatever transport?"""
+        if self.dispatcher is not None:
+            return self.dispatcher.is_backend_address(host, port)
+        dest = self.backend.destination
+        return (host, port) == (dest.host, dest.port)
 
     def is_backend_host(self, host: str) -> bool:
         """Is ``host`` the address of a backend, whatever the port it sends from?"""

@@ -319,8 +319,8 @@ class Router:
     def _checked_target(self, target: Destination, client: bool) -> Destination:
         """A client may reach a backend, or another client over a flow sipgw holds, and
         nothing else: not a local service, not a host its Request-URI makes up."""
-        if not client or self.backends.is_backend(target):
-            return target
+        if not client or self.backends.is_backend_address(target.host, target.port):
+            return target  # the backend's address, whatever transport its URI says
         flows = self.nat.flows
         if target.reliable and flows is not None:
             flow = flows.find(target.transport, target.host, target.port)

@@ -597,8 +597,7 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
 
     def is_client(host: str, port: int) -> bool:
         """May a contact alias send us there? Anywhere but ourselves and our backends."""
-        return not identity.is_us(host, port) and not backends.is_backend(
-            Destination(transport="udp", host=host, port=port))
+        return not identity.is_us(host, port) and not backends.is_backend_address(host, port)
 
     nat = Nat(signer, flows, NatTest(config.proxy.nat_uac_test), is_client)
     registrar = Registrar(clock, identity, boot=os.urandom(3).hex(), flows=flows)

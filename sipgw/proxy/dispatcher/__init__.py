@@ -207,6 +207,7 @@ class Dispatcher:
         self.listed = ""  # a digest of the list loaded: a worker that has it needs no reload
         self.selectors: dict[int, SetSelector] = {}
         self._backends: set[tuple[str, int]] = set()
+        self._backend_transports: set[tuple[str, str, int]] = set()  # (transport, host, port)
         self._backend_hosts: set[str] = set()
         self._pending: set[int] = set()  # id() of targets with a probe in flight
         self._calls: dict[str, tuple[Target, float]] = {}
@@ -254,7 +255,9 @@ class Dispatcher:
         self.sets = sets
         self.listed = _fingerprint(dlist)
         self.selectors = {s: SetSelector(self.settings.algorithm, self.rng) for s in sets}
-        self._backends = {(t.address.host, t.address.port) for ts in sets.values() for t in ts}
+        self._backend_transports = {(t.address.transport, t.address.host, t.address.port)
+                                    for ts in sets.values() for t in ts}
+        self._backends = {(host, port) for _, host, port in self._backend_transports}
         self._backend_hosts = {host for host, _ in self._backends}
         if self.detector is not None:
             self.detector.forget(self._backends)
@@ -338,9 +341,16 @@ class Dispatcher:
         order[0].sent += 1
         return Attempt(self, order, call_id)
 
-    def is_backend(self, source: Source) -> bool:
-        """Did this come from one of our destinations (any set)?"""
-        return (source.host, source.port) in self._backends
+    def is_backend(self, source: Source | Destination) -> bool:
+        """Did this come from (or go to) one of our destinations (any set)? Address, port
+        and transport, as Kamailio's ds_is_from_list: a browser behind nginx has nginx's
+        port, and a TCP client its own, either of which may be the number of a backend's
+        UDP port on the same host."""
+        return (source.transport, source.host, source.port) in self._backend_transports
+
+    def is_backend_address(self, host: str, port: int) -> bool:
+        """Is ``host:port`` one of our destinations', over any transport?"""
+        return (host, port) in self._backends
 
     def is_backend_host(self, host: str) -> bool:
         """Is ``host`` one of our destinations' addresses, whatever the port?"""

@@ -636,3 +636,29 @@ def test_a_reload_applies_new_limits_and_keeps_nonces_and_bans(rig):
     assert rig.send(sip_request(user="5002")).status == 403  # two failures now ban
     rig.send(sip_request(auth=answer(challenge), cseq=2))  # a nonce from before the reload
     assert len(rig.link.to_backend()) == 1
+
+
+@pytest.mark.parametrize("transport", ["ws", "tcp"])
+def test_a_client_whose_address_and_port_are_the_backends_over_another_transport_is_a_client(
+    rig, transport
+):
+    """Behind nginx on the backend's host, a browser's source is nginx's address (X-Real-IP)
+    and nginx's port, which may well be the number of the backend's UDP port; a TCP phone
+    on that host may connect from it. Neither is the backend (Kamailio's ds_is_from_list
+    matches the protocol too): each is challenged like any phone, and its REGISTER for our
+    domain goes to the backend, never towards the domain's name."""
+    client = Source(transport=transport, host=BACKEND.host, port=BACKEND.port,
+                    local_host="127.0.0.1", local_port=8080, flow_id=9)
+    via = b"WS abc.invalid" if transport == "ws" else b"TCP 127.0.0.1:5080"
+    register = sip_request(ruri=f"sip:{REALM}").replace(b"UDP 192.0.2.10:5070", via)
+    rig.link.clear()
+    rig.proxy.receive(register, client)
+    sent = [(getattr(m, "status", None) or m.method, d.host, d.flow_id) for m, d in rig.link.sent]
+    assert sent == [(401, BACKEND.host, 9)]
+    challenge = rig.link.last_reply()
+    rig.link.clear()
+    rig.proxy.receive(sip_request(ruri=f"sip:{REALM}", cseq=2,
+                                  auth=answer(challenge, uri=f"sip:{REALM}"))
+                      .replace(b"UDP 192.0.2.10:5070", via), client)
+    [(fwd, dest)] = rig.link.sent
+    assert fwd.method == "REGISTER" and dest == BACKEND
