@@ -252,6 +252,11 @@ def test_a_rolling_restart_of_both_nodes_keeps_every_call_and_loses_no_registrat
         wait_until(lambda: all(established(c) for c in callers), timeout=30,
                    what="the calls were not all set up", caller=callers[0])
         stream = RegisterStream(wsload, [cluster.ws_url], steady)
+        # Its first phone done before the first SIGTERM: started at the same instant, its
+        # REGISTER could reach node A just as A drains, which answers a new REGISTER 503
+        # (a browser then registers again when the 1001 close makes it reconnect).
+        wait_until(lambda: stream.outcomes, timeout=10, caller=cluster,
+                   what="the steady stream's first phone did not finish")
         gaps = []
         for node in cluster.nodes:
             began = time.monotonic()
