@@ -55,7 +55,7 @@ from pathlib import Path
 import targets
 from redisdb import KEY_TEMPLATE, Redis
 from sipprate import REALM, last_stats
-from targets import Server, cpu_seconds, load_average, stop
+from targets import Server, cpu_seconds, load_average, stop, wait_idle
 
 from sipgw.tools.loopback import free_port  # targets put the tree on sys.path
 from sipgw.tools.wsload import LoadResult, run_load
@@ -161,18 +161,6 @@ HEADER = (f"{'target':<9}{'round':>5}{'reg':>8}{'s':>8}{'reg/s':>8}{'fails':>7}"
           f"{'CPU-s':>10}{'client':>9}{'kB/conn':>8}   {'UAS':<5}load (1, 5, 15 min)\n"
           f"{'':<9}{'':>5}{'':>8}{'all reg':>8}{'':>8}{'':>7}{'/1000':>10}{'% core':>9}"
           f"{'held':>8}   {'ok':<5}")
-
-
-def wait_idle(server: Server, bound: float = 20.0) -> None:
-    """Until the server has stopped spending CPU (closed connections torn down), so that
-    neither phase is charged for the other's leftovers; bounded."""
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        cpu = server.cpu()
-        time.sleep(0.5)
-        if server.cpu() - cpu < 0.02:
-            return
-    print(f"  ({server.name} still busy after {bound:.0f} s; measuring anyway)")
 
 
 def load(server: Server, args: argparse.Namespace, count: int, first: int,
