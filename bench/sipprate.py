@@ -17,14 +17,16 @@ took meanwhile (/proc/stat: the machine is shared). A run starts a fresh server 
 rising rates until a step fails 0.5 % of its operations or more, or falls behind 95 % of
 its rate: by default a search (×``--growth`` from ``--start``, then ``--refine`` halvings
 between the highest rate sustained and the lowest not), with ``--rates`` the rates given,
-in turn. A rate not sustained is offered again once (``--retry``) after the server is idle
-again: on a shared machine another user's burst can fail one step. A step's verdict says
-when SIPp, not the server, was the limit: SIPp's caller or backend at 85 % of a core or
-more, or the caller sending behind its rate while its calls in progress were below its cap
-(a slow server fills the cap first). Such a rate is no limit of the server's, and the table
-says "≥". ``--target both`` interleaves the runs (sipgw, kamailio, sipgw, kamailio...), as
-the machine may be shared, and ends with a table: the rate sustained, CPU-s per 1,000
-operations at that rate and Redis commands per operation, and sipgw's over Kamailio's.
+in turn. The machine may be shared: each step waits (``--quiet-wait``, bounded) until the
+rest of the machine takes under a quarter of a core, and a rate not sustained is offered
+again (``--retry``, twice) once the server is idle. A step's verdict says what limited it:
+SIPp (its caller or backend at 85 % of a core or more, or the caller sending behind its
+rate while its calls in progress were below its cap: a slow server fills the cap first),
+"busy" (other processes took half a core or more), or the server. A rate SIPp or others
+failed is no limit of the server's, and the table says "≥". ``--target both`` interleaves
+the runs (sipgw, kamailio, sipgw, kamailio...), as the machine may be shared, and ends with
+a table: the rate sustained, CPU-s per 1,000 operations at that rate and Redis commands per
+operation, and sipgw's over Kamailio's.
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ SUSTAINED_ACHIEVED = 0.95
 SIPP_BUSY = 0.85
 # The UAC's calls in progress reached this share of its cap (-l): the server was slow.
 CAP_REACHED = 0.9
-# Other processes took this share of a core during a step: said beside a failed one.
+# Other processes took this share of a core during a step: a failure there says nothing
+# of the server's limit (the machine is shared). A step waits for them to stay under QUIET.
 OTHERS_BUSY = 0.5
+QUIET = 0.25
 # The gateway's own listener only; Redis for its digest; SIPp does not answer OPTIONS, so
 # the dispatcher does not probe it.
 SIPGW_CONFIG = """\
@@ -150,10 +154,16 @@ class Step:
         return ""
 
     @property
+    def contended(self) -> bool:
+        return self.others_cpu >= OTHERS_BUSY * self.seconds
+
+    @property
     def verdict(self) -> str:
+        """What limited a step: "ok" (sustained), "SIPp", "busy" (other processes took
+        half a core or more: inconclusive) or "server"."""
         if self.sustained:
             return "ok"
-        return "SIPp" if self.sipp_limit else "server"
+        return "SIPp" if self.sipp_limit else "busy" if self.contended else "server"
 
     @property
     def cpu_per_1000(self) -> float:
@@ -190,10 +200,29 @@ def children_cpu() -> float:
 
 
 def machine_cpu() -> float:
-    """CPU-seconds the whole machine spent busy (all cores), from /proc/stat."""
-    # user, nice, system, (idle, iowait), irq, softirq; not steal: not this machine's work
+    """CPU-seconds the whole machine's processes spent (all cores), from /proc/stat: user,
+    nice and system, as a process's own time counts them (not interrupts: the loopback
+    traffic's own kernel work lands there, and in no process's time)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:3]) + fields[5] + fields[6]) / targets.CLK_TCK
+    return sum(fields[:3]) / targets.CLK_TCK
+
+
+def wait_quiet(server: Server, redis: Redis, bound: float) -> None:
+    """Until the rest of the machine (all but the server and Redis; no SIPp runs between
+    steps) has taken under ``QUIET`` of a core for two seconds in a row; bounded. On a
+    shared machine the others' load comes in bursts: a step started in one measures them."""
+    deadline, quiet, waited = time.monotonic() + bound, 0, time.monotonic()
+    while time.monotonic() < deadline:
+        before = machine_cpu() - server.cpu() - cpu_seconds(redis.proc.pid)
+        time.sleep(1.0)
+        others = machine_cpu() - server.cpu() - cpu_seconds(redis.proc.pid) - before
+        quiet = quiet + 1 if others < QUIET else 0
+        if quiet == 2:
+            if time.monotonic() - waited > 3:
+                print(f"  (waited {time.monotonic() - waited:.0f} s for the rest of the "
+                      "machine to be quiet)")
+            return
+    print(f"  (the rest of the machine still busy after {bound:.0f} s; measuring anyway)")
 
 
 def caller_pace(path: Path) -> tuple[float, float, int]:
@@ -373,15 +402,17 @@ def run_target(target: str, round_: int, scenario: Scenario, args: argparse.Name
             rate = next(rates)
             while True:
                 for attempt in range(args.retry + 1):
+                    if args.quiet_wait:
+                        wait_quiet(server, redis, args.quiet_wait)
                     step = run_step(server, uas_port, scenario, rate, args.seconds, redis,
                                     round_, run_work)
                     print(step.row(), flush=True)
                     steps.append(step)
                     if step.sustained:
                         break
-                    if step.others_cpu >= OTHERS_BUSY * step.seconds:
+                    if step.contended:
                         print(f"  the rest of the machine took {step.others_cpu / step.seconds:.0%}"
-                              " of a core meanwhile")
+                              " of a core meanwhile: inconclusive")
                     if step.sipp_limit:
                         print(f"  not sustained: {step.sipp_limit}; SIPp, not {target}, "
                               "may have been the limit")
@@ -408,14 +439,16 @@ def at_rate(steps: list[Step], rate: int) -> Step | None:
 
 def limit(steps: list[Step]) -> tuple[Step | None, str]:
     """The highest rate sustained, and what the rates above it say of the limit: "" when
-    the server failed one (the limit lies below it), "≥" when none was offered (it lies
-    above), "≥ (SIPp)" when SIPp set the pace of every one (the server's is not known)."""
+    the server failed one on its own (the limit lies below it), "≥" when none was offered
+    (it lies above), "≥ (SIPp)" or "≥ (busy)" when SIPp set the pace of every one or other
+    processes took the CPU (the server's limit is not known)."""
     top = best(steps)
-    above = [s for s in steps if not s.sustained and (top is None or s.rate > top.rate)]
+    above = {s.verdict for s in steps
+             if not s.sustained and (top is None or s.rate > top.rate)}
     if not above:
         return top, "≥"
-    if all(s.sipp_limit for s in above):
-        return top, "≥ (SIPp)"
+    if "server" not in above:
+        return top, f"≥ ({'/'.join(sorted(above))})"
     return top, ""
 
 
@@ -495,9 +528,12 @@ def add_arguments(ap: argparse.ArgumentParser, *, start: int, grain: int,
     ap.add_argument("--growth", type=float, default=1.25)
     ap.add_argument("--refine", type=int, default=2)
     ap.add_argument("--grain", type=int, default=grain, help="the search's rates' multiple")
-    ap.add_argument("--retry", type=int, default=1,
+    ap.add_argument("--retry", type=int, default=2,
                     help="times a rate not sustained is offered again before it counts (a "
                          "shared machine's moment of contention does not end the search)")
+    ap.add_argument("--quiet-wait", type=float, default=60.0,
+                    help="seconds a step waits, at most, for the rest of the machine to "
+                         "take under a quarter of a core (0: start at once)")
     ap.add_argument("--max-rate", type=int, default=max_rate)
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of each step")
     ap.add_argument("--users", type=int, default=1000, help="distinct accounts (digest)")
@@ -521,8 +557,8 @@ def check_arguments(ap: argparse.ArgumentParser, args: argparse.Namespace) -> No
         ap.error("--rates: each rate must be above 0")
     if min(args.start, args.grain, args.max_rate) <= 0 or args.start > args.max_rate:
         ap.error("--start, --grain, --max-rate: above 0, --start at most --max-rate")
-    if args.growth <= 1 or args.refine < 0 or args.retry < 0:
-        ap.error("--growth: above 1; --refine, --retry: 0 or more")
+    if args.growth <= 1 or args.refine < 0 or args.retry < 0 or args.quiet_wait < 0:
+        ap.error("--growth: above 1; --refine, --retry, --quiet-wait: 0 or more")
     if args.profile and args.target != "sipgw":
         ap.error("--profile profiles sipgw: only with --target sipgw")
     if args.profile and args.workers not in (None, 1):
