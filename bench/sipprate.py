@@ -448,7 +448,7 @@ def limit(steps: list[Step]) -> tuple[Step | None, str]:
     if not above:
         return top, "≥"
     if "server" not in above:
-        return top, f"≥ ({'/'.join(sorted(above))})"
+        return top, f"≥ ({'/'.join(sorted(above))} above)"
     return top, ""
 
 
@@ -456,9 +456,9 @@ def summary(runs: dict[tuple[str, int], list[Step]], operation: str) -> None:
     """A row per run: the highest rate sustained ("≥" when no limit was found above it),
     CPU-s per 1,000 operations and Redis commands per operation there; medians per target;
     with both, the two compared per round and at the highest rate both sustained."""
-    print(f"\n{'target':<9}{'round':>6}{'sustained':>16}{'CPU-s per':>11}{'server':>8}"
+    print(f"\n{'target':<9}{'round':>6}{'sustained':>22}{'CPU-s per':>11}{'server':>8}"
           f"{'others':>8}  Redis commands per {operation}\n"
-          f"{'':<9}{'':>6}{f'{operation}/s':>16}{'1,000':>11}{'% core':>8}{'% core':>8}")
+          f"{'':<9}{'':>6}{f'{operation}/s':>22}{'1,000':>11}{'% core':>8}{'% core':>8}")
     medians: dict[str, tuple[float, bool]] = {}  # sustained rate, and whether a limit
     for target in TARGETS:
         mine = {round_: steps for (t, round_), steps in runs.items() if t == target}
@@ -469,11 +469,12 @@ def summary(runs: dict[tuple[str, int], list[Step]], operation: str) -> None:
             top, mark = limit(steps)
             bounded &= not mark
             if top is None:
-                print(f"{target:<9}{round_:>6}{'none':>16}")
+                print(f"{target:<9}{round_:>6}{'none':>22}")
                 rates.append(0)
                 continue
             share = 100.0 / max(top.seconds, 1e-9)
-            print(f"{target:<9}{round_:>6}{f'{mark}{top.rate}':>16}{top.cpu_per_1000:>11.3f}"
+            shown = f"≥{top.rate}{mark[1:]}" if mark else f"{top.rate}"
+            print(f"{target:<9}{round_:>6}{shown:>22}{top.cpu_per_1000:>11.3f}"
                   f"{top.cpu * share:>7.0f}%{top.others_cpu * share:>7.0f}%  "
                   f"{top.redis_per_op()}")
             rates.append(top.rate)
