@@ -14,19 +14,20 @@ the source address to pick one. Each step runs the UAC at a fixed rate for a fix
 reads SIPp's counters, the server's CPU time summed over its whole process group (/proc),
 each SIPp's own CPU, Redis's ``INFO commandstats``, and the CPU the rest of the machine
 took meanwhile (/proc/stat: the machine is shared). A run starts a fresh server and offers
-rising rates until a step fails 0.5 % of its operations or more, or falls behind 95 % of
-its rate: by default a search (×``--growth`` from ``--start``, then ``--refine`` halvings
-between the highest rate sustained and the lowest not), with ``--rates`` the rates given,
-in turn. The machine may be shared: each step waits (``--quiet-wait``, bounded) until the
-rest of the machine takes under a quarter of a core, and a rate not sustained is offered
-again (``--retry``, twice) once the server is idle. A step's verdict says what limited it:
-SIPp (its caller or backend at 85 % of a core or more, or the caller sending behind its
-rate while its calls in progress were below its cap: a slow server fills the cap first),
-"busy" (other processes took half a core or more), or the server. A rate SIPp or others
-failed is no limit of the server's, and the table says "≥". ``--target both`` interleaves
-the runs (sipgw, kamailio, sipgw, kamailio...), as the machine may be shared, and ends with
-a table: the rate sustained, CPU-s per 1,000 operations at that rate and Redis commands per
-operation, and sipgw's over Kamailio's.
+rising rates until a step fails 0.5 % of its operations or more, or falls behind: its calls
+(99.5 % of them, as a few whose answer was lost wait 10 s for their timeout) end at under
+95 % of its rate: by default a search (×``--growth`` from ``--start``, then ``--refine``
+halvings between the highest rate sustained and the lowest not), with ``--rates`` the rates
+given, in turn. The machine may be shared: each step waits (``--quiet-wait``, bounded)
+until the rest of the machine takes under a quarter of a core, and a rate not sustained is
+offered again (``--retry``, twice) once the server is idle. A step's verdict says what
+limited it: SIPp (its caller or backend at 85 % of a core or more, or the caller sending
+behind its rate while its calls in progress were below its cap: a slow server fills the cap
+first), "busy" (other processes took half a core or more), or the server. A rate SIPp or
+others failed is no limit of the server's, and the table says "≥". ``--target both``
+interleaves the runs (sipgw, kamailio, sipgw, kamailio...), as the machine may be shared,
+and ends with a table: the rate sustained, CPU-s per 1,000 operations at that rate and
+Redis commands per operation, and sipgw's over Kamailio's.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import itertools
 import resource
 import statistics
 import subprocess
@@ -58,6 +60,8 @@ SUSTAINED_ACHIEVED = 0.95
 SIPP_BUSY = 0.85
 # The UAC's calls in progress reached this share of its cap (-l): the server was slow.
 CAP_REACHED = 0.9
+# A step's pace is the time this share of its calls took to end (caller_pace).
+FINISHED = 0.995
 # Other processes took this share of a core during a step: a failure there says nothing
 # of the server's limit (the machine is shared). A step waits for them to stay under QUIET.
 OTHERS_BUSY = 0.5
@@ -116,7 +120,7 @@ class Step:
     ok: int
     failed: int
     seconds: float  # from the caller's start to its end, as this bench saw them
-    sipp_seconds: float  # the same, as SIPp counts it (its own start-up left out)
+    end_rate: float  # calls ended a second (caller_pace)
     cpu: float  # the server's, summed over its processes
     uac_cpu: float  # SIPp's caller's
     uas_cpu: float  # SIPp's backend's
@@ -133,7 +137,7 @@ class Step:
 
     @property
     def achieved(self) -> float:
-        return self.ok / self.sipp_seconds if self.sipp_seconds else 0.0
+        return self.end_rate
 
     @property
     def sustained(self) -> bool:
@@ -226,9 +230,12 @@ def wait_quiet(server: Server, redis: Redis, bound: float) -> None:
 
 
 def caller_pace(path: Path) -> tuple[float, float, int]:
-    """From a SIPp ``-trace_stat`` file written every second: the seconds it ran, the
-    rate at which it started its calls (up to its last sample before it had started them
-    all) and the most calls it had in progress at once."""
+    """From a SIPp ``-trace_stat`` file written every second: the rate at which the
+    calls ended (``FINISHED`` of them, ok or failed: a few calls whose answer was lost wait
+    for their 10 s timeout and would halve the rate of a 10 s step, though the failed share
+    counts them), the rate at which it started them (up to its last sample before it had
+    started them all) and the most calls it had in progress at once. Between two samples
+    the time a count was reached is interpolated."""
     with path.open() as f:
         rows = list(csv.DictReader(f, delimiter=";"))
     if not rows:
@@ -238,11 +245,22 @@ def caller_pace(path: Path) -> tuple[float, float, int]:
         return (float(row["CurrentTime"].split("\t")[-1])
                 - float(row["StartTime"].split("\t")[-1]))
 
+    def ended(row: dict[str, str]) -> int:
+        return int(row["SuccessfulCall(C)"]) + int(row["FailedCall(C)"])
+
     total = int(rows[-1]["OutgoingCall(C)"])
     starting = [r for r in rows if 0 < int(r["OutgoingCall(C)"]) < total and elapsed(r) > 0]
     pace = (int(starting[-1]["OutgoingCall(C)"]) / elapsed(starting[-1]) if starting
             else total / max(elapsed(rows[-1]), 1e-9))
-    return elapsed(rows[-1]), pace, max(int(r["CurrentCall"]) for r in rows)
+    goal = FINISHED * total
+    end_rate = ended(rows[-1]) / max(elapsed(rows[-1]), 1e-9)
+    for before, row in itertools.pairwise(rows):
+        if ended(row) >= goal > ended(before):
+            at = elapsed(before) + (elapsed(row) - elapsed(before)) * (
+                (goal - ended(before)) / (ended(row) - ended(before)))
+            end_rate = goal / max(at, 1e-9)
+            break
+    return end_rate, pace, max(int(r["CurrentCall"]) for r in rows)
 
 
 def run_step(server: Server, uas_port: int, scenario: Scenario, rate: int, seconds: float,
@@ -292,13 +310,13 @@ def run_step(server: Server, uas_port: int, scenario: Scenario, rate: int, secon
         raise SystemExit("SIPp's caller did not run: "
                          + (work / "uac.err").read_text(errors="replace")[-500:])
     stats = last_stats(stf)
-    sipp_seconds, sent_rate, peak_open = caller_pace(stf)
+    end_rate, sent_rate, peak_open = caller_pace(stf)
     ok = int(stats.get("SuccessfulCall(C)", 0))
     # A call still open when SIPp was stopped failed too, though SIPp did not count it.
     failed = max(int(stats.get("FailedCall(C)", 0)), int(stats.get("OutgoingCall(C)", 0)) - ok)
     return Step(
         target=server.name, round=round_, rate=rate, ok=ok, failed=failed,
-        seconds=elapsed, sipp_seconds=sipp_seconds, cpu=cpu, uac_cpu=uac_cpu, uas_cpu=uas_cpu,
+        seconds=elapsed, end_rate=end_rate, cpu=cpu, uac_cpu=uac_cpu, uas_cpu=uas_cpu,
         # This bench's own Python and the kernel's softirqs land here too (a little).
         others_cpu=max(machine - cpu - uac_cpu - uas_cpu - redis_cpu, 0.0),
         sent_rate=sent_rate, peak_open=peak_open, open_cap=open_calls,
