@@ -6,9 +6,12 @@ digest, 100, 180, 200, ACK, BYE, 200; the subscribers in a real Redis (the same 
 for both servers), the INVITE record-routed so that ACK and BYE come through the server.
 Each step runs at a fixed rate for a fixed time (bench/sipprate.py); the result is the
 highest rate with under 0.5 % failed calls, the server's CPU-s per 1,000 calls summed over
-all its processes, and the Redis commands per call.
+all its processes, and the Redis commands per call. By default the rates are a search:
+500/s, ×1.25 until a step is not sustained, then two halvings of the gap (``--start``,
+``--growth``, ``--refine``); a step SIPp itself could not drive is said so, and is no
+limit of the server's.
 
-    .venv/bin/python bench/calls.py                       # 200, 400, ... until it breaks
+    .venv/bin/python bench/calls.py                       # the search, 10 s steps
     .venv/bin/python bench/calls.py --rates 800,1000,1200 --seconds 15
     .venv/bin/python bench/calls.py --target both --rates 800,1200 --seconds 8
     .venv/bin/python bench/calls.py --no-auth             # INVITE→200→ACK→BYE, trusted
@@ -44,7 +47,7 @@ def scenario(args: argparse.Namespace, inf: Path) -> sipprate.Scenario:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sipprate.add_arguments(ap, step=200, max_rate=4000)
+    sipprate.add_arguments(ap, start=500, grain=50, max_rate=8000)
     sipprate.main(ap, scenario)
 
 

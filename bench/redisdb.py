@@ -63,10 +63,12 @@ class Redis:
                 for m in re.finditer(r"cmdstat_([\w|]+):calls=(\d+)", info)
                 if m.group(1) != "info"}
 
-    def provision(self, users: int, realm: str, work: Path) -> list[tuple[str, str]]:
-        """Users 7000, 7001, ... with passwords pw0, pw1, ... in ``realm``, written by
-        ``sipgw users import`` in Kamailio's layout; returns (user, password) pairs."""
-        accounts = [(str(7000 + i), f"pw{i}") for i in range(users)]
+    def provision(self, users: int, realm: str, work: Path, *, first: int = 7000,
+                  password: str | None = None) -> list[tuple[str, str]]:
+        """Users ``first``, ``first`` + 1, ... with passwords pw0, pw1, ... (or all
+        ``password``) in ``realm``, written by ``sipgw users import`` in Kamailio's layout;
+        returns (user, password) pairs."""
+        accounts = [(str(first + i), password or f"pw{i}") for i in range(users)]
         csv = work / "accounts.csv"
         csv.write_text("username,password\n" + "".join(f"{u},{p}\n" for u, p in accounts))
         config = work / "provision.toml"

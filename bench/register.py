@@ -6,9 +6,12 @@ answering REGISTER (the registrar is the backend), the subscribers in a real Red
 same records for both servers, written by ``sipgw users import``). Each step runs at a
 fixed rate for a fixed time (bench/sipprate.py); the result is the highest rate with under
 0.5 % failed REGISTERs, the server's CPU-s per 1,000 REGISTERs summed over all its
-processes, and the Redis commands per authenticated REGISTER (``INFO commandstats``).
+processes, and the Redis commands per authenticated REGISTER (``INFO commandstats``). By
+default the rates are a search: 1,000/s, ×1.25 until a step is not sustained, then two
+halvings of the gap (``--start``, ``--growth``, ``--refine``); a step SIPp itself could not
+drive is said so, and is no limit of the server's.
 
-    .venv/bin/python bench/register.py                          # 400, 800, ... until it breaks
+    .venv/bin/python bench/register.py                          # the search, 10 s steps
     .venv/bin/python bench/register.py --rates 1000,1200 --seconds 15
     .venv/bin/python bench/register.py --target both --rates 800,1200 --seconds 8
     .venv/bin/python bench/register.py --workers 2              # sipgw serve --workers 2
@@ -42,7 +45,7 @@ def scenario(args: argparse.Namespace, inf: Path) -> sipprate.Scenario:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sipprate.add_arguments(ap, step=400, max_rate=8000)
+    sipprate.add_arguments(ap, start=1000, grain=100, max_rate=16000)
     sipprate.main(ap, scenario)
 
 

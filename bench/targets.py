@@ -150,6 +150,19 @@ class Server:
         return int(_sum_over(self.pids(), pss_kb))
 
 
+def wait_idle(server: Server, bound: float = 20.0) -> None:
+    """Until the server has stopped spending CPU (what the last load left behind torn
+    down: connections, transactions), so that the next measure is not charged for it;
+    bounded."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        cpu = server.cpu()
+        time.sleep(0.5)
+        if server.cpu() - cpu < 0.02:
+            return
+    print(f"  ({server.name} still busy after {bound:.0f} s; measuring anyway)")
+
+
 @contextlib.contextmanager
 def sipgw(work: Path, config: str, sip_port: int, *, workers: int | None = None,
           ws_url: str = "", python: tuple[str, ...] = ()) -> Iterator[Server]:
