@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -87,8 +88,8 @@ def rates(prev: dict[str, Any] | None, cur: dict[str, Any]) -> dict[str, float]:
 
 
 def _pairs(title: str, pairs: list[tuple[str, Any]]) -> Panel:
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
+    table = Table.grid(padding=(0, 1))
+    table.add_column(style="bold", no_wrap=True)  # a wrapped label would push panels off 24 lines
     table.add_column(justify="right")
     for key, value in pairs:
         table.add_row(Text(key), Text(f"{value:.1f}" if isinstance(value, float) else str(value)))
@@ -119,12 +120,10 @@ def dashboard(snap: dict[str, Any], per_second: dict[str, float], where: str) ->
     pike = _pairs("pike", [("blocked now", g("pike.blocked_ips", "-")),
                            ("dropped", g("pike.dropped_msgs", "-"))])
     load = _pairs("load", [
-        ("udp queue ms", _ms(g("load.udp_queue_delay_us"))),
-        ("udp queue max ms", _ms(g("load.udp_queue_delay_max_us"))),
-        ("loop lag ms", _ms(g("load.reactor_lag_us"))),
-        ("loop lag max ms", _ms(g("load.reactor_lag_max_us"))),
-        ("stream queue ms", _ms(g("load.stream_queue_delay_us"))),
-        ("stream queue max ms", _ms(g("load.stream_queue_delay_max_us"))),
+        # Now and the worst of the window on one row each, so the dashboard keeps to 24 lines.
+        ("udp queue ms", _now_max(g, "load.udp_queue_delay")),
+        ("loop lag ms", _now_max(g, "load.reactor_lag")),
+        ("stream queue ms", _now_max(g, "load.stream_queue_delay")),
         ("stream unread", g("load.stream_backlog_bytes", "-")),
         ("shedding %", g("core.shed_percent", "-")),  # of new requests, refused now
     ])
@@ -175,6 +174,11 @@ def _workers(workers: list[dict[str, Any]]) -> Table:
 def _ms(microseconds: Any) -> str:
     """A load: delay, kept in microseconds, as milliseconds; "-" from a sipgw without it."""
     return "-" if microseconds is None else f"{microseconds / 1000:.2f}"
+
+
+def _now_max(get: Callable[..., Any], name: str) -> str:
+    """A delay now and the worst of its window: "1.25 / 48.00" (``NAME_us``, ``NAME_max_us``)."""
+    return f"{_ms(get(name + '_us'))} / {_ms(get(name + '_max_us'))}"
 
 
 def _by_transport(info: Any) -> list[tuple[str, Any]]:
