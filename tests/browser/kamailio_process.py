@@ -10,11 +10,25 @@ in ``kamailio/``:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sipgw.tools.kamailio import KamailioProcess
 
 CONFIGS = Path(__file__).with_name("kamailio")
+
+# registrar.cfg's log line for a call it sends to a registered user by its Path: the
+# Path's host and port are where the INVITE went, i.e. which sipgw (node, worker) holds
+# the callee's WebSocket.
+_ROUTED_BY_PATH = re.compile(r"INVITE \S+\} <script>: to \S+ at <[^>]*> "
+                             r"via <sip:[0-9a-z]+-\d+@([\d.]+):(\d+);lr;ob>")
+
+
+def invite_path(log: str) -> tuple[str, int]:
+    """The Path ``(host, port)`` by which the registrar sent the first INVITE in ``log``."""
+    routed = _ROUTED_BY_PATH.search(log)
+    assert routed, f"the registrar sent no INVITE by a Path:\n{log}"
+    return routed[1], int(routed[2])
 
 
 class KamailioRunner:

@@ -53,19 +53,12 @@ _seq = itertools.count(1)
 
 class OnHost:
     """For a ``WsSipgw``: every listener on ``host`` (a loopback address of its own, as a
-    node on a host of its own) instead of 127.0.0.1."""
+    node on a host of its own) instead of 127.0.0.1 (``SipgwProcess.address`` follows
+    ``host``)."""
 
     host: str
     port: int
     ws_port: int
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def hostport(self) -> tuple[str, int]:
-        return (self.host, self.port)
 
     @property
     def ws_address(self) -> str:
