@@ -15,7 +15,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 # Phones re-registering after an outage and a shift's browsers connect all at once;
 # Twisted's default backlog (50) would drop their SYNs and cost each a second or more.
-BACKLOG = 1024
+BACKLOG = 4096  # the kernel holds it to net.core.somaxconn (4096 on current kernels)
 
 
 def listen_stream(reactor, host: str, port: int, factory, *, tls=None, fd: int | None = None):
