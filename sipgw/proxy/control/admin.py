@@ -77,8 +77,10 @@ class Admin:
                          for lst in proxy.identity.listeners]
             # What a backend over each transport finds in our Via, Record-Route and Path:
             # where it sends answers, in-dialog requests and calls to a browser.
+            # Only the transports we listen on: facing() falls back to another listener.
+            served = {lst.transport for lst in proxy.identity.listeners}
             toward = [transport_address(t, lst.host, lst.port)
-                      for t in ("udp", "tcp", "tls")
+                      for t in ("udp", "tcp", "tls") if t in served
                       for lst in (proxy.identity.facing(t, backend=True),)]
         control = getattr(svc, "control", None)
         return {

@@ -46,6 +46,9 @@ def test_core_methods_say_what_runs_where(service):
     info = admin.rpc_info()
     assert info["pid"] == os.getpid()
     assert info["listen"] == ["tcp:127.0.0.1:25070"]
+    # What a backend finds in our Via and Path: only transports we listen on (no UDP or
+    # TLS address here, since there is no such listener to reach).
+    assert info["toward_backends"] == ["tcp:127.0.0.1:25070"]
     assert info["backend"] == "sip:127.0.0.1:5080"
     assert info["config"] == service.loaded.path
 
