@@ -110,8 +110,9 @@ class Proxy:
                 self.close_flow(source.flow_id)
             return
         overload = self.overload
-        if overload.dropping and source.transport == "udp" and overload.drops_unread(data,
-                                                                                    source):
+        if (overload.dropping and source.transport == "udp"
+                and not self.backends.is_backend(source)
+                and overload.drops_unread(data, source)):
             return  # far behind: a new request shed unread (``overload.py``)
         if not data.strip(b"\r\n\t "):
             return  # a UDP keepalive (CRLF or empty)

@@ -33,7 +33,11 @@ be of use.
 What is never shed: responses, ACK, CANCEL and requests with a To tag (in-dialog, BYE
 among them); retransmissions of requests already being processed, which the route script
 hands to their transaction before it asks here; OPTIONS to sipgw itself, answered by
-REQINIT before. A new request is admitted when a hash of its Call-ID (salted anew every
+REQINIT before; and every request from a backend (explicit configuration, trusted): a
+call from the contact center to a browser costs no authentication, and the load that
+sipgw sheds is the clients' (a registration storm that slows the loop must not turn the
+calls to the browsers already back away; seen as a 503 to the registrar's INVITE right
+after a node's kill -9). A new request is admitted when a hash of its Call-ID (salted anew every
 ``ROTATION`` seconds) falls below the share: a request, its retransmissions and the
 authorized retry after a digest challenge (same Call-ID) get the same verdict, so the
 work spent on the challenge is not thrown away, and a client refused now draws again when

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sipgw.proxy.transport import Source
+from tests.proxy.test_overload import late, new_register
 from tests.proxy.transport.ws.test_ws_relay import (  # noqa: F401 - fixtures
     ALIAS,
     BACKEND,
@@ -135,3 +136,24 @@ def test_a_udp_client_gets_no_flow_token(proxy, link):
                                      b"SIP/2.0/UDP 192.0.2.50:5062"), udp)
     (out, _), = link.take()
     assert not out.has("path")
+
+
+def test_while_sipgw_sheds_everything_new_a_backends_call_by_path_still_reaches_the_browser(
+    proxy, link
+):
+    proxy.receive(register(), WS)
+    link.take()
+    shedder = proxy.overload
+    shedder.cpu_seconds = proxy.clock.seconds  # busy all the time
+    late(proxy.clock, shedder, *[1.0] * 60)
+    assert shedder.admit < 0.02 and shedder.dropping
+    link.take()  # the REGISTER's retransmissions toward the backend meanwhile
+    # A client's new request now is dropped unread...
+    proxy.receive(new_register(1), Source(transport="udp", host="192.0.2.99", port=5999,
+                                          local_host="127.0.0.1", local_port=5060))
+    assert link.take() == [] and proxy.stats.get("core:shed_dropped") == 1
+    # ...while the contact center's call to a browser goes down its flow.
+    proxy.receive(backend_invite(f"<sip:{token(proxy)}@127.0.0.1:5060;lr;ob>"), BACKEND_SRC)
+    (out, dest), = [(m, d) for m, d in link.take() if getattr(m, "method", None) == "INVITE"]
+    assert dest.flow_id == WS.flow_id
+    assert proxy.stats.get("core:shed_dropped") == 1 and proxy.stats.get("core:shed_503") == 0
