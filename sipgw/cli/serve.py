@@ -128,6 +128,7 @@ def _run(loaded, worker=None) -> int:
     from sipgw.proxy.runtime import gcpolicy
     from sipgw.proxy.runtime import log as sipgw_log
     from sipgw.proxy.service import make_service
+    from sipgw.proxy.workers.sockets import SocketError, own_sockets
 
     sipgw_log.start_logging(loaded.config.log.level,
                             tag=f"w{worker.index}" if worker is not None else "")
@@ -138,7 +139,12 @@ def _run(loaded, worker=None) -> int:
     else:
         log.info("worker {i} of {n} starting", i=worker.index, n=worker.count)
     try:
-        svc = make_service(loaded, reactor, worker=worker)
+        # A worker has its own sockets toward the backends from the supervisor.
+        own = own_sockets(loaded.config) if worker is None else None
+        svc = make_service(loaded, reactor, worker=worker, own=own)
+    except SocketError as e:
+        log.critical("cannot start: {err}", err=e)
+        return EXIT_FAILED
     except (ConfigError, ListFileError) as e:
         # A certificate missing or not matching its key, or a dispatcher list that
         # changed since it was checked.

@@ -55,6 +55,7 @@ from sipgw.proxy.transport.tls import BackendTls, ServerTls, TlsTransport
 from sipgw.proxy.transport.udp import UdpListener, listen_udp
 from sipgw.proxy.transport.ws import WsTransport
 from sipgw.proxy.workers.channel import WorkerChannel
+from sipgw.proxy.workers.sockets import OwnSockets
 from sipgw.proxy.workers.spec import WorkerSpec
 from sipgw.proxy.workers.worker import WorkerLink
 from sipgw.sip.nat import NatTest
@@ -70,7 +71,8 @@ CLOSE_GRACE = 2.0
 
 def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = None,
                  environ: Mapping[str, str] | None = None,
-                 worker: WorkerSpec | None = None) -> ProxyService:
+                 worker: WorkerSpec | None = None,
+                 own: OwnSockets | None = None) -> ProxyService:
     """``sipgw serve`` as one Twisted service, every component built here, bottom-up.
 
     Its children start in this order and stop in the reverse one: the listeners, the
@@ -85,7 +87,8 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     ``worker``: this process is one worker of several (``sipgw.proxy.workers``): it adopts
     the sockets the supervisor opened, writes its own address toward the backends, serves
     its control socket beside the service's, and says it is ready to the supervisor
-    instead of systemd.
+    instead of systemd. ``own``: a single process's own sockets toward its backends
+    (``own_sockets``), as a worker has; without them the public UDP socket is the one.
     """
     if worker is not None:
         loaded = _with_inherited_ports(loaded, worker)
@@ -95,9 +98,11 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
     flows = FlowTable(worker.index, worker.count) if worker is not None else FlowTable()
     tap = Tap()
     outbound = Outbound(reactor, flows, tap)
+    if worker is not None:
+        own = worker.own
     proxy = build_core(config, clock=reactor, send=send or outbound.send, stats=stats,
                        flows=flows, tap=tap, store=open_subscribers(config, reactor),
-                       worker=worker)
+                       worker=worker, own=own)
     # A bad certificate is a start-up error (TlsError), before any listener opens.
     tls = ServerTls(config.tls) if (config.listen.tls or config.listen.wss) else None
     load = LoadMonitor(reactor, stats, on_tick=proxy.overload.on_load)
@@ -136,19 +141,20 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
                          flows_of=proxy.registrar.flows_of,
                          screen=proxy.screen, backlog=load.streams)
     udp = [UdpListener(addr.host, addr.port, proxy.receive) for addr in config.listen.udp]
-    own = None
-    if worker is not None:
-        own = UdpListener(worker.backend.host, worker.backend.port, proxy.receive)
+    own_udp = None
+    if own is not None:
+        own_udp = UdpListener(own.backend.host, own.backend.port, proxy.receive)
     failure: list = [proxy.relay.transport_failed]
     if proxy.dispatcher is not None:
         dispatcher = proxy.dispatcher
         failure.append(lambda host, port, transport: dispatcher.transport_error(host, port))
     outbound.attach(udp=udp, streams={name: t for name, t in (("tcp", stream),
                                                               ("tls", tls_stream)) if t},
-                    on_failure=failure, backend_udp=own, is_backend=proxy.backends.is_backend)
+                    on_failure=failure, backend_udp=own_udp,
+                    is_backend=proxy.backends.is_backend)
     listeners = Listeners(reactor, config.listen, udp=udp, stream=stream,
                           tls_stream=tls_stream, ws=ws, tls=tls, on_udp_delay=load.udp.observe,
-                          worker=worker, own_udp=own)
+                          worker=worker, own=own, own_udp=own_udp)
     notifier = Notifier(environ)
     root = ProxyService(loaded=loaded, reactor=reactor, stats=stats, flows=flows, tap=tap,
                         proxy=proxy, listeners=listeners, notifier=notifier)
@@ -310,9 +316,11 @@ class Listeners(service.Service):
     def __init__(self, reactor, listen, *, udp: list[UdpListener], stream: StreamTransport,
                  tls_stream: TlsTransport | None, ws: WsTransport | None,
                  tls: ServerTls | None, on_udp_delay: Callable[[float], None],
-                 worker: WorkerSpec | None = None, own_udp: UdpListener | None = None) -> None:
+                 worker: WorkerSpec | None = None, own: OwnSockets | None = None,
+                 own_udp: UdpListener | None = None) -> None:
         self.reactor = reactor
         self.worker = worker
+        self.own = own
         self.own_udp = own_udp
         self.on_udp_delay = on_udp_delay
         self.listen = listen
@@ -330,14 +338,15 @@ class Listeners(service.Service):
         for n, lst in enumerate(self.udp):
             self.udp_ports.append(listen_udp(self.reactor, lst, self.on_udp_delay,
                                              self._fd("udp", n)))
-        if self.own_udp is not None and self.worker is not None:
+        own = self.own
+        if self.own_udp is not None and own is not None:
             self.udp_ports.append(listen_udp(self.reactor, self.own_udp, self.on_udp_delay,
-                                             self.worker.backend.fd))
-            own_tcp = self.worker.backend_stream
+                                             own.backend.fd))
+            own_tcp = own.backend_stream
             if own_tcp is not None:
                 self.stream_ports.append(self.stream.listen(own_tcp.host, own_tcp.port,
                                                             own_tcp.fd))
-            own_tls = self.worker.backend_tls
+            own_tls = own.backend_tls
             if own_tls is not None and self.tls_stream is not None and self.tls is not None:
                 self.stream_ports.append(self.tls_stream.listen_tls(
                     own_tls.host, own_tls.port, self.tls, own_tls.fd))
@@ -555,30 +564,32 @@ class ProxyService(service.MultiService):
 def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows: FlowTable,
                tap: Tap, store: SubscriberStore | None, identity: Identity | None = None,
                route_secret_key: bytes | None = None, dispatch: bool = True,
-               icmp: bool = True, worker: WorkerSpec | None = None) -> Proxy:
+               icmp: bool = True, worker: WorkerSpec | None = None,
+               own: OwnSockets | None = None) -> Proxy:
     """The SIP core, bottom-up, each component built with what it needs.
 
     ``store`` None: no AUTH step (unit tests of the relay); ``dispatch`` False: every
     request goes to the first destination, with no dispatcher (the same); ``icmp`` False:
     the dispatcher opens no sockets of its own. ``identity`` and ``route_secret_key``
-    replace what the config would give (tests). ``worker``: a worker's own address, written
-    toward the backends.
+    replace what the config would give (tests). ``worker``: this process is a worker (its
+    signing key); ``own``: its own sockets toward the backends, whose addresses it writes
+    there (a worker's, or a single process's).
     """
     backend = _backend(config)
     if identity is None:
         identity = Identity(listeners=_listeners(config, backend.destination.host),
                             aliases=_aliases(config))
-        if worker is not None:
+        if own is not None:
             toward = backend.destination.host
-            identity.backend = Listener(transport="udp", port=worker.backend.port,
-                                        host=_advertised(config, worker.backend.host, toward))
+            identity.backend = Listener(transport="udp", port=own.backend.port,
+                                        host=_advertised(config, own.backend.host, toward))
             identity.peers = tuple((_advertised(config, host, toward), port)
-                                   for host, port in worker.peers)
-            if worker.backend_stream is not None:
+                                   for host, port in own.peers)
+            if own.backend_stream is not None:
                 identity.backend_tcp = dataclasses.replace(identity.backend, transport="tcp")
-            if worker.backend_tls is not None:
+            if own.backend_tls is not None:
                 identity.backend_tls = dataclasses.replace(identity.backend, transport="tls",
-                                                           port=worker.backend_tls.port)
+                                                           port=own.backend_tls.port)
             identity.refresh()
     if route_secret_key is None:
         # A worker signs with the supervisor's key, the same in every worker.

@@ -23,6 +23,8 @@ registers every browser while the phones over UDP are shed.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -31,8 +33,17 @@ import pytest
 from sipgw.tools.process import SipgwProcess
 from sipgw.tools.wsload import run_load
 from tests.helpers.poll import wait_until
-from tests.integration.sipgw_process import SipgwRunner, control_toml, kernel_udp_drops, statistics
+from tests.integration.sipgw_process import (
+    SipgwRunner,
+    UdpPeer,
+    build_request,
+    build_response,
+    control_toml,
+    kernel_udp_drops,
+    statistics,
+)
 from tests.integration.sipp import SippProcess, SippRunner, free_port
+from tests.integration.test_proxy_sipp import SDP
 from tests.integration.test_ws_sipp import WsSipgw
 
 pytestmark = pytest.mark.integration
@@ -284,3 +295,40 @@ def overloaded(sipgw: SipgwRunner, sipp: SippRunner, tmp_path: Path, *, factor: 
     assert sum("refused with 503" in line for line in lines) <= 2
     assert sum("dropped unread" in line for line in lines) <= 2
     return refused, told, prober
+
+
+FLOOD = 40_000  # datagrams of 100 bytes: the kernel charges each over 700, 28 MB in all
+
+
+def test_a_single_process_hears_its_backend_on_a_socket_of_its_own_so_a_flood_loses_no_answer(
+    sipgw: SipgwRunner,
+) -> None:
+    """With one process (``workers = 1``) as with workers, what sipgw sends to a backend
+    names a socket of its own: a storm that fills the public port's kernel queue (and
+    loses what arrives there meanwhile) cannot lose the backend's answers."""
+    with UdpPeer() as backend:
+        gw = sipgw(backend=backend.address)
+        with UdpPeer(gw.address) as phone:
+            phone.send(build_request("INVITE", f"sip:5002@{backend.address}", peer=phone,
+                                     call_id="own-socket@test", branch="z9hG4bK-own",
+                                     body=SDP))
+            invite = backend.expect("INVITE", timeout=5)
+            top = invite.headers("Via")[0]
+            assert "127.0.0.1:" in top and f":{gw.hostport[1]};" not in top, top
+            busy = build_response(invite, 486, "Busy Here", to_tag="busy")
+
+            # sipgw stopped while a storm fills its public port's queue; the backend
+            # answers meanwhile, to the address in the Via.
+            assert gw.pid is not None
+            os.kill(gw.pid, signal.SIGSTOP)
+            try:
+                with UdpPeer() as storm:
+                    for _ in range(FLOOD):
+                        storm.send(b"\r\n" * 50, gw.address)  # keepalives: cheap to read
+                    full = kernel_udp_drops(gw)
+                    storm.send(busy, gw.address)  # an answer there now is lost
+                    assert kernel_udp_drops(gw) == full + 1
+                backend.send(busy, top.split()[1].split(";")[0])
+            finally:
+                os.kill(gw.pid, signal.SIGCONT)
+            assert phone.expect("486", timeout=10).header("Call-ID") == "own-socket@test"

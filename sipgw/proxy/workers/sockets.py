@@ -88,10 +88,32 @@ def backend_host(config: Config) -> str:
     return "0.0.0.0"
 
 
-class SocketSet:
-    """Every socket of the service: ``for_worker(i)`` is what worker ``i`` inherits."""
+@dataclass(frozen=True, slots=True)
+class OwnSockets:
+    """A process's own sockets toward its backends (a worker's, or a single process's)."""
 
-    def __init__(self, config: Config, count: int) -> None:
+    backend: Inherited  # UDP
+    backend_stream: Inherited | None  # TCP, on the same port
+    backend_tls: Inherited | None  # with listen.tls only
+    peers: tuple[tuple[str, int], ...]  # every worker's own addresses, ours included
+
+
+def own_sockets(config: Config) -> OwnSockets:
+    """A single process's own sockets toward its backends, as a worker has: under a storm
+    of datagrams on the public port its kernel queue overflows, and the backends' answers
+    must not be lost with it. The descriptors are the caller's to adopt (and close)."""
+    sockets = SocketSet(config, 1, public=False)
+    udp, tcp, *tls = sockets.for_worker(0)
+    own = OwnSockets(udp, tcp, tls[0] if tls else None, tuple(sockets.peer_addresses))
+    sockets.release()
+    return own
+
+
+class SocketSet:
+    """Every socket of the service: ``for_worker(i)`` is what worker ``i`` inherits.
+    ``public`` False: the workers' own sockets only."""
+
+    def __init__(self, config: Config, count: int, *, public: bool = True) -> None:
         self.count = count
         self._sockets: list[socket.socket] = []
         self._public: list[list[Inherited]] = [[] for _ in range(count)]
@@ -99,7 +121,7 @@ class SocketSet:
         self._backend_tcp: list[Inherited] = []
         self._backend_tls: list[Inherited] = []
         try:
-            for kind in ("udp", *STREAM_KINDS):
+            for kind in ("udp", *STREAM_KINDS) if public else ():
                 for addr in getattr(config.listen, kind):
                     self._group(kind, addr.host, addr.port)
             host = backend_host(config)
@@ -173,6 +195,12 @@ class SocketSet:
         """Every worker's own addresses, UDP (and TCP, on the same port) and TLS: each
         worker recognises all of them as us."""
         return [(s.host, s.port) for s in (*self._backend, *self._backend_tls)]
+
+    def release(self) -> None:
+        """Let go of every socket without closing it: its descriptor is someone else's."""
+        for sock in self._sockets:
+            sock.detach()
+        self._sockets = []
 
     def close(self) -> None:
         for sock in self._sockets:

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from sipgw.proxy.workers.sockets import BACKEND_TCP, BACKEND_TLS, Inherited
+from sipgw.proxy.workers.sockets import BACKEND_TCP, BACKEND_TLS, Inherited, OwnSockets
 
 ENVIRONMENT = "SIPGW_WORKER"
 CHANNEL_FD = 3  # the worker's end of its channel to the supervisor
@@ -46,6 +46,10 @@ class WorkerSpec:
     def backend_tls(self) -> Inherited | None:
         """The worker's own TLS listener (with listen.tls only)."""
         return next((s for s in self.sockets if s.kind == BACKEND_TLS), None)
+
+    @property
+    def own(self) -> OwnSockets:
+        return OwnSockets(self.backend, self.backend_stream, self.backend_tls, self.peers)
 
     def public(self, kind: str) -> list[Inherited]:
         return [s for s in self.sockets if s.kind == kind]
