@@ -431,40 +431,60 @@ def test_over_a_tcp_backend_a_phones_path_names_its_workers_own_port_and_a_call_
         gw, workers = start_workers(sipgw, control_dir, backend=backend_address,
                                     transport="tcp")
         port_of = {index: port for port, index in workers.backend_ports().items()}
-        for index, ((host, port),) in enumerate(workers.sources("tcp", 1, hosts=(LOOPBACK,))):
-            phone = socket.socket()
-            phone.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            phone.bind((host, port))
-            phone.connect(gw.hostport)
-            with phone, TcpPeer.adopt(phone) as peer:
-                peer.send(build_request(
-                    "REGISTER", f"sip:{gw.address}", peer=peer, call_id=f"path-{index}@test",
-                    branch=f"z9hG4bK-path-{index}", headers=["Supported: path"]))
-                upstream, _ = listener.accept()
-                with upstream, TcpPeer.adopt(upstream) as registrar:
-                    register = registrar.expect("REGISTER")
-                    (path,) = values(register, "Path")
-                    assert names_port(path, port_of[index]) and "transport=tcp" in path, path
-                    registrar.send(build_response(register, 200, "OK", to_tag="reg"))
-                    peer.expect("200")
-                # The registrar calls the phone by the Path, on a connection of its own
-                # (from its own address: sipgw tells a backend by its address and port).
-                target = re.match(r"<sip:[^@]+@([\d.]+):(\d+)", path)
-                assert target
-                out = socket.socket()
-                out.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                out.bind(listener.getsockname())
-                out.connect((target[1], int(target[2])))
-                with out, TcpPeer.adopt(out) as caller:
-                    caller.send(build_request(
-                        "INVITE", uri_of(register.header("Contact") or ""), peer=caller,
-                        call_id=f"by-path-{index}@test", branch=f"z9hG4bK-by-path-{index}",
-                        headers=[f"Route: {path}"], body=SDP))
-                    invite = peer.expect("INVITE", timeout=5)
-                    assert invite.header("Call-ID") == f"by-path-{index}@test"
-                    peer.send(build_response(invite, 486, "Busy Here", to_tag="busy"))
-                    assert caller.expect("486", timeout=5).header("Call-ID") == invite.header(
-                        "Call-ID")
+        for index, (source,) in enumerate(workers.sources("tcp", 1, hosts=(LOOPBACK,))):
+            path = call_by_tcp_path(gw, listener, source, f"w{index}")
+            assert names_port(path, port_of[index]), path
+
+
+def test_over_a_tcp_backend_a_single_process_takes_a_call_by_path_on_its_own_port(
+    sipgw: SipgwRunner,
+) -> None:
+    """One process (``workers = 1``) has its own TCP port toward the backends too: the
+    registrar's connection there is the backend's, and its call reaches the phone."""
+    with socket.create_server((LOOPBACK, 0), reuse_port=True) as listener:
+        listener.settimeout(10)
+        gw = sipgw(backend=f"{LOOPBACK}:{listener.getsockname()[1]}", transport="tcp")
+        path = call_by_tcp_path(gw, listener, (LOOPBACK, 0), "single")
+        assert not names_port(path, gw.hostport[1]), path
+
+
+def call_by_tcp_path(gw: SipgwProcess, listener: socket.socket, source: tuple[str, int],
+                     name: str) -> str:
+    """A phone connected from ``source`` registers through ``gw`` with the registrar
+    ``listener`` over TCP, which calls it back by its Path on a connection of its own (from
+    its own address: sipgw tells a backend by its address and port); the phone answers
+    486, which reaches the registrar. The Path."""
+    phone = socket.socket()
+    phone.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    phone.bind(source)
+    phone.connect(gw.hostport)
+    with phone, TcpPeer.adopt(phone) as peer:
+        peer.send(build_request(
+            "REGISTER", f"sip:{gw.address}", peer=peer, call_id=f"path-{name}@test",
+            branch=f"z9hG4bK-path-{name}", headers=["Supported: path"]))
+        upstream, _ = listener.accept()
+        with upstream, TcpPeer.adopt(upstream) as registrar:
+            register = registrar.expect("REGISTER")
+            (path,) = values(register, "Path")
+            assert "transport=tcp" in path, path
+            registrar.send(build_response(register, 200, "OK", to_tag="reg"))
+            peer.expect("200")
+        target = re.match(r"<sip:[^@]+@([\d.]+):(\d+)", path)
+        assert target
+        out = socket.socket()
+        out.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        out.bind(listener.getsockname())
+        out.connect((target[1], int(target[2])))
+        with out, TcpPeer.adopt(out) as caller:
+            caller.send(build_request(
+                "INVITE", uri_of(register.header("Contact") or ""), peer=caller,
+                call_id=f"by-path-{name}@test", branch=f"z9hG4bK-by-path-{name}",
+                headers=[f"Route: {path}"], body=SDP))
+            invite = peer.expect("INVITE", timeout=5)
+            assert invite.header("Call-ID") == f"by-path-{name}@test"
+            peer.send(build_response(invite, 486, "Busy Here", to_tag="busy"))
+            assert caller.expect("486", timeout=5).header("Call-ID") == invite.header("Call-ID")
+    return path
 
 
 def test_a_reload_while_a_worker_is_starting_reaches_it_once_it_is_ready(
