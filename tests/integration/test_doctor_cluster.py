@@ -59,8 +59,7 @@ def test_doctor_passes_a_reachable_path_address_and_fails_loopback_toward_a_remo
     assert near["status"] == "pass", near
     written = near["detail"].split(" in Path and Record-Route")[0].split(", ")
     assert len(written) == workers and all(a.startswith(f"{LOOPBACK}:") for a in written)
-    if workers == 1:
-        assert written == [gw.address]
+    assert gw.address not in written  # a port of its own, one process or several
     # Toward a backend on another host, loopback is unreachable: said with what to set.
     far = checks[toward(REMOTE)]
     assert far["status"] == "fail", far
@@ -69,29 +68,30 @@ def test_doctor_passes_a_reachable_path_address_and_fails_loopback_toward_a_remo
     assert "listen on an address 198.51.100.10 reaches" in far["fix"], far
 
 
-def test_doctor_fails_an_advertised_port_nobody_listens_on_and_warns_of_a_foreign_address(
+def test_an_advertised_port_is_the_clients_and_a_foreign_advertised_address_is_warned_of(
     sipp: SippRunner, tmp_path: Path,
 ) -> None:
     uas = sipp.uas("uas_options.xml", timeout=60, calls=1000)
     local = f"sip:{uas.address}"
     control = f'[control]\nsocket = "{tmp_path}/c.ctl"\n'
-    wrong_port = f"{LOOPBACK}:{free_port()}"
-    with Advertising(tmp_path / "port", advertise=wrong_port, backend=uas.address,
-                     extra_toml=control) as gw:
+    # A port forwarded to the listener (a NAT in front) is what clients are told; toward
+    # the backends sipgw writes its own port, which it listens on whatever is advertised.
+    forwarded = free_port()
+    with Advertising(tmp_path / "port", advertise=f"{LOOPBACK}:{forwarded}",
+                     backend=uas.address, extra_toml=control) as gw:
         code, checks = doctor(gw)
     port = checks[toward(local)]
-    assert (code, port["status"]) == (1, "fail"), port
-    assert port["detail"] == (f"sipgw writes {wrong_port} in Path and Record-Route toward "
-                              f"{LOOPBACK}: nothing listens there over UDP: the port is not "
-                              "one sipgw listens on")
-    assert "listen.advertise's port" in port["fix"]
+    assert port["status"] == "pass", port
+    written = port["detail"].split(" in Path and Record-Route")[0]
+    assert written.startswith(f"{LOOPBACK}:") and written not in (f"{LOOPBACK}:{forwarded}",
+                                                                  gw.address), port
 
     with Advertising(tmp_path / "foreign", advertise=NOT_OURS, backend=uas.address,
                      extra_toml=control) as gw:
         code, checks = doctor(gw)
     foreign = checks[toward(local)]
     assert foreign["status"] == "warn", foreign
-    assert foreign["detail"].startswith(
-        f"sipgw writes {NOT_OURS}:{gw.port} in Path and Record-Route toward {LOOPBACK}: "
-        f"{NOT_OURS} is not an address of this host"), foreign
+    assert foreign["detail"].startswith(f"sipgw writes {NOT_OURS}:"), foreign
+    assert (f" in Path and Record-Route toward {LOOPBACK}: {NOT_OURS} is not an address of "
+            "this host") in foreign["detail"], foreign
     assert f'listen.advertise = "{LOOPBACK}"' in foreign["fix"], foreign
