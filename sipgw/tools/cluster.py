@@ -14,31 +14,10 @@ every node's WebSocket listener in its upstream.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
-from sipgw.tools.loopback import LOOPBACK, free_port
+from sipgw.tools.loopback import LOOPBACK, free_ports
 from sipgw.tools.process import SipgwProcess
-
-
-def free_pair(host: str, count: int) -> int:
-    """The first of ``count`` consecutive ports free for UDP and TCP on ``host``."""
-    for _ in range(100):
-        base = free_port()
-        held: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                    sock = socket.socket(socket.AF_INET, kind)
-                    held.append(sock)
-                    sock.bind((host, port))
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-        return base
-    raise OSError(f"no {count} consecutive free ports on {host}")
 
 
 class Node(SipgwProcess):
@@ -49,15 +28,14 @@ class Node(SipgwProcess):
     def __init__(self, workdir: Path, *, host: str, backend: str, shared_toml: str,
                  route_secret: str, control_dir: Path, workers: int = 2,
                  log_level: str = "info") -> None:
-        self.ws_port = free_pair(host, 1)
+        self.ws_port = free_ports(1, host)
         self.control_socket = control_dir / f"{host}.ctl"
         self.state = workdir / "state"
-        extra = (f"{shared_toml.strip()}\n\n[proxy]\nworker_ports = {free_pair(host, workers)}\n"
-                 f'route_secret = "{route_secret}"\n'
+        extra = (f"{shared_toml.strip()}\n\n[proxy]\nroute_secret = \"{route_secret}\"\n"
                  f'\n[control]\nsocket = "{self.control_socket}"\n'
                  f'\n[state]\ndirectory = "{self.state}"\n')
         super().__init__(workdir, backend=backend, auth=True, extra_toml=extra,
-                         log_level=log_level, port=free_pair(host, 1), workers=workers,
+                         log_level=log_level, port=free_ports(1, host), workers=workers,
                          host=host, own_group=True)
 
     @property

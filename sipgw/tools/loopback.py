@@ -41,3 +41,29 @@ def free_port(kind: str = "both") -> int:
             _handed_out.add(port)
             return port
     raise NoFreePort(f"no free {kind} port on {LOOPBACK} after 100 tries")
+
+
+def free_ports(count: int, host: str = LOOPBACK) -> int:
+    """The first of ``count`` consecutive ports on ``host`` free for UDP and TCP (a sipgw's
+    workers' own ports, ``proxy.worker_ports``; a node's listener on another loopback
+    address)."""
+    for _ in range(100):
+        base = free_port()
+        ports = range(base, base + count)
+        held: list[socket.socket] = []
+        try:
+            for port in ports:
+                if port != base and port in _handed_out:
+                    raise OSError
+                for kind in _SOCKET_KINDS["both"]:
+                    sock = socket.socket(socket.AF_INET, kind)
+                    held.append(sock)
+                    sock.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        _handed_out.update(ports)
+        return base
+    raise NoFreePort(f"no {count} consecutive free ports on {host} after 100 tries")

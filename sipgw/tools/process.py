@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sipgw.tools.loopback import LOOPBACK, free_port
+from sipgw.tools.loopback import LOOPBACK, free_port, free_ports
 from sipgw.tools.options import NoAnswer, ping
 
 READY_TIMEOUT = 10.0
@@ -56,6 +56,7 @@ def backend_uri(backend: str, transport: str = "udp") -> str:
 def config_toml(
     *, port: int, backend: str, extra_toml: str = "", log_level: str = "debug",
     auth: bool = False, dispatcher: str | None = None, host: str = LOOPBACK,
+    worker_ports: int = 0,
 ) -> str:
     """The configuration of one test sipgw: UDP and TCP on ``host:port``, ws off, one
     backend.
@@ -64,6 +65,10 @@ def config_toml(
     but not repeat ``[listen]``, ``[dispatcher]`` or ``[log]``. Without ``auth``, loopback
     is trusted (``[auth] trusted``: tests of relaying are not about passwords); with it,
     ``extra_toml`` brings ``[auth]`` and ``[subscribers]``.
+
+    ``worker_ports``: ``proxy.worker_ports`` (in ``extra_toml``'s ``[proxy]`` if it has one,
+    unless it sets them itself), so that a test knows the address sipgw writes toward its
+    backends (:attr:`SipgwProcess.backend_address`).
 
     ``dispatcher`` replaces the body of ``[dispatcher]``. By default it is the one backend
     with probes off: SIPp scenarios do not answer OPTIONS, and a backend that never
@@ -87,6 +92,12 @@ def config_toml(
     )
     if not auth:
         text += '\n[auth]\ntrusted = ["127.0.0.0/8"]\n'
+    if worker_ports and "worker_ports" not in extra_toml:
+        line = f"worker_ports = {worker_ports}\n"
+        extra_toml, found = re.subn(r"(?m)^\[proxy\][ \t]*\n", lambda m: m[0] + line,
+                                    extra_toml, count=1)
+        if not found:
+            extra_toml += f"\n[proxy]\n{line}"
     if extra_toml:
         text += "\n" + extra_toml.strip("\n") + "\n"
     return text
@@ -125,6 +136,8 @@ class SipgwProcess:
         self.own_group = own_group
         self.workers = workers
         self.port = port if port is not None else free_port()
+        # Each worker's own ports toward the backends: UDP and TCP, then TLS.
+        self.worker_ports = free_ports(2 * workers, host)
         self.backend = backend_uri(backend, transport)
         self.extra_toml = extra_toml
         self.log_level = log_level
@@ -144,6 +157,12 @@ class SipgwProcess:
     def address(self) -> str:
         """Where callers send: ``HOST:PORT`` (UDP and TCP)."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def backend_address(self) -> str:
+        """What sipgw (its first worker) writes in Via, Record-Route and Path toward its
+        backends: ``HOST:PORT`` of its own socket, not the listener's."""
+        return f"{self.host}:{self.worker_ports}"
 
     @property
     def hostport(self) -> tuple[str, int]:
@@ -182,6 +201,7 @@ class SipgwProcess:
             auth=self.auth,
             dispatcher=self.dispatcher,
             host=self.host,
+            worker_ports=self.worker_ports,
         )
 
     def write_config(self, text: str) -> Path:
