@@ -107,11 +107,11 @@ def test_cfg_reload_through_the_socket_reports_a_bad_file_and_keeps_running(
 ):
     gw = calls_done
     good = gw.config_path.read_text()
-    gw.write_config(good + "[proxy]\nmax_forwards = 0\n")
+    gw.write_config(good.replace("[proxy]\n", "[proxy]\nmax_forwards = 0\n", 1))
     refused = ctl(gw, "ctl", "cfg.reload")
     assert refused.returncode == 1
     assert "proxy.max_forwards" in refused.stderr and refused.stderr.count("\n") == 1
-    gw.write_config(good + "[proxy]\nmax_forwards = 9\n")
+    gw.write_config(good.replace("[proxy]\n", "[proxy]\nmax_forwards = 9\n", 1))
     assert ctl(gw, "ctl", "cfg.reload").returncode == 0
     assert ctl(gw, "ctl", "cfg.get", "proxy.max_forwards").stdout == "9\n"
 

@@ -225,7 +225,7 @@ def test_commands_reach_every_worker_and_answer_once(sipgw: SipgwRunner, tmp_pat
 
     # cfg.reload: a bad file is refused once, with its line; a good one reaches both.
     good = gw.config_path.read_text()
-    gw.write_config(good + "\n[proxy]\nmax_forwards = -1\n")
+    gw.write_config(good.replace("[proxy]\n", "[proxy]\nmax_forwards = -1\n", 1))
     bad = run_cli("ctl", "-c", str(gw.config_path), "cfg.reload")
     assert bad.returncode == 1
     assert bad.stderr.count("max_forwards") == 1 and "sipgw.toml:" in bad.stderr, bad.stderr
