@@ -242,7 +242,9 @@ def test_sipgw_relays_to_a_backend_over_tls_whose_certificate_it_checks(tmp_path
         with gw, UdpPeer(gw.address) as phone:
             phone.send(options(phone, "sip:alice@example.com", 10))
             conn, request = good.next_request("OPTIONS")
-            assert request.headers("Via")[0].startswith(f"SIP/2.0/TLS {LOOPBACK}:{gw.tls_port};")
+            # Its own TLS port toward the backends (proxy.worker_ports + the workers).
+            own_tls = gw.worker_ports + gw.workers
+            assert request.headers("Via")[0].startswith(f"SIP/2.0/TLS {LOOPBACK}:{own_tls};")
             conn.send(build_response(request, 200, "OK", to_tag="good"))
             assert phone.expect("200", timeout=5).header("Call-ID") == "tls-10@test"
 

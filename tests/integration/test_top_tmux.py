@@ -32,8 +32,11 @@ class Tmux:
 
     def start(self, command: list[str]) -> None:
         env = " ".join(f"{k}={v}" for k, v in (("PYTHONPATH", os.environ.get("PYTHONPATH", "")),))
+        # A tmux server started without a terminal may put COLUMNS=80 and LINES=24 in its
+        # global environment (seen here with tmux 3.3a), and rich takes them over the
+        # pane's real size: top would draw in 80x24.
         self.run("new-session", "-d", "-x", "140", "-y", "45", "-s", "top",
-                 f"env {env} TERM=xterm-256color " + " ".join(command))
+                 f"env -u COLUMNS -u LINES {env} TERM=xterm-256color " + " ".join(command))
 
     def screen(self) -> str:
         return self.run("capture-pane", "-p", "-t", "top")

@@ -83,7 +83,8 @@ def test_a_websocket_client_calls_a_udp_backend_which_hangs_up_through_sipgw(
         ok = ws.expect("200", method="INVITE", timeout=5)
         # The route set the client learns: sipgw's WS side first, then its UDP side.
         rr = values(ok, "Record-Route")
-        assert unsigned(rr) == [f"<sip:{gw.address};lr;r2=on>",
+        # (Its UDP side toward the backend: the address of its own socket.)
+        assert unsigned(rr) == [f"<sip:{gw.backend_address};lr;r2=on>",
                                 f"<sip:{gw.ws_address};transport=ws;lr;r2=on>"]
         contact = parse_name_addr(ok.header("Contact")).uri
         ws.send(build_request(
@@ -99,7 +100,7 @@ def test_a_websocket_client_calls_a_udp_backend_which_hangs_up_through_sipgw(
 
     invite = next(m for m in uas.messages() if m.direction == "received" and m.kind == "INVITE")
     assert unsigned(values(invite, "Record-Route")) == [
-        f"<sip:{gw.address};lr;r2=on>", f"<sip:{gw.ws_address};transport=ws;lr;r2=on>"]
+        f"<sip:{gw.backend_address};lr;r2=on>", f"<sip:{gw.ws_address};transport=ws;lr;r2=on>"]
     alias = parse_name_addr(invite.header("Contact")).uri.param("alias")
     assert re.fullmatch(rf"{LOOPBACK}~{ws.port}~5~[0-9a-f]{{16}}", alias)  # signed
     assert uas.flow() == [
