@@ -110,7 +110,7 @@ class Proxy:
                 self.close_flow(source.flow_id)
             return
         overload = self.overload
-        if (overload.dropping and source.transport == "udp"
+        if (overload.shedding and source.transport == "udp"
                 and not self.backends.is_backend(source)
                 and overload.drops_unread(data, source)):
             return  # far behind: a new request shed unread (``overload.py``)
