@@ -350,6 +350,10 @@ class Listeners(service.Service):
             if own_tls is not None and self.tls_stream is not None and self.tls is not None:
                 self.stream_ports.append(self.tls_stream.listen_tls(
                     own_tls.host, own_tls.port, self.tls, own_tls.fd))
+            # What a firewall between sipgw and its backends must let through.
+            log.info("toward the backends: {a}", a=", ".join(
+                transport_address(kind, s.host, s.port) for kind, s in
+                (("udp", own.backend), ("tcp", own_tcp), ("tls", own_tls)) if s is not None))
         for n, addr in enumerate(listen.tcp):
             self.stream_ports.append(self.stream.listen(addr.host, addr.port, self._fd("tcp", n)))
             log.info("listening on {a}", a=transport_address("tcp", addr.host, addr.port))

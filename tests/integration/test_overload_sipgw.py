@@ -314,7 +314,10 @@ def test_a_single_process_hears_its_backend_on_a_socket_of_its_own_so_a_flood_lo
                                      body=SDP))
             invite = backend.expect("INVITE", timeout=5)
             top = invite.headers("Via")[0]
-            assert "127.0.0.1:" in top and f":{gw.hostport[1]};" not in top, top
+            assert top.startswith(f"SIP/2.0/UDP {gw.backend_address};"), top
+            assert gw.backend_address != gw.address
+            said = gw.wait_for_log(r"toward the backends: ")  # for the firewall
+            assert said.endswith(f"udp:{gw.backend_address}, tcp:{gw.backend_address}"), said
             busy = build_response(invite, 486, "Busy Here", to_tag="busy")
 
             # sipgw stopped while a storm fills its public port's queue; the backend
