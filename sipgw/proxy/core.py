@@ -111,7 +111,6 @@ class Proxy:
             return
         overload = self.overload
         if (overload.shedding and source.transport == "udp"
-                and not self.backends.is_backend(source)
                 and overload.drops_unread(data, source)):
             return  # far behind: a new request shed unread (``overload.py``)
         if not data.strip(b"\r\n\t "):

@@ -161,8 +161,10 @@ class Overload:
 
     def __init__(self, *, clock: IReactorTime, stats: Stats, replies: Replies,
                  settings: OverloadConfig,
-                 cpu_seconds: Callable[[], float] = time.process_time) -> None:
+                 cpu_seconds: Callable[[], float] = time.process_time,
+                 exempt: Callable[[Source], bool] = lambda source: False) -> None:
         self.clock = clock
+        self.exempt = exempt  # never shed: the backends
         self.cpu_seconds = cpu_seconds
         self.stats = stats
         self.replies = replies
@@ -243,7 +245,7 @@ class Overload:
         request to drop unread (refused, and ``dropping`` or past the refusals it answers),
         counted and logged."""
         method = data[:data.find(b" ", 0, 10)]
-        if method not in _NEW_WORK or _TO_TAG.search(data) is not None:
+        if method not in _NEW_WORK or _TO_TAG.search(data) is not None or self.exempt(source):
             return False
         call_id = _CALL_ID.search(data)
         if call_id is None:
@@ -263,7 +265,7 @@ class Overload:
             admit, delay, cap = self.stream_admit, self.stream_delay, "overload.stream_shed_delay"
         else:
             admit, delay, cap = self.admit, self.delay, "overload.shed_delay"
-        if self._share(call_id) < admit:
+        if self._share(call_id) < admit or self.exempt(source):
             return False
         if self.dropping and not source.reliable:
             self._dropped(req.method, source)
@@ -300,9 +302,6 @@ class Overload:
         """Where ``call_id`` falls in [0, 1): the same for the same Call-ID until the salt
         changes, spread evenly over different ones."""
         return zlib.crc32(call_id, zlib.crc32(self._salt)) / _HASH_SPAN
-
-    def _admitted(self, call_id: bytes) -> bool:
-        return self._share(call_id) < self.admit
 
     @staticmethod
     def _answered(admit: float) -> float:

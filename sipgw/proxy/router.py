@@ -98,7 +98,7 @@ class Router:
             self._ack(req, source)
             return
         if (overload.shedding and method != "CANCEL" and req.to_tag is None
-                and not self.backends.is_backend(source) and overload.refuses(req, source)):
+                and overload.refuses(req, source)):
             return  # OVERLOAD: a new request refused, stateless, before anything costly
         nat = self.nat
         if source.transport in WEBSOCKET or (nat.tests and not self.backends.is_backend(source)):

@@ -630,7 +630,8 @@ def build_core(config: Config, *, clock, send: SendFunction, stats: Stats, flows
     pike = Pike(clock, stats, config.pike, exempt=pike_exempt)
     acl = Acl(stats, config.acl, now=clock.seconds,
               is_backend_host=backends.is_backend_host)
-    overload = Overload(clock=clock, stats=stats, replies=replies, settings=config.overload)
+    overload = Overload(clock=clock, stats=stats, replies=replies, settings=config.overload,
+                        exempt=backends.is_backend)
     router = Router(clock=clock, stats=stats, relay=relay, replies=replies, identity=identity,
                     signer=signer, nat=nat, registrar=registrar, backends=backends,
                     overload=overload, auth=auth, acl=acl, proxy=config.proxy,

@@ -8,6 +8,7 @@ quick calls would otherwise get the same one back from the kernel).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 LOOPBACK = "127.0.0.1"
@@ -50,20 +51,19 @@ def free_ports(count: int, host: str = LOOPBACK) -> int:
     for _ in range(100):
         base = free_port()
         ports = range(base, base + count)
-        held: list[socket.socket] = []
-        try:
-            for port in ports:
-                if port != base and port in _handed_out:
-                    raise OSError
-                for kind in _SOCKET_KINDS["both"]:
-                    sock = socket.socket(socket.AF_INET, kind)
-                    held.append(sock)
-                    sock.bind((host, port))
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-        _handed_out.update(ports)
-        return base
+        if (all(p == base or p not in _handed_out for p in ports)
+                and all(_bindable(host, p) for p in ports)):
+            _handed_out.update(ports)
+            return base
     raise NoFreePort(f"no {count} consecutive free ports on {host} after 100 tries")
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Can UDP and TCP both bind ``host:port`` now?"""
+    with contextlib.ExitStack() as held:
+        try:
+            for kind in _SOCKET_KINDS["both"]:
+                held.enter_context(socket.socket(socket.AF_INET, kind)).bind((host, port))
+        except OSError:
+            return False
+    return True
