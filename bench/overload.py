@@ -18,10 +18,12 @@ multiple of its own capacity for a fixed time and reports, for the calls complet
 the step: goodput (calls a second, and as a share of the capacity), the callers'
 retransmissions, the time from the first INVITE or REGISTER to its 200 (p50, p99: SIPp's
 -trace_rtt), what sipgw refused with 503 or dropped unread (core:shed_*; Kamailio sheds
-nothing), the server's CPU, and the time from the step's end until the server takes new
-calls again: until the first of three probe calls in a row (one SIPp call each, the same
-flow) is completed without a retransmission. ``sent`` is the rate the callers reached:
-below ``offered`` when the SIPp processes, sharing the machine, cannot send more.
+nothing), what the kernel dropped on sipgw's full UDP queues (kdrops,
+load:udp_kernel_drops), the server's CPU, and the time from the step's end until the
+server takes new calls again: until the first of three probe calls in a row (one SIPp
+call each, the same flow) is completed without a retransmission. ``sent`` is the rate
+the callers reached: below ``offered`` when the SIPp processes, sharing the machine,
+cannot send more.
 
     .venv/bin/python bench/overload.py                      # sipgw, calls, 1x 2x 4x, 10 s
     .venv/bin/python bench/overload.py --target both --seconds 5 --cores 1
@@ -165,6 +167,7 @@ class Step:
     p99: float
     shed_503: int | None  # None: the server does not count it (Kamailio)
     dropped: int | None
+    kernel_drops: int | None  # datagrams the kernel dropped, sipgw's sockets' queues full
     cpu: float  # share of one core
     recover: float | None
 
@@ -175,13 +178,14 @@ class Step:
         return (f"{self.offered:>8.0f} {self.factor:>3g} {self.sent:>7.0f} {self.goodput:>8.0f} "
                 f"{self.share:>6.0%} {self.retransmissions:>8} {self.p50:>7.0f} "
                 f"{self.p99:>7.0f} {maybe(self.shed_503, 7, 'd')} "
-                f"{maybe(self.dropped, 8, 'd')} {self.cpu:>5.0%} "
+                f"{maybe(self.dropped, 8, 'd')} {maybe(self.kernel_drops, 8, 'd')} "
+                f"{self.cpu:>5.0%} "
                 f"{maybe(self.recover, 9, '.1f')}")
 
 
 STEP_HEADER = (f"{'offered':>8} {'x':>3} {'sent':>7} {'goodput':>8} {'share':>6} "
                f"{'retrans':>8} {'p50 ms':>7} {'p99 ms':>7} {'503':>7} {'dropped':>8} "
-               f"{'cpu':>5} {'recover s':>9}")
+               f"{'kdrops':>8} {'cpu':>5} {'recover s':>9}")
 
 
 @contextlib.contextmanager
@@ -210,7 +214,8 @@ class Shed:
     def fetch(self) -> dict[str, int] | None:
         if self.client is None:
             return None
-        got = self.client.call("stats.fetch", ["core:shed_503", "core:shed_dropped"])
+        got = self.client.call("stats.fetch", ["core:shed_503", "core:shed_dropped",
+                                               "load:udp_kernel_drops"])
         return {k.split(".", 1)[1]: v for k, v in got.items()}
 
     def close(self) -> None:
@@ -292,6 +297,7 @@ def step(server: Server, shed: Shed, work: Path, proxy: str, flow: list[str],
         p50=statistics.median(times) if times else float("nan"),
         p99=times[int(len(times) * 0.99)] if times else float("nan"),
         shed_503=shed_delta("shed_503"), dropped=shed_delta("shed_dropped"),
+        kernel_drops=shed_delta("udp_kernel_drops"),
         cpu=cpu, recover=recover)
 
 

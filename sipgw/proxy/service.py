@@ -153,7 +153,7 @@ def make_service(loaded: LoadedConfig, reactor, *, send: SendFunction | None = N
                     on_failure=failure, backend_udp=own_udp,
                     is_backend=proxy.backends.is_backend)
     listeners = Listeners(reactor, config.listen, udp=udp, stream=stream,
-                          tls_stream=tls_stream, ws=ws, tls=tls, on_udp_delay=load.udp.observe,
+                          tls_stream=tls_stream, ws=ws, tls=tls, load=load,
                           worker=worker, own=own, own_udp=own_udp)
     notifier = Notifier(environ)
     root = ProxyService(loaded=loaded, reactor=reactor, stats=stats, flows=flows, tap=tap,
@@ -315,14 +315,14 @@ class Listeners(service.Service):
 
     def __init__(self, reactor, listen, *, udp: list[UdpListener], stream: StreamTransport,
                  tls_stream: TlsTransport | None, ws: WsTransport | None,
-                 tls: ServerTls | None, on_udp_delay: Callable[[float], None],
+                 tls: ServerTls | None, load: LoadMonitor,
                  worker: WorkerSpec | None = None, own: OwnSockets | None = None,
                  own_udp: UdpListener | None = None) -> None:
         self.reactor = reactor
         self.worker = worker
         self.own = own
         self.own_udp = own_udp
-        self.on_udp_delay = on_udp_delay
+        self.load = load
         self.listen = listen
         self.udp = udp
         self.stream = stream
@@ -336,12 +336,10 @@ class Listeners(service.Service):
         super().startService()
         listen = self.listen
         for n, lst in enumerate(self.udp):
-            self.udp_ports.append(listen_udp(self.reactor, lst, self.on_udp_delay,
-                                             self._fd("udp", n)))
+            self._listen_udp(lst, self._fd("udp", n))
         own = self.own
         if self.own_udp is not None and own is not None:
-            self.udp_ports.append(listen_udp(self.reactor, self.own_udp, self.on_udp_delay,
-                                             own.backend.fd))
+            self._listen_udp(self.own_udp, own.backend.fd)
             own_tcp = own.backend_stream
             if own_tcp is not None:
                 self.stream_ports.append(self.stream.listen(own_tcp.host, own_tcp.port,
@@ -368,6 +366,13 @@ class Listeners(service.Service):
             for n, addr in enumerate(listen.wss):
                 self.stream_ports.append(self.ws.listen(addr.host, addr.port, tls=self.tls,
                                                         fd=self._fd("wss", n)))
+
+    def _listen_udp(self, listener: UdpListener, fd: int | None) -> None:
+        port = listen_udp(self.reactor, listener, self.load.udp.observe, fd)
+        sock = getattr(port, "socket", None)  # none under a test's fake reactor
+        if isinstance(sock, socket.socket):
+            self.load.kernel.watch(sock)
+        self.udp_ports.append(port)
 
     def _fd(self, kind: str, n: int) -> int | None:
         """A worker's inherited socket for the ``n``th listener of ``kind``."""

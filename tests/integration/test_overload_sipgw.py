@@ -301,13 +301,14 @@ FLOOD = 40_000  # datagrams of 100 bytes: the kernel charges each over 700, 28 M
 
 
 def test_a_single_process_hears_its_backend_on_a_socket_of_its_own_so_a_flood_loses_no_answer(
-    sipgw: SipgwRunner,
+    sipgw: SipgwRunner, tmp_path: Path,
 ) -> None:
     """With one process (``workers = 1``) as with workers, what sipgw sends to a backend
     names a socket of its own: a storm that fills the public port's kernel queue (and
-    loses what arrives there meanwhile) cannot lose the backend's answers."""
+    loses what arrives there meanwhile) cannot lose the backend's answers. What the
+    kernel lost, sipgw counts (``load:udp_kernel_drops``)."""
     with UdpPeer() as backend:
-        gw = sipgw(backend=backend.address)
+        gw = sipgw(backend=backend.address, extra_toml=control_toml(tmp_path))
         with UdpPeer(gw.address) as phone:
             phone.send(build_request("INVITE", f"sip:5002@{backend.address}", peer=phone,
                                      call_id="own-socket@test", branch="z9hG4bK-own",
@@ -335,3 +336,7 @@ def test_a_single_process_hears_its_backend_on_a_socket_of_its_own_so_a_flood_lo
             finally:
                 os.kill(gw.pid, signal.SIGCONT)
             assert phone.expect("486", timeout=10).header("Call-ID") == "own-socket@test"
+            lost = kernel_udp_drops(gw)
+            wait_until(lambda: statistics(gw, "load:udp_kernel_drops")[
+                "load:udp_kernel_drops"] == lost, timeout=5, caller=gw,
+                what=f"sipgw did not count the {lost} datagrams the kernel dropped")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ from sipgw.proxy.load import (
     WINDOW,
     DelayGauge,
     LoadMonitor,
+    kernel_drops,
     socket_of,
     unread_bytes,
 )
@@ -225,4 +227,44 @@ def test_a_stream_backlog_that_stands_makes_the_tick_late_as_long_as_it_will_wai
     ticks(clock, 1)  # not read at all: nothing said of it (the lag says the loop is late)
     wait = round(3 * TICK / 2, 3)  # for UDP's signal and for the streams' alike
     assert [(round(t, 3), round(s, 3)) for t, s in told] == [(wait, wait), (0.0, 0.0)]
+    load.stop()
+
+
+def test_datagrams_the_kernel_drops_on_a_full_queue_are_counted_tick_by_tick():
+    """Datagrams sent faster than the socket is read, its queue small: the kernel drops
+    some, which no delay shows (sipgw never sees them). Counted in
+    ``load:udp_kernel_drops`` from the moment sipgw watches the socket, on the tick
+    after they happened."""
+    clock, stats, load = monitor()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ours, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ours.bind(("127.0.0.1", 0))
+        ours.setblocking(False)
+
+        def flood() -> None:
+            for _ in range(100):
+                peer.sendto(b"x" * 100, ours.getsockname())
+
+        def drain() -> None:
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    ours.recv(2048)
+
+        def counted_after_a_tick() -> int:
+            ticks(clock, 1)
+            return stats.get("load:udp_kernel_drops")
+
+        flood()  # before sipgw watched it: not sipgw's
+        before = kernel_drops(ours)
+        assert before
+        drain()
+        load.kernel.watch(ours)
+        assert counted_after_a_tick() == 0
+        flood()
+        assert counted_after_a_tick() == kernel_drops(ours) - before > 0
+        drain()
+        counted = stats.get("load:udp_kernel_drops")
+        assert counted_after_a_tick() == counted
+    assert counted_after_a_tick() == counted  # closed: forgotten
     load.stop()
