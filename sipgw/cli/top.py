@@ -33,6 +33,7 @@ RATES = {
     "forwarded req/s": "core.fwd_requests",
     "forwarded rpl/s": "core.fwd_replies",
     "dropped/s": "core.drop_requests",
+    "kernel drops/s": "load.udp_kernel_drops",  # UDP queue full: sipgw never saw them
     "bad msg/s": "core.bad_msg",
     "1xx/s": "core.rcv_replies_1xx",
     "2xx/s": "core.rcv_replies_2xx",
@@ -141,7 +142,7 @@ def dashboard(snap: dict[str, Any], per_second: dict[str, float], where: str) ->
     grid = Table.grid(expand=True)
     for _ in range(3):
         grid.add_column(ratio=1)
-    # Load under transactions: together as tall as traffic, so 24 lines still show it all.
+    # Load under transactions: together no taller than traffic, so 24 lines still show it all.
     grid.add_row(traffic, Group(core, load), conns)
     grid.add_row(auth, dlg, pike)
     stamp = time.strftime("%H:%M:%S", time.localtime(snap["time"]))

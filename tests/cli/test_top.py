@@ -21,7 +21,7 @@ def serve_growing(control):
                 "load.udp_queue_delay_us": 1250, "load.udp_queue_delay_max_us": 48000,
                 "load.reactor_lag_us": 310, "load.reactor_lag_max_us": 2000,
                 "load.stream_queue_delay_us": 4500, "load.stream_queue_delay_max_us": 120000,
-                "load.stream_backlog_bytes": 65536,
+                "load.stream_backlog_bytes": 65536, "load.udp_kernel_drops": 300 * counts["n"],
                 "core.shed_percent": 75}
 
     control.answers["system.listMethods"] = ["stats.fetch", "dlg.stats_active",
@@ -43,6 +43,9 @@ def test_json_prints_one_object_per_round_with_rates_from_the_previous_round(run
     first, second = (json.loads(line) for line in out.splitlines())
     assert first["rates"]["requests/s"] == 0.0
     assert second["rates"]["requests/s"] > 0
+    # What the kernel dropped, sipgw's UDP queue full: 300 a round to 10 requests read.
+    rates = second["rates"]
+    assert round(rates["kernel drops/s"] / rates["requests/s"]) == 30
     assert second["dialogs"]["all"] == 4
     assert second["dispatcher"][1] == {"set": 1, "uri": "sip:10.0.0.6:5060", "flags": "IP",
                                        "avg_ms": 0.0, "timeouts": 3}
@@ -52,8 +55,8 @@ def test_the_dashboard_shows_traffic_connections_auth_dialogs_and_destinations(r
     serve_growing(control)
     code, out, err = run("top", "-c", str(control.config), "-n", "1")
     assert code == 0, err
-    for text in ("traffic", "requests/s", "transactions", "websocket now", "authorized",
-                 "bans", "dialogs", "active", "sip:10.0.0.5:5060", "AP", "IP"):
+    for text in ("traffic", "requests/s", "kernel drops/s", "transactions", "websocket now",
+                 "authorized", "bans", "dialogs", "active", "sip:10.0.0.5:5060", "AP", "IP"):
         assert text in out, text
     # core.connections: open connections per transport, "off" where nothing listens.
     rows = dict(re.findall(r"│ (udp|tcp|tls|ws|wss) +(\S+) +│", out))
