@@ -57,6 +57,10 @@ LOAD_STATS = (
     StatDef(group="load", name="udp_queue_delay_max_us", gauge=True,
             help="the longest wait of a datagram in the kernel in the last second, "
                  "microseconds"),
+    StatDef(group="load", name="udp_kernel_drops",
+            help="datagrams the kernel dropped because a UDP socket's receive queue was "
+                 "full: sipgw never saw them (the drops column of /proc/net/udp, for "
+                 "sipgw's sockets since it started)"),
     StatDef(group="load", name="reactor_lag_us", gauge=True,
             help="how late sipgw's event loop runs a timer, weighted mean in microseconds "
                  "(work waiting inside sipgw)"),
@@ -71,10 +75,6 @@ LOAD_STATS = (
     StatDef(group="load", name="stream_backlog_bytes", gauge=True,
             help="bytes TCP, TLS and WebSocket peers sent that were still unread after "
                  "sipgw's reads of the last tick, all connections together"),
-    StatDef(group="load", name="udp_kernel_drops",
-            help="datagrams the kernel dropped because a UDP socket's receive queue was "
-                 "full: sipgw never saw them (the drops column of /proc/net/udp, for "
-                 "sipgw's sockets since it started)"),
     StatDef(group="load", name="stream_backlog_max_bytes", gauge=True,
             help="the most such bytes on one TCP, TLS or WebSocket connection in the "
                  "last tick"),
